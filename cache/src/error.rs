@@ -1,0 +1,25 @@
+use std::path::PathBuf;
+
+/// Errors of the cache store. Each names the file it was about.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// A file or directory of the cache could not be read or written.
+    #[error("cache I/O error on {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The SQLite index failed.
+    #[error("cache index {path} failed: {source} (if it is damaged, `flowrun cache clear` starts afresh)")]
+    Db {
+        /// The index file.
+        path: PathBuf,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+}
+
+/// Result with a [`CacheError`].
+pub type Result<T, E = CacheError> = std::result::Result<T, E>;

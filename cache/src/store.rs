@@ -1,0 +1,711 @@
+//! The content-addressed result store: where a node result is written, found and verified.
+//!
+//! Layout of a cache directory:
+//!
+//! ```text
+//! <root>/index.sqlite      entries (key -> content hash), small blobs inline, file fingerprints,
+//!                          the last key of every node, and the run log
+//! <root>/objects/ab/cd...  blobs larger than the inline limit, named by the blake3 of their bytes
+//! <root>/tmp/              files being written; renamed into objects/ when complete
+//! ```
+//!
+//! Guarantees:
+//! - A value is stored once per content hash, however many keys point at it.
+//! - A blob file is written to `tmp/` and renamed, so `objects/` never holds a partial file; a blob is
+//!   hashed again on every read and a mismatch is reported as [`Blob::Corrupt`] (and removed), never served.
+//!   Because of that check no `fsync` is needed for correctness: a torn write after a crash reads as corrupt.
+//! - Index writes are buffered in memory and written in **one SQLite transaction** by [`Store::commit`],
+//!   which the engine calls at the end of a run. A long run also commits every few seconds
+//!   ([`Store::maybe_commit`]) so that a run killed after an hour keeps most of its work. A run killed before
+//!   a commit leaves blob files nobody points at; `flowrun cache gc` removes them.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CacheError, Result};
+use crate::fingerprint::FileRecord;
+use crate::key::{Hash, Key};
+use crate::runlog::{NodeRunRecord, RunRecord};
+
+/// Blobs up to this size live inside the index; larger ones are files under `objects/`.
+pub const DEFAULT_INLINE_LIMIT: usize = 16 * 1024;
+
+/// How often a long run commits its buffered index writes.
+pub const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+
+const SCHEMA_VERSION: i64 = 1;
+
+/// A cached node result, as the index knows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    /// blake3 of the stored bytes.
+    #[serde(serialize_with = "crate::key::hex")]
+    pub content: Hash,
+    /// Output type name, for `cache ls` and as a guard against decoding a value as the wrong type.
+    pub type_name: String,
+    /// The node that first stored it (for humans; not part of the key).
+    pub node: String,
+    /// Size of the stored bytes.
+    pub size: u64,
+    /// Row count when the value is a table.
+    pub rows: Option<u64>,
+    /// Files the node read while it ran; the entry is only valid while they are unchanged.
+    pub deps: Vec<FileDep>,
+}
+
+/// A file a node read while running, with the content hash it had then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDep {
+    /// Path as the node named it.
+    pub path: PathBuf,
+    /// blake3 of the file's content (hex).
+    pub hash: String,
+}
+
+/// What a blob read found.
+#[derive(Debug)]
+pub enum Blob {
+    /// The bytes, verified against their hash.
+    Found(Vec<u8>),
+    /// No blob with that hash (never stored, or removed by `gc`).
+    Missing,
+    /// Stored bytes did not match their hash; the bad copy has been removed.
+    Corrupt,
+}
+
+/// Metadata stored with a new entry.
+#[derive(Debug, Clone, Default)]
+pub struct EntryMeta {
+    /// Output type name.
+    pub type_name: String,
+    /// Node name (informational).
+    pub node: String,
+    /// Row count for tables.
+    pub rows: Option<u64>,
+    /// Files read while running.
+    pub deps: Vec<FileDep>,
+}
+
+/// One line of `flowrun cache ls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryInfo {
+    /// The cache key.
+    #[serde(serialize_with = "crate::key::hex")]
+    pub key: Key,
+    /// The entry itself.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// When it was stored (milliseconds since the Unix epoch).
+    pub created_ms: i64,
+    /// Whether some flow's latest run of some node points at it.
+    pub live: bool,
+}
+
+/// What `gc` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Index entries removed.
+    pub entries: u64,
+    /// Blobs removed (inline or files).
+    pub blobs: u64,
+    /// Bytes freed by removed blobs.
+    pub bytes: u64,
+    /// Abandoned temporary files removed.
+    pub temp_files: u64,
+}
+
+#[derive(Default)]
+struct Pending {
+    entries: HashMap<Key, (Entry, i64)>,
+    inline: HashMap<Hash, Vec<u8>>,
+    file_blobs: Vec<(Hash, u64)>,
+    files: HashMap<String, FileRecord>,
+    node_state: Vec<(String, String, Key, String)>,
+    runs: Vec<RunRecord>,
+    node_runs: Vec<NodeRunRecord>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+            && self.inline.is_empty()
+            && self.file_blobs.is_empty()
+            && self.files.is_empty()
+            && self.node_state.is_empty()
+            && self.runs.is_empty()
+            && self.node_runs.is_empty()
+    }
+}
+
+/// The result store. Cheap to share between threads (`&Store` is `Sync`).
+///
+/// ```
+/// use flowrun_cache::{Store, EntryMeta, Blob};
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = Store::open(dir.path()).unwrap();
+/// let key = blake3::hash(b"some cache key");
+/// let content = store.put(key, b"42", EntryMeta { type_name: "i64".into(), ..Default::default() }).unwrap();
+/// store.commit().unwrap();
+/// let entry = store.lookup(&key).unwrap().unwrap();
+/// assert_eq!(entry.content, content);
+/// assert!(matches!(store.blob(&content).unwrap(), Blob::Found(b) if b == b"42"));
+/// ```
+pub struct Store {
+    root: PathBuf,
+    conn: Mutex<Connection>,
+    pending: Mutex<Pending>,
+    last_commit: Mutex<Instant>,
+    inline_limit: usize,
+}
+
+impl Store {
+    /// Opens (creating if needed) the cache at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        Self::open_with(root, DEFAULT_INLINE_LIMIT)
+    }
+
+    /// Opens the cache with a custom inline limit (tests use 0 to force blob files).
+    pub fn open_with(root: impl Into<PathBuf>, inline_limit: usize) -> Result<Store> {
+        let root = root.into();
+        for dir in [root.clone(), root.join("objects"), root.join("tmp")] {
+            fs::create_dir_all(&dir).map_err(|source| CacheError::Io { path: dir.clone(), source })?;
+        }
+        let db_path = root.join("index.sqlite");
+        let conn = Connection::open(&db_path).map_err(|source| CacheError::Db { path: db_path.clone(), source })?;
+        init_schema(&conn).map_err(|source| CacheError::Db { path: db_path, source })?;
+        Ok(Store {
+            root,
+            conn: Mutex::new(conn),
+            pending: Mutex::new(Pending::default()),
+            last_commit: Mutex::new(Instant::now()),
+            inline_limit,
+        })
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn db_err(&self, source: rusqlite::Error) -> CacheError {
+        CacheError::Db { path: self.root.join("index.sqlite"), source }
+    }
+
+    /// Finds the entry for `key`, including entries written earlier in this run but not yet committed.
+    pub fn lookup(&self, key: &Key) -> Result<Option<Entry>> {
+        if let Some((entry, _)) = self.pending.lock().unwrap().entries.get(key) {
+            return Ok(Some(entry.clone()));
+        }
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn
+            .prepare_cached("SELECT content, type_name, node, size, rows, deps FROM entries WHERE key = ?1")
+            .map_err(|e| self.db_err(e))?;
+        let row = stmt
+            .query_row([key.as_bytes().as_slice()], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .optional()
+            .map_err(|e| self.db_err(e))?;
+        let Some((content, type_name, node, size, rows, deps)) = row else { return Ok(None) };
+        let Some(content) = hash_from_bytes(&content) else { return Ok(None) };
+        let deps = match deps {
+            Some(json) => serde_json::from_str(&json).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        Ok(Some(Entry { content, type_name, node, size: size as u64, rows: rows.map(|r| r as u64), deps }))
+    }
+
+    /// Stores `bytes` as the result for `key` and returns their content hash. The blob is written now (a file
+    /// for large values); the index entry is buffered until [`Store::commit`].
+    pub fn put(&self, key: Key, bytes: &[u8], meta: EntryMeta) -> Result<Hash> {
+        let content = blake3::hash(bytes);
+        self.put_blob(content, bytes)?;
+        let entry = Entry {
+            content,
+            type_name: meta.type_name,
+            node: meta.node,
+            size: bytes.len() as u64,
+            rows: meta.rows,
+            deps: meta.deps,
+        };
+        self.pending.lock().unwrap().entries.insert(key, (entry, now_ms()));
+        Ok(content)
+    }
+
+    fn put_blob(&self, content: Hash, bytes: &[u8]) -> Result<()> {
+        if bytes.len() <= self.inline_limit {
+            self.pending.lock().unwrap().inline.entry(content).or_insert_with(|| bytes.to_vec());
+            return Ok(());
+        }
+        let path = self.object_path(&content);
+        if path.exists() {
+            return Ok(());
+        }
+        let parent = path.parent().expect("object paths have a parent");
+        fs::create_dir_all(parent).map_err(|source| CacheError::Io { path: parent.to_path_buf(), source })?;
+        let tmp_dir = self.root.join("tmp");
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
+            .map_err(|source| CacheError::Io { path: tmp_dir.clone(), source })?;
+        tmp.write_all(bytes).map_err(|source| CacheError::Io { path: tmp.path().to_path_buf(), source })?;
+        tmp.persist(&path).map_err(|e| CacheError::Io { path: path.clone(), source: e.error })?;
+        self.pending.lock().unwrap().file_blobs.push((content, bytes.len() as u64));
+        Ok(())
+    }
+
+    fn object_path(&self, content: &Hash) -> PathBuf {
+        let hex = content.to_hex();
+        self.root.join("objects").join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// Reads a blob and verifies it against its hash.
+    pub fn blob(&self, content: &Hash) -> Result<Blob> {
+        if let Some(bytes) = self.pending.lock().unwrap().inline.get(content) {
+            return Ok(Blob::Found(bytes.clone()));
+        }
+        let inline: Option<Option<Vec<u8>>> = {
+            let conn = self.conn.lock().unwrap();
+            let mut stmt =
+                conn.prepare_cached("SELECT data FROM blobs WHERE content = ?1").map_err(|e| self.db_err(e))?;
+            stmt.query_row([content.as_bytes().as_slice()], |r| r.get(0)).optional().map_err(|e| self.db_err(e))?
+        };
+        let bytes = match inline {
+            Some(Some(data)) => data,
+            _ => {
+                let path = self.object_path(content);
+                match fs::read(&path) {
+                    Ok(bytes) => bytes,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Blob::Missing),
+                    Err(source) => return Err(CacheError::Io { path, source }),
+                }
+            }
+        };
+        if blake3::hash(&bytes) != *content {
+            self.remove_blob(content)?;
+            return Ok(Blob::Corrupt);
+        }
+        Ok(Blob::Found(bytes))
+    }
+
+    fn remove_blob(&self, content: &Hash) -> Result<()> {
+        let path = self.object_path(content);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(CacheError::Io { path, source }),
+        }
+        let conn = self.conn.lock().unwrap();
+        conn.execute("DELETE FROM blobs WHERE content = ?1", [content.as_bytes().as_slice()])
+            .map_err(|e| self.db_err(e))?;
+        conn.execute("DELETE FROM entries WHERE content = ?1", [content.as_bytes().as_slice()])
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    /// Buffers "node `node` of flow `flow` last had key `key`" (with the key spelled out as JSON), which
+    /// `explain` compares against to say why a node would run.
+    pub fn record_node_state(&self, flow: &str, node: &str, key: Key, detail: String) {
+        self.pending.lock().unwrap().node_state.push((flow.to_string(), node.to_string(), key, detail));
+    }
+
+    /// The key (and its JSON form) that `node` of `flow` had in the last committed run.
+    pub fn node_state(&self, flow: &str, node: &str) -> Result<Option<(Key, String)>> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn
+            .prepare_cached("SELECT key, detail FROM node_state WHERE flow = ?1 AND node = ?2")
+            .map_err(|e| self.db_err(e))?;
+        let row: Option<(Vec<u8>, String)> = stmt
+            .query_row(params![flow, node], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(|e| self.db_err(e))?;
+        Ok(row.and_then(|(k, d)| hash_from_bytes(&k).map(|k| (k, d))))
+    }
+
+    pub(crate) fn buffer_file_record(&self, record: FileRecord) {
+        self.pending.lock().unwrap().files.insert(record.path.clone(), record);
+    }
+
+    pub(crate) fn pending_file_record(&self, path: &str) -> Option<FileRecord> {
+        self.pending.lock().unwrap().files.get(path).cloned()
+    }
+
+    pub(crate) fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = self.conn.lock().unwrap();
+        f(&conn).map_err(|e| self.db_err(e))
+    }
+
+    pub(crate) fn buffer_run(&self, run: RunRecord, nodes: Vec<NodeRunRecord>) {
+        let mut p = self.pending.lock().unwrap();
+        p.runs.push(run);
+        p.node_runs.extend(nodes);
+    }
+
+    /// Commits if [`COMMIT_INTERVAL`] has passed since the last commit. Called by the engine after each node.
+    pub fn maybe_commit(&self) -> Result<()> {
+        let due = self.last_commit.lock().unwrap().elapsed() >= COMMIT_INTERVAL;
+        if due { self.commit() } else { Ok(()) }
+    }
+
+    /// Writes every buffered index change in one transaction.
+    pub fn commit(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap());
+        *self.last_commit.lock().unwrap() = Instant::now();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction().map_err(|e| self.db_err(e))?;
+        write_pending(&tx, pending).map_err(|e| self.db_err(e))?;
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// Every entry, newest first.
+    pub fn entries(&self) -> Result<Vec<EntryInfo>> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT e.key, e.content, e.type_name, e.node, e.size, e.rows, e.deps, e.created_ms,
+                        EXISTS(SELECT 1 FROM node_state s WHERE s.key = e.key)
+                 FROM entries e ORDER BY e.created_ms DESC, e.node",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let key: Vec<u8> = r.get(0)?;
+                let content: Vec<u8> = r.get(1)?;
+                let deps: Option<String> = r.get(6)?;
+                Ok(EntryInfo {
+                    key: hash_from_bytes(&key).unwrap_or(blake3::hash(b"")),
+                    entry: Entry {
+                        content: hash_from_bytes(&content).unwrap_or(blake3::hash(b"")),
+                        type_name: r.get(2)?,
+                        node: r.get(3)?,
+                        size: r.get::<_, i64>(4)? as u64,
+                        rows: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                        deps: deps.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or_default(),
+                    },
+                    created_ms: r.get(7)?,
+                    live: r.get(8)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Removes entries that no flow's latest run points at and that are older than `keep`, then every blob
+    /// no entry points at, then temporary files older than an hour (left by killed runs).
+    pub fn gc(&self, keep: Duration) -> Result<GcReport> {
+        self.commit()?;
+        let cutoff = now_ms() - keep.as_millis() as i64;
+        let mut report = GcReport::default();
+        let live_blobs: std::collections::HashSet<Vec<u8>> = self.with_conn(|conn| {
+            report.entries = conn.execute(
+                "DELETE FROM entries WHERE created_ms <= ?1 AND key NOT IN (SELECT key FROM node_state)",
+                [cutoff],
+            )? as u64;
+            let (n, bytes): (i64, i64) = conn.query_row(
+                "SELECT count(*), coalesce(sum(size), 0) FROM blobs
+                 WHERE data IS NOT NULL AND content NOT IN (SELECT content FROM entries)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            report.blobs = n as u64;
+            report.bytes = bytes as u64;
+            conn.execute("DELETE FROM blobs WHERE content NOT IN (SELECT content FROM entries)", [])?;
+            let mut stmt = conn.prepare("SELECT DISTINCT content FROM entries")?;
+            let set = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<_>>()?;
+            Ok(set)
+        })?;
+        // Blob files no entry points at (including files of runs killed before their commit).
+        let objects = self.root.join("objects");
+        for shard in read_dir_or_empty(&objects)? {
+            for file in read_dir_or_empty(&shard)? {
+                let name = format!(
+                    "{}{}",
+                    shard.file_name().unwrap_or_default().to_string_lossy(),
+                    file.file_name().unwrap_or_default().to_string_lossy()
+                );
+                let referenced =
+                    blake3::Hash::from_hex(&name).is_ok_and(|h| live_blobs.contains(h.as_bytes().as_slice()));
+                if !referenced {
+                    let size = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+                    if fs::remove_file(&file).is_ok() {
+                        report.blobs += 1;
+                        report.bytes += size;
+                    }
+                }
+            }
+        }
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for tmp in read_dir_or_empty(&self.root.join("tmp"))? {
+            let old = fs::metadata(&tmp).and_then(|m| m.modified()).map(|t| t < hour_ago).unwrap_or(false);
+            if old && fs::remove_file(&tmp).is_ok() {
+                report.temp_files += 1;
+            }
+        }
+        self.with_conn(|conn| conn.execute_batch("VACUUM"))?;
+        Ok(report)
+    }
+
+    /// Removes every entry, blob, fingerprint, node state and run record.
+    pub fn clear(&self) -> Result<()> {
+        *self.pending.lock().unwrap() = Pending::default();
+        self.with_conn(|conn| {
+            conn.execute_batch(
+                "DELETE FROM entries; DELETE FROM blobs; DELETE FROM files; DELETE FROM node_state;
+                 DELETE FROM runs; DELETE FROM node_runs; VACUUM;",
+            )
+        })?;
+        for dir in ["objects", "tmp"] {
+            let path = self.root.join(dir);
+            fs::remove_dir_all(&path).map_err(|source| CacheError::Io { path: path.clone(), source })?;
+            fs::create_dir_all(&path).map_err(|source| CacheError::Io { path, source })?;
+        }
+        Ok(())
+    }
+}
+
+fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>> {
+    match fs::read_dir(dir) {
+        Ok(rd) => Ok(rd.filter_map(|e| e.ok().map(|e| e.path())).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(CacheError::Io { path: dir.to_path_buf(), source }),
+    }
+}
+
+fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    if version != 0 {
+        // An index from another flowrun version: its entries are not trusted. Start afresh.
+        conn.execute_batch(
+            "DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS blobs; DROP TABLE IF EXISTS files;
+             DROP TABLE IF EXISTS node_state; DROP TABLE IF EXISTS runs; DROP TABLE IF EXISTS node_runs;",
+        )?;
+    }
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS entries(
+            key BLOB PRIMARY KEY, content BLOB NOT NULL, type_name TEXT NOT NULL, node TEXT NOT NULL,
+            size INTEGER NOT NULL, rows INTEGER, deps TEXT, created_ms INTEGER NOT NULL) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS entries_content ON entries(content);
+         CREATE TABLE IF NOT EXISTS blobs(content BLOB PRIMARY KEY, size INTEGER NOT NULL, data BLOB) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS files(
+            path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+            inode INTEGER NOT NULL, hash BLOB NOT NULL, recorded_ns INTEGER NOT NULL) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS node_state(
+            flow TEXT NOT NULL, node TEXT NOT NULL, key BLOB NOT NULL, detail TEXT NOT NULL,
+            PRIMARY KEY(flow, node)) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS node_state_key ON node_state(key);
+         CREATE TABLE IF NOT EXISTS runs(
+            run_id TEXT PRIMARY KEY, flow TEXT NOT NULL, flow_path TEXT NOT NULL, started_ms INTEGER NOT NULL,
+            finished_ms INTEGER NOT NULL, status TEXT NOT NULL, nodes INTEGER NOT NULL, executed INTEGER NOT NULL,
+            reused INTEGER NOT NULL, failed INTEGER NOT NULL, skipped INTEGER NOT NULL, jobs INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS node_runs(
+            run_id TEXT NOT NULL, node TEXT NOT NULL, status TEXT NOT NULL, duration_ms REAL NOT NULL,
+            rows INTEGER, key TEXT, input_keys TEXT, error TEXT);
+         CREATE INDEX IF NOT EXISTS node_runs_run ON node_runs(run_id);",
+    )?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+}
+
+fn write_pending(tx: &rusqlite::Transaction<'_>, p: Pending) -> rusqlite::Result<()> {
+    {
+        let mut stmt = tx.prepare_cached("INSERT OR IGNORE INTO blobs(content, size, data) VALUES (?1, ?2, ?3)")?;
+        for (content, data) in &p.inline {
+            stmt.execute(params![content.as_bytes().as_slice(), data.len() as i64, data])?;
+        }
+        for (content, size) in &p.file_blobs {
+            stmt.execute(params![content.as_bytes().as_slice(), *size as i64, Option::<Vec<u8>>::None])?;
+        }
+    }
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR REPLACE INTO entries(key, content, type_name, node, size, rows, deps, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for (key, (e, created)) in &p.entries {
+            let deps = if e.deps.is_empty() { None } else { serde_json::to_string(&e.deps).ok() };
+            stmt.execute(params![
+                key.as_bytes().as_slice(),
+                e.content.as_bytes().as_slice(),
+                e.type_name,
+                e.node,
+                e.size as i64,
+                e.rows.map(|r| r as i64),
+                deps,
+                created
+            ])?;
+        }
+    }
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR REPLACE INTO files(path, size, mtime_ns, ctime_ns, inode, hash, recorded_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for f in p.files.values() {
+            stmt.execute(params![
+                f.path,
+                f.size as i64,
+                f.mtime_ns,
+                f.ctime_ns,
+                f.inode as i64,
+                f.hash.as_bytes().as_slice(),
+                f.recorded_ns
+            ])?;
+        }
+    }
+    {
+        let mut stmt =
+            tx.prepare_cached("INSERT OR REPLACE INTO node_state(flow, node, key, detail) VALUES (?1, ?2, ?3, ?4)")?;
+        for (flow, node, key, detail) in &p.node_state {
+            stmt.execute(params![flow, node, key.as_bytes().as_slice(), detail])?;
+        }
+    }
+    crate::runlog::write_runs(tx, &p.runs, &p.node_runs)
+}
+
+pub(crate) fn hash_from_bytes(bytes: &[u8]) -> Option<Hash> {
+    <[u8; 32]>::try_from(bytes).ok().map(Hash::from)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(node: &str) -> EntryMeta {
+        EntryMeta { type_name: "bytes".into(), node: node.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn put_then_lookup_before_and_after_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = blake3::hash(b"k");
+        let content = store.put(key, b"value", meta("a")).unwrap();
+        assert_eq!(store.lookup(&key).unwrap().unwrap().content, content);
+        store.commit().unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let entry = store.lookup(&key).unwrap().unwrap();
+        assert_eq!(entry.content, content);
+        assert_eq!(entry.node, "a");
+        assert!(matches!(store.blob(&content).unwrap(), Blob::Found(b) if b == b"value"));
+    }
+
+    #[test]
+    fn uncommitted_entries_are_lost_but_never_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = blake3::hash(b"k");
+        {
+            let store = Store::open_with(dir.path(), 0).unwrap();
+            store.put(key, b"large value", meta("a")).unwrap();
+            // dropped without commit, as if killed
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.lookup(&key).unwrap().is_none());
+        // the orphan blob file is collected
+        let report = store.gc(Duration::ZERO).unwrap();
+        assert_eq!(report.blobs, 1);
+    }
+
+    #[test]
+    fn same_content_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), 0).unwrap();
+        let c1 = store.put(blake3::hash(b"k1"), b"same", meta("a")).unwrap();
+        let c2 = store.put(blake3::hash(b"k2"), b"same", meta("b")).unwrap();
+        assert_eq!(c1, c2);
+        store.commit().unwrap();
+        let files: Vec<_> = walk(&dir.path().join("objects"));
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(store.entries().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn corrupt_blob_file_is_reported_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), 0).unwrap();
+        let key = blake3::hash(b"k");
+        let content = store.put(key, b"precious bytes", meta("a")).unwrap();
+        store.commit().unwrap();
+        let file = walk(&dir.path().join("objects")).pop().unwrap();
+        fs::write(&file, b"precious bytez").unwrap();
+        assert!(matches!(store.blob(&content).unwrap(), Blob::Corrupt));
+        assert!(matches!(store.blob(&content).unwrap(), Blob::Missing));
+        assert!(store.lookup(&key).unwrap().is_none(), "entries pointing at a corrupt blob are dropped");
+    }
+
+    #[test]
+    fn corrupt_inline_blob_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let content = store.put(blake3::hash(b"k"), b"small", meta("a")).unwrap();
+        store.commit().unwrap();
+        store
+            .with_conn(|c| {
+                c.execute("UPDATE blobs SET data = x'00' WHERE content = ?1", [content.as_bytes().as_slice()])
+            })
+            .unwrap();
+        assert!(matches!(store.blob(&content).unwrap(), Blob::Corrupt));
+    }
+
+    #[test]
+    fn gc_keeps_what_node_state_points_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = blake3::hash(b"old");
+        let new = blake3::hash(b"new");
+        store.put(old, b"1", meta("a")).unwrap();
+        store.put(new, b"2", meta("a")).unwrap();
+        store.record_node_state("flow", "a", new, "{}".into());
+        store.commit().unwrap();
+        let report = store.gc(Duration::ZERO).unwrap();
+        assert_eq!(report.entries, 1);
+        assert!(store.lookup(&old).unwrap().is_none());
+        assert!(store.lookup(&new).unwrap().is_some());
+        assert_eq!(store.node_state("flow", "a").unwrap().unwrap().0, new);
+    }
+
+    #[test]
+    fn clear_removes_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), 0).unwrap();
+        let key = blake3::hash(b"k");
+        store.put(key, b"v", meta("a")).unwrap();
+        store.commit().unwrap();
+        store.clear().unwrap();
+        assert!(store.lookup(&key).unwrap().is_none());
+        assert!(walk(&dir.path().join("objects")).is_empty());
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() { stack.push(p) } else { out.push(p) }
+            }
+        }
+        out
+    }
+}

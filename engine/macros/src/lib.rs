@@ -1,0 +1,318 @@
+//! Procedural macros of flowrun. Do not depend on this crate directly: use `flowrun_engine::node` and
+//! `flowrun_engine::Value`, which re-export these. Generated code only names items under
+//! `::flowrun_engine::__private`, so node crates never depend on `inventory` themselves.
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as TokenStream2;
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{
+    Expr, ExprLit, FnArg, GenericArgument, ItemFn, Lit, Meta, Pat, PathArguments, ReturnType, Type, parse_macro_input,
+};
+
+const NODE_OPTIONS: &str = "name, version, tags";
+
+/// Registers a plain function as a flowrun node. See `flowrun_engine::node` for the full documentation.
+#[proc_macro_attribute]
+pub fn node(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let func = parse_macro_input!(item as ItemFn);
+    let options = match NodeOptions::parse(attr.into()) {
+        Ok(o) => o,
+        Err(e) => return e.to_compile_error().into(),
+    };
+    match expand_node(func, options) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+#[derive(Default)]
+struct NodeOptions {
+    name: Option<String>,
+    version: Option<u64>,
+    tags: Vec<(String, String)>,
+}
+
+impl NodeOptions {
+    fn parse(attr: TokenStream2) -> syn::Result<Self> {
+        let mut out = NodeOptions::default();
+        if attr.is_empty() {
+            return Ok(out);
+        }
+        let metas =
+            syn::parse::Parser::parse2(syn::punctuated::Punctuated::<Meta, syn::Token![,]>::parse_terminated, attr)?;
+        for meta in metas {
+            let ident = meta.path().get_ident().map(|i| i.to_string()).unwrap_or_default();
+            match (ident.as_str(), &meta) {
+                ("name", Meta::NameValue(nv)) => out.name = Some(lit_str(&nv.value)?),
+                ("version", Meta::NameValue(nv)) => match &nv.value {
+                    Expr::Lit(ExprLit { lit: Lit::Int(i), .. }) => out.version = Some(i.base10_parse()?),
+                    other => return Err(syn::Error::new(other.span(), "`version` takes an integer, e.g. version = 2")),
+                },
+                ("tags", Meta::List(list)) => {
+                    let pairs = list.parse_args_with(
+                        syn::punctuated::Punctuated::<syn::MetaNameValue, syn::Token![,]>::parse_terminated,
+                    )?;
+                    for pair in pairs {
+                        let key = pair
+                            .path
+                            .get_ident()
+                            .ok_or_else(|| syn::Error::new(pair.path.span(), "tag names are plain identifiers"))?
+                            .to_string();
+                        out.tags.push((key, lit_str(&pair.value)?));
+                    }
+                }
+                ("name" | "version" | "tags", _) => {
+                    return Err(syn::Error::new(
+                        meta.span(),
+                        format!("malformed `{ident}`; write name = \"x\", version = 2, tags(layer = \"raw\")"),
+                    ));
+                }
+                _ => {
+                    return Err(syn::Error::new(
+                        meta.path().span(),
+                        format!("unknown #[node] option `{ident}`; expected one of: {NODE_OPTIONS}"),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn lit_str(expr: &Expr) -> syn::Result<String> {
+    match expr {
+        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Ok(s.value()),
+        other => Err(syn::Error::new(other.span(), "expected a string literal")),
+    }
+}
+
+/// The last path segment of a type and its single generic argument, for `Collect<T>`, `Parallel<T>`,
+/// `Result<T, E>` detection.
+fn wrapper<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
+    let Type::Path(tp) = ty else { return None };
+    let seg = tp.path.segments.last()?;
+    if seg.ident != name {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &seg.arguments else { return None };
+    args.args.iter().find_map(|a| match a {
+        GenericArgument::Type(t) => Some(t),
+        _ => None,
+    })
+}
+
+fn doc_of(attrs: &[syn::Attribute]) -> String {
+    let mut lines = Vec::new();
+    for attr in attrs {
+        if let Meta::NameValue(nv) = &attr.meta {
+            if nv.path.is_ident("doc") {
+                if let Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) = &nv.value {
+                    lines.push(s.value().trim().to_string());
+                }
+            }
+        }
+    }
+    lines.join("\n").trim().to_string()
+}
+
+fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> {
+    let sig = &func.sig;
+    if let Some(a) = &sig.asyncness {
+        return Err(syn::Error::new(
+            a.span(),
+            "a node is a plain synchronous function; flowrun runs nodes on its own threads",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "a node cannot be generic: its parameter and output types are checked against the flow before it runs",
+        ));
+    }
+    if let Some(v) = &sig.variadic {
+        return Err(syn::Error::new(v.span(), "a node cannot be variadic"));
+    }
+    let fn_ident = &sig.ident;
+    let node_name = options.name.clone().unwrap_or_else(|| fn_ident.to_string());
+    let call_ident = format_ident!("__flowrun_call_{}", fn_ident);
+
+    let mut param_defs = Vec::new();
+    let mut bindings = Vec::new();
+    let mut call_args = Vec::new();
+    for (i, input) in sig.inputs.iter().enumerate() {
+        let FnArg::Typed(pt) = input else {
+            return Err(syn::Error::new(
+                input.span(),
+                "a node is a free function; `self` parameters are not supported",
+            ));
+        };
+        let Pat::Ident(pat) = &*pt.pat else {
+            return Err(syn::Error::new(
+                pt.pat.span(),
+                "node parameters must be plain names: the name is the edge (the node or value it reads)",
+            ));
+        };
+        let pname = pat.ident.to_string();
+        let pname = pname.strip_prefix("r#").unwrap_or(&pname).to_string();
+        let local = format_ident!("__flowrun_arg{}", i);
+        let ident = &pat.ident;
+        let ty = &*pt.ty;
+        let span = ty.span();
+        if let Type::ImplTrait(_) = ty {
+            return Err(syn::Error::new(span, "`impl Trait` parameters are not supported; name a concrete type"));
+        }
+        let (kind, binding) = if let Type::Reference(r) = ty {
+            if r.mutability.is_some() {
+                return Err(syn::Error::new(span, "a node cannot take `&mut`: its inputs are shared with other nodes"));
+            }
+            let inner = &*r.elem;
+            if wrapper(inner, "Collect").is_some() {
+                return Err(syn::Error::new(span, "take `Collect<T>` by value, not by reference"));
+            }
+            (
+                quote_spanned!(span=> ::flowrun_engine::__private::ParamKind::Value(
+                    ::flowrun_engine::__private::TypeDesc::of::<#inner>())),
+                quote_spanned!(span=> let #ident: #ty = ::flowrun_engine::__private::arg_ref::<#inner>(&#local, #pname)?;),
+            )
+        } else if let Some(item) = wrapper(ty, "Collect") {
+            (
+                quote_spanned!(span=> ::flowrun_engine::__private::ParamKind::Collect(
+                    ::flowrun_engine::__private::TypeDesc::of::<#item>())),
+                quote_spanned!(span=> let #ident: #ty = ::flowrun_engine::__private::arg_collect::<#item>(#local, #pname)?;),
+            )
+        } else {
+            (
+                quote_spanned!(span=> ::flowrun_engine::__private::ParamKind::Value(
+                    ::flowrun_engine::__private::TypeDesc::of::<#ty>())),
+                quote_spanned!(span=> let #ident: #ty = ::flowrun_engine::__private::arg_owned::<#ty>(#local, #pname)?;),
+            )
+        };
+        let by_ref = matches!(ty, Type::Reference(_));
+        param_defs.push(quote! {
+            ::flowrun_engine::__private::ParamDef { name: #pname, kind: #kind, by_ref: #by_ref }
+        });
+        bindings.push(quote! { let #local = __args.take(#i); #binding });
+        call_args.push(quote!(#ident));
+    }
+
+    let (out_ty, fallible): (Type, bool) = match &sig.output {
+        ReturnType::Default => (syn::parse_quote!(()), false),
+        ReturnType::Type(_, ty) => match wrapper(ty, "Result") {
+            Some(inner) => (inner.clone(), true),
+            None => ((**ty).clone(), false),
+        },
+    };
+    let out_span = out_ty.span();
+    let output = match wrapper(&out_ty, "Parallel") {
+        Some(item) => quote_spanned!(out_span=> ::flowrun_engine::__private::OutputKind::Parallel {
+            list: ::flowrun_engine::__private::TypeDesc::of::<#out_ty>(),
+            item: ::flowrun_engine::__private::TypeDesc::of::<#item>(),
+        }),
+        None => quote_spanned!(out_span=> ::flowrun_engine::__private::OutputKind::Value(
+            ::flowrun_engine::__private::TypeDesc::of::<#out_ty>())),
+    };
+    let finish = if fallible {
+        quote!(::flowrun_engine::__private::finish_fallible(__out))
+    } else {
+        quote!(::flowrun_engine::__private::finish(__out))
+    };
+
+    // The code version: a hash of the function's own tokens (signature and body, not its attributes or
+    // doc comment), plus the explicit version bump.
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(sig.to_token_stream().to_string().as_bytes());
+    hasher.update(func.block.to_token_stream().to_string().as_bytes());
+    hasher.update(&options.version.unwrap_or(0).to_le_bytes());
+    let code_version = hasher.finalize().to_hex()[..32].to_string();
+    let doc = doc_of(&func.attrs);
+    let tags = options.tags.iter().map(|(k, v)| quote!((#k, #v)));
+    let version = options.version.unwrap_or(0);
+    let line = quote_spanned!(fn_ident.span()=> ::core::line!());
+
+    Ok(quote! {
+        #func
+
+        #[doc(hidden)]
+        #[allow(non_snake_case, clippy::needless_question_mark)]
+        fn #call_ident(
+            __args: &mut ::flowrun_engine::__private::Args,
+        ) -> ::flowrun_engine::__private::NodeResult {
+            #(#bindings)*
+            let __out = #fn_ident(#(#call_args),*);
+            #finish
+        }
+
+        ::flowrun_engine::__private::inventory::submit! {
+            ::flowrun_engine::__private::NodeDef {
+                name: #node_name,
+                module: ::core::module_path!(),
+                doc: #doc,
+                params: &[#(#param_defs),*],
+                output: #output,
+                code_version: #code_version,
+                version: #version,
+                tags: &[#(#tags),*],
+                call: #call_ident,
+                file: ::core::file!(),
+                line: #line,
+            }
+        }
+    })
+}
+
+/// Implements `flowrun_engine::Value` for a serde type. See `flowrun_engine::Value` for the documentation.
+#[proc_macro_derive(Value, attributes(value))]
+pub fn derive_value(item: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(item as syn::DeriveInput);
+    match expand_value(input) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand_value(input: syn::DeriveInput) -> syn::Result<TokenStream2> {
+    if !input.generics.params.is_empty() {
+        return Err(syn::Error::new(input.generics.span(), "#[derive(Value)] supports types without generics"));
+    }
+    let mut label: Option<syn::Ident> = None;
+    for attr in &input.attrs {
+        if !attr.path().is_ident("value") {
+            continue;
+        }
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("label") {
+                let s: syn::LitStr = meta.value()?.parse()?;
+                label = Some(syn::Ident::new(&s.value(), s.span()));
+                Ok(())
+            } else {
+                Err(meta.error("unknown #[value] option; expected `label = \"field\"`"))
+            }
+        })?;
+    }
+    let ident = &input.ident;
+    let label_fn = label.map(|field| {
+        quote! {
+            fn label(&self) -> ::core::option::Option<::std::string::String> {
+                ::core::option::Option::Some(::std::string::ToString::to_string(&self.#field))
+            }
+        }
+    });
+    Ok(quote! {
+        impl ::flowrun_engine::Value for #ident {
+            fn encode(&self, out: &mut ::std::vec::Vec<u8>) -> ::core::result::Result<(), ::flowrun_engine::CodecError> {
+                ::flowrun_engine::__private::serde_encode(self, out)
+            }
+            fn decode(bytes: &[u8]) -> ::core::result::Result<Self, ::flowrun_engine::CodecError> {
+                ::flowrun_engine::__private::serde_decode(bytes)
+            }
+            fn from_toml(
+                value: &::flowrun_engine::__private::toml::Value,
+                _cx: &::flowrun_engine::LiteralCx,
+            ) -> ::core::result::Result<Self, ::std::string::String> {
+                ::flowrun_engine::__private::serde_from_toml(value)
+            }
+            #label_fn
+        }
+    })
+}

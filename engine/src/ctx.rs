@@ -1,0 +1,132 @@
+//! What a running node may ask of the engine, through free functions (nodes stay plain functions):
+//!
+//! - [`track_file`] / [`track_dir`]: fingerprint a file the node reads *and* record it as a dependency of
+//!   the node's result. Next run, the cached result is only reused if the file is unchanged (checked with
+//!   the size+mtime fast path). Use it for files a node discovers at run time (a download mirror, the files
+//!   of a directory).
+//! - [`progress`]: report progress (bytes, rows) to the progress bar.
+//! - [`warn`]: a warning, shown after the run and kept in the run record.
+//! - [`cache_dir`]: a directory inside the cache for a node's own caches (downloads).
+//!
+//! Outside a run (unit tests calling a node function directly) they still work: files are hashed without
+//! the fast path, progress and warnings go nowhere.
+
+use std::cell::RefCell;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flowrun_cache::{FileDep, Store};
+
+use crate::events::{Event, Observer};
+
+pub(crate) struct NodeCx {
+    pub store: Option<Arc<Store>>,
+    pub observer: Option<Arc<dyn Observer>>,
+    pub node: String,
+    pub deps: RefCell<Vec<FileDep>>,
+    pub warnings: RefCell<Vec<String>>,
+}
+
+impl NodeCx {
+    pub fn new(store: Option<Arc<Store>>, observer: Option<Arc<dyn Observer>>, node: String) -> NodeCx {
+        NodeCx { store, observer, node, deps: RefCell::new(Vec::new()), warnings: RefCell::new(Vec::new()) }
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<std::rc::Rc<NodeCx>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `cx` as the current context; returns `f`'s result and the context (with what was recorded).
+pub(crate) fn enter<R>(cx: NodeCx, f: impl FnOnce() -> R) -> (R, NodeCx) {
+    let cx = std::rc::Rc::new(cx);
+    let previous = CURRENT.with(|c| c.replace(Some(cx.clone())));
+    struct Restore(Option<std::rc::Rc<NodeCx>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            CURRENT.with(|c| *c.borrow_mut() = prev);
+        }
+    }
+    let restore = Restore(previous);
+    let r = f();
+    drop(restore);
+    let cx = std::rc::Rc::try_unwrap(cx)
+        .unwrap_or_else(|rc| NodeCx::new(rc.store.clone(), rc.observer.clone(), rc.node.clone()));
+    (r, cx)
+}
+
+fn with_current<R>(f: impl FnOnce(Option<&NodeCx>) -> R) -> R {
+    CURRENT.with(|c| f(c.borrow().as_deref()))
+}
+
+/// Content hash of a file (fast path when a run's cache is available). Does not record a dependency.
+pub fn fingerprint_file(path: &Path) -> io::Result<blake3::Hash> {
+    let store = with_current(|cx| cx.and_then(|cx| cx.store.clone()));
+    match store {
+        Some(store) => store.fingerprint_file(path),
+        None => flowrun_cache::fingerprint::hash_file(path),
+    }
+}
+
+/// Content hash of a directory tree. Does not record a dependency.
+pub fn fingerprint_dir(path: &Path) -> io::Result<blake3::Hash> {
+    flowrun_cache::fingerprint::hash_dir(path, fingerprint_file)
+}
+
+/// Fingerprints `path` and records it as a dependency of the running node's result.
+pub fn track_file(path: &Path) -> io::Result<blake3::Hash> {
+    let hash = fingerprint_file(path)?;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    with_current(|cx| {
+        if let Some(cx) = cx {
+            cx.deps.borrow_mut().push(FileDep { path: abs, hash: hash.to_hex().to_string() });
+        }
+    });
+    Ok(hash)
+}
+
+/// Fingerprints every file below `dir`, recording each as a dependency; returns the tree's hash.
+pub fn track_dir(dir: &Path) -> io::Result<blake3::Hash> {
+    flowrun_cache::fingerprint::hash_dir(dir, track_file)
+}
+
+/// Reports progress of the running node.
+pub fn progress(done: u64, total: Option<u64>) {
+    with_current(|cx| {
+        if let Some(cx) = cx {
+            if let Some(obs) = &cx.observer {
+                obs.event(&Event::Progress { node: &cx.node, done, total });
+            }
+        }
+    });
+}
+
+/// Records a warning for the running node.
+pub fn warn(message: impl Into<String>) {
+    let message = message.into();
+    with_current(|cx| match cx {
+        Some(cx) => {
+            if let Some(obs) = &cx.observer {
+                obs.event(&Event::Warning { node: Some(&cx.node), message: &message });
+            }
+            cx.warnings.borrow_mut().push(message);
+        }
+        None => eprintln!("warning: {message}"),
+    });
+}
+
+/// A directory for a node's own caches (e.g. downloads), inside the run's cache directory; a directory
+/// under the system temp dir when no cache is in use.
+pub fn cache_dir(name: &str) -> PathBuf {
+    let root = with_current(|cx| cx.and_then(|cx| cx.store.as_ref().map(|s| s.root().to_path_buf())));
+    let dir = root.unwrap_or_else(|| std::env::temp_dir().join("flowrun-cache")).join(name);
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// Display name of the running node (`node[item]`), if any.
+pub fn node_name() -> Option<String> {
+    with_current(|cx| cx.map(|cx| cx.node.clone()))
+}

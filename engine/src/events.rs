@@ -1,0 +1,169 @@
+//! Run events: what the scheduler reports as it goes. The progress bar, the run records, `--json` output
+//! and the tests all read the same events, so what a test asserts is what a user sees.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::flow::CacheMode;
+
+/// What happened to one node run (one per fan-out item for nodes inside a fan-out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The node ran.
+    Executed,
+    /// Its result came from the cache.
+    Reused,
+    /// It ran and failed (or its checks failed).
+    Failed,
+    /// Not run: something upstream failed.
+    Skipped,
+    /// Not run: `--fail-fast` stopped the run.
+    Cancelled,
+    /// Dry run: it would run.
+    WouldRun,
+    /// Dry run: its result would come from the cache.
+    WouldReuse,
+}
+
+impl Status {
+    /// Lower-case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Executed => "executed",
+            Status::Reused => "reused",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+            Status::Cancelled => "cancelled",
+            Status::WouldRun => "would_run",
+            Status::WouldReuse => "would_reuse",
+        }
+    }
+}
+
+/// Why a node ran (or would run) instead of coming from the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", content = "detail", rename_all = "snake_case")]
+pub enum Reason {
+    /// Never run before under this flow and node name.
+    NotCached,
+    /// Same key as last time, but the stored result is gone (`cache gc`/`clear`, or it was corrupt).
+    ResultMissing,
+    /// The function's code (or its `version`) changed, or the node now uses another function.
+    CodeChanged,
+    /// A literal parameter changed.
+    ParamChanged(String),
+    /// A config value it reads changed.
+    ConfigChanged(String),
+    /// An external input changed.
+    InputChanged(String),
+    /// The result of an upstream node changed.
+    UpstreamChanged(String),
+    /// A file the node read last time has changed.
+    FileChanged(String),
+    /// `cache = "recompute"`, `cache = "disable"` or `--recompute`.
+    Forced(CacheMode),
+    /// Dry run: an upstream node will run, so this node's inputs are not known yet.
+    UpstreamWillRun(String),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::NotCached => f.write_str("not cached (first run)"),
+            Reason::ResultMissing => f.write_str("result no longer in the cache"),
+            Reason::CodeChanged => f.write_str("code changed"),
+            Reason::ParamChanged(p) => write!(f, "param `{p}` changed"),
+            Reason::ConfigChanged(c) => write!(f, "config `{c}` changed"),
+            Reason::InputChanged(i) => write!(f, "input `{i}` changed"),
+            Reason::UpstreamChanged(n) => write!(f, "input changed (upstream `{n}`)"),
+            Reason::FileChanged(p) => write!(f, "file changed: {p}"),
+            Reason::Forced(CacheMode::Disable) => f.write_str("forced (cache = \"disable\")"),
+            Reason::Forced(_) => f.write_str("forced (recompute)"),
+            Reason::UpstreamWillRun(n) => write!(f, "upstream `{n}` will run"),
+        }
+    }
+}
+
+/// The outcome of one node run.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    /// Display name: `node`, or `node[item]` inside a fan-out.
+    pub name: String,
+    /// The flow node's name.
+    pub node: String,
+    /// Item label inside a fan-out (`outer/inner` when nested).
+    pub item: Option<String>,
+    /// What happened.
+    pub status: Status,
+    /// Why it ran (empty when reused).
+    pub reasons: Vec<Reason>,
+    /// Wall time.
+    #[serde(serialize_with = "ser_ms")]
+    pub duration: Duration,
+    /// Row count, for tables.
+    pub rows: Option<u64>,
+    /// Cache key (hex).
+    pub key: Option<String>,
+    /// Parameter -> identity of its value (hex).
+    pub inputs: Vec<(String, String)>,
+    /// Error chain, outermost first.
+    pub error: Vec<String>,
+    /// Warnings (failed `warn` checks, node warnings).
+    pub warnings: Vec<String>,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// Something the scheduler reports.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A run (or dry run) starts with this many node runs known (fan-outs add more later).
+    RunStarted {
+        /// Flow name.
+        flow: &'a str,
+        /// Node runs known now.
+        tasks: usize,
+        /// Worker threads.
+        jobs: usize,
+    },
+    /// A fan-out added node runs.
+    TasksAdded(usize),
+    /// A node starts executing (not sent for cache hits).
+    NodeStarted(&'a str),
+    /// A node run is over.
+    NodeFinished(&'a NodeReport),
+    /// A node reports progress (bytes downloaded, rows read).
+    Progress {
+        /// Display name.
+        node: &'a str,
+        /// Done so far.
+        done: u64,
+        /// Total, if known.
+        total: Option<u64>,
+    },
+    /// A warning.
+    Warning {
+        /// Display name of the node, if any.
+        node: Option<&'a str>,
+        /// Text.
+        message: &'a str,
+    },
+}
+
+/// Receives [`Event`]s; must be cheap, it is called from worker threads.
+pub trait Observer: Send + Sync {
+    /// Handles one event.
+    fn event(&self, event: &Event<'_>);
+}
+
+/// Ignores everything.
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn event(&self, _: &Event<'_>) {}
+}

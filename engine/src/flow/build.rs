@@ -1,0 +1,1292 @@
+//! Resolution and validation: [`RawFlow`] -> [`Flow`], reporting every error with its place in the file.
+//!
+//! The steps, in order:
+//! 1. parse the TOML into [`RawFlow`] (syntax errors, unknown fields and wrong TOML types stop here);
+//! 2. apply command-line `--set` / `--input` overrides to `[config]` / `[inputs]`;
+//! 3. turn `[nodes.*]` into node declarations: drop nodes whose `when` does not match, pick the variant the
+//!    config selects, expand `parameterize` into one node per instance; check names are unique;
+//! 4. resolve every declared node (and, on demand, every registered function a parameter names): find its
+//!    function, bind each parameter to a literal, a config value, an input, another node or a default;
+//! 5. type-check every edge, find cycles (printed as `a -> b -> a`), place every node in its fan-out scope;
+//! 6. check materialize sections, data checks and that every config key is read by something.
+//!
+//! Errors do not stop the steps that can still run, so one pass reports them all.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use petgraph::graph::{DiGraph, NodeIndex};
+use toml::Spanned;
+
+use super::diagnostic::{Diagnostic, Diagnostics, Label, SourceFile, read_source};
+use super::raw::{CacheMode, RawCheck, RawFlow, RawNode, SpannedTable};
+use super::{Arg, Binding, Block, EdgeMode, Flow, FlowNode, LiteralSource, MaterializeDecl, NodeId, NodeImpl};
+use crate::registry::{Lookup, OutputKind, ParamKind, Registry};
+use crate::suggest::{closest, did_you_mean};
+use crate::value::{AnyValue, LiteralCx, TypeDesc, encode_value};
+use crate::{Table, sql};
+
+/// What `build` needs besides the file.
+pub struct BuildOptions<'a> {
+    /// Where node functions are looked up.
+    pub registry: &'a Registry,
+    /// `--set key=value` overrides of `[config]` (values parsed as TOML, else taken as strings).
+    pub set_config: Vec<(String, String)>,
+    /// `--input name=value` values of `[inputs]`.
+    pub set_inputs: Vec<(String, String)>,
+    /// Overrides `[flow] outputs`.
+    pub outputs: Option<Vec<String>>,
+    /// Materializer kinds the caller can write; empty accepts any kind.
+    pub materializer_kinds: Vec<String>,
+}
+
+impl Default for BuildOptions<'_> {
+    fn default() -> Self {
+        BuildOptions {
+            registry: Registry::global(),
+            set_config: Vec::new(),
+            set_inputs: Vec::new(),
+            outputs: None,
+            materializer_kinds: Vec::new(),
+        }
+    }
+}
+
+/// Reads and builds the flow at `path`.
+pub fn load(path: &Path, opts: &BuildOptions<'_>) -> Result<Flow, Diagnostics> {
+    build(read_source(path)?, opts)
+}
+
+/// Parses a command-line value: TOML if it parses (`3`, `true`, `[1, 2]`, `"x"`), else a plain string.
+pub fn parse_cli_value(raw: &str) -> toml::Value {
+    #[derive(serde::Deserialize)]
+    struct V {
+        v: toml::Value,
+    }
+    toml::from_str::<V>(&format!("v = {raw}")).map(|v| v.v).unwrap_or_else(|_| toml::Value::String(raw.to_string()))
+}
+
+/// Builds a flow from its source text.
+pub fn build(src: Arc<SourceFile>, opts: &BuildOptions<'_>) -> Result<Flow, Diagnostics> {
+    let raw: RawFlow = match toml::from_str(&src.text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().to_string();
+            let code = if message.contains("unknown field")
+                || message.contains("invalid type")
+                || message.contains("unknown variant")
+            {
+                "bad-value"
+            } else {
+                "toml-syntax"
+            };
+            let help = if message.contains("duplicate key") {
+                Some("each table may appear once; give the second node another name".to_string())
+            } else {
+                None
+            };
+            let d = Diagnostic::new(code, format!("invalid flow file: {message}"))
+                .at(Label::new(&src, span, "here"))
+                .help(help);
+            return Err(Diagnostics(vec![d]));
+        }
+    };
+    let mut b = Builder::new(src, opts, &raw);
+    b.run(&raw);
+    b.finish(&raw)
+}
+
+/// A node declaration after `when`, variants and `parameterize` were applied.
+struct Decl {
+    name: String,
+    span: Range<usize>,
+    function: Option<(String, Range<usize>)>,
+    sql: Option<(String, Range<usize>)>,
+    params: IndexMap<String, (toml::Value, Range<usize>)>,
+    inputs: IndexMap<String, (String, Range<usize>)>,
+    cache: CacheMode,
+    tags: Vec<(String, String)>,
+    doc: Option<String>,
+    checks: Vec<(RawCheck, Range<usize>)>,
+    declared: bool,
+}
+
+impl Decl {
+    fn auto(name: &str, span: Range<usize>) -> Decl {
+        Decl {
+            name: name.to_string(),
+            span,
+            function: None,
+            sql: None,
+            params: IndexMap::new(),
+            inputs: IndexMap::new(),
+            cache: CacheMode::Default,
+            tags: Vec::new(),
+            doc: None,
+            checks: Vec::new(),
+            declared: false,
+        }
+    }
+}
+
+struct ConfigEntry {
+    value: toml::Value,
+    span: Option<Range<usize>>,
+    used: bool,
+}
+
+struct InputEntry {
+    value: Option<(toml::Value, Option<Range<usize>>)>,
+    span: Range<usize>,
+}
+
+/// A node-to-node binding waiting for its type check.
+struct PendingEdge {
+    consumer: NodeId,
+    arg: usize,
+    producer: NodeId,
+    span: Range<usize>,
+}
+
+struct Builder<'a> {
+    src: Arc<SourceFile>,
+    opts: &'a BuildOptions<'a>,
+    cx: LiteralCx,
+    scope: Vec<String>,
+    errors: Vec<Diagnostic>,
+    config: IndexMap<String, ConfigEntry>,
+    inputs: IndexMap<String, InputEntry>,
+    /// Declarations by name, in file order, until resolved.
+    decls: Vec<Option<Decl>>,
+    nodes: Vec<Option<FlowNode>>,
+    by_name: HashMap<String, NodeId>,
+    edges: Vec<PendingEdge>,
+    disabled: Vec<String>,
+    /// Parameter names of every function a declaration could use (for unused-config checks and hints).
+    known_params: HashSet<String>,
+}
+
+fn span_of<T>(s: &Spanned<T>) -> Range<usize> {
+    s.span()
+}
+
+impl<'a> Builder<'a> {
+    fn new(src: Arc<SourceFile>, opts: &'a BuildOptions<'a>, raw: &RawFlow) -> Self {
+        let cx = LiteralCx { base_dir: src.path.parent().map(Path::to_path_buf).unwrap_or_default() };
+        let scope = raw.flow.get_ref().modules.iter().map(|m| m.get_ref().clone()).collect();
+        Builder {
+            src,
+            opts,
+            cx,
+            scope,
+            errors: Vec::new(),
+            config: IndexMap::new(),
+            inputs: IndexMap::new(),
+            decls: Vec::new(),
+            nodes: Vec::new(),
+            by_name: HashMap::new(),
+            edges: Vec::new(),
+            disabled: Vec::new(),
+            known_params: HashSet::new(),
+        }
+    }
+
+    fn label(&self, span: Range<usize>, text: impl Into<String>) -> Label {
+        Label::new(&self.src, span, text)
+    }
+
+    fn error(&mut self, d: Diagnostic) {
+        self.errors.push(d);
+    }
+
+    fn run(&mut self, raw: &RawFlow) {
+        self.load_config(raw);
+        self.load_inputs(raw);
+        self.declare(raw);
+        self.resolve_targets_early(raw);
+        let mut next = 0;
+        while next < self.decls.len() {
+            if let Some(decl) = self.decls[next].take() {
+                let node = self.resolve(next, decl);
+                self.nodes[next] = node;
+            }
+            next += 1;
+        }
+    }
+
+    // -- step 2: config and inputs ------------------------------------------------------------------------
+
+    fn load_config(&mut self, raw: &RawFlow) {
+        for (k, v) in &raw.config {
+            self.config.insert(
+                k.get_ref().clone(),
+                ConfigEntry { value: v.get_ref().clone(), span: Some(span_of(v)), used: false },
+            );
+        }
+        for (k, v) in &self.opts.set_config {
+            match self.config.get_mut(k) {
+                Some(entry) => {
+                    entry.value = parse_cli_value(v);
+                    entry.span = None;
+                }
+                None => {
+                    let names: Vec<&str> = self.config.keys().map(String::as_str).collect();
+                    let help = did_you_mean(&closest(k, names))
+                        .unwrap_or_else(|| format!("declare it in [config] of {} first", self.src.path.display()));
+                    self.error(
+                        Diagnostic::new(
+                            "unknown-config-key",
+                            format!("--set {k}={v}: the flow has no config key `{k}`"),
+                        )
+                        .help(Some(help)),
+                    );
+                }
+            }
+        }
+    }
+
+    fn load_inputs(&mut self, raw: &RawFlow) {
+        for (k, v) in &raw.inputs {
+            let value = v.get_ref().default.as_ref().map(|d| (d.get_ref().clone(), Some(span_of(d))));
+            self.inputs.insert(k.get_ref().clone(), InputEntry { value, span: span_of(k) });
+        }
+        for (k, v) in &self.opts.set_inputs {
+            match self.inputs.get_mut(k) {
+                // Command-line paths are relative to the current directory, not the flow file.
+                Some(entry) => entry.value = Some((cli_input_value(v), None)),
+                None => {
+                    let names: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
+                    let help = did_you_mean(&closest(k, names))
+                        .unwrap_or_else(|| "declare it in [inputs] of the flow file".to_string());
+                    self.error(
+                        Diagnostic::new("unknown-input", format!("--input {k}={v}: the flow has no input `{k}`"))
+                            .help(Some(help)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Evaluates a `when` table: `Some(true)` if every key matches. Unknown keys are errors.
+    fn when_matches(&mut self, node: &str, when: &SpannedTable) -> bool {
+        let mut all = true;
+        for (k, v) in when {
+            match self.config.get_mut(k.get_ref()) {
+                Some(entry) => {
+                    entry.used = true;
+                    if entry.value != *v.get_ref() {
+                        all = false;
+                    }
+                }
+                None => {
+                    let names: Vec<String> = self.config.keys().cloned().collect();
+                    let help = did_you_mean(&closest(k.get_ref(), names.iter().map(String::as_str)))
+                        .unwrap_or_else(|| format!("add `{}` to [config]", k.get_ref()));
+                    let d = Diagnostic::new(
+                        "unknown-config-key",
+                        format!(
+                            "node `{node}`: `when` reads config key `{}`, which [config] does not have",
+                            k.get_ref()
+                        ),
+                    )
+                    .node(node)
+                    .at(self.label(span_of(k), "not in [config]"))
+                    .help(Some(help));
+                    self.error(d);
+                    all = false;
+                }
+            }
+        }
+        all
+    }
+
+    // -- step 3: declarations -----------------------------------------------------------------------------
+
+    fn declare(&mut self, raw: &RawFlow) {
+        let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+        for (name, node) in &raw.nodes {
+            let name_str = name.get_ref().clone();
+            let span = span_of(name);
+            let n = node.get_ref();
+            // function names a declaration could use, for the unused-config check
+            self.note_params_of(n.function.as_ref().map(|f| f.get_ref().as_str()).unwrap_or(&name_str));
+            for v in &n.variants {
+                if let Some(f) = &v.get_ref().function {
+                    self.note_params_of(f.get_ref());
+                }
+            }
+            if let Some(when) = &n.when {
+                if !self.when_matches(&name_str, when) {
+                    self.disabled.push(name_str);
+                    continue;
+                }
+            }
+            let Some(base) = self.choose_variant(&name_str, span.clone(), n) else { continue };
+            if n.parameterize.is_empty() {
+                self.add_decl(base, &mut seen);
+            } else {
+                for (inst_name, inst) in &n.parameterize {
+                    let inst_ref = inst.get_ref();
+                    let mut d = Decl {
+                        name: inst_name.get_ref().clone(),
+                        span: span_of(inst_name),
+                        function: base.function.clone().or_else(|| Some((name_str.clone(), span.clone()))),
+                        sql: base.sql.clone(),
+                        params: base.params.clone(),
+                        inputs: base.inputs.clone(),
+                        cache: base.cache,
+                        tags: base.tags.clone(),
+                        doc: inst_ref.doc.clone().or_else(|| base.doc.clone()),
+                        checks: base.checks.clone(),
+                        declared: true,
+                    };
+                    merge_params(&mut d, &inst_ref.params, &inst_ref.inputs);
+                    d.tags.extend(inst_ref.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    self.add_decl(d, &mut seen);
+                }
+            }
+        }
+    }
+
+    fn note_params_of(&mut self, function: &str) {
+        if let Lookup::Found(def) = self.opts.registry.lookup(function, &self.scope) {
+            self.known_params.extend(def.params.iter().map(|p| p.name.to_string()));
+        }
+    }
+
+    fn choose_variant(&mut self, name: &str, span: Range<usize>, n: &RawNode) -> Option<Decl> {
+        let mut d = Decl {
+            name: name.to_string(),
+            span: span.clone(),
+            function: n.function.as_ref().map(|f| (f.get_ref().clone(), span_of(f))),
+            sql: n.sql.as_ref().map(|s| (s.get_ref().clone(), span_of(s))),
+            params: IndexMap::new(),
+            inputs: IndexMap::new(),
+            cache: n.cache.as_ref().map(|c| *c.get_ref()).unwrap_or_default(),
+            tags: n.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            doc: n.doc.clone(),
+            checks: n.checks.iter().map(|c| (c.get_ref().clone(), span_of(c))).collect(),
+            declared: true,
+        };
+        merge_params(&mut d, &n.params, &n.inputs);
+        if n.variants.is_empty() {
+            return Some(d);
+        }
+        let mut matched = Vec::new();
+        let mut fallback = Vec::new();
+        for (i, v) in n.variants.iter().enumerate() {
+            match &v.get_ref().when {
+                Some(when) => {
+                    if self.when_matches(name, when) {
+                        matched.push(i);
+                    }
+                }
+                None => fallback.push(i),
+            }
+        }
+        let describe = |v: &toml::Spanned<super::raw::RawVariant>| -> String {
+            let v = v.get_ref();
+            let when = v
+                .when
+                .as_ref()
+                .map(|w| {
+                    w.iter()
+                        .map(|(k, val)| format!("{} = {}", k.get_ref(), val.get_ref()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_else(|| "fallback".to_string());
+            let f = v.function.as_ref().map(|f| f.get_ref().clone()).unwrap_or_else(|| "sql".into());
+            format!("{f} (when {when})")
+        };
+        let chosen = match (matched.as_slice(), fallback.as_slice()) {
+            ([one], _) => *one,
+            ([], [one]) => *one,
+            ([], []) => {
+                let options: Vec<String> = n.variants.iter().map(describe).collect();
+                let current: Vec<String> = self.config.iter().map(|(k, e)| format!("{k} = {}", e.value)).collect();
+                let d = Diagnostic::new("no-variant", format!("no variant of node `{name}` matches the config"))
+                    .node(name)
+                    .at(self.label(span, "variants declared here"))
+                    .help(Some(format!(
+                        "variants: {}; config: {}; add a variant without `when` as the fallback",
+                        options.join("; "),
+                        if current.is_empty() { "(empty)".to_string() } else { current.join(", ") }
+                    )));
+                self.error(d);
+                return None;
+            }
+            (many, _) if many.len() > 1 => {
+                let options: Vec<String> = many.iter().map(|&i| describe(&n.variants[i])).collect();
+                let d = Diagnostic::new(
+                    "ambiguous-variant",
+                    format!("{} variants of node `{name}` match the config", many.len()),
+                )
+                .node(name)
+                .at(self.label(span_of(&n.variants[many[1]]), "this variant matches too"))
+                .help(Some(format!("matching: {}; make their `when` tables exclusive", options.join("; "))));
+                self.error(d);
+                return None;
+            }
+            (_, many) => {
+                let d =
+                    Diagnostic::new("ambiguous-variant", format!("node `{name}` has {} fallback variants", many.len()))
+                        .node(name)
+                        .at(self.label(span_of(&n.variants[many[1]]), "second variant without `when`"))
+                        .help(Some("only one variant may omit `when`".to_string()));
+                self.error(d);
+                return None;
+            }
+        };
+        let v = n.variants[chosen].get_ref();
+        if let Some(f) = &v.function {
+            d.function = Some((f.get_ref().clone(), span_of(f)));
+            d.sql = None;
+        }
+        if let Some(s) = &v.sql {
+            d.sql = Some((s.get_ref().clone(), span_of(s)));
+            d.function = None;
+        }
+        merge_params(&mut d, &v.params, &v.inputs);
+        Some(d)
+    }
+
+    fn add_decl(&mut self, d: Decl, seen: &mut HashMap<String, Range<usize>>) {
+        if let Some(first) = seen.get(&d.name) {
+            let diag = Diagnostic::new("duplicate-node", format!("two nodes are called `{}`", d.name))
+                .node(&d.name)
+                .at(self.label(d.span.clone(), "second node with this name"))
+                .also(self.label(first.clone(), "first defined here"))
+                .help(Some("node names must be unique; rename one of the parameterized instances".to_string()));
+            self.error(diag);
+            return;
+        }
+        seen.insert(d.name.clone(), d.span.clone());
+        let id = self.decls.len();
+        self.by_name.insert(d.name.clone(), id);
+        self.decls.push(Some(d));
+        self.nodes.push(None);
+    }
+
+    /// Adds a node for a registered function named `name` that no declaration defines.
+    fn auto_node(&mut self, name: &str, span: Range<usize>) -> NodeId {
+        let id = self.decls.len();
+        self.by_name.insert(name.to_string(), id);
+        self.decls.push(Some(Decl::auto(name, span)));
+        self.nodes.push(None);
+        id
+    }
+
+    /// `[flow] outputs` and materialize targets may name registered functions that are not declared.
+    fn resolve_targets_early(&mut self, raw: &RawFlow) {
+        let mut names: Vec<(String, Range<usize>)> = match &self.opts.outputs {
+            Some(outs) => outs.iter().map(|o| (o.clone(), span_of(&raw.flow))).collect(),
+            None => raw.flow.get_ref().outputs.iter().flatten().map(|o| (o.get_ref().clone(), span_of(o))).collect(),
+        };
+        for (_, section) in &raw.materialize {
+            if let Some((_, node)) = section.get_ref().iter().find(|(k, _)| k.get_ref() == "node") {
+                if let toml::Value::String(s) = node.get_ref() {
+                    names.push((s.clone(), span_of(node)));
+                }
+            }
+        }
+        for (name, span) in names {
+            if !self.by_name.contains_key(&name) {
+                if let Lookup::Found(_) = self.opts.registry.lookup(&name, &self.scope) {
+                    self.auto_node(&name, span);
+                }
+            }
+        }
+    }
+
+    // -- step 4: resolve one node -------------------------------------------------------------------------
+
+    fn resolve(&mut self, id: NodeId, decl: Decl) -> Option<FlowNode> {
+        if let Some((sql_text, sql_span)) = decl.sql.clone() {
+            if let Some((_, fspan)) = &decl.function {
+                let d = Diagnostic::new("bad-value", format!("node `{}` has both `fn` and `sql`", decl.name))
+                    .node(&decl.name)
+                    .at(self.label(fspan.clone(), "remove `fn` or `sql`"));
+                self.error(d);
+                return None;
+            }
+            return Some(self.resolve_sql(id, decl, sql_text, sql_span));
+        }
+        let (fname, fspan) = decl.function.clone().unwrap_or_else(|| (decl.name.clone(), decl.span.clone()));
+        let def = match self.opts.registry.lookup(&fname, &self.scope) {
+            Lookup::Found(def) => def,
+            Lookup::Ambiguous(defs) => {
+                let paths: Vec<String> = defs.iter().map(|d| format!("`{}`", d.path())).collect();
+                let d = Diagnostic::new(
+                    "ambiguous-function",
+                    format!("node `{}`: several registered functions are called `{fname}`", decl.name),
+                )
+                .node(&decl.name)
+                .at(self.label(fspan, "ambiguous"))
+                .help(Some(format!(
+                    "write the module too, e.g. fn = \"{}\" (candidates: {})",
+                    defs[0]
+                        .path()
+                        .rsplit_once("::")
+                        .map(|(m, n)| format!("{}::{n}", m.rsplit("::").next().unwrap_or(m)))
+                        .unwrap_or_default(),
+                    paths.join(", ")
+                )));
+                self.error(d);
+                return None;
+            }
+            Lookup::NotFound(suggestions) => {
+                let help = did_you_mean(&suggestions).unwrap_or_else(|| {
+                    "`flowrun nodes` lists the registered functions; a new one needs #[node] and its crate linked"
+                        .to_string()
+                });
+                let what = if decl.declared { "node" } else { "name" };
+                let d = Diagnostic::new(
+                    "unknown-function",
+                    format!("{what} `{}` uses function `{fname}`, which is not a registered node", decl.name),
+                )
+                .node(&decl.name)
+                .at(self.label(fspan, "unknown function"))
+                .help(Some(help));
+                self.error(d);
+                return None;
+            }
+        };
+        // parameters named in the flow must exist
+        let param_names: Vec<&str> = def.params.iter().map(|p| p.name).collect();
+        for (key, span) in
+            decl.params.iter().map(|(k, (_, s))| (k, s)).chain(decl.inputs.iter().map(|(k, (_, s))| (k, s)))
+        {
+            if !param_names.contains(&key.as_str()) {
+                let help = did_you_mean(&closest(key, param_names.iter().copied()))
+                    .unwrap_or_else(|| format!("its parameters are: {}", def.signature()));
+                let d = Diagnostic::new(
+                    "unknown-parameter",
+                    format!("node `{}`: function `{}` has no parameter `{key}`", decl.name, def.name),
+                )
+                .node(&decl.name)
+                .at(self.label(span.clone(), "no such parameter"))
+                .help(Some(help));
+                self.error(d);
+            }
+        }
+        let mut args = Vec::with_capacity(def.params.len());
+        for (i, p) in def.params.iter().enumerate() {
+            let binding = match p.kind {
+                ParamKind::Value(t) => self.bind(id, &decl, i, p.name, t, false),
+                ParamKind::Collect(t) => self.bind(id, &decl, i, p.name, t, true),
+            };
+            args.push(Arg { param: p.name.to_string(), binding: binding.unwrap_or_else(placeholder) });
+        }
+        let mut tags: Vec<(String, String)> = def.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        tags.extend(decl.tags.iter().cloned());
+        self.check_checks(&decl, def.output);
+        Some(FlowNode {
+            name: decl.name.clone(),
+            imp: NodeImpl::Function(def),
+            args,
+            cache: decl.cache,
+            tags,
+            doc: decl.doc.clone().unwrap_or_else(|| def.doc.to_string()),
+            checks: decl.checks.iter().map(|(c, _)| c.clone()).collect(),
+            span: decl.span.clone(),
+            block: 0,
+            declared: decl.declared,
+        })
+    }
+
+    fn resolve_sql(&mut self, id: NodeId, decl: Decl, sql_text: String, sql_span: Range<usize>) -> FlowNode {
+        let mut tables: Vec<(String, String, Range<usize>)> = Vec::new(); // (table name, source, span)
+        for (alias, (source, span)) in &decl.inputs {
+            tables.push((alias.clone(), source.clone(), span.clone()));
+        }
+        let known = |n: &str| {
+            self.by_name.contains_key(n) || matches!(self.opts.registry.lookup(n, &self.scope), Lookup::Found(_))
+        };
+        for t in sql::referenced_tables(&sql_text, known) {
+            if !tables.iter().any(|(alias, _, _)| *alias == t) {
+                tables.push((t.clone(), t, sql_span.clone()));
+            }
+        }
+        if let Some((k, (_, span))) = decl.params.first() {
+            let d = Diagnostic::new("unknown-parameter", format!("SQL node `{}` takes no `params` (`{k}`)", decl.name))
+                .node(&decl.name)
+                .at(self.label(span.clone(), "not used by SQL"))
+                .help(Some("write literals into the query, or bind tables with inputs = { alias = \"node\" }".into()));
+            self.error(d);
+        }
+        let mut args = Vec::new();
+        for (i, (table, source, span)) in tables.into_iter().enumerate() {
+            let producer = self.node_ref(&source, span.clone());
+            let binding = match producer {
+                Some(p) => {
+                    self.edges.push(PendingEdge { consumer: id, arg: i, producer: p, span });
+                    Binding::Node { node: p, mode: EdgeMode::Direct }
+                }
+                None => {
+                    let d = Diagnostic::new(
+                        "missing-input",
+                        format!("SQL node `{}` binds table `{table}` to `{source}`, which is not a node", decl.name),
+                    )
+                    .node(&decl.name)
+                    .at(self.label(span, "unknown node"))
+                    .help(did_you_mean(&closest(&source, self.by_name.keys().map(String::as_str))));
+                    self.error(d);
+                    placeholder()
+                }
+            };
+            args.push(Arg { param: table, binding });
+        }
+        self.check_checks(&decl, OutputKind::Value(TypeDesc::of::<Table>()));
+        let code_version = blake3::hash(sql::normalize(&sql_text).as_bytes()).to_hex()[..32].to_string();
+        FlowNode {
+            name: decl.name.clone(),
+            imp: NodeImpl::Sql { sql: sql_text, code_version },
+            args,
+            cache: decl.cache,
+            tags: decl.tags.clone(),
+            doc: decl.doc.clone().unwrap_or_default(),
+            checks: decl.checks.iter().map(|(c, _)| c.clone()).collect(),
+            span: decl.span.clone(),
+            block: 0,
+            declared: decl.declared,
+        }
+    }
+
+    /// The node called `name`: declared, already pulled in, or a registered function pulled in now.
+    fn node_ref(&mut self, name: &str, span: Range<usize>) -> Option<NodeId> {
+        if let Some(&id) = self.by_name.get(name) {
+            return Some(id);
+        }
+        if self.config.contains_key(name) || self.inputs.contains_key(name) {
+            return None;
+        }
+        match self.opts.registry.lookup(name, &self.scope) {
+            Lookup::Found(_) => Some(self.auto_node(name, span)),
+            _ => None,
+        }
+    }
+
+    fn literal(
+        &mut self,
+        node: &str,
+        param: &str,
+        ty: TypeDesc,
+        value: &toml::Value,
+        span: Option<Range<usize>>,
+        origin: &str,
+    ) -> Option<(AnyValue, blake3::Hash)> {
+        let value = match ty.from_toml(value, &self.cx) {
+            Ok(v) => v,
+            Err(e) => {
+                let mut d = Diagnostic::new(
+                    "bad-value",
+                    format!(
+                        "node `{node}`: parameter `{param}` is a `{}`, but {origin} is {} ({e})",
+                        ty.short_name(),
+                        describe_toml(value)
+                    ),
+                )
+                .node(node)
+                .help(Some(format!("write a value of type `{}`", ty.short_name())));
+                if let Some(span) = span {
+                    d = d.at(self.label(span, format!("expected `{}`", ty.short_name())));
+                }
+                self.error(d);
+                return None;
+            }
+        };
+        match identity_of(&*value) {
+            Ok(identity) => Some((value, identity)),
+            Err(e) => {
+                let mut d = Diagnostic::new("bad-value", format!("node `{node}`: parameter `{param}`: {e}")).node(node);
+                if let Some(span) = span {
+                    d = d.at(self.label(span, "here"));
+                }
+                self.error(d);
+                None
+            }
+        }
+    }
+
+    fn bind(
+        &mut self,
+        id: NodeId,
+        decl: &Decl,
+        index: usize,
+        param: &str,
+        ty: TypeDesc,
+        collect: bool,
+    ) -> Option<Binding> {
+        if let Some((value, span)) = decl.params.get(param) {
+            if collect {
+                let d = Diagnostic::new(
+                    "bad-value",
+                    format!("node `{}`: parameter `{param}` collects a fan-out and cannot be a literal", decl.name),
+                )
+                .node(&decl.name)
+                .at(self.label(span.clone(), "literal for a Collect parameter"));
+                self.error(d);
+                return None;
+            }
+            let (value, identity) = self.literal(&decl.name, param, ty, value, Some(span.clone()), "the literal")?;
+            return Some(Binding::Literal { value, identity, source: LiteralSource::Param });
+        }
+        let (source, span, explicit) = match decl.inputs.get(param) {
+            Some((s, span)) => (s.clone(), span.clone(), true),
+            None => (param.to_string(), decl.span.clone(), false),
+        };
+        if let Some(&producer) = self.by_name.get(&source) {
+            self.edges.push(PendingEdge { consumer: id, arg: index, producer, span });
+            return Some(Binding::Node { node: producer, mode: EdgeMode::Direct });
+        }
+        if !collect {
+            if let Some(entry) = self.config.get_mut(&source) {
+                entry.used = true;
+                let (value, cspan) = (entry.value.clone(), entry.span.clone());
+                let origin = format!("config `{source}`");
+                let (value, identity) = self.literal(&decl.name, param, ty, &value, cspan, &origin)?;
+                return Some(Binding::Literal { value, identity, source: LiteralSource::Config(source) });
+            }
+            if let Some(entry) = self.inputs.get(&source) {
+                let ispan = entry.span.clone();
+                let Some((value, vspan)) = entry.value.clone() else {
+                    let d = Diagnostic::new(
+                        "missing-input",
+                        format!("node `{}` reads input `{source}`, which has no value", decl.name),
+                    )
+                    .node(&decl.name)
+                    .at(self.label(ispan, "declared without a default"))
+                    .help(Some(format!("pass --input {source}=VALUE, or give it a default")));
+                    self.error(d);
+                    return None;
+                };
+                let origin = format!("input `{source}`");
+                let (value, identity) = self.literal(&decl.name, param, ty, &value, vspan.or(Some(ispan)), &origin)?;
+                return Some(Binding::Literal { value, identity, source: LiteralSource::Input(source) });
+            }
+        }
+        if let Some(producer) = self.node_ref(&source, span.clone()) {
+            self.edges.push(PendingEdge { consumer: id, arg: index, producer, span });
+            return Some(Binding::Node { node: producer, mode: EdgeMode::Direct });
+        }
+        if !explicit && !collect {
+            if let Some(value) = ty.default_value() {
+                let identity = identity_of(&*value).ok()?;
+                return Some(Binding::Literal { value, identity, source: LiteralSource::Default });
+            }
+        }
+        let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+        names.extend(self.config.keys().map(String::as_str));
+        names.extend(self.inputs.keys().map(String::as_str));
+        let mut help = did_you_mean(&closest(&source, names.iter().copied()));
+        if help.is_none() {
+            let producers: Vec<String> = self
+                .opts
+                .registry
+                .all()
+                .iter()
+                .filter(|d| d.output_type() == ty && crate::registry::in_scope(d.module, &self.scope))
+                .map(|d| format!("`{}`", d.name))
+                .take(5)
+                .collect();
+            help = Some(if producers.is_empty() {
+                format!(
+                    "add `{source}` to [config] or [inputs], declare a node called `{source}`, or bind `{param}` with inputs = {{ {param} = \"...\" }}"
+                )
+            } else {
+                format!(
+                    "registered nodes returning `{}`: {}; bind one with inputs = {{ {param} = \"...\" }}, or add `{source}` to [config]",
+                    ty.short_name(),
+                    producers.join(", ")
+                )
+            });
+        }
+        let what = if explicit { format!("is bound to `{source}`, which") } else { "needs a value, but".to_string() };
+        let d = Diagnostic::new(
+            "missing-input",
+            format!(
+                "node `{}`: parameter `{param}` ({}) {what} no node, config value or input is called `{source}`",
+                decl.name,
+                ty.short_name()
+            ),
+        )
+        .node(&decl.name)
+        .at(self.label(span, format!("`{source}` is not defined")))
+        .help(help);
+        self.error(d);
+        None
+    }
+
+    fn check_checks(&mut self, decl: &Decl, output: OutputKind) {
+        if decl.checks.is_empty() {
+            return;
+        }
+        let is_table = matches!(output, OutputKind::Value(t) if t == TypeDesc::of::<Table>());
+        for (check, span) in &decl.checks {
+            let problem = if !is_table {
+                Some(format!("checks need a table result; `{}` returns `{}`", decl.name, output.short_name()))
+            } else {
+                crate::checks::validate(check).err()
+            };
+            if let Some(problem) = problem {
+                let d = Diagnostic::new("bad-check", format!("node `{}`: {problem}", decl.name))
+                    .node(&decl.name)
+                    .at(self.label(span.clone(), "this check"));
+                self.error(d);
+            }
+        }
+    }
+
+    // -- steps 5 and 6 ------------------------------------------------------------------------------------
+
+    fn finish(mut self, raw: &RawFlow) -> Result<Flow, Diagnostics> {
+        // type-check edges
+        let mut modes: Vec<(NodeId, usize, EdgeMode)> = Vec::new();
+        let edges = std::mem::take(&mut self.edges);
+        for e in &edges {
+            let (Some(consumer), Some(producer)) = (&self.nodes[e.consumer], &self.nodes[e.producer]) else { continue };
+            let expected = match &consumer.imp {
+                NodeImpl::Function(def) => def.params[e.arg].kind,
+                NodeImpl::Sql { .. } => ParamKind::Value(TypeDesc::of::<Table>()),
+            };
+            let produced = producer.output();
+            let mode = match (expected, produced) {
+                (ParamKind::Value(t), OutputKind::Value(u)) if t == u => Some(EdgeMode::Direct),
+                (ParamKind::Value(t), OutputKind::Parallel { item, .. }) if t == item => Some(EdgeMode::Item),
+                (ParamKind::Value(t), OutputKind::Parallel { list, .. }) if t == list => Some(EdgeMode::Direct),
+                (ParamKind::Collect(t), OutputKind::Value(u)) if t == u => Some(EdgeMode::Collect),
+                _ => None,
+            };
+            match mode {
+                Some(m) => modes.push((e.consumer, e.arg, m)),
+                None => {
+                    let (want, hint) = match expected {
+                        ParamKind::Value(t) => (t.short_name(), String::new()),
+                        ParamKind::Collect(t) => (
+                            format!("Collect<{}>", t.short_name()),
+                            if matches!(produced, OutputKind::Parallel { .. }) {
+                                " (collect the results of a node inside the fan-out, not the fan-out node itself)"
+                                    .to_string()
+                            } else {
+                                String::new()
+                            },
+                        ),
+                    };
+                    let got = match produced {
+                        OutputKind::Value(u) => u.short_name(),
+                        OutputKind::Parallel { list, .. } => list.short_name(),
+                    };
+                    let param = &consumer.args[e.arg].param;
+                    let d = Diagnostic::new(
+                        "type-mismatch",
+                        format!(
+                            "type mismatch: node `{}` parameter `{param}` expects `{want}`, but node `{}` returns `{got}`{hint}",
+                            consumer.name, producer.name
+                        ),
+                    )
+                    .node(&consumer.name)
+                    .at(self.label(e.span.clone(), format!("expects `{want}`")))
+                    .also(self.label(producer.span.clone(), format!("`{}` returns `{got}`", producer.name)))
+                    .help(Some(format!(
+                        "change one of the two types, or bind `{param}` to another node with inputs = {{ {param} = \"...\" }}"
+                    )));
+                    self.error(d);
+                }
+            }
+        }
+        for (consumer, arg, mode) in modes {
+            if let Some(node) = self.nodes[consumer].as_mut() {
+                if let Binding::Node { mode: m, .. } = &mut node.args[arg].binding {
+                    *m = mode;
+                }
+            }
+        }
+
+        // unused config keys (not reported when functions could not be resolved: that cascades)
+        let unresolved = self.errors.iter().any(|e| matches!(e.code, "unknown-function" | "ambiguous-function"));
+        let unused: Vec<(String, Option<Range<usize>>)> = self
+            .config
+            .iter()
+            .filter(|(k, e)| !unresolved && !e.used && !self.known_params.contains(*k))
+            .map(|(k, e)| (k.clone(), e.span.clone()))
+            .collect();
+        for (key, span) in unused {
+            let mut params: Vec<&str> = self.known_params.iter().map(String::as_str).collect();
+            params.sort();
+            let help = did_you_mean(&closest(&key, params.iter().copied()))
+                .map(|h| format!("{h} (a config key is read by the parameters with its name)"))
+                .unwrap_or_else(|| "remove it, or add a node parameter with this name".to_string());
+            let mut d = Diagnostic::new("unknown-config-key", format!("config key `{key}` is not read by any node"))
+                .help(Some(help));
+            if let Some(span) = span {
+                d = d.at(self.label(span, "unused"));
+            }
+            self.error(d);
+        }
+
+        // materialize sections
+        let materialize = self.materialize_decls(raw);
+
+        // targets
+        let targets = self.targets(raw, &materialize);
+
+        if self.nodes.iter().any(Option::is_none) || !self.errors.is_empty() {
+            if self.errors.is_empty() {
+                self.errors.push(Diagnostic::new("internal", "a node could not be resolved (flowrun bug)"));
+            }
+            return Err(Diagnostics(self.errors));
+        }
+        let mut nodes: Vec<FlowNode> = self.nodes.into_iter().map(Option::unwrap).collect();
+
+        // graph, cycles
+        let mut graph: DiGraph<NodeId, EdgeMode> = DiGraph::with_capacity(nodes.len(), nodes.len());
+        for i in 0..nodes.len() {
+            graph.add_node(i);
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            for a in &n.args {
+                if let Binding::Node { node, mode } = a.binding {
+                    graph.add_edge(NodeIndex::new(node), NodeIndex::new(i), mode);
+                }
+            }
+        }
+        let order = match petgraph::algo::toposort(&graph, None) {
+            Ok(order) => order,
+            Err(_) => {
+                let mut errors = Vec::new();
+                for cycle in find_cycles(&graph) {
+                    let names: Vec<&str> = cycle.iter().map(|&i| nodes[i].name.as_str()).collect();
+                    let path = format!("{} -> {}", names.join(" -> "), names[0]);
+                    let first = &nodes[cycle[0]];
+                    let mut d = Diagnostic::new("cycle", format!("cycle: {path}"))
+                        .node(&first.name)
+                        .at(Label::new(&self.src, first.span.clone(), format!("`{}` is part of the cycle", first.name)))
+                        .help(Some(
+                            "a node cannot depend on itself; rename a parameter or bind it elsewhere with inputs = { .. }"
+                                .to_string(),
+                        ));
+                    for &i in cycle.iter().skip(1) {
+                        d = d.also(Label::new(&self.src, nodes[i].span.clone(), format!("`{}`", nodes[i].name)));
+                    }
+                    errors.push(d);
+                }
+                return Err(Diagnostics(errors));
+            }
+        };
+
+        // fan-out scopes
+        let mut blocks = vec![Block { parent: None, expand: None }];
+        let mut child_of: HashMap<NodeId, usize> = HashMap::new();
+        let mut errors = Vec::new();
+        for ix in order {
+            let n = ix.index();
+            let mut candidates: Vec<(usize, NodeId)> = Vec::new();
+            for a in &nodes[n].args {
+                let Binding::Node { node: m, mode } = a.binding else { continue };
+                let b = match mode {
+                    EdgeMode::Direct => nodes[m].block,
+                    EdgeMode::Item => *child_of.entry(m).or_insert_with(|| {
+                        blocks.push(Block { parent: Some(nodes[m].block), expand: Some(m) });
+                        blocks.len() - 1
+                    }),
+                    EdgeMode::Collect => match blocks[nodes[m].block].parent {
+                        Some(p) => p,
+                        None => {
+                            errors.push(
+                                Diagnostic::new(
+                                    "fanout",
+                                    format!(
+                                        "node `{}` collects `{}`, but `{}` is not inside a fan-out",
+                                        nodes[n].name, nodes[m].name, nodes[m].name
+                                    ),
+                                )
+                                .node(&nodes[n].name)
+                                .at(Label::new(&self.src, nodes[n].span.clone(), "collects here"))
+                                .help(Some(format!(
+                                    "take `{}` as a plain parameter, or make it depend on a node returning Parallel<T>",
+                                    a.param
+                                ))),
+                            );
+                            continue;
+                        }
+                    },
+                };
+                candidates.push((b, m));
+            }
+            let mut deepest = 0;
+            let mut from = None;
+            for &(b, m) in &candidates {
+                if within(&blocks, b, deepest) {
+                    deepest = b;
+                    from = Some(m);
+                } else if !within(&blocks, deepest, b) {
+                    let other = from.map(|f| nodes[f].name.clone()).unwrap_or_default();
+                    errors.push(
+                        Diagnostic::new(
+                            "fanout",
+                            format!(
+                                "node `{}` combines items of two different fan-outs (through `{}` and `{}`)",
+                                nodes[n].name, other, nodes[m].name
+                            ),
+                        )
+                        .node(&nodes[n].name)
+                        .at(Label::new(&self.src, nodes[n].span.clone(), "mixes fan-outs"))
+                        .help(Some(
+                            "collect one of them first (a Collect<T> parameter), or nest one fan-out in the other"
+                                .into(),
+                        )),
+                    );
+                }
+            }
+            nodes[n].block = deepest;
+            for a in &nodes[n].args {
+                if let Binding::Node { node: m, mode: EdgeMode::Collect } = a.binding {
+                    if blocks[nodes[m].block].parent.is_some() && blocks[nodes[m].block].parent != Some(deepest) {
+                        errors.push(
+                            Diagnostic::new(
+                                "fanout",
+                                format!(
+                                    "node `{}` collects `{}` but also uses values from inside that fan-out",
+                                    nodes[n].name, nodes[m].name
+                                ),
+                            )
+                            .node(&nodes[n].name)
+                            .at(Label::new(&self.src, nodes[n].span.clone(), "here")),
+                        );
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Diagnostics(errors));
+        }
+        let by_name = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+        Ok(Flow {
+            name: raw.flow.get_ref().name.get_ref().clone(),
+            description: raw.flow.get_ref().description.clone(),
+            source: self.src,
+            nodes,
+            graph,
+            by_name,
+            targets,
+            blocks,
+            config: self.config.into_iter().map(|(k, e)| (k, e.value)).collect(),
+            materialize,
+            disabled: self.disabled,
+        })
+    }
+
+    fn materialize_decls(&mut self, raw: &RawFlow) -> Vec<MaterializeDecl> {
+        let mut out = Vec::new();
+        for (name, section) in &raw.materialize {
+            let mut options: IndexMap<String, (toml::Value, Range<usize>)> = section
+                .get_ref()
+                .iter()
+                .map(|(k, v)| (k.get_ref().clone(), (v.get_ref().clone(), span_of(v))))
+                .collect();
+            let sspan = span_of(name);
+            let node = options.shift_remove("node");
+            let kind = options.shift_remove("kind");
+            let node_id = match &node {
+                Some((toml::Value::String(n), span)) => match self.by_name.get(n) {
+                    Some(&id) => Some(id),
+                    None => {
+                        let d = Diagnostic::new(
+                            "unknown-node",
+                            format!("materialize `{}`: no node is called `{n}`", name.get_ref()),
+                        )
+                        .at(self.label(span.clone(), "unknown node"))
+                        .help(did_you_mean(&closest(n, self.by_name.keys().map(String::as_str))));
+                        self.error(d);
+                        None
+                    }
+                },
+                _ => {
+                    let d = Diagnostic::new(
+                        "bad-value",
+                        format!("materialize `{}` needs `node = \"<node name>\"`", name.get_ref()),
+                    )
+                    .at(self.label(sspan.clone(), "no `node`"));
+                    self.error(d);
+                    None
+                }
+            };
+            let kind = match kind {
+                Some((toml::Value::String(k), span)) => {
+                    let kinds = &self.opts.materializer_kinds;
+                    if !kinds.is_empty() && !kinds.contains(&k) {
+                        let d = Diagnostic::new(
+                            "unknown-materializer",
+                            format!("materialize `{}`: unknown kind `{k}`", name.get_ref()),
+                        )
+                        .at(self.label(span, "unknown kind"))
+                        .help(Some(format!("kinds: {}", kinds.join(", "))));
+                        self.error(d);
+                    }
+                    k
+                }
+                _ => {
+                    let d = Diagnostic::new(
+                        "bad-value",
+                        format!("materialize `{}` needs `kind = \"ducklake\"` (or another kind)", name.get_ref()),
+                    )
+                    .at(self.label(sspan.clone(), "no `kind`"));
+                    self.error(d);
+                    String::new()
+                }
+            };
+            if let Some(node) = node_id {
+                out.push(MaterializeDecl { name: name.get_ref().clone(), node, kind, options, span: sspan });
+            }
+        }
+        out
+    }
+
+    fn targets(&mut self, raw: &RawFlow, materialize: &[MaterializeDecl]) -> Vec<NodeId> {
+        let requested: Option<Vec<(String, Range<usize>)>> = match &self.opts.outputs {
+            Some(outs) => Some(outs.iter().map(|o| (o.clone(), 0..0)).collect()),
+            None => raw
+                .flow
+                .get_ref()
+                .outputs
+                .as_ref()
+                .map(|o| o.iter().map(|s| (s.get_ref().clone(), span_of(s))).collect()),
+        };
+        let mut targets = Vec::new();
+        match requested {
+            Some(list) => {
+                for (name, span) in list {
+                    match self.by_name.get(&name) {
+                        Some(&id) => targets.push(id),
+                        None => {
+                            let mut d =
+                                Diagnostic::new("unknown-node", format!("output `{name}` is not a node of this flow"))
+                                    .help(did_you_mean(&closest(&name, self.by_name.keys().map(String::as_str))));
+                            if self.opts.outputs.is_none() {
+                                d = d.at(self.label(span, "unknown node"));
+                            }
+                            self.error(d);
+                        }
+                    }
+                }
+            }
+            None => {
+                targets.extend(
+                    self.decls
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| self.nodes[*i].as_ref().is_some_and(|n| n.declared))
+                        .map(|(i, _)| i),
+                );
+            }
+        }
+        for m in materialize {
+            if !targets.contains(&m.node) {
+                targets.push(m.node);
+            }
+        }
+        targets
+    }
+}
+
+fn placeholder() -> Binding {
+    Binding::Literal { value: Arc::new(()), identity: blake3::hash(b""), source: LiteralSource::Default }
+}
+
+fn within(blocks: &[Block], mut b: usize, ancestor: usize) -> bool {
+    loop {
+        if b == ancestor {
+            return true;
+        }
+        match blocks[b].parent {
+            Some(p) => b = p,
+            None => return false,
+        }
+    }
+}
+
+fn merge_params(
+    d: &mut Decl,
+    params: &IndexMap<Spanned<String>, Spanned<toml::Value>>,
+    inputs: &IndexMap<Spanned<String>, Spanned<String>>,
+) {
+    for (k, v) in params {
+        d.inputs.shift_remove(k.get_ref());
+        d.params.insert(k.get_ref().clone(), (v.get_ref().clone(), span_of(v)));
+    }
+    for (k, v) in inputs {
+        d.params.shift_remove(k.get_ref());
+        d.inputs.insert(k.get_ref().clone(), (v.get_ref().clone(), span_of(v)));
+    }
+}
+
+fn describe_toml(v: &toml::Value) -> String {
+    let shown = v.to_string();
+    let shown = if shown.len() > 40 { format!("{}...", &shown[..40]) } else { shown };
+    format!("{} {shown}", article(v.type_str()))
+}
+
+fn article(t: &str) -> String {
+    if t.starts_with(['a', 'e', 'i', 'o', 'u']) { format!("an {t}") } else { format!("a {t}") }
+}
+
+fn cli_input_value(raw: &str) -> toml::Value {
+    match parse_cli_value(raw) {
+        toml::Value::String(s) => {
+            // Relative paths given on the command line are relative to the current directory.
+            let p = Path::new(&s);
+            if p.is_relative() && (p.exists() || s.contains('/')) {
+                if let Ok(cwd) = std::env::current_dir() {
+                    return toml::Value::String(cwd.join(p).to_string_lossy().into_owned());
+                }
+            }
+            toml::Value::String(s)
+        }
+        other => other,
+    }
+}
+
+/// The identity of a literal: its content fingerprint for files, else the hash of its encoding.
+pub(crate) fn identity_of(value: &dyn crate::value::DynValue) -> Result<blake3::Hash, String> {
+    if let Some(id) = value.dyn_identity() {
+        return id;
+    }
+    encode_value(value).map(|bytes| blake3::hash(&bytes)).map_err(|e| e.to_string())
+}
+
+/// One cycle per strongly connected component that has one, as node ids in path order.
+fn find_cycles(graph: &DiGraph<NodeId, EdgeMode>) -> Vec<Vec<NodeId>> {
+    let mut cycles = Vec::new();
+    for scc in petgraph::algo::tarjan_scc(graph) {
+        let self_loop = scc.len() == 1 && graph.contains_edge(scc[0], scc[0]);
+        if scc.len() < 2 && !self_loop {
+            continue;
+        }
+        let members: HashSet<NodeIndex> = scc.iter().copied().collect();
+        let start = *scc.iter().min().unwrap();
+        // iterative DFS for a path back to `start` inside the component
+        let mut path = vec![start];
+        let mut iters = vec![graph.neighbors(start).filter(|n| members.contains(n)).collect::<Vec<_>>()];
+        let mut visited: HashSet<NodeIndex> = HashSet::from([start]);
+        'search: while let Some(next) = iters.last_mut().and_then(Vec::pop) {
+            if next == start {
+                break 'search;
+            }
+            if visited.insert(next) {
+                path.push(next);
+                iters.push(graph.neighbors(next).filter(|n| members.contains(n)).collect());
+            }
+            while iters.last().is_some_and(Vec::is_empty) {
+                iters.pop();
+                path.pop();
+            }
+        }
+        cycles.push(path.into_iter().map(|n| n.index()).collect());
+    }
+    cycles
+}

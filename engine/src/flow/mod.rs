@@ -1,0 +1,253 @@
+//! [`Flow`]: a flow file resolved into a typed DAG, ready to run.
+//!
+//! - [`raw`]: the file as written ([`RawFlow`](raw::RawFlow), with spans);
+//! - [`build()`](build::build): resolution and validation, collecting every error as a
+//!   [`Diagnostic`](diagnostic::Diagnostic);
+//! - this module: the resolved [`Flow`], which owns the petgraph of its nodes.
+
+pub mod build;
+pub mod diagnostic;
+pub mod raw;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use petgraph::graph::DiGraph;
+
+use crate::registry::{NodeDef, OutputKind};
+use crate::value::AnyValue;
+pub use build::{BuildOptions, build, load};
+pub use diagnostic::{Diagnostic, Diagnostics, Label, SourceFile};
+pub use raw::{CacheMode, RawCheck, Severity};
+
+/// Index of a node in [`Flow::nodes`] (and of its vertex in [`Flow::graph`]).
+pub type NodeId = usize;
+
+/// A resolved, validated flow.
+pub struct Flow {
+    /// `[flow] name`.
+    pub name: String,
+    /// `[flow] description`.
+    pub description: Option<String>,
+    /// The flow file.
+    pub source: Arc<SourceFile>,
+    /// Every node: declared ones first, in file order, then the registered functions pulled in by name.
+    pub nodes: Vec<FlowNode>,
+    /// The DAG; vertex `i` is `nodes[i]`, an edge goes from producer to consumer.
+    pub graph: DiGraph<NodeId, EdgeMode>,
+    /// Node name -> id.
+    pub by_name: HashMap<String, NodeId>,
+    /// What to build: `[flow] outputs` (or every declared node), plus materialized nodes.
+    pub targets: Vec<NodeId>,
+    /// Fan-out scopes; `blocks[0]` is the whole flow.
+    pub blocks: Vec<Block>,
+    /// The config in effect (file values with command-line overrides).
+    pub config: IndexMap<String, toml::Value>,
+    /// `[materialize.*]`.
+    pub materialize: Vec<MaterializeDecl>,
+    /// Declared nodes left out because their `when` did not match the config.
+    pub disabled: Vec<String>,
+}
+
+/// One node of a [`Flow`].
+pub struct FlowNode {
+    /// Unique name.
+    pub name: String,
+    /// What runs.
+    pub imp: NodeImpl,
+    /// One per parameter, in order.
+    pub args: Vec<Arg>,
+    /// Cache behaviour.
+    pub cache: CacheMode,
+    /// Tags (from `#[node(tags(...))]` and the flow file).
+    pub tags: Vec<(String, String)>,
+    /// Doc comment or `doc =`.
+    pub doc: String,
+    /// Data checks on the result.
+    pub checks: Vec<RawCheck>,
+    /// Where it is declared (for registered functions pulled in by name: where it is first used).
+    pub span: Range<usize>,
+    /// Fan-out scope ([`Flow::blocks`] index).
+    pub block: usize,
+    /// Declared in the flow file (rather than pulled in from the registry by name).
+    pub declared: bool,
+}
+
+impl FlowNode {
+    /// What the node returns.
+    pub fn output(&self) -> OutputKind {
+        match &self.imp {
+            NodeImpl::Function(def) => def.output,
+            NodeImpl::Sql { .. } => OutputKind::Value(crate::value::TypeDesc::of::<crate::Table>()),
+        }
+    }
+
+    /// `module::name` of the function, or `sql`.
+    pub fn function_path(&self) -> String {
+        match &self.imp {
+            NodeImpl::Function(def) => def.path(),
+            NodeImpl::Sql { .. } => "sql".to_string(),
+        }
+    }
+
+    /// Code version (function token hash, or normalized-SQL hash).
+    pub fn code_version(&self) -> &str {
+        match &self.imp {
+            NodeImpl::Function(def) => def.code_version,
+            NodeImpl::Sql { code_version, .. } => code_version,
+        }
+    }
+
+    /// `fanout`, `collect`, `sql` or `node`: what `graph` draws it as.
+    pub fn kind(&self) -> &'static str {
+        if matches!(self.output(), OutputKind::Parallel { .. }) {
+            "fanout"
+        } else if self.args.iter().any(|a| matches!(a.binding, Binding::Node { mode: EdgeMode::Collect, .. })) {
+            "collect"
+        } else if matches!(self.imp, NodeImpl::Sql { .. }) {
+            "sql"
+        } else {
+            "node"
+        }
+    }
+}
+
+/// What a node runs.
+pub enum NodeImpl {
+    /// A registered `#[node]` function.
+    Function(&'static NodeDef),
+    /// A SQL query over upstream tables.
+    Sql {
+        /// The query as written.
+        sql: String,
+        /// Hash of the normalized query.
+        code_version: String,
+    },
+}
+
+/// A parameter and what it is bound to.
+pub struct Arg {
+    /// Parameter name (for SQL nodes: the table name).
+    pub param: String,
+    /// Its value's origin.
+    pub binding: Binding,
+}
+
+/// Where a parameter's value comes from.
+pub enum Binding {
+    /// Another node's result.
+    Node {
+        /// The producer.
+        node: NodeId,
+        /// How it is consumed.
+        mode: EdgeMode,
+    },
+    /// A value known before the run.
+    Literal {
+        /// The value.
+        value: AnyValue,
+        /// Its identity in cache keys (content hash for files, else the hash of its encoding).
+        identity: blake3::Hash,
+        /// Where it came from.
+        source: LiteralSource,
+    },
+}
+
+/// How a consumer uses a producer's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeMode {
+    /// The value as is.
+    Direct,
+    /// One item of a fan-out node's list (the consumer runs once per item).
+    Item,
+    /// All items' values of a node inside a fan-out (the consumer is a fan-in).
+    Collect,
+}
+
+/// Origin of a literal binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiteralSource {
+    /// `params = { .. }`.
+    Param,
+    /// `[config]` key.
+    Config(String),
+    /// `[inputs]` key.
+    Input(String),
+    /// The parameter type's default (`Option<T>`: `None`).
+    Default,
+}
+
+/// A fan-out scope: the nodes that run once per item of one fan-out node.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// Enclosing scope (`None` for the whole flow).
+    pub parent: Option<usize>,
+    /// The fan-out node whose items instantiate this scope.
+    pub expand: Option<NodeId>,
+}
+
+/// A `[materialize.NAME]` section.
+#[derive(Debug, Clone)]
+pub struct MaterializeDecl {
+    /// Section name.
+    pub name: String,
+    /// The node whose result is written.
+    pub node: NodeId,
+    /// Materializer kind (`ducklake`, `geoparquet`, ...).
+    pub kind: String,
+    /// Every other key, with its span.
+    pub options: IndexMap<String, (toml::Value, Range<usize>)>,
+    /// Where the section is.
+    pub span: Range<usize>,
+}
+
+impl Flow {
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&FlowNode> {
+        self.by_name.get(name).map(|&i| &self.nodes[i])
+    }
+
+    /// Directory of the flow file (relative paths in the flow are relative to it).
+    pub fn base_dir(&self) -> PathBuf {
+        self.source.path.parent().map(|p| p.to_path_buf()).unwrap_or_default()
+    }
+
+    /// Is `block` equal to or nested inside `ancestor`?
+    pub fn block_within(&self, mut block: usize, ancestor: usize) -> bool {
+        loop {
+            if block == ancestor {
+                return true;
+            }
+            match self.blocks[block].parent {
+                Some(p) => block = p,
+                None => return false,
+            }
+        }
+    }
+
+    /// Nodes that `targets` need (themselves and everything upstream), as a mask over `nodes`.
+    pub fn needed(&self, targets: &[NodeId]) -> Vec<bool> {
+        let mut needed = vec![false; self.nodes.len()];
+        let mut stack: Vec<NodeId> = targets.to_vec();
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut needed[n], true) {
+                continue;
+            }
+            for arg in &self.nodes[n].args {
+                if let Binding::Node { node, .. } = arg.binding {
+                    stack.push(node);
+                }
+            }
+            // a node inside a fan-out needs the fan-out node that makes its items
+            let mut b = self.nodes[n].block;
+            while let Some(e) = self.blocks[b].expand {
+                stack.push(e);
+                b = self.blocks[b].parent.unwrap_or(0);
+            }
+        }
+        needed
+    }
+}

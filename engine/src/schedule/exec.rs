@@ -1,0 +1,727 @@
+//! Where a node is scheduled and run: block instances, tasks, cache lookups, execution, notification.
+//!
+//! A *task* is one member of one block instance. Running a task:
+//! 1. gather its inputs (same-block slots, enclosing instances' slots, the item, collected child slots);
+//!    if one failed, the task is skipped;
+//! 2. make its cache key from the identities of those inputs;
+//! 3. look the key up (`cache = "default"`): a hit whose file dependencies are unchanged is reused without
+//!    loading anything; a miss says why (see [`Reason`]);
+//! 4. otherwise load the inputs, call the node (panics are caught and become errors), run its data checks,
+//!    store the encoded result; its identity is then the hash of those bytes (so a re-run that produces
+//!    the same bytes does not make its consumers run: early cut-off);
+//! 5. notify: decrement the consumers' counters, spawn child blocks whose fan-out node and inputs are
+//!    ready, release inputs nobody needs any more, complete the instance when all its members are done.
+//!
+//! Running a task returns the tasks it made ready, so the drivers (a loop for one thread, rayon for
+//! several) never recurse: a 100,000-node chain is 100,000 iterations, not 100,000 stack frames.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use flowrun_cache::{CacheKey, EntryMeta, Hash, InputSource, Key, KeyChange, KeyInput, Store, StoredKey};
+
+use super::RunOptions;
+use super::lazy::Lazy;
+use super::plan::{PArg, Plan};
+use crate::Table;
+use crate::ctx::{self, NodeCx};
+use crate::events::{Event, NodeReport, Reason, Status};
+use crate::flow::{CacheMode, FlowNode, LiteralSource, NodeImpl};
+use crate::registry::{ArgValue, Args};
+use crate::value::{AnyValue, encode_value};
+
+pub(crate) type Task = (Arc<Instance>, usize);
+
+#[derive(Clone)]
+pub(crate) struct Done {
+    /// `None` after the value was released, or in a dry run when it is not known.
+    pub value: Option<Lazy>,
+    /// `None` in a dry run when the node would run.
+    pub identity: Option<Hash>,
+}
+
+#[derive(Clone)]
+enum Slot {
+    Empty,
+    Ok(Done),
+    Failed,
+}
+
+pub(crate) struct Instance {
+    block: usize,
+    parent: Option<Arc<Instance>>,
+    item: Option<Done>,
+    label: Option<String>,
+    pub path: Vec<u32>,
+    slots: Vec<Mutex<Slot>>,
+    pending: Vec<AtomicU32>,
+    uses: Vec<AtomicU32>,
+    spawn_pending: Vec<AtomicU32>,
+    children: Vec<OnceLock<Vec<Arc<Instance>>>>,
+    /// A child block could not be instantiated (its fan-out node failed): its collectors are skipped.
+    child_failed: Vec<AtomicBool>,
+    /// Dry run: a child block's items are unknown.
+    child_unknown: Vec<AtomicBool>,
+    child_remaining: Vec<AtomicUsize>,
+    /// Members and child blocks not yet complete.
+    remaining: AtomicUsize,
+}
+
+/// A pinned result, reported to the caller.
+pub(crate) struct Output {
+    pub node: usize,
+    pub path: Vec<u32>,
+    pub label: Option<String>,
+    pub done: Done,
+}
+
+pub(crate) struct Exec<'p, 'f> {
+    plan: &'p Plan<'f>,
+    opts: &'p RunOptions,
+    abort: AtomicBool,
+    pub restart: Mutex<Option<String>>,
+    pub failed: AtomicBool,
+    pub reports: Mutex<Vec<NodeReport>>,
+    pub outputs: Mutex<Vec<Output>>,
+}
+
+enum Gathered {
+    Ready(Vec<GArg>),
+    UpstreamFailed(String),
+}
+
+struct GArg {
+    source: InputSourceOwned,
+    value: GValue,
+}
+
+enum GValue {
+    One(Done),
+    Many(Vec<Done>),
+    Unknown(String),
+}
+
+#[derive(Clone)]
+enum InputSourceOwned {
+    Node(usize),
+    Item(usize),
+    Collect(usize),
+    Literal(LiteralSource),
+}
+
+impl<'p, 'f> Exec<'p, 'f> {
+    pub fn new(plan: &'p Plan<'f>, opts: &'p RunOptions) -> Self {
+        Exec {
+            plan,
+            opts,
+            abort: AtomicBool::new(false),
+            restart: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            reports: Mutex::new(Vec::new()),
+            outputs: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn new_instance(
+        &self,
+        block: usize,
+        parent: Option<Arc<Instance>>,
+        item: Option<Done>,
+        label: Option<String>,
+        path: Vec<u32>,
+    ) -> Arc<Instance> {
+        let b = &self.plan.blocks[block];
+        let nm = b.members.len();
+        let nc = b.children.len();
+        Arc::new(Instance {
+            block,
+            parent,
+            item,
+            label,
+            path,
+            slots: (0..nm).map(|_| Mutex::new(Slot::Empty)).collect(),
+            pending: b.members.iter().map(|&p| AtomicU32::new(self.plan.nodes[p].n_deps)).collect(),
+            uses: b.members.iter().map(|&p| AtomicU32::new(self.plan.nodes[p].n_uses)).collect(),
+            spawn_pending: b.children.iter().map(|&c| AtomicU32::new(self.plan.blocks[c].spawn_deps)).collect(),
+            children: (0..nc).map(|_| OnceLock::new()).collect(),
+            child_failed: (0..nc).map(|_| AtomicBool::new(false)).collect(),
+            child_unknown: (0..nc).map(|_| AtomicBool::new(false)).collect(),
+            child_remaining: (0..nc).map(|_| AtomicUsize::new(0)).collect(),
+            remaining: AtomicUsize::new(nm + nc),
+        })
+    }
+
+    /// The root instance and its ready tasks.
+    pub fn start(&self) -> Vec<Task> {
+        let root = self.new_instance(0, None, None, None, Vec::new());
+        ready_members(&root)
+    }
+
+    fn instance_of<'a>(&self, mut inst: &'a Arc<Instance>, block: usize) -> &'a Arc<Instance> {
+        while inst.block != block {
+            inst = inst.parent.as_ref().expect("enclosing instance exists");
+        }
+        inst
+    }
+
+    fn item_of<'a>(&self, mut inst: &'a Arc<Instance>, expand: usize) -> &'a Done {
+        loop {
+            if self.plan.blocks[inst.block].expand == Some(expand) {
+                return inst.item.as_ref().expect("fan-out instances have an item");
+            }
+            inst = inst.parent.as_ref().expect("enclosing fan-out instance exists");
+        }
+    }
+
+    fn node_name(&self, pid: usize) -> &str {
+        &self.plan.flow.nodes[self.plan.nodes[pid].id].name
+    }
+
+    fn gather(&self, inst: &Arc<Instance>, pid: usize) -> Gathered {
+        let pn = &self.plan.nodes[pid];
+        let mut out = Vec::with_capacity(pn.args.len());
+        for arg in &pn.args {
+            let (source, value) = match arg {
+                PArg::Literal { value, identity, source } => (
+                    InputSourceOwned::Literal(source.clone()),
+                    GValue::One(Done { value: Some(Lazy::ready(value.clone())), identity: Some(*identity) }),
+                ),
+                PArg::Node { node, .. } => {
+                    let owner = self.instance_of(inst, self.plan.nodes[*node].block);
+                    let slot = owner.slots[self.plan.nodes[*node].local].lock().unwrap().clone();
+                    match slot {
+                        Slot::Ok(done) => (InputSourceOwned::Node(*node), known(done, self.node_name(*node))),
+                        _ => return Gathered::UpstreamFailed(self.node_name(*node).to_string()),
+                    }
+                }
+                PArg::Item { expand } => {
+                    let done = self.item_of(inst, *expand).clone();
+                    (InputSourceOwned::Item(*expand), known(done, self.node_name(*expand)))
+                }
+                PArg::Collect { node, child } => {
+                    let name = self.node_name(*node);
+                    if inst.child_failed[*child].load(Ordering::Acquire) {
+                        return Gathered::UpstreamFailed(
+                            self.node_name(self.plan.blocks[self.plan.nodes[*node].block].expand.unwrap()).to_string(),
+                        );
+                    }
+                    if inst.child_unknown[*child].load(Ordering::Acquire) {
+                        (InputSourceOwned::Collect(*node), GValue::Unknown(name.to_string()))
+                    } else {
+                        let local = self.plan.nodes[*node].local;
+                        let children = inst.children[*child].get().map(Vec::as_slice).unwrap_or(&[]);
+                        let mut all = Vec::with_capacity(children.len());
+                        let mut unknown = false;
+                        for c in children {
+                            match c.slots[local].lock().unwrap().clone() {
+                                Slot::Ok(done) => {
+                                    unknown |= done.identity.is_none();
+                                    all.push(done);
+                                }
+                                _ => {
+                                    let label = c.label.clone().unwrap_or_default();
+                                    return Gathered::UpstreamFailed(format!("{name}[{label}]"));
+                                }
+                            }
+                        }
+                        let v = if unknown { GValue::Unknown(name.to_string()) } else { GValue::Many(all) };
+                        (InputSourceOwned::Collect(*node), v)
+                    }
+                }
+            };
+            out.push(GArg { source, value });
+        }
+        Gathered::Ready(out)
+    }
+
+    fn source<'a>(&'a self, s: &'a InputSourceOwned) -> InputSource<'a> {
+        match s {
+            InputSourceOwned::Node(n) => InputSource::Node(self.node_name(*n)),
+            InputSourceOwned::Item(n) => InputSource::Item(self.node_name(*n)),
+            InputSourceOwned::Collect(n) => InputSource::Collect(self.node_name(*n)),
+            InputSourceOwned::Literal(LiteralSource::Config(c)) => InputSource::Config(c),
+            InputSourceOwned::Literal(LiteralSource::Input(i)) => InputSource::Input(i),
+            InputSourceOwned::Literal(_) => InputSource::Literal,
+        }
+    }
+
+    /// Runs one task and returns the tasks it made ready.
+    pub fn run_task(&self, task: Task) -> Vec<Task> {
+        let (inst, local) = task;
+        let pid = self.plan.blocks[inst.block].members[local];
+        let pn = &self.plan.nodes[pid];
+        let fnode: &FlowNode = &self.plan.flow.nodes[pn.id];
+        let display = match &inst.label {
+            Some(l) => format!("{}[{l}]", fnode.name),
+            None => fnode.name.clone(),
+        };
+        let start = Instant::now();
+        let mut report = NodeReport {
+            name: display,
+            node: fnode.name.clone(),
+            item: inst.label.clone(),
+            status: Status::Skipped,
+            reasons: Vec::new(),
+            duration: Duration::ZERO,
+            rows: None,
+            key: None,
+            inputs: Vec::new(),
+            error: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let outcome = if self.abort.load(Ordering::Relaxed) {
+            report.status = Status::Cancelled;
+            Slot::Failed
+        } else {
+            match self.gather(&inst, pid) {
+                Gathered::UpstreamFailed(up) => {
+                    report.error.push(format!("skipped: upstream `{up}` failed"));
+                    Slot::Failed
+                }
+                Gathered::Ready(args) => self.evaluate(&inst, pid, fnode, args, &mut report),
+            }
+        };
+        report.duration = start.elapsed();
+        self.opts.observer.event(&Event::NodeFinished(&report));
+        if let (Slot::Ok(done), true) = (&outcome, pn.pinned) {
+            self.outputs.lock().unwrap().push(Output {
+                node: pn.id,
+                path: inst.path.clone(),
+                label: inst.label.clone(),
+                done: done.clone(),
+            });
+        }
+        self.reports.lock().unwrap().push(report);
+        self.finish(&inst, local, outcome)
+    }
+
+    fn evaluate(
+        &self,
+        inst: &Arc<Instance>,
+        pid: usize,
+        fnode: &FlowNode,
+        args: Vec<GArg>,
+        report: &mut NodeReport,
+    ) -> Slot {
+        let pn = &self.plan.nodes[pid];
+        let store = self.opts.store.as_ref();
+        // 2. the key
+        let mut inputs = Vec::with_capacity(args.len() + 1);
+        let mut unknown: Option<String> = None;
+        for (garg, arg) in args.iter().zip(&fnode.args) {
+            let identity = match &garg.value {
+                GValue::One(d) => d.identity.unwrap_or(blake3::hash(b"")),
+                GValue::Many(all) => {
+                    let mut h = blake3::Hasher::new();
+                    for d in all {
+                        h.update(d.identity.unwrap_or(blake3::hash(b"")).as_bytes());
+                    }
+                    h.finalize()
+                }
+                GValue::Unknown(up) => {
+                    unknown.get_or_insert(up.clone());
+                    blake3::hash(b"")
+                }
+            };
+            inputs.push(KeyInput { param: &arg.param, source: self.source(&garg.source), identity });
+        }
+        if let Some(checks) = pn.checks {
+            inputs.push(KeyInput { param: "#checks", source: InputSource::Literal, identity: checks });
+        }
+        if let Some(up) = unknown {
+            report.status = Status::WouldRun;
+            report.reasons.push(Reason::UpstreamWillRun(up));
+            return Slot::Ok(Done { value: None, identity: None });
+        }
+        let cache_key = CacheKey {
+            function: &pn.function,
+            code_version: fnode.code_version(),
+            output_type: pn.output_type,
+            inputs,
+        };
+        let key = cache_key.hash();
+        report.key = Some(key.to_hex().to_string());
+        report.inputs =
+            cache_key.inputs.iter().map(|i| (i.param.to_string(), i.identity.to_hex().to_string())).collect();
+
+        // 3. the cache
+        match (pn.cache, store) {
+            (CacheMode::Default, Some(store)) => match store.lookup(&key) {
+                Ok(Some(entry)) => match changed_dep(store, &entry.deps) {
+                    None => {
+                        report.status = if self.opts.dry_run { Status::WouldReuse } else { Status::Reused };
+                        report.rows = entry.rows;
+                        self.record_state(&report.name, key, &cache_key);
+                        let ty = fnode.output().value_type();
+                        let lazy = Lazy::cached(entry.content, ty, store.clone(), entry.rows);
+                        return Slot::Ok(Done { value: Some(lazy), identity: Some(entry.content) });
+                    }
+                    Some(path) => report.reasons.push(Reason::FileChanged(path)),
+                },
+                Ok(None) => report.reasons.extend(self.reasons(store, &report.name, key, &cache_key)),
+                Err(e) => report.warnings.push(format!("cache lookup failed, running the node: {e}")),
+            },
+            (mode, _) => report.reasons.push(Reason::Forced(if store.is_none() { CacheMode::Disable } else { mode })),
+        }
+        if self.opts.dry_run {
+            report.status = Status::WouldRun;
+            return Slot::Ok(Done { value: None, identity: None });
+        }
+
+        // 4. run
+        let mut values = Vec::with_capacity(args.len());
+        for garg in &args {
+            let loaded = match &garg.value {
+                GValue::One(d) => load(d).map(ArgValue::One),
+                GValue::Many(all) => all.iter().map(load).collect::<Result<Vec<_>, _>>().map(ArgValue::Many),
+                GValue::Unknown(_) => unreachable!("not a dry run"),
+            };
+            match loaded {
+                Ok(v) => values.push(v),
+                Err(e) => {
+                    // A reused upstream result cannot be read back: the whole run restarts without it.
+                    let mut restart = self.restart.lock().unwrap();
+                    restart.get_or_insert(format!("{e}; running again without it"));
+                    self.abort.store(true, Ordering::Relaxed);
+                    report.status = Status::Cancelled;
+                    return Slot::Failed;
+                }
+            }
+        }
+        self.opts.observer.event(&Event::NodeStarted(&report.name));
+        let cx = NodeCx::new(store.cloned(), Some(self.opts.observer.clone()), report.name.clone());
+        let started = Instant::now();
+        let (result, cx) = ctx::enter(cx, || {
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.call(fnode, values)))
+                .unwrap_or_else(|panic| Err(anyhow::anyhow!("node panicked: {}", panic_message(&panic))))
+        });
+        let elapsed = started.elapsed();
+        report.warnings.extend(cx.warnings.into_inner());
+        let value = match result.and_then(|v| self.check(fnode, &v, report).map(|()| v)) {
+            Ok(v) => v,
+            Err(e) => {
+                report.status = Status::Failed;
+                report.error = e.chain().map(|c| c.to_string()).collect();
+                self.failed.store(true, Ordering::Relaxed);
+                if self.opts.fail_fast {
+                    self.abort.store(true, Ordering::Relaxed);
+                }
+                self.record_state(&report.name, key, &cache_key);
+                return Slot::Failed;
+            }
+        };
+        let _ = elapsed;
+        report.status = Status::Executed;
+        report.rows = value.dyn_rows();
+        // store
+        let identity = match (pn.cache, store) {
+            (CacheMode::Disable, _) | (_, None) => key,
+            (_, Some(store)) => match encode_value(&*value) {
+                Ok(bytes) => {
+                    let meta = EntryMeta {
+                        type_name: pn.output_type.to_string(),
+                        node: report.name.clone(),
+                        rows: report.rows,
+                        deps: cx.deps.into_inner(),
+                    };
+                    match store.put(key, &bytes, meta) {
+                        Ok(content) => content,
+                        Err(e) => {
+                            report.warnings.push(format!("result not cached: {e}"));
+                            blake3::hash(&bytes)
+                        }
+                    }
+                }
+                Err(e) => {
+                    report.warnings.push(format!("result not cached (cannot encode it: {e})"));
+                    key
+                }
+            },
+        };
+        self.record_state(&report.name, key, &cache_key);
+        if let Some(store) = store {
+            if let Err(e) = store.maybe_commit() {
+                report.warnings.push(format!("cache commit failed: {e}"));
+            }
+        }
+        let _ = inst;
+        Slot::Ok(Done { value: Some(Lazy::ready(value)), identity: Some(identity) })
+    }
+
+    fn call(&self, fnode: &FlowNode, values: Vec<ArgValue>) -> anyhow::Result<AnyValue> {
+        match &fnode.imp {
+            NodeImpl::Function(def) => (def.call)(&mut Args::new(values)),
+            NodeImpl::Sql { sql, .. } => {
+                let engine = self.opts.sql.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!("SQL node `{}` needs a SQL engine (the flowrun binary provides DuckDB)", fnode.name)
+                })?;
+                let mut tables: Vec<(&str, &Table)> = Vec::new();
+                for (arg, v) in fnode.args.iter().zip(&values) {
+                    let ArgValue::One(v) = v else { anyhow::bail!("SQL inputs are single tables") };
+                    let t = v.downcast_ref::<Table>().ok_or_else(|| {
+                        anyhow::anyhow!("input `{}` of SQL node `{}` is not a table", arg.param, fnode.name)
+                    })?;
+                    tables.push((&arg.param, t));
+                }
+                let t = engine.query(sql, &tables)?;
+                Ok(Arc::new(t))
+            }
+        }
+    }
+
+    fn check(&self, fnode: &FlowNode, value: &AnyValue, report: &mut NodeReport) -> anyhow::Result<()> {
+        if fnode.checks.is_empty() {
+            return Ok(());
+        }
+        let table = value.downcast_ref::<Table>().ok_or_else(|| anyhow::anyhow!("checks need a table result"))?;
+        for c in &fnode.checks {
+            if let Err(problem) = crate::checks::run(c, table) {
+                let message = format!("check failed: `{}` {problem}", fnode.name);
+                match c.severity {
+                    crate::flow::Severity::Error => anyhow::bail!(message),
+                    crate::flow::Severity::Warn => {
+                        self.opts.observer.event(&Event::Warning { node: Some(&report.name), message: &message });
+                        report.warnings.push(message);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record_state(&self, name: &str, key: Key, cache_key: &CacheKey<'_>) {
+        if self.opts.dry_run {
+            return;
+        }
+        if let Some(store) = &self.opts.store {
+            let detail = serde_json::to_string(cache_key).unwrap_or_default();
+            store.record_node_state(&self.plan.flow.name, name, key, detail);
+        }
+    }
+
+    fn reasons(&self, store: &Store, name: &str, key: Key, now: &CacheKey<'_>) -> Vec<Reason> {
+        let Ok(Some((prev_key, detail))) = store.node_state(&self.plan.flow.name, name) else {
+            return vec![Reason::NotCached];
+        };
+        if prev_key == key {
+            return vec![Reason::ResultMissing];
+        }
+        let Some(prev) = StoredKey::parse(&detail) else { return vec![Reason::NotCached] };
+        let reasons: Vec<Reason> = prev
+            .diff(now)
+            .into_iter()
+            .map(|c| match c {
+                KeyChange::Code => Reason::CodeChanged,
+                KeyChange::Input { param, kind, name } => match kind.as_str() {
+                    "literal" => Reason::ParamChanged(param),
+                    "config" => Reason::ConfigChanged(name.unwrap_or(param)),
+                    "input" => Reason::InputChanged(name.unwrap_or(param)),
+                    _ => Reason::UpstreamChanged(name.unwrap_or(param)),
+                },
+            })
+            .collect();
+        if reasons.is_empty() { vec![Reason::NotCached] } else { reasons }
+    }
+
+    // 5. notification ---------------------------------------------------------------------------------
+
+    fn finish(&self, inst: &Arc<Instance>, local: usize, outcome: Slot) -> Vec<Task> {
+        let pid = self.plan.blocks[inst.block].members[local];
+        let pn = &self.plan.nodes[pid];
+        *inst.slots[local].lock().unwrap() = outcome;
+        let mut ready = Vec::new();
+        for &c in &pn.consumers {
+            if inst.pending[c].fetch_sub(1, Ordering::AcqRel) == 1 {
+                ready.push((inst.clone(), c));
+            }
+        }
+        for &child in &pn.spawn_for {
+            if inst.spawn_pending[child].fetch_sub(1, Ordering::AcqRel) == 1 {
+                ready.extend(self.spawn(inst, child));
+            }
+        }
+        for &p in &pn.producers {
+            self.release(inst, p);
+        }
+        for arg in &pn.args {
+            if let PArg::Collect { node, child } = arg {
+                let l = self.plan.nodes[*node].local;
+                for c in inst.children[*child].get().map(Vec::as_slice).unwrap_or(&[]) {
+                    self.release(c, l);
+                }
+            }
+        }
+        ready.extend(self.complete_one(inst));
+        ready
+    }
+
+    fn release(&self, inst: &Instance, local: usize) {
+        if inst.uses[local].fetch_sub(1, Ordering::AcqRel) == 1 {
+            let pid = self.plan.blocks[inst.block].members[local];
+            if !self.plan.nodes[pid].pinned {
+                if let Slot::Ok(done) = &mut *inst.slots[local].lock().unwrap() {
+                    done.value = None;
+                }
+            }
+        }
+    }
+
+    /// One member or child block of `inst` is complete.
+    fn complete_one(&self, inst: &Arc<Instance>) -> Vec<Task> {
+        if inst.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return Vec::new();
+        }
+        let Some(parent) = &inst.parent else { return Vec::new() };
+        let idx = self.plan.blocks[inst.block].index_in_parent;
+        if parent.child_remaining[idx].fetch_sub(1, Ordering::AcqRel) == 1 {
+            return self.block_complete(parent, idx);
+        }
+        Vec::new()
+    }
+
+    /// Every instance of child block `child` of `inst` is complete (or there were none).
+    fn block_complete(&self, inst: &Arc<Instance>, child: usize) -> Vec<Task> {
+        let b = &self.plan.blocks[self.plan.blocks[inst.block].children[child]];
+        let mut ready = Vec::new();
+        for &c in &b.collectors {
+            if inst.pending[c].fetch_sub(1, Ordering::AcqRel) == 1 {
+                ready.push((inst.clone(), c));
+            }
+        }
+        for &r in &b.releases {
+            self.release(inst, r);
+        }
+        ready.extend(self.complete_one(inst));
+        ready
+    }
+
+    /// Creates the instances of child block `child` of `inst`, one per item of its fan-out node.
+    fn spawn(&self, inst: &Arc<Instance>, child: usize) -> Vec<Task> {
+        let block = self.plan.blocks[inst.block].children[child];
+        let b = &self.plan.blocks[block];
+        let expand = b.expand.expect("child blocks have a fan-out node");
+        let slot = inst.slots[self.plan.nodes[expand].local].lock().unwrap().clone();
+        let expand_name = self.node_name(expand).to_string();
+        let items: Result<Vec<AnyValue>, String> = match slot {
+            Slot::Ok(Done { value: Some(lazy), identity: Some(_) }) => match lazy.get() {
+                Ok(v) => v.dyn_items().ok_or_else(|| format!("`{expand_name}` did not return a Parallel list")),
+                Err(e) => {
+                    let mut restart = self.restart.lock().unwrap();
+                    restart.get_or_insert(format!("{e}; running again without it"));
+                    self.abort.store(true, Ordering::Relaxed);
+                    Err(e.to_string())
+                }
+            },
+            Slot::Ok(_) => {
+                // dry run: the fan-out node would run, so its items are unknown
+                inst.child_unknown[child].store(true, Ordering::Release);
+                for &m in &b.members {
+                    let name = self.node_name(m).to_string();
+                    let report = NodeReport {
+                        name: format!("{name}[*]"),
+                        node: name,
+                        item: Some("*".into()),
+                        status: Status::WouldRun,
+                        reasons: vec![Reason::UpstreamWillRun(expand_name.clone())],
+                        duration: Duration::ZERO,
+                        rows: None,
+                        key: None,
+                        inputs: Vec::new(),
+                        error: Vec::new(),
+                        warnings: Vec::new(),
+                    };
+                    self.opts.observer.event(&Event::NodeFinished(&report));
+                    self.reports.lock().unwrap().push(report);
+                }
+                return self.block_complete(inst, child);
+            }
+            _ => Err(format!("upstream `{expand_name}` failed")),
+        };
+        let items = match items {
+            Ok(items) => items,
+            Err(why) => {
+                inst.child_failed[child].store(true, Ordering::Release);
+                for &m in &b.members {
+                    let name = self.node_name(m).to_string();
+                    let report = NodeReport {
+                        name: name.clone(),
+                        node: name,
+                        item: None,
+                        status: if self.abort.load(Ordering::Relaxed) { Status::Cancelled } else { Status::Skipped },
+                        reasons: Vec::new(),
+                        duration: Duration::ZERO,
+                        rows: None,
+                        key: None,
+                        inputs: Vec::new(),
+                        error: vec![format!("skipped: {why}")],
+                        warnings: Vec::new(),
+                    };
+                    self.opts.observer.event(&Event::NodeFinished(&report));
+                    self.reports.lock().unwrap().push(report);
+                }
+                return self.block_complete(inst, child);
+            }
+        };
+        let mut instances = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let identity = match crate::flow::build::identity_of(&*item) {
+                Ok(h) => h,
+                Err(_) => blake3::hash(format!("{expand_name}#{i}").as_bytes()),
+            };
+            let own = item.dyn_label().unwrap_or_else(|| i.to_string());
+            let label = match &inst.label {
+                Some(outer) => format!("{outer}/{own}"),
+                None => own,
+            };
+            let mut path = inst.path.clone();
+            path.push(i as u32);
+            let done = Done { value: Some(Lazy::ready(item)), identity: Some(identity) };
+            instances.push(self.new_instance(block, Some(inst.clone()), Some(done), Some(label), path));
+        }
+        let n = instances.len();
+        self.opts.observer.event(&Event::TasksAdded(n * b.members.len()));
+        inst.child_remaining[child].store(n, Ordering::Release);
+        let mut ready: Vec<Task> = instances.iter().flat_map(ready_members).collect();
+        let _ = inst.children[child].set(instances);
+        if n == 0 {
+            ready.extend(self.block_complete(inst, child));
+        }
+        ready
+    }
+}
+
+fn ready_members(inst: &Arc<Instance>) -> Vec<Task> {
+    let mut out: Vec<Task> = (0..inst.pending.len())
+        .filter(|&m| inst.pending[m].load(Ordering::Acquire) == 0)
+        .map(|m| (inst.clone(), m))
+        .collect();
+    out.reverse();
+    out
+}
+
+fn known(done: Done, name: &str) -> GValue {
+    if done.identity.is_none() { GValue::Unknown(name.to_string()) } else { GValue::One(done) }
+}
+
+fn load(d: &Done) -> Result<AnyValue, super::lazy::LoadError> {
+    d.value.as_ref().expect("a value needed by a consumer is not released before it runs").get()
+}
+
+/// The first file dependency that no longer has its recorded content.
+fn changed_dep(store: &Store, deps: &[flowrun_cache::FileDep]) -> Option<String> {
+    deps.iter()
+        .find(|d| store.fingerprint_file(&d.path).map(|h| h.to_hex().as_str() != d.hash).unwrap_or(true))
+        .map(|d| d.path.display().to_string())
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}

@@ -1,0 +1,307 @@
+//! Running a [`Flow`]: sequentially on the calling thread or in parallel on a rayon pool, with the same
+//! results either way (a node's result depends only on its inputs; fan-in gathers in item order).
+//!
+//! - [`plan`]: which nodes a run needs and how they wait for each other;
+//! - [`exec`]: where a node is scheduled and run (gather, key, cache, call, notify);
+//! - [`lazy`]: results that stay in the cache until something needs them.
+//!
+//! [`run`] returns a [`RunReport`] with one [`NodeReport`] per node run and the results of the flow's
+//! targets. It also writes the run record and commits the cache index in one transaction.
+
+mod exec;
+mod lazy;
+mod plan;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use flowrun_cache::{NodeRunRecord, RunRecord, Store};
+use serde::Serialize;
+
+pub use lazy::{Lazy, LoadError};
+
+use crate::events::{Event, NoObserver, NodeReport, Observer, Status};
+use crate::flow::{Flow, NodeId};
+use crate::sql::SqlEngine;
+
+/// How to run.
+pub struct RunOptions {
+    /// Worker threads; 1 runs everything on the calling thread.
+    pub jobs: usize,
+    /// Stop starting nodes after the first failure (default: independent branches still finish).
+    pub fail_fast: bool,
+    /// Decide what would run, run nothing (`flowrun explain`).
+    pub dry_run: bool,
+    /// The result cache; `None` runs every node and stores nothing.
+    pub store: Option<Arc<Store>>,
+    /// Receives events (progress bar, JSON lines).
+    pub observer: Arc<dyn Observer>,
+    /// Runs SQL nodes.
+    pub sql: Option<Arc<dyn SqlEngine>>,
+    /// Nodes to run even when cached (`--recompute`).
+    pub recompute: Vec<String>,
+    /// Build only these nodes (and what they need) instead of the flow's targets.
+    pub targets: Option<Vec<NodeId>>,
+    /// Path of the flow file, for the run record.
+    pub flow_path: String,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            jobs: 1,
+            fail_fast: false,
+            dry_run: false,
+            store: None,
+            observer: Arc::new(NoObserver),
+            sql: None,
+            recompute: Vec::new(),
+            targets: None,
+            flow_path: String::new(),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every node ran or was reused.
+    Ok,
+    /// At least one node failed.
+    Failed,
+}
+
+/// The result of one target node (one per item for targets inside a fan-out).
+#[derive(Clone)]
+pub struct OutputItem {
+    /// The node.
+    pub node: String,
+    /// Item label inside a fan-out.
+    pub item: Option<String>,
+    /// The value (`None` only in a dry run when it would be computed).
+    pub value: Option<Lazy>,
+    /// Its identity (content hash when cached).
+    pub identity: Option<blake3::Hash>,
+}
+
+/// Everything a run did.
+pub struct RunReport {
+    /// Time-ordered unique id.
+    pub run_id: String,
+    /// Flow name.
+    pub flow: String,
+    /// How it ended.
+    pub status: RunStatus,
+    /// One per node run, in the order they finished.
+    pub nodes: Vec<NodeReport>,
+    /// Results of the targets, in target order then item order.
+    pub outputs: Vec<OutputItem>,
+    /// Start time (ms since the epoch).
+    pub started_ms: i64,
+    /// End time (ms since the epoch).
+    pub finished_ms: i64,
+    /// Worker threads.
+    pub jobs: usize,
+    /// Warnings about the run itself (e.g. a corrupt cache entry that made it start again).
+    pub warnings: Vec<String>,
+}
+
+impl RunReport {
+    /// How many node runs ended with `status`.
+    pub fn count(&self, status: Status) -> usize {
+        self.nodes.iter().filter(|n| n.status == status).count()
+    }
+
+    /// Display names of the node runs that ended with `status`, sorted.
+    pub fn names(&self, status: Status) -> Vec<String> {
+        let mut v: Vec<String> = self.nodes.iter().filter(|n| n.status == status).map(|n| n.name.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// The results of target `node`.
+    pub fn output(&self, node: &str) -> Vec<&OutputItem> {
+        self.outputs.iter().filter(|o| o.node == node).collect()
+    }
+}
+
+/// Runs `flow`. Returns `Err` only when the cache itself fails; node failures are in the report.
+pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::CacheError> {
+    let started_ms = now_ms();
+    let run_id = new_run_id();
+    let targets = opts.targets.clone().unwrap_or_else(|| flow.targets.clone());
+    let plan = plan::Plan::new(flow, &targets, &opts.recompute);
+    let jobs = opts.jobs.max(1);
+    let mut warnings = Vec::new();
+    let mut attempt = 0;
+    let exec = loop {
+        attempt += 1;
+        opts.observer.event(&Event::RunStarted { flow: &flow.name, tasks: plan.root_tasks(), jobs });
+        let exec = exec::Exec::new(&plan, opts);
+        let initial = exec.start();
+        if jobs == 1 {
+            drive_sequential(&exec, initial);
+        } else {
+            drive_parallel(&exec, initial, jobs);
+        }
+        let restart = exec.restart.lock().unwrap().take();
+        match restart {
+            Some(why) if attempt < 4 => {
+                let message = format!("{why} (attempt {attempt})");
+                opts.observer.event(&Event::Warning { node: None, message: &message });
+                warnings.push(message);
+            }
+            _ => break exec,
+        }
+    };
+    let failed = exec.failed.load(std::sync::atomic::Ordering::Relaxed)
+        || exec.reports.lock().unwrap().iter().any(|r| matches!(r.status, Status::Failed | Status::Cancelled));
+    let mut outputs: Vec<exec::Output> = std::mem::take(&mut *exec.outputs.lock().unwrap());
+    outputs.sort_by(|a, b| {
+        let ta = targets.iter().position(|t| *t == a.node);
+        let tb = targets.iter().position(|t| *t == b.node);
+        ta.cmp(&tb).then_with(|| a.path.cmp(&b.path))
+    });
+    let report = RunReport {
+        run_id,
+        flow: flow.name.clone(),
+        status: if failed { RunStatus::Failed } else { RunStatus::Ok },
+        nodes: std::mem::take(&mut *exec.reports.lock().unwrap()),
+        outputs: outputs
+            .into_iter()
+            .map(|o| OutputItem {
+                node: flow.nodes[o.node].name.clone(),
+                item: o.label,
+                value: o.done.value,
+                identity: o.done.identity,
+            })
+            .collect(),
+        started_ms,
+        finished_ms: now_ms(),
+        jobs,
+        warnings,
+    };
+    if let (Some(store), false) = (&opts.store, opts.dry_run) {
+        store.record_run(run_record(&report, &opts.flow_path), node_records(&report));
+        store.commit()?;
+    }
+    Ok(report)
+}
+
+fn drive_sequential(exec: &exec::Exec<'_, '_>, initial: Vec<exec::Task>) {
+    let mut stack = initial;
+    while let Some(task) = stack.pop() {
+        let mut ready = exec.run_task(task);
+        ready.reverse();
+        stack.extend(ready);
+    }
+}
+
+fn drive_parallel(exec: &exec::Exec<'_, '_>, initial: Vec<exec::Task>, jobs: usize) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .thread_name(|i| format!("flowrun-worker-{i}"))
+        .build()
+        .expect("cannot start worker threads");
+    pool.scope(|s| {
+        for task in initial {
+            spawn(s, exec, task);
+        }
+    });
+}
+
+fn spawn<'s>(s: &rayon::Scope<'s>, exec: &'s exec::Exec<'_, '_>, task: exec::Task) {
+    s.spawn(move |s| {
+        let mut ready = exec.run_task(task);
+        // keep one ready task on this thread (a chain never pays for a spawn), hand out the rest
+        while let Some(next) = ready.pop() {
+            for other in ready.drain(..) {
+                spawn(s, exec, other);
+            }
+            ready = exec.run_task(next);
+        }
+    });
+}
+
+/// The run record of a report.
+pub fn run_record(report: &RunReport, flow_path: &str) -> RunRecord {
+    RunRecord {
+        run_id: report.run_id.clone(),
+        flow: report.flow.clone(),
+        flow_path: flow_path.to_string(),
+        started_ms: report.started_ms,
+        finished_ms: report.finished_ms,
+        status: match report.status {
+            RunStatus::Ok => "ok".into(),
+            RunStatus::Failed => "failed".into(),
+        },
+        nodes: report.nodes.len() as u64,
+        executed: report.count(Status::Executed) as u64,
+        reused: report.count(Status::Reused) as u64,
+        failed: report.count(Status::Failed) as u64,
+        skipped: (report.count(Status::Skipped) + report.count(Status::Cancelled)) as u64,
+        jobs: report.jobs as u64,
+    }
+}
+
+/// The node records of a report.
+pub fn node_records(report: &RunReport) -> Vec<NodeRunRecord> {
+    report
+        .nodes
+        .iter()
+        .map(|n| NodeRunRecord {
+            run_id: report.run_id.clone(),
+            node: n.name.clone(),
+            status: n.status.as_str().to_string(),
+            duration_ms: n.duration.as_secs_f64() * 1000.0,
+            rows: n.rows,
+            key: n.key.clone(),
+            input_keys: (!n.inputs.is_empty()).then(|| {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    n.inputs.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+                serde_json::Value::Object(map).to_string()
+            }),
+            error: (!n.error.is_empty()).then(|| n.error.join(": ")),
+        })
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// `20261122T181530Z-3fa9c1`: UTC time, then 6 hex digits of randomness (time-ordered, unique enough).
+pub fn new_run_id() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    let salt = blake3::hash(format!("{:?}{}{:?}", now, std::process::id(), Instant::now()).as_bytes());
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{}", rem / 3600, rem % 3600 / 60, rem % 60, &salt.to_hex()[..6])
+}
+
+/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_779), (2026, 11, 22));
+        let id = super::new_run_id();
+        assert_eq!(id.len(), 23, "{id}");
+    }
+}

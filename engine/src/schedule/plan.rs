@@ -1,0 +1,247 @@
+//! The plan: the part of a [`Flow`] a run needs, laid out for the scheduler.
+//!
+//! Every needed node gets a plan id and a *local* index inside its fan-out scope (block). At run time a
+//! block has one *instance* per item of its fan-out node (the root block has exactly one), and each
+//! instance keeps one slot, one dependency counter and one use counter per member, indexed by local index.
+//!
+//! What a member waits for (`n_deps`): each distinct producer in the same block, plus each child block
+//! it collects from. What a child block waits for before its instances are created (`spawn_deps`): its
+//! fan-out node and every node of the enclosing block that its members (or their nested blocks) read.
+//! When a value can be dropped (`n_uses`): after each same-block consumer has started, each child block
+//! reading it has completed, and each collector has gathered it.
+
+use flowrun_cache::Hash;
+
+use crate::flow::{Binding, CacheMode, EdgeMode, Flow, LiteralSource, NodeId, NodeImpl};
+use crate::value::AnyValue;
+
+pub(crate) struct Plan<'f> {
+    pub flow: &'f Flow,
+    pub nodes: Vec<PNode>,
+    pub blocks: Vec<PBlock>,
+}
+
+pub(crate) struct PNode {
+    /// Flow node id.
+    pub id: NodeId,
+    pub block: usize,
+    pub local: usize,
+    pub args: Vec<PArg>,
+    /// Same-block consumers (local indexes, distinct).
+    pub consumers: Vec<usize>,
+    /// Child blocks (indexes into the block's `children`) whose instances wait for this node.
+    pub spawn_for: Vec<usize>,
+    /// Distinct same-block producers this node releases when it starts.
+    pub producers: Vec<usize>,
+    pub n_deps: u32,
+    pub n_uses: u32,
+    pub pinned: bool,
+    pub cache: CacheMode,
+    pub function: String,
+    pub output_type: &'static str,
+    /// Hash of the node's data checks, part of its key.
+    pub checks: Option<Hash>,
+}
+
+pub(crate) enum PArg {
+    /// A node of the same block or of an enclosing block.
+    Node {
+        node: usize,
+    },
+    /// The current item of the fan-out node `expand` (plan id).
+    Item {
+        expand: usize,
+    },
+    /// The results of `node` in every instance of child block `child` (index into `children`).
+    Collect {
+        node: usize,
+        child: usize,
+    },
+    Literal {
+        value: AnyValue,
+        identity: Hash,
+        source: LiteralSource,
+    },
+}
+
+pub(crate) struct PBlock {
+    pub parent: Option<usize>,
+    /// Plan id of the fan-out node.
+    pub expand: Option<usize>,
+    /// Plan ids, in topological order.
+    pub members: Vec<usize>,
+    /// Child blocks (plan block ids).
+    pub children: Vec<usize>,
+    /// Index of this block in its parent's `children`.
+    pub index_in_parent: usize,
+    pub spawn_deps: u32,
+    /// Parent-block members (local) waiting for this block to complete.
+    pub collectors: Vec<usize>,
+    /// Parent-block members (local) released when this block completes (its fan-out node and the
+    /// values its members read).
+    pub releases: Vec<usize>,
+}
+
+impl<'f> Plan<'f> {
+    pub fn new(flow: &'f Flow, targets: &[NodeId], recompute: &[String]) -> Plan<'f> {
+        let needed = flow.needed(targets);
+        let order = petgraph::algo::toposort(&flow.graph, None).expect("flows are validated acyclic");
+        // plan blocks: flow blocks that have needed members, root first
+        let mut block_map: Vec<Option<usize>> = vec![None; flow.blocks.len()];
+        let mut blocks: Vec<PBlock> = Vec::new();
+        let mut plan_of: Vec<Option<usize>> = vec![None; flow.nodes.len()];
+        let mut nodes: Vec<PNode> = Vec::new();
+        let ensure_block = |fb: usize, blocks: &mut Vec<PBlock>, block_map: &mut Vec<Option<usize>>| -> usize {
+            // create the chain of plan blocks from the root down to `fb`
+            let mut chain = vec![fb];
+            while let Some(p) = flow.blocks[*chain.last().unwrap()].parent {
+                chain.push(p);
+            }
+            let mut last = None;
+            for &b in chain.iter().rev() {
+                last = Some(match block_map[b] {
+                    Some(pb) => pb,
+                    None => {
+                        let pb = blocks.len();
+                        blocks.push(PBlock {
+                            parent: last,
+                            expand: None,
+                            members: Vec::new(),
+                            children: Vec::new(),
+                            index_in_parent: 0,
+                            spawn_deps: 0,
+                            collectors: Vec::new(),
+                            releases: Vec::new(),
+                        });
+                        if let Some(parent) = last {
+                            blocks[pb].index_in_parent = blocks[parent].children.len();
+                            blocks[parent].children.push(pb);
+                        }
+                        block_map[b] = Some(pb);
+                        pb
+                    }
+                });
+            }
+            last.unwrap()
+        };
+        ensure_block(0, &mut blocks, &mut block_map);
+        for ix in order {
+            let id = ix.index();
+            if !needed[id] {
+                continue;
+            }
+            let fnode = &flow.nodes[id];
+            let block = ensure_block(fnode.block, &mut blocks, &mut block_map);
+            let local = blocks[block].members.len();
+            let pid = nodes.len();
+            blocks[block].members.push(pid);
+            plan_of[id] = Some(pid);
+            let (function, output_type) = match &fnode.imp {
+                NodeImpl::Function(def) => (def.path(), def.output_type().name()),
+                NodeImpl::Sql { .. } => ("sql".to_string(), std::any::type_name::<crate::Table>()),
+            };
+            let cache = if recompute.iter().any(|r| *r == fnode.name) && fnode.cache == CacheMode::Default {
+                CacheMode::Recompute
+            } else {
+                fnode.cache
+            };
+            let checks = (!fnode.checks.is_empty())
+                .then(|| blake3::hash(serde_json::to_string(&fnode.checks).unwrap_or_default().as_bytes()));
+            nodes.push(PNode {
+                id,
+                block,
+                local,
+                args: Vec::new(),
+                consumers: Vec::new(),
+                spawn_for: Vec::new(),
+                producers: Vec::new(),
+                n_deps: 0,
+                n_uses: 0,
+                pinned: targets.contains(&id),
+                cache,
+                function,
+                output_type,
+                checks,
+            });
+        }
+        for b in 0..blocks.len() {
+            let fb = block_map.iter().position(|m| *m == Some(b)).unwrap();
+            blocks[b].expand =
+                flow.blocks[fb].expand.map(|e| plan_of[e].expect("fan-out nodes of needed blocks are needed"));
+        }
+        // arguments and counters
+        for pid in 0..nodes.len() {
+            let id = nodes[pid].id;
+            let block = nodes[pid].block;
+            let mut args = Vec::new();
+            for arg in &flow.nodes[id].args {
+                let parg = match &arg.binding {
+                    Binding::Literal { value, identity, source } => {
+                        PArg::Literal { value: value.clone(), identity: *identity, source: source.clone() }
+                    }
+                    Binding::Node { node, mode: EdgeMode::Item } => PArg::Item { expand: plan_of[*node].unwrap() },
+                    Binding::Node { node, mode: EdgeMode::Collect } => {
+                        let q = plan_of[*node].unwrap();
+                        let child_block = nodes[q].block;
+                        let child = blocks[child_block].index_in_parent;
+                        if !blocks[child_block].collectors.contains(&nodes[pid].local) {
+                            blocks[child_block].collectors.push(nodes[pid].local);
+                            nodes[pid].n_deps += 1;
+                        }
+                        nodes[q].n_uses += 1;
+                        PArg::Collect { node: q, child }
+                    }
+                    Binding::Node { node, mode: EdgeMode::Direct } => {
+                        let q = plan_of[*node].unwrap();
+                        let qb = nodes[q].block;
+                        if qb == block {
+                            let ql = nodes[q].local;
+                            if !nodes[pid].producers.contains(&ql) {
+                                nodes[pid].producers.push(ql);
+                                nodes[pid].n_deps += 1;
+                                let local = nodes[pid].local;
+                                nodes[q].consumers.push(local);
+                                nodes[q].n_uses += 1;
+                            }
+                            PArg::Node { node: q }
+                        } else {
+                            // q is in an enclosing block: the child of q's block on the way down to ours
+                            // waits for q before spawning, and releases q when it completes.
+                            let mut c = block;
+                            while blocks[c].parent != Some(qb) {
+                                c = blocks[c].parent.expect("producer block encloses consumer block");
+                            }
+                            add_release(&mut blocks, &mut nodes, c, q);
+                            PArg::Node { node: q }
+                        }
+                    }
+                };
+                args.push(parg);
+            }
+            nodes[pid].args = args;
+        }
+        // every child block waits for (and releases) its fan-out node
+        for b in 0..blocks.len() {
+            if let Some(e) = blocks[b].expand {
+                add_release(&mut blocks, &mut nodes, b, e);
+            }
+        }
+        Plan { flow, nodes, blocks }
+    }
+
+    /// Node runs known before any fan-out has produced items.
+    pub fn root_tasks(&self) -> usize {
+        self.blocks[0].members.len()
+    }
+}
+
+fn add_release(blocks: &mut [PBlock], nodes: &mut [PNode], child_block: usize, q: usize) {
+    let ql = nodes[q].local;
+    if !blocks[child_block].releases.contains(&ql) {
+        blocks[child_block].releases.push(ql);
+        blocks[child_block].spawn_deps += 1;
+        let idx = blocks[child_block].index_in_parent;
+        nodes[q].spawn_for.push(idx);
+        nodes[q].n_uses += 1;
+    }
+}

@@ -1,0 +1,336 @@
+//! The scheduler on real flows: sequential == parallel, fan-out/fan-in (nested), caching and its reasons,
+//! failures and their isolation, a 100,000-node chain.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use flowrun_cache::Store;
+use flowrun_engine::flow::{self, BuildOptions, SourceFile};
+use flowrun_engine::schedule::{self, RunOptions, RunReport, RunStatus};
+use flowrun_engine::{Collect, Parallel, Reason, Status, Value, node};
+
+static SLOW_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[node]
+fn numbers(n: i64) -> Parallel<i64> {
+    (1..=n).collect()
+}
+
+#[node]
+fn square(numbers: i64) -> i64 {
+    numbers * numbers
+}
+
+#[node]
+fn offset(square: i64, shift: i64) -> anyhow::Result<i64> {
+    if square == 49 && shift == 666 {
+        anyhow::bail!("seven squared is unlucky");
+    }
+    Ok(square + shift)
+}
+
+#[node]
+fn total(offset: Collect<i64>) -> i64 {
+    offset.iter().sum()
+}
+
+/// Nested fan-out: for each number, the letters of `word`, each repeated `number` times.
+#[node]
+fn letters(numbers: i64, word: &String) -> Parallel<String> {
+    word.chars().map(|c| c.to_string().repeat(numbers as usize)).collect()
+}
+
+#[node]
+fn upper(letters: String) -> String {
+    letters.to_uppercase()
+}
+
+#[node]
+fn word_of(upper: Collect<String>) -> String {
+    upper.concat()
+}
+
+#[node]
+fn words(word_of: Collect<String>) -> Vec<String> {
+    word_of.into_inner()
+}
+
+#[node]
+fn slow_double(x: i64) -> i64 {
+    SLOW_CALLS.fetch_add(1, Ordering::SeqCst);
+    x * 2
+}
+
+#[node]
+fn independent(x: i64) -> i64 {
+    x + 1
+}
+
+#[node]
+fn panics(x: i64) -> i64 {
+    if x > 0 {
+        panic!("boom at {x}");
+    }
+    x
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Value)]
+#[value(label = "name")]
+struct Site {
+    name: String,
+    size: i64,
+}
+
+#[node]
+fn sites() -> Parallel<Site> {
+    vec![Site { name: "alpha".into(), size: 3 }, Site { name: "beta".into(), size: 5 }].into()
+}
+
+#[node]
+fn site_size(sites: &Site) -> i64 {
+    sites.size
+}
+
+#[node]
+fn sizes(site_size: Collect<i64>) -> Vec<i64> {
+    site_size.into_inner()
+}
+
+fn build(src: &str, set: &[(&str, &str)]) -> flowrun_engine::Flow {
+    let opts = BuildOptions {
+        set_config: set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..BuildOptions::default()
+    };
+    match flow::build(SourceFile::new("test.toml", src), &opts) {
+        Ok(f) => f,
+        Err(d) => panic!("{}", d.render(false)),
+    }
+}
+
+fn run(f: &flowrun_engine::Flow, jobs: usize, store: Option<Arc<Store>>) -> RunReport {
+    schedule::run(f, &RunOptions { jobs, store, ..RunOptions::default() }).unwrap()
+}
+
+fn out<T: Value + Clone>(r: &RunReport, node: &str) -> T {
+    r.output(node)[0].value.as_ref().unwrap().get().unwrap().downcast_ref::<T>().unwrap().clone()
+}
+
+const FANOUT: &str = r#"
+[flow]
+name = "fanout"
+outputs = ["total"]
+[config]
+n = 10
+shift = 1
+"#;
+
+#[test]
+fn fan_out_and_in_sequential_equals_parallel() {
+    let f = build(FANOUT, &[]);
+    let seq = run(&f, 1, None);
+    let par = run(&f, 4, None);
+    let expected: i64 = (1..=10).map(|i| i * i + 1).sum();
+    assert_eq!(out::<i64>(&seq, "total"), expected);
+    assert_eq!(out::<i64>(&par, "total"), expected);
+    assert_eq!(seq.count(Status::Executed), 1 + 10 + 10 + 1);
+    assert_eq!(seq.names(Status::Executed), par.names(Status::Executed));
+    assert!(seq.names(Status::Executed).contains(&"square[9]".to_string()), "items are named by 0-based index");
+}
+
+#[test]
+fn nested_fan_out_collects_in_item_order() {
+    let src = r#"
+[flow]
+name = "nested"
+outputs = ["words"]
+[config]
+n = 2
+word = "abc"
+"#;
+    let f = build(src, &[]);
+    for jobs in [1, 3] {
+        let r = run(&f, jobs, None);
+        assert_eq!(r.status, RunStatus::Ok);
+        // letters fan out inside numbers' fan-out: each number gets each letter repeated number times
+        assert_eq!(out::<Vec<String>>(&r, "words"), vec!["ABC".to_string(), "AABBCC".to_string()]);
+        // items without a label are named by index; strings by themselves
+        assert!(r.names(Status::Executed).contains(&"upper[1/cc]".to_string()));
+        assert_eq!(r.count(Status::Executed), 1 + 2 + 6 + 2 + 1);
+    }
+}
+
+#[test]
+fn labelled_items_and_struct_values() {
+    let src = "[flow]\nname = \"sites\"\noutputs = [\"sizes\"]\n";
+    let f = build(src, &[]);
+    let r = run(&f, 2, None);
+    assert_eq!(out::<Vec<i64>>(&r, "sizes"), vec![3, 5]);
+    assert!(r.names(Status::Executed).contains(&"site_size[beta]".to_string()));
+}
+
+#[test]
+fn second_run_executes_nothing_and_changes_rerun_exactly_downstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let f = build(FANOUT, &[]);
+    let first = run(&f, 2, Some(store.clone()));
+    assert_eq!(first.count(Status::Reused), 0);
+    let second = run(&f, 2, Some(store.clone()));
+    assert_eq!(second.count(Status::Executed), 0, "{:?}", second.names(Status::Executed));
+    assert_eq!(out::<i64>(&second, "total"), out::<i64>(&first, "total"));
+
+    // shift only feeds `offset`: squares are reused, offsets and total re-run
+    let f2 = build(FANOUT, &[("shift", "2")]);
+    let third = run(&f2, 2, Some(store.clone()));
+    let executed = third.names(Status::Executed);
+    assert_eq!(executed.len(), 11, "{executed:?}");
+    assert!(executed.iter().all(|n| n.starts_with("offset[") || n == "total"), "{executed:?}");
+    let why = third.nodes.iter().find(|n| n.name == "offset[2]").unwrap();
+    assert_eq!(why.reasons, vec![Reason::ConfigChanged("shift".into())]);
+    let total = third.nodes.iter().find(|n| n.name == "total").unwrap();
+    assert_eq!(total.reasons, vec![Reason::UpstreamChanged("offset".into())]);
+
+    // more items: only the new item's branch and the fan-in run
+    let f3 = build(FANOUT, &[("shift", "2"), ("n", "11")]);
+    let fourth = run(&f3, 1, Some(store.clone()));
+    let executed = fourth.names(Status::Executed);
+    assert_eq!(executed, vec!["numbers", "offset[10]", "square[10]", "total"], "{executed:?}");
+}
+
+#[test]
+fn early_cutoff_skips_consumers_of_unchanged_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let src = r#"
+[flow]
+name = "cutoff"
+outputs = ["independent"]
+[nodes.independent]
+inputs = { x = "slow_double" }
+[nodes.slow_double]
+cache = "recompute"
+params = { x = 4 }
+"#;
+    let f = build(src, &[]);
+    run(&f, 1, Some(store.clone()));
+    let r = run(&f, 1, Some(store.clone()));
+    // slow_double is forced to run, produces the same bytes, so its consumer is reused
+    assert_eq!(r.names(Status::Executed), vec!["slow_double"]);
+    assert_eq!(
+        r.nodes.iter().find(|n| n.name == "slow_double").unwrap().reasons,
+        vec![Reason::Forced(flow::CacheMode::Recompute)]
+    );
+    assert_eq!(r.names(Status::Reused), vec!["independent"]);
+}
+
+#[test]
+fn disabled_cache_runs_every_time_but_downstream_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let src = r#"
+[flow]
+name = "disabled"
+outputs = ["independent"]
+[nodes.independent]
+inputs = { x = "slow_double" }
+[nodes.slow_double]
+cache = "disable"
+params = { x = 4 }
+"#;
+    let f = build(src, &[]);
+    run(&f, 1, Some(store.clone()));
+    let r = run(&f, 1, Some(store.clone()));
+    assert_eq!(r.names(Status::Executed), vec!["slow_double"]);
+    assert_eq!(r.names(Status::Reused), vec!["independent"]);
+    assert!(store.entries().unwrap().iter().all(|e| e.entry.node != "slow_double"), "disabled results are not stored");
+}
+
+#[test]
+fn failure_skips_downstream_and_lets_independent_branches_finish() {
+    let src = r#"
+[flow]
+name = "failing"
+outputs = ["total", "independent"]
+[config]
+n = 8
+shift = 666
+[nodes.independent]
+params = { x = 1 }
+"#;
+    let f = build(src, &[]);
+    for jobs in [1, 2] {
+        let r = run(&f, jobs, None);
+        assert_eq!(r.status, RunStatus::Failed);
+        assert_eq!(r.names(Status::Failed), vec!["offset[6]"]);
+        let failed = r.nodes.iter().find(|n| n.name == "offset[6]").unwrap();
+        assert_eq!(failed.error, vec!["seven squared is unlucky"]);
+        assert!(failed.inputs.iter().any(|(p, _)| p == "square"), "failure report lists input keys");
+        assert_eq!(r.names(Status::Skipped), vec!["total"]);
+        assert_eq!(out::<i64>(&r, "independent"), 2);
+        // the other items completed
+        assert_eq!(r.count(Status::Executed), 1 + 8 + 7 + 1);
+    }
+}
+
+#[test]
+fn panics_are_node_failures() {
+    let src = "[flow]\nname = \"p\"\noutputs = [\"panics\"]\n[config]\nx = 3\n";
+    let r = run(&build(src, &[]), 1, None);
+    assert_eq!(r.status, RunStatus::Failed);
+    assert_eq!(r.nodes[0].error, vec!["node panicked: boom at 3"]);
+}
+
+#[test]
+fn fail_fast_cancels_what_has_not_started() {
+    let src = r#"
+[flow]
+name = "ff"
+outputs = ["total"]
+[config]
+n = 20
+shift = 666
+"#;
+    let f = build(src, &[]);
+    let r = schedule::run(&f, &RunOptions { fail_fast: true, ..RunOptions::default() }).unwrap();
+    assert_eq!(r.status, RunStatus::Failed);
+    assert!(r.count(Status::Cancelled) > 0);
+    assert!(r.count(Status::Executed) < 1 + 20 + 20);
+}
+
+#[test]
+fn hundred_thousand_node_chain_runs() {
+    let mut src = String::from(
+        "[flow]\nname = \"chain\"\noutputs = [\"n99999\"]\n[nodes.n0]\nfn = \"independent\"\nparams = { x = 0 }\n",
+    );
+    for i in 1..100_000 {
+        src.push_str(&format!("[nodes.n{i}]\nfn = \"independent\"\ninputs = {{ x = \"n{}\" }}\n", i - 1));
+    }
+    let f = build(&src, &[]);
+    for jobs in [1, 2] {
+        let r = run(&f, jobs, None);
+        assert_eq!(out::<i64>(&r, "n99999"), 100_000);
+    }
+}
+
+#[test]
+fn dry_run_says_what_would_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let f = build(FANOUT, &[]);
+    run(&f, 1, Some(store.clone()));
+    let f2 = build(FANOUT, &[("n", "3")]);
+    let dry =
+        schedule::run(&f2, &RunOptions { dry_run: true, store: Some(store.clone()), ..RunOptions::default() }).unwrap();
+    let numbers = dry.nodes.iter().find(|n| n.name == "numbers").unwrap();
+    assert_eq!(numbers.status, Status::WouldRun);
+    assert_eq!(numbers.reasons, vec![Reason::ConfigChanged("n".into())]);
+    let sq = dry.nodes.iter().find(|n| n.node == "square").unwrap();
+    assert_eq!(sq.name, "square[*]");
+    assert_eq!(sq.reasons, vec![Reason::UpstreamWillRun("numbers".into())]);
+    // nothing ran, nothing was stored: a real run still executes `numbers`
+    let real = run(&f2, 1, Some(store.clone()));
+    assert!(real.names(Status::Executed).contains(&"numbers".to_string()));
+    // and squares 1..3 were cached by the first run
+    assert!(real.names(Status::Reused).contains(&"square[2]".to_string()));
+    assert_eq!(real.names(Status::Executed), vec!["numbers", "total"], "squares and offsets of items 0..2 are reused");
+}
