@@ -116,11 +116,10 @@ impl Store {
             let same =
                 size as u64 == st.size && mtime == st.mtime_ns && ctime == st.ctime_ns && inode as u64 == st.inode;
             let settled = recorded_ns - st.mtime_ns.max(st.ctime_ns) > RACY_WINDOW_NS;
-            if same && settled {
-                if let Some(hash) = hash_from_bytes(&hash) {
+            if same && settled
+                && let Some(hash) = hash_from_bytes(&hash) {
                     return Ok(hash);
                 }
-            }
         }
         let recorded_ns = now_ns();
         let hash = hash_file(path)?;

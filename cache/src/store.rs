@@ -40,7 +40,7 @@ pub const DEFAULT_INLINE_LIMIT: usize = 16 * 1024;
 /// How often a long run commits its buffered index writes.
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// A cached node result, as the index knows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -353,6 +353,18 @@ impl Store {
         p.node_runs.extend(nodes);
     }
 
+    /// A small piece of state other crates keep beside the cache (e.g. what was last materialized where).
+    pub fn state(&self, key: &str) -> Result<Option<String>> {
+        self.with_conn(|conn| conn.query_row("SELECT value FROM state WHERE key = ?1", [key], |r| r.get(0)).optional())
+    }
+
+    /// Sets a piece of state (written at once, not buffered).
+    pub fn set_state(&self, key: &str, value: &str) -> Result<()> {
+        self.with_conn(|conn| {
+            conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?1, ?2)", params![key, value]).map(|_| ())
+        })
+    }
+
     /// Commits if [`COMMIT_INTERVAL`] has passed since the last commit. Called by the engine after each node.
     pub fn maybe_commit(&self) -> Result<()> {
         let due = self.last_commit.lock().unwrap().elapsed() >= COMMIT_INTERVAL;
@@ -463,7 +475,7 @@ impl Store {
         self.with_conn(|conn| {
             conn.execute_batch(
                 "DELETE FROM entries; DELETE FROM blobs; DELETE FROM files; DELETE FROM node_state;
-                 DELETE FROM runs; DELETE FROM node_runs; VACUUM;",
+                 DELETE FROM runs; DELETE FROM node_runs; DELETE FROM state; VACUUM;",
             )
         })?;
         for dir in ["objects", "tmp"] {
@@ -495,7 +507,8 @@ fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
         // An index from another flowrun version: its entries are not trusted. Start afresh.
         conn.execute_batch(
             "DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS blobs; DROP TABLE IF EXISTS files;
-             DROP TABLE IF EXISTS node_state; DROP TABLE IF EXISTS runs; DROP TABLE IF EXISTS node_runs;",
+             DROP TABLE IF EXISTS node_state; DROP TABLE IF EXISTS runs; DROP TABLE IF EXISTS node_runs;
+             DROP TABLE IF EXISTS state;",
         )?;
     }
     conn.execute_batch(
@@ -518,7 +531,8 @@ fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
          CREATE TABLE IF NOT EXISTS node_runs(
             run_id TEXT NOT NULL, node TEXT NOT NULL, status TEXT NOT NULL, duration_ms REAL NOT NULL,
             rows INTEGER, key TEXT, input_keys TEXT, error TEXT);
-         CREATE INDEX IF NOT EXISTS node_runs_run ON node_runs(run_id);",
+         CREATE INDEX IF NOT EXISTS node_runs_run ON node_runs(run_id);
+         CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;",
     )?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
 }
@@ -683,6 +697,16 @@ mod tests {
         assert!(store.lookup(&old).unwrap().is_none());
         assert!(store.lookup(&new).unwrap().is_some());
         assert_eq!(store.node_state("flow", "a").unwrap().unwrap().0, new);
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.state("k").unwrap(), None);
+        store.set_state("k", "v1").unwrap();
+        store.set_state("k", "v2").unwrap();
+        assert_eq!(store.state("k").unwrap().as_deref(), Some("v2"));
     }
 
     #[test]

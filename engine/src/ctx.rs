@@ -95,11 +95,10 @@ pub fn track_dir(dir: &Path) -> io::Result<blake3::Hash> {
 /// Reports progress of the running node.
 pub fn progress(done: u64, total: Option<u64>) {
     with_current(|cx| {
-        if let Some(cx) = cx {
-            if let Some(obs) = &cx.observer {
+        if let Some(cx) = cx
+            && let Some(obs) = &cx.observer {
                 obs.event(&Event::Progress { node: &cx.node, done, total });
             }
-        }
     });
 }
 

@@ -105,12 +105,11 @@ fn wrapper<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
 fn doc_of(attrs: &[syn::Attribute]) -> String {
     let mut lines = Vec::new();
     for attr in attrs {
-        if let Meta::NameValue(nv) = &attr.meta {
-            if nv.path.is_ident("doc") {
-                if let Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) = &nv.value {
-                    lines.push(s.value().trim().to_string());
-                }
-            }
+        if let Meta::NameValue(nv) = &attr.meta
+            && nv.path.is_ident("doc")
+            && let Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) = &nv.value
+        {
+            lines.push(s.value().trim().to_string());
         }
     }
     lines.join("\n").trim().to_string()
@@ -156,7 +155,8 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
         let pname = pat.ident.to_string();
         let pname = pname.strip_prefix("r#").unwrap_or(&pname).to_string();
         let local = format_ident!("__flowrun_arg{}", i);
-        let ident = &pat.ident;
+        // bound to a generated name: a parameter may share the function's name
+        let ident = format_ident!("__flowrun_val{}", i);
         let ty = &*pt.ty;
         let span = ty.span();
         if let Type::ImplTrait(_) = ty {
@@ -230,7 +230,10 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
     let version = options.version.unwrap_or(0);
     let line = quote_spanned!(fn_ident.span()=> ::core::line!());
 
+    // A node borrows its inputs as `&T` of the stored value type (`&String`, `&Vec<String>`): clippy's
+    // "use &str / &[T]" advice does not apply to a signature the engine dictates.
     Ok(quote! {
+        #[allow(clippy::ptr_arg)]
         #func
 
         #[doc(hidden)]

@@ -319,12 +319,11 @@ impl<'a> Builder<'a> {
                     self.note_params_of(f.get_ref());
                 }
             }
-            if let Some(when) = &n.when {
-                if !self.when_matches(&name_str, when) {
+            if let Some(when) = &n.when
+                && !self.when_matches(&name_str, when) {
                     self.disabled.push(name_str);
                     continue;
                 }
-            }
             let Some(base) = self.choose_variant(&name_str, span.clone(), n) else { continue };
             if n.parameterize.is_empty() {
                 self.add_decl(base, &mut seen);
@@ -488,18 +487,16 @@ impl<'a> Builder<'a> {
             None => raw.flow.get_ref().outputs.iter().flatten().map(|o| (o.get_ref().clone(), span_of(o))).collect(),
         };
         for (_, section) in &raw.materialize {
-            if let Some((_, node)) = section.get_ref().iter().find(|(k, _)| k.get_ref() == "node") {
-                if let toml::Value::String(s) = node.get_ref() {
+            if let Some((_, node)) = section.get_ref().iter().find(|(k, _)| k.get_ref() == "node")
+                && let toml::Value::String(s) = node.get_ref() {
                     names.push((s.clone(), span_of(node)));
                 }
-            }
         }
         for (name, span) in names {
-            if !self.by_name.contains_key(&name) {
-                if let Lookup::Found(_) = self.opts.registry.lookup(&name, &self.scope) {
+            if !self.by_name.contains_key(&name)
+                && let Lookup::Found(_) = self.opts.registry.lookup(&name, &self.scope) {
                     self.auto_node(&name, span);
                 }
-            }
         }
     }
 
@@ -774,12 +771,11 @@ impl<'a> Builder<'a> {
             self.edges.push(PendingEdge { consumer: id, arg: index, producer, span });
             return Some(Binding::Node { node: producer, mode: EdgeMode::Direct });
         }
-        if !explicit && !collect {
-            if let Some(value) = ty.default_value() {
+        if !explicit && !collect
+            && let Some(value) = ty.default_value() {
                 let identity = identity_of(&*value).ok()?;
                 return Some(Binding::Literal { value, identity, source: LiteralSource::Default });
             }
-        }
         let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
         names.extend(self.config.keys().map(String::as_str));
         names.extend(self.inputs.keys().map(String::as_str));
@@ -900,11 +896,10 @@ impl<'a> Builder<'a> {
             }
         }
         for (consumer, arg, mode) in modes {
-            if let Some(node) = self.nodes[consumer].as_mut() {
-                if let Binding::Node { mode: m, .. } = &mut node.args[arg].binding {
+            if let Some(node) = self.nodes[consumer].as_mut()
+                && let Binding::Node { mode: m, .. } = &mut node.args[arg].binding {
                     *m = mode;
                 }
-            }
         }
 
         // unused config keys (not reported when functions could not be resolved: that cascades)
@@ -963,7 +958,7 @@ impl<'a> Builder<'a> {
                     let names: Vec<&str> = cycle.iter().map(|&i| nodes[i].name.as_str()).collect();
                     let path = format!("{} -> {}", names.join(" -> "), names[0]);
                     let first = &nodes[cycle[0]];
-                    let mut d = Diagnostic::new("cycle", format!("cycle: {path}"))
+                    let mut d = Diagnostic::new("cycle", format!("cycle: {path} (each node feeds the next)"))
                         .node(&first.name)
                         .at(Label::new(&self.src, first.span.clone(), format!("`{}` is part of the cycle", first.name)))
                         .help(Some(
@@ -1045,8 +1040,8 @@ impl<'a> Builder<'a> {
             }
             nodes[n].block = deepest;
             for a in &nodes[n].args {
-                if let Binding::Node { node: m, mode: EdgeMode::Collect } = a.binding {
-                    if blocks[nodes[m].block].parent.is_some() && blocks[nodes[m].block].parent != Some(deepest) {
+                if let Binding::Node { node: m, mode: EdgeMode::Collect } = a.binding
+                    && blocks[nodes[m].block].parent.is_some() && blocks[nodes[m].block].parent != Some(deepest) {
                         errors.push(
                             Diagnostic::new(
                                 "fanout",
@@ -1059,7 +1054,6 @@ impl<'a> Builder<'a> {
                             .at(Label::new(&self.src, nodes[n].span.clone(), "here")),
                         );
                     }
-                }
             }
         }
         if !errors.is_empty() {
@@ -1077,6 +1071,7 @@ impl<'a> Builder<'a> {
             blocks,
             config: self.config.into_iter().map(|(k, e)| (k, e.value)).collect(),
             materialize,
+            lake: raw.lake.iter().map(|(k, v)| (k.get_ref().clone(), (v.get_ref().clone(), span_of(v)))).collect(),
             disabled: self.disabled,
         })
     }
@@ -1240,11 +1235,10 @@ fn cli_input_value(raw: &str) -> toml::Value {
         toml::Value::String(s) => {
             // Relative paths given on the command line are relative to the current directory.
             let p = Path::new(&s);
-            if p.is_relative() && (p.exists() || s.contains('/')) {
-                if let Ok(cwd) = std::env::current_dir() {
+            if p.is_relative() && (p.exists() || s.contains('/'))
+                && let Ok(cwd) = std::env::current_dir() {
                     return toml::Value::String(cwd.join(p).to_string_lossy().into_owned());
                 }
-            }
             toml::Value::String(s)
         }
         other => other,

@@ -48,6 +48,8 @@ pub struct Flow {
     pub config: IndexMap<String, toml::Value>,
     /// `[materialize.*]`.
     pub materialize: Vec<MaterializeDecl>,
+    /// `[lake]`, key by key with spans.
+    pub lake: IndexMap<String, (toml::Value, Range<usize>)>,
     /// Declared nodes left out because their `when` did not match the config.
     pub disabled: Vec<String>,
 }

@@ -43,6 +43,9 @@
 //! [nodes.joined]                     # a SQL node: upstream node names are tables
 //! sql = "SELECT * FROM read_a JOIN read_b USING (id)"
 //!
+//! [lake]                             # the DuckLake catalog materializations write to
+//! catalog = "lake/example.ducklake"
+//!
 //! [materialize.lake_total]           # where results go after a successful run
 //! node = "total"
 //! kind = "ducklake"
@@ -73,6 +76,9 @@ pub struct RawFlow {
     /// `[materialize.*]`: options are checked by the materializer of that `kind`.
     #[serde(default)]
     pub materialize: IndexMap<Spanned<String>, Spanned<SpannedTable>>,
+    /// `[lake]`: where DuckLake materializations go (checked by `flowrun-lake`).
+    #[serde(default)]
+    pub lake: SpannedTable,
 }
 
 /// `[flow]`.

@@ -441,11 +441,10 @@ impl<'p, 'f> Exec<'p, 'f> {
             },
         };
         self.record_state(&report.name, key, &cache_key);
-        if let Some(store) = store {
-            if let Err(e) = store.maybe_commit() {
+        if let Some(store) = store
+            && let Err(e) = store.maybe_commit() {
                 report.warnings.push(format!("cache commit failed: {e}"));
             }
-        }
         let _ = inst;
         Slot::Ok(Done { value: Some(Lazy::ready(value)), identity: Some(identity) })
     }
@@ -560,11 +559,10 @@ impl<'p, 'f> Exec<'p, 'f> {
     fn release(&self, inst: &Instance, local: usize) {
         if inst.uses[local].fetch_sub(1, Ordering::AcqRel) == 1 {
             let pid = self.plan.blocks[inst.block].members[local];
-            if !self.plan.nodes[pid].pinned {
-                if let Slot::Ok(done) = &mut *inst.slots[local].lock().unwrap() {
+            if !self.plan.nodes[pid].pinned
+                && let Slot::Ok(done) = &mut *inst.slots[local].lock().unwrap() {
                     done.value = None;
                 }
-            }
         }
     }
 

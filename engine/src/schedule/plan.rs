@@ -140,7 +140,7 @@ impl<'f> Plan<'f> {
                 NodeImpl::Function(def) => (def.path(), def.output_type().name()),
                 NodeImpl::Sql { .. } => ("sql".to_string(), std::any::type_name::<crate::Table>()),
             };
-            let cache = if recompute.iter().any(|r| *r == fnode.name) && fnode.cache == CacheMode::Default {
+            let cache = if recompute.contains(&fnode.name) && fnode.cache == CacheMode::Default {
                 CacheMode::Recompute
             } else {
                 fnode.cache
@@ -164,9 +164,9 @@ impl<'f> Plan<'f> {
                 checks,
             });
         }
-        for b in 0..blocks.len() {
+        for (b, block) in blocks.iter_mut().enumerate() {
             let fb = block_map.iter().position(|m| *m == Some(b)).unwrap();
-            blocks[b].expand =
+            block.expand =
                 flow.blocks[fb].expand.map(|e| plan_of[e].expect("fan-out nodes of needed blocks are needed"));
         }
         // arguments and counters
