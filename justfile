@@ -1,0 +1,45 @@
+# flowrun's tasks. `just` is optional: every recipe is a plain cargo/python command you can copy.
+# One cargo profile everywhere (release), one target directory outside the clone: the bundled DuckDB is
+# compiled once (25+ minutes on 2 cores), not once per profile or per clone.
+
+export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", env_var("HOME") + "/.cache/flowrun-target")
+
+# run the main job: the PV pipeline on ../shared/data/pv
+run *ARGS:
+    cargo run --release -- flows/doi_pv.toml {{ARGS}}
+
+# all tests (engine and cache tests build in seconds; the rest link DuckDB)
+test *ARGS:
+    cargo test --release --workspace {{ARGS}}
+
+# engine benchmarks: chain / wide / fan-out, per-node figures
+bench:
+    cargo run --release --bin bench -- engine
+
+# 1M synthetic polygons written three ways: DuckLake, GeoParquet (crate), GeoParquet (DuckDB COPY)
+bench-lake N="1000000":
+    cargo run --release --bin bench -- lake --sizes {{N}}
+
+# the PV flow: cold, cached, one-parameter rerun; then 100K and 1M synthetic rows
+bench-doi-pv:
+    cargo run --release --bin bench -- doi-pv
+
+# flowrun vs Apache Hamilton on the same synthetic flows, side by side (installs sf-hamilton in a venv)
+bench-vs-hamilton:
+    cargo build --release --bin bench
+    python3 bench/vs_hamilton.py --bench "$CARGO_TARGET_DIR/release/bench"
+
+# draw the PV flow (DOT; add --mermaid for Mermaid)
+graph *ARGS:
+    cargo run --release -- graph flows/doi_pv.toml {{ARGS}}
+
+fmt:
+    cargo fmt --all
+
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --release --workspace --all-targets -- -D warnings
+
+# what CI runs
+ci:
+    .ci/run

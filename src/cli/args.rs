@@ -1,0 +1,178 @@
+//! Command-line arguments as the user typed them (clap). `cli::mod` turns them into engine options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  a node failed (or a data check with severity \"error\")
+  2  the flow is invalid, or the command line is wrong (nothing was run)
+  3  cache, I/O or materialization error
+
+`flowrun FLOW.toml` is short for `flowrun run FLOW.toml`.
+Set NO_COLOR to disable colours; progress bars are only drawn on a terminal.";
+
+/// Declarative, cached, parallel dataflows that build a geospatial lakehouse.
+#[derive(Parser, Debug)]
+#[command(name = "flowrun", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More output: -v lists every node run, -vv adds cache keys and input identities.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The result cache.
+    #[arg(long, global = true, env = "FLOWRUN_CACHE_DIR", default_value = ".flowrun/cache")]
+    pub cache_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a flow (the default command).
+    Run(RunArgs),
+    /// Say which nodes would run and why, without running anything (same as `run --dry-run`).
+    Explain(FlowArgs),
+    /// Draw the flow as Graphviz DOT or Mermaid.
+    Graph(GraphArgs),
+    /// List the registered node functions with their signatures and docs.
+    Nodes(NodesArgs),
+    /// Inspect or clean the result cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// List recent runs.
+    Runs(RunsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FlowArgs {
+    /// The flow file (flows/*.toml).
+    pub flow: PathBuf,
+    /// Override a [config] value: --set key=value (value parsed as TOML, else a string).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Give an [inputs] value: --input name=value (relative paths are relative to the current directory).
+    #[arg(long = "input", value_name = "NAME=VALUE")]
+    pub input: Vec<String>,
+    /// Build only these nodes (and what they need) instead of the flow's outputs.
+    #[arg(long = "output", value_name = "NODE")]
+    pub output: Vec<String>,
+    /// Take every dataset from this directory or HTTP base (`<mirror>/<dataset>/<files>`); short for
+    /// --input mirror=...
+    #[arg(long, value_name = "DIR|URL")]
+    pub mirror: Option<String>,
+    /// Run these nodes even if their results are cached.
+    #[arg(long, value_name = "NODE")]
+    pub recompute: Vec<String>,
+    /// Do not read or write the cache (every node runs; nothing is stored).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Override a [lake] setting: --lake catalog=PATH, --lake data_path=DIR (relative to the current
+    /// directory).
+    #[arg(long = "lake", value_name = "KEY=VALUE")]
+    pub lake: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub flow: FlowArgs,
+    /// Worker threads (default: the number of CPUs; 1 runs sequentially).
+    #[arg(short, long)]
+    pub jobs: Option<usize>,
+    /// Stop starting nodes after the first failure.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Say what would run, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GraphArgs {
+    #[command(flatten)]
+    pub flow: FlowArgs,
+    /// Graphviz DOT (the default).
+    #[arg(long, conflicts_with = "mermaid")]
+    pub dot: bool,
+    /// Mermaid flowchart.
+    #[arg(long)]
+    pub mermaid: bool,
+    /// Colour nodes by what happened in the flow's last run (ran, cached, failed, skipped).
+    #[arg(long)]
+    pub last_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct NodesArgs {
+    /// Only nodes whose name or module contains this.
+    pub filter: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// List cached results, newest first.
+    Ls,
+    /// Remove results no flow's latest run uses (older than --keep-days), then unreferenced blobs.
+    Gc {
+        /// Keep superseded results younger than this many days.
+        #[arg(long, default_value_t = 7)]
+        keep_days: u64,
+    },
+    /// Remove everything.
+    Clear,
+}
+
+#[derive(Args, Debug)]
+pub struct RunsArgs {
+    /// How many runs.
+    #[arg(short = 'n', long, default_value_t = 20)]
+    pub limit: usize,
+    /// Show the node runs of this run id.
+    #[arg(long)]
+    pub run: Option<String>,
+}
+
+/// `flowrun FLOW.toml ...` means `flowrun run FLOW.toml ...`.
+pub fn with_default_command(mut args: Vec<String>) -> Vec<String> {
+    const COMMANDS: &[&str] = &["run", "explain", "graph", "nodes", "cache", "runs", "help"];
+    let first_positional = args.iter().skip(1).position(|a| !a.starts_with('-')).map(|i| i + 1);
+    if let Some(i) = first_positional {
+        let word = &args[i];
+        let value_of_global = i > 1 && args[i - 1] == "--cache-dir";
+        if !value_of_global && !COMMANDS.contains(&word.as_str()) {
+            args.insert(1, "run".to_string());
+        }
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn flow_path_alone_means_run() {
+        assert_eq!(with_default_command(v("flowrun flows/a.toml -j 2")), v("flowrun run flows/a.toml -j 2"));
+        assert_eq!(with_default_command(v("flowrun -v flows/a.toml")), v("flowrun run -v flows/a.toml"));
+        assert_eq!(with_default_command(v("flowrun graph flows/a.toml")), v("flowrun graph flows/a.toml"));
+        assert_eq!(with_default_command(v("flowrun --cache-dir x nodes")), v("flowrun --cache-dir x nodes"));
+        assert_eq!(with_default_command(v("flowrun --version")), v("flowrun --version"));
+    }
+
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

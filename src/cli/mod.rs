@@ -1,0 +1,259 @@
+//! The command-line interface. [`main`] is the one place where outcomes become exit codes and errors are
+//! printed (once, with their chain).
+
+mod args;
+mod progress;
+mod report;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use flowrun_cache::Store;
+use flowrun_engine::flow::{BuildOptions, Diagnostics};
+use flowrun_engine::schedule::{self, RunOptions, RunStatus};
+use flowrun_engine::{Flow, Registry};
+
+use args::{CacheCommand, Cli, Command, FlowArgs};
+
+/// How a command ended.
+pub enum Outcome {
+    Ok,
+    /// A node failed: exit 1.
+    Failed,
+}
+
+/// Errors that end a command early.
+pub enum CliError {
+    /// The flow is invalid: exit 2.
+    Invalid(Diagnostics),
+    /// Anything else (cache, I/O, materialization): exit 3.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        CliError::Other(e)
+    }
+}
+
+impl From<flowrun_cache::CacheError> for CliError {
+    fn from(e: flowrun_cache::CacheError) -> Self {
+        CliError::Other(e.into())
+    }
+}
+
+pub struct Ui {
+    pub verbose: u8,
+    pub quiet: bool,
+    pub json: bool,
+    pub color: bool,
+}
+
+pub fn main() -> ExitCode {
+    let argv = args::with_default_command(std::env::args().collect());
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ui = Ui {
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+        json: cli.json,
+        color: !no_color && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    match dispatch(&cli, &ui) {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Err(CliError::Invalid(d)) => {
+            if ui.json {
+                println!("{}", report::diagnostics_json(&d));
+            }
+            eprint!("{}", d.render(ui.color));
+            ExitCode::from(2)
+        }
+        Err(CliError::Other(e)) => {
+            let red = if ui.color { "\x1b[1;31m" } else { "" };
+            let reset = if ui.color { "\x1b[0m" } else { "" };
+            eprintln!("{red}error{reset}: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn dispatch(cli: &Cli, ui: &Ui) -> Result<Outcome, CliError> {
+    match &cli.command {
+        Command::Run(a) => run(cli, ui, &a.flow, a.jobs, a.fail_fast, a.dry_run),
+        Command::Explain(f) => run(cli, ui, f, Some(1), false, true),
+        Command::Graph(g) => {
+            let flow = build(&g.flow)?;
+            let overlay = if g.last_run { Some(last_run_overlay(cli, &flow)?) } else { None };
+            let text = if g.mermaid {
+                flowrun_engine::graph::mermaid(&flow, overlay.as_ref())
+            } else {
+                flowrun_engine::graph::dot(&flow, overlay.as_ref())
+            };
+            print!("{text}");
+            Ok(Outcome::Ok)
+        }
+        Command::Nodes(n) => {
+            report::print_nodes(Registry::global(), n.filter.as_deref(), ui);
+            Ok(Outcome::Ok)
+        }
+        Command::Cache(c) => {
+            let store = open_store(&cli.cache_dir)?;
+            match c {
+                CacheCommand::Ls => report::print_entries(&store.entries()?, ui),
+                CacheCommand::Gc { keep_days } => {
+                    let r = store.gc(Duration::from_secs(keep_days * 86_400))?;
+                    report::print_gc(&r, ui);
+                }
+                CacheCommand::Clear => {
+                    store.clear()?;
+                    if !ui.quiet {
+                        println!("cache {} cleared", cli.cache_dir.display());
+                    }
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        Command::Runs(r) => {
+            let store = open_store(&cli.cache_dir)?;
+            match &r.run {
+                Some(id) => report::print_node_runs(&store.node_runs(id)?, ui),
+                None => report::print_runs(&store.runs(r.limit)?, ui),
+            }
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+fn split_kv(items: &[String], what: &str) -> Result<Vec<(String, String)>, CliError> {
+    items
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .ok_or_else(|| CliError::Other(anyhow::anyhow!("{what} `{kv}` is not of the form NAME=VALUE")))
+        })
+        .collect()
+}
+
+pub fn build(f: &FlowArgs) -> Result<Flow, CliError> {
+    let mut set_inputs = split_kv(&f.input, "--input")?;
+    if let Some(m) = &f.mirror {
+        set_inputs.push(("mirror".to_string(), m.clone()));
+    }
+    let opts = BuildOptions {
+        registry: Registry::global(),
+        set_config: split_kv(&f.set, "--set")?,
+        set_inputs,
+        outputs: (!f.output.is_empty()).then(|| f.output.clone()),
+        materializer_kinds: flowrun_lake::MATERIALIZER_KINDS.iter().map(|s| s.to_string()).collect(),
+    };
+    let flow = flowrun_engine::flow::load(&f.flow, &opts).map_err(CliError::Invalid)?;
+    flowrun_lake::check(&flow, &split_kv(&f.lake, "--lake")?).map_err(CliError::Invalid)?;
+    for name in &f.recompute {
+        if flow.node(name).is_none() {
+            return Err(CliError::Other(anyhow::anyhow!("--recompute {name}: the flow has no node `{name}`")));
+        }
+    }
+    Ok(flow)
+}
+
+fn open_store(dir: &Path) -> Result<Arc<Store>, CliError> {
+    Ok(Arc::new(Store::open(dir).map_err(anyhow::Error::from)?))
+}
+
+fn run(
+    cli: &Cli,
+    ui: &Ui,
+    f: &FlowArgs,
+    jobs: Option<usize>,
+    fail_fast: bool,
+    dry_run: bool,
+) -> Result<Outcome, CliError> {
+    let flow = build(f)?;
+    let lake_overrides = split_kv(&f.lake, "--lake")?;
+    let lake = flowrun_lake::LakeConfig::from_flow(&flow, &lake_overrides)?;
+    let store = if f.no_cache { None } else { Some(open_store(&cli.cache_dir)?) };
+    let progress = Arc::new(progress::Progress::new(!ui.quiet && !ui.json && !dry_run, ui.verbose > 0));
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let opts = RunOptions {
+        jobs,
+        fail_fast,
+        dry_run,
+        store: store.clone(),
+        observer: progress.clone(),
+        sql: Some(Arc::new(flowrun_lake::DuckSql::with_lake(lake))),
+        recompute: f.recompute.clone(),
+        targets: None,
+        flow_path: f.flow.display().to_string(),
+    };
+    let result = schedule::run(&flow, &opts)?;
+    progress.finish();
+    let materialized = if !dry_run && result.status == RunStatus::Ok && !flow.materialize.is_empty() {
+        let flow_path = f.flow.display().to_string();
+        Some(
+            flowrun_lake::materialize(&flow, &result, store.as_deref(), &lake_overrides, &flow_path)
+                .map_err(CliError::Other)?,
+        )
+    } else {
+        None
+    };
+    if dry_run {
+        report::print_explain(&flow, &result, ui);
+    } else {
+        report::print_run(&flow, &result, materialized.as_ref(), ui);
+    }
+    Ok(if result.status == RunStatus::Ok { Outcome::Ok } else { Outcome::Failed })
+}
+
+fn last_run_overlay(
+    cli: &Cli,
+    flow: &Flow,
+) -> Result<std::collections::HashMap<String, flowrun_engine::Status>, CliError> {
+    let store = open_store(&cli.cache_dir)?;
+    let runs = store.runs(1000)?;
+    let Some(last) = runs.iter().find(|r| r.flow == flow.name) else {
+        return Err(CliError::Other(anyhow::anyhow!(
+            "flow `{}` has no recorded run in {}; run it first",
+            flow.name,
+            cli.cache_dir.display()
+        )));
+    };
+    let mut reports = Vec::new();
+    for n in store.node_runs(&last.run_id)? {
+        let status = match n.status.as_str() {
+            "executed" => flowrun_engine::Status::Executed,
+            "reused" => flowrun_engine::Status::Reused,
+            "failed" => flowrun_engine::Status::Failed,
+            "cancelled" => flowrun_engine::Status::Cancelled,
+            _ => flowrun_engine::Status::Skipped,
+        };
+        let node = n.node.split('[').next().unwrap_or(&n.node).to_string();
+        reports.push(flowrun_engine::NodeReport {
+            name: n.node.clone(),
+            node,
+            item: None,
+            status,
+            reasons: Vec::new(),
+            duration: Duration::ZERO,
+            rows: n.rows,
+            key: n.key,
+            inputs: Vec::new(),
+            error: Vec::new(),
+            warnings: Vec::new(),
+        });
+    }
+    Ok(flowrun_engine::graph::overlay(&reports))
+}

@@ -1,0 +1,96 @@
+//! The progress bar: an [`Observer`] drawing node runs done / total and the node running now, plus a
+//! byte bar for nodes that report progress (downloads). Drawn only on a terminal, never with -q/--json.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use flowrun_engine::{Event, Observer, Status};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub struct Progress {
+    multi: MultiProgress,
+    main: ProgressBar,
+    bytes: Mutex<HashMap<String, ProgressBar>>,
+    verbose: bool,
+}
+
+impl Progress {
+    pub fn new(enabled: bool, verbose: bool) -> Progress {
+        let target = if enabled && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr_with_hz(10)
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let multi = MultiProgress::with_draw_target(target);
+        let main = multi.add(ProgressBar::new(0));
+        main.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} nodes  {wide_msg}")
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        main.enable_steady_tick(Duration::from_millis(200));
+        Progress { multi, main, bytes: Mutex::new(HashMap::new()), verbose }
+    }
+
+    pub fn finish(&self) {
+        for (_, bar) in self.bytes.lock().unwrap().drain() {
+            bar.finish_and_clear();
+        }
+        self.main.finish_and_clear();
+    }
+
+    fn println(&self, line: String) {
+        if self.main.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            let _ = self.multi.println(line);
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn event(&self, event: &Event<'_>) {
+        match event {
+            Event::RunStarted { tasks, .. } => {
+                self.main.set_length(*tasks as u64);
+                self.main.set_position(0);
+            }
+            Event::TasksAdded(n) => self.main.inc_length(*n as u64),
+            Event::NodeStarted(name) => self.main.set_message(name.to_string()),
+            Event::NodeFinished(r) => {
+                self.main.inc(1);
+                if let Some(bar) = self.bytes.lock().unwrap().remove(&r.name) {
+                    bar.finish_and_clear();
+                }
+                if r.status == Status::Failed {
+                    self.println(format!("failed: {}: {}", r.name, r.error.join(": ")));
+                } else if self.verbose && r.status == Status::Executed {
+                    self.println(format!("ran {} ({:.1} ms)", r.name, r.duration.as_secs_f64() * 1000.0));
+                }
+            }
+            Event::Progress { node, done, total } => {
+                let mut bars = self.bytes.lock().unwrap();
+                let bar = bars.entry(node.to_string()).or_insert_with(|| {
+                    let bar = self.multi.add(ProgressBar::new(total.unwrap_or(0)));
+                    bar.set_style(
+                        ProgressStyle::with_template("  {msg:30} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+                            .unwrap()
+                            .progress_chars("=> "),
+                    );
+                    bar.set_message(node.to_string());
+                    bar
+                });
+                if let Some(t) = total {
+                    bar.set_length(*t);
+                }
+                bar.set_position(*done);
+            }
+            Event::Warning { node, message } => match node {
+                Some(n) => self.println(format!("warning: {n}: {message}")),
+                None => self.println(format!("warning: {message}")),
+            },
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Human and JSON output of each command.
+
+use flowrun_cache::{EntryInfo, GcReport, NodeRunRecord, RunRecord};
+use flowrun_engine::flow::Diagnostics;
+use flowrun_engine::schedule::{RunReport, RunStatus};
+use flowrun_engine::{Flow, NodeReport, Registry, Status};
+use serde_json::json;
+
+use super::Ui;
+
+fn ms(d: std::time::Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms >= 1000.0 { format!("{:.2} s", ms / 1000.0) } else { format!("{ms:.1} ms") }
+}
+
+fn paint(ui: &Ui, code: &str, text: &str) -> String {
+    if ui.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+}
+
+pub fn diagnostics_json(d: &Diagnostics) -> String {
+    let errors: Vec<_> =
+        d.0.iter()
+            .map(|e| {
+                json!({
+                    "code": e.code,
+                    "message": e.message,
+                    "node": e.node,
+                    "location": e.location(),
+                    "help": e.help,
+                })
+            })
+            .collect();
+    json!({ "status": "invalid", "errors": errors }).to_string()
+}
+
+fn report_json(
+    flow: &Flow,
+    r: &RunReport,
+    materialized: Option<&flowrun_lake::MaterializeReport>,
+) -> serde_json::Value {
+    let outputs: Vec<_> = r
+        .outputs
+        .iter()
+        .map(|o| {
+            json!({
+                "node": o.node,
+                "item": o.item,
+                "rows": o.value.as_ref().and_then(|v| v.rows()),
+                "identity": o.identity.map(|h| h.to_hex().to_string()),
+            })
+        })
+        .collect();
+    json!({
+        "run_id": r.run_id,
+        "flow": flow.name,
+        "status": r.status,
+        "duration_ms": r.finished_ms - r.started_ms,
+        "counts": {
+            "executed": r.count(Status::Executed),
+            "reused": r.count(Status::Reused),
+            "failed": r.count(Status::Failed),
+            "skipped": r.count(Status::Skipped),
+            "cancelled": r.count(Status::Cancelled),
+            "would_run": r.count(Status::WouldRun),
+            "would_reuse": r.count(Status::WouldReuse),
+        },
+        "nodes": r.nodes,
+        "outputs": outputs,
+        "materialized": materialized,
+        "warnings": r.warnings,
+    })
+}
+
+fn node_line(ui: &Ui, n: &NodeReport) -> String {
+    let (word, code) = match n.status {
+        Status::Executed => ("ran", "32"),
+        Status::Reused => ("cached", "90"),
+        Status::Failed => ("FAILED", "1;31"),
+        Status::Skipped => ("skipped", "33"),
+        Status::Cancelled => ("cancelled", "33"),
+        Status::WouldRun => ("would run", "32"),
+        Status::WouldReuse => ("cached", "90"),
+    };
+    let mut line = format!("  {} {}", paint(ui, code, &format!("{word:<9}")), n.name);
+    if matches!(n.status, Status::Executed | Status::Reused) {
+        line.push_str(&format!("  {}", ms(n.duration)));
+    }
+    if let Some(rows) = n.rows {
+        line.push_str(&format!("  {rows} rows"));
+    }
+    if !n.reasons.is_empty() {
+        let reasons: Vec<String> = n.reasons.iter().map(|r| r.to_string()).collect();
+        line.push_str(&format!("  ({})", reasons.join("; ")));
+    }
+    line
+}
+
+fn verbose_key(n: &NodeReport) -> String {
+    let mut s = String::new();
+    if let Some(k) = &n.key {
+        s.push_str(&format!("      key {k}\n"));
+    }
+    for (p, id) in &n.inputs {
+        s.push_str(&format!("      {p} = {id}\n"));
+    }
+    s
+}
+
+pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&flowrun_lake::MaterializeReport>, ui: &Ui) {
+    if ui.json {
+        println!("{}", report_json(flow, r, materialized));
+        return;
+    }
+    if ui.verbose > 0 {
+        for n in &r.nodes {
+            println!("{}", node_line(ui, n));
+            if ui.verbose > 1 {
+                print!("{}", verbose_key(n));
+            }
+        }
+    }
+    for n in r.nodes.iter().filter(|n| n.status == Status::Failed) {
+        eprintln!("{}: node `{}` failed", paint(ui, "1;31", "error"), n.name);
+        for (i, cause) in n.error.iter().enumerate() {
+            eprintln!("  {}{cause}", if i == 0 { "" } else { "caused by: " });
+        }
+        if !n.inputs.is_empty() {
+            let inputs: Vec<String> = n.inputs.iter().map(|(p, id)| format!("{p}={}", &id[..12])).collect();
+            eprintln!("  inputs: {}", inputs.join(", "));
+        }
+        if let Some(k) = &n.key {
+            eprintln!("  key: {k}");
+        }
+    }
+    let skipped = r.names(Status::Skipped);
+    if !skipped.is_empty() {
+        let shown: Vec<&str> = skipped.iter().take(10).map(String::as_str).collect();
+        let more = if skipped.len() > 10 { format!(" and {} more", skipped.len() - 10) } else { String::new() };
+        eprintln!("skipped (upstream failed): {}{more}", shown.join(", "));
+    }
+    for n in &r.nodes {
+        for w in &n.warnings {
+            eprintln!("{}: {}: {w}", paint(ui, "33", "warning"), n.name);
+        }
+    }
+    for w in &r.warnings {
+        eprintln!("{}: {w}", paint(ui, "33", "warning"));
+    }
+    if ui.quiet {
+        return;
+    }
+    if let Some(m) = materialized {
+        for t in &m.targets {
+            println!("  wrote {}", t.describe());
+        }
+    }
+    let (mark, code) = if r.status == RunStatus::Ok { ("ok", "32") } else { ("FAILED", "1;31") };
+    println!(
+        "{} flow `{}`: {} node runs: {} ran, {} cached, {} failed, {} skipped in {} (run {})",
+        paint(ui, code, mark),
+        flow.name,
+        r.nodes.len(),
+        r.count(Status::Executed),
+        r.count(Status::Reused),
+        r.count(Status::Failed),
+        r.count(Status::Skipped) + r.count(Status::Cancelled),
+        ms(std::time::Duration::from_millis((r.finished_ms - r.started_ms).max(0) as u64)),
+        r.run_id
+    );
+}
+
+pub fn print_explain(flow: &Flow, r: &RunReport, ui: &Ui) {
+    if ui.json {
+        println!("{}", report_json(flow, r, None));
+        return;
+    }
+    println!("flow `{}`: {} would run, {} cached", flow.name, r.count(Status::WouldRun), r.count(Status::WouldReuse));
+    for n in &r.nodes {
+        if n.status == Status::WouldReuse && ui.verbose == 0 {
+            continue;
+        }
+        println!("{}", node_line(ui, n));
+        if ui.verbose > 1 {
+            print!("{}", verbose_key(n));
+        }
+    }
+    if !flow.disabled.is_empty() {
+        println!("  disabled by config: {}", flow.disabled.join(", "));
+    }
+}
+
+pub fn print_nodes(reg: &Registry, filter: Option<&str>, ui: &Ui) {
+    let defs: Vec<_> =
+        reg.all().iter().filter(|d| filter.is_none_or(|f| d.name.contains(f) || d.module.contains(f))).collect();
+    if ui.json {
+        let list: Vec<_> = defs
+            .iter()
+            .map(|d| {
+                json!({
+                    "name": d.name,
+                    "module": d.module,
+                    "signature": d.signature(),
+                    "doc": d.doc,
+                    "tags": d.tags.iter().map(|(k, v)| json!({k.to_string(): v})).collect::<Vec<_>>(),
+                    "code_version": d.code_version,
+                    "version": d.version,
+                    "source": format!("{}:{}", d.file, d.line),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return;
+    }
+    for d in defs {
+        println!("{}  [{}]", paint(ui, "1", &d.signature()), d.module);
+        if let Some(first) = d.doc.lines().next().filter(|l| !l.is_empty()) {
+            println!("    {first}");
+        }
+    }
+}
+
+pub fn print_entries(entries: &[EntryInfo], ui: &Ui) {
+    if ui.json {
+        println!("{}", serde_json::to_string(entries).unwrap_or_default());
+        return;
+    }
+    let total: u64 = entries.iter().map(|e| e.entry.size).sum();
+    println!("{} entries, {} bytes", entries.len(), total);
+    for e in entries {
+        println!(
+            "  {}  {:<30} {:>10} B {:>8} rows  {}{}",
+            &e.key.to_hex()[..12],
+            e.entry.node,
+            e.entry.size,
+            e.entry.rows.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            flowrun_engine::value::short_type_name(&e.entry.type_name),
+            if e.live { "" } else { "  (superseded)" }
+        );
+    }
+}
+
+pub fn print_gc(r: &GcReport, ui: &Ui) {
+    if ui.json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+    } else if !ui.quiet {
+        println!(
+            "removed {} entries, {} blobs ({} bytes), {} temporary files",
+            r.entries, r.blobs, r.bytes, r.temp_files
+        );
+    }
+}
+
+pub fn print_runs(runs: &[RunRecord], ui: &Ui) {
+    if ui.json {
+        println!("{}", serde_json::to_string(runs).unwrap_or_default());
+        return;
+    }
+    for r in runs {
+        println!(
+            "{}  {:<20} {:<7} {:>6} nodes {:>6} ran {:>6} cached {:>4} failed  {:.1} s",
+            r.run_id,
+            r.flow,
+            r.status,
+            r.nodes,
+            r.executed,
+            r.reused,
+            r.failed,
+            (r.finished_ms - r.started_ms) as f64 / 1000.0
+        );
+    }
+}
+
+pub fn print_node_runs(nodes: &[NodeRunRecord], ui: &Ui) {
+    if ui.json {
+        println!("{}", serde_json::to_string(nodes).unwrap_or_default());
+        return;
+    }
+    for n in nodes {
+        println!(
+            "  {:<10} {:<40} {:>10.1} ms {:>10}  {}",
+            n.status,
+            n.node,
+            n.duration_ms,
+            n.rows.map(|r| format!("{r} rows")).unwrap_or_default(),
+            n.error.as_deref().unwrap_or("")
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! Integration tests: they drive the real `flowrun` binary, as a user would.
+//!
+//! One test binary, modules by theme (as ripgrep does). Flows are written into temporary directories so
+//! that every `file:line:col` a test asserts is visible next to the flow text.
+
+mod util;
+
+mod cache;
+mod cli;
+mod graph;
+mod interrupt;
+mod run;
+mod validation;
