@@ -1,0 +1,242 @@
+//! The `[lake]` section of a flow: which DuckLake catalog, where its data files go.
+//!
+//! ```toml
+//! [lake]
+//! catalog = "../lake/pv.ducklake"        # DuckDB-file catalog (the default kind), relative to the flow file
+//! # catalog = "sqlite:../lake/pv.sqlite" # SQLite catalog
+//! # catalog = "postgres:dbname=lake host=127.0.0.1 port=5432 user=postgres"  # PostgreSQL catalog
+//! data_path = "../lake/data"             # Parquet data files (default: <catalog>.files next to a file catalog)
+//! alias = "lake"                         # the name SQL nodes use for it (default: lake)
+//! extensions_dir = "/opt/duckdb-ext"     # where to find DuckDB extension files (see `extensions`)
+//! ```
+//! Every key can be overridden on the command line with `--lake key=value`. The `ducklake:` prefix of
+//! DuckDB's own syntax is accepted too.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+use flowrun_engine::Flow;
+
+use crate::duck::{Duck, literal};
+use crate::extensions::{self, ExtensionSources};
+use crate::ident;
+
+/// Where the DuckLake catalog lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Catalog {
+    /// A DuckDB database file.
+    DuckDb(PathBuf),
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (a libpq connection string).
+    Postgres(String),
+}
+
+/// A resolved `[lake]` section.
+#[derive(Debug, Clone)]
+pub struct LakeConfig {
+    /// The catalog.
+    pub catalog: Catalog,
+    /// Where data files are written.
+    pub data_path: PathBuf,
+    /// Attach alias.
+    pub alias: String,
+    /// Extension sources.
+    pub extensions: ExtensionSources,
+}
+
+impl Catalog {
+    /// Parses a catalog string; relative paths are resolved against `base`.
+    pub fn parse(s: &str, base: &Path) -> Result<Catalog> {
+        let s = s.trim();
+        let s = s.strip_prefix("ducklake:").unwrap_or(s);
+        let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { base.join(p) };
+        if let Some(rest) = s.strip_prefix("sqlite:") {
+            return Ok(Catalog::Sqlite(resolve(rest)));
+        }
+        if let Some(rest) = s.strip_prefix("postgres:") {
+            if rest.trim().is_empty() {
+                bail!("a PostgreSQL catalog needs a connection string, e.g. postgres:dbname=lake host=127.0.0.1");
+            }
+            return Ok(Catalog::Postgres(rest.to_string()));
+        }
+        if let Some((kind, _)) = s.split_once(':')
+            && !kind.is_empty() && kind.chars().all(|c| c.is_ascii_alphanumeric()) && kind.len() > 1 {
+                bail!(
+                    "unknown catalog kind `{kind}` in `{s}`: use a DuckDB file (lake.ducklake), sqlite:PATH or \
+                     postgres:CONNECTION"
+                );
+            }
+        if s.is_empty() {
+            bail!("the catalog is empty");
+        }
+        Ok(Catalog::DuckDb(resolve(s)))
+    }
+
+    /// The extension DuckLake needs for this catalog, besides `ducklake` itself.
+    pub fn extension(&self) -> Option<&'static str> {
+        match self {
+            Catalog::DuckDb(_) => None,
+            Catalog::Sqlite(_) => Some("sqlite"),
+            Catalog::Postgres(_) => Some("postgres"),
+        }
+    }
+
+    /// The string after `ducklake:` in `ATTACH`.
+    pub fn attach_target(&self) -> String {
+        match self {
+            Catalog::DuckDb(p) => p.display().to_string(),
+            Catalog::Sqlite(p) => format!("sqlite:{}", p.display()),
+            Catalog::Postgres(c) => format!("postgres:{c}"),
+        }
+    }
+
+    /// For messages (the PostgreSQL password, if any, is hidden).
+    pub fn describe(&self) -> String {
+        match self {
+            Catalog::Postgres(c) => {
+                let shown: Vec<String> = c
+                    .split_whitespace()
+                    .map(|kv| if kv.starts_with("password=") { "password=***".to_string() } else { kv.to_string() })
+                    .collect();
+                format!("postgres:{}", shown.join(" "))
+            }
+            other => other.attach_target(),
+        }
+    }
+}
+
+impl LakeConfig {
+    /// The flow's `[lake]` with `overrides` (`--lake key=value`) applied; `None` when the flow has none.
+    pub fn from_flow(flow: &Flow, overrides: &[(String, String)]) -> Result<Option<LakeConfig>> {
+        let mut values: Vec<(String, String)> = Vec::new();
+        for (k, (v, _)) in &flow.lake {
+            let s = match v {
+                toml::Value::String(s) => s.clone(),
+                other => bail!("[lake] {k} must be a string, found {other}"),
+            };
+            values.push((k.clone(), s));
+        }
+        for (k, v) in overrides {
+            values.retain(|(key, _)| key != k);
+            values.push((k.clone(), v.clone()));
+        }
+        if values.is_empty() {
+            return Ok(None);
+        }
+        let base = flow.base_dir();
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let get = |key: &str| -> Option<(String, bool)> {
+            let from_cli = overrides.iter().any(|(k, _)| k == key);
+            values.iter().rev().find(|(k, _)| k == key).map(|(_, v)| (v.clone(), from_cli))
+        };
+        for (k, _) in &values {
+            if !["catalog", "data_path", "alias", "extensions_dir"].contains(&k.as_str()) {
+                bail!("[lake] has no key `{k}`; keys: catalog, data_path, alias, extensions_dir");
+            }
+        }
+        let (catalog, cli) = get("catalog").ok_or_else(|| anyhow!("[lake] needs `catalog`"))?;
+        let catalog = Catalog::parse(&catalog, if cli { &cwd } else { &base })?;
+        let data_path = match get("data_path") {
+            Some((p, cli)) => {
+                let p = PathBuf::from(p);
+                if p.is_absolute() {
+                    p
+                } else if cli {
+                    cwd.join(p)
+                } else {
+                    base.join(p)
+                }
+            }
+            None => match &catalog {
+                Catalog::DuckDb(p) | Catalog::Sqlite(p) => {
+                    let mut s = p.as_os_str().to_owned();
+                    s.push(".files");
+                    PathBuf::from(s)
+                }
+                Catalog::Postgres(_) => bail!("[lake] data_path is required with a PostgreSQL catalog"),
+            },
+        };
+        let alias = get("alias").map(|(a, _)| a).unwrap_or_else(|| "lake".to_string());
+        ident::validate(&alias, "lake alias")?;
+        let mut extensions = ExtensionSources::from_env();
+        if let Some((dir, cli)) = get("extensions_dir") {
+            let p = PathBuf::from(dir);
+            extensions.user_dir = Some(if p.is_absolute() {
+                p
+            } else if cli {
+                cwd.join(p)
+            } else {
+                base.join(p)
+            });
+        }
+        Ok(Some(LakeConfig { catalog, data_path, alias, extensions }))
+    }
+
+    /// Loads the extensions this lake needs and attaches it to `duck` (read-only if asked).
+    pub fn attach(&self, duck: &Duck, read_only: bool) -> Result<()> {
+        extensions::ensure(duck, "ducklake", &self.extensions)?;
+        if let Some(ext) = self.catalog.extension() {
+            extensions::ensure(duck, ext, &self.extensions)?;
+        }
+        if let Catalog::DuckDb(p) | Catalog::Sqlite(p) = &self.catalog
+            && let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
+            }
+        if !read_only {
+            std::fs::create_dir_all(&self.data_path)
+                .map_err(|e| anyhow!("cannot create the lake's data path {}: {e}", self.data_path.display()))?;
+        }
+        let mut data = self.data_path.display().to_string();
+        if !data.ends_with('/') {
+            data.push('/');
+        }
+        let mut options = vec![format!("DATA_PATH {}", literal(&data))];
+        if read_only {
+            options.push("READ_ONLY".to_string());
+        }
+        let sql = format!(
+            "ATTACH {} AS {} ({})",
+            literal(&format!("ducklake:{}", self.catalog.attach_target())),
+            ident::quoted(&self.alias, "lake alias")?,
+            options.join(", ")
+        );
+        duck.execute(&sql).map_err(|e| {
+            let hint = match &self.catalog {
+                Catalog::Postgres(_) => {
+                    " (is the PostgreSQL server running and reachable, and does the database exist?)"
+                }
+                _ => "",
+            };
+            anyhow!("cannot attach the DuckLake catalog {}{hint}: {e:#}", self.catalog.describe())
+        })
+    }
+
+    /// `catalog` for messages and records.
+    pub fn describe(&self) -> String {
+        self.catalog.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_kinds() {
+        let base = Path::new("/flows");
+        assert_eq!(
+            Catalog::parse("lake/pv.ducklake", base).unwrap(),
+            Catalog::DuckDb("/flows/lake/pv.ducklake".into())
+        );
+        assert_eq!(Catalog::parse("ducklake:/x/pv.ducklake", base).unwrap(), Catalog::DuckDb("/x/pv.ducklake".into()));
+        assert_eq!(Catalog::parse("sqlite:pv.sqlite", base).unwrap(), Catalog::Sqlite("/flows/pv.sqlite".into()));
+        assert_eq!(
+            Catalog::parse("ducklake:postgres:dbname=x host=h", base).unwrap(),
+            Catalog::Postgres("dbname=x host=h".into())
+        );
+        let err = Catalog::parse("ducklake:mysql:db=x", base).unwrap_err().to_string();
+        assert!(err.contains("unknown catalog kind `mysql`"), "{err}");
+        assert_eq!(Catalog::Postgres("dbname=x password=secret".into()).describe(), "postgres:dbname=x password=***");
+    }
+}

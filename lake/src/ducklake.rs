@@ -1,0 +1,343 @@
+//! Where DuckLake is written: every table of a run in **one** transaction, so one run is one snapshot.
+//!
+//! For each target the node's Arrow table is first copied into DuckDB's memory through the Arrow scanner
+//! (outside the transaction). Then, inside `BEGIN ... COMMIT`:
+//! - **replace**: create the table, or empty and refill it when its columns are unchanged, or drop and
+//!   re-create it when they changed;
+//! - **append**: add new columns, widen column types DuckLake can widen (int8 -> int64, float -> double...),
+//!   refuse other type changes with a message naming the column; then `INSERT ... BY NAME`;
+//! - **merge**: the same schema evolution, then `MERGE INTO ... ON (key columns)`: matching rows are
+//!   updated, new rows inserted. The key must be unique in the node's result.
+//!
+//! The run's records are appended to `flowrun_runs` and `flowrun_node_runs` in the same transaction, and
+//! the commit message names the flow and the run id. Any error rolls the transaction back: the lake stays
+//! at its previous snapshot.
+
+use anyhow::{Context, Result, anyhow, bail};
+use flowrun_engine::Table;
+use flowrun_engine::schedule::{RunReport, node_records, run_record};
+use serde::Serialize;
+
+use crate::config::LakeConfig;
+use crate::duck::{Duck, literal};
+use crate::ident::quoted;
+
+/// How a node result lands in its table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The table holds exactly the node's result.
+    Replace,
+    /// The node's rows are added.
+    Append,
+    /// Rows are upserted on these key columns.
+    Merge(Vec<String>),
+}
+
+/// One table to write.
+pub struct LakeTarget {
+    /// `[materialize.NAME]`.
+    pub section: String,
+    /// DuckLake schema.
+    pub schema: String,
+    /// Table name.
+    pub table: String,
+    /// How.
+    pub mode: Mode,
+    /// The rows.
+    pub value: Table,
+}
+
+/// What a lake write did.
+#[derive(Debug, Clone, Serialize)]
+pub struct LakeWrite {
+    /// The snapshot the run committed.
+    pub snapshot: i64,
+    /// `schema.table` and rows, per target.
+    pub tables: Vec<(String, u64)>,
+}
+
+const TYPE_FAMILIES: &[&[&str]] = &[
+    &["TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT"],
+    &["UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"],
+    &["FLOAT", "DOUBLE"],
+];
+
+fn base_type(t: &str) -> String {
+    let t = t.trim().to_ascii_uppercase();
+    match t.find('(') {
+        Some(i) if t.starts_with("GEOMETRY") => t[..i].to_string(),
+        _ => t,
+    }
+}
+
+/// `Some(true)`: `to` widens `from` within a family; `Some(false)`: narrower or equal; `None`: other family.
+fn widening(from: &str, to: &str) -> Option<bool> {
+    for fam in TYPE_FAMILIES {
+        if let (Some(a), Some(b)) = (fam.iter().position(|t| *t == from), fam.iter().position(|t| *t == to)) {
+            return Some(b > a);
+        }
+    }
+    None
+}
+
+fn columns(duck: &Duck, db: &str, schema: &str, table: &str) -> Result<Vec<(String, String)>> {
+    let sql = format!(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = {} AND schema_name = {} \
+         AND table_name = {} ORDER BY column_index",
+        literal(db),
+        literal(schema),
+        literal(table)
+    );
+    let mut stmt = duck.conn().prepare(&sql)?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Brings an existing lake table's columns in line with the stage before an append or merge.
+fn evolve(duck: &Duck, lake: &str, t: &LakeTarget, target: &str, stage: &str) -> Result<()> {
+    let existing = columns(duck, lake, &t.schema, &t.table)?;
+    let incoming = columns(duck, "memory", "main", stage)?;
+    for (name, ty) in &incoming {
+        match existing.iter().find(|(n, _)| n == name) {
+            None => duck
+                .execute(&format!("ALTER TABLE {target} ADD COLUMN {} {ty}", quoted(name, "column")?))
+                .with_context(|| format!("adding column `{name}` to lake table `{}`", t.table))?,
+            Some((_, old)) => {
+                let (old_b, new_b) = (base_type(old), base_type(ty));
+                if old_b == new_b {
+                    continue;
+                }
+                match widening(&old_b, &new_b) {
+                    Some(false) => {} // narrower values fit the existing column
+                    Some(true) => duck
+                        .execute(&format!(
+                            "ALTER TABLE {target} ALTER COLUMN {} SET DATA TYPE {ty}",
+                            quoted(name, "column")?
+                        ))
+                        .with_context(|| {
+                            format!("widening column `{name}` of lake table `{}` from {old} to {ty}", t.table)
+                        })?,
+                    None => bail!(
+                        "column `{name}` of lake table `{}` is {old}, but materialization `{}` now gives {ty}: DuckLake \
+                         can only widen a column's type (e.g. INTEGER -> BIGINT, FLOAT -> DOUBLE). Nothing was written. \
+                         Cast the column in the node, or use mode = \"replace\" to rewrite the table.",
+                        t.table,
+                        t.section
+                    ),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn table_exists(duck: &Duck, lake: &str, schema: &str, table: &str) -> Result<bool> {
+    let n: i64 = duck.scalar(&format!(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = {} AND schema_name = {} AND table_name = {}",
+        literal(lake),
+        literal(schema),
+        literal(table)
+    ))?;
+    Ok(n > 0)
+}
+
+fn write_target(duck: &Duck, lake: &str, t: &LakeTarget, stage: &str) -> Result<()> {
+    let lake_q = quoted(lake, "lake alias")?;
+    let schema_q = quoted(&t.schema, "schema")?;
+    let target = format!("{lake_q}.{schema_q}.{}", quoted(&t.table, "table")?);
+    let stage_q = format!("memory.main.{}", quoted(stage, "table")?);
+    if t.schema != "main" {
+        duck.execute(&format!("CREATE SCHEMA IF NOT EXISTS {lake_q}.{schema_q}"))?;
+    }
+    if !table_exists(duck, lake, &t.schema, &t.table)? {
+        return duck.execute(&format!("CREATE TABLE {target} AS SELECT * FROM {stage_q}"));
+    }
+    match &t.mode {
+        Mode::Replace => {
+            let old: Vec<(String, String)> =
+                columns(duck, lake, &t.schema, &t.table)?.into_iter().map(|(n, ty)| (n, base_type(&ty))).collect();
+            let new: Vec<(String, String)> =
+                columns(duck, "memory", "main", stage)?.into_iter().map(|(n, ty)| (n, base_type(&ty))).collect();
+            if old == new {
+                duck.execute(&format!("DELETE FROM {target}; INSERT INTO {target} SELECT * FROM {stage_q}"))
+            } else {
+                duck.execute(&format!("DROP TABLE {target}; CREATE TABLE {target} AS SELECT * FROM {stage_q}"))
+            }
+        }
+        Mode::Append => {
+            evolve(duck, lake, t, &target, stage)?;
+            duck.execute(&format!("INSERT INTO {target} BY NAME SELECT * FROM {stage_q}"))
+        }
+        Mode::Merge(keys) => {
+            evolve(duck, lake, t, &target, stage)?;
+            let incoming = columns(duck, "memory", "main", stage)?;
+            for k in keys {
+                if !incoming.iter().any(|(n, _)| n == k) {
+                    bail!("merge key `{k}` of materialization `{}` is not a column of the node's result", t.section);
+                }
+            }
+            let key_list = keys.iter().map(|k| quoted(k, "column")).collect::<Result<Vec<_>>>()?.join(", ");
+            let dups: i64 = duck.scalar(&format!(
+                "SELECT count(*) FROM (SELECT {key_list} FROM {stage_q} GROUP BY ALL HAVING count(*) > 1)"
+            ))?;
+            if dups > 0 {
+                bail!(
+                    "merge key ({key_list}) of materialization `{}` is not unique in the node's result ({dups} duplicated keys)",
+                    t.section
+                );
+            }
+            let on = keys
+                .iter()
+                .map(|k| Ok(format!("t.{q} = s.{q}", q = quoted(k, "column")?)))
+                .collect::<Result<Vec<_>>>()?
+                .join(" AND ");
+            let cols: Vec<String> = incoming.iter().map(|(n, _)| quoted(n, "column")).collect::<Result<_>>()?;
+            let set = cols.iter().map(|c| format!("{c} = s.{c}")).collect::<Vec<_>>().join(", ");
+            let values = cols.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
+            duck.execute(&format!(
+                "MERGE INTO {target} AS t USING {stage_q} AS s ON ({on}) \
+                 WHEN MATCHED THEN UPDATE SET {set} \
+                 WHEN NOT MATCHED THEN INSERT ({}) VALUES ({values})",
+                cols.join(", ")
+            ))
+        }
+    }
+}
+
+fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport, snapshot: i64) -> Result<()> {
+    let l = quoted(lake, "lake alias")?;
+    duck.execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {l}.main.flowrun_runs (run_id VARCHAR, flow VARCHAR, flow_path VARCHAR, \
+           started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, status VARCHAR, nodes BIGINT, executed BIGINT, \
+           reused BIGINT, failed BIGINT, skipped BIGINT, jobs BIGINT, snapshot_id BIGINT);
+         CREATE TABLE IF NOT EXISTS {l}.main.flowrun_node_runs (run_id VARCHAR, node VARCHAR, status VARCHAR, \
+           cached BOOLEAN, duration_ms DOUBLE, rows BIGINT, cache_key VARCHAR, input_keys VARCHAR, error VARCHAR, \
+           snapshot_id BIGINT);"
+    ))?;
+    let r = run_record(report, flow_path);
+    duck.execute(&format!(
+        "INSERT INTO {l}.main.flowrun_runs VALUES ({}, {}, {}, make_timestamp({}::BIGINT * 1000), \
+         make_timestamp({}::BIGINT * 1000), {}, {}, {}, {}, {}, {}, {}, {snapshot})",
+        literal(&r.run_id),
+        literal(&r.flow),
+        literal(&r.flow_path),
+        r.started_ms,
+        r.finished_ms,
+        literal(&r.status),
+        r.nodes,
+        r.executed,
+        r.reused,
+        r.failed,
+        r.skipped,
+        r.jobs
+    ))?;
+    // node records go in as one Arrow table, not row by row
+    let nodes = node_records(report);
+    use arrow_array::{BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("node", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("cached", DataType::Boolean, false),
+        Field::new("duration_ms", DataType::Float64, false),
+        Field::new("rows", DataType::Int64, true),
+        Field::new("cache_key", DataType::Utf8, true),
+        Field::new("input_keys", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("snapshot_id", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(nodes.iter().map(|n| n.run_id.as_str()))),
+            Arc::new(StringArray::from_iter_values(nodes.iter().map(|n| n.node.as_str()))),
+            Arc::new(StringArray::from_iter_values(nodes.iter().map(|n| n.status.as_str()))),
+            Arc::new(BooleanArray::from(nodes.iter().map(|n| n.status == "reused").collect::<Vec<_>>())),
+            Arc::new(Float64Array::from_iter_values(nodes.iter().map(|n| n.duration_ms))),
+            Arc::new(Int64Array::from(nodes.iter().map(|n| n.rows.map(|r| r as i64)).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(nodes.iter().map(|n| n.key.clone()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(nodes.iter().map(|n| n.input_keys.clone()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(nodes.iter().map(|n| n.error.clone()).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(vec![snapshot; nodes.len()])),
+        ],
+    )?;
+    duck.load_table("memory.main.__flowrun_node_runs", &Table::from_batch(batch))?;
+    duck.execute(&format!("INSERT INTO {l}.main.flowrun_node_runs SELECT * FROM memory.main.__flowrun_node_runs"))
+}
+
+/// Writes `targets` and the run's records to the lake in one transaction (one snapshot).
+pub fn write(
+    duck: &Duck,
+    lake: &LakeConfig,
+    targets: &[LakeTarget],
+    flow: &str,
+    flow_path: &str,
+    report: &RunReport,
+) -> Result<LakeWrite> {
+    let alias = &lake.alias;
+    // stage every table first: the transaction then only moves data inside DuckDB
+    for (i, t) in targets.iter().enumerate() {
+        duck.load_table(&format!("memory.main.\"__stage_{i}\""), &t.value)
+            .with_context(|| format!("staging materialization `{}`", t.section))?;
+    }
+    duck.execute("BEGIN TRANSACTION")?;
+    let result = (|| -> Result<LakeWrite> {
+        let current: i64 =
+            duck.scalar(&format!("SELECT id FROM {}.current_snapshot()", quoted(alias, "lake alias")?))?;
+        let snapshot = current + 1;
+        let mut tables = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            write_target(duck, alias, t, &format!("__stage_{i}"))
+                .with_context(|| format!("materialization `{}` (lake table {}.{})", t.section, t.schema, t.table))?;
+            tables.push((format!("{}.{}", t.schema, t.table), t.value.num_rows() as u64));
+        }
+        history(duck, alias, flow_path, report, snapshot).context("recording the run in flowrun_runs")?;
+        duck.execute(&format!(
+            "CALL {}.set_commit_message('flowrun', {})",
+            quoted(alias, "lake alias")?,
+            literal(&format!("flowrun: flow {flow}, run {}", report.run_id))
+        ))?;
+        Ok(LakeWrite { snapshot, tables })
+    })();
+    match result {
+        Ok(mut w) => {
+            duck.execute("COMMIT")
+                .map_err(|e| anyhow!("the lake transaction could not commit (nothing was written): {e:#}"))?;
+            // a concurrent writer may have taken the predicted snapshot id: report the real one
+            let sql = format!(
+                "SELECT snapshot_id FROM {}.snapshots() WHERE commit_message = {} ORDER BY snapshot_id DESC LIMIT 1",
+                quoted(alias, "lake alias")?,
+                literal(&format!("flowrun: flow {flow}, run {}", report.run_id))
+            );
+            if let Ok(id) = duck.scalar::<i64>(&sql) {
+                w.snapshot = id;
+            }
+            Ok(w)
+        }
+        Err(e) => {
+            let _ = duck.execute("ROLLBACK");
+            Err(e.context(format!(
+                "nothing was written to the lake {}; it stays at its previous snapshot",
+                lake.describe()
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widening_rules() {
+        assert_eq!(widening("INTEGER", "BIGINT"), Some(true));
+        assert_eq!(widening("BIGINT", "INTEGER"), Some(false));
+        assert_eq!(widening("FLOAT", "DOUBLE"), Some(true));
+        assert_eq!(widening("INTEGER", "VARCHAR"), None);
+        assert_eq!(base_type("GEOMETRY('OGC:CRS84')"), "GEOMETRY");
+        assert_eq!(base_type("decimal(10,2)"), "DECIMAL(10,2)");
+    }
+}

@@ -1,0 +1,186 @@
+//! GeoParquet files: GeoParquet 1.1 with `geo` metadata and a bbox covering column, written to a temporary
+//! name and renamed, so no partial file ever sits at the final path.
+//!
+//! Two writers exist; flowrun uses [`write`] (the `geoparquet` crate of geoarrow-rs) because DuckDB's
+//! `COPY ... (FORMAT parquet, GEOPARQUET_VERSION ...)` writes GeoParquet 1.0 metadata without a bbox
+//! covering column (checked with DuckDB 1.5.5), and because it writes straight from the Arrow batches
+//! nodes produce. [`write_with_duckdb`] is kept for the benchmark that compares the two.
+//!
+//! The `geo` metadata lists, per geometry column: encoding `WKB`, `geometry_types` (found in the data),
+//! `bbox`, `covering.bbox` (pointing at the `<column>_bbox` struct column), and `crs`: omitted when the
+//! column's CRS is OGC:CRS84 / unspecified (which GeoParquet defines as OGC:CRS84), PROJJSON otherwise.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use flowrun_engine::Table;
+use geoparquet::writer::{GeoParquetRecordBatchEncoder, GeoParquetWriterEncoding, GeoParquetWriterOptionsBuilder};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::Serialize;
+
+use crate::duck::{Duck, literal};
+
+/// What a GeoParquet write did.
+#[derive(Debug, Clone, Serialize)]
+pub struct GeoParquetWrite {
+    /// Final path.
+    pub path: PathBuf,
+    /// Rows written.
+    pub rows: u64,
+    /// File size.
+    pub bytes: u64,
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+/// Names of the `geoarrow.wkb` columns of a table.
+pub fn geometry_columns(table: &Table) -> Vec<String> {
+    table
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| f.metadata().get("ARROW:extension:name").is_some_and(|n| n == "geoarrow.wkb"))
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(dir).map_err(Into::into)
+}
+
+/// Writes `table` as GeoParquet 1.1 to a temporary file beside `path`; [`commit`] renames it into place.
+pub fn write_pending(
+    table: &Table,
+    path: &Path,
+    primary: Option<&str>,
+) -> Result<(tempfile::NamedTempFile, GeoParquetWrite)> {
+    let started = Instant::now();
+    let geoms = geometry_columns(table);
+    if geoms.is_empty() {
+        bail!("the table has no geometry column (a Binary column with the geoarrow.wkb extension type)");
+    }
+    let primary = match primary {
+        Some(p) if geoms.iter().any(|g| g == p) => p.to_string(),
+        Some(p) => bail!("`{p}` is not a geometry column; geometry columns: {}", geoms.join(", ")),
+        None => geoms.iter().find(|g| *g == "geometry").unwrap_or(&geoms[0]).clone(),
+    };
+    let options = GeoParquetWriterOptionsBuilder::default()
+        .set_primary_column(primary)
+        .set_encoding(GeoParquetWriterEncoding::WKB)
+        .set_generate_covering(true)
+        .build();
+    let mut encoder = GeoParquetRecordBatchEncoder::try_new(table.schema(), &options)
+        .map_err(|e| anyhow!("cannot prepare GeoParquet encoding: {e}"))?;
+    let tmp = temp_beside(path)?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(64 * 1024))
+        .build();
+    let file: File = tmp.reopen()?;
+    let mut writer = ArrowWriter::try_new(file, encoder.target_schema(), Some(props))?;
+    for batch in table.batches() {
+        let encoded = encoder.encode_record_batch(batch).map_err(|e| anyhow!("cannot encode a batch: {e}"))?;
+        writer.write(&encoded)?;
+    }
+    writer.append_key_value_metadata(encoder.into_keyvalue().map_err(|e| anyhow!("GeoParquet metadata: {e}"))?);
+    writer.close()?;
+    let bytes = std::fs::metadata(tmp.path())?.len();
+    let info = GeoParquetWrite {
+        path: path.to_path_buf(),
+        rows: table.num_rows() as u64,
+        bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((tmp, info))
+}
+
+/// Renames a pending file into place.
+pub fn commit(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    tmp.persist(path).map_err(|e| anyhow!("cannot move the GeoParquet file into {}: {}", path.display(), e.error))?;
+    Ok(())
+}
+
+/// Writes `table` as GeoParquet 1.1 at `path` (temporary file, then rename).
+///
+/// ```no_run
+/// # fn demo(table: &flowrun_engine::Table) -> anyhow::Result<()> {
+/// flowrun_lake::geoparquet::write(table, std::path::Path::new("out/sites.parquet"), None)?;
+/// # Ok(()) }
+/// ```
+pub fn write(table: &Table, path: &Path, primary: Option<&str>) -> Result<GeoParquetWrite> {
+    let (tmp, info) = write_pending(table, path, primary)?;
+    commit(tmp, path)?;
+    Ok(info)
+}
+
+/// The same file through DuckDB's `COPY` (GeoParquet 1.0, no covering column): for comparison only.
+pub fn write_with_duckdb(table: &Table, path: &Path) -> Result<GeoParquetWrite> {
+    let started = Instant::now();
+    let duck = Duck::in_memory()?;
+    duck.load_table("t", table)?;
+    let tmp = temp_beside(path)?;
+    duck.execute(&format!(
+        "COPY t TO {} (FORMAT parquet, COMPRESSION zstd, GEOPARQUET_VERSION 'V1')",
+        literal(&tmp.path().to_string_lossy())
+    ))?;
+    let bytes = std::fs::metadata(tmp.path())?.len();
+    commit(tmp, path)?;
+    Ok(GeoParquetWrite {
+        path: path.into(),
+        rows: table.num_rows() as u64,
+        bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_geoparquet_1_1_with_covering_and_no_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out/points.parquet");
+        let t = crate::duck::tests::point_table();
+        let info = write(&t, &path, None).unwrap();
+        assert_eq!(info.rows, 1);
+        let file = File::open(&path).unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+        use parquet::file::reader::FileReader;
+        let kv = reader.metadata().file_metadata().key_value_metadata().unwrap().clone();
+        let geo = kv.iter().find(|k| k.key == "geo").unwrap().value.clone().unwrap();
+        let geo: serde_json::Value = serde_json::from_str(&geo).unwrap();
+        assert_eq!(geo["version"], "1.1.0");
+        assert_eq!(geo["primary_column"], "geometry");
+        let col = &geo["columns"]["geometry"];
+        assert_eq!(col["encoding"], "WKB");
+        assert_eq!(col["geometry_types"], serde_json::json!(["Point"]));
+        assert_eq!(col["bbox"], serde_json::json!([1.0, 2.0, 1.0, 2.0]));
+        assert_eq!(col["covering"]["bbox"]["xmin"], serde_json::json!(["bbox", "xmin"]));
+        assert!(col.get("crs").is_none(), "CRS84 is written by omission: {col}");
+        let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["points.parquet"], "no temporary file is left behind");
+    }
+
+    #[test]
+    fn refuses_tables_without_geometry() {
+        let schema = std::sync::Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+            "x",
+            arrow_schema::DataType::Int64,
+            false,
+        )]));
+        let err = write(&Table::empty(schema), Path::new("/tmp/never.parquet"), None).unwrap_err();
+        assert!(err.to_string().contains("no geometry column"));
+        assert!(!Path::new("/tmp/never.parquet").exists());
+    }
+}

@@ -1,0 +1,357 @@
+//! The materializer contract and the run's materialization step.
+//!
+//! A `[materialize.NAME]` section names a node (`node = "..."`) and a `kind`:
+//!
+//! | kind | options | writes |
+//! |---|---|---|
+//! | `ducklake` | `table` (default: the section name; `{item}` is replaced by the fan-out item's label), `schema` (default `main`), `mode` = `replace` / `append` / `merge`, `key` (column or list, for `merge`) | a table of the flow's `[lake]` |
+//! | `geoparquet` | `path` (relative to the flow file; `{item}` as above), `geometry` (primary column; default `geometry` or the first) | a GeoParquet 1.1 file |
+//!
+//! [`check`] validates every section before the run (so a typo does not cost a whole run), and
+//! [`materialize`] writes after a successful run:
+//! 1. GeoParquet files are written to temporary names first;
+//! 2. all DuckLake tables, plus the run records, are written in one transaction (one snapshot);
+//! 3. then the GeoParquet files are renamed into place.
+//!
+//! A target whose value is unchanged since flowrun last wrote it there (same content hash, recorded in the
+//! cache index) is skipped; when every target is unchanged the lake is not touched at all, so a fully
+//! cached rerun creates no empty snapshot (its record stays in the local run log, `flowrun runs`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use flowrun_cache::Store;
+use flowrun_engine::flow::{Diagnostic, Diagnostics, Label, MaterializeDecl};
+use flowrun_engine::schedule::{OutputItem, RunReport};
+use flowrun_engine::{Flow, Table};
+use serde::Serialize;
+
+use crate::config::LakeConfig;
+use crate::duck::Duck;
+use crate::ducklake::{self, LakeTarget, Mode};
+use crate::geoparquet;
+use crate::ident;
+
+/// Materializer kinds this crate writes.
+pub const MATERIALIZER_KINDS: &[&str] = &["ducklake", "geoparquet"];
+
+/// What one target did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    /// `[materialize.NAME]`.
+    pub section: String,
+    /// `ducklake` or `geoparquet`.
+    pub kind: String,
+    /// `schema.table` or the file path.
+    pub destination: String,
+    /// Rows in the value.
+    pub rows: u64,
+    /// `written` or `unchanged`.
+    pub status: String,
+}
+
+impl TargetReport {
+    /// One line for the CLI.
+    pub fn describe(&self) -> String {
+        format!("{} {} ({} rows, {})", self.kind, self.destination, self.rows, self.status)
+    }
+}
+
+/// What the materialization step did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MaterializeReport {
+    /// Per target.
+    pub targets: Vec<TargetReport>,
+    /// The lake snapshot this run committed, if it wrote to the lake.
+    pub snapshot: Option<i64>,
+    /// The lake's catalog.
+    pub lake: Option<String>,
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+enum Spec {
+    Lake { schema: String, table: String, mode: Mode },
+    File { path: String, geometry: Option<String> },
+}
+
+fn opt_str(d: &MaterializeDecl, key: &str) -> Result<Option<String>, (String, Option<std::ops::Range<usize>>)> {
+    match d.options.get(key) {
+        None => Ok(None),
+        Some((toml::Value::String(s), _)) => Ok(Some(s.clone())),
+        Some((other, span)) => {
+            Err((format!("`{key}` must be a string, found {}", other.type_str()), Some(span.clone())))
+        }
+    }
+}
+
+fn spec(d: &MaterializeDecl) -> Result<Spec, (String, Option<std::ops::Range<usize>>)> {
+    let allowed: &[&str] = match d.kind.as_str() {
+        "ducklake" => &["table", "schema", "mode", "key"],
+        "geoparquet" => &["path", "geometry"],
+        other => return Err((format!("unknown materializer kind `{other}`"), None)),
+    };
+    for (k, (_, span)) in &d.options {
+        if !allowed.contains(&k.as_str()) {
+            return Err((
+                format!("`{}` materializers have no option `{k}`; options: {}", d.kind, allowed.join(", ")),
+                Some(span.clone()),
+            ));
+        }
+    }
+    let span_of = |k: &str| d.options.get(k).map(|(_, s)| s.clone());
+    match d.kind.as_str() {
+        "ducklake" => {
+            let table = opt_str(d, "table")?.unwrap_or_else(|| d.name.clone());
+            let check_table = table.replace("{item}", "x");
+            ident::validate(&check_table, "table").map_err(|e| (e.to_string(), span_of("table")))?;
+            let schema = opt_str(d, "schema")?.unwrap_or_else(|| "main".into());
+            ident::validate(&schema, "schema").map_err(|e| (e.to_string(), span_of("schema")))?;
+            let keys: Vec<String> = match d.options.get("key") {
+                None => Vec::new(),
+                Some((toml::Value::String(s), _)) => vec![s.clone()],
+                Some((toml::Value::Array(a), span)) => a
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| ("`key` lists column names".to_string(), Some(span.clone())))
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some((_, span)) => return Err(("`key` is a column name or a list of them".into(), Some(span.clone()))),
+            };
+            for k in &keys {
+                ident::validate(k, "key column").map_err(|e| (e.to_string(), span_of("key")))?;
+            }
+            let mode = match opt_str(d, "mode")?.as_deref().unwrap_or("replace") {
+                "replace" => Mode::Replace,
+                "append" => Mode::Append,
+                "merge" if keys.is_empty() => {
+                    return Err(("mode = \"merge\" needs `key = [\"column\", ...]`".into(), span_of("mode")));
+                }
+                "merge" => Mode::Merge(keys.clone()),
+                other => {
+                    return Err((format!("unknown mode `{other}`; modes: replace, append, merge"), span_of("mode")));
+                }
+            };
+            if !keys.is_empty() && !matches!(mode, Mode::Merge(_)) {
+                return Err(("`key` is only used with mode = \"merge\"".into(), span_of("key")));
+            }
+            Ok(Spec::Lake { schema, table, mode })
+        }
+        _ => {
+            let path = opt_str(d, "path")?
+                .ok_or_else(|| ("a geoparquet materialization needs `path = \"out/x.parquet\"`".to_string(), None))?;
+            Ok(Spec::File { path, geometry: opt_str(d, "geometry")? })
+        }
+    }
+}
+
+/// Validates every `[materialize.*]` section and the `[lake]` section before anything runs.
+pub fn check(flow: &Flow, lake_overrides: &[(String, String)]) -> Result<(), Diagnostics> {
+    let mut errors = Vec::new();
+    let mut needs_lake = None;
+    for d in &flow.materialize {
+        match spec(d) {
+            Ok(Spec::Lake { .. }) => needs_lake = Some(d),
+            Ok(Spec::File { .. }) => {}
+            Err((message, span)) => {
+                let mut diag = Diagnostic::new("bad-materialize", format!("materialize `{}`: {message}", d.name));
+                diag = diag.at(Label::new(&flow.source, span.unwrap_or(d.span.clone()), "here"));
+                errors.push(diag);
+            }
+        }
+    }
+    match LakeConfig::from_flow(flow, lake_overrides) {
+        Ok(None) if needs_lake.is_some() => {
+            let d = needs_lake.unwrap();
+            errors.push(
+                Diagnostic::new(
+                    "bad-materialize",
+                    format!("materialize `{}` writes to DuckLake, but the flow has no [lake]", d.name),
+                )
+                .at(Label::new(&flow.source, d.span.clone(), "ducklake materialization"))
+                .help(Some("add [lake] with catalog = \"lake/flow.ducklake\" (see the README)".to_string())),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let span = flow.lake.get("catalog").map(|(_, s)| s.clone());
+            let mut d = Diagnostic::new("bad-lake", format!("[lake]: {e:#}"));
+            if let Some(span) = span {
+                d = d.at(Label::new(&flow.source, span, "here"));
+            }
+            errors.push(d);
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(Diagnostics(errors)) }
+}
+
+fn state_key(kind: &str, where_: &str) -> String {
+    format!("materialized:{kind}:{where_}")
+}
+
+fn expand(template: &str, item: &Option<String>) -> String {
+    match item {
+        Some(label) => template.replace("{item}", &ident::sanitize(label)),
+        None => template.replace("{item}", "all"),
+    }
+}
+
+fn table_of(o: &OutputItem, section: &str) -> Result<Table> {
+    let value =
+        o.value.as_ref().ok_or_else(|| anyhow!("materialization `{section}`: node `{}` has no value", o.node))?;
+    let v = value.get().with_context(|| format!("loading the result of `{}`", o.node))?;
+    v.downcast_ref::<Table>().cloned().ok_or_else(|| {
+        anyhow!("materialization `{section}`: node `{}` returns a `{}`, not a table", o.node, v.dyn_type_name())
+    })
+}
+
+/// Writes the flow's materializations for a successful run (see the module documentation).
+pub fn materialize(
+    flow: &Flow,
+    report: &RunReport,
+    store: Option<&Store>,
+    lake_overrides: &[(String, String)],
+    flow_path: &str,
+) -> Result<MaterializeReport> {
+    let started = Instant::now();
+    check(flow, lake_overrides).map_err(|d| anyhow!("{}", d.render(false)))?;
+    let lake = LakeConfig::from_flow(flow, lake_overrides)?;
+    let mut out = MaterializeReport { lake: lake.as_ref().map(|l| l.describe()), ..Default::default() };
+    let mut lake_targets: Vec<(LakeTarget, String, blake3::Hash)> = Vec::new();
+    let mut files: Vec<(String, PathBuf, Option<String>, Table, String, blake3::Hash)> = Vec::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for d in &flow.materialize {
+        let spec = spec(d).map_err(|(m, _)| anyhow!("materialize `{}`: {m}", d.name))?;
+        let node = &flow.nodes[d.node].name;
+        let items = report.output(node);
+        if items.is_empty() {
+            bail!("materialization `{}`: node `{node}` produced no result in this run", d.name);
+        }
+        for o in items {
+            let identity = o.identity.ok_or_else(|| anyhow!("node `{node}` has no result identity"))?;
+            match &spec {
+                Spec::Lake { schema, table, mode } => {
+                    let table = expand(table, &o.item);
+                    ident::validate(&table, "table")?;
+                    let where_ =
+                        format!("{}#{schema}.{table}", lake.as_ref().map(|l| l.describe()).unwrap_or_default());
+                    if let Some(other) = seen.insert(where_.clone(), d.name.clone()) {
+                        bail!("materializations `{other}` and `{}` both write lake table {schema}.{table}", d.name);
+                    }
+                    let value = table_of(o, &d.name)?;
+                    let t = LakeTarget {
+                        section: d.name.clone(),
+                        schema: schema.clone(),
+                        table,
+                        mode: mode.clone(),
+                        value,
+                    };
+                    lake_targets.push((t, where_, identity));
+                }
+                Spec::File { path, geometry } => {
+                    let rel = expand(path, &o.item);
+                    let p = PathBuf::from(&rel);
+                    let p = if p.is_absolute() { p } else { flow.base_dir().join(p) };
+                    let where_ = p.display().to_string();
+                    if let Some(other) = seen.insert(where_.clone(), d.name.clone()) {
+                        bail!("materializations `{other}` and `{}` both write {where_}", d.name);
+                    }
+                    let value = table_of(o, &d.name)?;
+                    files.push((d.name.clone(), p, geometry.clone(), value, where_, identity));
+                }
+            }
+        }
+    }
+    let unchanged = |kind: &str, where_: &str, identity: &blake3::Hash, exists: bool| -> bool {
+        exists
+            && store
+                .and_then(|s| s.state(&state_key(kind, where_)).ok().flatten())
+                .is_some_and(|v| v == identity.to_hex().as_str())
+    };
+
+    // 1. GeoParquet to temporary files
+    let mut pending_files = Vec::new();
+    for (section, path, geometry, value, where_, identity) in files {
+        if unchanged("geoparquet", &where_, &identity, path.exists()) {
+            out.targets.push(TargetReport {
+                section,
+                kind: "geoparquet".into(),
+                destination: where_,
+                rows: value.num_rows() as u64,
+                status: "unchanged".into(),
+            });
+            continue;
+        }
+        let (tmp, info) = geoparquet::write_pending(&value, &path, geometry.as_deref())
+            .with_context(|| format!("materialization `{section}` ({})", path.display()))?;
+        pending_files.push((tmp, path, section, where_, identity, info.rows));
+    }
+
+    // 2. the lake, in one transaction
+    let catalog_exists = |l: &LakeConfig| match &l.catalog {
+        crate::config::Catalog::DuckDb(p) | crate::config::Catalog::Sqlite(p) => p.exists(),
+        crate::config::Catalog::Postgres(_) => true,
+    };
+    let (changed, same): (Vec<_>, Vec<_>) = lake_targets.into_iter().partition(|(_, where_, identity)| {
+        !unchanged("ducklake", where_, identity, lake.as_ref().is_some_and(catalog_exists))
+    });
+    for (t, _, _) in &same {
+        out.targets.push(TargetReport {
+            section: t.section.clone(),
+            kind: "ducklake".into(),
+            destination: format!("{}.{}", t.schema, t.table),
+            rows: t.value.num_rows() as u64,
+            status: "unchanged".into(),
+        });
+    }
+    if !changed.is_empty() {
+        let lake = lake.as_ref().expect("checked: ducklake targets need [lake]");
+        let duck = Duck::in_memory()?;
+        lake.attach(&duck, false)?;
+        let targets: Vec<LakeTarget> = changed
+            .iter()
+            .map(|(t, _, _)| LakeTarget {
+                section: t.section.clone(),
+                schema: t.schema.clone(),
+                table: t.table.clone(),
+                mode: t.mode.clone(),
+                value: t.value.clone(),
+            })
+            .collect();
+        let written = ducklake::write(&duck, lake, &targets, &flow.name, flow_path, report)?;
+        out.snapshot = Some(written.snapshot);
+        for (t, where_, identity) in &changed {
+            out.targets.push(TargetReport {
+                section: t.section.clone(),
+                kind: "ducklake".into(),
+                destination: format!("{}.{}", t.schema, t.table),
+                rows: t.value.num_rows() as u64,
+                status: format!("written, snapshot {}", written.snapshot),
+            });
+            if let Some(s) = store {
+                s.set_state(&state_key("ducklake", where_), &identity.to_hex())?;
+            }
+        }
+    }
+
+    // 3. files into place
+    for (tmp, path, section, where_, identity, rows) in pending_files {
+        geoparquet::commit(tmp, &path)?;
+        if let Some(s) = store {
+            s.set_state(&state_key("geoparquet", &where_), &identity.to_hex())?;
+        }
+        out.targets.push(TargetReport {
+            section,
+            kind: "geoparquet".into(),
+            destination: where_,
+            rows,
+            status: "written".into(),
+        });
+    }
+    out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
+}
