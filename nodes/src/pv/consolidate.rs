@@ -1,0 +1,55 @@
+//! `consolidated`: the union of every dataset's measured table, exact duplicates removed.
+
+use std::collections::HashSet;
+
+use anyhow::{Context, Result};
+use arrow_array::{Array, BinaryArray, BooleanArray};
+use flowrun_engine::{Collect, Table, ctx, node};
+
+use super::geom::geometry_index;
+
+/// Union by column name (columns missing in one table are null there) in item order.
+pub fn union_tables(tables: &[Table]) -> Result<Table> {
+    let batches: Vec<arrow_array::RecordBatch> = tables.iter().map(|t| t.concat()).collect::<Result<_, _>>()?;
+    let schemas: Vec<arrow_schema::Schema> = batches.iter().map(|b| b.schema().as_ref().clone()).collect();
+    let merged = arrow_schema::Schema::try_merge(schemas).context("the datasets' columns have conflicting types")?;
+    let merged = std::sync::Arc::new(merged);
+    let mut out = Vec::new();
+    for b in batches {
+        let mut cols = Vec::new();
+        for f in merged.fields() {
+            cols.push(match b.column_by_name(f.name()) {
+                Some(c) if c.data_type() == f.data_type() => c.clone(),
+                Some(c) => arrow_cast::cast(c, f.data_type())?,
+                None => arrow_array::new_null_array(f.data_type(), b.num_rows()),
+            });
+        }
+        out.push(arrow_array::RecordBatch::try_new(merged.clone(), cols)?);
+    }
+    Ok(Table::try_new(merged, out)?)
+}
+
+/// Removes rows whose geometry bytes equal an earlier row's; returns the table and how many were removed.
+pub fn drop_exact_duplicates(t: &Table) -> Result<(Table, usize)> {
+    let batch = t.concat()?;
+    let gi = geometry_index(t)?;
+    let g = batch.column(gi).as_any().downcast_ref::<BinaryArray>().context("geometry is not WKB")?;
+    let mut seen: HashSet<blake3::Hash> = HashSet::with_capacity(g.len());
+    let keep: BooleanArray =
+        (0..g.len()).map(|i| Some(g.is_null(i) || seen.insert(blake3::hash(g.value(i))))).collect();
+    let removed = keep.iter().filter(|k| *k == Some(false)).count();
+    let filtered = arrow_select::filter::filter_record_batch(&batch, &keep)?;
+    Ok((Table::from_batch(filtered), removed))
+}
+
+/// The union of all datasets (by column name) without exact duplicates (same geometry bytes): the
+/// `stg_pv_consolidated` table.
+#[node(tags(stage = "staging"))]
+pub fn consolidated(measured: Collect<Table>) -> Result<Table> {
+    let all = union_tables(&measured)?;
+    let (t, removed) = drop_exact_duplicates(&all)?;
+    if removed > 0 {
+        ctx::warn(format!("{removed} exact duplicates (same geometry) removed"));
+    }
+    Ok(t)
+}

@@ -1,0 +1,277 @@
+//! Spatial deduplication across datasets.
+//!
+//! Two records of *different* datasets are duplicates when their overlap ratio, the geodesic area of their
+//! intersection divided by the smaller record's area, is above a threshold (default 0.5). The larger record
+//! is kept; on equal areas, the dataset that comes first in `dataset_priority` (then the earlier row).
+//! A point (CSV data) inside a polygon of another dataset is a duplicate of it (ratio 1); two points at
+//! the same place are duplicates too.
+//!
+//! Candidate pairs come from one of two places, the two modes of the flow's `dedup_mode`:
+//! - `overlap` (default): every pair whose bounding boxes intersect, found with an R-tree (rstar);
+//! - `same_cell`: the thesis's original rule, only pairs whose centroids share an H3 cell (`h3_<res>`),
+//!   which misses overlaps that straddle a cell border.
+//!
+//! `dedup_comparison` runs both and reports how many records each removes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use flowrun_engine::{Table, ctx, node};
+use geo::{BooleanOps, Contains, Geometry, MultiPolygon};
+use rayon::prelude::*;
+use rstar::{AABB, RTree, primitives::GeomWithData, primitives::Rectangle};
+
+use super::geom::{self, geometries, geometry_index};
+use super::h3::h3_column;
+
+/// How candidate pairs are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Bounding boxes intersect (R-tree).
+    Overlap,
+    /// Centroids in the same H3 cell.
+    SameCell,
+}
+
+struct Row {
+    dataset: String,
+    geom: Option<Geometry<f64>>,
+    area: f64,
+}
+
+fn polygonal(g: &Geometry<f64>) -> Option<MultiPolygon<f64>> {
+    match g {
+        Geometry::Polygon(p) => Some(MultiPolygon::new(vec![p.clone()])),
+        Geometry::MultiPolygon(m) => Some(m.clone()),
+        _ => None,
+    }
+}
+
+/// Overlap ratio of two records (see the module documentation).
+pub fn overlap_ratio(a: &Geometry<f64>, area_a: f64, b: &Geometry<f64>, area_b: f64) -> f64 {
+    match (polygonal(a), polygonal(b)) {
+        (Some(pa), Some(pb)) => {
+            let smaller = area_a.min(area_b);
+            if smaller <= 0.0 {
+                return 0.0;
+            }
+            let inter = std::panic::catch_unwind(|| pa.intersection(&pb)).unwrap_or_else(|_| MultiPolygon::new(vec![]));
+            geom::geodesic_area(&Geometry::MultiPolygon(inter)) / smaller
+        }
+        (Some(poly), None) => point_in(&poly, b),
+        (None, Some(poly)) => point_in(&poly, a),
+        (None, None) => match (a, b) {
+            (Geometry::Point(p), Geometry::Point(q)) if p == q => 1.0,
+            _ => 0.0,
+        },
+    }
+}
+
+fn point_in(poly: &MultiPolygon<f64>, g: &Geometry<f64>) -> f64 {
+    match g {
+        Geometry::Point(p) if poly.contains(p) => 1.0,
+        _ => 0.0,
+    }
+}
+
+/// The outcome of a dedup.
+pub struct Dedup {
+    /// Rows to keep.
+    pub keep: Vec<bool>,
+    /// Candidate pairs examined.
+    pub pairs: usize,
+}
+
+/// Decides which rows to keep.
+pub fn dedup_rows(t: &Table, mode: Mode, threshold: f64, priority: &[String], h3_res: i64) -> Result<Dedup> {
+    let batch = t.concat()?;
+    let gi = geometry_index(t)?;
+    let geoms = geometries(batch.column(gi))?;
+    let datasets = batch
+        .column_by_name("dataset_name")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+        .context("no `dataset_name` column")?;
+    let areas = batch
+        .column_by_name("area_m2")
+        .and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned())
+        .context("no `area_m2` column: run `measured` first")?;
+    let rows: Vec<Row> = geoms
+        .into_iter()
+        .enumerate()
+        .map(|(i, g)| Row {
+            dataset: datasets.value(i).to_string(),
+            geom: g,
+            area: if areas.is_null(i) { 0.0 } else { areas.value(i) },
+        })
+        .collect();
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    match mode {
+        Mode::Overlap => {
+            let boxes: Vec<GeomWithData<Rectangle<[f64; 2]>, usize>> = rows
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    let b = geom::bbox(r.geom.as_ref()?)?;
+                    Some(GeomWithData::new(Rectangle::from_corners([b.min().x, b.min().y], [b.max().x, b.max().y]), i))
+                })
+                .collect();
+            let tree = RTree::bulk_load(boxes.clone());
+            pairs = boxes
+                .par_iter()
+                .flat_map_iter(|item| {
+                    let rows = &rows;
+                    let i = item.data;
+                    let env = AABB::from_corners(item.geom().lower(), item.geom().upper());
+                    tree.locate_in_envelope_intersecting(&env)
+                        .map(|o| o.data)
+                        .filter(move |&j| j > i && rows[j].dataset != rows[i].dataset)
+                        .map(move |j| (i, j))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+        }
+        Mode::SameCell => {
+            let col = h3_column(h3_res);
+            let cells = batch
+                .column_by_name(&col)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+                .with_context(|| format!("no `{col}` column: the same_cell mode needs `indexed` at this resolution"))?;
+            let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+            for i in 0..cells.len() {
+                if !cells.is_null(i) {
+                    groups.entry(cells.value(i)).or_default().push(i);
+                }
+            }
+            for members in groups.values() {
+                for (a, &i) in members.iter().enumerate() {
+                    for &j in &members[a + 1..] {
+                        if rows[i].dataset != rows[j].dataset {
+                            pairs.push((i.min(j), i.max(j)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    pairs.sort_unstable();
+    let rank = |d: &str| priority.iter().position(|p| p == d).unwrap_or(usize::MAX);
+    let duplicates: Vec<(usize, usize)> = pairs
+        .par_iter()
+        .filter_map(|&(i, j)| {
+            let (a, b) = (&rows[i], &rows[j]);
+            let ratio = overlap_ratio(a.geom.as_ref()?, a.area, b.geom.as_ref()?, b.area);
+            (ratio > threshold).then_some((i, j))
+        })
+        .collect();
+    let mut keep = vec![true; rows.len()];
+    for (i, j) in duplicates {
+        if !keep[i] || !keep[j] {
+            continue;
+        }
+        let (a, b) = (&rows[i], &rows[j]);
+        let loser = if a.area > b.area {
+            j
+        } else if b.area > a.area {
+            i
+        } else if rank(&a.dataset) <= rank(&b.dataset) {
+            j
+        } else {
+            i
+        };
+        keep[loser] = false;
+    }
+    Ok(Dedup { keep, pairs: pairs.len() })
+}
+
+fn apply(t: &Table, d: &Dedup) -> Result<Table> {
+    let batch = t.concat()?;
+    let mask: BooleanArray = d.keep.iter().map(|k| Some(*k)).collect();
+    Ok(Table::from_batch(arrow_select::filter::filter_record_batch(&batch, &mask)?))
+}
+
+fn run(t: &Table, mode: Mode, threshold: f64, priority: &[String], res: i64) -> Result<Table> {
+    let d = dedup_rows(t, mode, threshold, priority, res)?;
+    let removed = d.keep.iter().filter(|k| !**k).count();
+    ctx::warn(format!("{mode:?} dedup: {removed} cross-dataset duplicates removed ({} candidate pairs)", d.pairs));
+    apply(t, &d)
+}
+
+/// Cross-dataset dedup, candidates from an R-tree of bounding boxes (`dedup_mode = "overlap"`).
+#[node(tags(stage = "prepared"))]
+pub fn dedup_overlap(indexed: &Table, overlap_threshold: f64, dataset_priority: &Vec<String>) -> Result<Table> {
+    run(indexed, Mode::Overlap, overlap_threshold, dataset_priority, 0)
+}
+
+/// Cross-dataset dedup, candidates only within an H3 cell (`dedup_mode = "same_cell"`, the thesis rule).
+#[node(tags(stage = "prepared"))]
+pub fn dedup_same_cell(
+    indexed: &Table,
+    h3_resolution: i64,
+    overlap_threshold: f64,
+    dataset_priority: &Vec<String>,
+) -> Result<Table> {
+    run(indexed, Mode::SameCell, overlap_threshold, dataset_priority, h3_resolution)
+}
+
+/// How many records each mode removes, side by side.
+#[node(tags(stage = "prepared"))]
+pub fn dedup_comparison(
+    indexed: &Table,
+    h3_resolution: i64,
+    overlap_threshold: f64,
+    dataset_priority: &Vec<String>,
+) -> Result<Table> {
+    let mut modes = Vec::new();
+    let mut pairs = Vec::new();
+    let mut removed = Vec::new();
+    let mut kept = Vec::new();
+    for (name, mode) in [("overlap", Mode::Overlap), ("same_cell", Mode::SameCell)] {
+        let d = dedup_rows(indexed, mode, overlap_threshold, dataset_priority, h3_resolution)?;
+        let r = d.keep.iter().filter(|k| !**k).count();
+        modes.push(name);
+        pairs.push(d.pairs as i64);
+        removed.push(r as i64);
+        kept.push((d.keep.len() - r) as i64);
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("mode", DataType::Utf8, false),
+        Field::new("candidate_pairs", DataType::Int64, false),
+        Field::new("removed", DataType::Int64, false),
+        Field::new("kept", DataType::Int64, false),
+    ]));
+    Ok(Table::from_batch(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(modes)),
+            Arc::new(Int64Array::from(pairs)),
+            Arc::new(Int64Array::from(removed)),
+            Arc::new(Int64Array::from(kept)),
+        ],
+    )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use geo::{Point, Rect, coord};
+
+    fn sq(x: f64, y: f64, d: f64) -> Geometry<f64> {
+        Rect::new(coord! { x: x, y: y }, coord! { x: x + d, y: y + d }).to_polygon().into()
+    }
+
+    #[test]
+    fn ratios() {
+        let a = sq(0.0, 0.0, 0.01);
+        let b = sq(0.005, 0.0, 0.01); // half overlaps
+        let (aa, ab) = (geom::geodesic_area(&a), geom::geodesic_area(&b));
+        let r = overlap_ratio(&a, aa, &b, ab);
+        assert!((r - 0.5).abs() < 0.01, "{r}");
+        let inner = sq(0.001, 0.001, 0.002);
+        assert!((overlap_ratio(&a, aa, &inner, geom::geodesic_area(&inner)) - 1.0).abs() < 1e-6);
+        assert_eq!(overlap_ratio(&a, aa, &Geometry::Point(Point::new(0.005, 0.005)), 0.0), 1.0);
+        assert_eq!(overlap_ratio(&a, aa, &sq(1.0, 1.0, 0.01), aa), 0.0);
+    }
+}

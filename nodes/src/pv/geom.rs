@@ -1,0 +1,172 @@
+//! Geometry helpers shared by the PV nodes: WKB in Arrow columns, geodesic measures, repair.
+//!
+//! Geometry travels between nodes as WKB in an Arrow `Binary` column tagged `geoarrow.wkb` (the GeoArrow
+//! extension type), so DuckDB, GeoPandas and the geoarrow crates all recognise it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch};
+use arrow_schema::{DataType, Field};
+use flowrun_engine::Table;
+use geo::{Area, BoundingRect, Centroid, GeodesicArea, Geometry, MakeValid, Point, Rect, Validation};
+use geo_traits::to_geo::ToGeoGeometry;
+
+/// A WKB geometry field (`geoarrow.wkb`); `crs` is GeoArrow's CRS metadata (`None` for OGC:CRS84).
+pub fn wkb_field(name: &str, nullable: bool, crs: Option<&str>) -> Field {
+    let meta = match crs {
+        Some(c) => serde_json::json!({ "crs": c }).to_string(),
+        None => "{}".to_string(),
+    };
+    Field::new(name, DataType::Binary, nullable).with_metadata(HashMap::from([
+        ("ARROW:extension:name".to_string(), "geoarrow.wkb".to_string()),
+        ("ARROW:extension:metadata".to_string(), meta),
+    ]))
+}
+
+/// Encodes a geometry as little-endian WKB.
+pub fn to_wkb(g: &Geometry<f64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    wkb::writer::write_geometry(&mut out, g, &wkb::writer::WriteOptions { endianness: wkb::Endianness::LittleEndian })
+        .expect("writing WKB to memory does not fail");
+    out
+}
+
+/// Decodes WKB; Z and M are dropped. `None` for an empty geometry.
+pub fn from_wkb(bytes: &[u8]) -> Result<Option<Geometry<f64>>> {
+    let wkb = wkb::reader::read_wkb(bytes).map_err(|e| anyhow::anyhow!("invalid WKB: {e}"))?;
+    Ok(wkb.try_to_geometry())
+}
+
+/// The geometry column of a table (the first `geoarrow.wkb` column, or one called `geometry`).
+pub fn geometry_index(table: &Table) -> Result<usize> {
+    let schema = table.schema();
+    schema
+        .fields()
+        .iter()
+        .position(|f| f.metadata().get("ARROW:extension:name").is_some_and(|n| n == "geoarrow.wkb"))
+        .or_else(|| schema.index_of("geometry").ok())
+        .context("the table has no geometry column")
+}
+
+/// All geometries of a column, in order (`None` for nulls and empty geometries).
+pub fn geometries(column: &ArrayRef) -> Result<Vec<Option<Geometry<f64>>>> {
+    let arr = column.as_any().downcast_ref::<BinaryArray>().context("the geometry column is not Binary (WKB)")?;
+    (0..arr.len()).map(|i| if arr.is_null(i) { Ok(None) } else { from_wkb(arr.value(i)) }).collect()
+}
+
+/// A WKB column from geometries.
+pub fn wkb_array(geoms: &[Option<Geometry<f64>>]) -> ArrayRef {
+    Arc::new(geoms.iter().map(|g| g.as_ref().map(to_wkb)).collect::<BinaryArray>())
+}
+
+/// Geodesic area on the WGS84 ellipsoid, m² (0 for points and lines). Coordinates are lon/lat degrees.
+///
+/// ```
+/// use geo::{Rect, coord};
+/// let cell = Rect::new(coord! { x: 0.0, y: 0.0 }, coord! { x: 1.0, y: 1.0 }).to_polygon();
+/// let area = flowrun_nodes::pv::geom::geodesic_area(&cell.into());
+/// assert!((area - 12_308_778_361.0).abs() / 12_308_778_361.0 < 1e-4);
+/// ```
+pub fn geodesic_area(g: &Geometry<f64>) -> f64 {
+    match g {
+        Geometry::Polygon(p) => p.geodesic_area_unsigned(),
+        Geometry::MultiPolygon(mp) => mp.0.iter().map(|p| p.geodesic_area_unsigned()).sum(),
+        Geometry::Rect(r) => r.to_polygon().geodesic_area_unsigned(),
+        Geometry::Triangle(t) => t.to_polygon().geodesic_area_unsigned(),
+        Geometry::GeometryCollection(c) => c.0.iter().map(geodesic_area).sum(),
+        _ => 0.0,
+    }
+}
+
+/// Centroid in degrees (area-weighted for polygons).
+pub fn centroid(g: &Geometry<f64>) -> Option<Point<f64>> {
+    g.centroid()
+}
+
+/// Bounding box.
+pub fn bbox(g: &Geometry<f64>) -> Option<Rect<f64>> {
+    g.bounding_rect()
+}
+
+/// Repairs an invalid polygonal geometry. Returns the geometry and whether it was changed. Repairs that
+/// would lose the geometry (empty result) keep the original: nothing is silently dropped.
+pub fn repair(g: Geometry<f64>) -> (Geometry<f64>, bool) {
+    if g.is_valid() {
+        return (g, false);
+    }
+    let fixed = match &g {
+        Geometry::Polygon(p) => p.make_valid().ok().map(Geometry::MultiPolygon),
+        Geometry::MultiPolygon(mp) => mp.make_valid().ok().map(Geometry::MultiPolygon),
+        _ => None,
+    };
+    match fixed {
+        Some(f) if f.unsigned_area() > 0.0 => (f, true),
+        _ => (g, false),
+    }
+}
+
+/// Replaces (or appends) column `name` of `batch`.
+pub fn with_column(batch: &RecordBatch, field: Field, array: ArrayRef) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    match fields.iter().position(|f| f.name() == field.name()) {
+        Some(i) => {
+            fields[i] = field;
+            columns[i] = array;
+        }
+        None => {
+            fields.push(field);
+            columns.push(array);
+        }
+    }
+    let schema = Arc::new(arrow_schema::Schema::new_with_metadata(fields, schema.metadata().clone()));
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use geo::{Polygon, Rect, coord, polygon};
+
+    fn cell(x: f64, y: f64, d: f64) -> Geometry<f64> {
+        Rect::new(coord! { x: x, y: y }, coord! { x: x + d, y: y + d }).to_polygon().into()
+    }
+
+    #[test]
+    fn geodesic_area_matches_known_values() {
+        let a = geodesic_area(&cell(0.0, 0.0, 1.0));
+        assert!((a - 12_308_778_361.0).abs() / 12_308_778_361.0 < 1e-4, "{a}");
+        let b = geodesic_area(&cell(10.0, 50.0, 0.01));
+        assert!((b - 797_383.0).abs() / 797_383.0 < 1e-4, "{b}");
+        assert_eq!(geodesic_area(&Geometry::Point(Point::new(1.0, 2.0))), 0.0);
+    }
+
+    #[test]
+    fn wkb_round_trip_drops_z() {
+        let g = cell(1.0, 2.0, 0.5);
+        assert_eq!(from_wkb(&to_wkb(&g)).unwrap().unwrap(), g);
+        // a PointZ
+        let mut z = vec![1u8];
+        z.extend_from_slice(&1001u32.to_le_bytes());
+        for v in [1.0f64, 2.0, 3.0] {
+            z.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(from_wkb(&z).unwrap().unwrap(), Geometry::Point(Point::new(1.0, 2.0)));
+    }
+
+    #[test]
+    fn bow_tie_is_repaired_not_dropped() {
+        let bow: Polygon<f64> =
+            polygon![(x: 0.0, y: 0.0), (x: 1.0, y: 1.0), (x: 1.0, y: 0.0), (x: 0.0, y: 1.0), (x: 0.0, y: 0.0)];
+        let (fixed, changed) = repair(bow.into());
+        assert!(changed);
+        assert!(fixed.is_valid());
+        assert!((fixed.unsigned_area() - 0.5).abs() < 1e-9);
+        let (same, changed) = repair(cell(0.0, 0.0, 1.0));
+        assert!(!changed);
+        assert_eq!(same, cell(0.0, 0.0, 1.0));
+    }
+}

@@ -1,0 +1,86 @@
+//! Synthetic PV datasets for benchmarks: N polygons shaped like solar farms (rotated rectangles of 50 m to
+//! 1.5 km), clustered around real PV regions, in two datasets that overlap by about 10% (so dedup has
+//! work to do). Deterministic for a given N and seed.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::Result;
+
+const REGIONS: &[(f64, f64, f64)] = &[
+    // (lon, lat, spread in degrees)
+    (78.0, 15.0, 6.0),    // India
+    (105.0, 36.0, 8.0),   // China
+    (-118.0, 35.0, 4.0),  // California
+    (-98.0, 33.0, 6.0),   // Texas
+    (10.0, 50.0, 5.0),    // Germany
+    (-3.5, 38.5, 3.0),    // Spain
+    (140.0, 36.0, 2.0),   // Japan
+    (135.0, -30.0, 10.0), // Australia
+];
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn polygon(rng: &mut Rng) -> (f64, f64, Vec<(f64, f64)>) {
+    let (lon0, lat0, spread) = REGIONS[(rng.next() * REGIONS.len() as f64) as usize % REGIONS.len()];
+    let (cx, cy) = (lon0 + (rng.next() - 0.5) * spread, lat0 + (rng.next() - 0.5) * spread);
+    let (w, h) = (50.0 + rng.next() * 1450.0, 50.0 + rng.next() * 800.0);
+    let angle = rng.next() * std::f64::consts::PI;
+    let m_per_deg_lat = 111_320.0;
+    let m_per_deg_lon = m_per_deg_lat * cy.to_radians().cos();
+    let corners = [(-w / 2.0, -h / 2.0), (w / 2.0, -h / 2.0), (w / 2.0, h / 2.0), (-w / 2.0, h / 2.0)];
+    let mut ring: Vec<(f64, f64)> = corners
+        .iter()
+        .map(|(x, y)| {
+            let (rx, ry) = (x * angle.cos() - y * angle.sin(), x * angle.sin() + y * angle.cos());
+            (cx + rx / m_per_deg_lon, cy + ry / m_per_deg_lat)
+        })
+        .collect();
+    ring.push(ring[0]);
+    (cx, cy, ring)
+}
+
+/// Writes `<mirror>/synthetic_a/pv.geojson` and `<mirror>/synthetic_b/pv.geojson` with `n` polygons in all.
+pub fn write_mirror(mirror: &Path, n: usize, seed: u64) -> Result<()> {
+    let mut rng = Rng(seed | 1);
+    let mut shared = Vec::new();
+    for (name, count) in [("synthetic_a", n / 2), ("synthetic_b", n - n / 2)] {
+        let dir = mirror.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(dir.join("pv.geojson"))?);
+        writeln!(w, "{{\"type\":\"FeatureCollection\",\"features\":[")?;
+        for i in 0..count {
+            // dataset b repeats ~10% of dataset a's polygons, slightly shifted
+            let ring = if name == "synthetic_b" && i < shared.len() {
+                let r: &Vec<(f64, f64)> = &shared[i];
+                r.iter().map(|(x, y)| (x + 0.00002, y + 0.00001)).collect()
+            } else {
+                let (_, _, ring) = polygon(&mut rng);
+                if name == "synthetic_a" && i % 10 == 0 {
+                    shared.push(ring.clone());
+                }
+                ring
+            };
+            let coords: Vec<String> = ring.iter().map(|(x, y)| format!("[{x:.7},{y:.7}]")).collect();
+            let sep = if i + 1 < count { "," } else { "" };
+            writeln!(
+                w,
+                "{{\"type\":\"Feature\",\"properties\":{{\"fid\":{i},\"capacity_kw\":{:.1}}},\"geometry\":{{\"type\":\"Polygon\",\"coordinates\":[[{}]]}}}}{sep}",
+                rng.next() * 50_000.0,
+                coords.join(",")
+            )?;
+        }
+        writeln!(w, "]}}")?;
+        w.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Writing N synthetic polygons three ways, side by side: Arrow -> DuckLake table, GeoParquet through the
+//! `geoparquet` crate, GeoParquet through DuckDB `COPY`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::{BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use flowrun_engine::Table;
+
+/// N squares of ~100 m spread over the globe, in batches of 64K, geometry as geoarrow.wkb.
+pub fn polygons(n: usize) -> Table {
+    let geom = Field::new("geometry", DataType::Binary, false).with_metadata(
+        [
+            ("ARROW:extension:name".to_string(), "geoarrow.wkb".to_string()),
+            ("ARROW:extension:metadata".to_string(), "{}".to_string()),
+        ]
+        .into(),
+    );
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("unified_id", DataType::Int64, false),
+        Field::new("dataset_name", DataType::Utf8, false),
+        Field::new("area_m2", DataType::Float64, false),
+        geom,
+    ]));
+    let mut batches = Vec::new();
+    let mut state: u64 = 0x9e3779b97f4a7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut start = 0;
+    while start < n {
+        let len = (n - start).min(65_536);
+        let mut wkb: Vec<Vec<u8>> = Vec::with_capacity(len);
+        let mut area = Vec::with_capacity(len);
+        for _ in 0..len {
+            let (x, y) = (next() * 340.0 - 170.0, next() * 140.0 - 70.0);
+            let d = 0.0005 + next() * 0.002;
+            let ring = [(x, y), (x + d, y), (x + d, y + d), (x, y + d), (x, y)];
+            let mut b = Vec::with_capacity(93);
+            b.push(1u8);
+            b.extend_from_slice(&3u32.to_le_bytes());
+            b.extend_from_slice(&1u32.to_le_bytes());
+            b.extend_from_slice(&5u32.to_le_bytes());
+            for (px, py) in ring {
+                b.extend_from_slice(&px.to_le_bytes());
+                b.extend_from_slice(&py.to_le_bytes());
+            }
+            wkb.push(b);
+            area.push(d * d * 1.2e10);
+        }
+        let ids: Vec<i64> = (start as i64..(start + len) as i64).collect();
+        let names: Vec<&str> = (0..len).map(|i| if i % 3 == 0 { "ind" } else { "chn" }).collect();
+        batches.push(
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(ids)),
+                    Arc::new(StringArray::from(names)),
+                    Arc::new(Float64Array::from(area)),
+                    Arc::new(BinaryArray::from_iter_values(wkb.iter())),
+                ],
+            )
+            .unwrap(),
+        );
+        start += len;
+    }
+    Table::try_new(schema, batches).unwrap()
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                let m = e.metadata().unwrap();
+                if m.is_dir() { stack.push(e.path()) } else { total += m.len() }
+            }
+        }
+    }
+    total
+}
+
+pub fn run(n: usize) {
+    let t = Instant::now();
+    let table = polygons(n);
+    let mb = table.batches().iter().map(|b| b.get_array_memory_size()).sum::<usize>() as f64 / 1e6;
+    println!("{n} synthetic polygons, {mb:.1} MB of Arrow data (generated in {:.2} s)", t.elapsed().as_secs_f64());
+    let dir = tempfile::tempdir().unwrap();
+    let line = |what: &str, secs: f64, out_bytes: u64| {
+        println!(
+            "  {what:<36} {secs:>7.2} s {:>12.0} rows/s {:>8.1} MB/s (Arrow in) {:>8.1} MB on disk",
+            n as f64 / secs,
+            mb / secs,
+            out_bytes as f64 / 1e6
+        )
+    };
+    // (a) DuckLake
+    let cfg = flowrun_lake::LakeConfig {
+        catalog: flowrun_lake::config::Catalog::DuckDb(dir.path().join("bench.ducklake")),
+        data_path: dir.path().join("lake_data"),
+        alias: "lake".into(),
+        extensions: flowrun_lake::extensions::ExtensionSources::from_env(),
+    };
+    let duck = flowrun_lake::duck::Duck::in_memory().unwrap();
+    cfg.attach(&duck, false).unwrap();
+    let t = Instant::now();
+    duck.load_table("memory.main.stage", &table).unwrap();
+    duck.execute("BEGIN; CREATE TABLE lake.main.polygons AS SELECT * FROM memory.main.stage; COMMIT").unwrap();
+    line("(a) Arrow -> DuckLake table", t.elapsed().as_secs_f64(), dir_size(&dir.path().join("lake_data")));
+    // (b) geoparquet crate
+    let p = dir.path().join("b.parquet");
+    let t = Instant::now();
+    let w = flowrun_lake::geoparquet::write(&table, &p, None).unwrap();
+    line("(b) GeoParquet 1.1, geoparquet crate", t.elapsed().as_secs_f64(), w.bytes);
+    // (c) DuckDB COPY
+    let p = dir.path().join("c.parquet");
+    let t = Instant::now();
+    let w = flowrun_lake::geoparquet::write_with_duckdb(&table, &p).unwrap();
+    line("(c) GeoParquet 1.0, DuckDB COPY", t.elapsed().as_secs_f64(), w.bytes);
+}

@@ -1,0 +1,171 @@
+//! flowrun's benchmarks: a binary that prints figures (timings belong here, not in tests).
+//!
+//! ```text
+//! cargo run --release --bin bench -- engine            # chain / wide / fan-out, per-node figures
+//! cargo run --release --bin bench -- engine --json     # the same, machine-readable (bench-vs-hamilton)
+//! cargo run --release --bin bench -- lake              # 1M polygons: DuckLake vs GeoParquet (crate) vs DuckDB COPY
+//! ```
+//! Every figure is a median of a few repetitions, measured in this process, side by side.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flowrun_cache::Store;
+use flowrun_engine::flow::{self, BuildOptions, SourceFile};
+use flowrun_engine::schedule::{self, RunOptions, RunStatus};
+
+fn main() {
+    flowrun_nodes::link();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let sizes: Option<Vec<usize>> = args
+        .iter()
+        .position(|a| a == "--sizes")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(|n| n.trim().parse().expect("--sizes takes numbers")).collect());
+    match args.first().map(String::as_str) {
+        Some("engine") | None => engine(sizes, json),
+        Some("lake") => lake::run(sizes.and_then(|s| s.first().copied()).unwrap_or(1_000_000)),
+        Some(other) => {
+            eprintln!("unknown benchmark `{other}`; benchmarks: engine, lake");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn chain(n: usize) -> String {
+    let mut s = format!(
+        "[flow]\nname = \"chain{n}\"\noutputs = [\"n{}\"]\n\n[nodes.n0]\nfn = \"noop\"\nparams = {{ x = 0 }}\n",
+        n - 1
+    );
+    for i in 1..n {
+        s.push_str(&format!("[nodes.n{i}]\nfn = \"noop\"\ninputs = {{ x = \"n{}\" }}\n", i - 1));
+    }
+    s
+}
+
+fn wide(n: usize) -> String {
+    let mut s = format!("[flow]\nname = \"wide{n}\"\n\n[nodes.w0]\nfn = \"noop\"\nparams = {{ x = 0 }}\n");
+    for i in 1..n {
+        s.push_str(&format!("[nodes.w{i}]\nfn = \"noop\"\ninputs = {{ x = \"w0\" }}\n"));
+    }
+    s
+}
+
+fn fanout(n: usize) -> String {
+    format!(
+        "[flow]\nname = \"fanout{n}\"\noutputs = [\"total\"]\n[config]\nn = {n}\n[nodes.items]\nfn = \"range\"\n\
+         [nodes.each]\nfn = \"noop\"\ninputs = {{ x = \"items\" }}\n[nodes.total]\nfn = \"sum\"\ninputs = {{ values = \"each\" }}\n"
+    )
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> Duration {
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(f());
+                t.elapsed()
+            })
+            .collect(),
+    )
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    shape: String,
+    n: usize,
+    node_runs: usize,
+    build_us: f64,
+    sequential_us: f64,
+    parallel_us: f64,
+    first_cached_us: f64,
+    rerun_cached_us: f64,
+}
+
+fn engine(sizes: Option<Vec<usize>>, json: bool) {
+    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let mut cases: Vec<(String, usize, String)> = Vec::new();
+    let node_sizes = sizes.clone().unwrap_or(vec![1_000, 10_000, 100_000]);
+    for &n in &node_sizes {
+        cases.push(("chain".into(), n, chain(n)));
+        cases.push(("wide".into(), n, wide(n)));
+    }
+    for &n in &sizes.unwrap_or(vec![1_000, 5_000, 100_000]) {
+        cases.push(("fanout".into(), n, fanout(n)));
+    }
+    let mut rows = Vec::new();
+    if !json {
+        println!(
+            "flowrun engine benchmark: no-op nodes, {jobs} worker threads for the parallel runs; microseconds per node run"
+        );
+        println!(
+            "{:<8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
+            "shape", "n", "node runs", "build", "seq", "par", "first+cache", "cached rerun"
+        );
+    }
+    for (shape, n, text) in cases {
+        let reps = if n >= 100_000 { 3 } else { 5 };
+        let src = SourceFile::new(format!("{shape}{n}.toml"), text);
+        let opts = BuildOptions::default();
+        let build = time(reps, || flow::build(src.clone(), &opts).expect("valid flow"));
+        let f = flow::build(src.clone(), &opts).unwrap();
+        let mut runs = 0;
+        let seq = time(reps, || {
+            let r = schedule::run(&f, &RunOptions { jobs: 1, ..RunOptions::default() }).unwrap();
+            assert_eq!(r.status, RunStatus::Ok);
+            runs = r.nodes.len();
+        });
+        let par = time(reps, || schedule::run(&f, &RunOptions { jobs, ..RunOptions::default() }).unwrap());
+        let mut first = Vec::new();
+        let mut rerun = Vec::new();
+        for _ in 0..reps.min(3) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let o = RunOptions { jobs, store: Some(store), ..RunOptions::default() };
+            let t = Instant::now();
+            schedule::run(&f, &o).unwrap();
+            first.push(t.elapsed());
+            let t = Instant::now();
+            let r = schedule::run(&f, &o).unwrap();
+            rerun.push(t.elapsed());
+            assert_eq!(r.count(flowrun_engine::Status::Executed), 0);
+        }
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / runs as f64;
+        let row = Row {
+            shape: shape.clone(),
+            n,
+            node_runs: runs,
+            build_us: build.as_secs_f64() * 1e6 / f.nodes.len() as f64,
+            sequential_us: per(seq),
+            parallel_us: per(par),
+            first_cached_us: per(median(first)),
+            rerun_cached_us: per(median(rerun)),
+        };
+        if !json {
+            println!(
+                "{:<8} {:>8} {:>10} {:>10.2} {:>10.2} {:>10.2} {:>12.2} {:>12.2}   (total seq {:.1} ms)",
+                row.shape,
+                row.n,
+                row.node_runs,
+                row.build_us,
+                row.sequential_us,
+                row.parallel_us,
+                row.first_cached_us,
+                row.rerun_cached_us,
+                seq.as_secs_f64() * 1e3
+            );
+        }
+        rows.push(row);
+    }
+    if json {
+        println!("{}", serde_json::to_string(&rows).unwrap());
+    }
+}
+
+mod lake;
