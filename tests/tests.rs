@@ -9,5 +9,6 @@ mod cache;
 mod cli;
 mod graph;
 mod interrupt;
+mod lake;
 mod run;
 mod validation;

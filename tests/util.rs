@@ -94,3 +94,81 @@ params = { b = 1 }
 fn = "sum"
 inputs = { values = "plus" }
 "#;
+
+impl Scratch {
+    /// Like [`Scratch::run`], with extra environment variables.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let mut c = self.cmd();
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().expect("flowrun runs");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// `../shared/data/pv`, the real PV datasets (never copied into the repository).
+pub fn pv_data() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pv");
+    assert!(p.is_dir(), "the shared PV data is expected at {}", p.display());
+    std::fs::canonicalize(p).unwrap()
+}
+
+/// A Python with `duckdb==1.5.5`, GeoPandas, pyarrow and `geoparquet-validator`: the independent clients
+/// the lake and GeoParquet tests check flowrun's output with. Created once per machine in
+/// `$FLOWRUN_TEST_VENV` (default `~/.cache/flowrun/test-venv`) with `python3 -m venv` and pip.
+pub fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let dir = std::env::var_os("FLOWRUN_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/flowrun/test-venv")
+            });
+            let py = dir.join("bin/python");
+            let ready = || {
+                Command::new(&py)
+                    .args([
+                        "-c",
+                        "import duckdb, geopandas, pyarrow, geoparquet_validator; assert duckdb.__version__ == '1.5.5'",
+                    ])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            if !ready() {
+                let ok = Command::new("python3").args(["-m", "venv"]).arg(&dir).status().is_ok_and(|s| s.success());
+                assert!(ok, "python3 -m venv {} failed", dir.display());
+                let out = Command::new(&py)
+                    .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+                    .args(["duckdb==1.5.5", "geopandas", "pyarrow", "geoparquet-validator==0.2.*"])
+                    .output()
+                    .expect("pip runs");
+                assert!(out.status.success(), "pip install failed: {}", String::from_utf8_lossy(&out.stderr));
+                assert!(ready(), "the test virtualenv at {} is not usable", dir.display());
+            }
+            py
+        })
+        .clone()
+}
+
+/// Runs a Python script with [`python`]; returns its stdout parsed as JSON.
+pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python()).arg("-c").arg(script).args(args).output().expect("python runs");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("python printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -150,3 +150,10 @@ fn json_errors_are_machine_readable() {
     assert_eq!(v["errors"][0]["code"], "unknown-function");
     assert_eq!(v["errors"][0]["location"], "flow.toml:5:6");
 }
+
+#[test]
+fn a_function_outside_the_flow_modules_says_so() {
+    let err = invalid("[flow]\nname = \"f\"\nmodules = [\"pv\"]\n\n[nodes.n]\nfn = \"square\"\nparams = { x = 2 }\n");
+    assert!(err.contains("error[unknown-function]: node `n` uses function `square`"), "{err}");
+    assert!(err.contains("`square` is in module `flowrun_nodes::demo`, which [flow] modules does not list"), "{err}");
+}

@@ -84,6 +84,9 @@ impl Store {
     /// ```
     pub fn fingerprint_file(&self, path: &Path) -> io::Result<Hash> {
         let meta = fs::metadata(path)?;
+        if meta.is_dir() {
+            return hash_listing(path);
+        }
         if !meta.is_file() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a file", path.display())));
         }
@@ -116,10 +119,12 @@ impl Store {
             let same =
                 size as u64 == st.size && mtime == st.mtime_ns && ctime == st.ctime_ns && inode as u64 == st.inode;
             let settled = recorded_ns - st.mtime_ns.max(st.ctime_ns) > RACY_WINDOW_NS;
-            if same && settled
-                && let Some(hash) = hash_from_bytes(&hash) {
-                    return Ok(hash);
-                }
+            if same
+                && settled
+                && let Some(hash) = hash_from_bytes(&hash)
+            {
+                return Ok(hash);
+            }
         }
         let recorded_ns = now_ns();
         let hash = hash_file(path)?;
@@ -143,6 +148,25 @@ impl Store {
     pub fn fingerprint_dir(&self, dir: &Path) -> io::Result<Hash> {
         hash_dir(dir, |f| self.fingerprint_file(f))
     }
+}
+
+/// The hash of a directory's listing: the sorted names of its entries, each marked file or directory.
+/// Contents are not read. This is what a dependency on "which datasets does the mirror hold" needs.
+pub fn hash_listing(dir: &Path) -> io::Result<Hash> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = if entry.file_type()?.is_dir() { b'd' } else { b'f' };
+        names.push((entry.file_name().to_string_lossy().into_owned(), kind));
+    }
+    names.sort();
+    let mut h = blake3::Hasher::new();
+    for (name, kind) in names {
+        h.update(&[kind]);
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+    }
+    Ok(h.finalize())
 }
 
 /// The content hash of a directory tree: blake3 over the sorted list of (relative path, file hash), with
@@ -169,6 +193,24 @@ pub fn hash_dir(dir: &Path, mut file_hash: impl FnMut(&Path) -> io::Result<Hash>
         h.update(file_hash(&path)?.as_bytes());
     }
     Ok(h.finalize())
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_fingerprint_is_its_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path().join("cache")).unwrap();
+        let d = dir.path().join("mirror");
+        fs::create_dir_all(d.join("a")).unwrap();
+        let before = store.fingerprint_file(&d).unwrap();
+        fs::write(d.join("a/data.csv"), "x").unwrap();
+        assert_eq!(store.fingerprint_file(&d).unwrap(), before, "contents below are not part of it");
+        fs::create_dir(d.join("b")).unwrap();
+        assert_ne!(store.fingerprint_file(&d).unwrap(), before, "a new entry changes it");
+    }
 }
 
 #[cfg(test)]

@@ -38,13 +38,15 @@ pub fn validate(c: &RawCheck) -> Result<(), String> {
         }
         _ => {
             if let Some([lo, hi]) = c.rows
-                && lo > hi {
-                    return Err(format!("rows = [{lo}, {hi}]: min is larger than max"));
-                }
+                && lo > hi
+            {
+                return Err(format!("rows = [{lo}, {hi}]: min is larger than max"));
+            }
             if let Some([lo, hi]) = c.range
-                && lo > hi {
-                    return Err(format!("range = [{lo}, {hi}]: min is larger than max"));
-                }
+                && lo > hi
+            {
+                return Err(format!("range = [{lo}, {hi}]: min is larger than max"));
+            }
             Ok(())
         }
     }
@@ -66,9 +68,11 @@ pub fn run(c: &RawCheck, table: &Table) -> Result<(), String> {
     let arrays: Vec<&ArrayRef> = table.batches().iter().map(|b| b.column(idx)).collect();
     let dt = table.schema().field(idx).data_type();
     if let Some(want) = &c.data_type
-        && format!("{dt}") != *want && format!("{dt:?}") != *want {
-            return Err(format!("column `{col}` is {dt}, expected {want}"));
-        }
+        && format!("{dt}") != *want
+        && format!("{dt:?}") != *want
+    {
+        return Err(format!("column `{col}` is {dt}, expected {want}"));
+    }
     if c.not_null {
         let nulls: usize = arrays.iter().map(|a| a.null_count()).sum();
         if nulls > 0 {
@@ -105,9 +109,10 @@ pub fn run(c: &RawCheck, table: &Table) -> Result<(), String> {
                 }
                 let s = arrow_cast_display(a, i)?;
                 if let Some(allowed) = &allowed
-                    && !allowed.contains(s.as_str()) {
-                        return Err(format!("column `{col}` has value `{s}`, which is not in `values`"));
-                    }
+                    && !allowed.contains(s.as_str())
+                {
+                    return Err(format!("column `{col}` has value `{s}`, which is not in `values`"));
+                }
                 if c.unique && !seen.insert(s.clone()) {
                     return Err(format!("column `{col}` has duplicate value `{s}`"));
                 }

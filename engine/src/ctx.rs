@@ -66,6 +66,7 @@ pub fn fingerprint_file(path: &Path) -> io::Result<blake3::Hash> {
     let store = with_current(|cx| cx.and_then(|cx| cx.store.clone()));
     match store {
         Some(store) => store.fingerprint_file(path),
+        None if path.is_dir() => flowrun_cache::fingerprint::hash_listing(path),
         None => flowrun_cache::fingerprint::hash_file(path),
     }
 }
@@ -87,6 +88,12 @@ pub fn track_file(path: &Path) -> io::Result<blake3::Hash> {
     Ok(hash)
 }
 
+/// Records the listing of `dir` (the names in it, not their contents) as a dependency: the result is
+/// recomputed when an entry appears or disappears.
+pub fn track_listing(dir: &Path) -> io::Result<blake3::Hash> {
+    track_file(dir)
+}
+
 /// Fingerprints every file below `dir`, recording each as a dependency; returns the tree's hash.
 pub fn track_dir(dir: &Path) -> io::Result<blake3::Hash> {
     flowrun_cache::fingerprint::hash_dir(dir, track_file)
@@ -96,9 +103,10 @@ pub fn track_dir(dir: &Path) -> io::Result<blake3::Hash> {
 pub fn progress(done: u64, total: Option<u64>) {
     with_current(|cx| {
         if let Some(cx) = cx
-            && let Some(obs) = &cx.observer {
-                obs.event(&Event::Progress { node: &cx.node, done, total });
-            }
+            && let Some(obs) = &cx.observer
+        {
+            obs.event(&Event::Progress { node: &cx.node, done, total });
+        }
     });
 }
 

@@ -45,12 +45,28 @@ pub struct LakeConfig {
     pub extensions: ExtensionSources,
 }
 
+/// `a/b/../c` -> `a/c`, lexically (no file system access; the lake may not exist yet).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 impl Catalog {
     /// Parses a catalog string; relative paths are resolved against `base`.
     pub fn parse(s: &str, base: &Path) -> Result<Catalog> {
         let s = s.trim();
         let s = s.strip_prefix("ducklake:").unwrap_or(s);
-        let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { base.join(p) };
+        let resolve = |p: &str| normalize(&if Path::new(p).is_absolute() { PathBuf::from(p) } else { base.join(p) });
         if let Some(rest) = s.strip_prefix("sqlite:") {
             return Ok(Catalog::Sqlite(resolve(rest)));
         }
@@ -61,12 +77,15 @@ impl Catalog {
             return Ok(Catalog::Postgres(rest.to_string()));
         }
         if let Some((kind, _)) = s.split_once(':')
-            && !kind.is_empty() && kind.chars().all(|c| c.is_ascii_alphanumeric()) && kind.len() > 1 {
-                bail!(
-                    "unknown catalog kind `{kind}` in `{s}`: use a DuckDB file (lake.ducklake), sqlite:PATH or \
+            && !kind.is_empty()
+            && kind.chars().all(|c| c.is_ascii_alphanumeric())
+            && kind.len() > 1
+        {
+            bail!(
+                "unknown catalog kind `{kind}` in `{s}`: use a DuckDB file (lake.ducklake), sqlite:PATH or \
                      postgres:CONNECTION"
-                );
-            }
+            );
+        }
         if s.is_empty() {
             bail!("the catalog is empty");
         }
@@ -124,8 +143,10 @@ impl LakeConfig {
         if values.is_empty() {
             return Ok(None);
         }
-        let base = flow.base_dir();
+        // Absolute, normalized paths: DuckLake stores the data path in the catalog, and a relative one would
+        // only mean something from the directory this run started in.
         let cwd = std::env::current_dir().unwrap_or_default();
+        let base = normalize(&cwd.join(flow.base_dir()));
         let get = |key: &str| -> Option<(String, bool)> {
             let from_cli = overrides.iter().any(|(k, _)| k == key);
             values.iter().rev().find(|(k, _)| k == key).map(|(_, v)| (v.clone(), from_cli))
@@ -140,13 +161,13 @@ impl LakeConfig {
         let data_path = match get("data_path") {
             Some((p, cli)) => {
                 let p = PathBuf::from(p);
-                if p.is_absolute() {
+                normalize(&if p.is_absolute() {
                     p
                 } else if cli {
                     cwd.join(p)
                 } else {
                     base.join(p)
-                }
+                })
             }
             None => match &catalog {
                 Catalog::DuckDb(p) | Catalog::Sqlite(p) => {
@@ -180,9 +201,10 @@ impl LakeConfig {
             extensions::ensure(duck, ext, &self.extensions)?;
         }
         if let Catalog::DuckDb(p) | Catalog::Sqlite(p) = &self.catalog
-            && let Some(dir) = p.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
-            }
+            && let Some(dir) = p.parent()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
         if !read_only {
             std::fs::create_dir_all(&self.data_path)
                 .map_err(|e| anyhow!("cannot create the lake's data path {}: {e}", self.data_path.display()))?;

@@ -232,7 +232,16 @@ fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport, snapsho
         r.skipped,
         r.jobs
     ))?;
-    // node records go in as one Arrow table, not row by row
+    // node records were staged before the transaction (see `stage_node_runs`)
+    duck.execute(&format!(
+        "INSERT INTO {l}.main.flowrun_node_runs SELECT *, {snapshot} FROM memory.main.__flowrun_node_runs"
+    ))
+}
+
+/// Copies the run's node records into DuckDB's memory as one Arrow table (not row by row). This happens
+/// before the lake transaction starts: tables created by the Arrow scanner's connection are not visible
+/// inside a transaction that began earlier.
+fn stage_node_runs(duck: &Duck, report: &RunReport) -> Result<()> {
     let nodes = node_records(report);
     use arrow_array::{BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
     use arrow_schema::{DataType, Field, Schema};
@@ -247,7 +256,6 @@ fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport, snapsho
         Field::new("cache_key", DataType::Utf8, true),
         Field::new("input_keys", DataType::Utf8, true),
         Field::new("error", DataType::Utf8, true),
-        Field::new("snapshot_id", DataType::Int64, false),
     ]));
     let batch = RecordBatch::try_new(
         schema,
@@ -261,11 +269,9 @@ fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport, snapsho
             Arc::new(StringArray::from(nodes.iter().map(|n| n.key.clone()).collect::<Vec<_>>())),
             Arc::new(StringArray::from(nodes.iter().map(|n| n.input_keys.clone()).collect::<Vec<_>>())),
             Arc::new(StringArray::from(nodes.iter().map(|n| n.error.clone()).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from(vec![snapshot; nodes.len()])),
         ],
     )?;
-    duck.load_table("memory.main.__flowrun_node_runs", &Table::from_batch(batch))?;
-    duck.execute(&format!("INSERT INTO {l}.main.flowrun_node_runs SELECT * FROM memory.main.__flowrun_node_runs"))
+    duck.load_table("memory.main.__flowrun_node_runs", &Table::from_batch(batch))
 }
 
 /// Writes `targets` and the run's records to the lake in one transaction (one snapshot).
@@ -283,6 +289,7 @@ pub fn write(
         duck.load_table(&format!("memory.main.\"__stage_{i}\""), &t.value)
             .with_context(|| format!("staging materialization `{}`", t.section))?;
     }
+    stage_node_runs(duck, report).context("staging the run's node records")?;
     duck.execute("BEGIN TRANSACTION")?;
     let result = (|| -> Result<LakeWrite> {
         let current: i64 =

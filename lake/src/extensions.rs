@@ -4,7 +4,9 @@
 //! it. [`ensure`] tries, in order, and stops at the first that loads:
 //! 1. `LOAD name`: already installed in DuckDB's extension directory (or built in);
 //! 2. a directory the user names: `FLOWRUN_DUCKDB_EXTENSIONS` or `[lake] extensions_dir`, holding
-//!    `name.duckdb_extension` or `v1.5.5/linux_amd64/name.duckdb_extension`;
+//!    `name.duckdb_extension` or `v1.5.5/linux_amd64/name.duckdb_extension` (`name` as DuckDB loads it:
+//!    `sqlite_scanner`, `postgres_scanner`; a file named as in the PyPI wheel, `sqlite.duckdb_extension`, is
+//!    copied into the cache under that name);
 //! 3. flowrun's own cache, `~/.cache/flowrun/duckdb-extensions/v1.5.5/<platform>/name.duckdb_extension`
 //!    (filled by step 5 on an earlier run);
 //! 4. DuckDB's own `INSTALL name` (bounded by a short HTTP timeout);
@@ -80,9 +82,10 @@ pub fn ensure(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()>
         return Err(anyhow!("invalid extension name `{name}`"));
     }
     if let Some(path) = remembered().lock().unwrap().get(name).cloned()
-        && load_file(duck, &path).is_ok() {
-            return Ok(());
-        }
+        && load_file(duck, &path).is_ok()
+    {
+        return Ok(());
+    }
     let _guard = provisioning_lock().lock().unwrap();
     let mut tried: Vec<String> = Vec::new();
     // 1. already installed or built in
@@ -91,17 +94,31 @@ pub fn ensure(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()>
         Err(e) => tried.push(format!("LOAD {name}: {}", first_line(&e))),
     }
     let platform: String = duck.scalar("PRAGMA platform").unwrap_or_else(|_| "linux_amd64".into());
-    let file = format!("{name}.duckdb_extension");
+    // the file must carry the extension's canonical name: DuckDB derives the entry point from it
+    let file = format!("{}.duckdb_extension", canonical(name));
+    let wheel_file = format!("{name}.duckdb_extension");
     // 2. the user's directory
     match &sources.user_dir {
         Some(dir) => {
             let candidates = [dir.join(&file), dir.join(DUCKDB_VERSION).join(&platform).join(&file)];
+            let as_in_wheel = [dir.join(&wheel_file), dir.join(DUCKDB_VERSION).join(&platform).join(&wheel_file)];
             match candidates.iter().find(|p| p.is_file()) {
                 Some(p) => match load_file(duck, p) {
                     Ok(()) => return remember(name, p),
                     Err(e) => tried.push(format!("{}: {}", p.display(), first_line(&e))),
                 },
-                None => tried.push(format!("{}: no {file} there", dir.display())),
+                // the file as the PyPI wheel names it (`sqlite.duckdb_extension`): copied under its canonical
+                // name into flowrun's cache, where it loads
+                None => match as_in_wheel.iter().find(|p| p.is_file()) {
+                    Some(p) => {
+                        let cached = sources.cache_dir.join(DUCKDB_VERSION).join(&platform).join(&file);
+                        match copy_atomically(p, &cached).and_then(|()| load_file(duck, &cached)) {
+                            Ok(()) => return remember(name, &cached),
+                            Err(e) => tried.push(format!("{}: {}", p.display(), first_line(&e))),
+                        }
+                    }
+                    None => tried.push(format!("{}: no {file} there", dir.display())),
+                },
             }
         }
         None => tried.push("FLOWRUN_DUCKDB_EXTENSIONS: not set".to_string()),
@@ -142,12 +159,30 @@ pub fn ensure(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()>
     Err(anyhow!(
         "DuckDB extension `{name}` ({DUCKDB_VERSION}, {platform}) is not available. Tried:\n  - {}\n\
          To supply it by hand: on a machine with internet, run `pip download --no-deps duckdb-extension-{name}=={}`, \
-         unzip the wheel, and put extensions/{DUCKDB_VERSION}/{file} into a directory named by \
-         FLOWRUN_DUCKDB_EXTENSIONS (or into {})",
+         unzip the wheel, and put extensions/{DUCKDB_VERSION}/{wheel_file} into a directory named by \
+         FLOWRUN_DUCKDB_EXTENSIONS (or, renamed to {file}, into {})",
         tried.join("\n  - "),
         &DUCKDB_VERSION[1..],
         cached.parent().map(|p| p.display().to_string()).unwrap_or_default()
     ))
+}
+
+/// The name DuckDB loads an extension by (`LOAD sqlite` loads `sqlite_scanner`).
+fn canonical(name: &str) -> &str {
+    match name {
+        "sqlite" | "sqlite3" => "sqlite_scanner",
+        "postgres" => "postgres_scanner",
+        other => other,
+    }
+}
+
+fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
+    let dir = to.parent().expect("extension path has a parent");
+    std::fs::create_dir_all(dir)?;
+    let mut out = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::copy(&mut std::fs::File::open(from)?, &mut out)?;
+    out.persist(to).map_err(|e| e.error)?;
+    Ok(())
 }
 
 fn first_line(e: &anyhow::Error) -> String {
@@ -210,6 +245,7 @@ fn pip_fetch(name: &str, platform: &str, target: &Path, timeout: Duration) -> Re
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .ok_or_else(|| anyhow!("pip downloaded no wheel"))?;
     let mut zip = zip::ZipArchive::new(std::fs::File::open(&wheel)?)?;
+    // the wheel names the file after the package (`sqlite`); `target` carries the canonical name
     let suffix = format!("extensions/{DUCKDB_VERSION}/{name}.duckdb_extension");
     let index = (0..zip.len())
         .find(|&i| zip.by_index(i).map(|f| f.name().ends_with(&suffix)).unwrap_or(false))

@@ -41,10 +41,10 @@ impl Progress {
         self.main.finish_and_clear();
     }
 
+    /// A line above the bars, while they are drawn. Without bars nothing is printed live: the summary
+    /// after the run lists failures and warnings once.
     fn println(&self, line: String) {
-        if self.main.is_hidden() {
-            eprintln!("{line}");
-        } else {
+        if !self.main.is_hidden() {
             let _ = self.multi.println(line);
         }
     }

@@ -320,10 +320,11 @@ impl<'a> Builder<'a> {
                 }
             }
             if let Some(when) = &n.when
-                && !self.when_matches(&name_str, when) {
-                    self.disabled.push(name_str);
-                    continue;
-                }
+                && !self.when_matches(&name_str, when)
+            {
+                self.disabled.push(name_str);
+                continue;
+            }
             let Some(base) = self.choose_variant(&name_str, span.clone(), n) else { continue };
             if n.parameterize.is_empty() {
                 self.add_decl(base, &mut seen);
@@ -488,15 +489,17 @@ impl<'a> Builder<'a> {
         };
         for (_, section) in &raw.materialize {
             if let Some((_, node)) = section.get_ref().iter().find(|(k, _)| k.get_ref() == "node")
-                && let toml::Value::String(s) = node.get_ref() {
-                    names.push((s.clone(), span_of(node)));
-                }
+                && let toml::Value::String(s) = node.get_ref()
+            {
+                names.push((s.clone(), span_of(node)));
+            }
         }
         for (name, span) in names {
             if !self.by_name.contains_key(&name)
-                && let Lookup::Found(_) = self.opts.registry.lookup(&name, &self.scope) {
-                    self.auto_node(&name, span);
-                }
+                && let Lookup::Found(_) = self.opts.registry.lookup(&name, &self.scope)
+            {
+                self.auto_node(&name, span);
+            }
         }
     }
 
@@ -537,10 +540,23 @@ impl<'a> Builder<'a> {
                 return None;
             }
             Lookup::NotFound(suggestions) => {
-                let help = did_you_mean(&suggestions).unwrap_or_else(|| {
-                    "`flowrun nodes` lists the registered functions; a new one needs #[node] and its crate linked"
-                        .to_string()
-                });
+                // registered, but outside the flow's `modules`?
+                let outside: Vec<String> = match self.opts.registry.lookup(&fname, &[]) {
+                    Lookup::Found(def) => vec![def.module.to_string()],
+                    Lookup::Ambiguous(defs) => defs.iter().map(|d| d.module.to_string()).collect(),
+                    Lookup::NotFound(_) => Vec::new(),
+                };
+                let help = if !outside.is_empty() {
+                    format!(
+                        "`{fname}` is in module {}, which [flow] modules does not list: add it there, or write                          fn = \"<module>::{fname}\"",
+                        outside.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                    )
+                } else {
+                    did_you_mean(&suggestions).unwrap_or_else(|| {
+                        "`flowrun nodes` lists the registered functions; a new one needs #[node] and its crate linked"
+                            .to_string()
+                    })
+                };
                 let what = if decl.declared { "node" } else { "name" };
                 let d = Diagnostic::new(
                     "unknown-function",
@@ -771,11 +787,13 @@ impl<'a> Builder<'a> {
             self.edges.push(PendingEdge { consumer: id, arg: index, producer, span });
             return Some(Binding::Node { node: producer, mode: EdgeMode::Direct });
         }
-        if !explicit && !collect
-            && let Some(value) = ty.default_value() {
-                let identity = identity_of(&*value).ok()?;
-                return Some(Binding::Literal { value, identity, source: LiteralSource::Default });
-            }
+        if !explicit
+            && !collect
+            && let Some(value) = ty.default_value()
+        {
+            let identity = identity_of(&*value).ok()?;
+            return Some(Binding::Literal { value, identity, source: LiteralSource::Default });
+        }
         let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
         names.extend(self.config.keys().map(String::as_str));
         names.extend(self.inputs.keys().map(String::as_str));
@@ -897,9 +915,10 @@ impl<'a> Builder<'a> {
         }
         for (consumer, arg, mode) in modes {
             if let Some(node) = self.nodes[consumer].as_mut()
-                && let Binding::Node { mode: m, .. } = &mut node.args[arg].binding {
-                    *m = mode;
-                }
+                && let Binding::Node { mode: m, .. } = &mut node.args[arg].binding
+            {
+                *m = mode;
+            }
         }
 
         // unused config keys (not reported when functions could not be resolved: that cascades)
@@ -1041,19 +1060,21 @@ impl<'a> Builder<'a> {
             nodes[n].block = deepest;
             for a in &nodes[n].args {
                 if let Binding::Node { node: m, mode: EdgeMode::Collect } = a.binding
-                    && blocks[nodes[m].block].parent.is_some() && blocks[nodes[m].block].parent != Some(deepest) {
-                        errors.push(
-                            Diagnostic::new(
-                                "fanout",
-                                format!(
-                                    "node `{}` collects `{}` but also uses values from inside that fan-out",
-                                    nodes[n].name, nodes[m].name
-                                ),
-                            )
-                            .node(&nodes[n].name)
-                            .at(Label::new(&self.src, nodes[n].span.clone(), "here")),
-                        );
-                    }
+                    && blocks[nodes[m].block].parent.is_some()
+                    && blocks[nodes[m].block].parent != Some(deepest)
+                {
+                    errors.push(
+                        Diagnostic::new(
+                            "fanout",
+                            format!(
+                                "node `{}` collects `{}` but also uses values from inside that fan-out",
+                                nodes[n].name, nodes[m].name
+                            ),
+                        )
+                        .node(&nodes[n].name)
+                        .at(Label::new(&self.src, nodes[n].span.clone(), "here")),
+                    );
+                }
             }
         }
         if !errors.is_empty() {
@@ -1235,10 +1256,12 @@ fn cli_input_value(raw: &str) -> toml::Value {
         toml::Value::String(s) => {
             // Relative paths given on the command line are relative to the current directory.
             let p = Path::new(&s);
-            if p.is_relative() && (p.exists() || s.contains('/'))
-                && let Ok(cwd) = std::env::current_dir() {
-                    return toml::Value::String(cwd.join(p).to_string_lossy().into_owned());
-                }
+            if p.is_relative()
+                && (p.exists() || s.contains('/'))
+                && let Ok(cwd) = std::env::current_dir()
+            {
+                return toml::Value::String(cwd.join(p).to_string_lossy().into_owned());
+            }
             toml::Value::String(s)
         }
         other => other,

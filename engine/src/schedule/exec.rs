@@ -442,9 +442,10 @@ impl<'p, 'f> Exec<'p, 'f> {
         };
         self.record_state(&report.name, key, &cache_key);
         if let Some(store) = store
-            && let Err(e) = store.maybe_commit() {
-                report.warnings.push(format!("cache commit failed: {e}"));
-            }
+            && let Err(e) = store.maybe_commit()
+        {
+            report.warnings.push(format!("cache commit failed: {e}"));
+        }
         let _ = inst;
         Slot::Ok(Done { value: Some(Lazy::ready(value)), identity: Some(identity) })
     }
@@ -560,9 +561,10 @@ impl<'p, 'f> Exec<'p, 'f> {
         if inst.uses[local].fetch_sub(1, Ordering::AcqRel) == 1 {
             let pid = self.plan.blocks[inst.block].members[local];
             if !self.plan.nodes[pid].pinned
-                && let Slot::Ok(done) = &mut *inst.slots[local].lock().unwrap() {
-                    done.value = None;
-                }
+                && let Slot::Ok(done) = &mut *inst.slots[local].lock().unwrap()
+            {
+                done.value = None;
+            }
         }
     }
 

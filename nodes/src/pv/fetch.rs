@@ -439,12 +439,14 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
         out.push(b[i]);
         i += 1;
     }
@@ -492,14 +494,16 @@ pub fn download(client: &reqwest::blocking::Client, f: &RemoteFile, dir: &Path) 
     out.flush()?;
     drop(out);
     if let Some(size) = f.size
-        && done != size {
-            bail!("{}: got {done} bytes, the repository says {size}", f.url);
-        }
+        && done != size
+    {
+        bail!("{}: got {done} bytes, the repository says {size}", f.url);
+    }
     if let Some(c) = &f.checksum
-        && let Err(e) = c.verify(&part) {
-            let _ = fs::remove_file(&part);
-            bail!("{} ({}): {e}", f.name, f.url);
-        }
+        && let Err(e) = c.verify(&part)
+    {
+        let _ = fs::remove_file(&part);
+        bail!("{} ({}): {e}", f.name, f.url);
+    }
     fs::rename(&part, &target)?;
     Ok(target)
 }
@@ -577,7 +581,13 @@ pub fn fetch(d: &Dataset, mirror: &Mirror, repos: &Repositories) -> Result<Datas
             if !dir.is_dir() {
                 bail!("dataset `{}`: the mirror has no directory {}", d.key, dir.display());
             }
-            (walk(&dir)?, dir.display().to_string())
+            let files = walk(&dir)?;
+            // a file added to the dataset's directory may pass the filters: track the listings too
+            ctx::track_listing(&dir)?;
+            for sub in files.iter().filter_map(|(_, p)| p.parent()).collect::<std::collections::BTreeSet<_>>() {
+                ctx::track_listing(sub)?;
+            }
+            (files, dir.display().to_string())
         }
         Mirror::Http(base) => {
             let client = client()?;

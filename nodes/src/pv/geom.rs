@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch};
 use arrow_schema::{DataType, Field};
 use flowrun_engine::Table;
+use geo::orient::{Direction, Orient};
 use geo::{Area, BoundingRect, Centroid, GeodesicArea, Geometry, MakeValid, Point, Rect, Validation};
 use geo_traits::to_geo::ToGeoGeometry;
 
@@ -71,8 +72,9 @@ pub fn wkb_array(geoms: &[Option<Geometry<f64>>]) -> ArrayRef {
 /// ```
 pub fn geodesic_area(g: &Geometry<f64>) -> f64 {
     match g {
-        Geometry::Polygon(p) => p.geodesic_area_unsigned(),
-        Geometry::MultiPolygon(mp) => mp.0.iter().map(|p| p.geodesic_area_unsigned()).sum(),
+        // Orient first: for a clockwise exterior ring `geodesic_area_unsigned` measures the rest of the globe.
+        Geometry::Polygon(p) => p.orient(Direction::Default).geodesic_area_unsigned(),
+        Geometry::MultiPolygon(mp) => mp.0.iter().map(|p| p.orient(Direction::Default).geodesic_area_unsigned()).sum(),
         Geometry::Rect(r) => r.to_polygon().geodesic_area_unsigned(),
         Geometry::Triangle(t) => t.to_polygon().geodesic_area_unsigned(),
         Geometry::GeometryCollection(c) => c.0.iter().map(geodesic_area).sum(),
@@ -142,6 +144,16 @@ mod tests {
         let b = geodesic_area(&cell(10.0, 50.0, 0.01));
         assert!((b - 797_383.0).abs() / 797_383.0 < 1e-4, "{b}");
         assert_eq!(geodesic_area(&Geometry::Point(Point::new(1.0, 2.0))), 0.0);
+    }
+
+    #[test]
+    fn clockwise_rings_measure_the_same_as_counter_clockwise_ones() {
+        let Geometry::Polygon(p) = cell(10.0, 50.0, 0.01) else { unreachable!() };
+        let mut exterior = p.exterior().clone();
+        exterior.0.reverse();
+        let clockwise = Geometry::Polygon(geo::Polygon::new(exterior, vec![]));
+        let b = geodesic_area(&clockwise);
+        assert!((b - 797_383.0).abs() / 797_383.0 < 1e-4, "{b}");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use flowrun_engine::{Parallel, Value, ctx, node};
 
 use super::fetch::Mirror;
@@ -140,9 +140,10 @@ impl Dataset {
             bail!("dataset `{}`: format = \"csv\" needs `lat` and `lon` column names", self.key);
         }
         if let Some(c) = &self.compression
-            && c != "zip" {
-                bail!("dataset `{}`: unknown compression `{c}` (only \"zip\")", self.key);
-            }
+            && c != "zip"
+        {
+            bail!("dataset `{}`: unknown compression `{c}` (only \"zip\")", self.key);
+        }
         for f in self.include.iter().chain(&self.exclude) {
             crate::pv::fetch::Filter::parse(f).map_err(|e| anyhow::anyhow!("dataset `{}`: {e}", self.key))?;
         }
@@ -174,6 +175,10 @@ fn mirror_has(mirror: &Mirror, key: &str) -> Option<bool> {
 /// error of that dataset's branch.
 #[node(tags(stage = "source"))]
 pub fn datasets(manifest: &BTreeMap<String, Dataset>, mirror: &Mirror) -> Result<Parallel<Dataset>> {
+    if let Mirror::Dir(root) = mirror {
+        // which datasets the mirror holds decides the fan-out: a dataset directory added or removed re-runs this
+        ctx::track_listing(root).with_context(|| format!("cannot list the mirror {}", root.display()))?;
+    }
     let mut out = Vec::new();
     let mut missing = Vec::new();
     for (key, d) in manifest {

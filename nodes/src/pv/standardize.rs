@@ -6,7 +6,10 @@
 //! centroid_lon`, and `indexed` adds `h3_<res>`.
 //!
 //! `unified_id` is `<dataset>:<source id>`, or `<dataset>:row<n>` when the source row has no id (the
-//! California CSV has one such row: it is kept, with a warning). `processed_at` is when `standardized` ran
+//! California CSV has one such row: it is kept, with a warning). A dataset read from several files
+//! (ChinaPV's train and test shapefiles number their features from 0 each) gets the file stem in
+//! between: `<dataset>:<file stem>:<source id>`. An id that still repeats gets `@row<n>` appended, with a
+//! warning, so `unified_id` is always unique. `processed_at` is when `standardized` ran
 //! for that dataset (UTC); it is the one column that is not a function of the inputs, and the cache keeps
 //! it stable across reruns.
 
@@ -57,6 +60,39 @@ fn now_utc() -> String {
 }
 
 /// The standardization of one raw table (see the module documentation).
+/// `unified_id` per row (see the module doc for the rules).
+fn unified_ids(dataset: &str, source_ids: &[Option<String>], files: &[Option<String>]) -> Vec<String> {
+    let stem = |f: &Option<String>| {
+        let f = f.as_deref().unwrap_or("");
+        std::path::Path::new(f).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    };
+    let several_files = files.iter().any(|f| f != &files[0]);
+    let mut ids: Vec<String> = source_ids
+        .iter()
+        .zip(files)
+        .enumerate()
+        .map(|(i, (s, f))| match (s, several_files) {
+            (Some(s), false) => format!("{dataset}:{s}"),
+            (Some(s), true) => format!("{dataset}:{}:{s}", stem(f)),
+            (None, _) => format!("{dataset}:row{i}"),
+        })
+        .collect();
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for id in &ids {
+        *seen.entry(id.clone()).or_default() += 1;
+    }
+    let repeated = ids.iter().filter(|id| seen[*id] > 1).count();
+    if repeated > 0 {
+        ctx::warn(format!("dataset `{dataset}`: {repeated} rows share a source id; they get `@row<n>` appended"));
+        for (i, id) in ids.iter_mut().enumerate() {
+            if seen[id.as_str()] > 1 {
+                id.push_str(&format!("@row{i}"));
+            }
+        }
+    }
+    ids
+}
+
 pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result<Table> {
     let batch = raw.concat()?;
     let crs_text = raw.schema().metadata().get(SOURCE_CRS).cloned().unwrap_or_else(|| "OGC:CRS84".into());
@@ -103,14 +139,7 @@ pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result
             d.id.as_deref().unwrap_or("")
         ));
     }
-    let unified: Vec<String> = source_ids
-        .iter()
-        .enumerate()
-        .map(|(i, s)| match s {
-            Some(s) => format!("{}:{s}", d.key),
-            None => format!("{}:row{i}", d.key),
-        })
-        .collect();
+    let unified = unified_ids(&d.key, &source_ids, &files);
     let area = match &d.area {
         Some(c) => number_column(&batch, c, d.area_factor.unwrap_or(1.0))
             .with_context(|| format!("dataset `{}`: `area`", d.key))?,

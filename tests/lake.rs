@@ -1,0 +1,415 @@
+//! The lakehouse: DuckLake tables and GeoParquet written by flowrun, read back by independent clients
+//! (the stock `duckdb==1.5.5` Python package with the same extension files, GeoPandas, and
+//! `geoparquet-validator`), for the three catalog kinds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::{Scratch, free_port, pv_data, python_json};
+
+/// Two real datasets -> `consolidated` (polygons and points) -> a SQL model over it -> a guard that fails
+/// when `fail` equals the SQL model's row count (to fail a run in its last node).
+fn lake_flow(catalog: &str, data_path: &str) -> String {
+    format!(
+        r#"[flow]
+name = "lake_test"
+modules = ["pv", "tables", "demo"]
+outputs = ["guard"]
+
+[inputs]
+mirror = {{ default = "mirror" }}
+
+[config]
+fail = -1
+
+[config.manifest.ind_pv_solar_farms_2022]
+repository = "github"
+source = "microsoft/solar-farms-mapping/data"
+format = "geojson"
+include = ["*.geojson"]
+id = "fid"
+area = "Area"
+
+[config.manifest.usa_uspvdb]
+repository = "direct"
+source = "https://example.invalid/uspvdb.zip"
+format = "csv"
+lat = "ylat"
+lon = "xlong"
+crs = "EPSG:4326"
+id = "case_id"
+capacity = "p_cap_ac"
+
+[nodes.datasets]
+[nodes.files]
+[nodes.raw]
+[nodes.standardized]
+[nodes.measured]
+[nodes.consolidated]
+
+[nodes.per_dataset]
+sql = "SELECT dataset_name, count(*) AS n, sum(area_m2) AS area_m2 FROM consolidated GROUP BY dataset_name ORDER BY dataset_name"
+
+[nodes.n_datasets]
+fn = "row_count"
+inputs = {{ table = "per_dataset" }}
+
+[nodes.guard]
+fn = "fail_on"
+inputs = {{ x = "n_datasets", fail_on = "fail" }}
+params = {{ message = "the guard failed on purpose" }}
+
+[lake]
+catalog = "{catalog}"
+data_path = "{data_path}"
+
+[materialize.pv]
+node = "consolidated"
+kind = "ducklake"
+table = "pv"
+
+[materialize.per_dataset]
+node = "per_dataset"
+kind = "ducklake"
+schema = "stats"
+mode = "merge"
+key = ["dataset_name"]
+
+[materialize.pv_parquet]
+node = "consolidated"
+kind = "geoparquet"
+path = "out/pv.parquet"
+"#
+    )
+}
+
+/// A scratch directory with a mirror holding the given datasets of `../shared/data/pv` (symlinked).
+fn scratch_with_mirror(datasets: &[&str]) -> Scratch {
+    let s = Scratch::new();
+    mirror(&s, "mirror", datasets);
+    s
+}
+
+fn mirror(s: &Scratch, name: &str, datasets: &[&str]) -> PathBuf {
+    let dir = s.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for d in datasets {
+        std::os::unix::fs::symlink(pv_data().join(d), dir.join(d)).unwrap();
+    }
+    dir
+}
+
+/// Where flowrun provisioned the DuckDB extensions (the Python client loads the same files).
+fn extension_dirs() -> Vec<String> {
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap());
+    let cache = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or(home.join(".cache"));
+    vec![
+        cache.join("flowrun/duckdb-extensions/v1.5.5/linux_amd64").display().to_string(),
+        home.join(".duckdb/extensions/v1.5.5/linux_amd64").display().to_string(),
+    ]
+}
+
+/// The stock DuckDB Python client: loads the extension files, attaches the lake, and answers questions.
+const READ_LAKE: &str = r#"
+import duckdb, json, os, sys
+attach, data_path, ext_dirs, versions = sys.argv[1], sys.argv[2], sys.argv[3].split(','), json.loads(sys.argv[4])
+con = duckdb.connect()
+for name in ['ducklake', 'sqlite_scanner', 'postgres_scanner']:
+    for d in ext_dirs:
+        p = os.path.join(d, name + '.duckdb_extension')
+        if os.path.exists(p):
+            con.execute(f"LOAD '{p}'")
+            break
+con.execute(f"ATTACH '{attach}' AS lake (DATA_PATH '{data_path}', READ_ONLY)")
+q = lambda sql: con.execute(sql).fetchall()
+out = {
+    'tables': sorted(f'{s}.{t}' for s, t in q("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'lake'")),
+    'pv_rows': q('SELECT count(*) FROM lake.main.pv')[0][0],
+    'pv_types': {c: t for c, t, *_ in q('DESCRIBE lake.main.pv')},
+    'stats': q('SELECT dataset_name, n FROM lake.stats.per_dataset ORDER BY 1'),
+    'snapshots': [r[0] for r in q('SELECT snapshot_id FROM lake.snapshots() ORDER BY 1')],
+    'messages': [r[0] for r in q('SELECT commit_message FROM lake.snapshots() WHERE commit_message IS NOT NULL ORDER BY snapshot_id')],
+    'runs': q('SELECT status, snapshot_id FROM lake.main.flowrun_runs ORDER BY snapshot_id'),
+    'node_runs': q("SELECT count(*), count(DISTINCT run_id) FROM lake.main.flowrun_node_runs"),
+    'at': {str(v): q(f'SELECT count(*) FROM lake.main.pv AT (VERSION => {v})')[0][0] for v in versions},
+}
+first = q("SELECT case_id FROM read_csv_auto('" + sys.argv[5] + "') ORDER BY case_id LIMIT 1")[0][0]
+out['uspvdb_first_id'] = str(first)
+out['uspvdb_point'] = q(f"SELECT ST_AsText(geometry) FROM lake.main.pv WHERE unified_id = 'usa_uspvdb:{first}'")
+out['uspvdb_distinct_points'] = q("SELECT count(DISTINCT (xlong, ylat)) FROM read_csv_auto('" + sys.argv[5] + "')")[0][0]
+out['uspvdb_csv'] = q(f"SELECT xlong, ylat FROM read_csv_auto('" + sys.argv[5] + f"') WHERE case_id = {first}")
+print(json.dumps(out, default=str))
+"#;
+
+/// GeoPandas and the GeoParquet validator on the file.
+const READ_GEOPARQUET: &str = r#"
+import json, sys
+import geopandas, geoparquet_validator as gpv
+df = geopandas.read_parquet(sys.argv[1])
+report = gpv.check(sys.argv[1])
+print(json.dumps({
+    'rows': len(df),
+    'crs': df.crs.to_string(),
+    'bounds': [float(b) for b in df.total_bounds],
+    'core': gpv.conformant(report, 'core'),
+    'covering': gpv.conformant(report, 'covering'),
+    'failed': gpv.failed(report),
+    'passed': sorted(o['id'] for o in report['outcomes'] if o['status'] == 'pass'),
+}))
+"#;
+
+fn read_lake(attach: &str, data_path: &Path, versions: &[i64]) -> serde_json::Value {
+    let uspvdb_csv = pv_data().join("usa_uspvdb/uspvdb_v1_0_20231108.csv");
+    python_json(
+        READ_LAKE,
+        &[
+            attach,
+            &format!("{}/", data_path.display()),
+            &extension_dirs().join(","),
+            &serde_json::to_string(versions).unwrap(),
+            &uspvdb_csv.display().to_string(),
+        ],
+    )
+}
+
+fn snapshot_of(out: &crate::util::Out) -> i64 {
+    out.json()["materialized"]["snapshot"].as_i64().unwrap_or_else(|| panic!("no snapshot: {}", out.stdout))
+}
+
+/// The whole materialization story for one catalog: write, read back independently, a second run, time
+/// travel, a run failing in its last node, a type change the lake cannot take.
+fn materialization_suite(catalog_in_flow: &str, python_attach: &str) {
+    let s = scratch_with_mirror(&["ind_pv_solar_farms_2022", "usa_uspvdb"]);
+    let data = s.path().join("lake_data");
+    s.write("flow.toml", &lake_flow(catalog_in_flow, &data.display().to_string()));
+
+    // run 1: two datasets
+    let first = s.run(&["--json", "run", "flow.toml"]).ok();
+    let v1 = snapshot_of(&first);
+    let lake = read_lake(python_attach, &data, &[v1]);
+    assert_eq!(
+        lake["tables"],
+        serde_json::json!(["main.flowrun_node_runs", "main.flowrun_runs", "main.pv", "stats.per_dataset"])
+    );
+    // `consolidated` drops exact duplicates (same geometry): two USPVDB rows share a point
+    let uspvdb = lake["uspvdb_distinct_points"].as_i64().unwrap();
+    assert_eq!(uspvdb, 3698);
+    assert_eq!(lake["pv_rows"], 1363 + uspvdb, "{lake}");
+    assert_eq!(lake["stats"], serde_json::json!([["ind_pv_solar_farms_2022", 1363], ["usa_uspvdb", uspvdb]]));
+    let types = &lake["pv_types"];
+    assert!(types["geometry"].as_str().unwrap().starts_with("GEOMETRY"), "{types}");
+    assert_eq!(types["area_m2"], "DOUBLE");
+    assert_eq!(types["unified_id"], "VARCHAR");
+    assert_eq!(types["geometry_repaired"], "BOOLEAN");
+    // one geometry, checked against the source CSV read by DuckDB itself
+    let csv = &lake["uspvdb_csv"][0];
+    let wkt = lake["uspvdb_point"][0][0].as_str().unwrap().to_string();
+    let coords: Vec<f64> =
+        wkt.trim_start_matches("POINT (").trim_end_matches(')').split(' ').map(|c| c.parse().unwrap()).collect();
+    assert!((coords[0] - csv[0].as_f64().unwrap()).abs() < 1e-9 && (coords[1] - csv[1].as_f64().unwrap()).abs() < 1e-9);
+    // one snapshot for the whole run, with the flow and run id in its message
+    let run_id = first.json()["run_id"].as_str().unwrap().to_string();
+    let messages: Vec<String> =
+        lake["messages"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().into()).collect();
+    assert_eq!(messages, vec![format!("flowrun: flow lake_test, run {run_id}")]);
+    assert_eq!(lake["runs"], serde_json::json!([["ok", v1]]));
+
+    // GeoParquet: GeoPandas and the validator
+    let gp = python_json(READ_GEOPARQUET, &[&s.path().join("out/pv.parquet").display().to_string()]);
+    assert_eq!(gp["rows"], 1363 + uspvdb);
+    assert_eq!(gp["crs"], "OGC:CRS84");
+    assert!(gp["core"].as_bool().unwrap() && gp["covering"].as_bool().unwrap(), "{gp}");
+    assert_eq!(gp["failed"], serde_json::json!([]));
+    assert!(gp["passed"].as_array().unwrap().iter().any(|p| p.as_str().unwrap().contains("covering")), "{gp}");
+    let b: Vec<f64> = gp["bounds"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    // India and the US: west of -60 and east of 60, all in the northern hemisphere
+    assert!(b[0] < -60.0 && b[2] > 60.0 && b[1] > 0.0 && b[3] < 72.0, "{b:?}");
+
+    // an unchanged rerun writes no snapshot
+    let again = s.run(&["--json", "run", "flow.toml"]).ok();
+    assert!(again.json()["materialized"]["snapshot"].is_null(), "{}", again.stdout);
+
+    // run 2: the mirror now holds only India -> a second snapshot; time travel still sees run 1
+    let only_india = mirror(&s, "mirror2", &["ind_pv_solar_farms_2022"]);
+    let second = s.run(&["--json", "run", "flow.toml", "--mirror", &only_india.display().to_string()]).ok();
+    let v2 = snapshot_of(&second);
+    assert!(v2 > v1);
+    let lake = read_lake(python_attach, &data, &[v1, v2]);
+    assert_eq!(lake["pv_rows"], 1363);
+    assert_eq!(lake["at"][v1.to_string()], 1363 + uspvdb, "time travel to the first run: {lake}");
+    assert_eq!(lake["at"][v2.to_string()], 1363);
+    // `per_dataset` is merged on dataset_name: the USPVDB row of run 1 stays, India's is updated
+    assert_eq!(lake["stats"], serde_json::json!([["ind_pv_solar_farms_2022", 1363], ["usa_uspvdb", uspvdb]]));
+    let snapshots = lake["snapshots"].clone();
+
+    // a run failing in its last node leaves the lake where it was
+    let failed = s.run(&["--json", "run", "flow.toml", "--mirror", "mirror", "--set", "fail=2"]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert!(failed.stdout.contains("the guard failed on purpose"), "{}", failed.stdout);
+    let lake = read_lake(python_attach, &data, &[]);
+    assert_eq!(lake["snapshots"], snapshots, "no new snapshot after a failed run");
+    assert_eq!(lake["pv_rows"], 1363);
+
+    // a column type the lake cannot promote (BIGINT -> VARCHAR) in a merged table: clear error, nothing
+    // written (with mode = "replace" the table would simply be rewritten)
+    let flow = std::fs::read_to_string(s.path().join("flow.toml")).unwrap();
+    s.write("flow.toml", &flow.replace("count(*) AS n", "CAST(count(*) AS VARCHAR) || ' rows' AS n"));
+    let changed = s.run(&["run", "flow.toml", "--mirror", "mirror"]);
+    assert_eq!(changed.code, 3, "{}", changed.stderr);
+    assert!(changed.stderr.contains("column `n`"), "{}", changed.stderr);
+    assert!(changed.stderr.contains("stays at its previous snapshot"), "{}", changed.stderr);
+    let lake = read_lake(python_attach, &data, &[]);
+    assert_eq!(lake["snapshots"], snapshots, "nothing was written");
+    assert_eq!(lake["pv_rows"], 1363, "the first table of that run was not written either");
+}
+
+#[test]
+fn duckdb_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("lake.ducklake");
+    materialization_suite(&catalog.display().to_string(), &format!("ducklake:{}", catalog.display()));
+}
+
+#[test]
+fn sqlite_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("lake.sqlite");
+    materialization_suite(&format!("sqlite:{}", catalog.display()), &format!("ducklake:sqlite:{}", catalog.display()));
+}
+
+/// A PostgreSQL 15 server of its own: `initdb` + `pg_ctl` on a temp dir and a free loopback port, stopped
+/// on drop. Run as the `postgres` user when the tests run as root (PostgreSQL refuses root).
+struct Postgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl Postgres {
+    fn start() -> Postgres {
+        assert!(
+            Path::new(PG_BIN).join("initdb").exists(),
+            "PostgreSQL 15 is not installed (apt-get install postgresql); .ci/run installs it"
+        );
+        let dir = tempfile::Builder::new().prefix("flowrun-pg").tempdir_in("/tmp").unwrap();
+        let as_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+        if as_root {
+            assert!(Command::new("chown").args(["-R", "postgres"]).arg(dir.path()).status().unwrap().success());
+        }
+        let pg = Postgres { port: free_port(), dir };
+        pg.pg("initdb", &["-D", &pg.data(), "-A", "trust", "-U", "postgres", "--no-sync"]);
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", pg.port, pg.dir.path().display());
+        let log = format!("{}/log", pg.dir.path().display());
+        pg.pg("pg_ctl", &["-D", &pg.data(), "-o", &opts, "-l", &log, "-w", "start"]);
+        pg.pg("createdb", &["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "lake"]);
+        pg
+    }
+
+    fn data(&self) -> String {
+        format!("{}/data", self.dir.path().display())
+    }
+
+    fn pg(&self, tool: &str, args: &[&str]) {
+        let as_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let bin = format!("{PG_BIN}/{tool}");
+        let out = if as_root {
+            Command::new("runuser").args(["-u", "postgres", "--", &bin]).args(args).output()
+        } else {
+            Command::new(&bin).args(args).output()
+        }
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn conninfo(&self) -> String {
+        format!("dbname=lake host=127.0.0.1 port={} user=postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.pg("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+        }));
+    }
+}
+
+#[test]
+fn postgres_catalog() {
+    let pg = Postgres::start();
+    materialization_suite(&format!("postgres:{}", pg.conninfo()), &format!("ducklake:postgres:{}", pg.conninfo()));
+}
+
+#[test]
+fn unreachable_postgres_is_a_clear_error_and_the_results_stay_cached() {
+    let s = scratch_with_mirror(&["ind_pv_solar_farms_2022"]);
+    let port = free_port(); // nothing listens there
+    let flow = lake_flow(
+        &format!("postgres:dbname=lake host=127.0.0.1 port={port} user=postgres connect_timeout=3"),
+        &s.path().join("data").display().to_string(),
+    );
+    s.write("flow.toml", &flow);
+    let out = s.run(&["run", "flow.toml"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("cannot attach the DuckLake catalog postgres:"), "{}", out.stderr);
+    assert!(out.stderr.contains("is the PostgreSQL server running"), "{}", out.stderr);
+    assert!(!s.path().join("out/pv.parquet").exists(), "nothing is materialized when the lake is unreachable");
+    // the node results are kept: a dry run finds everything cached
+    let explain = s.run(&["--json", "explain", "flow.toml"]).ok();
+    assert!(explain.nodes("would_run").is_empty(), "{}", explain.stdout);
+}
+
+#[test]
+fn unknown_catalog_kind_and_bad_table_names_are_refused_before_running() {
+    let s = scratch_with_mirror(&["ind_pv_solar_farms_2022"]);
+    s.write("flow.toml", &lake_flow("mysql:db=lake", "data"));
+    let out = s.run(&["run", "flow.toml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("unknown catalog kind `mysql`"), "{}", out.stderr);
+
+    let flow = lake_flow("lake.ducklake", "data").replace(r#"table = "pv""#, r#"table = "pv\"; DROP TABLE x; --""#);
+    s.write("flow.toml", &flow);
+    let out = s.run(&["run", "flow.toml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("table name `pv\"; DROP TABLE x; --` is not allowed"), "{}", out.stderr);
+    assert!(out.stderr.contains("flow.toml:"), "the error points into the flow: {}", out.stderr);
+    assert!(!s.path().join("lake.ducklake").exists(), "nothing ran, nothing was created");
+}
+
+#[test]
+fn extensions_are_provisioned_from_an_empty_cache() {
+    // a fresh HOME: no DuckDB extension directory, no flowrun cache; DuckDB's own INSTALL cannot reach
+    // its repository here, so the extension comes from PyPI through pip
+    let home = tempfile::tempdir().unwrap();
+    let s = scratch_with_mirror(&["ind_pv_solar_farms_2022"]);
+    s.write("flow.toml", &lake_flow("lake.ducklake", "data"));
+    let home_s = home.path().display().to_string();
+    let out = s.run_env(
+        &["--json", "run", "flow.toml"],
+        &[("HOME", &home_s), ("XDG_CACHE_HOME", ""), ("FLOWRUN_DUCKDB_EXTENSIONS", ""), ("PIP_NO_CACHE_DIR", "1")],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let cached = home.path().join(".cache/flowrun/duckdb-extensions/v1.5.5/linux_amd64/ducklake.duckdb_extension");
+    let installed = home.path().join(".duckdb/extensions/v1.5.5/linux_amd64/ducklake.duckdb_extension");
+    assert!(cached.is_file() || installed.is_file(), "ducklake was provisioned under the fresh HOME");
+    assert!(out.json()["materialized"]["snapshot"].as_i64().is_some());
+}
+
+#[test]
+fn runs_lists_recent_runs() {
+    let s = scratch_with_mirror(&["ind_pv_solar_farms_2022"]);
+    s.write("flow.toml", &lake_flow(&s.path().join("lake.ducklake").display().to_string(), "data"));
+    let run = s.run(&["--json", "run", "flow.toml"]).ok();
+    let run_id = run.json()["run_id"].as_str().unwrap().to_string();
+    let out = s.run(&["runs"]).ok();
+    assert!(out.stdout.contains(&run_id), "{}", out.stdout);
+    assert!(out.stdout.contains("lake_test"), "{}", out.stdout);
+    let nodes = s.run(&["runs", "--run", &run_id]).ok();
+    assert!(nodes.stdout.contains("consolidated"), "{}", nodes.stdout);
+}
