@@ -10,5 +10,6 @@ mod cli;
 mod graph;
 mod interrupt;
 mod lake;
+mod pv;
 mod run;
 mod validation;

@@ -138,6 +138,9 @@ pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&flowrun_lake:
         let more = if skipped.len() > 10 { format!(" and {} more", skipped.len() - 10) } else { String::new() };
         eprintln!("skipped (upstream failed): {}{more}", shown.join(", "));
     }
+    if ui.quiet {
+        return;
+    }
     for n in &r.nodes {
         for w in &n.warnings {
             eprintln!("{}: {}: {w}", paint(ui, "33", "warning"), n.name);
@@ -145,9 +148,6 @@ pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&flowrun_lake:
     }
     for w in &r.warnings {
         eprintln!("{}: {w}", paint(ui, "33", "warning"));
-    }
-    if ui.quiet {
-        return;
     }
     if let Some(m) = materialized {
         for t in &m.targets {

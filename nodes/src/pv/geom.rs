@@ -11,7 +11,10 @@ use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch};
 use arrow_schema::{DataType, Field};
 use flowrun_engine::Table;
 use geo::orient::{Direction, Orient};
-use geo::{Area, BoundingRect, Centroid, GeodesicArea, Geometry, MakeValid, Point, Rect, Validation};
+use geo::{
+    Area, BoundingRect, Centroid, Coord, GeodesicArea, Geometry, LineString, MakeValid, MultiPolygon, Point, Polygon,
+    Rect, Validation,
+};
 use geo_traits::to_geo::ToGeoGeometry;
 
 /// A WKB geometry field (`geoarrow.wkb`); `crs` is GeoArrow's CRS metadata (`None` for OGC:CRS84).
@@ -99,14 +102,63 @@ pub fn repair(g: Geometry<f64>) -> (Geometry<f64>, bool) {
         return (g, false);
     }
     let fixed = match &g {
-        Geometry::Polygon(p) => p.make_valid().ok().map(Geometry::MultiPolygon),
-        Geometry::MultiPolygon(mp) => mp.make_valid().ok().map(Geometry::MultiPolygon),
+        Geometry::Polygon(p) => p.make_valid().ok().map(|mp| Geometry::MultiPolygon(canonical(mp))),
+        Geometry::MultiPolygon(mp) => mp.make_valid().ok().map(|mp| Geometry::MultiPolygon(canonical(mp))),
         _ => None,
     };
     match fixed {
         Some(f) if f.unsigned_area() > 0.0 => (f, true),
         _ => (g, false),
     }
+}
+
+/// A deterministic form of a multipolygon: exteriors counter-clockwise and holes clockwise, every ring
+/// starting at its smallest vertex, holes and polygons sorted. `make_valid` walks hash sets, so the same
+/// input can come back with rings starting elsewhere or polygons in another order; without this, two runs
+/// (or a sequential and a parallel one) would write different bytes and slightly different areas.
+pub fn canonical(mp: MultiPolygon<f64>) -> MultiPolygon<f64> {
+    fn rotate(ring: &LineString<f64>) -> LineString<f64> {
+        let mut pts: Vec<Coord<f64>> = ring.0.clone();
+        if pts.len() > 1 && pts.first() == pts.last() {
+            pts.pop();
+        }
+        let start = (0..pts.len())
+            .min_by(|&a, &b| pts[a].x.total_cmp(&pts[b].x).then(pts[a].y.total_cmp(&pts[b].y)))
+            .unwrap_or(0);
+        pts.rotate_left(start);
+        if let Some(&first) = pts.first() {
+            pts.push(first);
+        }
+        LineString::new(pts)
+    }
+    // rings compared vertex by vertex (ties on the first vertex happen: polygons touching at a corner)
+    fn cmp_rings(a: &LineString<f64>, b: &LineString<f64>) -> std::cmp::Ordering {
+        for (p, q) in a.0.iter().zip(&b.0) {
+            let o = p.x.total_cmp(&q.x).then(p.y.total_cmp(&q.y));
+            if o.is_ne() {
+                return o;
+            }
+        }
+        a.0.len().cmp(&b.0.len())
+    }
+    let mut polys: Vec<Polygon<f64>> = mp
+        .orient(Direction::Default)
+        .0
+        .into_iter()
+        .map(|p| {
+            let (ext, holes) = p.into_inner();
+            let mut holes: Vec<LineString<f64>> = holes.iter().map(rotate).collect();
+            holes.sort_by(cmp_rings);
+            Polygon::new(rotate(&ext), holes)
+        })
+        .collect();
+    polys.sort_by(|a, b| {
+        cmp_rings(a.exterior(), b.exterior()).then_with(|| {
+            let (ha, hb) = (a.interiors(), b.interiors());
+            ha.iter().zip(hb).map(|(x, y)| cmp_rings(x, y)).find(|o| o.is_ne()).unwrap_or(ha.len().cmp(&hb.len()))
+        })
+    });
+    MultiPolygon::new(polys)
 }
 
 /// Replaces (or appends) column `name` of `batch`.
@@ -131,7 +183,7 @@ pub fn with_column(batch: &RecordBatch, field: Field, array: ArrayRef) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use geo::{Polygon, Rect, coord, polygon};
+    use geo::{coord, polygon};
 
     fn cell(x: f64, y: f64, d: f64) -> Geometry<f64> {
         Rect::new(coord! { x: x, y: y }, coord! { x: x + d, y: y + d }).to_polygon().into()
@@ -144,6 +196,20 @@ mod tests {
         let b = geodesic_area(&cell(10.0, 50.0, 0.01));
         assert!((b - 797_383.0).abs() / 797_383.0 < 1e-4, "{b}");
         assert_eq!(geodesic_area(&Geometry::Point(Point::new(1.0, 2.0))), 0.0);
+    }
+
+    #[test]
+    fn canonical_form_does_not_depend_on_ring_start_or_order() {
+        let a =
+            Polygon::new(LineString::from(vec![(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0), (0.0, 0.0)]), vec![]);
+        let b = Polygon::new(LineString::from(vec![(5.0, 5.0), (6.0, 5.0), (6.0, 6.0), (5.0, 5.0)]), vec![]);
+        // the same shapes, rings starting elsewhere and turning the other way, polygons swapped
+        let a2 =
+            Polygon::new(LineString::from(vec![(1.0, 1.0), (1.0, 0.0), (0.0, 0.0), (0.0, 1.0), (1.0, 1.0)]), vec![]);
+        let b2 = Polygon::new(LineString::from(vec![(6.0, 6.0), (5.0, 5.0), (6.0, 5.0), (6.0, 6.0)]), vec![]);
+        let one = canonical(MultiPolygon::new(vec![a, b]));
+        let two = canonical(MultiPolygon::new(vec![b2, a2]));
+        assert_eq!(to_wkb(&one.into()), to_wkb(&two.into()));
     }
 
     #[test]
