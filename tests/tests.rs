@@ -7,6 +7,7 @@ mod util;
 
 mod cache;
 mod cli;
+mod download;
 mod graph;
 mod interrupt;
 mod lake;

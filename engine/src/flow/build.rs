@@ -1254,9 +1254,12 @@ fn article(t: &str) -> String {
 fn cli_input_value(raw: &str) -> toml::Value {
     match parse_cli_value(raw) {
         toml::Value::String(s) => {
-            // Relative paths given on the command line are relative to the current directory.
+            // Relative paths given on the command line are relative to the current directory (URLs are not
+            // paths).
             let p = Path::new(&s);
+            let url = s.split_once("://").is_some_and(|(scheme, _)| scheme.chars().all(|c| c.is_ascii_alphabetic()));
             if p.is_relative()
+                && !url
                 && (p.exists() || s.contains('/'))
                 && let Ok(cwd) = std::env::current_dir()
             {

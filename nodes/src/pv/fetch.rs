@@ -14,8 +14,9 @@
 //! Downloads (blocking reqwest): a read timeout (`FLOWRUN_HTTP_TIMEOUT`, seconds, default 60), three
 //! attempts with backoff for timeouts and 5xx answers (not for 4xx), resume of a partial file with an HTTP
 //! `Range` request (restart when the server ignores it), checksum verified before the file is used, progress
-//! reported in bytes. Downloads are kept in the cache directory under their checksum, so a file is fetched
-//! once. Zip archives are unpacked refusing any entry whose path would leave the target directory.
+//! reported in bytes. Downloads are kept in the cache directory (`downloads/<dataset>/<file name>`, side by
+//! side so a shapefile finds its sidecars) and reused while they match the repository's checksum, so a file
+//! is fetched once. Zip archives are unpacked refusing any entry whose path would leave the target directory.
 //!
 //! Every file the node returns is fingerprinted with `ctx::track_file`, so a changed mirror file re-runs the
 //! dataset's branch and nothing else.
@@ -213,7 +214,11 @@ impl Checksum {
             }
         };
         if want != got {
-            bail!("checksum mismatch: expected {want}, got {got}");
+            let kind = match self {
+                Checksum::Md5(_) => "md5",
+                Checksum::GitSha1(_) => "git blob sha1",
+            };
+            bail!("{kind} checksum mismatch: the repository says {want}, the download has {got}");
         }
         Ok(())
     }
@@ -456,10 +461,9 @@ fn percent_decode(s: &str) -> String {
 /// Downloads `f` into `dir` (resuming a partial download), verifies its checksum, returns the path.
 pub fn download(client: &reqwest::blocking::Client, f: &RemoteFile, dir: &Path) -> Result<PathBuf> {
     let safe_name = f.name.replace(['/', '\\'], "_");
-    let final_dir = match &f.checksum {
-        Some(c) => dir.join(c.id()),
-        None => dir.join(format!("url-{}", &blake3::hash(f.url.as_bytes()).to_hex()[..16])),
-    };
+    // One directory per dataset, files under their own names: a shapefile's sidecars must sit side by side.
+    // A file already there is reused when it matches the repository's checksum (or, without one, its size).
+    let final_dir = dir.to_path_buf();
     fs::create_dir_all(&final_dir)?;
     let target = final_dir.join(&safe_name);
     if target.exists() {
