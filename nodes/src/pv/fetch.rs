@@ -190,13 +190,6 @@ pub enum Checksum {
 }
 
 impl Checksum {
-    fn id(&self) -> String {
-        match self {
-            Checksum::Md5(h) => format!("md5-{h}"),
-            Checksum::GitSha1(h) => format!("gitsha1-{h}"),
-        }
-    }
-
     fn verify(&self, path: &Path) -> Result<()> {
         let mut f = fs::File::open(path)?;
         let (want, got) = match self {
