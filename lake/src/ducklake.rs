@@ -35,7 +35,7 @@ pub enum Mode {
 }
 
 /// One table to write.
-pub struct LakeTarget {
+pub struct LakeTarget<V = Table> {
     /// `[materialize.NAME]`.
     pub section: String,
     /// DuckLake schema.
@@ -44,8 +44,8 @@ pub struct LakeTarget {
     pub table: String,
     /// How.
     pub mode: Mode,
-    /// The rows.
-    pub value: Table,
+    /// The rows (`()` while it is not known yet whether the target changed).
+    pub value: V,
 }
 
 /// What a lake write did.

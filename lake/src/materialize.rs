@@ -200,6 +200,10 @@ fn expand(template: &str, item: &Option<String>) -> String {
     }
 }
 
+fn rows_of(o: &OutputItem) -> u64 {
+    o.value.as_ref().and_then(|v| v.rows()).unwrap_or(0)
+}
+
 fn table_of(o: &OutputItem, section: &str) -> Result<Table> {
     let value =
         o.value.as_ref().ok_or_else(|| anyhow!("materialization `{section}`: node `{}` has no value", o.node))?;
@@ -221,8 +225,11 @@ pub fn materialize(
     check(flow, lake_overrides).map_err(|d| anyhow!("{}", d.render(false)))?;
     let lake = LakeConfig::from_flow(flow, lake_overrides)?;
     let mut out = MaterializeReport { lake: lake.as_ref().map(|l| l.describe()), ..Default::default() };
-    let mut lake_targets: Vec<(LakeTarget, String, blake3::Hash)> = Vec::new();
-    let mut files: Vec<(String, PathBuf, Option<String>, Table, String, blake3::Hash)> = Vec::new();
+    // values are loaded from the cache only for targets that changed: an unchanged rerun reads no table
+    let mut lake_targets: Vec<(LakeTarget<()>, &OutputItem, String, blake3::Hash)> = Vec::new();
+    // (section, path, geometry column, value, destination, identity)
+    type FileTarget<'a> = (String, PathBuf, Option<String>, &'a OutputItem, String, blake3::Hash);
+    let mut files: Vec<FileTarget> = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
     for d in &flow.materialize {
         let spec = spec(d).map_err(|(m, _)| anyhow!("materialize `{}`: {m}", d.name))?;
@@ -242,15 +249,14 @@ pub fn materialize(
                     if let Some(other) = seen.insert(where_.clone(), d.name.clone()) {
                         bail!("materializations `{other}` and `{}` both write lake table {schema}.{table}", d.name);
                     }
-                    let value = table_of(o, &d.name)?;
                     let t = LakeTarget {
                         section: d.name.clone(),
                         schema: schema.clone(),
                         table,
                         mode: mode.clone(),
-                        value,
+                        value: (),
                     };
-                    lake_targets.push((t, where_, identity));
+                    lake_targets.push((t, o, where_, identity));
                 }
                 Spec::File { path, geometry } => {
                     let rel = expand(path, &o.item);
@@ -260,8 +266,7 @@ pub fn materialize(
                     if let Some(other) = seen.insert(where_.clone(), d.name.clone()) {
                         bail!("materializations `{other}` and `{}` both write {where_}", d.name);
                     }
-                    let value = table_of(o, &d.name)?;
-                    files.push((d.name.clone(), p, geometry.clone(), value, where_, identity));
+                    files.push((d.name.clone(), p, geometry.clone(), o, where_, identity));
                 }
             }
         }
@@ -275,17 +280,18 @@ pub fn materialize(
 
     // 1. GeoParquet to temporary files
     let mut pending_files = Vec::new();
-    for (section, path, geometry, value, where_, identity) in files {
+    for (section, path, geometry, o, where_, identity) in files {
         if unchanged("geoparquet", &where_, &identity, path.exists()) {
             out.targets.push(TargetReport {
                 section,
                 kind: "geoparquet".into(),
                 destination: where_,
-                rows: value.num_rows() as u64,
+                rows: rows_of(o),
                 status: "unchanged".into(),
             });
             continue;
         }
+        let value = table_of(o, &section)?;
         let (tmp, info) = geoparquet::write_pending(&value, &path, geometry.as_deref())
             .with_context(|| format!("materialization `{section}` ({})", path.display()))?;
         pending_files.push((tmp, path, section, where_, identity, info.rows));
@@ -296,18 +302,26 @@ pub fn materialize(
         crate::config::Catalog::DuckDb(p) | crate::config::Catalog::Sqlite(p) => p.exists(),
         crate::config::Catalog::Postgres(_) => true,
     };
-    let (changed, same): (Vec<_>, Vec<_>) = lake_targets.into_iter().partition(|(_, where_, identity)| {
+    let (changed, same): (Vec<_>, Vec<_>) = lake_targets.into_iter().partition(|(_, _, where_, identity)| {
         !unchanged("ducklake", where_, identity, lake.as_ref().is_some_and(catalog_exists))
     });
-    for (t, _, _) in &same {
+    for (t, o, _, _) in &same {
         out.targets.push(TargetReport {
             section: t.section.clone(),
             kind: "ducklake".into(),
             destination: format!("{}.{}", t.schema, t.table),
-            rows: t.value.num_rows() as u64,
+            rows: rows_of(o),
             status: "unchanged".into(),
         });
     }
+    let changed = changed
+        .into_iter()
+        .map(|(t, o, where_, identity)| {
+            let value = table_of(o, &t.section)?;
+            let LakeTarget { section, schema, table, mode, .. } = t;
+            Ok((LakeTarget { section, schema, table, mode, value }, where_, identity))
+        })
+        .collect::<Result<Vec<_>>>()?;
     if !changed.is_empty() {
         let lake = lake.as_ref().expect("checked: ducklake targets need [lake]");
         let duck = Duck::in_memory()?;

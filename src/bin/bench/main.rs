@@ -4,6 +4,7 @@
 //! cargo run --release --bin bench -- engine            # chain / wide / fan-out, per-node figures
 //! cargo run --release --bin bench -- engine --json     # the same, machine-readable (bench-vs-hamilton)
 //! cargo run --release --bin bench -- lake              # 1M polygons: DuckLake vs GeoParquet (crate) vs DuckDB COPY
+//! cargo run --release --bin bench -- doi-pv            # the PV flow: cold, cached, one parameter; synthetic 100K, 1M
 //! ```
 //! Every figure is a median of a few repetitions, measured in this process, side by side.
 
@@ -26,8 +27,9 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("engine") | None => engine(sizes, json),
         Some("lake") => lake::run(sizes.and_then(|s| s.first().copied()).unwrap_or(1_000_000)),
+        Some("doi-pv") => doi_pv::run_all(&sizes.unwrap_or_else(|| vec![100_000, 1_000_000])),
         Some(other) => {
-            eprintln!("unknown benchmark `{other}`; benchmarks: engine, lake");
+            eprintln!("unknown benchmark `{other}`; benchmarks: engine, lake, doi-pv");
             std::process::exit(2);
         }
     }
@@ -168,4 +170,5 @@ fn engine(sizes: Option<Vec<usize>>, json: bool) {
     }
 }
 
+mod doi_pv;
 mod lake;
