@@ -413,3 +413,28 @@ fn runs_lists_recent_runs() {
     let nodes = s.run(&["runs", "--run", &run_id]).ok();
     assert!(nodes.stdout.contains("consolidated"), "{}", nodes.stdout);
 }
+
+#[test]
+fn sql_nodes_load_spatial_when_a_query_needs_it() {
+    let s = scratch_with_mirror(&["ind_pv_solar_farms_2022"]);
+    let catalog = s.path().join("lake.ducklake");
+    let flow = lake_flow(&catalog.display().to_string(), &s.path().join("data").display().to_string()).replace(
+        "sum(area_m2) AS area_m2 FROM",
+        "sum(area_m2) AS area_m2, max(abs(ST_X(ST_Centroid(geometry)) - centroid_lon)) AS centroid_gap FROM",
+    );
+    s.write("flow.toml", &flow);
+    s.run(&["run", "flow.toml"]).ok();
+    let out = python_json(
+        r#"
+import duckdb, json, os, sys
+con = duckdb.connect()
+con.execute(f"LOAD '{os.path.join(sys.argv[3], 'ducklake.duckdb_extension')}'")
+con.execute(f"ATTACH 'ducklake:{sys.argv[1]}' AS lake (DATA_PATH '{sys.argv[2]}/', READ_ONLY)")
+print(json.dumps(con.execute('SELECT n, centroid_gap FROM lake.stats.per_dataset').fetchall()))
+"#,
+        &[&catalog.display().to_string(), &s.path().join("data").display().to_string(), &extension_dirs()[0]],
+    );
+    // DuckDB spatial's planar centroid and flowrun's agree closely on small polygons
+    assert_eq!(out[0][0], 1363);
+    assert!(out[0][1].as_f64().unwrap() < 0.01, "{out}");
+}
