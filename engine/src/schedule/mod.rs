@@ -158,11 +158,12 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
     let failed = exec.failed.load(std::sync::atomic::Ordering::Relaxed)
         || exec.reports.lock().unwrap().iter().any(|r| matches!(r.status, Status::Failed | Status::Cancelled));
     let mut outputs: Vec<exec::Output> = std::mem::take(&mut *exec.outputs.lock().unwrap());
-    outputs.sort_by(|a, b| {
-        let ta = targets.iter().position(|t| *t == a.node);
-        let tb = targets.iter().position(|t| *t == b.node);
-        ta.cmp(&tb).then_with(|| a.path.cmp(&b.path))
-    });
+    // outputs in the order the targets were asked for, items in item order
+    let mut rank = vec![usize::MAX; flow.nodes.len()];
+    for (i, &t) in targets.iter().enumerate() {
+        rank[t] = rank[t].min(i);
+    }
+    outputs.sort_by(|a, b| rank[a.node].cmp(&rank[b.node]).then_with(|| a.path.cmp(&b.path)));
     let report = RunReport {
         run_id,
         flow: flow.name.clone(),

@@ -85,6 +85,10 @@ pub(crate) struct PBlock {
 impl<'f> Plan<'f> {
     pub fn new(flow: &'f Flow, targets: &[NodeId], recompute: &[String]) -> Plan<'f> {
         let needed = flow.needed(targets);
+        let mut is_target = vec![false; flow.nodes.len()];
+        for &t in targets {
+            is_target[t] = true;
+        }
         let order = petgraph::algo::toposort(&flow.graph, None).expect("flows are validated acyclic");
         // plan blocks: flow blocks that have needed members, root first
         let mut block_map: Vec<Option<usize>> = vec![None; flow.blocks.len()];
@@ -157,7 +161,7 @@ impl<'f> Plan<'f> {
                 producers: Vec::new(),
                 n_deps: 0,
                 n_uses: 0,
-                pinned: targets.contains(&id),
+                pinned: is_target[id],
                 cache,
                 function,
                 output_type,
