@@ -334,3 +334,51 @@ fn dry_run_says_what_would_run() {
     assert!(real.names(Status::Reused).contains(&"square[2]".to_string()));
     assert_eq!(real.names(Status::Executed), vec!["numbers", "total"], "squares and offsets of items 0..2 are reused");
 }
+
+/// A registry like the global one, but with `name`'s code version changed: what a rebuilt binary with an
+/// edited node body looks like to the cache.
+fn registry_with_edited(name: &str) -> &'static flowrun_engine::Registry {
+    use flowrun_engine::registry::NodeDef;
+    let defs: Vec<&'static NodeDef> = flowrun_engine::Registry::global()
+        .all()
+        .iter()
+        .map(|d| {
+            if d.name != name {
+                return *d;
+            }
+            let edited = NodeDef {
+                name: d.name,
+                module: d.module,
+                doc: d.doc,
+                params: d.params,
+                output: d.output,
+                code_version: "an-edited-body",
+                version: d.version,
+                tags: d.tags,
+                call: d.call,
+                file: d.file,
+                line: d.line,
+            };
+            &*Box::leak(Box::new(edited))
+        })
+        .collect();
+    Box::leak(Box::new(flowrun_engine::Registry::from_defs(defs)))
+}
+
+#[test]
+fn a_code_version_change_reruns_that_node_and_its_downstream_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    run(&build(FANOUT, &[]), 2, Some(store.clone()));
+    let opts = BuildOptions { registry: registry_with_edited("square"), ..BuildOptions::default() };
+    let edited =
+        flow::build(SourceFile::new("test.toml", FANOUT), &opts).unwrap_or_else(|d| panic!("{}", d.render(false)));
+    let report = run(&edited, 2, Some(store.clone()));
+    let executed = report.names(Status::Executed);
+    // every square re-runs; their results are equal, so early cutoff spares `offset` and `total`
+    assert_eq!(executed.len(), 10, "{executed:?}");
+    assert!(executed.iter().all(|n| n.starts_with("square[")), "{executed:?}");
+    let why = report.nodes.iter().find(|n| n.name == "square[3]").unwrap();
+    assert_eq!(why.reasons, vec![Reason::CodeChanged]);
+    assert_eq!(report.names(Status::Reused).len(), 1 + 10 + 1, "numbers, the offsets and total come from the cache");
+}
