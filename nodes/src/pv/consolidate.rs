@@ -53,3 +53,24 @@ pub fn consolidated(measured: Collect<Table>) -> Result<Table> {
     }
     Ok(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pv::testing::{measured, square, strings};
+
+    #[test]
+    fn union_by_column_name_then_exact_duplicates_removed() {
+        let a = measured(&[("a", "a:1", square(0.0, 0.0, 0.01)), ("a", "a:2", square(1.0, 1.0, 0.01))]);
+        // b repeats a:1's geometry exactly, and has its columns in another order
+        let b = measured(&[("b", "b:1", square(0.0, 0.0, 0.01)), ("b", "b:2", square(2.0, 2.0, 0.01))]);
+        let bb = b.concat().unwrap();
+        let reordered = bb.project(&[1, 0, 2, 3]).unwrap();
+        let union = union_tables(&[a, Table::from_batch(reordered)]).unwrap();
+        assert_eq!(union.num_rows(), 4);
+        assert_eq!(strings(&union, "dataset_name"), ["a", "a", "b", "b"].map(|s| Some(s.to_string())));
+        let (deduped, removed) = drop_exact_duplicates(&union).unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(strings(&deduped, "unified_id"), ["a:1", "a:2", "b:2"].map(|s| Some(s.to_string())));
+    }
+}

@@ -148,3 +148,39 @@ pub fn country_stats(located: &Table) -> Result<Table> {
         ],
     )?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pv::geom;
+    use crate::pv::testing::{measured, square, strings};
+
+    #[test]
+    fn centroids_join_to_the_polygon_holding_them_or_to_null() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("country_code", DataType::Utf8, true),
+            Field::new("country_name", DataType::Utf8, true),
+            geom::wkb_field("geometry", true, None),
+        ]));
+        let countries = Table::from_batch(
+            RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(StringArray::from(vec!["AAA", "BBB"])),
+                    Arc::new(StringArray::from(vec!["Aland", "Beland"])),
+                    geom::wkb_array(&[Some(square(0.0, 0.0, 10.0)), Some(square(10.0, 0.0, 10.0))]),
+                ],
+            )
+            .unwrap(),
+        );
+        let sites = measured(&[
+            ("d", "d:1", square(1.0, 1.0, 0.01)),
+            ("d", "d:2", square(15.0, 5.0, 0.01)),
+            ("d", "d:3", square(50.0, 50.0, 0.01)), // at sea
+        ]);
+        let sites = crate::pv::standardize::measure_table(&sites).unwrap(); // adds the centroids
+        let located = locate(&sites, &countries).unwrap();
+        assert_eq!(strings(&located, "country_code"), vec![Some("AAA".into()), Some("BBB".into()), None]);
+        assert_eq!(strings(&located, "country_name")[1], Some("Beland".into()));
+    }
+}

@@ -275,3 +275,28 @@ mod tests {
         assert_eq!(overlap_ratio(&a, aa, &sq(1.0, 1.0, 0.01), aa), 0.0);
     }
 }
+
+#[cfg(test)]
+mod dedup_tests {
+    use super::*;
+    use crate::pv::testing::{measured, square};
+
+    #[test]
+    fn overlapping_records_of_two_datasets_keep_the_larger() {
+        let t = measured(&[
+            ("a", "a:big", square(0.0, 0.0, 0.010)),
+            ("b", "b:small", square(0.001, 0.001, 0.008)), // inside a:big: ratio 1
+            ("b", "b:apart", square(5.0, 5.0, 0.01)),
+            ("a", "a:half", square(10.0, 10.0, 0.01)),
+            ("b", "b:half", square(10.007, 10.0, 0.01)), // overlaps a:half by 30%: kept
+            ("a", "a:same", square(20.0, 20.0, 0.01)),
+            ("a", "a:same2", square(20.0, 20.0, 0.01)), // same dataset: never a cross-dataset duplicate
+        ]);
+        let d = dedup_rows(&t, Mode::Overlap, 0.5, &["b".into(), "a".into()], 0).unwrap();
+        assert_eq!(d.keep, vec![true, false, true, true, true, true, true]);
+        // equal areas: the dataset listed first in the priority wins
+        let t = measured(&[("a", "a:x", square(0.0, 0.0, 0.01)), ("b", "b:x", square(0.0, 0.0, 0.01))]);
+        let d = dedup_rows(&t, Mode::Overlap, 0.5, &["b".into(), "a".into()], 0).unwrap();
+        assert_eq!(d.keep, vec![false, true]);
+    }
+}

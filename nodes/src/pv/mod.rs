@@ -29,3 +29,49 @@ pub mod manifest;
 pub mod read;
 pub mod standardize;
 pub mod synthetic;
+
+/// Small tables for the nodes' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use flowrun_engine::Table;
+    use geo::{Geometry, Rect, coord};
+
+    use super::geom;
+
+    /// A square of side `d` degrees with its south-west corner at (x, y).
+    pub fn square(x: f64, y: f64, d: f64) -> Geometry<f64> {
+        Rect::new(coord! { x: x, y: y }, coord! { x: x + d, y: y + d }).to_polygon().into()
+    }
+
+    /// A `measured`-like table: dataset_name, unified_id, geometry, area_m2 (geodesic).
+    pub fn measured(rows: &[(&str, &str, Geometry<f64>)]) -> Table {
+        let geoms: Vec<Option<Geometry<f64>>> = rows.iter().map(|r| Some(r.2.clone())).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("dataset_name", DataType::Utf8, false),
+            Field::new("unified_id", DataType::Utf8, false),
+            geom::wkb_field("geometry", true, None),
+            Field::new("area_m2", DataType::Float64, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            geom::wkb_array(&geoms),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| geom::geodesic_area(&r.2)))),
+        ];
+        Table::from_batch(RecordBatch::try_new(schema, columns).unwrap())
+    }
+
+    /// The values of a string column.
+    pub fn strings(t: &Table, column: &str) -> Vec<Option<String>> {
+        let b = t.concat().unwrap();
+        let a = arrow_cast::cast(b.column_by_name(column).unwrap(), &DataType::Utf8).unwrap();
+        let a = a.as_any().downcast_ref::<StringArray>().unwrap();
+        (0..a.len()).map(|i| (!a.is_null(i)).then(|| a.value(i).to_string())).collect()
+    }
+
+    use arrow_array::Array;
+}

@@ -226,3 +226,23 @@ pub fn measure_table(t: &Table) -> Result<Table> {
 pub fn measured(standardized: &Table) -> Result<Table> {
     measure_table(standardized)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unified_ids_are_unique_and_say_where_they_come_from() {
+        let s = |v: &str| Some(v.to_string());
+        // one file: <dataset>:<id>; a missing id: <dataset>:row<n>
+        let ids = unified_ids("d", &[s("7"), None], &[s("x.csv"), s("x.csv")]);
+        assert_eq!(ids, ["d:7", "d:row1"]);
+        // several files numbering from 0 each: the file stem in between; a repeat gets @row<n>
+        let ids = unified_ids(
+            "c",
+            &[s("0"), s("0"), s("0")],
+            &[s("dir/PV_Test.shp"), s("dir/PV_Train.shp"), s("dir/PV_Train.shp")],
+        );
+        assert_eq!(ids, ["c:PV_Test:0", "c:PV_Train:0@row1", "c:PV_Train:0@row2"]);
+    }
+}
