@@ -39,3 +39,15 @@ fn flows_in_the_repository_are_valid() {
         }
     }
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    // `flowrun nodes | head -1`: the reader goes away; flowrun must not panic about the broken pipe
+    let s = crate::util::Scratch::new();
+    let mut child =
+        s.cmd().arg("nodes").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
