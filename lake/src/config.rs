@@ -46,13 +46,17 @@ pub struct LakeConfig {
 }
 
 /// `a/b/../c` -> `a/c`, lexically (no file system access; the lake may not exist yet).
-fn normalize(p: &Path) -> PathBuf {
+pub(crate) fn normalize(p: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
             Component::ParentDir => {
-                out.pop();
+                // `..` of a relative path with nothing left to pop stays (`../x` is not `x`)
+                let last_is_parent = matches!(out.components().next_back(), Some(Component::ParentDir));
+                if last_is_parent || !out.pop() {
+                    out.push("..");
+                }
             }
             Component::CurDir => {}
             other => out.push(other),
@@ -243,6 +247,15 @@ impl LakeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalize_is_lexical_and_keeps_leading_parents() {
+        assert_eq!(normalize(Path::new("/a/flows/../lake/x")), PathBuf::from("/a/lake/x"));
+        assert_eq!(normalize(Path::new("flows/../.flowrun/x")), PathBuf::from(".flowrun/x"));
+        assert_eq!(normalize(Path::new("../x")), PathBuf::from("../x"));
+        assert_eq!(normalize(Path::new("a/../../x")), PathBuf::from("../x"));
+        assert_eq!(normalize(Path::new("../../x/./y")), PathBuf::from("../../x/y"));
+    }
 
     #[test]
     fn catalog_kinds() {

@@ -261,7 +261,7 @@ pub fn materialize(
                 Spec::File { path, geometry } => {
                     let rel = expand(path, &o.item);
                     let p = PathBuf::from(&rel);
-                    let p = if p.is_absolute() { p } else { flow.base_dir().join(p) };
+                    let p = crate::config::normalize(&if p.is_absolute() { p } else { flow.base_dir().join(p) });
                     let where_ = p.display().to_string();
                     if let Some(other) = seen.insert(where_.clone(), d.name.clone()) {
                         bail!("materializations `{other}` and `{}` both write {where_}", d.name);
