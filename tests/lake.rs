@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::{Scratch, free_port, pv_data, python_json};
+use crate::util::{Scratch, flowrun_extension_dir, free_port, pv_data, python_json};
 
 /// Two real datasets -> `consolidated` (polygons and points) -> a SQL model over it -> a guard that fails
 /// when `fail` equals the SQL model's row count (to fail a run in its last node).
@@ -102,9 +102,8 @@ fn mirror(s: &Scratch, name: &str, datasets: &[&str]) -> PathBuf {
 /// Where flowrun provisioned the DuckDB extensions (the Python client loads the same files).
 fn extension_dirs() -> Vec<String> {
     let home = PathBuf::from(std::env::var_os("HOME").unwrap());
-    let cache = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or(home.join(".cache"));
     vec![
-        cache.join("flowrun/duckdb-extensions/v1.5.5/linux_amd64").display().to_string(),
+        flowrun_extension_dir().display().to_string(),
         home.join(".duckdb/extensions/v1.5.5/linux_amd64").display().to_string(),
     ]
 }
@@ -286,6 +285,11 @@ struct Postgres {
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// PostgreSQL refuses to run as root: its tools then run as the `postgres` user.
+fn as_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"))
+}
+
 impl Postgres {
     fn start() -> Postgres {
         assert!(
@@ -293,8 +297,7 @@ impl Postgres {
             "PostgreSQL 15 is not installed (apt-get install postgresql); .ci/run installs it"
         );
         let dir = tempfile::Builder::new().prefix("flowrun-pg").tempdir_in("/tmp").unwrap();
-        let as_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
-        if as_root {
+        if as_root() {
             assert!(Command::new("chown").args(["-R", "postgres"]).arg(dir.path()).status().unwrap().success());
         }
         let pg = Postgres { port: free_port(), dir };
@@ -311,9 +314,8 @@ impl Postgres {
     }
 
     fn pg(&self, tool: &str, args: &[&str]) {
-        let as_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
         let bin = format!("{PG_BIN}/{tool}");
-        let out = if as_root {
+        let out = if as_root() {
             Command::new("runuser").args(["-u", "postgres", "--", &bin]).args(args).output()
         } else {
             Command::new(&bin).args(args).output()

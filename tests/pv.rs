@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::{Scratch, pv_data, python_json};
+use crate::util::{Scratch, flowrun_extension_dir, pv_data, python_json};
 
 /// A scratch directory holding a copy of `flows/doi_pv.toml` under `flows/`, so that the flow's lake and
 /// GeoParquet outputs (relative to the flow file) land in the scratch directory.
@@ -46,12 +46,6 @@ print(json.dumps({'raw': raw, 'china_files': china_files, 'joined': joined, 'ids
                  default=str))
 "#;
 
-fn extension_dir() -> String {
-    let home = PathBuf::from(std::env::var_os("HOME").unwrap());
-    let cache = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or(home.join(".cache"));
-    cache.join("flowrun/duckdb-extensions/v1.5.5/linux_amd64").display().to_string()
-}
-
 #[test]
 fn the_pipeline_on_the_shared_data() {
     let (s, _) = pv_scratch();
@@ -65,7 +59,7 @@ fn the_pipeline_on_the_shared_data() {
         &[
             &lake_dir.join("doi_pv.ducklake").display().to_string(),
             &lake_dir.join("doi_pv_data").display().to_string(),
-            &extension_dir(),
+            &flowrun_extension_dir().display().to_string(),
         ],
     );
     assert_eq!(

@@ -61,12 +61,7 @@ impl Scratch {
     }
 
     pub fn run(&self, args: &[&str]) -> Out {
-        let out = self.cmd().args(args).output().expect("flowrun runs");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        self.run_env(args, &[])
     }
 }
 
@@ -171,4 +166,11 @@ pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Where flowrun provisions DuckDB extensions for this user (the Python client loads the same files).
+pub fn flowrun_extension_dir() -> PathBuf {
+    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME is set"));
+    let cache = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
+    cache.unwrap_or(home.join(".cache")).join("flowrun/duckdb-extensions/v1.5.5/linux_amd64")
 }

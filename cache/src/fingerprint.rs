@@ -65,6 +65,12 @@ fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
+/// What [`Store::fingerprint_file`] computes, without the store's fast path: a directory's listing
+/// ([`hash_listing`]), else the file's bytes.
+pub fn hash_path(path: &Path) -> io::Result<Hash> {
+    if fs::metadata(path)?.is_dir() { hash_listing(path) } else { hash_file(path) }
+}
+
 /// blake3 of a file's bytes, computed without the store (no fast path).
 pub fn hash_file(path: &Path) -> io::Result<Hash> {
     let mut hasher = blake3::Hasher::new();

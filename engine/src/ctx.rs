@@ -66,8 +66,7 @@ pub fn fingerprint_file(path: &Path) -> io::Result<blake3::Hash> {
     let store = with_current(|cx| cx.and_then(|cx| cx.store.clone()));
     match store {
         Some(store) => store.fingerprint_file(path),
-        None if path.is_dir() => flowrun_cache::fingerprint::hash_listing(path),
-        None => flowrun_cache::fingerprint::hash_file(path),
+        None => flowrun_cache::fingerprint::hash_path(path),
     }
 }
 

@@ -100,25 +100,29 @@ pub fn ensure(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()>
     // 2. the user's directory
     match &sources.user_dir {
         Some(dir) => {
-            let candidates = [dir.join(&file), dir.join(DUCKDB_VERSION).join(&platform).join(&file)];
-            let as_in_wheel = [dir.join(&wheel_file), dir.join(DUCKDB_VERSION).join(&platform).join(&wheel_file)];
-            match candidates.iter().find(|p| p.is_file()) {
-                Some(p) => match load_file(duck, p) {
-                    Ok(()) => return remember(name, p),
-                    Err(e) => tried.push(format!("{}: {}", p.display(), first_line(&e))),
-                },
-                // the file as the PyPI wheel names it (`sqlite.duckdb_extension`): copied under its canonical
-                // name into flowrun's cache, where it loads
-                None => match as_in_wheel.iter().find(|p| p.is_file()) {
-                    Some(p) => {
+            let found = [&file, &wheel_file]
+                .into_iter()
+                .flat_map(|f| [dir.join(f), dir.join(DUCKDB_VERSION).join(&platform).join(f)])
+                .find(|p| p.is_file());
+            match found {
+                Some(p) => {
+                    // a file named as in the PyPI wheel (`sqlite.duckdb_extension`) only loads under its
+                    // canonical name: it is copied into flowrun's cache as that
+                    let loadable = if p.file_name() == Some(file.as_ref()) {
+                        Ok(p.clone())
+                    } else {
                         let cached = sources.cache_dir.join(DUCKDB_VERSION).join(&platform).join(&file);
-                        match copy_atomically(p, &cached).and_then(|()| load_file(duck, &cached)) {
-                            Ok(()) => return remember(name, &cached),
-                            Err(e) => tried.push(format!("{}: {}", p.display(), first_line(&e))),
-                        }
+                        std::fs::File::open(&p)
+                            .map_err(anyhow::Error::from)
+                            .and_then(|mut f| write_atomically(&cached, &mut f))
+                            .map(|()| cached)
+                    };
+                    match loadable.and_then(|l| load_file(duck, &l).map(|()| l)) {
+                        Ok(l) => return remember(name, &l),
+                        Err(e) => tried.push(format!("{}: {}", p.display(), first_line(&e))),
                     }
-                    None => tried.push(format!("{}: no {file} there", dir.display())),
-                },
+                }
+                None => tried.push(format!("{}: no {file} there", dir.display())),
             }
         }
         None => tried.push("FLOWRUN_DUCKDB_EXTENSIONS: not set".to_string()),
@@ -176,11 +180,13 @@ fn canonical(name: &str) -> &str {
     }
 }
 
-fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
+/// Writes `from` to `to` through a temporary file in the same directory: no half-written extension is
+/// ever at `to`, even with two processes provisioning at once.
+fn write_atomically(to: &Path, from: &mut impl Read) -> Result<()> {
     let dir = to.parent().expect("extension path has a parent");
     std::fs::create_dir_all(dir)?;
     let mut out = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::copy(&mut std::fs::File::open(from)?, &mut out)?;
+    std::io::copy(from, &mut out)?;
     out.persist(to).map_err(|e| e.error)?;
     Ok(())
 }
@@ -250,10 +256,5 @@ fn pip_fetch(name: &str, platform: &str, target: &Path, timeout: Duration) -> Re
     let index = (0..zip.len())
         .find(|&i| zip.by_index(i).map(|f| f.name().ends_with(&suffix)).unwrap_or(false))
         .ok_or_else(|| anyhow!("{} holds no {suffix}", wheel.display()))?;
-    let dir = target.parent().expect("extension path has a parent");
-    std::fs::create_dir_all(dir)?;
-    let mut out = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::copy(&mut zip.by_index(index)?, &mut out)?;
-    out.persist(target).map_err(|e| e.error)?;
-    Ok(())
+    write_atomically(target, &mut zip.by_index(index)?)
 }

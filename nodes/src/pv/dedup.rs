@@ -256,11 +256,8 @@ pub fn dedup_comparison(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use geo::{Point, Rect, coord};
-
-    fn sq(x: f64, y: f64, d: f64) -> Geometry<f64> {
-        Rect::new(coord! { x: x, y: y }, coord! { x: x + d, y: y + d }).to_polygon().into()
-    }
+    use crate::pv::testing::square as sq;
+    use geo::Point;
 
     #[test]
     fn ratios() {

@@ -579,10 +579,11 @@ pub fn fetch(d: &Dataset, mirror: &Mirror, repos: &Repositories) -> Result<Datas
                 bail!("dataset `{}`: the mirror has no directory {}", d.key, dir.display());
             }
             let files = walk(&dir)?;
-            // a file added to the dataset's directory may pass the filters: track the listings too
-            ctx::track_listing(&dir)?;
-            for sub in files.iter().filter_map(|(_, p)| p.parent()).collect::<std::collections::BTreeSet<_>>() {
-                ctx::track_listing(sub)?;
+            // a file added to the dataset's directory may pass the filters: track the listings too (each once)
+            let mut listed: std::collections::BTreeSet<&Path> = files.iter().filter_map(|(_, p)| p.parent()).collect();
+            listed.insert(&dir);
+            for d in listed {
+                ctx::track_listing(d)?;
             }
             (files, dir.display().to_string())
         }

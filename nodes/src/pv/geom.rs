@@ -183,11 +183,9 @@ pub fn with_column(batch: &RecordBatch, field: Field, array: ArrayRef) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use geo::{coord, polygon};
+    use geo::polygon;
 
-    fn cell(x: f64, y: f64, d: f64) -> Geometry<f64> {
-        Rect::new(coord! { x: x, y: y }, coord! { x: x + d, y: y + d }).to_polygon().into()
-    }
+    use crate::pv::testing::square as cell;
 
     #[test]
     fn geodesic_area_matches_known_values() {
