@@ -2,6 +2,10 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: a node's bookkeeping is many small, short-lived allocations (BENCHMARKS.md: engine).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 
 fn main() -> ExitCode {

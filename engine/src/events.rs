@@ -105,14 +105,32 @@ pub struct NodeReport {
     pub duration: Duration,
     /// Row count, for tables.
     pub rows: Option<u64>,
-    /// Cache key (hex).
-    pub key: Option<String>,
-    /// Parameter -> identity of its value (hex).
-    pub inputs: Vec<(String, String)>,
+    /// Cache key (serialized as hex).
+    #[serde(serialize_with = "ser_hex")]
+    pub key: Option<blake3::Hash>,
+    /// Parameter -> identity of its value (serialized as hex).
+    #[serde(serialize_with = "ser_inputs")]
+    pub inputs: Vec<(String, blake3::Hash)>,
     /// Error chain, outermost first.
     pub error: Vec<String>,
     /// Warnings (failed `warn` checks, node warnings).
     pub warnings: Vec<String>,
+}
+
+fn ser_hex<S: serde::Serializer>(h: &Option<blake3::Hash>, s: S) -> Result<S::Ok, S::Error> {
+    match h {
+        Some(h) => s.serialize_str(h.to_hex().as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_inputs<S: serde::Serializer>(inputs: &[(String, blake3::Hash)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(inputs.len()))?;
+    for (param, id) in inputs {
+        seq.serialize_element(&(param, id.to_hex().as_str()))?;
+    }
+    seq.end()
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

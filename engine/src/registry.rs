@@ -19,6 +19,8 @@ pub struct NodeDef {
     pub name: &'static str,
     /// `module_path!()` of the function.
     pub module: &'static str,
+    /// `module::name`, the node's identity in cache keys.
+    pub path: &'static str,
     /// The function's doc comment.
     pub doc: &'static str,
     /// Parameters, in order. Their names are the node's edges.
@@ -43,8 +45,8 @@ inventory::collect!(NodeDef);
 
 impl NodeDef {
     /// `module::name`, the node's identity in cache keys.
-    pub fn path(&self) -> String {
-        format!("{}::{}", self.module, self.name)
+    pub fn path(&self) -> &'static str {
+        self.path
     }
 
     /// A one-line signature: `name(a: i64, b: &Table) -> Table`.

@@ -349,6 +349,7 @@ fn registry_with_edited(name: &str) -> &'static flowrun_engine::Registry {
             let edited = NodeDef {
                 name: d.name,
                 module: d.module,
+                path: d.path,
                 doc: d.doc,
                 params: d.params,
                 output: d.output,

@@ -249,7 +249,7 @@ fn last_run_overlay(
             reasons: Vec::new(),
             duration: Duration::ZERO,
             rows: n.rows,
-            key: n.key,
+            key: n.key.as_deref().and_then(|k| flowrun_cache::Hash::from_hex(k).ok()),
             inputs: Vec::new(),
             error: Vec::new(),
             warnings: Vec::new(),

@@ -125,7 +125,7 @@ pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&flowrun_lake:
             eprintln!("  {}{cause}", if i == 0 { "" } else { "caused by: " });
         }
         if !n.inputs.is_empty() {
-            let inputs: Vec<String> = n.inputs.iter().map(|(p, id)| format!("{p}={}", &id[..12])).collect();
+            let inputs: Vec<String> = n.inputs.iter().map(|(p, id)| format!("{p}={}", &id.to_hex()[..12])).collect();
             eprintln!("  inputs: {}", inputs.join(", "));
         }
         if let Some(k) = &n.key {

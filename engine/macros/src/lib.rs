@@ -250,6 +250,7 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
             ::flowrun_engine::__private::NodeDef {
                 name: #node_name,
                 module: ::core::module_path!(),
+                path: ::core::concat!(::core::module_path!(), "::", #node_name),
                 doc: #doc,
                 params: &[#(#param_defs),*],
                 output: #output,

@@ -997,8 +997,8 @@ impl<'a> Builder<'a> {
         let mut blocks = vec![Block { parent: None, expand: None }];
         let mut child_of: HashMap<NodeId, usize> = HashMap::new();
         let mut errors = Vec::new();
-        for ix in order {
-            let n = ix.index();
+        let order: Vec<NodeId> = order.into_iter().map(NodeIndex::index).collect();
+        for &n in &order {
             let mut candidates: Vec<(usize, NodeId)> = Vec::new();
             for a in &nodes[n].args {
                 let Binding::Node { node: m, mode } = a.binding else { continue };
@@ -1080,13 +1080,15 @@ impl<'a> Builder<'a> {
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
-        let by_name = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+        let by_name = std::mem::take(&mut self.by_name);
+        debug_assert_eq!(by_name.len(), nodes.len());
         Ok(Flow {
             name: raw.flow.get_ref().name.get_ref().clone(),
             description: raw.flow.get_ref().description.clone(),
             source: self.src,
             nodes,
             graph,
+            order,
             by_name,
             targets,
             blocks,

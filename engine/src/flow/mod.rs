@@ -38,6 +38,8 @@ pub struct Flow {
     pub nodes: Vec<FlowNode>,
     /// The DAG; vertex `i` is `nodes[i]`, an edge goes from producer to consumer.
     pub graph: DiGraph<NodeId, EdgeMode>,
+    /// Every node, producers before consumers (a topological order of `graph`).
+    pub order: Vec<NodeId>,
     /// Node name -> id.
     pub by_name: HashMap<String, NodeId>,
     /// What to build: `[flow] outputs` (or every declared node), plus materialized nodes.
@@ -88,10 +90,10 @@ impl FlowNode {
     }
 
     /// `module::name` of the function, or `sql`.
-    pub fn function_path(&self) -> String {
+    pub fn function_path(&self) -> &'static str {
         match &self.imp {
             NodeImpl::Function(def) => def.path(),
-            NodeImpl::Sql { .. } => "sql".to_string(),
+            NodeImpl::Sql { .. } => "sql",
         }
     }
 

@@ -20,7 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use flowrun_cache::{CacheKey, EntryMeta, Hash, InputSource, Key, KeyChange, KeyInput, Store, StoredKey};
+use std::collections::HashMap;
+
+use flowrun_cache::{
+    CacheKey, Entry, EntryMeta, Hash, InputSource, Key, KeyChange, KeyInput, NodeState, Store, StoredKey,
+};
 
 use super::RunOptions;
 use super::lazy::Lazy;
@@ -33,6 +37,9 @@ use crate::registry::{ArgValue, Args};
 use crate::value::{AnyValue, encode_value};
 
 pub(crate) type Task = (Arc<Instance>, usize);
+
+/// Stands in for an identity that is not known (dry run); such a key is never looked up or stored.
+const UNKNOWN: Hash = Hash::from_bytes([0; 32]);
 
 #[derive(Clone)]
 pub(crate) struct Done {
@@ -85,6 +92,8 @@ pub(crate) struct Exec<'p, 'f> {
     pub failed: AtomicBool,
     pub reports: Mutex<Vec<NodeReport>>,
     pub outputs: Mutex<Vec<Output>>,
+    /// Node states after the flow's last run, by display name (empty without a cache).
+    states: HashMap<String, NodeState>,
 }
 
 enum Gathered {
@@ -113,13 +122,19 @@ enum InputSourceOwned {
 
 impl<'p, 'f> Exec<'p, 'f> {
     pub fn new(plan: &'p Plan<'f>, opts: &'p RunOptions) -> Self {
+        // Unreadable states only cost speed: every lookup then asks the index.
+        let states = match &opts.store {
+            Some(store) => store.node_states(&plan.flow.name).unwrap_or_default(),
+            None => HashMap::new(),
+        };
         Exec {
+            states,
             plan,
             opts,
             abort: AtomicBool::new(false),
             restart: Mutex::new(None),
             failed: AtomicBool::new(false),
-            reports: Mutex::new(Vec::new()),
+            reports: Mutex::new(Vec::with_capacity(plan.nodes.len())),
             outputs: Mutex::new(Vec::new()),
         }
     }
@@ -312,17 +327,15 @@ impl<'p, 'f> Exec<'p, 'f> {
         let mut unknown: Option<String> = None;
         for (garg, arg) in args.iter().zip(&fnode.args) {
             let identity = match &garg.value {
-                GValue::One(d) => d.identity.unwrap_or(blake3::hash(b"")),
+                // `One` and `Many` hold known identities (see `known`); unknown ones never make a key
+                GValue::One(d) => d.identity.unwrap_or(UNKNOWN),
                 GValue::Many(all) => {
-                    let mut h = blake3::Hasher::new();
-                    for d in all {
-                        h.update(d.identity.unwrap_or(blake3::hash(b"")).as_bytes());
-                    }
-                    h.finalize()
+                    let bytes: Vec<u8> = all.iter().flat_map(|d| *d.identity.unwrap_or(UNKNOWN).as_bytes()).collect();
+                    blake3::hash(&bytes)
                 }
                 GValue::Unknown(up) => {
                     unknown.get_or_insert(up.clone());
-                    blake3::hash(b"")
+                    UNKNOWN
                 }
             };
             inputs.push(KeyInput { param: &arg.param, source: self.source(&garg.source), identity });
@@ -335,20 +348,15 @@ impl<'p, 'f> Exec<'p, 'f> {
             report.reasons.push(Reason::UpstreamWillRun(up));
             return Slot::Ok(Done { value: None, identity: None });
         }
-        let cache_key = CacheKey {
-            function: &pn.function,
-            code_version: fnode.code_version(),
-            output_type: pn.output_type,
-            inputs,
-        };
+        let cache_key =
+            CacheKey { function: pn.function, code_version: fnode.code_version(), output_type: pn.output_type, inputs };
         let key = cache_key.hash();
-        report.key = Some(key.to_hex().to_string());
-        report.inputs =
-            cache_key.inputs.iter().map(|i| (i.param.to_string(), i.identity.to_hex().to_string())).collect();
+        report.key = Some(key);
+        report.inputs = cache_key.inputs.iter().map(|i| (i.param.to_string(), i.identity)).collect();
 
         // 3. the cache
         match (pn.cache, store) {
-            (CacheMode::Default, Some(store)) => match store.lookup(&key) {
+            (CacheMode::Default, Some(store)) => match self.lookup(store, &report.name, &key) {
                 Ok(Some(entry)) => match changed_dep(store, &entry.deps) {
                     None => {
                         report.status = if self.opts.dry_run { Status::WouldReuse } else { Status::Reused };
@@ -360,7 +368,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                     }
                     Some(path) => report.reasons.push(Reason::FileChanged(path)),
                 },
-                Ok(None) => report.reasons.extend(self.reasons(store, &report.name, key, &cache_key)),
+                Ok(None) => report.reasons.extend(self.reasons(&report.name, key, &cache_key)),
                 Err(e) => report.warnings.push(format!("cache lookup failed, running the node: {e}")),
             },
             (mode, _) => report.reasons.push(Reason::Forced(if store.is_none() { CacheMode::Disable } else { mode })),
@@ -392,12 +400,10 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
         self.opts.observer.event(&Event::NodeStarted(&report.name));
         let cx = NodeCx::new(store.cloned(), Some(self.opts.observer.clone()), report.name.clone());
-        let started = Instant::now();
         let (result, cx) = ctx::enter(cx, || {
             std::panic::catch_unwind(AssertUnwindSafe(|| self.call(fnode, values)))
                 .unwrap_or_else(|panic| Err(anyhow::anyhow!("node panicked: {}", panic_message(&panic))))
         });
-        let elapsed = started.elapsed();
         report.warnings.extend(cx.warnings.into_inner());
         let value = match result.and_then(|v| self.check(fnode, &v, report).map(|()| v)) {
             Ok(v) => v,
@@ -412,7 +418,6 @@ impl<'p, 'f> Exec<'p, 'f> {
                 return Slot::Failed;
             }
         };
-        let _ = elapsed;
         report.status = Status::Executed;
         report.rows = value.dyn_rows();
         // store
@@ -491,8 +496,18 @@ impl<'p, 'f> Exec<'p, 'f> {
         Ok(())
     }
 
+    /// The entry for `key`: from the states loaded at the start of the run when the node's key did not
+    /// change (no index query), else from the index.
+    fn lookup(&self, store: &Store, name: &str, key: &Key) -> flowrun_cache::Result<Option<Entry>> {
+        match self.states.get(name) {
+            Some(NodeState { key: k, entry: Some(entry), .. }) if k == key => Ok(Some(entry.clone())),
+            _ => store.lookup(key),
+        }
+    }
+
+    /// Buffers the node's key as its state for `explain`, unless the last run left the same key.
     fn record_state(&self, name: &str, key: Key, cache_key: &CacheKey<'_>) {
-        if self.opts.dry_run {
+        if self.opts.dry_run || self.states.get(name).is_some_and(|s| s.key == key) {
             return;
         }
         if let Some(store) = &self.opts.store {
@@ -501,14 +516,12 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
     }
 
-    fn reasons(&self, store: &Store, name: &str, key: Key, now: &CacheKey<'_>) -> Vec<Reason> {
-        let Ok(Some((prev_key, detail))) = store.node_state(&self.plan.flow.name, name) else {
-            return vec![Reason::NotCached];
-        };
-        if prev_key == key {
+    fn reasons(&self, name: &str, key: Key, now: &CacheKey<'_>) -> Vec<Reason> {
+        let Some(state) = self.states.get(name) else { return vec![Reason::NotCached] };
+        if state.key == key {
             return vec![Reason::ResultMissing];
         }
-        let Some(prev) = StoredKey::parse(&detail) else { return vec![Reason::NotCached] };
+        let Some(prev) = StoredKey::parse(&state.detail) else { return vec![Reason::NotCached] };
         let reasons: Vec<Reason> = prev
             .diff(now)
             .into_iter()

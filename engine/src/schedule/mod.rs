@@ -257,10 +257,13 @@ pub fn node_records(report: &RunReport) -> Vec<NodeRunRecord> {
             status: n.status.as_str().to_string(),
             duration_ms: n.duration.as_secs_f64() * 1000.0,
             rows: n.rows,
-            key: n.key.clone(),
+            key: n.key.map(|k| k.to_hex().to_string()),
             input_keys: (!n.inputs.is_empty()).then(|| {
-                let map: serde_json::Map<String, serde_json::Value> =
-                    n.inputs.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+                let map: serde_json::Map<String, serde_json::Value> = n
+                    .inputs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.to_hex().to_string())))
+                    .collect();
                 serde_json::Value::Object(map).to_string()
             }),
             error: (!n.error.is_empty()).then(|| n.error.join(": ")),

@@ -37,7 +37,7 @@ pub(crate) struct PNode {
     pub n_uses: u32,
     pub pinned: bool,
     pub cache: CacheMode,
-    pub function: String,
+    pub function: &'static str,
     pub output_type: &'static str,
     /// Hash of the node's data checks, part of its key.
     pub checks: Option<Hash>,
@@ -89,12 +89,11 @@ impl<'f> Plan<'f> {
         for &t in targets {
             is_target[t] = true;
         }
-        let order = petgraph::algo::toposort(&flow.graph, None).expect("flows are validated acyclic");
         // plan blocks: flow blocks that have needed members, root first
         let mut block_map: Vec<Option<usize>> = vec![None; flow.blocks.len()];
         let mut blocks: Vec<PBlock> = Vec::new();
         let mut plan_of: Vec<Option<usize>> = vec![None; flow.nodes.len()];
-        let mut nodes: Vec<PNode> = Vec::new();
+        let mut nodes: Vec<PNode> = Vec::with_capacity(flow.nodes.len());
         let ensure_block = |fb: usize, blocks: &mut Vec<PBlock>, block_map: &mut Vec<Option<usize>>| -> usize {
             // create the chain of plan blocks from the root down to `fb`
             let mut chain = vec![fb];
@@ -129,8 +128,7 @@ impl<'f> Plan<'f> {
             last.unwrap()
         };
         ensure_block(0, &mut blocks, &mut block_map);
-        for ix in order {
-            let id = ix.index();
+        for &id in &flow.order {
             if !needed[id] {
                 continue;
             }
@@ -142,7 +140,7 @@ impl<'f> Plan<'f> {
             plan_of[id] = Some(pid);
             let (function, output_type) = match &fnode.imp {
                 NodeImpl::Function(def) => (def.path(), def.output_type().name()),
-                NodeImpl::Sql { .. } => ("sql".to_string(), std::any::type_name::<crate::Table>()),
+                NodeImpl::Sql { .. } => ("sql", std::any::type_name::<crate::Table>()),
             };
             let cache = if recompute.contains(&fnode.name) && fnode.cache == CacheMode::Default {
                 CacheMode::Recompute
@@ -177,7 +175,7 @@ impl<'f> Plan<'f> {
         for pid in 0..nodes.len() {
             let id = nodes[pid].id;
             let block = nodes[pid].block;
-            let mut args = Vec::new();
+            let mut args = Vec::with_capacity(flow.nodes[id].args.len());
             for arg in &flow.nodes[id].args {
                 let parg = match &arg.binding {
                     Binding::Literal { value, identity, source } => {

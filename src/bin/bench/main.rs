@@ -15,17 +15,26 @@ use flowrun_cache::Store;
 use flowrun_engine::flow::{self, BuildOptions, SourceFile};
 use flowrun_engine::schedule::{self, RunOptions, RunStatus};
 
+/// mimalloc: a node's bookkeeping is many small, short-lived allocations (BENCHMARKS.md: engine).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     flowrun_nodes::link();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
+    // `--profile build|seq|par|cache`: loop on one phase (for `perf record`), print nothing else
+    let profile = args.iter().position(|a| a == "--profile").and_then(|i| args.get(i + 1)).cloned();
     let sizes: Option<Vec<usize>> = args
         .iter()
         .position(|a| a == "--sizes")
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(|n| n.trim().parse().expect("--sizes takes numbers")).collect());
     match args.first().map(String::as_str) {
-        Some("engine") | None => engine(sizes, json),
+        Some("engine") | None => match profile {
+            Some(phase) => profile_phase(&phase, sizes.as_deref().unwrap_or(&[100_000])),
+            None => engine(sizes, json),
+        },
         Some("lake") => lake::run(sizes.and_then(|s| s.first().copied()).unwrap_or(1_000_000)),
         Some("doi-pv") => doi_pv::run_all(&sizes.unwrap_or_else(|| vec![100_000, 1_000_000])),
         Some(other) => {
@@ -167,6 +176,30 @@ fn engine(sizes: Option<Vec<usize>>, json: bool) {
     }
     if json {
         println!("{}", serde_json::to_string(&rows).unwrap());
+    }
+}
+
+/// Runs one phase of the 100K-node chain (or `--sizes`) in a loop, for a profiler.
+fn profile_phase(phase: &str, sizes: &[usize]) {
+    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    for &n in sizes {
+        let src = SourceFile::new(format!("chain{n}.toml"), chain(n));
+        let opts = BuildOptions::default();
+        let f = flow::build(src.clone(), &opts).expect("valid flow");
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let cached = RunOptions { jobs, store: Some(store), ..RunOptions::default() };
+        let t = Instant::now();
+        for _ in 0..5 {
+            match phase {
+                "build" => drop(std::hint::black_box(flow::build(src.clone(), &opts).unwrap())),
+                "seq" => drop(schedule::run(&f, &RunOptions { jobs: 1, ..RunOptions::default() }).unwrap()),
+                "par" => drop(schedule::run(&f, &RunOptions { jobs, ..RunOptions::default() }).unwrap()),
+                "cache" => drop(schedule::run(&f, &cached).unwrap()),
+                other => panic!("unknown phase {other}: build, seq, par, cache"),
+            }
+        }
+        eprintln!("{phase} chain {n}: {:.2} us/node", t.elapsed().as_secs_f64() * 1e6 / 5.0 / n as f64);
     }
 }
 
