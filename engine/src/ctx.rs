@@ -35,30 +35,29 @@ impl NodeCx {
 }
 
 thread_local! {
-    static CURRENT: RefCell<Option<std::rc::Rc<NodeCx>>> = const { RefCell::new(None) };
+    static CURRENT: RefCell<Option<NodeCx>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with `cx` as the current context; returns `f`'s result and the context (with what was recorded).
 pub(crate) fn enter<R>(cx: NodeCx, f: impl FnOnce() -> R) -> (R, NodeCx) {
-    let cx = std::rc::Rc::new(cx);
-    let previous = CURRENT.with(|c| c.replace(Some(cx.clone())));
-    struct Restore(Option<std::rc::Rc<NodeCx>>);
+    /// Puts the previous context back, also when `f` unwinds.
+    struct Restore(Option<Option<NodeCx>>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            let prev = self.0.take();
-            CURRENT.with(|c| *c.borrow_mut() = prev);
+            if let Some(previous) = self.0.take() {
+                CURRENT.with(|c| *c.borrow_mut() = previous);
+            }
         }
     }
-    let restore = Restore(previous);
+    let mut restore = Restore(Some(CURRENT.with(|c| c.replace(Some(cx)))));
     let r = f();
-    drop(restore);
-    let cx = std::rc::Rc::try_unwrap(cx)
-        .unwrap_or_else(|rc| NodeCx::new(rc.store.clone(), rc.observer.clone(), rc.node.clone()));
+    let previous = restore.0.take().expect("restored once");
+    let cx = CURRENT.with(|c| c.replace(previous)).expect("the context is still set");
     (r, cx)
 }
 
 fn with_current<R>(f: impl FnOnce(Option<&NodeCx>) -> R) -> R {
-    CURRENT.with(|c| f(c.borrow().as_deref()))
+    CURRENT.with(|c| f(c.borrow().as_ref()))
 }
 
 /// Content hash of a file (fast path when a run's cache is available). Does not record a dependency.

@@ -62,17 +62,33 @@ pub(crate) struct Instance {
     item: Option<Done>,
     label: Option<String>,
     pub path: Vec<u32>,
-    slots: Vec<Mutex<Slot>>,
-    pending: Vec<AtomicU32>,
-    uses: Vec<AtomicU32>,
-    spawn_pending: Vec<AtomicU32>,
-    children: Vec<OnceLock<Vec<Arc<Instance>>>>,
-    /// A child block could not be instantiated (its fan-out node failed): its collectors are skipped.
-    child_failed: Vec<AtomicBool>,
-    /// Dry run: a child block's items are unknown.
-    child_unknown: Vec<AtomicBool>,
-    child_remaining: Vec<AtomicUsize>,
+    /// One per member of the block (one allocation per instance: a fan-out makes many instances).
+    members: Box<[Member]>,
+    /// One per child block; empty (no allocation) for the innermost blocks.
+    children: Box<[Child]>,
     /// Members and child blocks not yet complete.
+    remaining: AtomicUsize,
+}
+
+/// A member's run-time state inside one instance.
+struct Member {
+    slot: Mutex<Slot>,
+    /// Producers (and collected child blocks) not yet done.
+    pending: AtomicU32,
+    /// Consumers that have not yet released the value.
+    uses: AtomicU32,
+}
+
+/// A child block's run-time state inside one instance of its parent.
+struct Child {
+    /// Values the child block waits for before its instances are made.
+    spawn_pending: AtomicU32,
+    instances: OnceLock<Vec<Arc<Instance>>>,
+    /// The child block could not be instantiated (its fan-out node failed): its collectors are skipped.
+    failed: AtomicBool,
+    /// Dry run: the child block's items are unknown.
+    unknown: AtomicBool,
+    /// Instances not yet complete.
     remaining: AtomicUsize,
 }
 
@@ -96,13 +112,13 @@ pub(crate) struct Exec<'p, 'f> {
     states: HashMap<String, NodeState>,
 }
 
-enum Gathered {
-    Ready(Vec<GArg>),
+enum Gathered<'a> {
+    Ready(Vec<GArg<'a>>),
     UpstreamFailed(String),
 }
 
-struct GArg {
-    source: InputSourceOwned,
+struct GArg<'a> {
+    source: ArgSource<'a>,
     value: GValue,
 }
 
@@ -112,12 +128,12 @@ enum GValue {
     Unknown(String),
 }
 
-#[derive(Clone)]
-enum InputSourceOwned {
+#[derive(Clone, Copy)]
+enum ArgSource<'a> {
     Node(usize),
     Item(usize),
     Collect(usize),
-    Literal(LiteralSource),
+    Literal(&'a LiteralSource),
 }
 
 impl<'p, 'f> Exec<'p, 'f> {
@@ -156,14 +172,26 @@ impl<'p, 'f> Exec<'p, 'f> {
             item,
             label,
             path,
-            slots: (0..nm).map(|_| Mutex::new(Slot::Empty)).collect(),
-            pending: b.members.iter().map(|&p| AtomicU32::new(self.plan.nodes[p].n_deps)).collect(),
-            uses: b.members.iter().map(|&p| AtomicU32::new(self.plan.nodes[p].n_uses)).collect(),
-            spawn_pending: b.children.iter().map(|&c| AtomicU32::new(self.plan.blocks[c].spawn_deps)).collect(),
-            children: (0..nc).map(|_| OnceLock::new()).collect(),
-            child_failed: (0..nc).map(|_| AtomicBool::new(false)).collect(),
-            child_unknown: (0..nc).map(|_| AtomicBool::new(false)).collect(),
-            child_remaining: (0..nc).map(|_| AtomicUsize::new(0)).collect(),
+            members: b
+                .members
+                .iter()
+                .map(|&p| Member {
+                    slot: Mutex::new(Slot::Empty),
+                    pending: AtomicU32::new(self.plan.nodes[p].n_deps),
+                    uses: AtomicU32::new(self.plan.nodes[p].n_uses),
+                })
+                .collect(),
+            children: b
+                .children
+                .iter()
+                .map(|&c| Child {
+                    spawn_pending: AtomicU32::new(self.plan.blocks[c].spawn_deps),
+                    instances: OnceLock::new(),
+                    failed: AtomicBool::new(false),
+                    unknown: AtomicBool::new(false),
+                    remaining: AtomicUsize::new(0),
+                })
+                .collect(),
             remaining: AtomicUsize::new(nm + nc),
         })
     }
@@ -194,43 +222,43 @@ impl<'p, 'f> Exec<'p, 'f> {
         &self.plan.flow.nodes[self.plan.nodes[pid].id].name
     }
 
-    fn gather(&self, inst: &Arc<Instance>, pid: usize) -> Gathered {
+    fn gather(&self, inst: &Arc<Instance>, pid: usize) -> Gathered<'p> {
         let pn = &self.plan.nodes[pid];
         let mut out = Vec::with_capacity(pn.args.len());
         for arg in &pn.args {
             let (source, value) = match arg {
                 PArg::Literal { value, identity, source } => (
-                    InputSourceOwned::Literal(source.clone()),
-                    GValue::One(Done { value: Some(Lazy::ready(value.clone())), identity: Some(*identity) }),
+                    ArgSource::Literal(source),
+                    GValue::One(Done { value: Some(value.clone()), identity: Some(*identity) }),
                 ),
                 PArg::Node { node, .. } => {
                     let owner = self.instance_of(inst, self.plan.nodes[*node].block);
-                    let slot = owner.slots[self.plan.nodes[*node].local].lock().unwrap().clone();
+                    let slot = owner.members[self.plan.nodes[*node].local].slot.lock().unwrap().clone();
                     match slot {
-                        Slot::Ok(done) => (InputSourceOwned::Node(*node), known(done, self.node_name(*node))),
+                        Slot::Ok(done) => (ArgSource::Node(*node), known(done, self.node_name(*node))),
                         _ => return Gathered::UpstreamFailed(self.node_name(*node).to_string()),
                     }
                 }
                 PArg::Item { expand } => {
                     let done = self.item_of(inst, *expand).clone();
-                    (InputSourceOwned::Item(*expand), known(done, self.node_name(*expand)))
+                    (ArgSource::Item(*expand), known(done, self.node_name(*expand)))
                 }
                 PArg::Collect { node, child } => {
                     let name = self.node_name(*node);
-                    if inst.child_failed[*child].load(Ordering::Acquire) {
+                    if inst.children[*child].failed.load(Ordering::Acquire) {
                         return Gathered::UpstreamFailed(
                             self.node_name(self.plan.blocks[self.plan.nodes[*node].block].expand.unwrap()).to_string(),
                         );
                     }
-                    if inst.child_unknown[*child].load(Ordering::Acquire) {
-                        (InputSourceOwned::Collect(*node), GValue::Unknown(name.to_string()))
+                    if inst.children[*child].unknown.load(Ordering::Acquire) {
+                        (ArgSource::Collect(*node), GValue::Unknown(name.to_string()))
                     } else {
                         let local = self.plan.nodes[*node].local;
-                        let children = inst.children[*child].get().map(Vec::as_slice).unwrap_or(&[]);
+                        let children = inst.children[*child].instances.get().map(Vec::as_slice).unwrap_or(&[]);
                         let mut all = Vec::with_capacity(children.len());
                         let mut unknown = false;
                         for c in children {
-                            match c.slots[local].lock().unwrap().clone() {
+                            match c.members[local].slot.lock().unwrap().clone() {
                                 Slot::Ok(done) => {
                                     unknown |= done.identity.is_none();
                                     all.push(done);
@@ -242,7 +270,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                             }
                         }
                         let v = if unknown { GValue::Unknown(name.to_string()) } else { GValue::Many(all) };
-                        (InputSourceOwned::Collect(*node), v)
+                        (ArgSource::Collect(*node), v)
                     }
                 }
             };
@@ -251,19 +279,19 @@ impl<'p, 'f> Exec<'p, 'f> {
         Gathered::Ready(out)
     }
 
-    fn source<'a>(&'a self, s: &'a InputSourceOwned) -> InputSource<'a> {
+    fn source(&self, s: ArgSource<'p>) -> InputSource<'_> {
         match s {
-            InputSourceOwned::Node(n) => InputSource::Node(self.node_name(*n)),
-            InputSourceOwned::Item(n) => InputSource::Item(self.node_name(*n)),
-            InputSourceOwned::Collect(n) => InputSource::Collect(self.node_name(*n)),
-            InputSourceOwned::Literal(LiteralSource::Config(c)) => InputSource::Config(c),
-            InputSourceOwned::Literal(LiteralSource::Input(i)) => InputSource::Input(i),
-            InputSourceOwned::Literal(_) => InputSource::Literal,
+            ArgSource::Node(n) => InputSource::Node(self.node_name(n)),
+            ArgSource::Item(n) => InputSource::Item(self.node_name(n)),
+            ArgSource::Collect(n) => InputSource::Collect(self.node_name(n)),
+            ArgSource::Literal(LiteralSource::Config(c)) => InputSource::Config(c),
+            ArgSource::Literal(LiteralSource::Input(i)) => InputSource::Input(i),
+            ArgSource::Literal(_) => InputSource::Literal,
         }
     }
 
-    /// Runs one task and returns the tasks it made ready.
-    pub fn run_task(&self, task: Task) -> Vec<Task> {
+    /// Runs one task and appends the tasks it made ready to `ready`.
+    pub fn run_task(&self, task: Task, ready: &mut Vec<Task>) {
         let (inst, local) = task;
         let pid = self.plan.blocks[inst.block].members[local];
         let pn = &self.plan.nodes[pid];
@@ -309,7 +337,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             });
         }
         self.reports.lock().unwrap().push(report);
-        self.finish(&inst, local, outcome)
+        self.finish(&inst, local, outcome, ready)
     }
 
     fn evaluate(
@@ -338,7 +366,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                     UNKNOWN
                 }
             };
-            inputs.push(KeyInput { param: &arg.param, source: self.source(&garg.source), identity });
+            inputs.push(KeyInput { param: &arg.param, source: self.source(garg.source), identity });
         }
         if let Some(checks) = pn.checks {
             inputs.push(KeyInput { param: "#checks", source: InputSource::Literal, identity: checks });
@@ -399,11 +427,13 @@ impl<'p, 'f> Exec<'p, 'f> {
             }
         }
         self.opts.observer.event(&Event::NodeStarted(&report.name));
-        let cx = NodeCx::new(store.cloned(), Some(self.opts.observer.clone()), report.name.clone());
+        // the display name moves into the context while the node runs, and comes back after
+        let cx = NodeCx::new(store.cloned(), Some(self.opts.observer.clone()), std::mem::take(&mut report.name));
         let (result, cx) = ctx::enter(cx, || {
             std::panic::catch_unwind(AssertUnwindSafe(|| self.call(fnode, values)))
                 .unwrap_or_else(|panic| Err(anyhow::anyhow!("node panicked: {}", panic_message(&panic))))
         });
+        report.name = cx.node;
         report.warnings.extend(cx.warnings.into_inner());
         let value = match result.and_then(|v| self.check(fnode, &v, report).map(|()| v)) {
             Ok(v) => v,
@@ -540,19 +570,18 @@ impl<'p, 'f> Exec<'p, 'f> {
 
     // 5. notification ---------------------------------------------------------------------------------
 
-    fn finish(&self, inst: &Arc<Instance>, local: usize, outcome: Slot) -> Vec<Task> {
+    fn finish(&self, inst: &Arc<Instance>, local: usize, outcome: Slot, ready: &mut Vec<Task>) {
         let pid = self.plan.blocks[inst.block].members[local];
         let pn = &self.plan.nodes[pid];
-        *inst.slots[local].lock().unwrap() = outcome;
-        let mut ready = Vec::new();
+        *inst.members[local].slot.lock().unwrap() = outcome;
         for &c in &pn.consumers {
-            if inst.pending[c].fetch_sub(1, Ordering::AcqRel) == 1 {
+            if inst.members[c].pending.fetch_sub(1, Ordering::AcqRel) == 1 {
                 ready.push((inst.clone(), c));
             }
         }
         for &child in &pn.spawn_for {
-            if inst.spawn_pending[child].fetch_sub(1, Ordering::AcqRel) == 1 {
-                ready.extend(self.spawn(inst, child));
+            if inst.children[child].spawn_pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.spawn(inst, child, ready);
             }
         }
         for &p in &pn.producers {
@@ -561,20 +590,19 @@ impl<'p, 'f> Exec<'p, 'f> {
         for arg in &pn.args {
             if let PArg::Collect { node, child } = arg {
                 let l = self.plan.nodes[*node].local;
-                for c in inst.children[*child].get().map(Vec::as_slice).unwrap_or(&[]) {
+                for c in inst.children[*child].instances.get().map(Vec::as_slice).unwrap_or(&[]) {
                     self.release(c, l);
                 }
             }
         }
-        ready.extend(self.complete_one(inst));
-        ready
+        self.complete_one(inst, ready);
     }
 
     fn release(&self, inst: &Instance, local: usize) {
-        if inst.uses[local].fetch_sub(1, Ordering::AcqRel) == 1 {
+        if inst.members[local].uses.fetch_sub(1, Ordering::AcqRel) == 1 {
             let pid = self.plan.blocks[inst.block].members[local];
             if !self.plan.nodes[pid].pinned
-                && let Slot::Ok(done) = &mut *inst.slots[local].lock().unwrap()
+                && let Slot::Ok(done) = &mut *inst.members[local].slot.lock().unwrap()
             {
                 done.value = None;
             }
@@ -582,40 +610,37 @@ impl<'p, 'f> Exec<'p, 'f> {
     }
 
     /// One member or child block of `inst` is complete.
-    fn complete_one(&self, inst: &Arc<Instance>) -> Vec<Task> {
+    fn complete_one(&self, inst: &Arc<Instance>, ready: &mut Vec<Task>) {
         if inst.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
-            return Vec::new();
+            return;
         }
-        let Some(parent) = &inst.parent else { return Vec::new() };
+        let Some(parent) = &inst.parent else { return };
         let idx = self.plan.blocks[inst.block].index_in_parent;
-        if parent.child_remaining[idx].fetch_sub(1, Ordering::AcqRel) == 1 {
-            return self.block_complete(parent, idx);
+        if parent.children[idx].remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.block_complete(parent, idx, ready);
         }
-        Vec::new()
     }
 
     /// Every instance of child block `child` of `inst` is complete (or there were none).
-    fn block_complete(&self, inst: &Arc<Instance>, child: usize) -> Vec<Task> {
+    fn block_complete(&self, inst: &Arc<Instance>, child: usize, ready: &mut Vec<Task>) {
         let b = &self.plan.blocks[self.plan.blocks[inst.block].children[child]];
-        let mut ready = Vec::new();
         for &c in &b.collectors {
-            if inst.pending[c].fetch_sub(1, Ordering::AcqRel) == 1 {
+            if inst.members[c].pending.fetch_sub(1, Ordering::AcqRel) == 1 {
                 ready.push((inst.clone(), c));
             }
         }
         for &r in &b.releases {
             self.release(inst, r);
         }
-        ready.extend(self.complete_one(inst));
-        ready
+        self.complete_one(inst, ready);
     }
 
     /// Creates the instances of child block `child` of `inst`, one per item of its fan-out node.
-    fn spawn(&self, inst: &Arc<Instance>, child: usize) -> Vec<Task> {
+    fn spawn(&self, inst: &Arc<Instance>, child: usize, ready: &mut Vec<Task>) {
         let block = self.plan.blocks[inst.block].children[child];
         let b = &self.plan.blocks[block];
         let expand = b.expand.expect("child blocks have a fan-out node");
-        let slot = inst.slots[self.plan.nodes[expand].local].lock().unwrap().clone();
+        let slot = inst.members[self.plan.nodes[expand].local].slot.lock().unwrap().clone();
         let expand_name = self.node_name(expand).to_string();
         let items: Result<Vec<AnyValue>, String> = match slot {
             Slot::Ok(Done { value: Some(lazy), identity: Some(_) }) => match lazy.get() {
@@ -629,7 +654,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             },
             Slot::Ok(_) => {
                 // dry run: the fan-out node would run, so its items are unknown
-                inst.child_unknown[child].store(true, Ordering::Release);
+                inst.children[child].unknown.store(true, Ordering::Release);
                 for &m in &b.members {
                     let name = self.node_name(m).to_string();
                     let report = NodeReport {
@@ -648,14 +673,14 @@ impl<'p, 'f> Exec<'p, 'f> {
                     self.opts.observer.event(&Event::NodeFinished(&report));
                     self.reports.lock().unwrap().push(report);
                 }
-                return self.block_complete(inst, child);
+                return self.block_complete(inst, child, ready);
             }
             _ => Err(format!("upstream `{expand_name}` failed")),
         };
         let items = match items {
             Ok(items) => items,
             Err(why) => {
-                inst.child_failed[child].store(true, Ordering::Release);
+                inst.children[child].failed.store(true, Ordering::Release);
                 for &m in &b.members {
                     let name = self.node_name(m).to_string();
                     let report = NodeReport {
@@ -674,7 +699,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                     self.opts.observer.event(&Event::NodeFinished(&report));
                     self.reports.lock().unwrap().push(report);
                 }
-                return self.block_complete(inst, child);
+                return self.block_complete(inst, child, ready);
             }
         };
         let mut instances = Vec::with_capacity(items.len());
@@ -695,19 +720,20 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
         let n = instances.len();
         self.opts.observer.event(&Event::TasksAdded(n * b.members.len()));
-        inst.child_remaining[child].store(n, Ordering::Release);
-        let mut ready: Vec<Task> = instances.iter().flat_map(ready_members).collect();
-        let _ = inst.children[child].set(instances);
+        self.reports.lock().unwrap().reserve(n * b.members.len());
+        ready.reserve(n * b.members.len());
+        inst.children[child].remaining.store(n, Ordering::Release);
+        ready.extend(instances.iter().flat_map(ready_members));
+        let _ = inst.children[child].instances.set(instances);
         if n == 0 {
-            ready.extend(self.block_complete(inst, child));
+            self.block_complete(inst, child, ready);
         }
-        ready
     }
 }
 
 fn ready_members(inst: &Arc<Instance>) -> Vec<Task> {
-    let mut out: Vec<Task> = (0..inst.pending.len())
-        .filter(|&m| inst.pending[m].load(Ordering::Acquire) == 0)
+    let mut out: Vec<Task> = (0..inst.members.len())
+        .filter(|&m| inst.members[m].pending.load(Ordering::Acquire) == 0)
         .map(|m| (inst.clone(), m))
         .collect();
     out.reverse();

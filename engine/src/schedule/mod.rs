@@ -193,9 +193,10 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
 fn drive_sequential(exec: &exec::Exec<'_, '_>, initial: Vec<exec::Task>) {
     let mut stack = initial;
     while let Some(task) = stack.pop() {
-        let mut ready = exec.run_task(task);
-        ready.reverse();
-        stack.extend(ready);
+        // the first task made ready runs next
+        let start = stack.len();
+        exec.run_task(task, &mut stack);
+        stack[start..].reverse();
     }
 }
 
@@ -214,13 +215,14 @@ fn drive_parallel(exec: &exec::Exec<'_, '_>, initial: Vec<exec::Task>, jobs: usi
 
 fn spawn<'s>(s: &rayon::Scope<'s>, exec: &'s exec::Exec<'_, '_>, task: exec::Task) {
     s.spawn(move |s| {
-        let mut ready = exec.run_task(task);
+        let mut ready = Vec::new();
+        exec.run_task(task, &mut ready);
         // keep one ready task on this thread (a chain never pays for a spawn), hand out the rest
         while let Some(next) = ready.pop() {
             for other in ready.drain(..) {
                 spawn(s, exec, other);
             }
-            ready = exec.run_task(next);
+            exec.run_task(next, &mut ready);
         }
     });
 }

@@ -12,8 +12,8 @@
 
 use flowrun_cache::Hash;
 
+use super::lazy::Lazy;
 use crate::flow::{Binding, CacheMode, EdgeMode, Flow, LiteralSource, NodeId, NodeImpl};
-use crate::value::AnyValue;
 
 pub(crate) struct Plan<'f> {
     pub flow: &'f Flow,
@@ -45,20 +45,14 @@ pub(crate) struct PNode {
 
 pub(crate) enum PArg {
     /// A node of the same block or of an enclosing block.
-    Node {
-        node: usize,
-    },
+    Node { node: usize },
     /// The current item of the fan-out node `expand` (plan id).
-    Item {
-        expand: usize,
-    },
+    Item { expand: usize },
     /// The results of `node` in every instance of child block `child` (index into `children`).
-    Collect {
-        node: usize,
-        child: usize,
-    },
+    Collect { node: usize, child: usize },
     Literal {
-        value: AnyValue,
+        /// Made once per run, shared by every instance.
+        value: Lazy,
         identity: Hash,
         source: LiteralSource,
     },
@@ -179,7 +173,7 @@ impl<'f> Plan<'f> {
             for arg in &flow.nodes[id].args {
                 let parg = match &arg.binding {
                     Binding::Literal { value, identity, source } => {
-                        PArg::Literal { value: value.clone(), identity: *identity, source: source.clone() }
+                        PArg::Literal { value: Lazy::ready(value.clone()), identity: *identity, source: source.clone() }
                     }
                     Binding::Node { node, mode: EdgeMode::Item } => PArg::Item { expand: plan_of[*node].unwrap() },
                     Binding::Node { node, mode: EdgeMode::Collect } => {
