@@ -194,19 +194,18 @@ impl Registry {
             Some((m, b)) => (Some(m), b),
             None => (None, name),
         };
-        let candidates: Vec<&'static NodeDef> = self
-            .by_name
-            .get(base)
-            .map(|v| {
-                v.iter()
-                    .copied()
-                    .filter(|d| match module_tail {
-                        Some(tail) => d.module == tail || d.module.ends_with(&format!("::{tail}")),
-                        None => in_scope(d.module, scope),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let matches = |d: &&&'static NodeDef| match module_tail {
+            Some(tail) => d.module == tail || d.module.strip_suffix(tail).is_some_and(|m| m.ends_with("::")),
+            None => in_scope(d.module, scope),
+        };
+        let all = self.by_name.get(base).map(Vec::as_slice).unwrap_or(&[]);
+        // the common case, one function of that name, without collecting
+        if let [one] = all
+            && matches(&one)
+        {
+            return Lookup::Found(one);
+        }
+        let candidates: Vec<&'static NodeDef> = all.iter().filter(matches).copied().collect();
         match candidates.len() {
             1 => Lookup::Found(candidates[0]),
             0 => Lookup::NotFound(crate::suggest::closest(base, self.defs.iter().map(|d| d.name))),

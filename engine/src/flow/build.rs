@@ -12,7 +12,9 @@
 //!
 //! Errors do not stop the steps that can still run, so one pass reports them all.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -69,10 +71,16 @@ pub fn parse_cli_value(raw: &str) -> toml::Value {
     toml::from_str::<V>(&format!("v = {raw}")).map(|v| v.v).unwrap_or_else(|_| toml::Value::String(raw.to_string()))
 }
 
-/// Builds a flow from its source text.
+/// Builds a flow from its source text: [`parse`], then [`resolve`].
 pub fn build(src: Arc<SourceFile>, opts: &BuildOptions<'_>) -> Result<Flow, Diagnostics> {
-    let raw: RawFlow = match toml::from_str(&src.text) {
-        Ok(raw) => raw,
+    let raw = parse(&src)?;
+    resolve(src, &raw, opts)
+}
+
+/// Step 1: the TOML as written, with spans (syntax errors, unknown fields and wrong TOML types stop here).
+pub fn parse(src: &Arc<SourceFile>) -> Result<RawFlow, Diagnostics> {
+    match toml::from_str(&src.text) {
+        Ok(raw) => Ok(raw),
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
             let message = e.message().to_string();
@@ -90,14 +98,18 @@ pub fn build(src: Arc<SourceFile>, opts: &BuildOptions<'_>) -> Result<Flow, Diag
                 None
             };
             let d = Diagnostic::new(code, format!("invalid flow file: {message}"))
-                .at(Label::new(&src, span, "here"))
+                .at(Label::new(src, span, "here"))
                 .help(help);
-            return Err(Diagnostics(vec![d]));
+            Err(Diagnostics(vec![d]))
         }
-    };
-    let mut b = Builder::new(src, opts, &raw);
-    b.run(&raw);
-    b.finish(&raw)
+    }
+}
+
+/// Steps 2 to 6: resolution and validation of a parsed flow file (`src` is where `raw` came from).
+pub fn resolve(src: Arc<SourceFile>, raw: &RawFlow, opts: &BuildOptions<'_>) -> Result<Flow, Diagnostics> {
+    let mut b = Builder::new(src, opts, raw);
+    b.run(raw);
+    b.finish(raw)
 }
 
 /// A node declaration after `when`, variants and `parameterize` were applied.
@@ -106,8 +118,8 @@ struct Decl {
     span: Range<usize>,
     function: Option<(String, Range<usize>)>,
     sql: Option<(String, Range<usize>)>,
-    params: IndexMap<String, (toml::Value, Range<usize>)>,
-    inputs: IndexMap<String, (String, Range<usize>)>,
+    params: IndexMap<String, (toml::Value, Range<usize>), foldhash::fast::RandomState>,
+    inputs: IndexMap<String, (String, Range<usize>), foldhash::fast::RandomState>,
     cache: CacheMode,
     tags: Vec<(String, String)>,
     doc: Option<String>,
@@ -122,8 +134,8 @@ impl Decl {
             span,
             function: None,
             sql: None,
-            params: IndexMap::new(),
-            inputs: IndexMap::new(),
+            params: IndexMap::default(),
+            inputs: IndexMap::default(),
             cache: CacheMode::Default,
             tags: Vec::new(),
             doc: None,
@@ -161,13 +173,11 @@ struct Builder<'a> {
     config: IndexMap<String, ConfigEntry>,
     inputs: IndexMap<String, InputEntry>,
     /// Declarations by name, in file order, until resolved.
-    decls: Vec<Option<Decl>>,
+    decls: Vec<Option<Box<Decl>>>,
     nodes: Vec<Option<FlowNode>>,
     by_name: HashMap<String, NodeId>,
     edges: Vec<PendingEdge>,
     disabled: Vec<String>,
-    /// Parameter names of every function a declaration could use (for unused-config checks and hints).
-    known_params: HashSet<String>,
 }
 
 fn span_of<T>(s: &Spanned<T>) -> Range<usize> {
@@ -191,7 +201,6 @@ impl<'a> Builder<'a> {
             by_name: HashMap::new(),
             edges: Vec::new(),
             disabled: Vec::new(),
-            known_params: HashSet::new(),
         }
     }
 
@@ -307,18 +316,13 @@ impl<'a> Builder<'a> {
     // -- step 3: declarations -----------------------------------------------------------------------------
 
     fn declare(&mut self, raw: &RawFlow) {
-        let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+        self.decls.reserve(raw.nodes.len());
+        self.nodes.reserve(raw.nodes.len());
+        self.by_name.reserve(raw.nodes.len());
         for (name, node) in &raw.nodes {
             let name_str = name.get_ref().clone();
             let span = span_of(name);
             let n = node.get_ref();
-            // function names a declaration could use, for the unused-config check
-            self.note_params_of(n.function.as_ref().map(|f| f.get_ref().as_str()).unwrap_or(&name_str));
-            for v in &n.variants {
-                if let Some(f) = &v.get_ref().function {
-                    self.note_params_of(f.get_ref());
-                }
-            }
             if let Some(when) = &n.when
                 && !self.when_matches(&name_str, when)
             {
@@ -327,7 +331,7 @@ impl<'a> Builder<'a> {
             }
             let Some(base) = self.choose_variant(&name_str, span.clone(), n) else { continue };
             if n.parameterize.is_empty() {
-                self.add_decl(base, &mut seen);
+                self.add_decl(base);
             } else {
                 for (inst_name, inst) in &n.parameterize {
                     let inst_ref = inst.get_ref();
@@ -346,16 +350,27 @@ impl<'a> Builder<'a> {
                     };
                     merge_params(&mut d, &inst_ref.params, &inst_ref.inputs);
                     d.tags.extend(inst_ref.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    self.add_decl(d, &mut seen);
+                    self.add_decl(d);
                 }
             }
         }
     }
 
-    fn note_params_of(&mut self, function: &str) {
-        if let Lookup::Found(def) = self.opts.registry.lookup(function, &self.scope) {
-            self.known_params.extend(def.params.iter().map(|p| p.name.to_string()));
+    /// Parameter names of every function a declaration could use (any variant, even one the config does
+    /// not select): a config key one of them reads is not "unused". Only asked when some key looks unused.
+    fn known_params(&self, raw: &RawFlow) -> HashSet<&'static str> {
+        let mut known = HashSet::new();
+        for (name, node) in &raw.nodes {
+            let n = node.get_ref();
+            let functions = std::iter::once(n.function.as_ref().map(|f| f.get_ref()).unwrap_or(name.get_ref()))
+                .chain(n.variants.iter().filter_map(|v| v.get_ref().function.as_ref().map(|f| f.get_ref())));
+            for function in functions {
+                if let Lookup::Found(def) = self.opts.registry.lookup(function, &self.scope) {
+                    known.extend(def.params.iter().map(|p| p.name));
+                }
+            }
         }
+        known
     }
 
     fn choose_variant(&mut self, name: &str, span: Range<usize>, n: &RawNode) -> Option<Decl> {
@@ -364,8 +379,8 @@ impl<'a> Builder<'a> {
             span: span.clone(),
             function: n.function.as_ref().map(|f| (f.get_ref().clone(), span_of(f))),
             sql: n.sql.as_ref().map(|s| (s.get_ref().clone(), span_of(s))),
-            params: IndexMap::new(),
-            inputs: IndexMap::new(),
+            params: IndexMap::default(),
+            inputs: IndexMap::default(),
             cache: n.cache.as_ref().map(|c| *c.get_ref()).unwrap_or_default(),
             tags: n.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             doc: n.doc.clone(),
@@ -455,8 +470,8 @@ impl<'a> Builder<'a> {
         Some(d)
     }
 
-    fn add_decl(&mut self, d: Decl, seen: &mut HashMap<String, Range<usize>>) {
-        if let Some(first) = seen.get(&d.name) {
+    fn add_decl(&mut self, d: Decl) {
+        if let Some(first) = self.by_name.get(&d.name).and_then(|&i| self.decls[i].as_ref()).map(|f| f.span.clone()) {
             let diag = Diagnostic::new("duplicate-node", format!("two nodes are called `{}`", d.name))
                 .node(&d.name)
                 .at(self.label(d.span.clone(), "second node with this name"))
@@ -465,10 +480,9 @@ impl<'a> Builder<'a> {
             self.error(diag);
             return;
         }
-        seen.insert(d.name.clone(), d.span.clone());
         let id = self.decls.len();
         self.by_name.insert(d.name.clone(), id);
-        self.decls.push(Some(d));
+        self.decls.push(Some(Box::new(d)));
         self.nodes.push(None);
     }
 
@@ -476,7 +490,7 @@ impl<'a> Builder<'a> {
     fn auto_node(&mut self, name: &str, span: Range<usize>) -> NodeId {
         let id = self.decls.len();
         self.by_name.insert(name.to_string(), id);
-        self.decls.push(Some(Decl::auto(name, span)));
+        self.decls.push(Some(Box::new(Decl::auto(name, span))));
         self.nodes.push(None);
         id
     }
@@ -505,7 +519,7 @@ impl<'a> Builder<'a> {
 
     // -- step 4: resolve one node -------------------------------------------------------------------------
 
-    fn resolve(&mut self, id: NodeId, decl: Decl) -> Option<FlowNode> {
+    fn resolve(&mut self, id: NodeId, decl: Box<Decl>) -> Option<FlowNode> {
         if let Some((sql_text, sql_span)) = decl.sql.clone() {
             if let Some((_, fspan)) = &decl.function {
                 let d = Diagnostic::new("bad-value", format!("node `{}` has both `fn` and `sql`", decl.name))
@@ -570,12 +584,11 @@ impl<'a> Builder<'a> {
             }
         };
         // parameters named in the flow must exist
-        let param_names: Vec<&str> = def.params.iter().map(|p| p.name).collect();
         for (key, span) in
             decl.params.iter().map(|(k, (_, s))| (k, s)).chain(decl.inputs.iter().map(|(k, (_, s))| (k, s)))
         {
-            if !param_names.contains(&key.as_str()) {
-                let help = did_you_mean(&closest(key, param_names.iter().copied()))
+            if !def.params.iter().any(|p| p.name == key) {
+                let help = did_you_mean(&closest(key, def.params.iter().map(|p| p.name)))
                     .unwrap_or_else(|| format!("its parameters are: {}", def.signature()));
                 let d = Diagnostic::new(
                     "unknown-parameter",
@@ -604,7 +617,7 @@ impl<'a> Builder<'a> {
             args,
             cache: decl.cache,
             tags,
-            doc: decl.doc.clone().unwrap_or_else(|| def.doc.to_string()),
+            doc: decl.doc.clone().map(Cow::Owned).unwrap_or(Cow::Borrowed(def.doc)),
             checks: decl.checks.iter().map(|(c, _)| c.clone()).collect(),
             span: decl.span.clone(),
             block: 0,
@@ -612,7 +625,7 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn resolve_sql(&mut self, id: NodeId, decl: Decl, sql_text: String, sql_span: Range<usize>) -> FlowNode {
+    fn resolve_sql(&mut self, id: NodeId, decl: Box<Decl>, sql_text: String, sql_span: Range<usize>) -> FlowNode {
         let mut tables: Vec<(String, String, Range<usize>)> = Vec::new(); // (table name, source, span)
         for (alias, (source, span)) in &decl.inputs {
             tables.push((alias.clone(), source.clone(), span.clone()));
@@ -662,7 +675,7 @@ impl<'a> Builder<'a> {
             args,
             cache: decl.cache,
             tags: decl.tags.clone(),
-            doc: decl.doc.clone().unwrap_or_default(),
+            doc: Cow::Owned(decl.doc.clone().unwrap_or_default()),
             checks: decl.checks.iter().map(|(c, _)| c.clone()).collect(),
             span: decl.span.clone(),
             block: 0,
@@ -923,14 +936,16 @@ impl<'a> Builder<'a> {
 
         // unused config keys (not reported when functions could not be resolved: that cascades)
         let unresolved = self.errors.iter().any(|e| matches!(e.code, "unknown-function" | "ambiguous-function"));
+        let known_params =
+            if !unresolved && self.config.values().any(|e| !e.used) { self.known_params(raw) } else { HashSet::new() };
         let unused: Vec<(String, Option<Range<usize>>)> = self
             .config
             .iter()
-            .filter(|(k, e)| !unresolved && !e.used && !self.known_params.contains(*k))
+            .filter(|(k, e)| !unresolved && !e.used && !known_params.contains(k.as_str()))
             .map(|(k, e)| (k.clone(), e.span.clone()))
             .collect();
         for (key, span) in unused {
-            let mut params: Vec<&str> = self.known_params.iter().map(String::as_str).collect();
+            let mut params: Vec<&str> = known_params.iter().copied().collect();
             params.sort();
             let help = did_you_mean(&closest(&key, params.iter().copied()))
                 .map(|h| format!("{h} (a config key is read by the parameters with its name)"))
@@ -1234,11 +1249,15 @@ fn merge_params(
     inputs: &IndexMap<Spanned<String>, Spanned<String>>,
 ) {
     for (k, v) in params {
-        d.inputs.shift_remove(k.get_ref());
+        if !d.inputs.is_empty() {
+            d.inputs.shift_remove(k.get_ref());
+        }
         d.params.insert(k.get_ref().clone(), (v.get_ref().clone(), span_of(v)));
     }
     for (k, v) in inputs {
-        d.params.shift_remove(k.get_ref());
+        if !d.params.is_empty() {
+            d.params.shift_remove(k.get_ref());
+        }
         d.inputs.insert(k.get_ref().clone(), (v.get_ref().clone(), span_of(v)));
     }
 }
@@ -1294,7 +1313,7 @@ fn find_cycles(graph: &DiGraph<NodeId, EdgeMode>) -> Vec<Vec<NodeId>> {
         // iterative DFS for a path back to `start` inside the component
         let mut path = vec![start];
         let mut iters = vec![graph.neighbors(start).filter(|n| members.contains(n)).collect::<Vec<_>>()];
-        let mut visited: HashSet<NodeIndex> = HashSet::from([start]);
+        let mut visited: HashSet<NodeIndex> = [start].into_iter().collect();
         'search: while let Some(next) = iters.last_mut().and_then(Vec::pop) {
             if next == start {
                 break 'search;

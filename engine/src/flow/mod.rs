@@ -9,7 +9,7 @@ pub mod build;
 pub mod diagnostic;
 pub mod raw;
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use petgraph::graph::DiGraph;
 
 use crate::registry::{NodeDef, OutputKind};
 use crate::value::AnyValue;
-pub use build::{BuildOptions, build, load};
+pub use build::{BuildOptions, build, load, parse, resolve};
 pub use diagnostic::{Diagnostic, Diagnostics, Label, SourceFile};
 pub use raw::{CacheMode, RawCheck, Severity};
 
@@ -41,7 +41,7 @@ pub struct Flow {
     /// Every node, producers before consumers (a topological order of `graph`).
     pub order: Vec<NodeId>,
     /// Node name -> id.
-    pub by_name: HashMap<String, NodeId>,
+    pub by_name: foldhash::HashMap<String, NodeId>,
     /// What to build: `[flow] outputs` (or every declared node), plus materialized nodes.
     pub targets: Vec<NodeId>,
     /// Fan-out scopes; `blocks[0]` is the whole flow.
@@ -69,7 +69,7 @@ pub struct FlowNode {
     /// Tags (from `#[node(tags(...))]` and the flow file).
     pub tags: Vec<(String, String)>,
     /// Doc comment or `doc =`.
-    pub doc: String,
+    pub doc: Cow<'static, str>,
     /// Data checks on the result.
     pub checks: Vec<RawCheck>,
     /// Where it is declared (for registered functions pulled in by name: where it is first used).

@@ -23,7 +23,7 @@ fn main() {
     flowrun_nodes::link();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
-    // `--profile build|seq|par|cache`: loop on one phase (for `perf record`), print nothing else
+    // `--profile parse|build|seq|par|cache`: loop on one phase (for `perf record`), print nothing else
     let profile = args.iter().position(|a| a == "--profile").and_then(|i| args.get(i + 1)).cloned();
     let sizes: Option<Vec<usize>> = args
         .iter()
@@ -92,6 +92,9 @@ struct Row {
     shape: String,
     n: usize,
     node_runs: usize,
+    /// TOML text -> spanned file model (the toml crate), per flow node.
+    parse_us: f64,
+    /// Parsed file -> validated DAG (resolution, type checks, cycles, fan-out scopes), per flow node.
     build_us: f64,
     sequential_us: f64,
     parallel_us: f64,
@@ -115,16 +118,19 @@ fn engine(sizes: Option<Vec<usize>>, json: bool) {
         println!(
             "flowrun engine benchmark: no-op nodes, {jobs} worker threads for the parallel runs; microseconds per node run"
         );
+        println!("parse: TOML -> file model, per flow node; build: file model -> validated DAG, per flow node");
         println!(
-            "{:<8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
-            "shape", "n", "node runs", "build", "seq", "par", "first+cache", "cached rerun"
+            "{:<8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>12} {:>12}",
+            "shape", "n", "node runs", "parse", "build", "seq", "par", "first+cache", "cached rerun"
         );
     }
     for (shape, n, text) in cases {
         let reps = if n >= 100_000 { 3 } else { 5 };
         let src = SourceFile::new(format!("{shape}{n}.toml"), text);
         let opts = BuildOptions::default();
-        let build = time(reps, || flow::build(src.clone(), &opts).expect("valid flow"));
+        let parse = time(reps, || flow::parse(&src).expect("valid TOML"));
+        let raw = flow::parse(&src).unwrap();
+        let build = time(reps, || flow::resolve(src.clone(), &raw, &opts).expect("valid flow"));
         let f = flow::build(src.clone(), &opts).unwrap();
         let mut runs = 0;
         let seq = time(reps, || {
@@ -152,6 +158,7 @@ fn engine(sizes: Option<Vec<usize>>, json: bool) {
             shape: shape.clone(),
             n,
             node_runs: runs,
+            parse_us: parse.as_secs_f64() * 1e6 / f.nodes.len() as f64,
             build_us: build.as_secs_f64() * 1e6 / f.nodes.len() as f64,
             sequential_us: per(seq),
             parallel_us: per(par),
@@ -160,10 +167,11 @@ fn engine(sizes: Option<Vec<usize>>, json: bool) {
         };
         if !json {
             println!(
-                "{:<8} {:>8} {:>10} {:>10.2} {:>10.2} {:>10.2} {:>12.2} {:>12.2}   (total seq {:.1} ms)",
+                "{:<8} {:>8} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>12.2} {:>12.2}   (total seq {:.1} ms)",
                 row.shape,
                 row.n,
                 row.node_runs,
+                row.parse_us,
                 row.build_us,
                 row.sequential_us,
                 row.parallel_us,
@@ -192,11 +200,12 @@ fn profile_phase(phase: &str, sizes: &[usize]) {
         let t = Instant::now();
         for _ in 0..5 {
             match phase {
+                "parse" => drop(std::hint::black_box(flow::parse(&src).unwrap())),
                 "build" => drop(std::hint::black_box(flow::build(src.clone(), &opts).unwrap())),
                 "seq" => drop(schedule::run(&f, &RunOptions { jobs: 1, ..RunOptions::default() }).unwrap()),
                 "par" => drop(schedule::run(&f, &RunOptions { jobs, ..RunOptions::default() }).unwrap()),
                 "cache" => drop(schedule::run(&f, &cached).unwrap()),
-                other => panic!("unknown phase {other}: build, seq, par, cache"),
+                other => panic!("unknown phase {other}: parse, build, seq, par, cache"),
             }
         }
         eprintln!("{phase} chain {n}: {:.2} us/node", t.elapsed().as_secs_f64() * 1e6 / 5.0 / n as f64);
