@@ -365,19 +365,6 @@ impl Store {
         self.pending.lock().unwrap().node_state.push((flow.to_string(), node.to_string(), key, detail));
     }
 
-    /// The key (and its JSON form) that `node` of `flow` had in the last committed run.
-    pub fn node_state(&self, flow: &str, node: &str) -> Result<Option<(Key, String)>> {
-        let conn = self.conn.lock().unwrap();
-        let mut stmt = conn
-            .prepare_cached("SELECT key, detail FROM node_state WHERE flow = ?1 AND node = ?2")
-            .map_err(|e| self.db_err(e))?;
-        let row: Option<(Vec<u8>, String)> = stmt
-            .query_row(params![flow, node], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .map_err(|e| self.db_err(e))?;
-        Ok(row.and_then(|(k, d)| hash_from_bytes(&k).map(|k| (k, d))))
-    }
-
     pub(crate) fn buffer_file_record(&self, record: FileRecord) {
         self.pending.lock().unwrap().files.insert(record.path.clone(), record);
     }
@@ -768,7 +755,7 @@ mod tests {
         assert_eq!(report.entries, 1);
         assert!(store.lookup(&old).unwrap().is_none());
         assert!(store.lookup(&new).unwrap().is_some());
-        assert_eq!(store.node_state("flow", "a").unwrap().unwrap().0, new);
+        assert_eq!(store.node_states("flow").unwrap()["a"].key, new);
     }
 
     #[test]

@@ -164,8 +164,6 @@ impl<'p, 'f> Exec<'p, 'f> {
         path: Vec<u32>,
     ) -> Arc<Instance> {
         let b = &self.plan.blocks[block];
-        let nm = b.members.len();
-        let nc = b.children.len();
         Arc::new(Instance {
             block,
             parent,
@@ -192,7 +190,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                     remaining: AtomicUsize::new(0),
                 })
                 .collect(),
-            remaining: AtomicUsize::new(nm + nc),
+            remaining: AtomicUsize::new(b.members.len() + b.children.len()),
         })
     }
 
