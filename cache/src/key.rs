@@ -26,7 +26,12 @@ pub type Hash = blake3::Hash;
 pub type Key = blake3::Hash;
 
 /// Bumped when the layout of the key or the encoding of stored values changes; old entries then miss.
-pub const KEY_FORMAT: u32 = 1;
+///
+/// Format 2 (this one) hashes the function, code version and output type into a *code digest* once per
+/// function, and makes a node's key with blake3's keyed mode, the code digest being the key: a node with
+/// one parameter is then a single blake3 block instead of three (format 1 hashed the three strings into
+/// every key).
+pub const KEY_FORMAT: u32 = 2;
 
 /// Everything that decides whether a stored node result may be reused.
 ///
@@ -97,25 +102,76 @@ impl InputSource<'_> {
 }
 
 impl CacheKey<'_> {
-    /// The digest the store is indexed by: blake3 over a length-prefixed encoding of every field, so no
-    /// two different keys can encode to the same bytes.
+    /// The digest the store is indexed by: blake3, keyed with the [code digest](CacheKey::code_digest),
+    /// over a length-prefixed encoding of the parameters, so no two different keys can encode to the same
+    /// bytes.
     pub fn hash(&self) -> Key {
-        // One buffer and one `blake3::hash` call: the same digest as feeding a `Hasher` field by field,
-        // without the hasher's 2 KB state (a key of a few parameters is a single 1 KB chunk).
-        let mut buf = Vec::with_capacity(256);
-        buf.extend_from_slice(&KEY_FORMAT.to_le_bytes());
-        put_str(&mut buf, self.function);
-        put_str(&mut buf, self.code_version);
-        put_str(&mut buf, self.output_type);
-        buf.extend_from_slice(&(self.inputs.len() as u64).to_le_bytes());
-        for input in &self.inputs {
-            put_str(&mut buf, input.param);
-            let (tag, name) = input.source.tag();
-            buf.push(tag);
-            put_str(&mut buf, name);
-            buf.extend_from_slice(input.identity.as_bytes());
+        self.hash_with_code(&Self::code_digest(self.function, self.code_version, self.output_type))
+    }
+
+    /// The digest of a node's code: its function, code version and output type. It is the same for every
+    /// node that runs this function, so a scheduler makes it once per function and passes it to
+    /// [`CacheKey::hash_with_code`].
+    pub fn code_digest(function: &str, code_version: &str, output_type: &str) -> Hash {
+        let mut buf = Vec::with_capacity(64 + function.len() + code_version.len() + output_type.len());
+        for s in [function, code_version, output_type] {
+            put_str(&mut buf, s);
         }
         blake3::hash(&buf)
+    }
+
+    /// [`CacheKey::hash`] with the code digest already made (`code` must be
+    /// [`CacheKey::code_digest`] of this key's function, code version and output type).
+    ///
+    /// ```
+    /// use flowrun_cache::{CacheKey, KeyInput, InputSource};
+    /// let key = CacheKey { function: "f", code_version: "1", output_type: "i64", inputs: vec![] };
+    /// let code = CacheKey::code_digest("f", "1", "i64");
+    /// assert_eq!(key.hash_with_code(&code), key.hash());
+    /// ```
+    pub fn hash_with_code(&self, code: &Hash) -> Key {
+        debug_assert_eq!(*code, Self::code_digest(self.function, self.code_version, self.output_type));
+        // One `blake3::hash` call over a stack buffer (a key of a few parameters is one or two blocks).
+        let len =
+            4 + 4 + self.inputs.iter().map(|i| 4 + i.param.len() + 1 + 4 + i.source.tag().1.len() + 32).sum::<usize>();
+        let mut stack = [0u8; 512];
+        let mut heap = Vec::new();
+        let buf: &mut [u8] = if len <= stack.len() {
+            &mut stack[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap
+        };
+        let mut w = Writer { buf, at: 0 };
+        w.put(&KEY_FORMAT.to_le_bytes());
+        w.put(&(self.inputs.len() as u32).to_le_bytes());
+        for input in &self.inputs {
+            w.put_str(input.param);
+            let (tag, name) = input.source.tag();
+            w.put(&[tag]);
+            w.put_str(name);
+            w.put(input.identity.as_bytes());
+        }
+        debug_assert_eq!(w.at, len);
+        blake3::keyed_hash(code.as_bytes(), w.buf)
+    }
+}
+
+/// Fills a buffer sized in advance.
+struct Writer<'b> {
+    buf: &'b mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+
+    fn put_str(&mut self, s: &str) {
+        self.put(&(s.len() as u32).to_le_bytes());
+        self.put(s.as_bytes());
     }
 }
 
@@ -256,16 +312,25 @@ mod tests {
 
     #[test]
     fn digest_is_stable() {
-        // The encoding fed to blake3 field by field, as flowrun has always made it: caches written by an
-        // earlier build must keep hitting.
+        // The encoding of KEY_FORMAT 2 fed to blake3 field by field: caches written by an earlier build of
+        // this format must keep hitting, so the layout may only change together with KEY_FORMAT.
         let k = key(vec![KeyInput { param: "x", source: InputSource::Config("n"), identity: blake3::hash(b"1") }]);
-        let mut h = blake3::Hasher::new();
-        h.update(&KEY_FORMAT.to_le_bytes());
+        let mut code = blake3::Hasher::new();
         for s in [k.function, k.code_version, k.output_type] {
-            h.update(&(s.len() as u64).to_le_bytes()).update(s.as_bytes());
+            code.update(&(s.len() as u64).to_le_bytes()).update(s.as_bytes());
         }
-        h.update(&1u64.to_le_bytes());
-        h.update(&1u64.to_le_bytes()).update(b"x").update(&[4]).update(&1u64.to_le_bytes()).update(b"n");
+        let mut h = blake3::Hasher::new_keyed(code.finalize().as_bytes());
+        h.update(&2u32.to_le_bytes());
+        h.update(&1u32.to_le_bytes());
+        h.update(&1u32.to_le_bytes()).update(b"x").update(&[4]).update(&1u32.to_le_bytes()).update(b"n");
+        h.update(blake3::hash(b"1").as_bytes());
+        assert_eq!(k.hash(), h.finalize());
+        // a key too long for the stack buffer takes the same path through the heap
+        let long = "p".repeat(600);
+        let k = key(vec![KeyInput { param: &long, source: InputSource::Literal, identity: blake3::hash(b"1") }]);
+        let mut h = blake3::Hasher::new_keyed(code.finalize().as_bytes());
+        h.update(&2u32.to_le_bytes()).update(&1u32.to_le_bytes());
+        h.update(&600u32.to_le_bytes()).update(long.as_bytes()).update(&[6]).update(&0u32.to_le_bytes());
         h.update(blake3::hash(b"1").as_bytes());
         assert_eq!(k.hash(), h.finalize());
     }

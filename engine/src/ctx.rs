@@ -23,13 +23,13 @@ use crate::events::{Event, Observer};
 pub(crate) struct NodeCx {
     pub store: Option<Arc<Store>>,
     pub observer: Option<Arc<dyn Observer>>,
-    pub node: String,
+    pub node: Arc<str>,
     pub deps: RefCell<Vec<FileDep>>,
     pub warnings: RefCell<Vec<String>>,
 }
 
 impl NodeCx {
-    pub fn new(store: Option<Arc<Store>>, observer: Option<Arc<dyn Observer>>, node: String) -> NodeCx {
+    pub fn new(store: Option<Arc<Store>>, observer: Option<Arc<dyn Observer>>, node: Arc<str>) -> NodeCx {
         NodeCx { store, observer, node, deps: RefCell::new(Vec::new()), warnings: RefCell::new(Vec::new()) }
     }
 }
@@ -133,5 +133,5 @@ pub fn cache_dir(name: &str) -> PathBuf {
 
 /// Display name of the running node (`node[item]`), if any.
 pub fn node_name() -> Option<String> {
-    with_current(|cx| cx.map(|cx| cx.node.clone()))
+    with_current(|cx| cx.map(|cx| cx.node.to_string()))
 }

@@ -2,6 +2,7 @@
 //! and the tests all read the same events, so what a test asserts is what a user sees.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -91,11 +92,14 @@ impl fmt::Display for Reason {
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
     /// Display name: `node`, or `node[item]` inside a fan-out.
-    pub name: String,
+    #[serde(serialize_with = "ser_str")]
+    pub name: Arc<str>,
     /// The flow node's name.
-    pub node: String,
+    #[serde(serialize_with = "ser_str")]
+    pub node: Arc<str>,
     /// Item label inside a fan-out (`outer/inner` when nested).
-    pub item: Option<String>,
+    #[serde(serialize_with = "ser_opt_str")]
+    pub item: Option<Arc<str>>,
     /// What happened.
     pub status: Status,
     /// Why it ran (empty when reused).
@@ -110,11 +114,22 @@ pub struct NodeReport {
     pub key: Option<blake3::Hash>,
     /// Parameter -> identity of its value (serialized as hex).
     #[serde(serialize_with = "ser_inputs")]
-    pub inputs: Vec<(String, blake3::Hash)>,
+    pub inputs: Vec<(Arc<str>, blake3::Hash)>,
     /// Error chain, outermost first.
     pub error: Vec<String>,
     /// Warnings (failed `warn` checks, node warnings).
     pub warnings: Vec<String>,
+}
+
+fn ser_str<S: serde::Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s)
+}
+
+fn ser_opt_str<S: serde::Serializer>(s: &Option<Arc<str>>, ser: S) -> Result<S::Ok, S::Error> {
+    match s {
+        Some(s) => ser.serialize_some(&**s),
+        None => ser.serialize_none(),
+    }
 }
 
 fn ser_hex<S: serde::Serializer>(h: &Option<blake3::Hash>, s: S) -> Result<S::Ok, S::Error> {
@@ -124,11 +139,11 @@ fn ser_hex<S: serde::Serializer>(h: &Option<blake3::Hash>, s: S) -> Result<S::Ok
     }
 }
 
-fn ser_inputs<S: serde::Serializer>(inputs: &[(String, blake3::Hash)], s: S) -> Result<S::Ok, S::Error> {
+fn ser_inputs<S: serde::Serializer>(inputs: &[(Arc<str>, blake3::Hash)], s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeSeq;
     let mut seq = s.serialize_seq(Some(inputs.len()))?;
     for (param, id) in inputs {
-        seq.serialize_element(&(param, id.to_hex().as_str()))?;
+        seq.serialize_element(&(&**param, id.to_hex().as_str()))?;
     }
     seq.end()
 }

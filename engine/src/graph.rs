@@ -25,7 +25,7 @@ pub fn overlay(reports: &[crate::NodeReport]) -> HashMap<String, Status> {
     }
     let mut out: HashMap<String, Status> = HashMap::new();
     for r in reports {
-        let e = out.entry(r.node.clone()).or_insert(r.status);
+        let e = out.entry(r.node.to_string()).or_insert(r.status);
         if rank(r.status) > rank(*e) {
             *e = r.status;
         }
@@ -57,7 +57,7 @@ fn esc(s: &str) -> String {
 
 fn function_label(flow: &Flow, i: usize) -> String {
     match &flow.nodes[i].imp {
-        NodeImpl::Function(def) if def.name != flow.nodes[i].name => format!("{}()", def.name),
+        NodeImpl::Function(def) if def.name != &*flow.nodes[i].name => format!("{}()", def.name),
         NodeImpl::Function(_) => String::new(),
         NodeImpl::Sql { .. } => "SQL".to_string(),
     }
@@ -93,14 +93,14 @@ pub fn dot(flow: &Flow, run: Option<&HashMap<String, Status>>) -> String {
     ) {
         let pad = "  ".repeat(depth);
         if b != 0 {
-            let expand = flow.blocks[b].expand.map(|e| flow.nodes[e].name.as_str()).unwrap_or("");
+            let expand = flow.blocks[b].expand.map(|e| &*flow.nodes[e].name).unwrap_or("");
             let _ = writeln!(out, "{pad}subgraph \"cluster_{b}\" {{");
             let _ = writeln!(out, "{pad}  label=\"each item of {}\"; style=dashed; color=\"#999999\";", esc(expand));
         }
         for &i in &by_block[b] {
             let n = &flow.nodes[i];
             let (shape, fill) = kind_style(n.kind());
-            let fill = run.and_then(|r| r.get(&n.name)).map(|s| status_colour(*s)).unwrap_or(fill);
+            let fill = run.and_then(|r| r.get(&*n.name)).map(|s| status_colour(*s)).unwrap_or(fill);
             let sub = function_label(flow, i);
             let label = if sub.is_empty() { esc(&n.name) } else { format!("{}\\n{}", esc(&n.name), esc(&sub)) };
             let _ =
@@ -154,7 +154,7 @@ pub fn mermaid(flow: &Flow, run: Option<&HashMap<String, Status>>) -> String {
     let label = |i: usize| {
         let n = &flow.nodes[i];
         let sub = function_label(flow, i);
-        let text = if sub.is_empty() { n.name.clone() } else { format!("{}<br/>{}", n.name, sub) };
+        let text = if sub.is_empty() { n.name.to_string() } else { format!("{}<br/>{}", n.name, sub) };
         text.replace('"', "#quot;")
     };
     let shape = |i: usize| {
@@ -207,7 +207,7 @@ pub fn mermaid(flow: &Flow, run: Option<&HashMap<String, Status>>) -> String {
     out.push_str("    classDef failed fill:#f46d43\n    classDef skipped fill:#fee08b\n");
     if let Some(run) = run {
         for (i, n) in flow.nodes.iter().enumerate() {
-            if let Some(s) = run.get(&n.name) {
+            if let Some(s) = run.get(&*n.name) {
                 let class = match s {
                     Status::Executed | Status::WouldRun => "executed",
                     Status::Reused | Status::WouldReuse => "reused",

@@ -185,9 +185,9 @@ fn second_run_executes_nothing_and_changes_rerun_exactly_downstream() {
     let executed = third.names(Status::Executed);
     assert_eq!(executed.len(), 11, "{executed:?}");
     assert!(executed.iter().all(|n| n.starts_with("offset[") || n == "total"), "{executed:?}");
-    let why = third.nodes.iter().find(|n| n.name == "offset[2]").unwrap();
+    let why = third.nodes.iter().find(|n| &*n.name == "offset[2]").unwrap();
     assert_eq!(why.reasons, vec![Reason::ConfigChanged("shift".into())]);
-    let total = third.nodes.iter().find(|n| n.name == "total").unwrap();
+    let total = third.nodes.iter().find(|n| &*n.name == "total").unwrap();
     assert_eq!(total.reasons, vec![Reason::UpstreamChanged("offset".into())]);
 
     // more items: only the new item's branch and the fan-in run
@@ -217,7 +217,7 @@ params = { x = 4 }
     // slow_double is forced to run, produces the same bytes, so its consumer is reused
     assert_eq!(r.names(Status::Executed), vec!["slow_double"]);
     assert_eq!(
-        r.nodes.iter().find(|n| n.name == "slow_double").unwrap().reasons,
+        r.nodes.iter().find(|n| &*n.name == "slow_double").unwrap().reasons,
         vec![Reason::Forced(flow::CacheMode::Recompute)]
     );
     assert_eq!(r.names(Status::Reused), vec!["independent"]);
@@ -262,9 +262,9 @@ params = { x = 1 }
         let r = run(&f, jobs, None);
         assert_eq!(r.status, RunStatus::Failed);
         assert_eq!(r.names(Status::Failed), vec!["offset[6]"]);
-        let failed = r.nodes.iter().find(|n| n.name == "offset[6]").unwrap();
+        let failed = r.nodes.iter().find(|n| &*n.name == "offset[6]").unwrap();
         assert_eq!(failed.error, vec!["seven squared is unlucky"]);
-        assert!(failed.inputs.iter().any(|(p, _)| p == "square"), "failure report lists input keys");
+        assert!(failed.inputs.iter().any(|(p, _)| &**p == "square"), "failure report lists input keys");
         assert_eq!(r.names(Status::Skipped), vec!["total"]);
         assert_eq!(out::<i64>(&r, "independent"), 2);
         // the other items completed
@@ -321,11 +321,11 @@ fn dry_run_says_what_would_run() {
     let f2 = build(FANOUT, &[("n", "3")]);
     let dry =
         schedule::run(&f2, &RunOptions { dry_run: true, store: Some(store.clone()), ..RunOptions::default() }).unwrap();
-    let numbers = dry.nodes.iter().find(|n| n.name == "numbers").unwrap();
+    let numbers = dry.nodes.iter().find(|n| &*n.name == "numbers").unwrap();
     assert_eq!(numbers.status, Status::WouldRun);
     assert_eq!(numbers.reasons, vec![Reason::ConfigChanged("n".into())]);
-    let sq = dry.nodes.iter().find(|n| n.node == "square").unwrap();
-    assert_eq!(sq.name, "square[*]");
+    let sq = dry.nodes.iter().find(|n| &*n.node == "square").unwrap();
+    assert_eq!(&*sq.name, "square[*]");
     assert_eq!(sq.reasons, vec![Reason::UpstreamWillRun("numbers".into())]);
     // nothing ran, nothing was stored: a real run still executes `numbers`
     let real = run(&f2, 1, Some(store.clone()));
@@ -379,7 +379,7 @@ fn a_code_version_change_reruns_that_node_and_its_downstream_only() {
     // every square re-runs; their results are equal, so early cutoff spares `offset` and `total`
     assert_eq!(executed.len(), 10, "{executed:?}");
     assert!(executed.iter().all(|n| n.starts_with("square[")), "{executed:?}");
-    let why = report.nodes.iter().find(|n| n.name == "square[3]").unwrap();
+    let why = report.nodes.iter().find(|n| &*n.name == "square[3]").unwrap();
     assert_eq!(why.reasons, vec![Reason::CodeChanged]);
     assert_eq!(report.names(Status::Reused).len(), 1 + 10 + 1, "numbers, the offsets and total come from the cache");
 }

@@ -240,9 +240,9 @@ fn last_run_overlay(
             "cancelled" => flowrun_engine::Status::Cancelled,
             _ => flowrun_engine::Status::Skipped,
         };
-        let node = n.node.split('[').next().unwrap_or(&n.node).to_string();
+        let node = n.node.split('[').next().unwrap_or(&n.node).into();
         reports.push(flowrun_engine::NodeReport {
-            name: n.node.clone(),
+            name: n.node.as_str().into(),
             node,
             item: None,
             status,

@@ -61,7 +61,7 @@ impl Observer for Progress {
             Event::NodeStarted(name) => self.main.set_message(name.to_string()),
             Event::NodeFinished(r) => {
                 self.main.inc(1);
-                if let Some(bar) = self.bytes.lock().unwrap().remove(&r.name) {
+                if let Some(bar) = self.bytes.lock().unwrap().remove(&*r.name) {
                     bar.finish_and_clear();
                 }
                 if r.status == Status::Failed {

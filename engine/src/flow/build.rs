@@ -606,13 +606,13 @@ impl<'a> Builder<'a> {
                 ParamKind::Value(t) => self.bind(id, &decl, i, p.name, t, false),
                 ParamKind::Collect(t) => self.bind(id, &decl, i, p.name, t, true),
             };
-            args.push(Arg { param: p.name.to_string(), binding: binding.unwrap_or_else(placeholder) });
+            args.push(Arg { param: p.name.into(), binding: binding.unwrap_or_else(placeholder) });
         }
         let mut tags: Vec<(String, String)> = def.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         tags.extend(decl.tags.iter().cloned());
         self.check_checks(&decl, def.output);
         Some(FlowNode {
-            name: decl.name.clone(),
+            name: decl.name.as_str().into(),
             imp: NodeImpl::Function(def),
             args,
             cache: decl.cache,
@@ -665,12 +665,12 @@ impl<'a> Builder<'a> {
                     placeholder()
                 }
             };
-            args.push(Arg { param: table, binding });
+            args.push(Arg { param: table.into(), binding });
         }
         self.check_checks(&decl, OutputKind::Value(TypeDesc::of::<Table>()));
         let code_version = blake3::hash(sql::normalize(&sql_text).as_bytes()).to_hex()[..32].to_string();
         FlowNode {
-            name: decl.name.clone(),
+            name: decl.name.as_str().into(),
             imp: NodeImpl::Sql { sql: sql_text, code_version },
             args,
             cache: decl.cache,
@@ -916,7 +916,7 @@ impl<'a> Builder<'a> {
                             consumer.name, producer.name
                         ),
                     )
-                    .node(&consumer.name)
+                    .node(&*consumer.name)
                     .at(self.label(e.span.clone(), format!("expects `{want}`")))
                     .also(self.label(producer.span.clone(), format!("`{}` returns `{got}`", producer.name)))
                     .help(Some(format!(
@@ -989,11 +989,11 @@ impl<'a> Builder<'a> {
             Err(_) => {
                 let mut errors = Vec::new();
                 for cycle in find_cycles(&graph) {
-                    let names: Vec<&str> = cycle.iter().map(|&i| nodes[i].name.as_str()).collect();
+                    let names: Vec<&str> = cycle.iter().map(|&i| &*nodes[i].name).collect();
                     let path = format!("{} -> {}", names.join(" -> "), names[0]);
                     let first = &nodes[cycle[0]];
                     let mut d = Diagnostic::new("cycle", format!("cycle: {path} (each node feeds the next)"))
-                        .node(&first.name)
+                        .node(&*first.name)
                         .at(Label::new(&self.src, first.span.clone(), format!("`{}` is part of the cycle", first.name)))
                         .help(Some(
                             "a node cannot depend on itself; rename a parameter or bind it elsewhere with inputs = { .. }"
@@ -1034,7 +1034,7 @@ impl<'a> Builder<'a> {
                                         nodes[n].name, nodes[m].name, nodes[m].name
                                     ),
                                 )
-                                .node(&nodes[n].name)
+                                .node(&*nodes[n].name)
                                 .at(Label::new(&self.src, nodes[n].span.clone(), "collects here"))
                                 .help(Some(format!(
                                     "take `{}` as a plain parameter, or make it depend on a node returning Parallel<T>",
@@ -1063,7 +1063,7 @@ impl<'a> Builder<'a> {
                                 nodes[n].name, other, nodes[m].name
                             ),
                         )
-                        .node(&nodes[n].name)
+                        .node(&*nodes[n].name)
                         .at(Label::new(&self.src, nodes[n].span.clone(), "mixes fan-outs"))
                         .help(Some(
                             "collect one of them first (a Collect<T> parameter), or nest one fan-out in the other"
@@ -1086,7 +1086,7 @@ impl<'a> Builder<'a> {
                                 nodes[n].name, nodes[m].name
                             ),
                         )
-                        .node(&nodes[n].name)
+                        .node(&*nodes[n].name)
                         .at(Label::new(&self.src, nodes[n].span.clone(), "here")),
                     );
                 }

@@ -58,8 +58,8 @@ pub struct Flow {
 
 /// One node of a [`Flow`].
 pub struct FlowNode {
-    /// Unique name.
-    pub name: String,
+    /// Unique name (shared with every report of this node, so a run does not copy it per node).
+    pub name: Arc<str>,
     /// What runs.
     pub imp: NodeImpl,
     /// One per parameter, in order.
@@ -134,8 +134,8 @@ pub enum NodeImpl {
 
 /// A parameter and what it is bound to.
 pub struct Arg {
-    /// Parameter name (for SQL nodes: the table name).
-    pub param: String,
+    /// Parameter name (for SQL nodes: the table name); shared with the reports that list it.
+    pub param: Arc<str>,
     /// Its value's origin.
     pub binding: Binding,
 }

@@ -60,7 +60,7 @@ pub(crate) struct Instance {
     block: usize,
     parent: Option<Arc<Instance>>,
     item: Option<Done>,
-    label: Option<String>,
+    label: Option<Arc<str>>,
     pub path: Vec<u32>,
     /// One per member of the block (one allocation per instance: a fan-out makes many instances).
     members: Box<[Member]>,
@@ -96,7 +96,7 @@ struct Child {
 pub(crate) struct Output {
     pub node: usize,
     pub path: Vec<u32>,
-    pub label: Option<String>,
+    pub label: Option<Arc<str>>,
     pub done: Done,
 }
 
@@ -160,7 +160,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         block: usize,
         parent: Option<Arc<Instance>>,
         item: Option<Done>,
-        label: Option<String>,
+        label: Option<Arc<str>>,
         path: Vec<u32>,
     ) -> Arc<Instance> {
         let b = &self.plan.blocks[block];
@@ -197,7 +197,9 @@ impl<'p, 'f> Exec<'p, 'f> {
     /// The root instance and its ready tasks.
     pub fn start(&self) -> Vec<Task> {
         let root = self.new_instance(0, None, None, None, Vec::new());
-        ready_members(&root)
+        let mut ready = Vec::new();
+        ready_members(&root, &mut ready);
+        ready
     }
 
     fn instance_of<'a>(&self, mut inst: &'a Arc<Instance>, block: usize) -> &'a Arc<Instance> {
@@ -262,7 +264,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                                     all.push(done);
                                 }
                                 _ => {
-                                    let label = c.label.clone().unwrap_or_default();
+                                    let label = c.label.as_deref().unwrap_or("");
                                     return Gathered::UpstreamFailed(format!("{name}[{label}]"));
                                 }
                             }
@@ -294,8 +296,8 @@ impl<'p, 'f> Exec<'p, 'f> {
         let pid = self.plan.blocks[inst.block].members[local];
         let pn = &self.plan.nodes[pid];
         let fnode: &FlowNode = &self.plan.flow.nodes[pn.id];
-        let display = match &inst.label {
-            Some(l) => format!("{}[{l}]", fnode.name),
+        let display: Arc<str> = match &inst.label {
+            Some(l) => arc_str(format_args!("{}[{l}]", fnode.name)),
             None => fnode.name.clone(),
         };
         let start = Instant::now();
@@ -376,9 +378,11 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
         let cache_key =
             CacheKey { function: pn.function, code_version: fnode.code_version(), output_type: pn.output_type, inputs };
-        let key = cache_key.hash();
+        let key = cache_key.hash_with_code(&pn.code);
         report.key = Some(key);
-        report.inputs = cache_key.inputs.iter().map(|i| (i.param.to_string(), i.identity)).collect();
+        // parameter names are shared with the flow (`#checks` stands for the node's data checks)
+        let params = fnode.args.iter().map(|a| a.param.clone()).chain(pn.checks.map(|_| Arc::from("#checks")));
+        report.inputs = params.zip(cache_key.inputs.iter().map(|i| i.identity)).collect();
 
         // 3. the cache
         match (pn.cache, store) {
@@ -426,12 +430,11 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
         self.opts.observer.event(&Event::NodeStarted(&report.name));
         // the display name moves into the context while the node runs, and comes back after
-        let cx = NodeCx::new(store.cloned(), Some(self.opts.observer.clone()), std::mem::take(&mut report.name));
+        let cx = NodeCx::new(store.cloned(), Some(self.opts.observer.clone()), report.name.clone());
         let (result, cx) = ctx::enter(cx, || {
             std::panic::catch_unwind(AssertUnwindSafe(|| self.call(fnode, values)))
                 .unwrap_or_else(|panic| Err(anyhow::anyhow!("node panicked: {}", panic_message(&panic))))
         });
-        report.name = cx.node;
         report.warnings.extend(cx.warnings.into_inner());
         let value = match result.and_then(|v| self.check(fnode, &v, report).map(|()| v)) {
             Ok(v) => v,
@@ -455,7 +458,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                 Ok(bytes) => {
                     let meta = EntryMeta {
                         type_name: pn.output_type.to_string(),
-                        node: report.name.clone(),
+                        node: report.name.to_string(),
                         rows: report.rows,
                         deps: cx.deps.into_inner(),
                     };
@@ -654,10 +657,10 @@ impl<'p, 'f> Exec<'p, 'f> {
                 // dry run: the fan-out node would run, so its items are unknown
                 inst.children[child].unknown.store(true, Ordering::Release);
                 for &m in &b.members {
-                    let name = self.node_name(m).to_string();
+                    let name = &self.plan.flow.nodes[self.plan.nodes[m].id].name;
                     let report = NodeReport {
-                        name: format!("{name}[*]"),
-                        node: name,
+                        name: format!("{name}[*]").into(),
+                        node: name.clone(),
                         item: Some("*".into()),
                         status: Status::WouldRun,
                         reasons: vec![Reason::UpstreamWillRun(expand_name.clone())],
@@ -680,10 +683,10 @@ impl<'p, 'f> Exec<'p, 'f> {
             Err(why) => {
                 inst.children[child].failed.store(true, Ordering::Release);
                 for &m in &b.members {
-                    let name = self.node_name(m).to_string();
+                    let name = &self.plan.flow.nodes[self.plan.nodes[m].id].name;
                     let report = NodeReport {
                         name: name.clone(),
-                        node: name,
+                        node: name.clone(),
                         item: None,
                         status: if self.abort.load(Ordering::Relaxed) { Status::Cancelled } else { Status::Skipped },
                         reasons: Vec::new(),
@@ -706,12 +709,14 @@ impl<'p, 'f> Exec<'p, 'f> {
                 Ok(h) => h,
                 Err(_) => blake3::hash(format!("{expand_name}#{i}").as_bytes()),
             };
-            let own = item.dyn_label().unwrap_or_else(|| i.to_string());
-            let label = match &inst.label {
-                Some(outer) => format!("{outer}/{own}"),
-                None => own,
+            let label = match (&inst.label, item.dyn_label()) {
+                (Some(outer), Some(own)) => arc_str(format_args!("{outer}/{own}")),
+                (Some(outer), None) => arc_str(format_args!("{outer}/{i}")),
+                (None, Some(own)) => own.into(),
+                (None, None) => arc_str(format_args!("{i}")),
             };
-            let mut path = inst.path.clone();
+            let mut path = Vec::with_capacity(inst.path.len() + 1);
+            path.extend_from_slice(&inst.path);
             path.push(i as u32);
             let done = Done { value: Some(Lazy::ready(item)), identity: Some(identity) };
             instances.push(self.new_instance(block, Some(inst.clone()), Some(done), Some(label), path));
@@ -721,7 +726,9 @@ impl<'p, 'f> Exec<'p, 'f> {
         self.reports.lock().unwrap().reserve(n * b.members.len());
         ready.reserve(n * b.members.len());
         inst.children[child].remaining.store(n, Ordering::Release);
-        ready.extend(instances.iter().flat_map(ready_members));
+        for instance in &instances {
+            ready_members(instance, ready);
+        }
         let _ = inst.children[child].instances.set(instances);
         if n == 0 {
             self.block_complete(inst, child, ready);
@@ -729,13 +736,47 @@ impl<'p, 'f> Exec<'p, 'f> {
     }
 }
 
-fn ready_members(inst: &Arc<Instance>) -> Vec<Task> {
-    let mut out: Vec<Task> = (0..inst.members.len())
-        .filter(|&m| inst.members[m].pending.load(Ordering::Acquire) == 0)
-        .map(|m| (inst.clone(), m))
-        .collect();
-    out.reverse();
-    out
+/// Appends the members of `inst` that wait for nothing, last member first (the drivers pop from the end,
+/// so the first member runs first).
+fn ready_members(inst: &Arc<Instance>, out: &mut Vec<Task>) {
+    for m in (0..inst.members.len()).rev() {
+        if inst.members[m].pending.load(Ordering::Acquire) == 0 {
+            out.push((inst.clone(), m));
+        }
+    }
+}
+
+/// Formats into a stack buffer and makes the shared string with one allocation (a fan-out makes one label
+/// and one display name per item).
+fn arc_str(args: std::fmt::Arguments<'_>) -> Arc<str> {
+    use std::fmt::Write;
+    struct Buf {
+        bytes: [u8; 128],
+        len: usize,
+        spill: Option<String>,
+    }
+    impl Write for Buf {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            if let Some(spill) = &mut self.spill {
+                spill.push_str(s);
+            } else if self.len + s.len() <= self.bytes.len() {
+                self.bytes[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+                self.len += s.len();
+            } else {
+                let mut spill = String::with_capacity(self.len + s.len() + 64);
+                spill.push_str(std::str::from_utf8(&self.bytes[..self.len]).expect("whole str pieces"));
+                spill.push_str(s);
+                self.spill = Some(spill);
+            }
+            Ok(())
+        }
+    }
+    let mut buf = Buf { bytes: [0; 128], len: 0, spill: None };
+    let _ = buf.write_fmt(args);
+    match &buf.spill {
+        Some(s) => Arc::from(s.as_str()),
+        None => Arc::from(std::str::from_utf8(&buf.bytes[..buf.len]).expect("whole str pieces")),
+    }
 }
 
 fn known(done: Done, name: &str) -> GValue {

@@ -9,13 +9,23 @@ use flowrun_cache::{Blob, Hash, Store};
 
 use crate::value::{AnyValue, TypeDesc};
 
-/// A node result, loaded or still in the cache.
+/// A node result, loaded or still in the cache. Cloning it clones an `Arc`.
 #[derive(Clone)]
-pub struct Lazy(Arc<Inner>);
+pub struct Lazy(Repr);
 
-struct Inner {
+#[derive(Clone)]
+enum Repr {
+    /// In memory (a node that ran): no allocation beyond the value's own.
+    Ready(AnyValue),
+    /// In the store; loaded at most once, by the first consumer that needs it.
+    Cached(Arc<Cached>),
+}
+
+struct Cached {
     value: OnceLock<AnyValue>,
-    cached: Option<(Hash, TypeDesc, Arc<Store>)>,
+    content: Hash,
+    ty: TypeDesc,
+    store: Arc<Store>,
     rows: Option<u64>,
 }
 
@@ -39,38 +49,48 @@ pub enum LoadError {
 impl Lazy {
     /// An in-memory value.
     pub fn ready(value: AnyValue) -> Lazy {
-        let rows = value.dyn_rows();
-        let cell = OnceLock::new();
-        let _ = cell.set(value);
-        Lazy(Arc::new(Inner { value: cell, cached: None, rows }))
+        Lazy(Repr::Ready(value))
     }
 
     /// A value in `store` under content hash `content`.
     pub fn cached(content: Hash, ty: TypeDesc, store: Arc<Store>, rows: Option<u64>) -> Lazy {
-        Lazy(Arc::new(Inner { value: OnceLock::new(), cached: Some((content, ty, store)), rows }))
+        Lazy(Repr::Cached(Arc::new(Cached { value: OnceLock::new(), content, ty, store, rows })))
     }
 
     /// Row count, without loading.
     pub fn rows(&self) -> Option<u64> {
-        self.0.rows
+        match &self.0 {
+            Repr::Ready(v) => v.dyn_rows(),
+            Repr::Cached(c) => c.rows,
+        }
     }
 
     /// Whether the value is in memory.
     pub fn is_loaded(&self) -> bool {
-        self.0.value.get().is_some()
+        match &self.0 {
+            Repr::Ready(_) => true,
+            Repr::Cached(c) => c.value.get().is_some(),
+        }
     }
 
     /// Content hash of a cached value.
     pub fn content(&self) -> Option<Hash> {
-        self.0.cached.as_ref().map(|(h, _, _)| *h)
+        match &self.0 {
+            Repr::Ready(_) => None,
+            Repr::Cached(c) => Some(c.content),
+        }
     }
 
     /// The value, loading and verifying it if needed.
     pub fn get(&self) -> Result<AnyValue, LoadError> {
-        if let Some(v) = self.0.value.get() {
+        let c = match &self.0 {
+            Repr::Ready(v) => return Ok(v.clone()),
+            Repr::Cached(c) => c,
+        };
+        if let Some(v) = c.value.get() {
             return Ok(v.clone());
         }
-        let (content, ty, store) = self.0.cached.as_ref().expect("a Lazy is either loaded or cached");
+        let (content, ty, store) = (&c.content, &c.ty, &c.store);
         let hex = content.to_hex().to_string();
         let bytes = match store.blob(content).map_err(|e| LoadError::Cache(e.to_string()))? {
             Blob::Found(bytes) => bytes,
@@ -78,6 +98,6 @@ impl Lazy {
             Blob::Corrupt => return Err(LoadError::Corrupt(hex)),
         };
         let value = ty.decode(&bytes).map_err(|e| LoadError::Decode(hex, e.to_string()))?;
-        Ok(self.0.value.get_or_init(|| value).clone())
+        Ok(c.value.get_or_init(|| value).clone())
     }
 }

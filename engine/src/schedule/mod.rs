@@ -76,7 +76,7 @@ pub enum RunStatus {
 #[derive(Clone)]
 pub struct OutputItem {
     /// The node.
-    pub node: String,
+    pub node: Arc<str>,
     /// Item label inside a fan-out.
     pub item: Option<String>,
     /// The value (`None` only in a dry run when it would be computed).
@@ -115,14 +115,14 @@ impl RunReport {
 
     /// Display names of the node runs that ended with `status`, sorted.
     pub fn names(&self, status: Status) -> Vec<String> {
-        let mut v: Vec<String> = self.nodes.iter().filter(|n| n.status == status).map(|n| n.name.clone()).collect();
+        let mut v: Vec<String> = self.nodes.iter().filter(|n| n.status == status).map(|n| n.name.to_string()).collect();
         v.sort();
         v
     }
 
     /// The results of target `node`.
     pub fn output(&self, node: &str) -> Vec<&OutputItem> {
-        self.outputs.iter().filter(|o| o.node == node).collect()
+        self.outputs.iter().filter(|o| *o.node == *node).collect()
     }
 }
 
@@ -173,7 +173,7 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
             .into_iter()
             .map(|o| OutputItem {
                 node: flow.nodes[o.node].name.clone(),
-                item: o.label,
+                item: o.label.map(|l| l.to_string()),
                 value: o.done.value,
                 identity: o.done.identity,
             })
@@ -255,7 +255,7 @@ pub fn node_records(report: &RunReport) -> Vec<NodeRunRecord> {
         .iter()
         .map(|n| NodeRunRecord {
             run_id: report.run_id.clone(),
-            node: n.name.clone(),
+            node: n.name.to_string(),
             status: n.status.as_str().to_string(),
             duration_ms: n.duration.as_secs_f64() * 1000.0,
             rows: n.rows,
@@ -264,7 +264,7 @@ pub fn node_records(report: &RunReport) -> Vec<NodeRunRecord> {
                 let map: serde_json::Map<String, serde_json::Value> = n
                     .inputs
                     .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.to_hex().to_string())))
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_hex().to_string())))
                     .collect();
                 serde_json::Value::Object(map).to_string()
             }),

@@ -10,7 +10,7 @@
 //! When a value can be dropped (`n_uses`): after each same-block consumer has started, each child block
 //! reading it has completed, and each collector has gathered it.
 
-use flowrun_cache::Hash;
+use flowrun_cache::{CacheKey, Hash};
 
 use super::lazy::Lazy;
 use crate::flow::{Binding, CacheMode, EdgeMode, Flow, LiteralSource, NodeId, NodeImpl};
@@ -39,6 +39,8 @@ pub(crate) struct PNode {
     pub cache: CacheMode,
     pub function: &'static str,
     pub output_type: &'static str,
+    /// [`flowrun_cache::CacheKey::code_digest`] of `function`, its code version and `output_type`.
+    pub code: Hash,
     /// Hash of the node's data checks, part of its key.
     pub checks: Option<Hash>,
 }
@@ -89,6 +91,9 @@ impl<'f> Plan<'f> {
         let mut plan_of: Vec<Option<usize>> = vec![None; flow.nodes.len()];
         let mut nodes: Vec<PNode> = Vec::with_capacity(flow.nodes.len());
         let ensure_block = |fb: usize, blocks: &mut Vec<PBlock>, block_map: &mut Vec<Option<usize>>| -> usize {
+            if let Some(pb) = block_map[fb] {
+                return pb;
+            }
             // create the chain of plan blocks from the root down to `fb`
             let mut chain = vec![fb];
             while let Some(p) = flow.blocks[*chain.last().unwrap()].parent {
@@ -122,6 +127,8 @@ impl<'f> Plan<'f> {
             last.unwrap()
         };
         ensure_block(0, &mut blocks, &mut block_map);
+        // code digests, made once per registered function (a flow may run one function in many nodes)
+        let mut codes: foldhash::HashMap<*const crate::registry::NodeDef, Hash> = Default::default();
         for &id in &flow.order {
             if !needed[id] {
                 continue;
@@ -132,11 +139,20 @@ impl<'f> Plan<'f> {
             let pid = nodes.len();
             blocks[block].members.push(pid);
             plan_of[id] = Some(pid);
-            let (function, output_type) = match &fnode.imp {
-                NodeImpl::Function(def) => (def.path(), def.output_type().name()),
-                NodeImpl::Sql { .. } => ("sql", std::any::type_name::<crate::Table>()),
+            let (function, output_type, code) = match &fnode.imp {
+                NodeImpl::Function(def) => {
+                    let (function, output_type) = (def.path(), def.output_type().name());
+                    let code = *codes
+                        .entry(std::ptr::from_ref(*def))
+                        .or_insert_with(|| CacheKey::code_digest(function, def.code_version, output_type));
+                    (function, output_type, code)
+                }
+                NodeImpl::Sql { code_version, .. } => {
+                    let output_type = std::any::type_name::<crate::Table>();
+                    ("sql", output_type, CacheKey::code_digest("sql", code_version, output_type))
+                }
             };
-            let cache = if recompute.contains(&fnode.name) && fnode.cache == CacheMode::Default {
+            let cache = if recompute.iter().any(|r| **r == *fnode.name) && fnode.cache == CacheMode::Default {
                 CacheMode::Recompute
             } else {
                 fnode.cache
@@ -157,6 +173,7 @@ impl<'f> Plan<'f> {
                 cache,
                 function,
                 output_type,
+                code,
                 checks,
             });
         }
