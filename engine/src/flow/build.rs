@@ -112,25 +112,27 @@ pub fn resolve(src: Arc<SourceFile>, raw: &RawFlow, opts: &BuildOptions<'_>) -> 
     b.finish(raw)
 }
 
-/// A node declaration after `when`, variants and `parameterize` were applied.
-struct Decl {
-    name: String,
+/// A node declaration after `when`, variants and `parameterize` were applied. It borrows the parsed file
+/// (`'r`): building a node copies nothing from the file but its name.
+struct Decl<'r> {
+    /// Shared with the node, the name map and every report of the node (one allocation per node).
+    name: Arc<str>,
     span: Range<usize>,
-    function: Option<(String, Range<usize>)>,
-    sql: Option<(String, Range<usize>)>,
-    params: IndexMap<String, (toml::Value, Range<usize>), foldhash::fast::RandomState>,
-    inputs: IndexMap<String, (String, Range<usize>), foldhash::fast::RandomState>,
+    function: Option<(&'r str, Range<usize>)>,
+    sql: Option<(&'r str, Range<usize>)>,
+    params: IndexMap<&'r str, (&'r toml::Value, Range<usize>), foldhash::fast::RandomState>,
+    inputs: IndexMap<&'r str, (&'r str, Range<usize>), foldhash::fast::RandomState>,
     cache: CacheMode,
-    tags: Vec<(String, String)>,
-    doc: Option<String>,
-    checks: Vec<(RawCheck, Range<usize>)>,
+    tags: Vec<(&'r str, &'r str)>,
+    doc: Option<&'r str>,
+    checks: Vec<(&'r RawCheck, Range<usize>)>,
     declared: bool,
 }
 
-impl Decl {
-    fn auto(name: &str, span: Range<usize>) -> Decl {
+impl Decl<'_> {
+    fn auto(name: &str, span: Range<usize>) -> Self {
         Decl {
-            name: name.to_string(),
+            name: name.into(),
             span,
             function: None,
             sql: None,
@@ -173,9 +175,9 @@ struct Builder<'a> {
     config: IndexMap<String, ConfigEntry>,
     inputs: IndexMap<String, InputEntry>,
     /// Declarations by name, in file order, until resolved.
-    decls: Vec<Option<Box<Decl>>>,
+    decls: Vec<Option<Box<Decl<'a>>>>,
     nodes: Vec<Option<FlowNode>>,
-    by_name: HashMap<String, NodeId>,
+    by_name: foldhash::HashMap<Arc<str>, NodeId>,
     edges: Vec<PendingEdge>,
     disabled: Vec<String>,
 }
@@ -185,7 +187,7 @@ fn span_of<T>(s: &Spanned<T>) -> Range<usize> {
 }
 
 impl<'a> Builder<'a> {
-    fn new(src: Arc<SourceFile>, opts: &'a BuildOptions<'a>, raw: &RawFlow) -> Self {
+    fn new(src: Arc<SourceFile>, opts: &'a BuildOptions<'a>, raw: &'a RawFlow) -> Self {
         let cx = LiteralCx { base_dir: src.path.parent().map(Path::to_path_buf).unwrap_or_default() };
         let scope = raw.flow.get_ref().modules.iter().map(|m| m.get_ref().clone()).collect();
         Builder {
@@ -198,7 +200,7 @@ impl<'a> Builder<'a> {
             inputs: IndexMap::new(),
             decls: Vec::new(),
             nodes: Vec::new(),
-            by_name: HashMap::new(),
+            by_name: Default::default(),
             edges: Vec::new(),
             disabled: Vec::new(),
         }
@@ -212,7 +214,7 @@ impl<'a> Builder<'a> {
         self.errors.push(d);
     }
 
-    fn run(&mut self, raw: &RawFlow) {
+    fn run(&mut self, raw: &'a RawFlow) {
         self.load_config(raw);
         self.load_inputs(raw);
         self.declare(raw);
@@ -229,7 +231,7 @@ impl<'a> Builder<'a> {
 
     // -- step 2: config and inputs ------------------------------------------------------------------------
 
-    fn load_config(&mut self, raw: &RawFlow) {
+    fn load_config(&mut self, raw: &'a RawFlow) {
         for (k, v) in &raw.config {
             self.config.insert(
                 k.get_ref().clone(),
@@ -258,7 +260,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn load_inputs(&mut self, raw: &RawFlow) {
+    fn load_inputs(&mut self, raw: &'a RawFlow) {
         for (k, v) in &raw.inputs {
             let value = v.get_ref().default.as_ref().map(|d| (d.get_ref().clone(), Some(span_of(d))));
             self.inputs.insert(k.get_ref().clone(), InputEntry { value, span: span_of(k) });
@@ -315,41 +317,41 @@ impl<'a> Builder<'a> {
 
     // -- step 3: declarations -----------------------------------------------------------------------------
 
-    fn declare(&mut self, raw: &RawFlow) {
+    fn declare(&mut self, raw: &'a RawFlow) {
         self.decls.reserve(raw.nodes.len());
         self.nodes.reserve(raw.nodes.len());
         self.by_name.reserve(raw.nodes.len());
         for (name, node) in &raw.nodes {
-            let name_str = name.get_ref().clone();
+            let name_str = name.get_ref();
             let span = span_of(name);
             let n = node.get_ref();
             if let Some(when) = &n.when
-                && !self.when_matches(&name_str, when)
+                && !self.when_matches(name_str, when)
             {
-                self.disabled.push(name_str);
+                self.disabled.push(name_str.clone());
                 continue;
             }
-            let Some(base) = self.choose_variant(&name_str, span.clone(), n) else { continue };
+            let Some(base) = self.choose_variant(name_str, span.clone(), n) else { continue };
             if n.parameterize.is_empty() {
                 self.add_decl(base);
             } else {
                 for (inst_name, inst) in &n.parameterize {
                     let inst_ref = inst.get_ref();
-                    let mut d = Decl {
-                        name: inst_name.get_ref().clone(),
+                    let mut d = Box::new(Decl {
+                        name: inst_name.get_ref().as_str().into(),
                         span: span_of(inst_name),
-                        function: base.function.clone().or_else(|| Some((name_str.clone(), span.clone()))),
+                        function: base.function.clone().or_else(|| Some((name_str.as_str(), span.clone()))),
                         sql: base.sql.clone(),
                         params: base.params.clone(),
                         inputs: base.inputs.clone(),
                         cache: base.cache,
                         tags: base.tags.clone(),
-                        doc: inst_ref.doc.clone().or_else(|| base.doc.clone()),
+                        doc: inst_ref.doc.as_deref().or(base.doc),
                         checks: base.checks.clone(),
                         declared: true,
-                    };
+                    });
                     merge_params(&mut d, &inst_ref.params, &inst_ref.inputs);
-                    d.tags.extend(inst_ref.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    d.tags.extend(inst_ref.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                     self.add_decl(d);
                 }
             }
@@ -373,20 +375,20 @@ impl<'a> Builder<'a> {
         known
     }
 
-    fn choose_variant(&mut self, name: &str, span: Range<usize>, n: &RawNode) -> Option<Decl> {
-        let mut d = Decl {
-            name: name.to_string(),
+    fn choose_variant(&mut self, name: &str, span: Range<usize>, n: &'a RawNode) -> Option<Box<Decl<'a>>> {
+        let mut d = Box::new(Decl {
+            name: name.into(),
             span: span.clone(),
-            function: n.function.as_ref().map(|f| (f.get_ref().clone(), span_of(f))),
-            sql: n.sql.as_ref().map(|s| (s.get_ref().clone(), span_of(s))),
+            function: n.function.as_ref().map(|f| (f.get_ref().as_str(), span_of(f))),
+            sql: n.sql.as_ref().map(|s| (s.get_ref().as_str(), span_of(s))),
             params: IndexMap::default(),
             inputs: IndexMap::default(),
             cache: n.cache.as_ref().map(|c| *c.get_ref()).unwrap_or_default(),
-            tags: n.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            doc: n.doc.clone(),
-            checks: n.checks.iter().map(|c| (c.get_ref().clone(), span_of(c))).collect(),
+            tags: n.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            doc: n.doc.as_deref(),
+            checks: n.checks.iter().map(|c| (c.get_ref(), span_of(c))).collect(),
             declared: true,
-        };
+        });
         merge_params(&mut d, &n.params, &n.inputs);
         if n.variants.is_empty() {
             return Some(d);
@@ -459,18 +461,18 @@ impl<'a> Builder<'a> {
         };
         let v = n.variants[chosen].get_ref();
         if let Some(f) = &v.function {
-            d.function = Some((f.get_ref().clone(), span_of(f)));
+            d.function = Some((f.get_ref().as_str(), span_of(f)));
             d.sql = None;
         }
         if let Some(s) = &v.sql {
-            d.sql = Some((s.get_ref().clone(), span_of(s)));
+            d.sql = Some((s.get_ref().as_str(), span_of(s)));
             d.function = None;
         }
         merge_params(&mut d, &v.params, &v.inputs);
         Some(d)
     }
 
-    fn add_decl(&mut self, d: Decl) {
+    fn add_decl(&mut self, d: Box<Decl<'a>>) {
         if let Some(first) = self.by_name.get(&d.name).and_then(|&i| self.decls[i].as_ref()).map(|f| f.span.clone()) {
             let diag = Diagnostic::new("duplicate-node", format!("two nodes are called `{}`", d.name))
                 .node(&d.name)
@@ -482,21 +484,22 @@ impl<'a> Builder<'a> {
         }
         let id = self.decls.len();
         self.by_name.insert(d.name.clone(), id);
-        self.decls.push(Some(Box::new(d)));
+        self.decls.push(Some(d));
         self.nodes.push(None);
     }
 
     /// Adds a node for a registered function named `name` that no declaration defines.
     fn auto_node(&mut self, name: &str, span: Range<usize>) -> NodeId {
         let id = self.decls.len();
-        self.by_name.insert(name.to_string(), id);
-        self.decls.push(Some(Box::new(Decl::auto(name, span))));
+        let decl = Box::new(Decl::auto(name, span));
+        self.by_name.insert(decl.name.clone(), id);
+        self.decls.push(Some(decl));
         self.nodes.push(None);
         id
     }
 
     /// `[flow] outputs` and materialize targets may name registered functions that are not declared.
-    fn resolve_targets_early(&mut self, raw: &RawFlow) {
+    fn resolve_targets_early(&mut self, raw: &'a RawFlow) {
         let mut names: Vec<(String, Range<usize>)> = match &self.opts.outputs {
             Some(outs) => outs.iter().map(|o| (o.clone(), span_of(&raw.flow))).collect(),
             None => raw.flow.get_ref().outputs.iter().flatten().map(|o| (o.get_ref().clone(), span_of(o))).collect(),
@@ -509,7 +512,7 @@ impl<'a> Builder<'a> {
             }
         }
         for (name, span) in names {
-            if !self.by_name.contains_key(&name)
+            if !self.by_name.contains_key(name.as_str())
                 && let Lookup::Found(_) = self.opts.registry.lookup(&name, &self.scope)
             {
                 self.auto_node(&name, span);
@@ -519,8 +522,9 @@ impl<'a> Builder<'a> {
 
     // -- step 4: resolve one node -------------------------------------------------------------------------
 
-    fn resolve(&mut self, id: NodeId, decl: Box<Decl>) -> Option<FlowNode> {
+    fn resolve(&mut self, id: NodeId, decl: Box<Decl<'a>>) -> Option<FlowNode> {
         if let Some((sql_text, sql_span)) = decl.sql.clone() {
+            let sql_text = sql_text.to_string();
             if let Some((_, fspan)) = &decl.function {
                 let d = Diagnostic::new("bad-value", format!("node `{}` has both `fn` and `sql`", decl.name))
                     .node(&decl.name)
@@ -530,8 +534,11 @@ impl<'a> Builder<'a> {
             }
             return Some(self.resolve_sql(id, decl, sql_text, sql_span));
         }
-        let (fname, fspan) = decl.function.clone().unwrap_or_else(|| (decl.name.clone(), decl.span.clone()));
-        let def = match self.opts.registry.lookup(&fname, &self.scope) {
+        let (fname, fspan): (&str, Range<usize>) = match &decl.function {
+            Some((f, span)) => (*f, span.clone()),
+            None => (&decl.name, decl.span.clone()),
+        };
+        let def = match self.opts.registry.lookup(fname, &self.scope) {
             Lookup::Found(def) => def,
             Lookup::Ambiguous(defs) => {
                 let paths: Vec<String> = defs.iter().map(|d| format!("`{}`", d.path())).collect();
@@ -555,7 +562,7 @@ impl<'a> Builder<'a> {
             }
             Lookup::NotFound(suggestions) => {
                 // registered, but outside the flow's `modules`?
-                let outside: Vec<String> = match self.opts.registry.lookup(&fname, &[]) {
+                let outside: Vec<String> = match self.opts.registry.lookup(fname, &[]) {
                     Lookup::Found(def) => vec![def.module.to_string()],
                     Lookup::Ambiguous(defs) => defs.iter().map(|d| d.module.to_string()).collect(),
                     Lookup::NotFound(_) => Vec::new(),
@@ -587,7 +594,7 @@ impl<'a> Builder<'a> {
         for (key, span) in
             decl.params.iter().map(|(k, (_, s))| (k, s)).chain(decl.inputs.iter().map(|(k, (_, s))| (k, s)))
         {
-            if !def.params.iter().any(|p| p.name == key) {
+            if !def.params.iter().any(|p| p.name == *key) {
                 let help = did_you_mean(&closest(key, def.params.iter().map(|p| p.name)))
                     .unwrap_or_else(|| format!("its parameters are: {}", def.signature()));
                 let d = Diagnostic::new(
@@ -609,26 +616,26 @@ impl<'a> Builder<'a> {
             args.push(Arg { param: p.name.into(), binding: binding.unwrap_or_else(placeholder) });
         }
         let mut tags: Vec<(String, String)> = def.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        tags.extend(decl.tags.iter().cloned());
+        tags.extend(decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         self.check_checks(&decl, def.output);
         Some(FlowNode {
-            name: decl.name.as_str().into(),
+            name: decl.name.clone(),
             imp: NodeImpl::Function(def),
             args,
             cache: decl.cache,
             tags,
-            doc: decl.doc.clone().map(Cow::Owned).unwrap_or(Cow::Borrowed(def.doc)),
-            checks: decl.checks.iter().map(|(c, _)| c.clone()).collect(),
+            doc: decl.doc.map(|d| Cow::Owned(d.to_string())).unwrap_or(Cow::Borrowed(def.doc)),
+            checks: decl.checks.iter().map(|(c, _)| (*c).clone()).collect(),
             span: decl.span.clone(),
             block: 0,
             declared: decl.declared,
         })
     }
 
-    fn resolve_sql(&mut self, id: NodeId, decl: Box<Decl>, sql_text: String, sql_span: Range<usize>) -> FlowNode {
+    fn resolve_sql(&mut self, id: NodeId, decl: Box<Decl<'a>>, sql_text: String, sql_span: Range<usize>) -> FlowNode {
         let mut tables: Vec<(String, String, Range<usize>)> = Vec::new(); // (table name, source, span)
         for (alias, (source, span)) in &decl.inputs {
-            tables.push((alias.clone(), source.clone(), span.clone()));
+            tables.push((alias.to_string(), source.to_string(), span.clone()));
         }
         let known = |n: &str| {
             self.by_name.contains_key(n) || matches!(self.opts.registry.lookup(n, &self.scope), Lookup::Found(_))
@@ -660,7 +667,7 @@ impl<'a> Builder<'a> {
                     )
                     .node(&decl.name)
                     .at(self.label(span, "unknown node"))
-                    .help(did_you_mean(&closest(&source, self.by_name.keys().map(String::as_str))));
+                    .help(did_you_mean(&closest(&source, self.by_name.keys().map(|k| &**k))));
                     self.error(d);
                     placeholder()
                 }
@@ -670,13 +677,13 @@ impl<'a> Builder<'a> {
         self.check_checks(&decl, OutputKind::Value(TypeDesc::of::<Table>()));
         let code_version = blake3::hash(sql::normalize(&sql_text).as_bytes()).to_hex()[..32].to_string();
         FlowNode {
-            name: decl.name.as_str().into(),
+            name: decl.name.clone(),
             imp: NodeImpl::Sql { sql: sql_text, code_version },
             args,
             cache: decl.cache,
-            tags: decl.tags.clone(),
-            doc: Cow::Owned(decl.doc.clone().unwrap_or_default()),
-            checks: decl.checks.iter().map(|(c, _)| c.clone()).collect(),
+            tags: decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            doc: Cow::Owned(decl.doc.unwrap_or_default().to_string()),
+            checks: decl.checks.iter().map(|(c, _)| (*c).clone()).collect(),
             span: decl.span.clone(),
             block: 0,
             declared: decl.declared,
@@ -742,7 +749,7 @@ impl<'a> Builder<'a> {
     fn bind(
         &mut self,
         id: NodeId,
-        decl: &Decl,
+        decl: &Decl<'a>,
         index: usize,
         param: &str,
         ty: TypeDesc,
@@ -762,23 +769,23 @@ impl<'a> Builder<'a> {
             let (value, identity) = self.literal(&decl.name, param, ty, value, Some(span.clone()), "the literal")?;
             return Some(Binding::Literal { value, identity, source: LiteralSource::Param });
         }
-        let (source, span, explicit) = match decl.inputs.get(param) {
-            Some((s, span)) => (s.clone(), span.clone(), true),
-            None => (param.to_string(), decl.span.clone(), false),
+        let (source, span, explicit): (&str, _, _) = match decl.inputs.get(param) {
+            Some((s, span)) => (s, span.clone(), true),
+            None => (param, decl.span.clone(), false),
         };
-        if let Some(&producer) = self.by_name.get(&source) {
+        if let Some(&producer) = self.by_name.get(source) {
             self.edges.push(PendingEdge { consumer: id, arg: index, producer, span });
             return Some(Binding::Node { node: producer, mode: EdgeMode::Direct });
         }
         if !collect {
-            if let Some(entry) = self.config.get_mut(&source) {
+            if let Some(entry) = self.config.get_mut(source) {
                 entry.used = true;
                 let (value, cspan) = (entry.value.clone(), entry.span.clone());
                 let origin = format!("config `{source}`");
                 let (value, identity) = self.literal(&decl.name, param, ty, &value, cspan, &origin)?;
-                return Some(Binding::Literal { value, identity, source: LiteralSource::Config(source) });
+                return Some(Binding::Literal { value, identity, source: LiteralSource::Config(source.to_string()) });
             }
-            if let Some(entry) = self.inputs.get(&source) {
+            if let Some(entry) = self.inputs.get(source) {
                 let ispan = entry.span.clone();
                 let Some((value, vspan)) = entry.value.clone() else {
                     let d = Diagnostic::new(
@@ -793,10 +800,10 @@ impl<'a> Builder<'a> {
                 };
                 let origin = format!("input `{source}`");
                 let (value, identity) = self.literal(&decl.name, param, ty, &value, vspan.or(Some(ispan)), &origin)?;
-                return Some(Binding::Literal { value, identity, source: LiteralSource::Input(source) });
+                return Some(Binding::Literal { value, identity, source: LiteralSource::Input(source.to_string()) });
             }
         }
-        if let Some(producer) = self.node_ref(&source, span.clone()) {
+        if let Some(producer) = self.node_ref(source, span.clone()) {
             self.edges.push(PendingEdge { consumer: id, arg: index, producer, span });
             return Some(Binding::Node { node: producer, mode: EdgeMode::Direct });
         }
@@ -807,10 +814,10 @@ impl<'a> Builder<'a> {
             let identity = identity_of(&*value).ok()?;
             return Some(Binding::Literal { value, identity, source: LiteralSource::Default });
         }
-        let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+        let mut names: Vec<&str> = self.by_name.keys().map(|k| &**k).collect();
         names.extend(self.config.keys().map(String::as_str));
         names.extend(self.inputs.keys().map(String::as_str));
-        let mut help = did_you_mean(&closest(&source, names.iter().copied()));
+        let mut help = did_you_mean(&closest(source, names.iter().copied()));
         if help.is_none() {
             let producers: Vec<String> = self
                 .opts
@@ -849,7 +856,7 @@ impl<'a> Builder<'a> {
         None
     }
 
-    fn check_checks(&mut self, decl: &Decl, output: OutputKind) {
+    fn check_checks(&mut self, decl: &Decl<'a>, output: OutputKind) {
         if decl.checks.is_empty() {
             return;
         }
@@ -871,7 +878,7 @@ impl<'a> Builder<'a> {
 
     // -- steps 5 and 6 ------------------------------------------------------------------------------------
 
-    fn finish(mut self, raw: &RawFlow) -> Result<Flow, Diagnostics> {
+    fn finish(mut self, raw: &'a RawFlow) -> Result<Flow, Diagnostics> {
         // type-check edges
         let mut modes: Vec<(NodeId, usize, EdgeMode)> = Vec::new();
         let edges = std::mem::take(&mut self.edges);
@@ -1114,7 +1121,7 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn materialize_decls(&mut self, raw: &RawFlow) -> Vec<MaterializeDecl> {
+    fn materialize_decls(&mut self, raw: &'a RawFlow) -> Vec<MaterializeDecl> {
         let mut out = Vec::new();
         for (name, section) in &raw.materialize {
             let mut options: IndexMap<String, (toml::Value, Range<usize>)> = section
@@ -1126,7 +1133,7 @@ impl<'a> Builder<'a> {
             let node = options.shift_remove("node");
             let kind = options.shift_remove("kind");
             let node_id = match &node {
-                Some((toml::Value::String(n), span)) => match self.by_name.get(n) {
+                Some((toml::Value::String(n), span)) => match self.by_name.get(n.as_str()) {
                     Some(&id) => Some(id),
                     None => {
                         let d = Diagnostic::new(
@@ -1134,7 +1141,7 @@ impl<'a> Builder<'a> {
                             format!("materialize `{}`: no node is called `{n}`", name.get_ref()),
                         )
                         .at(self.label(span.clone(), "unknown node"))
-                        .help(did_you_mean(&closest(n, self.by_name.keys().map(String::as_str))));
+                        .help(did_you_mean(&closest(n, self.by_name.keys().map(|k| &**k))));
                         self.error(d);
                         None
                     }
@@ -1180,7 +1187,7 @@ impl<'a> Builder<'a> {
         out
     }
 
-    fn targets(&mut self, raw: &RawFlow, materialize: &[MaterializeDecl]) -> Vec<NodeId> {
+    fn targets(&mut self, raw: &'a RawFlow, materialize: &[MaterializeDecl]) -> Vec<NodeId> {
         let requested: Option<Vec<(String, Range<usize>)>> = match &self.opts.outputs {
             Some(outs) => Some(outs.iter().map(|o| (o.clone(), 0..0)).collect()),
             None => raw
@@ -1194,12 +1201,12 @@ impl<'a> Builder<'a> {
         match requested {
             Some(list) => {
                 for (name, span) in list {
-                    match self.by_name.get(&name) {
+                    match self.by_name.get(name.as_str()) {
                         Some(&id) => targets.push(id),
                         None => {
                             let mut d =
                                 Diagnostic::new("unknown-node", format!("output `{name}` is not a node of this flow"))
-                                    .help(did_you_mean(&closest(&name, self.by_name.keys().map(String::as_str))));
+                                    .help(did_you_mean(&closest(&name, self.by_name.keys().map(|k| &**k))));
                             if self.opts.outputs.is_none() {
                                 d = d.at(self.label(span, "unknown node"));
                             }
@@ -1243,22 +1250,22 @@ fn within(blocks: &[Block], mut b: usize, ancestor: usize) -> bool {
     }
 }
 
-fn merge_params(
-    d: &mut Decl,
-    params: &IndexMap<Spanned<String>, Spanned<toml::Value>>,
-    inputs: &IndexMap<Spanned<String>, Spanned<String>>,
+fn merge_params<'r>(
+    d: &mut Decl<'r>,
+    params: &'r IndexMap<Spanned<String>, Spanned<toml::Value>>,
+    inputs: &'r IndexMap<Spanned<String>, Spanned<String>>,
 ) {
     for (k, v) in params {
         if !d.inputs.is_empty() {
-            d.inputs.shift_remove(k.get_ref());
+            d.inputs.shift_remove(k.get_ref().as_str());
         }
-        d.params.insert(k.get_ref().clone(), (v.get_ref().clone(), span_of(v)));
+        d.params.insert(k.get_ref(), (v.get_ref(), span_of(v)));
     }
     for (k, v) in inputs {
         if !d.params.is_empty() {
-            d.params.shift_remove(k.get_ref());
+            d.params.shift_remove(k.get_ref().as_str());
         }
-        d.inputs.insert(k.get_ref().clone(), (v.get_ref().clone(), span_of(v)));
+        d.inputs.insert(k.get_ref(), (v.get_ref(), span_of(v)));
     }
 }
 

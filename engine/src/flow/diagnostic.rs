@@ -105,8 +105,8 @@ impl Diagnostic {
     }
 
     /// Sets the node.
-    pub fn node(mut self, node: impl Into<String>) -> Self {
-        self.node = Some(node.into());
+    pub fn node(mut self, node: impl AsRef<str>) -> Self {
+        self.node = Some(node.as_ref().to_string());
         self
     }
 

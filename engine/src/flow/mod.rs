@@ -41,7 +41,7 @@ pub struct Flow {
     /// Every node, producers before consumers (a topological order of `graph`).
     pub order: Vec<NodeId>,
     /// Node name -> id.
-    pub by_name: foldhash::HashMap<String, NodeId>,
+    pub by_name: foldhash::HashMap<Arc<str>, NodeId>,
     /// What to build: `[flow] outputs` (or every declared node), plus materialized nodes.
     pub targets: Vec<NodeId>,
     /// Fan-out scopes; `blocks[0]` is the whole flow.

@@ -358,8 +358,12 @@ impl<'p, 'f> Exec<'p, 'f> {
                 // `One` and `Many` hold known identities (see `known`); unknown ones never make a key
                 GValue::One(d) => d.identity.unwrap_or(UNKNOWN),
                 GValue::Many(all) => {
-                    let bytes: Vec<u8> = all.iter().flat_map(|d| *d.identity.unwrap_or(UNKNOWN).as_bytes()).collect();
-                    blake3::hash(&bytes)
+                    // the hash of the concatenated identities, streamed (a collect may gather 100,000)
+                    let mut h = blake3::Hasher::new();
+                    for d in all {
+                        h.update(d.identity.unwrap_or(UNKNOWN).as_bytes());
+                    }
+                    h.finalize()
                 }
                 GValue::Unknown(up) => {
                     unknown.get_or_insert(up.clone());
@@ -373,7 +377,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
         if let Some(up) = unknown {
             report.status = Status::WouldRun;
-            report.reasons.push(Reason::UpstreamWillRun(up));
+            report.reasons = vec![Reason::UpstreamWillRun(up)];
             return Slot::Ok(Done { value: None, identity: None });
         }
         let cache_key =
@@ -396,12 +400,13 @@ impl<'p, 'f> Exec<'p, 'f> {
                         let lazy = Lazy::cached(entry.content, ty, store.clone(), entry.rows);
                         return Slot::Ok(Done { value: Some(lazy), identity: Some(entry.content) });
                     }
-                    Some(path) => report.reasons.push(Reason::FileChanged(path)),
+                    Some(path) => report.reasons = vec![Reason::FileChanged(path)],
                 },
-                Ok(None) => report.reasons.extend(self.reasons(&report.name, key, &cache_key)),
+                Ok(None) => report.reasons = self.reasons(&report.name, key, &cache_key),
                 Err(e) => report.warnings.push(format!("cache lookup failed, running the node: {e}")),
             },
-            (mode, _) => report.reasons.push(Reason::Forced(if store.is_none() { CacheMode::Disable } else { mode })),
+            // one reason: a `vec!` of exactly one (a report is kept per node run, 100,000 in a big fan-out)
+            (mode, _) => report.reasons = vec![Reason::Forced(if store.is_none() { CacheMode::Disable } else { mode })],
         }
         if self.opts.dry_run {
             report.status = Status::WouldRun;
@@ -413,7 +418,10 @@ impl<'p, 'f> Exec<'p, 'f> {
         for garg in &args {
             let loaded = match &garg.value {
                 GValue::One(d) => load(d).map(ArgValue::One),
-                GValue::Many(all) => all.iter().map(load).collect::<Result<Vec<_>, _>>().map(ArgValue::Many),
+                GValue::Many(all) => {
+                    let mut many = Vec::with_capacity(all.len());
+                    all.iter().try_for_each(|d| load(d).map(|v| many.push(v))).map(|()| ArgValue::Many(many))
+                }
                 GValue::Unknown(_) => unreachable!("not a dry run"),
             };
             match loaded {
@@ -801,5 +809,20 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "(no message)".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arc_str;
+
+    #[test]
+    fn arc_str_formats_short_and_long_strings() {
+        assert_eq!(&*arc_str(format_args!("{}[{}]", "square", 3)), "square[3]");
+        // longer than the stack buffer: the pieces written before the spill are kept, in order
+        let long = "x".repeat(200);
+        assert_eq!(&*arc_str(format_args!("{}[{long}]/{}", "node", 7)), format!("node[{long}]/7"));
+        let edge = "y".repeat(127);
+        assert_eq!(&*arc_str(format_args!("{edge}{}", "zz")), format!("{edge}zz"));
     }
 }
