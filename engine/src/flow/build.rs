@@ -78,7 +78,13 @@ pub fn build(src: Arc<SourceFile>, opts: &BuildOptions<'_>) -> Result<Flow, Diag
 }
 
 /// Step 1: the TOML as written, with spans (syntax errors, unknown fields and wrong TOML types stop here).
+///
+/// Plain files take a fast path ([`super::fast`]); every other file, and every error, is read by the `toml`
+/// crate.
 pub fn parse(src: &Arc<SourceFile>) -> Result<RawFlow, Diagnostics> {
+    if let Some(raw) = super::fast::read(&src.text) {
+        return Ok(raw);
+    }
     match toml::from_str(&src.text) {
         Ok(raw) => Ok(raw),
         Err(e) => {

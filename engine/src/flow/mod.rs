@@ -7,6 +7,7 @@
 
 pub mod build;
 pub mod diagnostic;
+mod fast;
 pub mod raw;
 
 use std::borrow::Cow;

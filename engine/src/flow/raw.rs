@@ -70,9 +70,9 @@ pub struct RawFlow {
     /// `[inputs]`.
     #[serde(default)]
     pub inputs: IndexMap<Spanned<String>, Spanned<RawInput>>,
-    /// `[nodes.*]`.
+    /// `[nodes.*]` (foldhash: a generated flow may have 100,000 of them).
     #[serde(default)]
-    pub nodes: IndexMap<Spanned<String>, Spanned<RawNode>>,
+    pub nodes: IndexMap<Spanned<String>, Spanned<RawNode>, foldhash::fast::RandomState>,
     /// `[materialize.*]`: options are checked by the materializer of that `kind`.
     #[serde(default)]
     pub materialize: IndexMap<Spanned<String>, Spanned<SpannedTable>>,
