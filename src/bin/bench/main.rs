@@ -92,7 +92,7 @@ struct Row {
     shape: String,
     n: usize,
     node_runs: usize,
-    /// TOML text -> spanned file model (the toml crate), per flow node.
+    /// TOML text -> spanned file model (`flow::parse`: its fast path, else the toml crate), per flow node.
     parse_us: f64,
     /// Parsed file -> validated DAG (resolution, type checks, cycles, fan-out scopes), per flow node.
     build_us: f64,
@@ -118,14 +118,17 @@ fn engine(sizes: Option<Vec<usize>>, json: bool) {
         println!(
             "flowrun engine benchmark: no-op nodes, {jobs} worker threads for the parallel runs; microseconds per node run"
         );
-        println!("parse: TOML -> file model, per flow node; build: file model -> validated DAG, per flow node");
+        println!(
+            "parse: TOML -> file model (flow::parse), build: file model -> validated DAG (flow::resolve); both per flow node"
+        );
         println!(
             "{:<8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>12} {:>12}",
             "shape", "n", "node runs", "parse", "build", "seq", "par", "first+cache", "cached rerun"
         );
     }
     for (shape, n, text) in cases {
-        let reps = if n >= 100_000 { 3 } else { 5 };
+        // medians of several runs: this machine's timings vary by a quarter from one run to the next
+        let reps = if n >= 100_000 { 5 } else { 9 };
         let src = SourceFile::new(format!("{shape}{n}.toml"), text);
         let opts = BuildOptions::default();
         let parse = time(reps, || flow::parse(&src).expect("valid TOML"));
