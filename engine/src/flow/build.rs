@@ -126,13 +126,55 @@ struct Decl<'r> {
     span: Range<usize>,
     function: Option<(&'r str, Range<usize>)>,
     sql: Option<(&'r str, Range<usize>)>,
-    params: IndexMap<&'r str, (&'r toml::Value, Range<usize>), foldhash::fast::RandomState>,
-    inputs: IndexMap<&'r str, (&'r str, Range<usize>), foldhash::fast::RandomState>,
+    params: Pairs<'r, (&'r toml::Value, Range<usize>)>,
+    inputs: Pairs<'r, (&'r str, Range<usize>)>,
     cache: CacheMode,
     tags: Vec<(&'r str, &'r str)>,
     doc: Option<&'r str>,
     checks: Vec<(&'r RawCheck, Range<usize>)>,
     declared: bool,
+}
+
+/// A declaration's parameters or bindings, in file order: a node has a handful, so a vector searched
+/// linearly (one allocation, no hashing) beats a hash map.
+#[derive(Clone)]
+struct Pairs<'r, V>(Vec<(&'r str, V)>);
+
+impl<V> Default for Pairs<'_, V> {
+    fn default() -> Self {
+        Pairs(Vec::new())
+    }
+}
+
+impl<'r, V> Pairs<'r, V> {
+    fn get(&self, key: &str) -> Option<&V> {
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// Replaces the value of `key` in place, or appends it.
+    fn insert(&mut self, key: &'r str, value: V) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    /// Removes `key`, keeping the order of the rest.
+    fn shift_remove(&mut self, key: &str) {
+        self.0.retain(|(k, _)| *k != key);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn first(&self) -> Option<&(&'r str, V)> {
+        self.0.first()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&&'r str, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
 }
 
 impl Decl<'_> {
@@ -142,8 +184,8 @@ impl Decl<'_> {
             span,
             function: None,
             sql: None,
-            params: IndexMap::default(),
-            inputs: IndexMap::default(),
+            params: Pairs::default(),
+            inputs: Pairs::default(),
             cache: CacheMode::Default,
             tags: Vec::new(),
             doc: None,
@@ -387,8 +429,8 @@ impl<'a> Builder<'a> {
             span: span.clone(),
             function: n.function.as_ref().map(|f| (f.get_ref().as_str(), span_of(f))),
             sql: n.sql.as_ref().map(|s| (s.get_ref().as_str(), span_of(s))),
-            params: IndexMap::default(),
-            inputs: IndexMap::default(),
+            params: Pairs::default(),
+            inputs: Pairs::default(),
             cache: n.cache.as_ref().map(|c| *c.get_ref()).unwrap_or_default(),
             tags: n.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
             doc: n.doc.as_deref(),
@@ -640,7 +682,7 @@ impl<'a> Builder<'a> {
 
     fn resolve_sql(&mut self, id: NodeId, decl: Box<Decl<'a>>, sql_text: String, sql_span: Range<usize>) -> FlowNode {
         let mut tables: Vec<(String, String, Range<usize>)> = Vec::new(); // (table name, source, span)
-        for (alias, (source, span)) in &decl.inputs {
+        for (alias, (source, span)) in decl.inputs.iter() {
             tables.push((alias.to_string(), source.to_string(), span.clone()));
         }
         let known = |n: &str| {
