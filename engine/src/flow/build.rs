@@ -380,10 +380,10 @@ impl<'a> Builder<'a> {
                 continue;
             }
             let Some(base) = self.choose_variant(name_str, span.clone(), n) else { continue };
-            if n.parameterize.is_empty() {
+            if n.parameterize.as_ref().is_none_or(|p| p.is_empty()) {
                 self.add_decl(base);
             } else {
-                for (inst_name, inst) in &n.parameterize {
+                for (inst_name, inst) in n.parameterize.iter().flat_map(|p| p.iter()) {
                     let inst_ref = inst.get_ref();
                     let mut d = Box::new(Decl {
                         name: inst_name.get_ref().as_str().into(),

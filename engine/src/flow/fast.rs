@@ -454,7 +454,7 @@ fn set_node(n: &mut RawNode, key: &str, v: V<'_>, vspan: Range<usize>) -> Option
             n.cache = Some(Spanned::new(vspan, mode));
         }
         "params" => n.params = table(v)?,
-        "when" => n.when = Some(table(v)?),
+        "when" => n.when = Some(Box::new(table(v)?)),
         "inputs" => {
             let V::Table(entries) = v else { return None };
             for (k, kspan, v, span) in entries {

@@ -148,15 +148,16 @@ pub struct RawNode {
     /// Free text.
     #[serde(default)]
     pub doc: Option<String>,
-    /// The node exists only when every listed config value matches.
+    /// The node exists only when every listed config value matches (boxed, like `parameterize`: most nodes
+    /// have neither, and a generated flow may have 100,000 nodes).
     #[serde(default)]
-    pub when: Option<SpannedTable>,
+    pub when: Option<Box<SpannedTable>>,
     /// Alternative implementations chosen by config.
     #[serde(default)]
     pub variants: Vec<Spanned<RawVariant>>,
     /// Named instances of this function.
     #[serde(default)]
-    pub parameterize: IndexMap<Spanned<String>, Spanned<RawInstance>>,
+    pub parameterize: Option<Box<IndexMap<Spanned<String>, Spanned<RawInstance>>>>,
     /// Data checks on the result.
     #[serde(default)]
     pub checks: Vec<Spanned<RawCheck>>,
