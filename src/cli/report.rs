@@ -43,7 +43,7 @@ fn report_json(
         .iter()
         .map(|o| {
             json!({
-                "node": o.node,
+                "node": &*o.node,
                 "item": o.item,
                 "rows": o.value.as_ref().and_then(|v| v.rows()),
                 "identity": o.identity.map(|h| h.to_hex().to_string()),
