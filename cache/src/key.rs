@@ -113,11 +113,9 @@ impl CacheKey<'_> {
     /// node that runs this function, so a scheduler makes it once per function and passes it to
     /// [`CacheKey::hash_with_code`].
     pub fn code_digest(function: &str, code_version: &str, output_type: &str) -> Hash {
-        let mut buf = Vec::with_capacity(64 + function.len() + code_version.len() + output_type.len());
-        for s in [function, code_version, output_type] {
-            put_str(&mut buf, s);
-        }
-        blake3::hash(&buf)
+        let parts = [function, code_version, output_type];
+        let len = parts.iter().map(|s| 4 + s.len()).sum();
+        encode(len, |w| parts.iter().for_each(|s| w.put_str(s)), blake3::hash)
     }
 
     /// [`CacheKey::hash`] with the code digest already made (`code` must be
@@ -131,33 +129,41 @@ impl CacheKey<'_> {
     /// ```
     pub fn hash_with_code(&self, code: &Hash) -> Key {
         debug_assert_eq!(*code, Self::code_digest(self.function, self.code_version, self.output_type));
-        // One `blake3::hash` call over a stack buffer (a key of a few parameters is one or two blocks).
         let len =
             4 + 4 + self.inputs.iter().map(|i| 4 + i.param.len() + 1 + 4 + i.source.tag().1.len() + 32).sum::<usize>();
-        let mut stack = [0u8; 512];
-        let mut heap = Vec::new();
-        let buf: &mut [u8] = if len <= stack.len() {
-            &mut stack[..len]
-        } else {
-            heap.resize(len, 0);
-            &mut heap
+        let fill = |w: &mut Writer<'_>| {
+            w.put(&KEY_FORMAT.to_le_bytes());
+            w.put(&(self.inputs.len() as u32).to_le_bytes());
+            for input in &self.inputs {
+                w.put_str(input.param);
+                let (tag, name) = input.source.tag();
+                w.put(&[tag]);
+                w.put_str(name);
+                w.put(input.identity.as_bytes());
+            }
         };
-        let mut w = Writer { buf, at: 0 };
-        w.put(&KEY_FORMAT.to_le_bytes());
-        w.put(&(self.inputs.len() as u32).to_le_bytes());
-        for input in &self.inputs {
-            w.put_str(input.param);
-            let (tag, name) = input.source.tag();
-            w.put(&[tag]);
-            w.put_str(name);
-            w.put(input.identity.as_bytes());
-        }
-        debug_assert_eq!(w.at, len);
-        blake3::keyed_hash(code.as_bytes(), w.buf)
+        encode(len, fill, |bytes| blake3::keyed_hash(code.as_bytes(), bytes))
     }
 }
 
-/// Fills a buffer sized in advance.
+/// Writes `len` bytes with `fill` into a stack buffer (a heap one when longer) and hashes them with one
+/// call: a key of a few parameters is one or two blake3 blocks, with no allocation.
+fn encode(len: usize, fill: impl FnOnce(&mut Writer<'_>), hash: impl FnOnce(&[u8]) -> Hash) -> Hash {
+    let mut stack = [0u8; 512];
+    let mut heap = Vec::new();
+    let buf: &mut [u8] = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    let mut w = Writer { buf, at: 0 };
+    fill(&mut w);
+    debug_assert_eq!(w.at, len);
+    hash(w.buf)
+}
+
+/// Fills a buffer sized in advance; strings are length-prefixed (u32, little endian).
 struct Writer<'b> {
     buf: &'b mut [u8],
     at: usize,
@@ -173,11 +179,6 @@ impl Writer<'_> {
         self.put(&(s.len() as u32).to_le_bytes());
         self.put(s.as_bytes());
     }
-}
-
-fn put_str(buf: &mut Vec<u8>, s: &str) {
-    buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    buf.extend_from_slice(s.as_bytes());
 }
 
 /// Serializes a [`Hash`] as lowercase hex (serde helper).
@@ -317,7 +318,7 @@ mod tests {
         let k = key(vec![KeyInput { param: "x", source: InputSource::Config("n"), identity: blake3::hash(b"1") }]);
         let mut code = blake3::Hasher::new();
         for s in [k.function, k.code_version, k.output_type] {
-            code.update(&(s.len() as u64).to_le_bytes()).update(s.as_bytes());
+            code.update(&(s.len() as u32).to_le_bytes()).update(s.as_bytes());
         }
         let mut h = blake3::Hasher::new_keyed(code.finalize().as_bytes());
         h.update(&2u32.to_le_bytes());

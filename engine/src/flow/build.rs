@@ -164,10 +164,6 @@ impl<'r, V> Pairs<'r, V> {
         self.0.retain(|(k, _)| *k != key);
     }
 
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     fn first(&self) -> Option<&(&'r str, V)> {
         self.0.first()
     }
@@ -1304,15 +1300,11 @@ fn merge_params<'r>(
     inputs: &'r IndexMap<Spanned<String>, Spanned<String>>,
 ) {
     for (k, v) in params {
-        if !d.inputs.is_empty() {
-            d.inputs.shift_remove(k.get_ref().as_str());
-        }
+        d.inputs.shift_remove(k.get_ref());
         d.params.insert(k.get_ref(), (v.get_ref(), span_of(v)));
     }
     for (k, v) in inputs {
-        if !d.params.is_empty() {
-            d.params.shift_remove(k.get_ref().as_str());
-        }
+        d.params.shift_remove(k.get_ref());
         d.inputs.insert(k.get_ref(), (v.get_ref(), span_of(v)));
     }
 }

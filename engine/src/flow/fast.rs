@@ -251,13 +251,8 @@ impl<'t> Reader<'t> {
             }
             items.push(self.value()?);
             self.gap()?;
-            match self.peek()? {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    return Some(items);
-                }
-                _ => return None,
+            if self.separator(b']')? {
+                return Some(items);
             }
         }
     }
@@ -282,14 +277,20 @@ impl<'t> Reader<'t> {
             }
             entries.push((k, kspan, v, vspan));
             self.blank();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(entries);
-                }
-                _ => return None,
+            if self.separator(b'}')? {
+                return Some(entries);
             }
+        }
+    }
+
+    /// After an array item or table entry: a comma (`false`: more follow) or `close` (`true`: done).
+    fn separator(&mut self, close: u8) -> Option<bool> {
+        let b = self.peek()?;
+        self.at += 1;
+        match b {
+            b',' => Some(false),
+            b if b == close => Some(true),
+            _ => None,
         }
     }
 }

@@ -218,7 +218,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
     }
 
-    fn node_name(&self, pid: usize) -> &str {
+    fn node_name(&self, pid: usize) -> &Arc<str> {
         &self.plan.flow.nodes[self.plan.nodes[pid].id].name
     }
 
@@ -437,7 +437,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             }
         }
         self.opts.observer.event(&Event::NodeStarted(&report.name));
-        // the display name moves into the context while the node runs, and comes back after
+        // the context shares the display name (an `Arc`) while the node runs
         let cx = NodeCx::new(store.cloned(), Some(self.opts.observer.clone()), report.name.clone());
         let (result, cx) = ctx::enter(cx, || {
             std::panic::catch_unwind(AssertUnwindSafe(|| self.call(fnode, values)))
@@ -665,7 +665,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                 // dry run: the fan-out node would run, so its items are unknown
                 inst.children[child].unknown.store(true, Ordering::Release);
                 for &m in &b.members {
-                    let name = &self.plan.flow.nodes[self.plan.nodes[m].id].name;
+                    let name = self.node_name(m);
                     let report = NodeReport {
                         name: format!("{name}[*]").into(),
                         node: name.clone(),
@@ -691,7 +691,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             Err(why) => {
                 inst.children[child].failed.store(true, Ordering::Release);
                 for &m in &b.members {
-                    let name = &self.plan.flow.nodes[self.plan.nodes[m].id].name;
+                    let name = self.node_name(m);
                     let report = NodeReport {
                         name: name.clone(),
                         node: name.clone(),
