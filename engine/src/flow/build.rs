@@ -220,6 +220,7 @@ struct Builder<'a> {
     inputs: IndexMap<String, InputEntry>,
     /// Declarations by name, in file order, until resolved.
     decls: Vec<Option<Box<Decl<'a>>>>,
+    /// Resolved nodes, pushed in declaration order (`None`: the declaration had errors).
     nodes: Vec<Option<FlowNode>>,
     by_name: foldhash::HashMap<Arc<str>, NodeId>,
     edges: Vec<PendingEdge>,
@@ -265,10 +266,10 @@ impl<'a> Builder<'a> {
         self.resolve_targets_early(raw);
         let mut next = 0;
         while next < self.decls.len() {
-            if let Some(decl) = self.decls[next].take() {
-                let node = self.resolve(next, decl);
-                self.nodes[next] = node;
-            }
+            // declarations are resolved in order, so node `next` is pushed at index `next`
+            debug_assert_eq!(self.nodes.len(), next);
+            let node = self.decls[next].take().and_then(|decl| self.resolve(next, decl));
+            self.nodes.push(node);
             next += 1;
         }
     }
@@ -365,6 +366,7 @@ impl<'a> Builder<'a> {
         self.decls.reserve(raw.nodes.len());
         self.nodes.reserve(raw.nodes.len());
         self.by_name.reserve(raw.nodes.len());
+        self.edges.reserve(raw.nodes.len());
         for (name, node) in &raw.nodes {
             let name_str = name.get_ref();
             let span = span_of(name);
@@ -424,11 +426,11 @@ impl<'a> Builder<'a> {
             name: name.into(),
             span: span.clone(),
             function: n.function.as_ref().map(|f| (f.get_ref().as_str(), span_of(f))),
-            sql: n.sql.as_ref().map(|s| (s.get_ref().as_str(), span_of(s))),
+            sql: n.sql.as_deref().map(|s| (s.get_ref().as_str(), span_of(s))),
             params: Pairs::default(),
             inputs: Pairs::default(),
             cache: n.cache.as_ref().map(|c| *c.get_ref()).unwrap_or_default(),
-            tags: n.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            tags: n.tags.iter().flat_map(|t| t.iter()).map(|(k, v)| (k.as_str(), v.as_str())).collect(),
             doc: n.doc.as_deref(),
             checks: n.checks.iter().map(|c| (c.get_ref(), span_of(c))).collect(),
             declared: true,
@@ -517,19 +519,25 @@ impl<'a> Builder<'a> {
     }
 
     fn add_decl(&mut self, d: Box<Decl<'a>>) {
-        if let Some(first) = self.by_name.get(&d.name).and_then(|&i| self.decls[i].as_ref()).map(|f| f.span.clone()) {
+        // one probe of the name map for the check and the insert (a flow may declare 100,000 nodes)
+        let id = self.decls.len();
+        let first = match self.by_name.entry(d.name.clone()) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(id);
+                self.decls.push(Some(d));
+                return;
+            }
+            std::collections::hash_map::Entry::Occupied(first) => *first.get(),
+        };
+        // declarations are only added before any is resolved, so the first one is still there
+        if let Some(first) = self.decls[first].as_ref().map(|f| f.span.clone()) {
             let diag = Diagnostic::new("duplicate-node", format!("two nodes are called `{}`", d.name))
                 .node(&d.name)
                 .at(self.label(d.span.clone(), "second node with this name"))
                 .also(self.label(first.clone(), "first defined here"))
                 .help(Some("node names must be unique; rename one of the parameterized instances".to_string()));
             self.error(diag);
-            return;
         }
-        let id = self.decls.len();
-        self.by_name.insert(d.name.clone(), id);
-        self.decls.push(Some(d));
-        self.nodes.push(None);
     }
 
     /// Adds a node for a registered function named `name` that no declaration defines.
@@ -538,7 +546,6 @@ impl<'a> Builder<'a> {
         let decl = Box::new(Decl::auto(name, span));
         self.by_name.insert(decl.name.clone(), id);
         self.decls.push(Some(decl));
-        self.nodes.push(None);
         id
     }
 
@@ -1299,6 +1306,9 @@ fn merge_params<'r>(
     params: &'r IndexMap<Spanned<String>, Spanned<toml::Value>>,
     inputs: &'r IndexMap<Spanned<String>, Spanned<String>>,
 ) {
+    // room for exactly these (a vector grown from empty keeps room for four; a flow has one per node)
+    d.params.0.reserve_exact(params.len());
+    d.inputs.0.reserve_exact(inputs.len());
     for (k, v) in params {
         d.inputs.shift_remove(k.get_ref());
         d.params.insert(k.get_ref(), (v.get_ref(), span_of(v)));

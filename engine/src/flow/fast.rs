@@ -26,8 +26,9 @@ pub(crate) fn read(text: &str) -> Option<RawFlow> {
     let mut r = Reader { text, bytes: text.as_bytes(), at: 0 };
     let mut doc = Doc::default();
     // room for every node up front: a node is a few hundred bytes, and a growing map would move them all
+    // (`with_capacity`, not `reserve`: reserving rounds the entries up to the hash table's capacity)
     let nodes = text.matches("[nodes.").count();
-    doc.nodes.reserve(nodes);
+    doc.nodes = IndexMap::with_capacity_and_hasher(nodes, Default::default());
     doc.node_seen.reserve(nodes);
     let mut section = Section::None;
     loop {
@@ -443,7 +444,7 @@ impl Doc {
 fn set_node(n: &mut RawNode, key: &str, v: V<'_>, vspan: Range<usize>) -> Option<()> {
     match key {
         "fn" => n.function = Some(Spanned::new(vspan, string(v)?)),
-        "sql" => n.sql = Some(Spanned::new(vspan, string(v)?)),
+        "sql" => n.sql = Some(Box::new(Spanned::new(vspan, string(v)?))),
         "doc" => n.doc = Some(string(v)?),
         "cache" => {
             let mode = match string(v)?.as_str() {
@@ -458,15 +459,19 @@ fn set_node(n: &mut RawNode, key: &str, v: V<'_>, vspan: Range<usize>) -> Option
         "when" => n.when = Some(Box::new(table(v)?)),
         "inputs" => {
             let V::Table(entries) = v else { return None };
+            // exactly as many slots as entries (a map grown one by one keeps room for three)
+            n.inputs = IndexMap::with_capacity(entries.len());
             for (k, kspan, v, span) in entries {
                 n.inputs.insert(Spanned::new(kspan, k.to_string()), Spanned::new(span, string(v)?));
             }
         }
         "tags" => {
             let V::Table(entries) = v else { return None };
+            let mut tags = IndexMap::with_capacity(entries.len());
             for (k, _, v, _) in entries {
-                n.tags.insert(k.to_string(), string(v)?);
+                tags.insert(k.to_string(), string(v)?);
             }
+            n.tags = Some(Box::new(tags));
         }
         _ => return None,
     }

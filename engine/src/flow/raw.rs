@@ -130,9 +130,9 @@ pub struct RawNode {
     /// Registered function; default: the node's name.
     #[serde(rename = "fn", default)]
     pub function: Option<Spanned<String>>,
-    /// A SQL query instead of a function.
+    /// A SQL query instead of a function (boxed: most nodes are functions; see `when`).
     #[serde(default)]
-    pub sql: Option<Spanned<String>>,
+    pub sql: Option<Box<Spanned<String>>>,
     /// Literal parameter values.
     #[serde(default)]
     pub params: SpannedTable,
@@ -142,14 +142,15 @@ pub struct RawNode {
     /// Cache behaviour.
     #[serde(default)]
     pub cache: Option<Spanned<CacheMode>>,
-    /// Free-form tags (shown by `graph` and `nodes`, selectable with `--tag`).
+    /// Free-form tags (shown by `graph` and `nodes`, selectable with `--tag`; boxed, see `when`).
     #[serde(default)]
-    pub tags: IndexMap<String, String>,
+    pub tags: Option<Box<IndexMap<String, String>>>,
     /// Free text.
     #[serde(default)]
     pub doc: Option<String>,
-    /// The node exists only when every listed config value matches (boxed, like `parameterize`: most nodes
-    /// have neither, and a generated flow may have 100,000 nodes).
+    /// The node exists only when every listed config value matches (boxed, like `sql`, `tags` and
+    /// `parameterize`: most nodes have none of them, a generated flow may have 100,000 nodes, and parsing
+    /// such a flow costs mostly the fresh memory its nodes take).
     #[serde(default)]
     pub when: Option<Box<SpannedTable>>,
     /// Alternative implementations chosen by config.
