@@ -24,7 +24,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Diagnostics, Label, SourceFile, read_source};
-use super::raw::{CacheMode, RawCheck, RawFlow, RawNode, SpannedTable};
+use super::raw::{CacheMode, RawCheck, RawFlow, RawInstance, RawNode, SpannedTable};
 use super::{Arg, Binding, Block, EdgeMode, Flow, FlowNode, LiteralSource, MaterializeDecl, NodeId, NodeImpl};
 use crate::registry::{Lookup, OutputKind, ParamKind, Registry};
 use crate::suggest::{closest, did_you_mean};
@@ -173,10 +173,75 @@ impl<'r, V> Pairs<'r, V> {
     }
 }
 
+/// A declaration waiting for its turn: its name and what its [`Decl`] is made from. The `Decl` is made
+/// just before the node is resolved, so one exists at a time instead of one per node (building a flow of
+/// 100,000 nodes costs mostly the fresh memory it touches; see BENCHMARKS.md).
+struct Pending<'r> {
+    name: Arc<str>,
+    span: Range<usize>,
+    /// `None`: a registered function pulled in by name ([`Decl::auto`]).
+    from: Option<DeclFrom<'r>>,
+}
+
+/// The parts of the file a declaration is made from, chosen by `declare`.
+#[derive(Clone, Copy)]
+struct DeclFrom<'r> {
+    /// The `[nodes.NAME]` key and table.
+    key: &'r Spanned<String>,
+    node: &'r RawNode,
+    /// The variant the config selects.
+    variant: Option<usize>,
+    /// The `parameterize` instance this declaration is.
+    instance: Option<&'r RawInstance>,
+}
+
+impl<'r> Pending<'r> {
+    /// The declaration: the node's table, then its chosen variant, then its instance, each overriding the
+    /// parameters and bindings before it.
+    fn decl(self) -> Decl<'r> {
+        let Some(DeclFrom { key, node: n, variant, instance }) = self.from else {
+            return Decl::auto(self.name, self.span);
+        };
+        let mut d = Decl {
+            name: self.name,
+            span: self.span,
+            function: n.function.as_ref().map(|f| (f.get_ref().as_str(), span_of(f))),
+            sql: n.sql.as_deref().map(|s| (s.get_ref().as_str(), span_of(s))),
+            params: Pairs::default(),
+            inputs: Pairs::default(),
+            cache: n.cache.as_ref().map(|c| *c.get_ref()).unwrap_or_default(),
+            tags: n.tags.iter().flat_map(|t| t.iter()).map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            doc: n.doc.as_deref(),
+            checks: n.checks.iter().map(|c| (c.get_ref(), span_of(c))).collect(),
+            declared: true,
+        };
+        merge_params(&mut d, &n.params, &n.inputs);
+        if let Some(v) = variant.map(|i| n.variants[i].get_ref()) {
+            if let Some(f) = &v.function {
+                d.function = Some((f.get_ref().as_str(), span_of(f)));
+                d.sql = None;
+            }
+            if let Some(s) = &v.sql {
+                d.sql = Some((s.get_ref().as_str(), span_of(s)));
+                d.function = None;
+            }
+            merge_params(&mut d, &v.params, &v.inputs);
+        }
+        if let Some(inst) = instance {
+            // an instance's function is its table's name unless the table says otherwise
+            d.function = d.function.or_else(|| Some((key.get_ref().as_str(), span_of(key))));
+            d.doc = inst.doc.as_deref().or(d.doc);
+            merge_params(&mut d, &inst.params, &inst.inputs);
+            d.tags.extend(inst.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+        d
+    }
+}
+
 impl Decl<'_> {
-    fn auto(name: &str, span: Range<usize>) -> Self {
+    fn auto(name: Arc<str>, span: Range<usize>) -> Self {
         Decl {
-            name: name.into(),
+            name,
             span,
             function: None,
             sql: None,
@@ -218,8 +283,8 @@ struct Builder<'a> {
     errors: Vec<Diagnostic>,
     config: IndexMap<String, ConfigEntry>,
     inputs: IndexMap<String, InputEntry>,
-    /// Declarations by name, in file order, until resolved.
-    decls: Vec<Option<Box<Decl<'a>>>>,
+    /// Declarations in file order (then the functions pulled in by name), until resolved.
+    decls: Vec<Option<Pending<'a>>>,
     /// Resolved nodes, pushed in declaration order (`None`: the declaration had errors).
     nodes: Vec<Option<FlowNode>>,
     by_name: foldhash::HashMap<Arc<str>, NodeId>,
@@ -268,7 +333,7 @@ impl<'a> Builder<'a> {
         while next < self.decls.len() {
             // declarations are resolved in order, so node `next` is pushed at index `next`
             debug_assert_eq!(self.nodes.len(), next);
-            let node = self.decls[next].take().and_then(|decl| self.resolve(next, decl));
+            let node = self.decls[next].take().and_then(|pending| self.resolve(next, pending.decl()));
             self.nodes.push(node);
             next += 1;
         }
@@ -377,28 +442,15 @@ impl<'a> Builder<'a> {
                 self.disabled.push(name_str.clone());
                 continue;
             }
-            let Some(base) = self.choose_variant(name_str, span.clone(), n) else { continue };
+            let Some(variant) = self.choose_variant(name_str, span.clone(), n) else { continue };
+            let from = DeclFrom { key: name, node: n, variant, instance: None };
             if n.parameterize.as_ref().is_none_or(|p| p.is_empty()) {
-                self.add_decl(base);
+                self.add_decl(Pending { name: name_str.as_str().into(), span, from: Some(from) });
             } else {
                 for (inst_name, inst) in n.parameterize.iter().flat_map(|p| p.iter()) {
-                    let inst_ref = inst.get_ref();
-                    let mut d = Box::new(Decl {
-                        name: inst_name.get_ref().as_str().into(),
-                        span: span_of(inst_name),
-                        function: base.function.clone().or_else(|| Some((name_str.as_str(), span.clone()))),
-                        sql: base.sql.clone(),
-                        params: base.params.clone(),
-                        inputs: base.inputs.clone(),
-                        cache: base.cache,
-                        tags: base.tags.clone(),
-                        doc: inst_ref.doc.as_deref().or(base.doc),
-                        checks: base.checks.clone(),
-                        declared: true,
-                    });
-                    merge_params(&mut d, &inst_ref.params, &inst_ref.inputs);
-                    d.tags.extend(inst_ref.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                    self.add_decl(d);
+                    let from = DeclFrom { instance: Some(inst.get_ref()), ..from };
+                    let name = inst_name.get_ref().as_str().into();
+                    self.add_decl(Pending { name, span: span_of(inst_name), from: Some(from) });
                 }
             }
         }
@@ -421,23 +473,10 @@ impl<'a> Builder<'a> {
         known
     }
 
-    fn choose_variant(&mut self, name: &str, span: Range<usize>, n: &'a RawNode) -> Option<Box<Decl<'a>>> {
-        let mut d = Box::new(Decl {
-            name: name.into(),
-            span: span.clone(),
-            function: n.function.as_ref().map(|f| (f.get_ref().as_str(), span_of(f))),
-            sql: n.sql.as_deref().map(|s| (s.get_ref().as_str(), span_of(s))),
-            params: Pairs::default(),
-            inputs: Pairs::default(),
-            cache: n.cache.as_ref().map(|c| *c.get_ref()).unwrap_or_default(),
-            tags: n.tags.iter().flat_map(|t| t.iter()).map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-            doc: n.doc.as_deref(),
-            checks: n.checks.iter().map(|c| (c.get_ref(), span_of(c))).collect(),
-            declared: true,
-        });
-        merge_params(&mut d, &n.params, &n.inputs);
+    /// The variant of node `name` the config selects (`Some(None)`: it has none); `None` after an error.
+    fn choose_variant(&mut self, name: &str, span: Range<usize>, n: &'a RawNode) -> Option<Option<usize>> {
         if n.variants.is_empty() {
-            return Some(d);
+            return Some(None);
         }
         let mut matched = Vec::new();
         let mut fallback = Vec::new();
@@ -505,20 +544,10 @@ impl<'a> Builder<'a> {
                 return None;
             }
         };
-        let v = n.variants[chosen].get_ref();
-        if let Some(f) = &v.function {
-            d.function = Some((f.get_ref().as_str(), span_of(f)));
-            d.sql = None;
-        }
-        if let Some(s) = &v.sql {
-            d.sql = Some((s.get_ref().as_str(), span_of(s)));
-            d.function = None;
-        }
-        merge_params(&mut d, &v.params, &v.inputs);
-        Some(d)
+        Some(Some(chosen))
     }
 
-    fn add_decl(&mut self, d: Box<Decl<'a>>) {
+    fn add_decl(&mut self, d: Pending<'a>) {
         // one probe of the name map for the check and the insert (a flow may declare 100,000 nodes)
         let id = self.decls.len();
         let first = match self.by_name.entry(d.name.clone()) {
@@ -543,9 +572,9 @@ impl<'a> Builder<'a> {
     /// Adds a node for a registered function named `name` that no declaration defines.
     fn auto_node(&mut self, name: &str, span: Range<usize>) -> NodeId {
         let id = self.decls.len();
-        let decl = Box::new(Decl::auto(name, span));
-        self.by_name.insert(decl.name.clone(), id);
-        self.decls.push(Some(decl));
+        let pending = Pending { name: name.into(), span, from: None };
+        self.by_name.insert(pending.name.clone(), id);
+        self.decls.push(Some(pending));
         id
     }
 
@@ -573,7 +602,7 @@ impl<'a> Builder<'a> {
 
     // -- step 4: resolve one node -------------------------------------------------------------------------
 
-    fn resolve(&mut self, id: NodeId, decl: Box<Decl<'a>>) -> Option<FlowNode> {
+    fn resolve(&mut self, id: NodeId, decl: Decl<'a>) -> Option<FlowNode> {
         if let Some((sql_text, sql_span)) = decl.sql.clone() {
             let sql_text = sql_text.to_string();
             if let Some((_, fspan)) = &decl.function {
@@ -683,7 +712,7 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn resolve_sql(&mut self, id: NodeId, decl: Box<Decl<'a>>, sql_text: String, sql_span: Range<usize>) -> FlowNode {
+    fn resolve_sql(&mut self, id: NodeId, decl: Decl<'a>, sql_text: String, sql_span: Range<usize>) -> FlowNode {
         let mut tables: Vec<(String, String, Range<usize>)> = Vec::new(); // (table name, source, span)
         for (alias, (source, span)) in decl.inputs.iter() {
             tables.push((alias.to_string(), source.to_string(), span.clone()));
