@@ -29,6 +29,10 @@ bench-vs-hamilton:
     cargo build --release --bin bench
     python3 bench/vs_hamilton.py --bench "$CARGO_TARGET_DIR/release/bench"
 
+# two bench binaries interleaved phase by phase (paired ratios; this machine's timings drift by a third)
+bench-compare OLD NEW *ARGS:
+    python3 bench/compare.py {{OLD}} {{NEW}} {{ARGS}}
+
 # draw the PV flow (DOT; add --mermaid for Mermaid)
 graph *ARGS:
     cargo run --release -- graph flows/doi_pv.toml {{ARGS}}
