@@ -13,6 +13,7 @@
 //! Errors do not stop the steps that can still run, so one pass reports them all.
 
 use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::ops::Range;
@@ -551,12 +552,12 @@ impl<'a> Builder<'a> {
         // one probe of the name map for the check and the insert (a flow may declare 100,000 nodes)
         let id = self.decls.len();
         let first = match self.by_name.entry(d.name.clone()) {
-            std::collections::hash_map::Entry::Vacant(slot) => {
+            Entry::Vacant(slot) => {
                 slot.insert(id);
                 self.decls.push(Some(d));
                 return;
             }
-            std::collections::hash_map::Entry::Occupied(first) => *first.get(),
+            Entry::Occupied(first) => *first.get(),
         };
         // declarations are only added before any is resolved, so the first one is still there
         if let Some(first) = self.decls[first].as_ref().map(|f| f.span.clone()) {
