@@ -3,10 +3,11 @@
 
     python3 bench/compare.py OLD_BENCH NEW_BENCH [--rounds 16] [--phases parse,build,seq] [--sizes 100000]
 
-Each round runs `bench engine --profile PHASE --sizes N` (five repetitions of one phase on an N-node chain,
-printed as microseconds per node) once with each binary, so a slow spell of the machine hits both. It
-prints, per phase and size, the median of each binary, and the median and range of the per-round ratios
-old / new (above 1: the new binary is faster). `just bench-compare OLD NEW` builds nothing: keep a copy
+Each round runs `bench engine --profile PHASE --sizes N` (seven repetitions of one phase on an N-node chain;
+their median and minimum in microseconds per node) once with each binary, so a slow spell of the machine
+hits both. It prints, per phase and size, each binary's median over the rounds, and the median and range
+of the per-round ratios old / new (above 1: the new binary is faster), for both figures. The minimum is
+the steadier one here: interference only ever adds time. `just bench-compare OLD NEW` builds nothing: keep a copy
 of the old binary (`cp $CARGO_TARGET_DIR/release/bench /tmp/bench-old`) before changing the code.
 """
 
@@ -16,7 +17,7 @@ import statistics
 import subprocess
 import sys
 
-LINE = re.compile(r"(\w+) chain (\d+): ([\d.]+) us/node")
+LINE = re.compile(r"(\w+) chain (\d+): ([\d.]+) us/node median, ([\d.]+) min")
 
 
 def measure(binary: str, phase: str, sizes: str) -> dict:
@@ -26,7 +27,7 @@ def measure(binary: str, phase: str, sizes: str) -> dict:
         capture_output=True,
         text=True,
     )
-    return {int(m.group(2)): float(m.group(3)) for m in LINE.finditer(out.stderr + out.stdout)}
+    return {int(m.group(2)): (float(m.group(3)), float(m.group(4))) for m in LINE.finditer(out.stderr + out.stdout)}
 
 
 def main() -> int:
@@ -47,14 +48,16 @@ def main() -> int:
                     figures.setdefault((phase, n), {}).setdefault(which, []).append(us)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     print(f"{args.rounds} interleaved rounds; us/node on an N-node chain (build = parse + build); ratio = old / new")
-    print(f"{'phase':<7}{'n':>8}{'old':>9}{'new':>9}   ratio: median (range)")
+    print(f"{'phase':<7}{'n':>8}{'stat':>7}{'old':>9}{'new':>9}   ratio: median (range)")
     for (phase, n), by in figures.items():
-        old, new = by["old"], by["new"]
-        ratios = sorted(o / m for o, m in zip(old, new))
-        print(
-            f"{phase:<7}{n:>8}{statistics.median(old):>9.3f}{statistics.median(new):>9.3f}"
-            f"   {statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
-        )
+        for i, stat in enumerate(("median", "min")):
+            old = [f[i] for f in by["old"]]
+            new = [f[i] for f in by["new"]]
+            ratios = sorted(o / m for o, m in zip(old, new))
+            print(
+                f"{phase:<7}{n:>8}{stat:>7}{statistics.median(old):>9.3f}{statistics.median(new):>9.3f}"
+                f"   {statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+            )
     return 0
 
 

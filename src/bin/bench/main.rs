@@ -190,8 +190,10 @@ fn engine(sizes: Option<Vec<usize>>, json: bool) {
     }
 }
 
-/// Runs one phase of the 100K-node chain (or `--sizes`) in a loop, for a profiler.
+/// Runs one phase of the 100K-node chain (or `--sizes`) in a loop, for a profiler; prints the median and
+/// the minimum of the repetitions (`bench/compare.py` reads them).
 fn profile_phase(phase: &str, sizes: &[usize]) {
+    const REPS: usize = 7;
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     for &n in sizes {
         let src = SourceFile::new(format!("chain{n}.toml"), chain(n));
@@ -200,8 +202,9 @@ fn profile_phase(phase: &str, sizes: &[usize]) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let cached = RunOptions { jobs, store: Some(store), ..RunOptions::default() };
-        let t = Instant::now();
-        for _ in 0..5 {
+        let mut times = Vec::with_capacity(REPS);
+        for _ in 0..REPS {
+            let t = Instant::now();
             match phase {
                 "parse" => drop(std::hint::black_box(flow::parse(&src).unwrap())),
                 "build" => drop(std::hint::black_box(flow::build(src.clone(), &opts).unwrap())),
@@ -210,8 +213,12 @@ fn profile_phase(phase: &str, sizes: &[usize]) {
                 "cache" => drop(schedule::run(&f, &cached).unwrap()),
                 other => panic!("unknown phase {other}: parse, build, seq, par, cache"),
             }
+            times.push(t.elapsed());
         }
-        eprintln!("{phase} chain {n}: {:.2} us/node", t.elapsed().as_secs_f64() * 1e6 / 5.0 / n as f64);
+        times.sort();
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+        // the minimum too: on a shared machine, interference only ever adds time
+        eprintln!("{phase} chain {n}: {:.3} us/node median, {:.3} min", per(times[REPS / 2]), per(times[0]));
     }
 }
 
