@@ -41,7 +41,7 @@ pub const KEY_FORMAT: u32 = 2;
 ///     function: "my_nodes::double",
 ///     code_version: "3f2a",
 ///     output_type: "i64",
-///     inputs: vec![KeyInput { param: "x", source: InputSource::Literal, identity: blake3::hash(b"21") }],
+///     inputs: &[KeyInput { param: "x", source: InputSource::Literal, identity: blake3::hash(b"21") }],
 /// };
 /// let again = key.clone();
 /// assert_eq!(key.hash(), again.hash());
@@ -54,8 +54,8 @@ pub struct CacheKey<'a> {
     pub code_version: &'a str,
     /// `std::any::type_name` of the output.
     pub output_type: &'a str,
-    /// One identity per parameter, in parameter order.
-    pub inputs: Vec<KeyInput<'a>>,
+    /// One identity per parameter, in parameter order (borrowed: the engine keeps them on its stack).
+    pub inputs: &'a [KeyInput<'a>],
 }
 
 /// One parameter's contribution to a [`CacheKey`].
@@ -123,7 +123,7 @@ impl CacheKey<'_> {
     ///
     /// ```
     /// use flowrun_cache::{CacheKey, KeyInput, InputSource};
-    /// let key = CacheKey { function: "f", code_version: "1", output_type: "i64", inputs: vec![] };
+    /// let key = CacheKey { function: "f", code_version: "1", output_type: "i64", inputs: &[] };
     /// let code = CacheKey::code_digest("f", "1", "i64");
     /// assert_eq!(key.hash_with_code(&code), key.hash());
     /// ```
@@ -134,7 +134,7 @@ impl CacheKey<'_> {
         let fill = |w: &mut Writer<'_>| {
             w.put(&KEY_FORMAT.to_le_bytes());
             w.put(&(self.inputs.len() as u32).to_le_bytes());
-            for input in &self.inputs {
+            for input in self.inputs {
                 w.put_str(input.param);
                 let (tag, name) = input.source.tag();
                 w.put(&[tag]);
@@ -249,7 +249,7 @@ impl StoredKey {
         {
             out.push(KeyChange::Code);
         }
-        for input in &now.inputs {
+        for input in now.inputs {
             let (kind, name) = match input.source {
                 InputSource::Node(n) => ("node", Some(n)),
                 InputSource::Item(n) => ("item", Some(n)),
@@ -283,13 +283,15 @@ impl StoredKey {
 mod tests {
     use super::*;
 
-    fn key<'a>(inputs: Vec<KeyInput<'a>>) -> CacheKey<'a> {
+    fn key<'a>(inputs: &'a [KeyInput<'a>]) -> CacheKey<'a> {
         CacheKey { function: "f", code_version: "v1", output_type: "i64", inputs }
     }
 
     #[test]
     fn every_field_changes_the_hash() {
-        let base = key(vec![KeyInput { param: "x", source: InputSource::Node("a"), identity: blake3::hash(b"1") }]);
+        let x = KeyInput { param: "x", source: InputSource::Node("a"), identity: blake3::hash(b"1") };
+        let inputs = [x.clone()];
+        let base = key(&inputs);
         let h = base.hash();
         let mut k = base.clone();
         k.code_version = "v2";
@@ -300,22 +302,22 @@ mod tests {
         let mut k = base.clone();
         k.output_type = "u64";
         assert_ne!(k.hash(), h);
-        let mut k = base.clone();
-        k.inputs[0].identity = blake3::hash(b"2");
-        assert_ne!(k.hash(), h);
-        let mut k = base.clone();
-        k.inputs[0].source = InputSource::Node("b");
-        assert_ne!(k.hash(), h);
-        let mut k = base.clone();
-        k.inputs[0].param = "y";
-        assert_ne!(k.hash(), h);
+        let changed = [
+            KeyInput { identity: blake3::hash(b"2"), ..x.clone() },
+            KeyInput { source: InputSource::Node("b"), ..x.clone() },
+            KeyInput { param: "y", ..x.clone() },
+        ];
+        for input in &changed {
+            assert_ne!(key(std::slice::from_ref(input)).hash(), h, "{input:?}");
+        }
     }
 
     #[test]
     fn digest_is_stable() {
         // The encoding of KEY_FORMAT 2 fed to blake3 field by field: caches written by an earlier build of
         // this format must keep hitting, so the layout may only change together with KEY_FORMAT.
-        let k = key(vec![KeyInput { param: "x", source: InputSource::Config("n"), identity: blake3::hash(b"1") }]);
+        let inputs = [KeyInput { param: "x", source: InputSource::Config("n"), identity: blake3::hash(b"1") }];
+        let k = key(&inputs);
         let mut code = blake3::Hasher::new();
         for s in [k.function, k.code_version, k.output_type] {
             code.update(&(s.len() as u32).to_le_bytes()).update(s.as_bytes());
@@ -328,7 +330,8 @@ mod tests {
         assert_eq!(k.hash(), h.finalize());
         // a key too long for the stack buffer takes the same path through the heap
         let long = "p".repeat(600);
-        let k = key(vec![KeyInput { param: &long, source: InputSource::Literal, identity: blake3::hash(b"1") }]);
+        let inputs = [KeyInput { param: &long, source: InputSource::Literal, identity: blake3::hash(b"1") }];
+        let k = key(&inputs);
         let mut h = blake3::Hasher::new_keyed(code.finalize().as_bytes());
         h.update(&2u32.to_le_bytes()).update(&1u32.to_le_bytes());
         h.update(&600u32.to_le_bytes()).update(long.as_bytes()).update(&[6]).update(&0u32.to_le_bytes());
@@ -338,21 +341,22 @@ mod tests {
 
     #[test]
     fn field_boundaries_are_unambiguous() {
-        let a = CacheKey { function: "ab", code_version: "c", output_type: "t", inputs: vec![] };
-        let b = CacheKey { function: "a", code_version: "bc", output_type: "t", inputs: vec![] };
+        let a = CacheKey { function: "ab", code_version: "c", output_type: "t", inputs: &[] };
+        let b = CacheKey { function: "a", code_version: "bc", output_type: "t", inputs: &[] };
         assert_ne!(a.hash(), b.hash());
     }
 
     #[test]
     fn diff_names_what_changed() {
-        let old = key(vec![
+        let mut inputs = [
             KeyInput { param: "x", source: InputSource::Config("n"), identity: blake3::hash(b"1") },
             KeyInput { param: "y", source: InputSource::Node("a"), identity: blake3::hash(b"2") },
-        ]);
+        ];
+        let old = key(&inputs);
         let stored = StoredKey::parse(&serde_json::to_string(&old).unwrap()).unwrap();
         assert!(stored.diff(&old).is_empty());
-        let mut now = old.clone();
-        now.inputs[1].identity = blake3::hash(b"3");
+        inputs[1].identity = blake3::hash(b"3");
+        let mut now = key(&inputs);
         assert_eq!(
             stored.diff(&now),
             [KeyChange::Input { param: "y".into(), kind: "node".into(), name: Some("a".into()) }]
@@ -363,7 +367,8 @@ mod tests {
 
     #[test]
     fn key_serializes_for_verbose_output() {
-        let k = key(vec![KeyInput { param: "x", source: InputSource::Config("n"), identity: blake3::hash(b"1") }]);
+        let inputs = [KeyInput { param: "x", source: InputSource::Config("n"), identity: blake3::hash(b"1") }];
+        let k = key(&inputs);
         let json = serde_json::to_string(&k).unwrap();
         assert!(json.contains(r#""source":{"kind":"config","name":"n"}"#), "{json}");
         assert!(json.contains(&blake3::hash(b"1").to_hex().to_string()));

@@ -17,7 +17,7 @@
 //! let dir = tempfile::tempdir().unwrap();
 //! let store = Store::open(dir.path()).unwrap();
 //! let key = CacheKey { function: "double", code_version: "1", output_type: "i64",
-//!     inputs: vec![KeyInput { param: "x", source: InputSource::Literal, identity: blake3::hash(b"21") }] }.hash();
+//!     inputs: &[KeyInput { param: "x", source: InputSource::Literal, identity: blake3::hash(b"21") }] }.hash();
 //! assert!(store.lookup(&key).unwrap().is_none());             // miss: run the node
 //! let content = store.put(key, b"42", EntryMeta::default()).unwrap();
 //! store.commit().unwrap();                                   // end of run: one transaction

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
+use smallvec::SmallVec;
+
 use flowrun_cache::{
     CacheKey, Entry, EntryMeta, Hash, InputSource, Key, KeyChange, KeyInput, NodeState, Store, StoredKey,
 };
@@ -112,8 +114,11 @@ pub(crate) struct Exec<'p, 'f> {
     states: HashMap<String, NodeState>,
 }
 
+/// A node's gathered arguments: inline for up to two (they live only while the node runs).
+type GArgs<'a> = SmallVec<[GArg<'a>; 2]>;
+
 enum Gathered<'a> {
-    Ready(Vec<GArg<'a>>),
+    Ready(GArgs<'a>),
     UpstreamFailed(String),
 }
 
@@ -223,9 +228,9 @@ impl<'p, 'f> Exec<'p, 'f> {
     }
 
     fn gather(&self, inst: &Arc<Instance>, pid: usize) -> Gathered<'p> {
-        let pn = &self.plan.nodes[pid];
-        let mut out = Vec::with_capacity(pn.args.len());
-        for arg in &pn.args {
+        let args = self.plan.args(pid);
+        let mut out = GArgs::new();
+        for arg in args {
             let (source, value) = match arg {
                 PArg::Literal { value, identity, source } => (
                     ArgSource::Literal(source),
@@ -345,13 +350,14 @@ impl<'p, 'f> Exec<'p, 'f> {
         inst: &Arc<Instance>,
         pid: usize,
         fnode: &FlowNode,
-        args: Vec<GArg>,
+        args: GArgs,
         report: &mut NodeReport,
     ) -> Slot {
         let pn = &self.plan.nodes[pid];
         let store = self.opts.store.as_ref();
         // 2. the key
-        let mut inputs = Vec::with_capacity(args.len() + 1);
+        // on the stack: the key only lives while the node runs
+        let mut inputs: SmallVec<[KeyInput; 3]> = SmallVec::new();
         let mut unknown: Option<String> = None;
         for (garg, arg) in args.iter().zip(&fnode.args) {
             let identity = match &garg.value {
@@ -380,8 +386,12 @@ impl<'p, 'f> Exec<'p, 'f> {
             report.reasons = vec![Reason::UpstreamWillRun(up)];
             return Slot::Ok(Done { value: None, identity: None });
         }
-        let cache_key =
-            CacheKey { function: pn.function, code_version: fnode.code_version(), output_type: pn.output_type, inputs };
+        let cache_key = CacheKey {
+            function: pn.function,
+            code_version: fnode.code_version(),
+            output_type: pn.output_type,
+            inputs: &inputs,
+        };
         let key = cache_key.hash_with_code(&pn.code);
         report.key = Some(key);
         // parameter names are shared with the flow (`#checks` stands for the node's data checks)
@@ -596,7 +606,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         for &p in &pn.producers {
             self.release(inst, p);
         }
-        for arg in &pn.args {
+        for arg in self.plan.args(pid) {
             if let PArg::Collect { node, child } = arg {
                 let l = self.plan.nodes[*node].local;
                 for c in inst.children[*child].instances.get().map(Vec::as_slice).unwrap_or(&[]) {

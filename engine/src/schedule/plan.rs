@@ -10,7 +10,10 @@
 //! When a value can be dropped (`n_uses`): after each same-block consumer has started, each child block
 //! reading it has completed, and each collector has gathered it.
 
+use std::ops::Range;
+
 use flowrun_cache::{CacheKey, Hash};
+use smallvec::SmallVec;
 
 use super::lazy::Lazy;
 use crate::flow::{Binding, CacheMode, EdgeMode, Flow, LiteralSource, NodeId, NodeImpl};
@@ -19,20 +22,27 @@ pub(crate) struct Plan<'f> {
     pub flow: &'f Flow,
     pub nodes: Vec<PNode>,
     pub blocks: Vec<PBlock>,
+    /// Every node's arguments, node after node ([`PNode::args`] is a node's range).
+    args: Vec<PArg>,
 }
+
+/// A few plan ids or local indexes: most nodes have one or two producers and consumers, kept inline (a
+/// 100,000-node flow then makes no allocation per node for them).
+pub(crate) type Few = SmallVec<[usize; 2]>;
 
 pub(crate) struct PNode {
     /// Flow node id.
     pub id: NodeId,
     pub block: usize,
     pub local: usize,
-    pub args: Vec<PArg>,
+    /// Its arguments in [`Plan::args`], in parameter order.
+    args: Range<usize>,
     /// Same-block consumers (local indexes, distinct).
-    pub consumers: Vec<usize>,
+    pub consumers: Few,
     /// Child blocks (indexes into the block's `children`) whose instances wait for this node.
-    pub spawn_for: Vec<usize>,
+    pub spawn_for: Few,
     /// Distinct same-block producers this node releases when it starts.
-    pub producers: Vec<usize>,
+    pub producers: Few,
     pub n_deps: u32,
     pub n_uses: u32,
     pub pinned: bool,
@@ -163,10 +173,10 @@ impl<'f> Plan<'f> {
                 id,
                 block,
                 local,
-                args: Vec::new(),
-                consumers: Vec::new(),
-                spawn_for: Vec::new(),
-                producers: Vec::new(),
+                args: 0..0,
+                consumers: Few::new(),
+                spawn_for: Few::new(),
+                producers: Few::new(),
                 n_deps: 0,
                 n_uses: 0,
                 pinned: is_target[id],
@@ -183,10 +193,11 @@ impl<'f> Plan<'f> {
                 flow.blocks[fb].expand.map(|e| plan_of[e].expect("fan-out nodes of needed blocks are needed"));
         }
         // arguments and counters
+        let mut args = Vec::with_capacity(nodes.iter().map(|n| flow.nodes[n.id].args.len()).sum());
         for pid in 0..nodes.len() {
             let id = nodes[pid].id;
             let block = nodes[pid].block;
-            let mut args = Vec::with_capacity(flow.nodes[id].args.len());
+            let start = args.len();
             for arg in &flow.nodes[id].args {
                 let parg = match &arg.binding {
                     Binding::Literal { value, identity, source } => {
@@ -231,7 +242,7 @@ impl<'f> Plan<'f> {
                 };
                 args.push(parg);
             }
-            nodes[pid].args = args;
+            nodes[pid].args = start..args.len();
         }
         // every child block waits for (and releases) its fan-out node
         for b in 0..blocks.len() {
@@ -239,7 +250,12 @@ impl<'f> Plan<'f> {
                 add_release(&mut blocks, &mut nodes, b, e);
             }
         }
-        Plan { flow, nodes, blocks }
+        Plan { flow, nodes, blocks, args }
+    }
+
+    /// Node `pid`'s arguments, in parameter order.
+    pub fn args(&self, pid: usize) -> &[PArg] {
+        &self.args[self.nodes[pid].args.clone()]
     }
 
     /// Node runs known before any fan-out has produced items.
