@@ -40,6 +40,9 @@ use crate::value::{AnyValue, encode_value};
 
 pub(crate) type Task = (Arc<Instance>, usize);
 
+/// Item indexes from the outermost fan-out in; inline up to four levels of nesting.
+pub(crate) type ItemPath = SmallVec<[u32; 4]>;
+
 /// Stands in for an identity that is not known (dry run); such a key is never looked up or stored.
 const UNKNOWN: Hash = Hash::from_bytes([0; 32]);
 
@@ -63,7 +66,7 @@ pub(crate) struct Instance {
     parent: Option<Arc<Instance>>,
     item: Option<Done>,
     label: Option<Arc<str>>,
-    pub path: Vec<u32>,
+    pub path: ItemPath,
     /// One per member of the block (one allocation per instance: a fan-out makes many instances).
     members: Box<[Member]>,
     /// One per child block; empty (no allocation) for the innermost blocks.
@@ -97,7 +100,7 @@ struct Child {
 /// A pinned result, reported to the caller.
 pub(crate) struct Output {
     pub node: usize,
-    pub path: Vec<u32>,
+    pub path: ItemPath,
     pub label: Option<Arc<str>>,
     pub done: Done,
 }
@@ -166,7 +169,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         parent: Option<Arc<Instance>>,
         item: Option<Done>,
         label: Option<Arc<str>>,
-        path: Vec<u32>,
+        path: ItemPath,
     ) -> Arc<Instance> {
         let b = &self.plan.blocks[block];
         Arc::new(Instance {
@@ -201,7 +204,7 @@ impl<'p, 'f> Exec<'p, 'f> {
 
     /// The root instance and its ready tasks.
     pub fn start(&self) -> Vec<Task> {
-        let root = self.new_instance(0, None, None, None, Vec::new());
+        let root = self.new_instance(0, None, None, None, ItemPath::new());
         let mut ready = Vec::new();
         ready_members(&root, &mut ready);
         ready
@@ -232,9 +235,9 @@ impl<'p, 'f> Exec<'p, 'f> {
         let mut out = GArgs::new();
         for arg in args {
             let (source, value) = match arg {
-                PArg::Literal { value, identity, source } => (
-                    ArgSource::Literal(source),
-                    GValue::One(Done { value: Some(value.clone()), identity: Some(*identity) }),
+                PArg::Literal(lit) => (
+                    ArgSource::Literal(&lit.source),
+                    GValue::One(Done { value: Some(lit.value.clone()), identity: Some(lit.identity) }),
                 ),
                 PArg::Node { node, .. } => {
                     let owner = self.instance_of(inst, self.plan.nodes[*node].block);
@@ -378,24 +381,25 @@ impl<'p, 'f> Exec<'p, 'f> {
             };
             inputs.push(KeyInput { param: &arg.param, source: self.source(garg.source), identity });
         }
-        if let Some(checks) = pn.checks {
-            inputs.push(KeyInput { param: "#checks", source: InputSource::Literal, identity: checks });
+        if let Some(checks) = &pn.checks {
+            inputs.push(KeyInput { param: "#checks", source: InputSource::Literal, identity: **checks });
         }
         if let Some(up) = unknown {
             report.status = Status::WouldRun;
             report.reasons = vec![Reason::UpstreamWillRun(up)];
             return Slot::Ok(Done { value: None, identity: None });
         }
+        let func = &self.plan.functions[pn.function as usize];
         let cache_key = CacheKey {
-            function: pn.function,
+            function: func.path,
             code_version: fnode.code_version(),
-            output_type: pn.output_type,
+            output_type: func.output_type,
             inputs: &inputs,
         };
-        let key = cache_key.hash_with_code(&pn.code);
+        let key = cache_key.hash_with_code(&func.code);
         report.key = Some(key);
         // parameter names are shared with the flow (`#checks` stands for the node's data checks)
-        let params = fnode.args.iter().map(|a| a.param.clone()).chain(pn.checks.map(|_| Arc::from("#checks")));
+        let params = fnode.args.iter().map(|a| a.param.clone()).chain(pn.checks.as_ref().map(|_| Arc::from("#checks")));
         report.inputs = params.zip(cache_key.inputs.iter().map(|i| i.identity)).collect();
 
         // 3. the cache
@@ -475,7 +479,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             (_, Some(store)) => match encode_value(&*value) {
                 Ok(bytes) => {
                     let meta = EntryMeta {
-                        type_name: pn.output_type.to_string(),
+                        type_name: func.output_type.to_string(),
                         node: report.name.to_string(),
                         rows: report.rows,
                         deps: cx.deps.into_inner(),
@@ -733,7 +737,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                 (None, Some(own)) => own.into(),
                 (None, None) => arc_str(format_args!("{i}")),
             };
-            let mut path = Vec::with_capacity(inst.path.len() + 1);
+            let mut path = ItemPath::with_capacity(inst.path.len() + 1);
             path.extend_from_slice(&inst.path);
             path.push(i as u32);
             let done = Done { value: Some(Lazy::ready(item)), identity: Some(identity) };

@@ -24,6 +24,19 @@ pub(crate) struct Plan<'f> {
     pub blocks: Vec<PBlock>,
     /// Every node's arguments, node after node ([`PNode::args`] is a node's range).
     args: Vec<PArg>,
+    /// The functions the nodes run, each once ([`PNode::function`]).
+    pub functions: Vec<PFunction>,
+}
+
+/// A function as a node's cache key names it; one per registered function the plan uses (100,000 nodes
+/// of one function share one), one per SQL node.
+pub(crate) struct PFunction {
+    /// Registered path, or `sql`.
+    pub path: &'static str,
+    /// `std::any::type_name` of the output.
+    pub output_type: &'static str,
+    /// [`flowrun_cache::CacheKey::code_digest`] of the path, its code version and the output type.
+    pub code: Hash,
 }
 
 /// A few plan ids or local indexes: most nodes have one or two producers and consumers, kept inline (a
@@ -47,12 +60,10 @@ pub(crate) struct PNode {
     pub n_uses: u32,
     pub pinned: bool,
     pub cache: CacheMode,
-    pub function: &'static str,
-    pub output_type: &'static str,
-    /// [`flowrun_cache::CacheKey::code_digest`] of `function`, its code version and `output_type`.
-    pub code: Hash,
-    /// Hash of the node's data checks, part of its key.
-    pub checks: Option<Hash>,
+    /// Index into [`Plan::functions`].
+    pub function: u32,
+    /// Hash of the node's data checks, part of its key (boxed: most nodes have none).
+    pub checks: Option<Box<Hash>>,
 }
 
 pub(crate) enum PArg {
@@ -62,12 +73,15 @@ pub(crate) enum PArg {
     Item { expand: usize },
     /// The results of `node` in every instance of child block `child` (index into `children`).
     Collect { node: usize, child: usize },
-    Literal {
-        /// Made once per run, shared by every instance.
-        value: Lazy,
-        identity: Hash,
-        source: LiteralSource,
-    },
+    /// Boxed: literals are rare next to edges, which then take 24 bytes instead of 80.
+    Literal(Box<PLiteral>),
+}
+
+pub(crate) struct PLiteral {
+    /// Made once per run, shared by every instance.
+    pub value: Lazy,
+    pub identity: Hash,
+    pub source: LiteralSource,
 }
 
 pub(crate) struct PBlock {
@@ -138,7 +152,8 @@ impl<'f> Plan<'f> {
         };
         ensure_block(0, &mut blocks, &mut block_map);
         // code digests, made once per registered function (a flow may run one function in many nodes)
-        let mut codes: foldhash::HashMap<*const crate::registry::NodeDef, Hash> = Default::default();
+        let mut functions: Vec<PFunction> = Vec::new();
+        let mut function_of: foldhash::HashMap<*const crate::registry::NodeDef, u32> = Default::default();
         for &id in &flow.order {
             if !needed[id] {
                 continue;
@@ -149,18 +164,16 @@ impl<'f> Plan<'f> {
             let pid = nodes.len();
             blocks[block].members.push(pid);
             plan_of[id] = Some(pid);
-            let (function, output_type, code) = match &fnode.imp {
-                NodeImpl::Function(def) => {
-                    let (function, output_type) = (def.path(), def.output_type().name());
-                    let code = *codes
-                        .entry(std::ptr::from_ref(*def))
-                        .or_insert_with(|| CacheKey::code_digest(function, def.code_version, output_type));
-                    (function, output_type, code)
-                }
-                NodeImpl::Sql { code_version, .. } => {
-                    let output_type = std::any::type_name::<crate::Table>();
-                    ("sql", output_type, CacheKey::code_digest("sql", code_version, output_type))
-                }
+            let mut add = |path: &'static str, code_version: &str, output_type: &'static str| {
+                let code = CacheKey::code_digest(path, code_version, output_type);
+                functions.push(PFunction { path, output_type, code });
+                (functions.len() - 1) as u32
+            };
+            let function = match &fnode.imp {
+                NodeImpl::Function(def) => *function_of
+                    .entry(std::ptr::from_ref(*def))
+                    .or_insert_with(|| add(def.path(), def.code_version, def.output_type().name())),
+                NodeImpl::Sql { code_version, .. } => add("sql", code_version, std::any::type_name::<crate::Table>()),
             };
             let cache = if recompute.iter().any(|r| **r == *fnode.name) && fnode.cache == CacheMode::Default {
                 CacheMode::Recompute
@@ -168,7 +181,7 @@ impl<'f> Plan<'f> {
                 fnode.cache
             };
             let checks = (!fnode.checks.is_empty())
-                .then(|| blake3::hash(serde_json::to_string(&fnode.checks).unwrap_or_default().as_bytes()));
+                .then(|| Box::new(blake3::hash(serde_json::to_string(&fnode.checks).unwrap_or_default().as_bytes())));
             nodes.push(PNode {
                 id,
                 block,
@@ -182,8 +195,6 @@ impl<'f> Plan<'f> {
                 pinned: is_target[id],
                 cache,
                 function,
-                output_type,
-                code,
                 checks,
             });
         }
@@ -200,9 +211,11 @@ impl<'f> Plan<'f> {
             let start = args.len();
             for arg in &flow.nodes[id].args {
                 let parg = match &arg.binding {
-                    Binding::Literal { value, identity, source } => {
-                        PArg::Literal { value: Lazy::ready(value.clone()), identity: *identity, source: source.clone() }
-                    }
+                    Binding::Literal { value, identity, source } => PArg::Literal(Box::new(PLiteral {
+                        value: Lazy::ready(value.clone()),
+                        identity: *identity,
+                        source: source.clone(),
+                    })),
                     Binding::Node { node, mode: EdgeMode::Item } => PArg::Item { expand: plan_of[*node].unwrap() },
                     Binding::Node { node, mode: EdgeMode::Collect } => {
                         let q = plan_of[*node].unwrap();
@@ -250,7 +263,7 @@ impl<'f> Plan<'f> {
                 add_release(&mut blocks, &mut nodes, b, e);
             }
         }
-        Plan { flow, nodes, blocks, args }
+        Plan { flow, nodes, blocks, args, functions }
     }
 
     /// Node `pid`'s arguments, in parameter order.
