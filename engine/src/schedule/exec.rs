@@ -67,8 +67,9 @@ pub(crate) struct Instance {
     item: Option<Done>,
     label: Option<Arc<str>>,
     pub path: ItemPath,
-    /// One per member of the block (one allocation per instance: a fan-out makes many instances).
-    members: Box<[Member]>,
+    /// One per member of the block; inline when the block has one member, the common fan-out body (a
+    /// fan-out of 100,000 items then makes one allocation per item for its instance, not two).
+    members: SmallVec<[Member; 1]>,
     /// One per child block; empty (no allocation) for the innermost blocks.
     children: Box<[Child]>,
     /// Members and child blocks not yet complete.
@@ -172,21 +173,23 @@ impl<'p, 'f> Exec<'p, 'f> {
         path: ItemPath,
     ) -> Arc<Instance> {
         let b = &self.plan.blocks[block];
+        let member = |&p: &usize| Member {
+            slot: Mutex::new(Slot::Empty),
+            pending: AtomicU32::new(self.plan.nodes[p].n_deps),
+            uses: AtomicU32::new(self.plan.nodes[p].n_uses),
+        };
+        // through a `Vec` when they spill: its exact size (a `SmallVec` rounds up to a power of two)
+        let members = match b.members.len() {
+            0 | 1 => b.members.iter().map(member).collect(),
+            _ => SmallVec::from_vec(b.members.iter().map(member).collect()),
+        };
         Arc::new(Instance {
             block,
             parent,
             item,
             label,
             path,
-            members: b
-                .members
-                .iter()
-                .map(|&p| Member {
-                    slot: Mutex::new(Slot::Empty),
-                    pending: AtomicU32::new(self.plan.nodes[p].n_deps),
-                    uses: AtomicU32::new(self.plan.nodes[p].n_uses),
-                })
-                .collect(),
+            members,
             children: b
                 .children
                 .iter()
