@@ -61,6 +61,11 @@ fn slow_double(x: i64) -> i64 {
     x * 2
 }
 
+#[node(tags(layer = "staging", owner = "engine"))]
+fn tagged(x: i64) -> i64 {
+    x
+}
+
 #[node]
 fn independent(x: i64) -> i64 {
     x + 1
@@ -382,4 +387,18 @@ fn a_code_version_change_reruns_that_node_and_its_downstream_only() {
     let why = report.nodes.iter().find(|n| &*n.name == "square[3]").unwrap();
     assert_eq!(why.reasons, vec![Reason::CodeChanged]);
     assert_eq!(report.names(Status::Reused).len(), 1 + 10 + 1, "numbers, the offsets and total come from the cache");
+}
+
+#[test]
+fn a_node_has_its_function_tags_then_the_flow_files() {
+    let f = build(
+        "[flow]\nname = \"tags\"\n[nodes.t]\nfn = \"tagged\"\nparams = { x = 1 }\ntags = { owner = \"lab\", pii = \"no\" }\n",
+        &[],
+    );
+    let t = f.nodes.iter().find(|n| &*n.name == "t").unwrap();
+    let tags: Vec<(&str, &str)> = t.tags().collect();
+    assert_eq!(tags, [("layer", "staging"), ("owner", "engine"), ("owner", "lab"), ("pii", "no")]);
+    // the file's value of a key both give comes last, so it is the one a lookup by key keeps
+    assert_eq!(t.tags().filter(|(k, _)| *k == "owner").last(), Some(("owner", "lab")));
+    assert_eq!(t.file_tags, [("owner".to_string(), "lab".to_string()), ("pii".to_string(), "no".to_string())]);
 }

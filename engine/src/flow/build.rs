@@ -696,15 +696,14 @@ impl<'a> Builder<'a> {
             };
             args.push(Arg { param: p.name.into(), binding: binding.unwrap_or_else(placeholder) });
         }
-        let mut tags: Vec<(String, String)> = def.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        tags.extend(decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let file_tags = decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.check_checks(&decl, def.output);
         Some(FlowNode {
             name: decl.name.clone(),
             imp: NodeImpl::Function(def),
             args,
             cache: decl.cache,
-            tags,
+            file_tags,
             doc: decl.doc.map(|d| Cow::Owned(d.to_string())).unwrap_or(Cow::Borrowed(def.doc)),
             checks: decl.checks.iter().map(|(c, _)| (*c).clone()).collect(),
             span: decl.span.clone(),
@@ -762,7 +761,7 @@ impl<'a> Builder<'a> {
             imp: NodeImpl::Sql { sql: sql_text, code_version },
             args,
             cache: decl.cache,
-            tags: decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            file_tags: decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             doc: Cow::Owned(decl.doc.unwrap_or_default().to_string()),
             checks: decl.checks.iter().map(|(c, _)| (*c).clone()).collect(),
             span: decl.span.clone(),
@@ -848,7 +847,7 @@ impl<'a> Builder<'a> {
                 return None;
             }
             let (value, identity) = self.literal(&decl.name, param, ty, value, Some(span.clone()), "the literal")?;
-            return Some(Binding::Literal { value, identity, source: LiteralSource::Param });
+            return Some(Binding::literal(value, identity, LiteralSource::Param));
         }
         let (source, span, explicit): (&str, _, _) = match decl.inputs.get(param) {
             Some((s, span)) => (s, span.clone(), true),
@@ -864,7 +863,7 @@ impl<'a> Builder<'a> {
                 let (value, cspan) = (entry.value.clone(), entry.span.clone());
                 let origin = format!("config `{source}`");
                 let (value, identity) = self.literal(&decl.name, param, ty, &value, cspan, &origin)?;
-                return Some(Binding::Literal { value, identity, source: LiteralSource::Config(source.to_string()) });
+                return Some(Binding::literal(value, identity, LiteralSource::Config(source.to_string())));
             }
             if let Some(entry) = self.inputs.get(source) {
                 let ispan = entry.span.clone();
@@ -881,7 +880,7 @@ impl<'a> Builder<'a> {
                 };
                 let origin = format!("input `{source}`");
                 let (value, identity) = self.literal(&decl.name, param, ty, &value, vspan.or(Some(ispan)), &origin)?;
-                return Some(Binding::Literal { value, identity, source: LiteralSource::Input(source.to_string()) });
+                return Some(Binding::literal(value, identity, LiteralSource::Input(source.to_string())));
             }
         }
         if let Some(producer) = self.node_ref(source, span.clone()) {
@@ -893,7 +892,7 @@ impl<'a> Builder<'a> {
             && let Some(value) = ty.default_value()
         {
             let identity = identity_of(&*value).ok()?;
-            return Some(Binding::Literal { value, identity, source: LiteralSource::Default });
+            return Some(Binding::literal(value, identity, LiteralSource::Default));
         }
         let mut names: Vec<&str> = self.by_name.keys().map(|k| &**k).collect();
         names.extend(self.config.keys().map(String::as_str));
@@ -1102,7 +1101,8 @@ impl<'a> Builder<'a> {
         let mut errors = Vec::new();
         let order: Vec<NodeId> = order.into_iter().map(NodeIndex::index).collect();
         for &n in &order {
-            let mut candidates: Vec<(usize, NodeId)> = Vec::new();
+            // (scope, producer) per argument; on the stack (one per node of a 100,000-node flow)
+            let mut candidates: smallvec::SmallVec<[(usize, NodeId); 4]> = smallvec::SmallVec::new();
             for a in &nodes[n].args {
                 let Binding::Node { node: m, mode } = a.binding else { continue };
                 let b = match mode {
@@ -1316,7 +1316,7 @@ impl<'a> Builder<'a> {
 }
 
 fn placeholder() -> Binding {
-    Binding::Literal { value: Arc::new(()), identity: blake3::hash(b""), source: LiteralSource::Default }
+    Binding::literal(Arc::new(()), blake3::hash(b""), LiteralSource::Default)
 }
 
 fn within(blocks: &[Block], mut b: usize, ancestor: usize) -> bool {

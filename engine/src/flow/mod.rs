@@ -67,8 +67,9 @@ pub struct FlowNode {
     pub args: Vec<Arg>,
     /// Cache behaviour.
     pub cache: CacheMode,
-    /// Tags (from `#[node(tags(...))]` and the flow file).
-    pub tags: Vec<(String, String)>,
+    /// Tags the flow file gives this node; [`FlowNode::tags`] adds the function's own (kept once, in the
+    /// registry, rather than copied into every node).
+    pub file_tags: Vec<(String, String)>,
     /// Doc comment or `doc =`.
     pub doc: Cow<'static, str>,
     /// Data checks on the result.
@@ -88,6 +89,22 @@ impl FlowNode {
             NodeImpl::Function(def) => def.output,
             NodeImpl::Sql { .. } => OutputKind::Value(crate::value::TypeDesc::of::<crate::Table>()),
         }
+    }
+
+    /// Its tags: the function's (`#[node(tags(...))]`), then the flow file's (a key may appear in both; the
+    /// file's comes last).
+    ///
+    /// ```
+    /// # fn tags(node: &flowrun_engine::flow::FlowNode) {
+    /// let layer = node.tags().filter(|(k, _)| *k == "layer").last().map(|(_, v)| v);
+    /// # }
+    /// ```
+    pub fn tags(&self) -> impl Iterator<Item = (&str, &str)> {
+        let own: &[(&str, &str)] = match &self.imp {
+            NodeImpl::Function(def) => def.tags,
+            NodeImpl::Sql { .. } => &[],
+        };
+        own.iter().copied().chain(self.file_tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 
     /// `module::name` of the function, or `sql`.
@@ -150,15 +167,26 @@ pub enum Binding {
         /// How it is consumed.
         mode: EdgeMode,
     },
-    /// A value known before the run.
-    Literal {
-        /// The value.
-        value: AnyValue,
-        /// Its identity in cache keys (content hash for files, else the hash of its encoding).
-        identity: blake3::Hash,
-        /// Where it came from.
-        source: LiteralSource,
-    },
+    /// A value known before the run (boxed: most arguments are edges, and an argument is then 40 bytes
+    /// instead of 96).
+    Literal(Box<Literal>),
+}
+
+/// A parameter's value known before the run: a `params` literal, a config value, an input, a default.
+pub struct Literal {
+    /// The value.
+    pub value: AnyValue,
+    /// Its identity in cache keys (content hash for files, else the hash of its encoding).
+    pub identity: blake3::Hash,
+    /// Where it came from.
+    pub source: LiteralSource,
+}
+
+impl Binding {
+    /// A literal binding.
+    pub fn literal(value: AnyValue, identity: blake3::Hash, source: LiteralSource) -> Binding {
+        Binding::Literal(Box::new(Literal { value, identity, source }))
+    }
 }
 
 /// How a consumer uses a producer's result.

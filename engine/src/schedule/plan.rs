@@ -211,10 +211,10 @@ impl<'f> Plan<'f> {
             let start = args.len();
             for arg in &flow.nodes[id].args {
                 let parg = match &arg.binding {
-                    Binding::Literal { value, identity, source } => PArg::Literal(Box::new(PLiteral {
-                        value: Lazy::ready(value.clone()),
-                        identity: *identity,
-                        source: source.clone(),
+                    Binding::Literal(lit) => PArg::Literal(Box::new(PLiteral {
+                        value: Lazy::ready(lit.value.clone()),
+                        identity: lit.identity,
+                        source: lit.source.clone(),
                     })),
                     Binding::Node { node, mode: EdgeMode::Item } => PArg::Item { expand: plan_of[*node].unwrap() },
                     Binding::Node { node, mode: EdgeMode::Collect } => {
