@@ -59,7 +59,7 @@ fn function_label(flow: &Flow, i: usize) -> String {
     match &flow.nodes[i].imp {
         NodeImpl::Function(def) if def.name != &*flow.nodes[i].name => format!("{}()", def.name),
         NodeImpl::Function(_) => String::new(),
-        NodeImpl::Sql { .. } => "SQL".to_string(),
+        NodeImpl::Sql(_) => "SQL".to_string(),
     }
 }
 

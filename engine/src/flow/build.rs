@@ -26,7 +26,9 @@ use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Diagnostics, Label, SourceFile, read_source};
 use super::raw::{CacheMode, RawCheck, RawFlow, RawInstance, RawNode, SpannedTable};
-use super::{Arg, Binding, Block, EdgeMode, Flow, FlowNode, LiteralSource, MaterializeDecl, NodeId, NodeImpl};
+use super::{
+    Arg, Binding, Block, EdgeMode, Flow, FlowNode, LiteralSource, MaterializeDecl, NodeId, NodeImpl, SqlQuery,
+};
 use crate::registry::{Lookup, OutputKind, ParamKind, Registry};
 use crate::suggest::{closest, did_you_mean};
 use crate::value::{AnyValue, LiteralCx, TypeDesc, encode_value};
@@ -758,7 +760,7 @@ impl<'a> Builder<'a> {
         let code_version = blake3::hash(sql::normalize(&sql_text).as_bytes()).to_hex()[..32].to_string();
         FlowNode {
             name: decl.name.clone(),
-            imp: NodeImpl::Sql { sql: sql_text, code_version },
+            imp: NodeImpl::Sql(Box::new(SqlQuery { sql: sql_text, code_version })),
             args,
             cache: decl.cache,
             file_tags: decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -966,7 +968,7 @@ impl<'a> Builder<'a> {
             let (Some(consumer), Some(producer)) = (&self.nodes[e.consumer], &self.nodes[e.producer]) else { continue };
             let expected = match &consumer.imp {
                 NodeImpl::Function(def) => def.params[e.arg].kind,
-                NodeImpl::Sql { .. } => ParamKind::Value(TypeDesc::of::<Table>()),
+                NodeImpl::Sql(_) => ParamKind::Value(TypeDesc::of::<Table>()),
             };
             let produced = producer.output();
             let mode = match (expected, produced) {

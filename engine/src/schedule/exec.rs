@@ -514,7 +514,7 @@ impl<'p, 'f> Exec<'p, 'f> {
     fn call(&self, fnode: &FlowNode, values: Vec<ArgValue>) -> anyhow::Result<AnyValue> {
         match &fnode.imp {
             NodeImpl::Function(def) => (def.call)(&mut Args::new(values)),
-            NodeImpl::Sql { sql, .. } => {
+            NodeImpl::Sql(q) => {
                 let engine = self.opts.sql.as_ref().ok_or_else(|| {
                     anyhow::anyhow!("SQL node `{}` needs a SQL engine (the flowrun binary provides DuckDB)", fnode.name)
                 })?;
@@ -526,7 +526,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                     })?;
                     tables.push((&arg.param, t));
                 }
-                let t = engine.query(sql, &tables)?;
+                let t = engine.query(&q.sql, &tables)?;
                 Ok(Arc::new(t))
             }
         }

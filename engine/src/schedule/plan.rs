@@ -173,7 +173,7 @@ impl<'f> Plan<'f> {
                 NodeImpl::Function(def) => *function_of
                     .entry(std::ptr::from_ref(*def))
                     .or_insert_with(|| add(def.path(), def.code_version, def.output_type().name())),
-                NodeImpl::Sql { code_version, .. } => add("sql", code_version, std::any::type_name::<crate::Table>()),
+                NodeImpl::Sql(q) => add("sql", &q.code_version, std::any::type_name::<crate::Table>()),
             };
             let cache = if recompute.iter().any(|r| **r == *fnode.name) && fnode.cache == CacheMode::Default {
                 CacheMode::Recompute
