@@ -142,7 +142,8 @@ pub struct RawNode {
     /// Cache behaviour.
     #[serde(default)]
     pub cache: Option<Spanned<CacheMode>>,
-    /// Free-form tags (shown by `graph` and `nodes`, selectable with `--tag`; boxed, see `when`).
+    /// Free-form tags, kept on the flow node after the function's own (`FlowNode::tags`; boxed, see
+    /// `when`). The CLI neither draws nor selects by them yet.
     #[serde(default)]
     pub tags: Option<Box<IndexMap<String, String>>>,
     /// Free text.
