@@ -192,3 +192,48 @@ fn file_inputs_are_identified_by_content() {
     let sites = out.json()["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "sites").unwrap().clone();
     assert_eq!(sites["reasons"][0]["reason"], "param_changed");
 }
+
+#[test]
+fn tag_selects_the_tagged_nodes_and_what_they_need() {
+    let flow = r#"[flow]
+name = "tags"
+outputs = ["total"]
+
+[nodes.a]
+fn = "add"
+params = { a = 1, b = 2 }
+tags = { layer = "staging" }
+
+[nodes.b]
+fn = "add"
+params = { a = 3, b = 4 }
+tags = { kind = "mine" }
+
+[nodes.c]
+fn = "add"
+inputs = { a = "a", b = "a" }
+tags = { layer = "prepared" }
+
+[nodes.total]
+fn = "add"
+inputs = { a = "b", b = "c" }
+"#;
+    let s = Scratch::new();
+    s.write("flow.toml", flow);
+    let staging = s.run(&["--json", "run", "flow.toml", "--tag", "layer=staging", "--no-cache"]).ok();
+    assert_eq!(staging.nodes("executed"), ["a"]);
+    // a tagged node brings what it needs; repeated tags select nodes with any of them
+    let both =
+        s.run(&["--json", "run", "flow.toml", "--tag", "layer=prepared", "--tag", "kind=mine", "--no-cache"]).ok();
+    assert_eq!(both.nodes("executed"), ["a", "b", "c"]);
+    // `add` is tagged kind=demo by its #[node]; the file's kind = "mine" overrides it on `b`, which is
+    // not selected, only run because `total` needs it
+    let demo = s.run(&["--json", "run", "flow.toml", "--tag", "kind=demo", "--tag", "layer=none", "--no-cache"]).ok();
+    assert_eq!(demo.nodes("executed"), ["a", "b", "c", "total"]);
+    let mine = s.run(&["--json", "run", "flow.toml", "--tag", "kind=mine", "--no-cache"]).ok();
+    assert_eq!(mine.nodes("executed"), ["b"], "kind=demo of `b`'s function is overridden");
+    let none = s.run(&["run", "flow.toml", "--tag", "layer=gold", "--no-cache"]);
+    assert_ne!(none.code, 0);
+    assert!(none.stderr.contains("--tag layer=gold: no node of the flow has it"), "{}", none.stderr);
+    assert!(none.stderr.contains("layer=prepared, layer=staging"), "{}", none.stderr);
+}

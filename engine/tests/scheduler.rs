@@ -402,3 +402,28 @@ fn a_node_has_its_function_tags_then_the_flow_files() {
     assert_eq!(t.tags().filter(|(k, _)| *k == "owner").last(), Some(("owner", "lab")));
     assert_eq!(t.file_tags, [("owner".to_string(), "lab".to_string()), ("pii".to_string(), "no".to_string())]);
 }
+
+#[test]
+fn selected_outputs_keep_only_their_materializations() {
+    let src = "[flow]\nname = \"sel\"\noutputs = [\"b\"]\n\
+               [nodes.a]\nfn = \"tagged\"\nparams = { x = 1 }\n\
+               [nodes.b]\nfn = \"tagged\"\ninputs = { x = \"a\" }\n\
+               [nodes.c]\nfn = \"tagged\"\nparams = { x = 2 }\n\
+               [materialize.a_out]\nnode = \"a\"\nkind = \"geoparquet\"\npath = \"a.parquet\"\n\
+               [materialize.c_out]\nnode = \"c\"\nkind = \"ducklake\"\ntable = \"c\"\n";
+    let names = |f: &flowrun_engine::Flow, ids: &[usize]| -> Vec<String> {
+        let mut v: Vec<String> = ids.iter().map(|&i| f.nodes[i].name.to_string()).collect();
+        v.sort();
+        v
+    };
+    let all = build(src, &[]);
+    assert_eq!(names(&all, &all.targets), ["a", "b", "c"], "the flow's outputs and every materialized node");
+    assert_eq!(all.materialize.len(), 2);
+    // `--output a` (or `--tag`): that node and its section only, like dbt's --select
+    let opts = BuildOptions { outputs: Some(vec!["a".into()]), ..BuildOptions::default() };
+    let one = flow::build(SourceFile::new("test.toml", src), &opts).unwrap_or_else(|d| panic!("{}", d.render(false)));
+    assert_eq!(names(&one, &one.targets), ["a"]);
+    let kept: Vec<&str> = one.materialize.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(kept, ["a_out"]);
+    assert_eq!(run(&one, 1, None).names(Status::Executed), ["a"]);
+}

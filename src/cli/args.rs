@@ -60,9 +60,14 @@ pub struct FlowArgs {
     /// Give an [inputs] value: --input name=value (relative paths are relative to the current directory).
     #[arg(long = "input", value_name = "NAME=VALUE")]
     pub input: Vec<String>,
-    /// Build only these nodes (and what they need) instead of the flow's outputs.
+    /// Build only these nodes (and what they need) instead of the flow's outputs; only their
+    /// [materialize] sections are written (dbt's --select).
     #[arg(long = "output", value_name = "NODE")]
     pub output: Vec<String>,
+    /// Build only the nodes tagged KEY=VALUE (and what they need), with any --output; repeated: nodes
+    /// with any of the tags. A node's tags are its function's, overridden by the flow file's.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tag: Vec<String>,
     /// Take every dataset from this directory or HTTP base (`<mirror>/<dataset>/<files>`); short for
     /// --input mirror=...
     #[arg(long, value_name = "DIR|URL")]

@@ -153,14 +153,21 @@ pub fn build(f: &FlowArgs) -> Result<Flow, CliError> {
     if let Some(m) = &f.mirror {
         set_inputs.push(("mirror".to_string(), m.clone()));
     }
-    let opts = BuildOptions {
+    let mut opts = BuildOptions {
         registry: Registry::global(),
         set_config: split_kv(&f.set, "--set")?,
         set_inputs,
         outputs: (!f.output.is_empty()).then(|| f.output.clone()),
         materializer_kinds: flowrun_lake::MATERIALIZER_KINDS.iter().map(|s| s.to_string()).collect(),
     };
-    let flow = flowrun_engine::flow::load(&f.flow, &opts).map_err(CliError::Invalid)?;
+    let mut flow = flowrun_engine::flow::load(&f.flow, &opts).map_err(CliError::Invalid)?;
+    if !f.tag.is_empty() {
+        // the tagged nodes become outputs, so what is built, run and materialized is what --output does
+        let mut outputs = f.output.clone();
+        outputs.extend(tagged(&flow, &split_kv(&f.tag, "--tag")?)?);
+        opts.outputs = Some(outputs);
+        flow = flowrun_engine::flow::load(&f.flow, &opts).map_err(CliError::Invalid)?;
+    }
     flowrun_lake::check(&flow, &split_kv(&f.lake, "--lake")?).map_err(CliError::Invalid)?;
     for name in &f.recompute {
         if flow.node(name).is_none() {
@@ -168,6 +175,40 @@ pub fn build(f: &FlowArgs) -> Result<Flow, CliError> {
         }
     }
     Ok(flow)
+}
+
+/// Names of the nodes carrying any of `wanted` (a node's tag value for a key is the last its tags give:
+/// the flow file's over its function's); an error naming the flow's tags when none does.
+fn tagged(flow: &Flow, wanted: &[(String, String)]) -> Result<Vec<String>, CliError> {
+    // a node's tags, one value per key: the last one given
+    let effective = |node: &flowrun_engine::flow::FlowNode| {
+        let mut tags: Vec<(&str, &str)> = Vec::new();
+        for (k, v) in node.tags() {
+            match tags.iter_mut().find(|(key, _)| *key == k) {
+                Some(slot) => slot.1 = v,
+                None => tags.push((k, v)),
+            }
+        }
+        tags.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>()
+    };
+    let names: Vec<String> = flow
+        .nodes
+        .iter()
+        .filter(|n| effective(n).iter().any(|tag| wanted.contains(tag)))
+        .map(|n| n.name.to_string())
+        .collect();
+    if names.is_empty() {
+        let mut present: Vec<String> = flow.nodes.iter().flat_map(effective).map(|(k, v)| format!("{k}={v}")).collect();
+        present.sort();
+        present.dedup();
+        let asked: Vec<String> = wanted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let have = if present.is_empty() { "none".to_string() } else { present.join(", ") };
+        return Err(CliError::Other(anyhow::anyhow!(
+            "--tag {}: no node of the flow has it (its nodes' tags: {have})",
+            asked.join(", --tag ")
+        )));
+    }
+    Ok(names)
 }
 
 fn open_store(dir: &Path) -> Result<Arc<Store>, CliError> {

@@ -42,7 +42,8 @@ pub struct BuildOptions<'a> {
     pub set_config: Vec<(String, String)>,
     /// `--input name=value` values of `[inputs]`.
     pub set_inputs: Vec<(String, String)>,
-    /// Overrides `[flow] outputs`.
+    /// Overrides `[flow] outputs`, and selects (like dbt's `--select`): only the `[materialize]` sections
+    /// of these nodes are kept. Without it, every section's node is a target too.
     pub outputs: Option<Vec<String>>,
     /// Materializer kinds the caller can write; empty accepts any kind.
     pub materializer_kinds: Vec<String>,
@@ -1048,10 +1049,13 @@ impl<'a> Builder<'a> {
         }
 
         // materialize sections
-        let materialize = self.materialize_decls(raw);
+        let mut materialize = self.materialize_decls(raw);
 
         // targets
         let targets = self.targets(raw, &materialize);
+        if self.opts.outputs.is_some() {
+            materialize.retain(|m| targets.contains(&m.node));
+        }
 
         if self.nodes.iter().any(Option::is_none) || !self.errors.is_empty() {
             if self.errors.is_empty() {
@@ -1308,9 +1312,11 @@ impl<'a> Builder<'a> {
                 );
             }
         }
-        for m in materialize {
-            if !targets.contains(&m.node) {
-                targets.push(m.node);
+        if self.opts.outputs.is_none() {
+            for m in materialize {
+                if !targets.contains(&m.node) {
+                    targets.push(m.node);
+                }
             }
         }
         targets
