@@ -142,8 +142,8 @@ pub struct RawNode {
     /// Cache behaviour.
     #[serde(default)]
     pub cache: Option<Spanned<CacheMode>>,
-    /// Free-form tags, kept on the flow node after the function's own (`FlowNode::tags`; boxed, see
-    /// `when`). The CLI neither draws nor selects by them yet.
+    /// Free-form tags, kept on the flow node after the function's own (`FlowNode::tags`), selectable with
+    /// `--tag KEY=VALUE` (boxed, see `when`).
     #[serde(default)]
     pub tags: Option<Box<IndexMap<String, String>>>,
     /// Free text.
