@@ -399,7 +399,9 @@ fn a_node_has_its_function_tags_then_the_flow_files() {
     let tags: Vec<(&str, &str)> = t.tags().collect();
     assert_eq!(tags, [("layer", "staging"), ("owner", "engine"), ("owner", "lab"), ("pii", "no")]);
     // the file's value of a key both give comes last, so it is the one a lookup by key keeps
-    assert_eq!(t.tags().filter(|(k, _)| *k == "owner").last(), Some(("owner", "lab")));
+    assert_eq!(t.tag("owner"), Some("lab"));
+    assert_eq!(t.tag("layer"), Some("staging"));
+    assert_eq!(t.tag("nope"), None);
     assert_eq!(t.file_tags, [("owner".to_string(), "lab".to_string()), ("pii".to_string(), "no".to_string())]);
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use flowrun_cache::Store;
-use flowrun_engine::flow::{BuildOptions, Diagnostics};
+use flowrun_engine::flow::{BuildOptions, Diagnostic, Diagnostics};
 use flowrun_engine::schedule::{self, RunOptions, RunStatus};
 use flowrun_engine::{Flow, Registry};
 
@@ -27,7 +27,7 @@ pub enum Outcome {
 
 /// Errors that end a command early.
 pub enum CliError {
-    /// The flow is invalid: exit 2.
+    /// The flow or a command-line argument is invalid: exit 2.
     Invalid(Diagnostics),
     /// Anything else (cache, I/O, materialization): exit 3.
     Other(anyhow::Error),
@@ -143,7 +143,7 @@ fn split_kv(items: &[String], what: &str) -> Result<Vec<(String, String)>, CliEr
         .map(|kv| {
             kv.split_once('=')
                 .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-                .ok_or_else(|| CliError::Other(anyhow::anyhow!("{what} `{kv}` is not of the form NAME=VALUE")))
+                .ok_or_else(|| bad_argument(format!("{what} `{kv}` is not of the form NAME=VALUE")))
         })
         .collect()
 }
@@ -171,7 +171,7 @@ pub fn build(f: &FlowArgs) -> Result<Flow, CliError> {
     flowrun_lake::check(&flow, &split_kv(&f.lake, "--lake")?).map_err(CliError::Invalid)?;
     for name in &f.recompute {
         if flow.node(name).is_none() {
-            return Err(CliError::Other(anyhow::anyhow!("--recompute {name}: the flow has no node `{name}`")));
+            return Err(bad_argument(format!("--recompute {name}: the flow has no node `{name}`")));
         }
     }
     Ok(flow)
@@ -180,35 +180,33 @@ pub fn build(f: &FlowArgs) -> Result<Flow, CliError> {
 /// Names of the nodes carrying any of `wanted` (a node's tag value for a key is the last its tags give:
 /// the flow file's over its function's); an error naming the flow's tags when none does.
 fn tagged(flow: &Flow, wanted: &[(String, String)]) -> Result<Vec<String>, CliError> {
-    // a node's tags, one value per key: the last one given
-    let effective = |node: &flowrun_engine::flow::FlowNode| {
-        let mut tags: Vec<(&str, &str)> = Vec::new();
-        for (k, v) in node.tags() {
-            match tags.iter_mut().find(|(key, _)| *key == k) {
-                Some(slot) => slot.1 = v,
-                None => tags.push((k, v)),
-            }
-        }
-        tags.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>()
-    };
     let names: Vec<String> = flow
         .nodes
         .iter()
-        .filter(|n| effective(n).iter().any(|tag| wanted.contains(tag)))
+        .filter(|n| wanted.iter().any(|(k, v)| n.tag(k) == Some(v.as_str())))
         .map(|n| n.name.to_string())
         .collect();
     if names.is_empty() {
-        let mut present: Vec<String> = flow.nodes.iter().flat_map(effective).map(|(k, v)| format!("{k}={v}")).collect();
+        let mut present: Vec<String> = flow
+            .nodes
+            .iter()
+            .flat_map(|n| n.tags().map(move |(k, _)| format!("{k}={}", n.tag(k).unwrap_or_default())))
+            .collect();
         present.sort();
         present.dedup();
         let asked: Vec<String> = wanted.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let have = if present.is_empty() { "none".to_string() } else { present.join(", ") };
-        return Err(CliError::Other(anyhow::anyhow!(
+        return Err(bad_argument(format!(
             "--tag {}: no node of the flow has it (its nodes' tags: {have})",
             asked.join(", --tag ")
         )));
     }
     Ok(names)
+}
+
+/// A command-line argument the flow cannot take: exit 2, like an invalid flow (nothing ran).
+fn bad_argument(message: String) -> CliError {
+    CliError::Invalid(Diagnostics(vec![Diagnostic::new("bad-argument", message)]))
 }
 
 fn open_store(dir: &Path) -> Result<Arc<Store>, CliError> {

@@ -92,11 +92,13 @@ impl FlowNode {
     }
 
     /// Its tags: the function's (`#[node(tags(...))]`), then the flow file's (a key may appear in both; the
-    /// file's comes last).
+    /// file's comes last, and [`FlowNode::tag`] gives it).
     ///
     /// ```
     /// # fn tags(node: &flowrun_engine::flow::FlowNode) {
-    /// let layer = node.tags().filter(|(k, _)| *k == "layer").last().map(|(_, v)| v);
+    /// for (key, value) in node.tags() {
+    ///     println!("{key} = {value}");
+    /// }
     /// # }
     /// ```
     pub fn tags(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -105,6 +107,11 @@ impl FlowNode {
             NodeImpl::Sql(_) => &[],
         };
         own.iter().copied().chain(self.file_tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    /// The value of tag `key`: the flow file's if it gives one, else the function's.
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags().filter(|(k, _)| *k == key).last().map(|(_, v)| v)
     }
 
     /// `module::name` of the function, or `sql`.
@@ -170,7 +177,7 @@ pub enum Binding {
         /// How it is consumed.
         mode: EdgeMode,
     },
-    /// A value known before the run (boxed: most arguments are edges, and an argument is then 40 bytes
+    /// A value known before the run (boxed: most arguments are edges, and an argument is then 32 bytes
     /// instead of 96).
     Literal(Box<Literal>),
 }
