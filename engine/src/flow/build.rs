@@ -25,7 +25,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Diagnostics, Label, SourceFile, read_source};
-use super::raw::{CacheMode, RawCheck, RawFlow, RawInstance, RawNode, SpannedTable};
+use super::raw::{CacheMode, RawCheck, RawFlow, RawInstance, RawMap, RawNode, SpannedTable};
 use super::{
     Arg, Binding, Block, EdgeMode, Flow, FlowNode, LiteralSource, MaterializeDecl, NodeId, NodeImpl, SqlQuery,
 };
@@ -1339,11 +1339,7 @@ fn within(blocks: &[Block], mut b: usize, ancestor: usize) -> bool {
     }
 }
 
-fn merge_params<'r>(
-    d: &mut Decl<'r>,
-    params: &'r IndexMap<Spanned<String>, Spanned<toml::Value>>,
-    inputs: &'r IndexMap<Spanned<String>, Spanned<String>>,
-) {
+fn merge_params<'r>(d: &mut Decl<'r>, params: &'r SpannedTable, inputs: &'r RawMap<Spanned<String>, Spanned<String>>) {
     // room for exactly these (a vector grown from empty keeps room for four; a flow has one per node)
     d.params.0.reserve_exact(params.len());
     d.inputs.0.reserve_exact(inputs.len());

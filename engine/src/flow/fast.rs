@@ -17,9 +17,10 @@
 use std::ops::Range;
 
 use indexmap::IndexMap;
+use smallvec::SmallVec;
 use toml::Spanned;
 
-use super::raw::{CacheMode, RawFlow, RawHeader, RawInput, RawNode, SpannedTable};
+use super::raw::{CacheMode, RawFlow, RawHeader, RawInput, RawMap, RawNode, SpannedTable};
 
 /// The flow file, or `None` when it is not of the plain shape this reader knows (see the module docs).
 pub(crate) fn read(text: &str) -> Option<RawFlow> {
@@ -27,7 +28,7 @@ pub(crate) fn read(text: &str) -> Option<RawFlow> {
     let mut doc = Doc::default();
     // room for every node up front: a node is a few hundred bytes, and a growing map would move them all
     // (`with_capacity`, not `reserve`: reserving rounds the entries up to the hash table's capacity)
-    let nodes = text.matches("[nodes.").count();
+    let nodes = memchr::memmem::find_iter(text.as_bytes(), b"[nodes.").count();
     doc.nodes = IndexMap::with_capacity_and_hasher(nodes, Default::default());
     doc.node_seen.reserve(nodes);
     let mut section = Section::None;
@@ -65,8 +66,8 @@ enum V<'t> {
 /// An inline table's entry: key, key span, value, value span.
 type Entry<'t> = (&'t str, Range<usize>, V<'t>, Range<usize>);
 
-/// A header's bare keys with their spans.
-type KeyPath<'t> = Vec<(&'t str, Range<usize>)>;
+/// A header's bare keys with their spans: the headers this reader knows have one or two, kept on the stack.
+type KeyPath<'t> = SmallVec<[(&'t str, Range<usize>); 2]>;
 
 impl V<'_> {
     fn into_toml(self) -> toml::Value {
@@ -162,9 +163,13 @@ impl<'t> Reader<'t> {
     fn header(&mut self) -> Option<(KeyPath<'t>, Range<usize>)> {
         let start = self.at;
         self.expect(b'[')?;
-        let mut path = vec![self.key()?];
+        let mut path = KeyPath::new();
+        path.push(self.key()?);
         while self.peek()? == b'.' {
             self.at += 1;
+            if path.len() == 2 {
+                return None; // `[nodes.a.variants]` and deeper go to the crate
+            }
             path.push(self.key()?);
         }
         self.expect(b']')?;
@@ -333,7 +338,7 @@ const NODE_KEYS: [&str; 8] = ["fn", "sql", "doc", "cache", "params", "when", "in
 
 impl Doc {
     fn open(&mut self, (path, span): (KeyPath<'_>, Range<usize>)) -> Option<Section> {
-        let names: Vec<&str> = path.iter().map(|(k, _)| *k).collect();
+        let names: SmallVec<[&str; 2]> = path.iter().map(|(k, _)| *k).collect();
         let fresh = |taken: bool| (!taken).then_some(());
         Some(match names.as_slice() {
             ["flow"] => {
@@ -460,7 +465,7 @@ fn set_node(n: &mut RawNode, key: &str, v: V<'_>, vspan: Range<usize>) -> Option
         "inputs" => {
             let V::Table(entries) = v else { return None };
             // exactly as many slots as entries (a map grown one by one keeps room for three)
-            n.inputs = IndexMap::with_capacity(entries.len());
+            n.inputs = RawMap::with_capacity(entries.len());
             for (k, kspan, v, span) in entries {
                 n.inputs.insert(Spanned::new(kspan, k.to_string()), Spanned::new(span, string(v)?));
             }

@@ -51,12 +51,166 @@
 //! kind = "ducklake"
 //! ```
 
+use std::borrow::Borrow;
+use std::fmt;
+
 use indexmap::IndexMap;
 use serde::Deserialize;
 use toml::Spanned;
 
 /// A spanned map of names to spanned TOML values.
-pub type SpannedTable = IndexMap<Spanned<String>, Spanned<toml::Value>>;
+pub type SpannedTable = RawMap<Spanned<String>, Spanned<toml::Value>>;
+
+/// A TOML table's entries in file order: a vector searched linearly, for the small tables of a flow file
+/// (a node's `params` and `inputs`, `[config]`, a `[materialize.*]` section).
+///
+/// A hash map per table cost two allocations and 72 bytes each, more than all its lookups save: a table
+/// has a handful of keys, and a generated flow has 100,000 nodes with one or two tables each. A key
+/// given twice is an error, as in TOML.
+///
+/// ```
+/// use flowrun_engine::flow::raw::RawMap;
+/// let mut m = RawMap::new();
+/// assert!(m.insert("b".to_string(), 1).is_none());
+/// m.insert("a".to_string(), 2);
+/// assert_eq!(m.insert("b".to_string(), 3), Some(1)); // replaced in place
+/// assert_eq!(m.get("b"), Some(&3));
+/// assert_eq!(m.keys().map(String::as_str).collect::<Vec<_>>(), ["b", "a"]);
+/// ```
+#[derive(Clone, PartialEq)]
+pub struct RawMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for RawMap<K, V> {
+    fn default() -> Self {
+        RawMap(Vec::new())
+    }
+}
+
+impl<K, V> RawMap<K, V> {
+    /// An empty map (allocates nothing).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty map with room for `n` entries.
+    pub fn with_capacity(n: usize) -> Self {
+        RawMap(Vec::with_capacity(n))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Entries in file order.
+    pub fn iter(&self) -> std::iter::Map<std::slice::Iter<'_, (K, V)>, fn(&(K, V)) -> (&K, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    /// Keys in file order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    /// Values in file order.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    /// The value of `key`.
+    pub fn get<Q: ?Sized + Eq>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
+        self.0.iter().find(|(k, _)| k.borrow() == key).map(|(_, v)| v)
+    }
+
+    /// Whether `key` is there.
+    pub fn contains_key<Q: ?Sized + Eq>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
+        self.get(key).is_some()
+    }
+
+    /// Sets `key` to `value`, in place if it is there (returning the old value), else at the end.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V>
+    where
+        K: Eq,
+    {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => Some(std::mem::replace(v, value)),
+            None => {
+                self.0.push((key, value));
+                None
+            }
+        }
+    }
+}
+
+impl<'a, K, V> IntoIterator for &'a RawMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&(K, V)) -> (&K, &V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<K, V> IntoIterator for RawMap<K, V> {
+    type Item = (K, V);
+    type IntoIter = std::vec::IntoIter<(K, V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<K: Eq, V> FromIterator<(K, V)> for RawMap<K, V> {
+    /// Later duplicates replace earlier ones, as with `insert`.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let iter = iter.into_iter();
+        let mut m = RawMap::with_capacity(iter.size_hint().0);
+        for (k, v) in iter {
+            m.insert(k, v);
+        }
+        m
+    }
+}
+
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for RawMap<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<'de, K: Deserialize<'de> + Eq + fmt::Debug, V: Deserialize<'de>> Deserialize<'de> for RawMap<K, V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<K, V>(std::marker::PhantomData<(K, V)>);
+        impl<'de, K: Deserialize<'de> + Eq + fmt::Debug, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<K, V> {
+            type Value = RawMap<K, V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut m = RawMap::with_capacity(access.size_hint().unwrap_or(0));
+                while let Some((k, v)) = access.next_entry::<K, V>()? {
+                    if m.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!("duplicate key {k:?}")));
+                    }
+                    m.0.push((k, v));
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
 
 /// The whole flow file.
 #[derive(Debug, Deserialize)]
@@ -138,7 +292,7 @@ pub struct RawNode {
     pub params: SpannedTable,
     /// Parameter -> name of the node, config value or input it reads.
     #[serde(default)]
-    pub inputs: IndexMap<Spanned<String>, Spanned<String>>,
+    pub inputs: RawMap<Spanned<String>, Spanned<String>>,
     /// Cache behaviour.
     #[serde(default)]
     pub cache: Option<Spanned<CacheMode>>,
@@ -183,7 +337,7 @@ pub struct RawVariant {
     pub params: SpannedTable,
     /// Extra or overriding parameter bindings.
     #[serde(default)]
-    pub inputs: IndexMap<Spanned<String>, Spanned<String>>,
+    pub inputs: RawMap<Spanned<String>, Spanned<String>>,
 }
 
 /// `[nodes.FN.parameterize.INSTANCE]`.
@@ -195,7 +349,7 @@ pub struct RawInstance {
     pub params: SpannedTable,
     /// Parameter bindings of this instance.
     #[serde(default)]
-    pub inputs: IndexMap<Spanned<String>, Spanned<String>>,
+    pub inputs: RawMap<Spanned<String>, Spanned<String>>,
     /// Extra tags.
     #[serde(default)]
     pub tags: IndexMap<String, String>,
