@@ -80,6 +80,9 @@ pub type SpannedTable = RawMap<Spanned<String>, Spanned<toml::Value>>;
 #[derive(Clone, PartialEq)]
 pub struct RawMap<K, V>(Vec<(K, V)>);
 
+/// [`RawMap::iter`]: its entries in file order.
+pub type RawMapIter<'a, K, V> = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&(K, V)) -> (&K, &V)>;
+
 impl<K, V> Default for RawMap<K, V> {
     fn default() -> Self {
         RawMap(Vec::new())
@@ -108,7 +111,7 @@ impl<K, V> RawMap<K, V> {
     }
 
     /// Entries in file order.
-    pub fn iter(&self) -> std::iter::Map<std::slice::Iter<'_, (K, V)>, fn(&(K, V)) -> (&K, &V)> {
+    pub fn iter(&self) -> RawMapIter<'_, K, V> {
         self.0.iter().map(|(k, v)| (k, v))
     }
 
@@ -155,7 +158,7 @@ impl<K, V> RawMap<K, V> {
 
 impl<'a, K, V> IntoIterator for &'a RawMap<K, V> {
     type Item = (&'a K, &'a V);
-    type IntoIter = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&(K, V)) -> (&K, &V)>;
+    type IntoIter = RawMapIter<'a, K, V>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
