@@ -25,7 +25,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Diagnostics, Label, SourceFile, read_source};
-use super::raw::{CacheMode, RawCheck, RawFlow, RawInstance, RawMap, RawNode, SpannedTable};
+use super::raw::{CacheMode, RawCheck, RawFlow, RawInstance, RawMap, RawNode, SpannedTable, Str};
 use super::{
     Arg, Binding, Block, EdgeMode, Flow, FlowNode, LiteralSource, MaterializeDecl, NodeId, NodeImpl, SqlQuery,
 };
@@ -191,7 +191,7 @@ struct Pending<'r> {
 #[derive(Clone, Copy)]
 struct DeclFrom<'r> {
     /// The `[nodes.NAME]` key and table.
-    key: &'r Spanned<String>,
+    key: &'r Spanned<Str>,
     node: &'r RawNode,
     /// The variant the config selects.
     variant: Option<usize>,
@@ -348,7 +348,7 @@ impl<'a> Builder<'a> {
     fn load_config(&mut self, raw: &'a RawFlow) {
         for (k, v) in &raw.config {
             self.config.insert(
-                k.get_ref().clone(),
+                k.get_ref().to_string(),
                 ConfigEntry { value: v.get_ref().clone(), span: Some(span_of(v)), used: false },
             );
         }
@@ -400,7 +400,7 @@ impl<'a> Builder<'a> {
     fn when_matches(&mut self, node: &str, when: &SpannedTable) -> bool {
         let mut all = true;
         for (k, v) in when {
-            match self.config.get_mut(k.get_ref()) {
+            match self.config.get_mut(k.get_ref().as_str()) {
                 Some(entry) => {
                     entry.used = true;
                     if entry.value != *v.get_ref() {
@@ -443,7 +443,7 @@ impl<'a> Builder<'a> {
             if let Some(when) = &n.when
                 && !self.when_matches(name_str, when)
             {
-                self.disabled.push(name_str.clone());
+                self.disabled.push(name_str.to_string());
                 continue;
             }
             let Some(variant) = self.choose_variant(name_str, span.clone(), n) else { continue };
@@ -1203,7 +1203,7 @@ impl<'a> Builder<'a> {
             blocks,
             config: self.config.into_iter().map(|(k, e)| (k, e.value)).collect(),
             materialize,
-            lake: raw.lake.iter().map(|(k, v)| (k.get_ref().clone(), (v.get_ref().clone(), span_of(v)))).collect(),
+            lake: raw.lake.iter().map(|(k, v)| (k.get_ref().to_string(), (v.get_ref().clone(), span_of(v)))).collect(),
             disabled: self.disabled,
         })
     }
@@ -1214,7 +1214,7 @@ impl<'a> Builder<'a> {
             let mut options: IndexMap<String, (toml::Value, Range<usize>)> = section
                 .get_ref()
                 .iter()
-                .map(|(k, v)| (k.get_ref().clone(), (v.get_ref().clone(), span_of(v))))
+                .map(|(k, v)| (k.get_ref().to_string(), (v.get_ref().clone(), span_of(v))))
                 .collect();
             let sspan = span_of(name);
             let node = options.shift_remove("node");
@@ -1339,7 +1339,7 @@ fn within(blocks: &[Block], mut b: usize, ancestor: usize) -> bool {
     }
 }
 
-fn merge_params<'r>(d: &mut Decl<'r>, params: &'r SpannedTable, inputs: &'r RawMap<Spanned<String>, Spanned<String>>) {
+fn merge_params<'r>(d: &mut Decl<'r>, params: &'r SpannedTable, inputs: &'r RawMap<Spanned<Str>, Spanned<Str>>) {
     // room for exactly these (a vector grown from empty keeps room for four; a flow has one per node)
     d.params.0.reserve_exact(params.len());
     d.inputs.0.reserve_exact(inputs.len());

@@ -20,7 +20,7 @@ use indexmap::IndexMap;
 use smallvec::SmallVec;
 use toml::Spanned;
 
-use super::raw::{CacheMode, RawFlow, RawHeader, RawInput, RawMap, RawNode, SpannedTable};
+use super::raw::{CacheMode, RawFlow, RawHeader, RawInput, RawMap, RawNode, SpannedTable, Str};
 
 /// The flow file, or `None` when it is not of the plain shape this reader knows (see the module docs).
 pub(crate) fn read(text: &str) -> Option<RawFlow> {
@@ -319,7 +319,7 @@ struct Doc {
     config: Option<SpannedTable>,
     inputs: Option<IndexMap<Spanned<String>, Spanned<RawInput>>>,
     lake: Option<SpannedTable>,
-    nodes: IndexMap<Spanned<String>, Spanned<RawNode>, foldhash::fast::RandomState>,
+    nodes: IndexMap<Spanned<Str>, Spanned<RawNode>, foldhash::fast::RandomState>,
     materialize: IndexMap<Spanned<String>, Spanned<SpannedTable>>,
     /// Keys already given in `[flow]` and in each node (one bit per field): a key given twice is an error
     /// the crate reports.
@@ -368,7 +368,7 @@ impl Doc {
                 Section::Lake
             }
             ["nodes", name] => {
-                let key = Spanned::new(path[1].1.clone(), name.to_string());
+                let key = Spanned::new(path[1].1.clone(), Str::from(*name));
                 let indexmap::map::Entry::Vacant(slot) = self.nodes.entry(key) else { return None };
                 let i = slot.index();
                 slot.insert(Spanned::new(span, RawNode::default()));
@@ -452,7 +452,8 @@ fn set_node(n: &mut RawNode, key: &str, v: V<'_>, vspan: Range<usize>) -> Option
         "sql" => n.sql = Some(Box::new(Spanned::new(vspan, string(v)?))),
         "doc" => n.doc = Some(string(v)?),
         "cache" => {
-            let mode = match string(v)?.as_str() {
+            let V::Str(mode) = v else { return None };
+            let mode = match mode {
                 "default" => CacheMode::Default,
                 "recompute" => CacheMode::Recompute,
                 "disable" => CacheMode::Disable,
@@ -467,7 +468,7 @@ fn set_node(n: &mut RawNode, key: &str, v: V<'_>, vspan: Range<usize>) -> Option
             // exactly as many slots as entries (a map grown one by one keeps room for three)
             n.inputs = RawMap::with_capacity(entries.len());
             for (k, kspan, v, span) in entries {
-                n.inputs.insert(Spanned::new(kspan, k.to_string()), Spanned::new(span, string(v)?));
+                n.inputs.insert(Spanned::new(kspan, Str::from(k)), Spanned::new(span, string(v)?));
             }
         }
         "tags" => {
@@ -484,12 +485,13 @@ fn set_node(n: &mut RawNode, key: &str, v: V<'_>, vspan: Range<usize>) -> Option
 }
 
 fn insert(t: &mut SpannedTable, key: &str, kspan: Range<usize>, v: toml::Value, vspan: Range<usize>) -> Option<()> {
-    t.insert(Spanned::new(kspan, key.to_string()), Spanned::new(vspan, v)).is_none().then_some(())
+    t.insert(Spanned::new(kspan, Str::from(key)), Spanned::new(vspan, v)).is_none().then_some(())
 }
 
-fn string(v: V<'_>) -> Option<String> {
+/// A string value, as a `String` or a [`Str`].
+fn string<S: for<'s> From<&'s str>>(v: V<'_>) -> Option<S> {
     match v {
-        V::Str(s) => Some(s.to_string()),
+        V::Str(s) => Some(S::from(s)),
         _ => None,
     }
 }
@@ -504,7 +506,7 @@ fn table(v: V<'_>) -> Option<SpannedTable> {
     Some(
         entries
             .into_iter()
-            .map(|(k, kspan, v, vspan)| (Spanned::new(kspan, k.to_string()), Spanned::new(vspan, v.into_toml())))
+            .map(|(k, kspan, v, vspan)| (Spanned::new(kspan, Str::from(k)), Spanned::new(vspan, v.into_toml())))
             .collect(),
     )
 }

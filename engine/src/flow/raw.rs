@@ -59,7 +59,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// A spanned map of names to spanned TOML values.
-pub type SpannedTable = RawMap<Spanned<String>, Spanned<toml::Value>>;
+pub type SpannedTable = RawMap<Spanned<Str>, Spanned<toml::Value>>;
+
+/// A name as written (a node, a function, a parameter, a key): `compact_str` keeps up to 24 bytes inline,
+/// so the names a flow is made of take no allocation of their own.
+pub type Str = compact_str::CompactString;
 
 /// A TOML table's entries in file order: a vector searched linearly, for the small tables of a flow file
 /// (a node's `params` and `inputs`, `[config]`, a `[materialize.*]` section).
@@ -229,7 +233,7 @@ pub struct RawFlow {
     pub inputs: IndexMap<Spanned<String>, Spanned<RawInput>>,
     /// `[nodes.*]` (foldhash: a generated flow may have 100,000 of them).
     #[serde(default)]
-    pub nodes: IndexMap<Spanned<String>, Spanned<RawNode>, foldhash::fast::RandomState>,
+    pub nodes: IndexMap<Spanned<Str>, Spanned<RawNode>, foldhash::fast::RandomState>,
     /// `[materialize.*]`: options are checked by the materializer of that `kind`.
     #[serde(default)]
     pub materialize: IndexMap<Spanned<String>, Spanned<SpannedTable>>,
@@ -286,7 +290,7 @@ pub enum CacheMode {
 pub struct RawNode {
     /// Registered function; default: the node's name.
     #[serde(rename = "fn", default)]
-    pub function: Option<Spanned<String>>,
+    pub function: Option<Spanned<Str>>,
     /// A SQL query instead of a function (boxed: most nodes are functions; see `when`).
     #[serde(default)]
     pub sql: Option<Box<Spanned<String>>>,
@@ -295,7 +299,7 @@ pub struct RawNode {
     pub params: SpannedTable,
     /// Parameter -> name of the node, config value or input it reads.
     #[serde(default)]
-    pub inputs: RawMap<Spanned<String>, Spanned<String>>,
+    pub inputs: RawMap<Spanned<Str>, Spanned<Str>>,
     /// Cache behaviour.
     #[serde(default)]
     pub cache: Option<Spanned<CacheMode>>,
@@ -331,7 +335,7 @@ pub struct RawVariant {
     pub when: Option<SpannedTable>,
     /// Function of this variant.
     #[serde(rename = "fn", default)]
-    pub function: Option<Spanned<String>>,
+    pub function: Option<Spanned<Str>>,
     /// SQL of this variant.
     #[serde(default)]
     pub sql: Option<Spanned<String>>,
@@ -340,7 +344,7 @@ pub struct RawVariant {
     pub params: SpannedTable,
     /// Extra or overriding parameter bindings.
     #[serde(default)]
-    pub inputs: RawMap<Spanned<String>, Spanned<String>>,
+    pub inputs: RawMap<Spanned<Str>, Spanned<Str>>,
 }
 
 /// `[nodes.FN.parameterize.INSTANCE]`.
@@ -352,7 +356,7 @@ pub struct RawInstance {
     pub params: SpannedTable,
     /// Parameter bindings of this instance.
     #[serde(default)]
-    pub inputs: RawMap<Spanned<String>, Spanned<String>>,
+    pub inputs: RawMap<Spanned<Str>, Spanned<Str>>,
     /// Extra tags.
     #[serde(default)]
     pub tags: IndexMap<String, String>,
