@@ -17,7 +17,11 @@ use flowrun_engine::schedule::{self, RunOptions, RunStatus};
 
 /// mimalloc: a node's bookkeeping is many small, short-lived allocations (BENCHMARKS.md: engine).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::MiMalloc = alloc::MiMalloc;
+
+/// The `flowrun` binary's allocator, shared as a file: the package has no library target.
+#[path = "../../alloc.rs"]
+mod alloc;
 
 fn main() {
     flowrun_nodes::link();
