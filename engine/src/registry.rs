@@ -8,7 +8,6 @@
 //! A crate whose nodes should be available must be linked into the binary: depending on it is enough as
 //! long as the binary uses at least one item of it (the `flowrun` binary calls `flowrun_nodes::link()`).
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use crate::value::{AnyValue, TypeDesc};
@@ -151,7 +150,9 @@ impl Args {
 /// Looks up node functions by name.
 pub struct Registry {
     defs: Vec<&'static NodeDef>,
-    by_name: HashMap<&'static str, Vec<&'static NodeDef>>,
+    /// foldhash, not SipHash: a flow looks up one function per node (100,000 for a generated flow), and
+    /// the names are the program's own.
+    by_name: foldhash::HashMap<&'static str, Vec<&'static NodeDef>>,
 }
 
 /// The result of a registry lookup.
@@ -174,7 +175,7 @@ impl Registry {
     /// A registry of the given definitions.
     pub fn from_defs(mut defs: Vec<&'static NodeDef>) -> Registry {
         defs.sort_by(|a, b| (a.name, a.module).cmp(&(b.name, b.module)));
-        let mut by_name: HashMap<&'static str, Vec<&'static NodeDef>> = HashMap::new();
+        let mut by_name: foldhash::HashMap<&'static str, Vec<&'static NodeDef>> = Default::default();
         for d in &defs {
             by_name.entry(d.name).or_default().push(d);
         }
@@ -217,13 +218,16 @@ impl Registry {
 }
 
 /// Whether `module` is selected by `scope` (an empty scope selects everything).
+/// An entry selects `module` when it is a `::`-separated run of the path's parts: `pv`, `pv::read` and
+/// `flowrun_nodes::pv` select `flowrun_nodes::pv::read`; `nodes::pv` and `read::x` do not (compared in
+/// place, without allocating: a build asks once per node).
 pub fn in_scope(module: &str, scope: &[String]) -> bool {
     scope.is_empty()
         || scope.iter().any(|s| {
-            module == s
-                || module.starts_with(&format!("{s}::"))
-                || module.ends_with(&format!("::{s}"))
-                || module.contains(&format!("::{s}::"))
+            module.match_indices(s.as_str()).any(|(i, _)| {
+                let (before, after) = (&module[..i], &module[i + s.len()..]);
+                (before.is_empty() || before.ends_with("::")) && (after.is_empty() || after.starts_with("::"))
+            })
         })
 }
 
@@ -238,5 +242,10 @@ mod tests {
         assert!(in_scope("flowrun_nodes::pv::read", &["pv".into()]));
         assert!(in_scope("flowrun_nodes::generic", &["flowrun_nodes".into()]));
         assert!(!in_scope("flowrun_nodes::generic", &["gen".into()]));
+        assert!(in_scope("flowrun_nodes::pv::read", &["pv::read".into()]));
+        assert!(in_scope("flowrun_nodes::pv::read", &["flowrun_nodes::pv".into()]));
+        assert!(!in_scope("flowrun_nodes::pv::read", &["nodes::pv".into()]));
+        assert!(!in_scope("flowrun_nodes::pv::read", &["read::x".into()]));
+        assert!(in_scope("flowrun_nodes::pv::read", &["x".into(), "read".into()]));
     }
 }

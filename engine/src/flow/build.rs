@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
+use smallvec::SmallVec;
 use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Diagnostics, Label, SourceFile, read_source};
@@ -139,14 +140,14 @@ struct Decl<'r> {
     declared: bool,
 }
 
-/// A declaration's parameters or bindings, in file order: a node has a handful, so a vector searched
-/// linearly (one allocation, no hashing) beats a hash map.
+/// A declaration's parameters or bindings, in file order: a node has a handful, so a list searched
+/// linearly, on the stack up to four (one `Decl` exists at a time), beats a hash map.
 #[derive(Clone)]
-struct Pairs<'r, V>(Vec<(&'r str, V)>);
+struct Pairs<'r, V>(SmallVec<[(&'r str, V); 4]>);
 
 impl<V> Default for Pairs<'_, V> {
     fn default() -> Self {
-        Pairs(Vec::new())
+        Pairs(SmallVec::new())
     }
 }
 
@@ -292,6 +293,8 @@ struct Builder<'a> {
     /// Resolved nodes, pushed in declaration order (`None`: the declaration had errors).
     nodes: Vec<Option<FlowNode>>,
     by_name: foldhash::HashMap<Arc<str>, NodeId>,
+    /// A function parameter's name, made shareable once per build rather than once per node.
+    param_names: HashMap<&'static str, Arc<str>>,
     edges: Vec<PendingEdge>,
     disabled: Vec<String>,
 }
@@ -315,6 +318,7 @@ impl<'a> Builder<'a> {
             decls: Vec::new(),
             nodes: Vec::new(),
             by_name: Default::default(),
+            param_names: HashMap::new(),
             edges: Vec::new(),
             disabled: Vec::new(),
         }
@@ -697,7 +701,8 @@ impl<'a> Builder<'a> {
                 ParamKind::Value(t) => self.bind(id, &decl, i, p.name, t, false),
                 ParamKind::Collect(t) => self.bind(id, &decl, i, p.name, t, true),
             };
-            args.push(Arg { param: p.name.into(), binding: binding.unwrap_or_else(placeholder) });
+            let param = self.param_names.entry(p.name).or_insert_with(|| p.name.into()).clone();
+            args.push(Arg { param, binding: binding.unwrap_or_else(placeholder) });
         }
         let file_tags = decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.check_checks(&decl, def.output);
@@ -1070,16 +1075,20 @@ impl<'a> Builder<'a> {
         for i in 0..nodes.len() {
             graph.add_node(i);
         }
+        // declarations usually come after what they read; then the file order is already topological
+        let mut forward = true;
         for (i, n) in nodes.iter().enumerate() {
             for a in &n.args {
                 if let Binding::Node { node, mode } = a.binding {
                     graph.add_edge(NodeIndex::new(node), NodeIndex::new(i), mode);
+                    forward &= node < i;
                 }
             }
         }
-        let order = match petgraph::algo::toposort(&graph, None) {
+        let sorted = if forward { Ok((0..nodes.len()).collect()) } else { topological_order(&graph) };
+        let order: Vec<NodeId> = match sorted {
             Ok(order) => order,
-            Err(_) => {
+            Err(()) => {
                 let mut errors = Vec::new();
                 for cycle in find_cycles(&graph) {
                     let names: Vec<&str> = cycle.iter().map(|&i| &*nodes[i].name).collect();
@@ -1105,10 +1114,9 @@ impl<'a> Builder<'a> {
         let mut blocks = vec![Block { parent: None, expand: None }];
         let mut child_of: HashMap<NodeId, usize> = HashMap::new();
         let mut errors = Vec::new();
-        let order: Vec<NodeId> = order.into_iter().map(NodeIndex::index).collect();
         for &n in &order {
             // (scope, producer) per argument; on the stack (one per node of a 100,000-node flow)
-            let mut candidates: smallvec::SmallVec<[(usize, NodeId); 4]> = smallvec::SmallVec::new();
+            let mut candidates: SmallVec<[(usize, NodeId); 4]> = SmallVec::new();
             for a in &nodes[n].args {
                 let Binding::Node { node: m, mode } = a.binding else { continue };
                 let b = match mode {
@@ -1340,9 +1348,6 @@ fn within(blocks: &[Block], mut b: usize, ancestor: usize) -> bool {
 }
 
 fn merge_params<'r>(d: &mut Decl<'r>, params: &'r SpannedTable, inputs: &'r RawMap<Spanned<Str>, Spanned<Str>>) {
-    // room for exactly these (a vector grown from empty keeps room for four; a flow has one per node)
-    d.params.0.reserve_exact(params.len());
-    d.inputs.0.reserve_exact(inputs.len());
     for (k, v) in params {
         d.inputs.shift_remove(k.get_ref());
         d.params.insert(k.get_ref(), (v.get_ref(), span_of(v)));
@@ -1408,6 +1413,11 @@ pub(crate) fn identity_of(value: &dyn crate::value::DynValue) -> Result<blake3::
 }
 
 /// One cycle per strongly connected component that has one, as node ids in path order.
+/// The nodes, producers first; `Err` when the graph has a cycle ([`find_cycles`] says which).
+fn topological_order(graph: &DiGraph<NodeId, EdgeMode>) -> Result<Vec<NodeId>, ()> {
+    petgraph::algo::toposort(graph, None).map(|order| order.into_iter().map(NodeIndex::index).collect()).map_err(|_| ())
+}
+
 fn find_cycles(graph: &DiGraph<NodeId, EdgeMode>) -> Vec<Vec<NodeId>> {
     let mut cycles = Vec::new();
     for scc in petgraph::algo::tarjan_scc(graph) {
