@@ -402,7 +402,7 @@ fn a_node_has_its_function_tags_then_the_flow_files() {
     assert_eq!(t.tag("owner"), Some("lab"));
     assert_eq!(t.tag("layer"), Some("staging"));
     assert_eq!(t.tag("nope"), None);
-    assert_eq!(t.file_tags, [("owner".to_string(), "lab".to_string()), ("pii".to_string(), "no".to_string())]);
+    assert_eq!(*t.file_tags, [("owner".to_string(), "lab".to_string()), ("pii".to_string(), "no".to_string())]);
 }
 
 #[test]

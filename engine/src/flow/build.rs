@@ -341,7 +341,7 @@ impl<'a> Builder<'a> {
         while next < self.decls.len() {
             // declarations are resolved in order, so node `next` is pushed at index `next`
             debug_assert_eq!(self.nodes.len(), next);
-            let node = self.decls[next].take().and_then(|pending| self.resolve(next, pending.decl()));
+            let node = self.decls[next].take().and_then(|pending| self.resolve(next, &pending.decl()));
             self.nodes.push(node);
             next += 1;
         }
@@ -610,7 +610,7 @@ impl<'a> Builder<'a> {
 
     // -- step 4: resolve one node -------------------------------------------------------------------------
 
-    fn resolve(&mut self, id: NodeId, decl: Decl<'a>) -> Option<FlowNode> {
+    fn resolve(&mut self, id: NodeId, decl: &Decl<'a>) -> Option<FlowNode> {
         if let Some((sql_text, sql_span)) = decl.sql.clone() {
             let sql_text = sql_text.to_string();
             if let Some((_, fspan)) = &decl.function {
@@ -698,18 +698,18 @@ impl<'a> Builder<'a> {
         let mut args = Vec::with_capacity(def.params.len());
         for (i, p) in def.params.iter().enumerate() {
             let binding = match p.kind {
-                ParamKind::Value(t) => self.bind(id, &decl, i, p.name, t, false),
-                ParamKind::Collect(t) => self.bind(id, &decl, i, p.name, t, true),
+                ParamKind::Value(t) => self.bind(id, decl, i, p.name, t, false),
+                ParamKind::Collect(t) => self.bind(id, decl, i, p.name, t, true),
             };
             let param = self.param_names.entry(p.name).or_insert_with(|| p.name.into()).clone();
             args.push(Arg { param, binding: binding.unwrap_or_else(placeholder) });
         }
         let file_tags = decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        self.check_checks(&decl, def.output);
+        self.check_checks(decl, def.output);
         Some(FlowNode {
             name: decl.name.clone(),
             imp: NodeImpl::Function(def),
-            args,
+            args: args.into_boxed_slice(),
             cache: decl.cache,
             file_tags,
             doc: decl.doc.map(|d| Cow::Owned(d.to_string())).unwrap_or(Cow::Borrowed(def.doc)),
@@ -720,7 +720,7 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn resolve_sql(&mut self, id: NodeId, decl: Decl<'a>, sql_text: String, sql_span: Range<usize>) -> FlowNode {
+    fn resolve_sql(&mut self, id: NodeId, decl: &Decl<'a>, sql_text: String, sql_span: Range<usize>) -> FlowNode {
         let mut tables: Vec<(String, String, Range<usize>)> = Vec::new(); // (table name, source, span)
         for (alias, (source, span)) in decl.inputs.iter() {
             tables.push((alias.to_string(), source.to_string(), span.clone()));
@@ -762,12 +762,12 @@ impl<'a> Builder<'a> {
             };
             args.push(Arg { param: table.into(), binding });
         }
-        self.check_checks(&decl, OutputKind::Value(TypeDesc::of::<Table>()));
+        self.check_checks(decl, OutputKind::Value(TypeDesc::of::<Table>()));
         let code_version = blake3::hash(sql::normalize(&sql_text).as_bytes()).to_hex()[..32].to_string();
         FlowNode {
             name: decl.name.clone(),
             imp: NodeImpl::Sql(Box::new(SqlQuery { sql: sql_text, code_version })),
-            args,
+            args: args.into_boxed_slice(),
             cache: decl.cache,
             file_tags: decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             doc: Cow::Owned(decl.doc.unwrap_or_default().to_string()),
