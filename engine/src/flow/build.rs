@@ -13,7 +13,6 @@
 //! Errors do not stop the steps that can still run, so one pass reports them all.
 
 use std::borrow::Cow;
-use std::collections::hash_map::Entry;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::ops::Range;
@@ -26,6 +25,7 @@ use smallvec::SmallVec;
 use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Diagnostics, Label, SourceFile, read_source};
+use super::names::NameIndex;
 use super::raw::{CacheMode, RawCheck, RawFlow, RawInstance, RawMap, RawNode, SpannedTable, Str};
 use super::{
     Arg, Binding, Block, EdgeMode, Flow, FlowNode, LiteralSource, MaterializeDecl, NodeId, NodeImpl, SqlQuery,
@@ -292,7 +292,9 @@ struct Builder<'a> {
     decls: Vec<Option<Pending<'a>>>,
     /// Resolved nodes, pushed in declaration order (`None`: the declaration had errors).
     nodes: Vec<Option<FlowNode>>,
-    by_name: foldhash::HashMap<Arc<str>, NodeId>,
+    /// Every declaration's name, by id (the keys of `by_name`).
+    names: Vec<Arc<str>>,
+    by_name: NameIndex,
     /// A function parameter's name, made shareable once per build rather than once per node.
     param_names: HashMap<&'static str, Arc<str>>,
     edges: Vec<PendingEdge>,
@@ -317,11 +319,17 @@ impl<'a> Builder<'a> {
             inputs: IndexMap::new(),
             decls: Vec::new(),
             nodes: Vec::new(),
-            by_name: Default::default(),
+            names: Vec::new(),
+            by_name: NameIndex::default(),
             param_names: HashMap::new(),
             edges: Vec::new(),
             disabled: Vec::new(),
         }
+    }
+
+    /// The declaration called `name`.
+    fn id_of(&self, name: &str) -> Option<NodeId> {
+        self.by_name.get(name, |i| &self.names[i])
     }
 
     fn label(&self, span: Range<usize>, text: impl Into<String>) -> Label {
@@ -438,7 +446,8 @@ impl<'a> Builder<'a> {
     fn declare(&mut self, raw: &'a RawFlow) {
         self.decls.reserve(raw.nodes.len());
         self.nodes.reserve(raw.nodes.len());
-        self.by_name.reserve(raw.nodes.len());
+        self.by_name = NameIndex::with_capacity(raw.nodes.len());
+        self.names.reserve(raw.nodes.len());
         self.edges.reserve(raw.nodes.len());
         for (name, node) in &raw.nodes {
             let name_str = name.get_ref();
@@ -558,13 +567,14 @@ impl<'a> Builder<'a> {
     fn add_decl(&mut self, d: Pending<'a>) {
         // one probe of the name map for the check and the insert (a flow may declare 100,000 nodes)
         let id = self.decls.len();
-        let first = match self.by_name.entry(d.name.clone()) {
-            Entry::Vacant(slot) => {
-                slot.insert(id);
+        let names = &self.names;
+        let first = match self.by_name.insert(&d.name, id, |i| &names[i]) {
+            Ok(()) => {
+                self.names.push(d.name.clone());
                 self.decls.push(Some(d));
                 return;
             }
-            Entry::Occupied(first) => *first.get(),
+            Err(first) => first,
         };
         // declarations are only added before any is resolved, so the first one is still there
         if let Some(first) = self.decls[first].as_ref().map(|f| f.span.clone()) {
@@ -581,7 +591,10 @@ impl<'a> Builder<'a> {
     fn auto_node(&mut self, name: &str, span: Range<usize>) -> NodeId {
         let id = self.decls.len();
         let pending = Pending { name: name.into(), span, from: None };
-        self.by_name.insert(pending.name.clone(), id);
+        let names = &self.names;
+        let fresh = self.by_name.insert(name, id, |i| &names[i]);
+        debug_assert!(fresh.is_ok(), "`{name}` was looked up before it was added");
+        self.names.push(pending.name.clone());
         self.decls.push(Some(pending));
         id
     }
@@ -600,7 +613,7 @@ impl<'a> Builder<'a> {
             }
         }
         for (name, span) in names {
-            if !self.by_name.contains_key(name.as_str())
+            if self.id_of(&name).is_none()
                 && let Lookup::Found(_) = self.opts.registry.lookup(&name, &self.scope)
             {
                 self.auto_node(&name, span);
@@ -725,9 +738,8 @@ impl<'a> Builder<'a> {
         for (alias, (source, span)) in decl.inputs.iter() {
             tables.push((alias.to_string(), source.to_string(), span.clone()));
         }
-        let known = |n: &str| {
-            self.by_name.contains_key(n) || matches!(self.opts.registry.lookup(n, &self.scope), Lookup::Found(_))
-        };
+        let known =
+            |n: &str| self.id_of(n).is_some() || matches!(self.opts.registry.lookup(n, &self.scope), Lookup::Found(_));
         for t in sql::referenced_tables(&sql_text, known) {
             if !tables.iter().any(|(alias, _, _)| *alias == t) {
                 tables.push((t.clone(), t, sql_span.clone()));
@@ -755,7 +767,7 @@ impl<'a> Builder<'a> {
                     )
                     .node(&decl.name)
                     .at(self.label(span, "unknown node"))
-                    .help(did_you_mean(&closest(&source, self.by_name.keys().map(|k| &**k))));
+                    .help(did_you_mean(&closest(&source, self.names.iter().map(|k| &**k))));
                     self.error(d);
                     placeholder()
                 }
@@ -780,7 +792,7 @@ impl<'a> Builder<'a> {
 
     /// The node called `name`: declared, already pulled in, or a registered function pulled in now.
     fn node_ref(&mut self, name: &str, span: Range<usize>) -> Option<NodeId> {
-        if let Some(&id) = self.by_name.get(name) {
+        if let Some(id) = self.id_of(name) {
             return Some(id);
         }
         if self.config.contains_key(name) || self.inputs.contains_key(name) {
@@ -861,7 +873,7 @@ impl<'a> Builder<'a> {
             Some((s, span)) => (s, span.clone(), true),
             None => (param, decl.span.clone(), false),
         };
-        if let Some(&producer) = self.by_name.get(source) {
+        if let Some(producer) = self.id_of(source) {
             self.edges.push(PendingEdge { consumer: id, arg: index, producer, span });
             return Some(Binding::Node { node: producer, mode: EdgeMode::Direct });
         }
@@ -902,7 +914,7 @@ impl<'a> Builder<'a> {
             let identity = identity_of(&*value).ok()?;
             return Some(Binding::literal(value, identity, LiteralSource::Default));
         }
-        let mut names: Vec<&str> = self.by_name.keys().map(|k| &**k).collect();
+        let mut names: Vec<&str> = self.names.iter().map(|k| &**k).collect();
         names.extend(self.config.keys().map(String::as_str));
         names.extend(self.inputs.keys().map(String::as_str));
         let mut help = did_you_mean(&closest(source, names.iter().copied()));
@@ -1228,15 +1240,15 @@ impl<'a> Builder<'a> {
             let node = options.shift_remove("node");
             let kind = options.shift_remove("kind");
             let node_id = match &node {
-                Some((toml::Value::String(n), span)) => match self.by_name.get(n.as_str()) {
-                    Some(&id) => Some(id),
+                Some((toml::Value::String(n), span)) => match self.id_of(n) {
+                    Some(id) => Some(id),
                     None => {
                         let d = Diagnostic::new(
                             "unknown-node",
                             format!("materialize `{}`: no node is called `{n}`", name.get_ref()),
                         )
                         .at(self.label(span.clone(), "unknown node"))
-                        .help(did_you_mean(&closest(n, self.by_name.keys().map(|k| &**k))));
+                        .help(did_you_mean(&closest(n, self.names.iter().map(|k| &**k))));
                         self.error(d);
                         None
                     }
@@ -1296,12 +1308,12 @@ impl<'a> Builder<'a> {
         match requested {
             Some(list) => {
                 for (name, span) in list {
-                    match self.by_name.get(name.as_str()) {
-                        Some(&id) => targets.push(id),
+                    match self.id_of(&name) {
+                        Some(id) => targets.push(id),
                         None => {
                             let mut d =
                                 Diagnostic::new("unknown-node", format!("output `{name}` is not a node of this flow"))
-                                    .help(did_you_mean(&closest(&name, self.by_name.keys().map(|k| &**k))));
+                                    .help(did_you_mean(&closest(&name, self.names.iter().map(|k| &**k))));
                             if self.opts.outputs.is_none() {
                                 d = d.at(self.label(span, "unknown node"));
                             }

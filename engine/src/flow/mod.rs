@@ -8,6 +8,7 @@
 pub mod build;
 pub mod diagnostic;
 mod fast;
+mod names;
 pub mod raw;
 
 use std::borrow::Cow;
@@ -22,6 +23,7 @@ use crate::registry::{NodeDef, OutputKind};
 use crate::value::AnyValue;
 pub use build::{BuildOptions, build, load, parse, resolve};
 pub use diagnostic::{Diagnostic, Diagnostics, Label, SourceFile};
+pub use names::NameIndex;
 pub use raw::{CacheMode, RawCheck, Severity};
 
 /// Index of a node in [`Flow::nodes`] (and of its vertex in [`Flow::graph`]).
@@ -41,8 +43,8 @@ pub struct Flow {
     pub graph: DiGraph<NodeId, EdgeMode>,
     /// Every node, producers before consumers (a topological order of `graph`).
     pub order: Vec<NodeId>,
-    /// Node name -> id.
-    pub by_name: foldhash::HashMap<Arc<str>, NodeId>,
+    /// Node name -> id, keyed by `nodes[id].name` ([`Flow::id`] and [`Flow::node`] look names up).
+    pub by_name: NameIndex,
     /// What to build: `[flow] outputs` (or every declared node), plus materialized nodes.
     pub targets: Vec<NodeId>,
     /// Fan-out scopes; `blocks[0]` is the whole flow.
@@ -251,7 +253,12 @@ pub struct MaterializeDecl {
 impl Flow {
     /// The node called `name`.
     pub fn node(&self, name: &str) -> Option<&FlowNode> {
-        self.by_name.get(name).map(|&i| &self.nodes[i])
+        self.id(name).map(|i| &self.nodes[i])
+    }
+
+    /// The id of the node called `name`.
+    pub fn id(&self, name: &str) -> Option<NodeId> {
+        self.by_name.get(name, |i| &self.nodes[i].name)
     }
 
     /// Directory of the flow file (relative paths in the flow are relative to it).
