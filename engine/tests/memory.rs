@@ -98,8 +98,9 @@ fn a_chain_node_costs_about_a_kilobyte_to_parse_build_and_run() {
     // and `tags` of a raw node and declarations made one at a time: parse 1535, build 1137; before boxed
     // literal bindings and SQL queries and the fan-out scope pass's candidates on the stack: build 750;
     // before `RawMap` tables and inline names: parse 1059; before a declaration's lists on the stack and
-    // shared parameter names: build 590; before the name index of ids: build 468; before the plan's flat arguments, inline producer/consumer
-    // lists, a key's inputs on the stack, per-function key data shared and boxed literals: run 1076)
+    // shared parameter names: build 590; before the `NameIndex` of ids: build 468; before the plan's
+    // flat arguments, inline producer/consumer lists, a key's inputs on the stack, per-function key data
+    // shared and boxed literals: run 1076)
     assert!(parse < 760.0, "{figures}");
     assert!(build < 500.0, "{figures}");
     assert!(run < 720.0, "{figures}");
