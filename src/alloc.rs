@@ -29,26 +29,14 @@ const PLAIN_ALIGN: usize = 8;
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: plain FFI calls with a size and a power-of-two alignment
-        unsafe {
-            if layout.align() <= PLAIN_ALIGN {
-                mi::mi_malloc(layout.size()) as *mut u8
-            } else {
-                mi::mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
-            }
-        }
+        // SAFETY: FFI calls with a size and a power-of-two alignment
+        unsafe { allocate(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as in `alloc`
-        unsafe {
-            if layout.align() <= PLAIN_ALIGN {
-                mi::mi_zalloc(layout.size()) as *mut u8
-            } else {
-                mi::mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
-            }
-        }
+        unsafe { allocate(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]
@@ -66,6 +54,26 @@ unsafe impl GlobalAlloc for MiMalloc {
             } else {
                 mi::mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8
             }
+        }
+    }
+}
+
+/// `plain(size)` when mimalloc's own alignment is enough for `layout`, else `aligned(size, align)`.
+///
+/// # Safety
+/// The two functions must be a matching pair of mimalloc's allocation calls.
+#[inline(always)]
+unsafe fn allocate(
+    layout: Layout,
+    plain: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    // SAFETY: the caller passes mimalloc's calls, which take any size and a power-of-two alignment
+    unsafe {
+        if layout.align() <= PLAIN_ALIGN {
+            plain(layout.size()) as *mut u8
+        } else {
+            aligned(layout.size(), layout.align()) as *mut u8
         }
     }
 }

@@ -332,6 +332,11 @@ impl<'a> Builder<'a> {
         self.by_name.get(name, |i| &self.names[i])
     }
 
+    /// Every declaration's name, for "did you mean" hints.
+    fn all_names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(|k| &**k)
+    }
+
     fn label(&self, span: Range<usize>, text: impl Into<String>) -> Label {
         Label::new(&self.src, span, text)
     }
@@ -565,17 +570,7 @@ impl<'a> Builder<'a> {
     }
 
     fn add_decl(&mut self, d: Pending<'a>) {
-        // one probe of the name map for the check and the insert (a flow may declare 100,000 nodes)
-        let id = self.decls.len();
-        let names = &self.names;
-        let first = match self.by_name.insert(&d.name, id, |i| &names[i]) {
-            Ok(()) => {
-                self.names.push(d.name.clone());
-                self.decls.push(Some(d));
-                return;
-            }
-            Err(first) => first,
-        };
+        let Err((first, d)) = self.push_decl(d) else { return };
         // declarations are only added before any is resolved, so the first one is still there
         if let Some(first) = self.decls[first].as_ref().map(|f| f.span.clone()) {
             let diag = Diagnostic::new("duplicate-node", format!("two nodes are called `{}`", d.name))
@@ -587,16 +582,26 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// Indexes a declaration's name and queues it, giving its id; when the name is taken, the first
+    /// holder's id and the declaration back. One probe of the index for both the check and the insert (a
+    /// flow may declare 100,000 nodes).
+    fn push_decl(&mut self, d: Pending<'a>) -> Result<NodeId, (NodeId, Pending<'a>)> {
+        let id = self.decls.len();
+        let names = &self.names;
+        if let Err(first) = self.by_name.insert(&d.name, id, |i| &names[i]) {
+            return Err((first, d));
+        }
+        self.names.push(d.name.clone());
+        self.decls.push(Some(d));
+        Ok(id)
+    }
+
     /// Adds a node for a registered function named `name` that no declaration defines.
     fn auto_node(&mut self, name: &str, span: Range<usize>) -> NodeId {
-        let id = self.decls.len();
-        let pending = Pending { name: name.into(), span, from: None };
-        let names = &self.names;
-        let fresh = self.by_name.insert(name, id, |i| &names[i]);
-        debug_assert!(fresh.is_ok(), "`{name}` was looked up before it was added");
-        self.names.push(pending.name.clone());
-        self.decls.push(Some(pending));
-        id
+        // callers look the name up first, so it is new
+        match self.push_decl(Pending { name: name.into(), span, from: None }) {
+            Ok(id) | Err((id, _)) => id,
+        }
     }
 
     /// `[flow] outputs` and materialize targets may name registered functions that are not declared.
@@ -767,7 +772,7 @@ impl<'a> Builder<'a> {
                     )
                     .node(&decl.name)
                     .at(self.label(span, "unknown node"))
-                    .help(did_you_mean(&closest(&source, self.names.iter().map(|k| &**k))));
+                    .help(did_you_mean(&closest(&source, self.all_names())));
                     self.error(d);
                     placeholder()
                 }
@@ -914,7 +919,7 @@ impl<'a> Builder<'a> {
             let identity = identity_of(&*value).ok()?;
             return Some(Binding::literal(value, identity, LiteralSource::Default));
         }
-        let mut names: Vec<&str> = self.names.iter().map(|k| &**k).collect();
+        let mut names: Vec<&str> = self.all_names().collect();
         names.extend(self.config.keys().map(String::as_str));
         names.extend(self.inputs.keys().map(String::as_str));
         let mut help = did_you_mean(&closest(source, names.iter().copied()));
@@ -1248,7 +1253,7 @@ impl<'a> Builder<'a> {
                             format!("materialize `{}`: no node is called `{n}`", name.get_ref()),
                         )
                         .at(self.label(span.clone(), "unknown node"))
-                        .help(did_you_mean(&closest(n, self.names.iter().map(|k| &**k))));
+                        .help(did_you_mean(&closest(n, self.all_names())));
                         self.error(d);
                         None
                     }
@@ -1313,7 +1318,7 @@ impl<'a> Builder<'a> {
                         None => {
                             let mut d =
                                 Diagnostic::new("unknown-node", format!("output `{name}` is not a node of this flow"))
-                                    .help(did_you_mean(&closest(&name, self.names.iter().map(|k| &**k))));
+                                    .help(did_you_mean(&closest(&name, self.all_names())));
                             if self.opts.outputs.is_none() {
                                 d = d.at(self.label(span, "unknown node"));
                             }
