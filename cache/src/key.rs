@@ -149,18 +149,21 @@ impl CacheKey<'_> {
 /// Writes `len` bytes with `fill` into a stack buffer (a heap one when longer) and hashes them with one
 /// call: a key of a few parameters is one or two blake3 blocks, with no allocation.
 fn encode(len: usize, fill: impl FnOnce(&mut Writer<'_>), hash: impl FnOnce(&[u8]) -> Hash) -> Hash {
-    let mut stack = [0u8; 512];
-    let mut heap = Vec::new();
-    let buf: &mut [u8] = if len <= stack.len() {
-        &mut stack[..len]
+    // two stack sizes: the buffer is zeroed first, and most keys (one or two parameters) fit in 128 bytes
+    if len <= 128 {
+        hash(fill_buf(&mut [0u8; 128][..len], fill))
+    } else if len <= 1024 {
+        hash(fill_buf(&mut [0u8; 1024][..len], fill))
     } else {
-        heap.resize(len, 0);
-        &mut heap
-    };
+        hash(fill_buf(&mut vec![0u8; len], fill))
+    }
+}
+
+fn fill_buf(buf: &mut [u8], fill: impl FnOnce(&mut Writer<'_>)) -> &[u8] {
     let mut w = Writer { buf, at: 0 };
     fill(&mut w);
-    debug_assert_eq!(w.at, len);
-    hash(w.buf)
+    debug_assert_eq!(w.at, w.buf.len());
+    w.buf
 }
 
 /// Fills a buffer sized in advance; strings are length-prefixed (u32, little endian).

@@ -11,7 +11,7 @@
 //! Outside a run (unit tests calling a node function directly) they still work: files are hashed without
 //! the fast path, progress and warnings go nowhere.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,49 +20,54 @@ use flowrun_cache::{FileDep, Store};
 
 use crate::events::{Event, Observer};
 
-pub(crate) struct NodeCx {
-    pub store: Option<Arc<Store>>,
-    pub observer: Option<Arc<dyn Observer>>,
-    pub node: Arc<str>,
+/// The context of the node running on this thread: borrowed from the scheduler for the node's call.
+pub(crate) struct NodeCx<'a> {
+    pub store: Option<&'a Arc<Store>>,
+    pub observer: Option<&'a Arc<dyn Observer>>,
+    pub node: &'a str,
     pub deps: RefCell<Vec<FileDep>>,
     pub warnings: RefCell<Vec<String>>,
 }
 
-impl NodeCx {
-    pub fn new(store: Option<Arc<Store>>, observer: Option<Arc<dyn Observer>>, node: Arc<str>) -> NodeCx {
+impl<'a> NodeCx<'a> {
+    pub fn new(store: Option<&'a Arc<Store>>, observer: Option<&'a Arc<dyn Observer>>, node: &'a str) -> Self {
         NodeCx { store, observer, node, deps: RefCell::new(Vec::new()), warnings: RefCell::new(Vec::new()) }
     }
 }
 
 thread_local! {
-    static CURRENT: RefCell<Option<NodeCx>> = const { RefCell::new(None) };
+    /// The current context, set by [`enter`] for the duration of a node's call (null outside one). A
+    /// pointer, not an owned context: entering a node then moves and clones nothing (it is done 100,000
+    /// times in a big flow).
+    static CURRENT: Cell<*const NodeCx<'static>> = const { Cell::new(std::ptr::null()) };
 }
 
-/// Runs `f` with `cx` as the current context; returns `f`'s result and the context (with what was recorded).
-pub(crate) fn enter<R>(cx: NodeCx, f: impl FnOnce() -> R) -> (R, NodeCx) {
+/// Runs `f` with `cx` as the current context (the scoped thread-local pattern of the `scoped-tls` crate).
+pub(crate) fn enter<R>(cx: &NodeCx<'_>, f: impl FnOnce() -> R) -> R {
     /// Puts the previous context back, also when `f` unwinds.
-    struct Restore(Option<Option<NodeCx>>);
+    struct Restore(*const NodeCx<'static>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            if let Some(previous) = self.0.take() {
-                CURRENT.with(|c| *c.borrow_mut() = previous);
-            }
+            CURRENT.with(|c| c.set(self.0));
         }
     }
-    let mut restore = Restore(Some(CURRENT.with(|c| c.replace(Some(cx)))));
-    let r = f();
-    let previous = restore.0.take().expect("restored once");
-    let cx = CURRENT.with(|c| c.replace(previous)).expect("the context is still set");
-    (r, cx)
+    // the lifetime is erased only while `cx` is borrowed by this call: `with_current` hands it out for
+    // the length of a closure, and `Restore` clears it before `cx` can go away
+    let erased = std::ptr::from_ref(cx).cast::<NodeCx<'static>>();
+    let _restore = Restore(CURRENT.with(|c| c.replace(erased)));
+    f()
 }
 
-fn with_current<R>(f: impl FnOnce(Option<&NodeCx>) -> R) -> R {
-    CURRENT.with(|c| f(c.borrow().as_ref()))
+fn with_current<R>(f: impl FnOnce(Option<&NodeCx<'_>>) -> R) -> R {
+    let current = CURRENT.with(Cell::get);
+    // SAFETY: a non-null pointer was set by `enter`, whose borrowed context outlives its call, and is
+    // reset when that call returns or unwinds; the reference given to `f` cannot outlive `f`
+    f(unsafe { current.as_ref() })
 }
 
 /// Content hash of a file (fast path when a run's cache is available). Does not record a dependency.
 pub fn fingerprint_file(path: &Path) -> io::Result<blake3::Hash> {
-    let store = with_current(|cx| cx.and_then(|cx| cx.store.clone()));
+    let store = with_current(|cx| cx.and_then(|cx| cx.store.cloned()));
     match store {
         Some(store) => store.fingerprint_file(path),
         None => flowrun_cache::fingerprint::hash_path(path),
@@ -103,7 +108,7 @@ pub fn progress(done: u64, total: Option<u64>) {
         if let Some(cx) = cx
             && let Some(obs) = &cx.observer
         {
-            obs.event(&Event::Progress { node: &cx.node, done, total });
+            obs.event(&Event::Progress { node: cx.node, done, total });
         }
     });
 }
@@ -114,7 +119,7 @@ pub fn warn(message: impl Into<String>) {
     with_current(|cx| match cx {
         Some(cx) => {
             if let Some(obs) = &cx.observer {
-                obs.event(&Event::Warning { node: Some(&cx.node), message: &message });
+                obs.event(&Event::Warning { node: Some(cx.node), message: &message });
             }
             cx.warnings.borrow_mut().push(message);
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::flow::CacheMode;
 
@@ -88,6 +89,13 @@ impl fmt::Display for Reason {
     }
 }
 
+/// Why a node ran: inline for one reason, the usual count (a report is kept per node run, and a run
+/// of 100,000 nodes then makes no allocation for them).
+pub type Reasons = SmallVec<[Reason; 1]>;
+
+/// A node's parameters and the identities of their values: inline for one parameter, as [`Reasons`].
+pub type InputKeys = SmallVec<[(Arc<str>, blake3::Hash); 1]>;
+
 /// The outcome of one node run.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
@@ -103,7 +111,7 @@ pub struct NodeReport {
     /// What happened.
     pub status: Status,
     /// Why it ran (empty when reused).
-    pub reasons: Vec<Reason>,
+    pub reasons: Reasons,
     /// Wall time.
     #[serde(serialize_with = "ser_ms")]
     pub duration: Duration,
@@ -114,7 +122,7 @@ pub struct NodeReport {
     pub key: Option<blake3::Hash>,
     /// Parameter -> identity of its value (serialized as hex).
     #[serde(serialize_with = "ser_inputs")]
-    pub inputs: Vec<(Arc<str>, blake3::Hash)>,
+    pub inputs: InputKeys,
     /// Error chain, outermost first.
     pub error: Vec<String>,
     /// Warnings (failed `warn` checks, node warnings).

@@ -10,6 +10,8 @@
 
 use std::sync::OnceLock;
 
+use smallvec::SmallVec;
+
 use crate::value::{AnyValue, TypeDesc};
 
 /// A registered node function, as `#[node]` describes it.
@@ -130,14 +132,14 @@ pub enum ArgValue {
     Many(Vec<AnyValue>),
 }
 
-/// The arguments of one node call, in parameter order.
+/// The arguments of one node call, in parameter order; inline for up to two (no allocation per call).
 pub struct Args {
-    values: Vec<Option<ArgValue>>,
+    values: SmallVec<[Option<ArgValue>; 2]>,
 }
 
 impl Args {
     /// Arguments in parameter order.
-    pub fn new(values: Vec<ArgValue>) -> Args {
+    pub fn new(values: impl IntoIterator<Item = ArgValue>) -> Args {
         Args { values: values.into_iter().map(Some).collect() }
     }
 

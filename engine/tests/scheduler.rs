@@ -191,9 +191,9 @@ fn second_run_executes_nothing_and_changes_rerun_exactly_downstream() {
     assert_eq!(executed.len(), 11, "{executed:?}");
     assert!(executed.iter().all(|n| n.starts_with("offset[") || n == "total"), "{executed:?}");
     let why = third.nodes.iter().find(|n| &*n.name == "offset[2]").unwrap();
-    assert_eq!(why.reasons, vec![Reason::ConfigChanged("shift".into())]);
+    assert_eq!(why.reasons[..], [Reason::ConfigChanged("shift".into())]);
     let total = third.nodes.iter().find(|n| &*n.name == "total").unwrap();
-    assert_eq!(total.reasons, vec![Reason::UpstreamChanged("offset".into())]);
+    assert_eq!(total.reasons[..], [Reason::UpstreamChanged("offset".into())]);
 
     // more items: only the new item's branch and the fan-in run
     let f3 = build(FANOUT, &[("shift", "2"), ("n", "11")]);
@@ -222,8 +222,8 @@ params = { x = 4 }
     // slow_double is forced to run, produces the same bytes, so its consumer is reused
     assert_eq!(r.names(Status::Executed), vec!["slow_double"]);
     assert_eq!(
-        r.nodes.iter().find(|n| &*n.name == "slow_double").unwrap().reasons,
-        vec![Reason::Forced(flow::CacheMode::Recompute)]
+        r.nodes.iter().find(|n| &*n.name == "slow_double").unwrap().reasons[..],
+        [Reason::Forced(flow::CacheMode::Recompute)]
     );
     assert_eq!(r.names(Status::Reused), vec!["independent"]);
 }
@@ -328,10 +328,10 @@ fn dry_run_says_what_would_run() {
         schedule::run(&f2, &RunOptions { dry_run: true, store: Some(store.clone()), ..RunOptions::default() }).unwrap();
     let numbers = dry.nodes.iter().find(|n| &*n.name == "numbers").unwrap();
     assert_eq!(numbers.status, Status::WouldRun);
-    assert_eq!(numbers.reasons, vec![Reason::ConfigChanged("n".into())]);
+    assert_eq!(numbers.reasons[..], [Reason::ConfigChanged("n".into())]);
     let sq = dry.nodes.iter().find(|n| &*n.node == "square").unwrap();
     assert_eq!(&*sq.name, "square[*]");
-    assert_eq!(sq.reasons, vec![Reason::UpstreamWillRun("numbers".into())]);
+    assert_eq!(sq.reasons[..], [Reason::UpstreamWillRun("numbers".into())]);
     // nothing ran, nothing was stored: a real run still executes `numbers`
     let real = run(&f2, 1, Some(store.clone()));
     assert!(real.names(Status::Executed).contains(&"numbers".to_string()));
@@ -385,7 +385,7 @@ fn a_code_version_change_reruns_that_node_and_its_downstream_only() {
     assert_eq!(executed.len(), 10, "{executed:?}");
     assert!(executed.iter().all(|n| n.starts_with("square[")), "{executed:?}");
     let why = report.nodes.iter().find(|n| &*n.name == "square[3]").unwrap();
-    assert_eq!(why.reasons, vec![Reason::CodeChanged]);
+    assert_eq!(why.reasons[..], [Reason::CodeChanged]);
     assert_eq!(report.names(Status::Reused).len(), 1 + 10 + 1, "numbers, the offsets and total come from the cache");
 }
 

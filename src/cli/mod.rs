@@ -285,11 +285,11 @@ fn last_run_overlay(
             node,
             item: None,
             status,
-            reasons: Vec::new(),
+            reasons: Default::default(),
             duration: Duration::ZERO,
             rows: n.rows,
             key: n.key.as_deref().and_then(|k| flowrun_cache::Hash::from_hex(k).ok()),
-            inputs: Vec::new(),
+            inputs: Default::default(),
             error: Vec::new(),
             warnings: Vec::new(),
         });

@@ -17,12 +17,12 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
-use smallvec::SmallVec;
+use smallvec::{SmallVec, smallvec};
 
 use flowrun_cache::{
     CacheKey, Entry, EntryMeta, Hash, InputSource, Key, KeyChange, KeyInput, NodeState, Store, StoredKey,
@@ -33,7 +33,7 @@ use super::lazy::Lazy;
 use super::plan::{PArg, Plan};
 use crate::Table;
 use crate::ctx::{self, NodeCx};
-use crate::events::{Event, NodeReport, Reason, Status};
+use crate::events::{Event, InputKeys, NodeReport, Reason, Reasons, Status};
 use crate::flow::{CacheMode, FlowNode, LiteralSource, NodeImpl};
 use crate::registry::{ArgValue, Args};
 use crate::value::{AnyValue, encode_value};
@@ -45,6 +45,9 @@ pub(crate) type ItemPath = SmallVec<[u32; 4]>;
 
 /// Stands in for an identity that is not known (dry run); such a key is never looked up or stored.
 const UNKNOWN: Hash = Hash::from_bytes([0; 32]);
+
+/// The parameter name a node's data checks stand under in its key and its report.
+static CHECKS: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("#checks"));
 
 #[derive(Clone)]
 pub(crate) struct Done {
@@ -317,11 +320,11 @@ impl<'p, 'f> Exec<'p, 'f> {
             node: fnode.name.clone(),
             item: inst.label.clone(),
             status: Status::Skipped,
-            reasons: Vec::new(),
+            reasons: Reasons::new(),
             duration: Duration::ZERO,
             rows: None,
             key: None,
-            inputs: Vec::new(),
+            inputs: InputKeys::new(),
             error: Vec::new(),
             warnings: Vec::new(),
         };
@@ -389,7 +392,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
         if let Some(up) = unknown {
             report.status = Status::WouldRun;
-            report.reasons = vec![Reason::UpstreamWillRun(up)];
+            report.reasons = smallvec![Reason::UpstreamWillRun(up)];
             return Slot::Ok(Done { value: None, identity: None });
         }
         let func = &self.plan.functions[pn.function as usize];
@@ -402,8 +405,11 @@ impl<'p, 'f> Exec<'p, 'f> {
         let key = cache_key.hash_with_code(&func.code);
         report.key = Some(key);
         // parameter names are shared with the flow (`#checks` stands for the node's data checks)
-        let params = fnode.args.iter().map(|a| a.param.clone()).chain(pn.checks.as_ref().map(|_| Arc::from("#checks")));
-        report.inputs = params.zip(cache_key.inputs.iter().map(|i| i.identity)).collect();
+        let params = fnode.args.iter().map(|a| &a.param).chain(pn.checks.as_ref().map(|_| &*CHECKS));
+        report.inputs.reserve_exact(cache_key.inputs.len());
+        for (param, input) in params.zip(cache_key.inputs) {
+            report.inputs.push((param.clone(), input.identity));
+        }
 
         // 3. the cache
         match (pn.cache, store) {
@@ -417,13 +423,14 @@ impl<'p, 'f> Exec<'p, 'f> {
                         let lazy = Lazy::cached(entry.content, ty, store.clone(), entry.rows);
                         return Slot::Ok(Done { value: Some(lazy), identity: Some(entry.content) });
                     }
-                    Some(path) => report.reasons = vec![Reason::FileChanged(path)],
+                    Some(path) => report.reasons = smallvec![Reason::FileChanged(path)],
                 },
                 Ok(None) => report.reasons = self.reasons(&report.name, key, &cache_key),
                 Err(e) => report.warnings.push(format!("cache lookup failed, running the node: {e}")),
             },
-            // one reason: a `vec!` of exactly one (a report is kept per node run, 100,000 in a big fan-out)
-            (mode, _) => report.reasons = vec![Reason::Forced(if store.is_none() { CacheMode::Disable } else { mode })],
+            (mode, _) => {
+                report.reasons = smallvec![Reason::Forced(if store.is_none() { CacheMode::Disable } else { mode })]
+            }
         }
         if self.opts.dry_run {
             report.status = Status::WouldRun;
@@ -431,7 +438,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
 
         // 4. run
-        let mut values = Vec::with_capacity(args.len());
+        let mut values: SmallVec<[ArgValue; 2]> = SmallVec::with_capacity(args.len());
         for garg in &args {
             let loaded = match &garg.value {
                 GValue::One(d) => load(d).map(ArgValue::One),
@@ -454,13 +461,14 @@ impl<'p, 'f> Exec<'p, 'f> {
             }
         }
         self.opts.observer.event(&Event::NodeStarted(&report.name));
-        // the context shares the display name (an `Arc`) while the node runs
-        let cx = NodeCx::new(store.cloned(), Some(self.opts.observer.clone()), report.name.clone());
-        let (result, cx) = ctx::enter(cx, || {
+        // the context borrows the store, the observer and the display name while the node runs
+        let cx = NodeCx::new(store, Some(&self.opts.observer), &report.name);
+        let result = ctx::enter(&cx, || {
             std::panic::catch_unwind(AssertUnwindSafe(|| self.call(fnode, values)))
                 .unwrap_or_else(|panic| Err(anyhow::anyhow!("node panicked: {}", panic_message(&panic))))
         });
-        report.warnings.extend(cx.warnings.into_inner());
+        let (warnings, deps) = (cx.warnings.into_inner(), cx.deps.into_inner());
+        report.warnings.extend(warnings);
         let value = match result.and_then(|v| self.check(fnode, &v, report).map(|()| v)) {
             Ok(v) => v,
             Err(e) => {
@@ -485,7 +493,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                         type_name: func.output_type.to_string(),
                         node: report.name.to_string(),
                         rows: report.rows,
-                        deps: cx.deps.into_inner(),
+                        deps,
                     };
                     match store.put(key, &bytes, meta) {
                         Ok(content) => content,
@@ -511,7 +519,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         Slot::Ok(Done { value: Some(Lazy::ready(value)), identity: Some(identity) })
     }
 
-    fn call(&self, fnode: &FlowNode, values: Vec<ArgValue>) -> anyhow::Result<AnyValue> {
+    fn call(&self, fnode: &FlowNode, values: SmallVec<[ArgValue; 2]>) -> anyhow::Result<AnyValue> {
         match &fnode.imp {
             NodeImpl::Function(def) => (def.call)(&mut Args::new(values)),
             NodeImpl::Sql(q) => {
@@ -572,13 +580,13 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
     }
 
-    fn reasons(&self, name: &str, key: Key, now: &CacheKey<'_>) -> Vec<Reason> {
-        let Some(state) = self.states.get(name) else { return vec![Reason::NotCached] };
+    fn reasons(&self, name: &str, key: Key, now: &CacheKey<'_>) -> Reasons {
+        let Some(state) = self.states.get(name) else { return smallvec![Reason::NotCached] };
         if state.key == key {
-            return vec![Reason::ResultMissing];
+            return smallvec![Reason::ResultMissing];
         }
-        let Some(prev) = StoredKey::parse(&state.detail) else { return vec![Reason::NotCached] };
-        let reasons: Vec<Reason> = prev
+        let Some(prev) = StoredKey::parse(&state.detail) else { return smallvec![Reason::NotCached] };
+        let reasons: Reasons = prev
             .diff(now)
             .into_iter()
             .map(|c| match c {
@@ -591,7 +599,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                 },
             })
             .collect();
-        if reasons.is_empty() { vec![Reason::NotCached] } else { reasons }
+        if reasons.is_empty() { smallvec![Reason::NotCached] } else { reasons }
     }
 
     // 5. notification ---------------------------------------------------------------------------------
@@ -688,11 +696,11 @@ impl<'p, 'f> Exec<'p, 'f> {
                         node: name.clone(),
                         item: Some("*".into()),
                         status: Status::WouldRun,
-                        reasons: vec![Reason::UpstreamWillRun(expand_name.clone())],
+                        reasons: smallvec![Reason::UpstreamWillRun(expand_name.clone())],
                         duration: Duration::ZERO,
                         rows: None,
                         key: None,
-                        inputs: Vec::new(),
+                        inputs: InputKeys::new(),
                         error: Vec::new(),
                         warnings: Vec::new(),
                     };
@@ -714,11 +722,11 @@ impl<'p, 'f> Exec<'p, 'f> {
                         node: name.clone(),
                         item: None,
                         status: if self.abort.load(Ordering::Relaxed) { Status::Cancelled } else { Status::Skipped },
-                        reasons: Vec::new(),
+                        reasons: Reasons::new(),
                         duration: Duration::ZERO,
                         rows: None,
                         key: None,
-                        inputs: Vec::new(),
+                        inputs: InputKeys::new(),
                         error: vec![format!("skipped: {why}")],
                         warnings: Vec::new(),
                     };
