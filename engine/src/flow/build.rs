@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -1087,27 +1087,22 @@ impl<'a> Builder<'a> {
         }
         let mut nodes: Vec<FlowNode> = self.nodes.into_iter().map(Option::unwrap).collect();
 
-        // graph, cycles
-        let mut graph: DiGraph<NodeId, EdgeMode> = DiGraph::with_capacity(nodes.len(), nodes.len());
-        for i in 0..nodes.len() {
-            graph.add_node(i);
-        }
-        // declarations usually come after what they read; then the file order is already topological
-        let mut forward = true;
-        for (i, n) in nodes.iter().enumerate() {
-            for a in &n.args {
-                if let Binding::Node { node, mode } = a.binding {
-                    graph.add_edge(NodeIndex::new(node), NodeIndex::new(i), mode);
-                    forward &= node < i;
-                }
-            }
-        }
-        let sorted = if forward { Ok((0..nodes.len()).collect()) } else { topological_order(&graph) };
+        // order, cycles: declarations usually come after what they read, and then the file order is
+        // already topological; otherwise petgraph sorts the DAG (and it is kept, see `Flow::graph`)
+        let forward = nodes
+            .iter()
+            .enumerate()
+            .all(|(i, n)| n.args.iter().all(|a| !matches!(a.binding, Binding::Node { node, .. } if node >= i)));
+        let graph = if forward { OnceLock::new() } else { OnceLock::from(super::dag(&nodes)) };
+        let sorted = match graph.get() {
+            None => Ok((0..nodes.len()).collect()),
+            Some(g) => topological_order(g),
+        };
         let order: Vec<NodeId> = match sorted {
             Ok(order) => order,
             Err(()) => {
                 let mut errors = Vec::new();
-                for cycle in find_cycles(&graph) {
+                for cycle in find_cycles(graph.get().expect("made when the order is not forward")) {
                     let names: Vec<&str> = cycle.iter().map(|&i| &*nodes[i].name).collect();
                     let path = format!("{} -> {}", names.join(" -> "), names[0]);
                     let first = &nodes[cycle[0]];

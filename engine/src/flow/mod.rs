@@ -14,7 +14,7 @@ pub mod raw;
 use std::borrow::Cow;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use indexmap::IndexMap;
 use petgraph::graph::DiGraph;
@@ -39,9 +39,9 @@ pub struct Flow {
     pub source: Arc<SourceFile>,
     /// Every node: declared ones first, in file order, then the registered functions pulled in by name.
     pub nodes: Vec<FlowNode>,
-    /// The DAG; vertex `i` is `nodes[i]`, an edge goes from producer to consumer.
-    pub graph: DiGraph<NodeId, EdgeMode>,
-    /// Every node, producers before consumers (a topological order of `graph`).
+    /// The DAG, made on the first call of [`Flow::graph`].
+    pub(crate) graph: OnceLock<DiGraph<NodeId, EdgeMode>>,
+    /// Every node, producers before consumers (a topological order of [`Flow::graph`]).
     pub order: Vec<NodeId>,
     /// Node name -> id, keyed by `nodes[id].name` ([`Flow::id`] and [`Flow::node`] look names up).
     pub by_name: NameIndex,
@@ -256,6 +256,30 @@ impl Flow {
         self.id(name).map(|i| &self.nodes[i])
     }
 
+    /// The DAG as a petgraph graph: vertex `i` is `nodes[i]`, an edge goes from producer to consumer and
+    /// carries the edge's mode.
+    ///
+    /// Made on the first call and kept: a run does not need it (the nodes' arguments and
+    /// [`Flow::order`] say the same), so a build only makes it when the file order is not already a
+    /// topological order and petgraph sorts the nodes.
+    ///
+    /// ```
+    /// use flowrun_engine::flow::{self, BuildOptions, SourceFile};
+    /// # use flowrun_engine::node;
+    /// # #[node] fn base() -> i64 { 1 }
+    /// # #[node] fn doubled(base: i64) -> i64 { 2 * base }
+    /// let src = SourceFile::new("two.toml", "[flow]\nname = \"two\"\n[nodes.base]\n[nodes.doubled]\n");
+    /// let f = flow::build(src, &BuildOptions::default()).unwrap();
+    /// let g = f.graph();
+    /// assert_eq!((g.node_count(), g.edge_count()), (2, 1));
+    /// // the edge goes from producer to consumer
+    /// let e = g.raw_edges()[0].clone();
+    /// assert_eq!((g[e.source()], g[e.target()]), (f.id("base").unwrap(), f.id("doubled").unwrap()));
+    /// ```
+    pub fn graph(&self) -> &DiGraph<NodeId, EdgeMode> {
+        self.graph.get_or_init(|| dag(&self.nodes))
+    }
+
     /// The id of the node called `name`.
     pub fn id(&self, name: &str) -> Option<NodeId> {
         self.by_name.get(name, |i| &self.nodes[i].name)
@@ -301,4 +325,21 @@ impl Flow {
         }
         needed
     }
+}
+
+/// The DAG of `nodes`: one vertex per node, one edge per argument bound to a node.
+pub(crate) fn dag(nodes: &[FlowNode]) -> DiGraph<NodeId, EdgeMode> {
+    let edges = nodes.iter().map(|n| n.args.len()).sum();
+    let mut graph = DiGraph::with_capacity(nodes.len(), edges);
+    for i in 0..nodes.len() {
+        graph.add_node(i);
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        for a in &n.args {
+            if let Binding::Node { node, mode } = a.binding {
+                graph.add_edge(petgraph::graph::NodeIndex::new(node), petgraph::graph::NodeIndex::new(i), mode);
+            }
+        }
+    }
+    graph
 }
