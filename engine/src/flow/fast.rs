@@ -45,6 +45,14 @@ pub(crate) fn read(text: &str) -> Option<RawFlow> {
                 r.blank();
                 r.expect(b'=')?;
                 r.blank();
+                if let (Section::Node(i), "inputs", Some(b'{')) = (&section, key, r.peek()) {
+                    // a node's inputs (strings), straight into the node: one per node of a big flow
+                    let inputs =
+                        r.inline_table(|r| if matches!(r.peek()?, b'"' | b'\'') { r.string() } else { None })?;
+                    r.end_of_line()?;
+                    doc.set_inputs(*i, inputs)?;
+                    continue;
+                }
                 let value = r.value()?;
                 r.end_of_line()?;
                 doc.set(&section, key, key_span, value)?;
@@ -66,6 +74,9 @@ enum V<'t> {
 /// An inline table's entry: key, key span, value, value span.
 type Entry<'t> = (&'t str, Range<usize>, V<'t>, Range<usize>);
 
+/// An inline table's entries as [`Reader::inline_table`] reads them.
+type Entries<'t, T> = SmallVec<[(&'t str, Range<usize>, T, Range<usize>); 2]>;
+
 /// A header's bare keys with their spans: the headers this reader knows have one or two, kept on the stack.
 type KeyPath<'t> = SmallVec<[(&'t str, Range<usize>); 2]>;
 
@@ -86,6 +97,17 @@ impl V<'_> {
         }
     }
 }
+
+/// The bytes of a bare key, by byte value (a table lookup per byte instead of five range tests).
+static BARE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = matches!(b as u8, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-');
+        b += 1;
+    }
+    table
+};
 
 struct Reader<'t> {
     text: &'t str,
@@ -153,9 +175,7 @@ impl<'t> Reader<'t> {
     /// A bare key.
     fn key(&mut self) -> Option<(&'t str, Range<usize>)> {
         let start = self.at;
-        while matches!(self.peek(), Some(b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-')) {
-            self.at += 1;
-        }
+        self.at += self.bytes[start..].iter().take_while(|&&b| BARE[b as usize]).count();
         (self.at > start).then(|| (&self.text[start..self.at], start..self.at))
     }
 
@@ -183,7 +203,7 @@ impl<'t> Reader<'t> {
         let v = match self.peek()? {
             b'"' | b'\'' => V::Str(self.string()?),
             b'[' => V::Array(self.array()?),
-            b'{' => V::Table(self.inline_table()?),
+            b'{' => V::Table(self.inline_table(|r| r.value().map(|(v, _)| v))?.into_vec()),
             b't' | b'f' => V::Bool(self.boolean()?),
             _ => V::Int(self.integer()?),
         };
@@ -263,9 +283,10 @@ impl<'t> Reader<'t> {
         }
     }
 
-    fn inline_table(&mut self) -> Option<Vec<Entry<'t>>> {
+    /// `{ k = v, .. }` with distinct keys, each value read by `value`; on the stack up to two entries.
+    fn inline_table<T>(&mut self, mut value: impl FnMut(&mut Self) -> Option<T>) -> Option<Entries<'t, T>> {
         self.expect(b'{')?;
-        let mut entries: Vec<Entry<'t>> = Vec::new();
+        let mut entries = Entries::new();
         self.blank();
         if self.peek()? == b'}' {
             self.at += 1;
@@ -277,11 +298,12 @@ impl<'t> Reader<'t> {
             self.blank();
             self.expect(b'=')?;
             self.blank();
-            let (v, vspan) = self.value()?;
+            let vstart = self.at;
+            let v = value(self)?;
             if entries.iter().any(|(other, ..)| *other == k) {
                 return None;
             }
-            entries.push((k, kspan, v, vspan));
+            entries.push((k, kspan, v, vstart..self.at));
             self.blank();
             if self.separator(b'}')? {
                 return Some(entries);
@@ -432,6 +454,13 @@ impl Doc {
         }
     }
 
+    /// `inputs = { .. }` of node `i`, read by the fast path of [`read`].
+    fn set_inputs(&mut self, i: usize, entries: Entries<'_, &str>) -> Option<()> {
+        first_time(self.node_seen.get_mut(i)?, &NODE_KEYS, "inputs")?;
+        self.nodes.get_index_mut(i)?.1.get_mut().inputs = node_inputs(entries);
+        Some(())
+    }
+
     fn finish(self) -> Option<RawFlow> {
         let (span, name, mut header) = self.flow?;
         header.name = name?;
@@ -465,11 +494,11 @@ fn set_node(n: &mut RawNode, key: &str, v: V<'_>, vspan: Range<usize>) -> Option
         "when" => n.when = Some(Box::new(table(v)?)),
         "inputs" => {
             let V::Table(entries) = v else { return None };
-            // exactly as many slots as entries (a map grown one by one keeps room for three)
-            n.inputs = RawMap::with_capacity(entries.len());
-            for (k, kspan, v, span) in entries {
-                n.inputs.insert(Spanned::new(kspan, Str::from(k)), Spanned::new(span, string(v)?));
-            }
+            let strings = entries.into_iter().map(|(k, kspan, v, span)| match v {
+                V::Str(s) => Some((k, kspan, s, span)),
+                _ => None,
+            });
+            n.inputs = node_inputs(strings.collect::<Option<Entries<'_, &str>>>()?);
         }
         "tags" => {
             let V::Table(entries) = v else { return None };
@@ -482,6 +511,16 @@ fn set_node(n: &mut RawNode, key: &str, v: V<'_>, vspan: Range<usize>) -> Option
         _ => return None,
     }
     Some(())
+}
+
+/// A node's `inputs` from its entries: exactly as many slots as entries (a map grown one by one keeps
+/// room for three).
+fn node_inputs(entries: Entries<'_, &str>) -> RawMap<Spanned<Str>, Spanned<Str>> {
+    let mut inputs = RawMap::with_capacity(entries.len());
+    for (k, kspan, v, span) in entries {
+        inputs.insert(Spanned::new(kspan, Str::from(k)), Spanned::new(span, Str::from(v)));
+    }
+    inputs
 }
 
 fn insert(t: &mut SpannedTable, key: &str, kspan: Range<usize>, v: toml::Value, vspan: Range<usize>) -> Option<()> {
@@ -573,6 +612,11 @@ when = { flag = true }
 
 [nodes.q]
 sql = "SELECT 1 AS x"
+inputs = {}
+
+[nodes.pair]
+fn = "add"
+inputs = { a = "n-1", b = 'total' }
 
 [lake]
 catalog = "lake/demo.ducklake"
@@ -639,6 +683,11 @@ kind = "ducklake"
             "[nodes.a]\nfn = 3\n",
             "[nodes.a]\ncache = \"sometimes\"\n",
             "[nodes.a]\ninputs = { x = 1 }\n",
+            "[nodes.a]\ninputs = { x = \"b\", y = [\"c\"] }\n",
+            "[nodes.a]\ninputs = { x = \"b\", x = \"c\" }\n",
+            "[nodes.a]\ninputs = { x = \"b\" }\ninputs = { y = \"c\" }\n",
+            "[nodes.a]\ninputs = { x = \"b\" } junk\n",
+            "[nodes.a]\ninputs = \"b\"\n",
             "[inputs]\nd = \"not a table\"\n",
             "[inputs]\nd = { default = 1, other = 2 }\n",
             "top = 1\n",
