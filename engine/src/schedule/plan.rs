@@ -151,6 +151,9 @@ impl<'f> Plan<'f> {
             last.unwrap()
         };
         ensure_block(0, &mut blocks, &mut block_map);
+        // room for every needed node in the root block, where most are (growing it copies it 17 times
+        // on the way to 100,000); nested blocks grow
+        blocks[0].members.reserve_exact(needed.iter().filter(|&&n| n).count());
         // code digests, made once per registered function (a flow may run one function in many nodes)
         let mut functions: Vec<PFunction> = Vec::new();
         let mut function_of: foldhash::HashMap<*const crate::registry::NodeDef, u32> = Default::default();
