@@ -112,7 +112,8 @@ pub struct NodeReport {
     pub status: Status,
     /// Why it ran (empty when reused).
     pub reasons: Reasons,
-    /// Wall time.
+    /// Wall time, from the end of the previous node run on the same worker thread (so it includes tens of
+    /// nanoseconds of scheduling before the node; the clock is read once per node run).
     #[serde(serialize_with = "ser_ms")]
     pub duration: Duration,
     /// Row count, for tables.

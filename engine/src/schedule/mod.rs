@@ -192,10 +192,11 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
 
 fn drive_sequential(exec: &exec::Exec<'_, '_>, initial: Vec<exec::Task>) {
     let mut stack = initial;
+    let mut clock = Instant::now();
     while let Some(task) = stack.pop() {
         // the first task made ready runs next
         let start = stack.len();
-        exec.run_task(task, &mut stack);
+        clock = exec.run_task(task, &mut stack, clock);
         stack[start..].reverse();
     }
 }
@@ -216,13 +217,13 @@ fn drive_parallel(exec: &exec::Exec<'_, '_>, initial: Vec<exec::Task>, jobs: usi
 fn spawn<'s>(s: &rayon::Scope<'s>, exec: &'s exec::Exec<'_, '_>, task: exec::Task) {
     s.spawn(move |s| {
         let mut ready = Vec::new();
-        exec.run_task(task, &mut ready);
+        let mut clock = exec.run_task(task, &mut ready, Instant::now());
         // keep one ready task on this thread (a chain never pays for a spawn), hand out the rest
         while let Some(next) = ready.pop() {
             for other in ready.drain(..) {
                 spawn(s, exec, other);
             }
-            exec.run_task(next, &mut ready);
+            clock = exec.run_task(next, &mut ready, clock);
         }
     });
 }
