@@ -13,6 +13,10 @@
 //! Why it exists: the crate takes 2-3 us per node of a generated 100,000-node flow (its lexer alone
 //! 0.7-0.9 us), more than resolving and validating the whole DAG; this reader takes a fraction of that
 //! (`bench engine` prints both).
+//!
+//! A file of 1 MB or more (some 20,000 nodes) is read in two halves, on two threads: the second half
+//! starts at a `[nodes.` header line near the middle, and its tables are appended to the first half's.
+//! A table that may appear once but appears in both halves, or a node name in both, gives up as above.
 
 use std::ops::Range;
 
@@ -22,15 +26,45 @@ use toml::Spanned;
 
 use super::raw::{CacheMode, RawFlow, RawHeader, RawInput, RawMap, RawNode, SpannedTable, Str};
 
+/// Files at least this long are read in two halves on two threads (see the module docs).
+const SPLIT_LEN: usize = 1 << 20;
+
 /// The flow file, or `None` when it is not of the plain shape this reader knows (see the module docs).
 pub(crate) fn read(text: &str) -> Option<RawFlow> {
-    let mut r = Reader { text, bytes: text.as_bytes(), at: 0 };
-    let mut doc = Doc::default();
+    read_split(text, SPLIT_LEN)
+}
+
+/// [`read`], in two halves when `text` is at least `split_len` long and has a node header past the middle.
+fn read_split(text: &str, split_len: usize) -> Option<RawFlow> {
     // room for every node up front: a node is a few hundred bytes, and a growing map would move them all
     // (`with_capacity`, not `reserve`: reserving rounds the entries up to the hash table's capacity)
     let nodes = memchr::memmem::find_iter(text.as_bytes(), b"[nodes.").count();
-    doc.nodes = IndexMap::with_capacity_and_hasher(nodes, Default::default());
-    doc.node_seen.reserve(nodes);
+    let middle = (text.len() >= split_len)
+        .then(|| memchr::memmem::find(&text.as_bytes()[text.len() / 2..], b"\n[nodes."))
+        .flatten()
+        .map(|i| text.len() / 2 + i + 1);
+    let doc = match middle {
+        None => read_doc(text, 0..text.len(), nodes)?,
+        Some(middle) => {
+            let second = || {
+                let nodes = memchr::memmem::find_iter(&text.as_bytes()[middle..], b"[nodes.").count();
+                read_doc(text, middle..text.len(), nodes)
+            };
+            let (first, second) = rayon::join(|| read_doc(text, 0..middle, nodes), second);
+            first?.append(second?)?
+        }
+    };
+    doc.finish()
+}
+
+/// The tables of `text[range]`, which starts at the start of a line; spans are offsets in `text`.
+fn read_doc(text: &str, range: Range<usize>, nodes: usize) -> Option<Doc> {
+    let mut r = Reader { text, bytes: &text.as_bytes()[..range.end], at: range.start };
+    let mut doc = Doc {
+        nodes: IndexMap::with_capacity_and_hasher(nodes, Default::default()),
+        node_seen: Vec::with_capacity(nodes),
+        ..Doc::default()
+    };
     let mut section = Section::None;
     loop {
         r.blank();
@@ -59,7 +93,7 @@ pub(crate) fn read(text: &str) -> Option<RawFlow> {
             }
         }
     }
-    doc.finish()
+    Some(doc)
 }
 
 /// A value with its span, before it is given a type.
@@ -461,6 +495,37 @@ impl Doc {
         Some(())
     }
 
+    /// The tables of the text that follows this document's, appended (in file order).
+    fn append(mut self, next: Doc) -> Option<Doc> {
+        /// A table that may appear once: from whichever half has it, not both.
+        fn once<T>(first: &mut Option<T>, next: Option<T>) -> Option<()> {
+            match (first.is_some(), next) {
+                (true, Some(_)) => None,
+                (_, None) => Some(()),
+                (false, next) => {
+                    *first = next;
+                    Some(())
+                }
+            }
+        }
+        if next.flow.is_some() {
+            self.flow_seen = next.flow_seen;
+        }
+        once(&mut self.flow, next.flow)?;
+        once(&mut self.config, next.config)?;
+        once(&mut self.inputs, next.inputs)?;
+        once(&mut self.lake, next.lake)?;
+        for (name, node) in next.nodes {
+            let indexmap::map::Entry::Vacant(slot) = self.nodes.entry(name) else { return None };
+            slot.insert(node);
+        }
+        for (name, table) in next.materialize {
+            let indexmap::map::Entry::Vacant(slot) = self.materialize.entry(name) else { return None };
+            slot.insert(table);
+        }
+        Some(self)
+    }
+
     fn finish(self) -> Option<RawFlow> {
         let (span, name, mut header) = self.flow?;
         header.name = name?;
@@ -552,7 +617,7 @@ fn table(v: V<'_>) -> Option<SpannedTable> {
 
 #[cfg(test)]
 mod tests {
-    use super::read;
+    use super::{read, read_split};
     use crate::flow::raw::RawFlow;
 
     /// What the crate makes of `text` (the reference), as comparable text with every span.
@@ -699,5 +764,37 @@ kind = "ducklake"
         assert!(!check("[flow]\ndescription = \"no name\"\n"));
         assert!(!check("[flow]\nname = \"x\"\nname = \"y\"\n"));
         assert!(!check("[flow]\nmodules = []\nmodules = [\"a\"]\nname = \"x\"\n"));
+    }
+
+    /// Reads `text` in two halves (any length splits) and whole: both must agree with each other and
+    /// with the crate, or both give up.
+    fn check_split(text: &str) -> bool {
+        let halves = read_split(text, 0);
+        let whole = read_split(text, usize::MAX);
+        assert_eq!(format!("{halves:#?}"), format!("{whole:#?}"), "halves and whole differ on:\n{text}");
+        halves.is_some() && check(text)
+    }
+
+    #[test]
+    fn a_file_read_in_two_halves_is_the_file_read_whole() {
+        let mut nodes = String::new();
+        for i in 0..40 {
+            nodes.push_str(&format!("[nodes.n{i}]\nfn = \"noop\"\ninputs = {{ x = \"n{}\" }}\n", i.max(1) - 1));
+        }
+        let head = "[flow]\nname = \"halves\"\n[config]\nn = 1\n";
+        let tail = "[materialize.m]\nnode = \"n3\"\n";
+        assert!(check_split(&format!("{head}{nodes}{tail}")));
+        // tables that may appear once, in the second half only
+        assert!(check_split(&format!("{nodes}{head}{tail}")));
+        assert!(check_split(&format!("{nodes}{head}").replace('\n', "\r\n")));
+        // in both halves: the crate reports them
+        for twice in [
+            format!("{head}{nodes}[nodes.n1]\nfn = \"noop\"\n"),
+            format!("{head}{nodes}[config]\nm = 2\n"),
+            format!("{head}{tail}{nodes}{tail}"),
+            format!("{head}{nodes}[flow]\nname = \"again\"\n"),
+        ] {
+            assert!(!check_split(&twice), "should give up:\n{twice}");
+        }
     }
 }
