@@ -1094,16 +1094,18 @@ impl<'a> Builder<'a> {
             .iter()
             .enumerate()
             .all(|(i, n)| n.args.iter().all(|a| !matches!(a.binding, Binding::Node { node, .. } if node >= i)));
-        let graph = if forward { OnceLock::new() } else { OnceLock::from(super::dag(&nodes)) };
-        let sorted = match graph.get() {
-            None => Ok((0..nodes.len()).collect()),
-            Some(g) => topological_order(g),
+        let (graph, sorted) = if forward {
+            (OnceLock::new(), Ok((0..nodes.len()).collect()))
+        } else {
+            let g = super::dag(&nodes);
+            let sorted = topological_order(&g).map_err(|()| find_cycles(&g));
+            (OnceLock::from(g), sorted)
         };
         let order: Vec<NodeId> = match sorted {
             Ok(order) => order,
-            Err(()) => {
+            Err(cycles) => {
                 let mut errors = Vec::new();
-                for cycle in find_cycles(graph.get().expect("made when the order is not forward")) {
+                for cycle in cycles {
                     let names: Vec<&str> = cycle.iter().map(|&i| &*nodes[i].name).collect();
                     let path = format!("{} -> {}", names.join(" -> "), names[0]);
                     let first = &nodes[cycle[0]];

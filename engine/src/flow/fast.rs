@@ -38,19 +38,20 @@ pub(crate) fn read(text: &str) -> Option<RawFlow> {
 fn read_split(text: &str, split_len: usize) -> Option<RawFlow> {
     // room for every node up front: a node is a few hundred bytes, and a growing map would move them all
     // (`with_capacity`, not `reserve`: reserving rounds the entries up to the hash table's capacity)
-    let nodes = memchr::memmem::find_iter(text.as_bytes(), b"[nodes.").count();
+    let nodes = |range: Range<usize>| memchr::memmem::find_iter(&text.as_bytes()[range], b"[nodes.").count();
     let middle = (text.len() >= split_len)
         .then(|| memchr::memmem::find(&text.as_bytes()[text.len() / 2..], b"\n[nodes."))
         .flatten()
         .map(|i| text.len() / 2 + i + 1);
     let doc = match middle {
-        None => read_doc(text, 0..text.len(), nodes)?,
+        None => read_doc(text, 0..text.len(), nodes(0..text.len()))?,
         Some(middle) => {
-            let second = || {
-                let nodes = memchr::memmem::find_iter(&text.as_bytes()[middle..], b"[nodes.").count();
-                read_doc(text, middle..text.len(), nodes)
-            };
-            let (first, second) = rayon::join(|| read_doc(text, 0..middle, nodes), second);
+            // the first half's map has room for the second's nodes, which are appended to it
+            let (first, second) = (nodes(0..middle), nodes(middle..text.len()));
+            let (first, second) = rayon::join(
+                || read_doc(text, 0..middle, first + second),
+                || read_doc(text, middle..text.len(), second),
+            );
             first?.append(second?)?
         }
     };
@@ -557,14 +558,8 @@ fn set_node(n: &mut RawNode, key: &str, v: V<'_>, vspan: Range<usize>) -> Option
         }
         "params" => n.params = table(v)?,
         "when" => n.when = Some(Box::new(table(v)?)),
-        "inputs" => {
-            let V::Table(entries) = v else { return None };
-            let strings = entries.into_iter().map(|(k, kspan, v, span)| match v {
-                V::Str(s) => Some((k, kspan, s, span)),
-                _ => None,
-            });
-            n.inputs = node_inputs(strings.collect::<Option<Entries<'_, &str>>>()?);
-        }
+        // a table of inputs is read by `Doc::set_inputs`; anything else is an error the crate reports
+        "inputs" => return None,
         "tags" => {
             let V::Table(entries) = v else { return None };
             let mut tags = IndexMap::with_capacity(entries.len());
