@@ -30,7 +30,7 @@ use super::raw::{CacheMode, RawCheck, RawFlow, RawInstance, RawMap, RawNode, Spa
 use super::{
     Arg, Binding, Block, EdgeMode, Flow, FlowNode, LiteralSource, MaterializeDecl, NodeId, NodeImpl, SqlQuery,
 };
-use crate::registry::{Lookup, OutputKind, ParamKind, Registry};
+use crate::registry::{Lookup, NodeDef, OutputKind, ParamKind, Registry};
 use crate::suggest::{closest, did_you_mean};
 use crate::value::{AnyValue, LiteralCx, TypeDesc, encode_value};
 use crate::{Table, sql};
@@ -299,6 +299,8 @@ struct Builder<'a> {
     param_names: HashMap<&'static str, Arc<str>>,
     edges: Vec<PendingEdge>,
     disabled: Vec<String>,
+    /// The last function name a node used and its definition ([`Builder::lookup_function`]).
+    last_function: Option<(Str, &'static NodeDef)>,
 }
 
 fn span_of<T>(s: &Spanned<T>) -> Range<usize> {
@@ -324,6 +326,7 @@ impl<'a> Builder<'a> {
             param_names: HashMap::new(),
             edges: Vec::new(),
             disabled: Vec::new(),
+            last_function: None,
         }
     }
 
@@ -335,6 +338,32 @@ impl<'a> Builder<'a> {
     /// Every declaration's name, for "did you mean" hints.
     fn all_names(&self) -> impl Iterator<Item = &str> {
         self.names.iter().map(|k| &**k)
+    }
+
+    /// The registry's function `name` in the flow's modules, remembering the last one found: the nodes
+    /// of a generated or parameterized flow use one function many times in a row, and a lookup hashes the
+    /// name and checks the modules (about a tenth of resolving a node).
+    fn lookup_function(&mut self, name: &str) -> Lookup {
+        if let Some((last, def)) = &self.last_function
+            && last == name
+        {
+            return Lookup::Found(def);
+        }
+        let found = self.opts.registry.lookup(name, &self.scope);
+        if let Lookup::Found(def) = found {
+            self.last_function = Some((Str::from(name), def));
+        }
+        found
+    }
+
+    /// Fetches the name slots of declaration `id`'s explicit inputs while the one before it is resolved (a
+    /// hint; see `NameIndex::prefetch`).
+    fn prefetch_inputs(&self, id: NodeId) {
+        if let Some(Some(Pending { from: Some(from), .. })) = self.decls.get(id) {
+            for (_, source) in &from.node.inputs {
+                self.by_name.prefetch(source.get_ref());
+            }
+        }
     }
 
     fn label(&self, span: Range<usize>, text: impl Into<String>) -> Label {
@@ -354,6 +383,7 @@ impl<'a> Builder<'a> {
         while next < self.decls.len() {
             // declarations are resolved in order, so node `next` is pushed at index `next`
             debug_assert_eq!(self.nodes.len(), next);
+            self.prefetch_inputs(next + 1);
             let node = self.decls[next].take().and_then(|pending| self.resolve(next, &pending.decl()));
             self.nodes.push(node);
             next += 1;
@@ -454,7 +484,11 @@ impl<'a> Builder<'a> {
         self.by_name = NameIndex::with_capacity(raw.nodes.len());
         self.names.reserve(raw.nodes.len());
         self.edges.reserve(raw.nodes.len());
-        for (name, node) in &raw.nodes {
+        for (i, (name, node)) in raw.nodes.iter().enumerate() {
+            // the next name's slot, fetched while this one is added (see `NameIndex::prefetch`)
+            if let Some((next, _)) = raw.nodes.get_index(i + 1) {
+                self.by_name.prefetch(next.get_ref());
+            }
             let name_str = name.get_ref();
             let span = span_of(name);
             let n = node.get_ref();
@@ -644,7 +678,7 @@ impl<'a> Builder<'a> {
             Some((f, span)) => (*f, span.clone()),
             None => (&decl.name, decl.span.clone()),
         };
-        let def = match self.opts.registry.lookup(fname, &self.scope) {
+        let def = match self.lookup_function(fname) {
             Lookup::Found(def) => def,
             Lookup::Ambiguous(defs) => {
                 let paths: Vec<String> = defs.iter().map(|d| format!("`{}`", d.path())).collect();
@@ -1363,6 +1397,19 @@ fn within(blocks: &[Block], mut b: usize, ancestor: usize) -> bool {
 }
 
 fn merge_params<'r>(d: &mut Decl<'r>, params: &'r SpannedTable, inputs: &'r RawMap<Spanned<Str>, Spanned<Str>>) {
+    if d.params.0.is_empty() && d.inputs.0.is_empty() {
+        // the node's own table (a map's keys are distinct): pushed, with no search for keys to replace
+        for (k, v) in params {
+            d.params.0.push((k.get_ref().as_str(), (v.get_ref(), span_of(v))));
+        }
+        for (k, v) in inputs {
+            if !d.params.0.is_empty() {
+                d.params.shift_remove(k.get_ref());
+            }
+            d.inputs.0.push((k.get_ref().as_str(), (v.get_ref().as_str(), span_of(v))));
+        }
+        return;
+    }
     for (k, v) in params {
         d.inputs.shift_remove(k.get_ref());
         d.params.insert(k.get_ref(), (v.get_ref(), span_of(v)));
