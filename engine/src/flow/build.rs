@@ -484,6 +484,20 @@ impl<'a> Builder<'a> {
         self.by_name = NameIndex::with_capacity(raw.nodes.len());
         self.names.reserve(raw.nodes.len());
         self.edges.reserve(raw.nodes.len());
+        let plain = raw.nodes.iter().all(|(_, n)| {
+            let n = n.get_ref();
+            n.when.is_none() && n.variants.is_empty() && n.parameterize.as_ref().is_none_or(|p| p.is_empty())
+        });
+        if plain {
+            // one declaration per table, in file order: ids are file positions, and the file's own index
+            // of names serves (its names are distinct)
+            self.by_name = raw.nodes.names().clone();
+            for (key, node) in &raw.nodes {
+                let from = DeclFrom { key, node: node.get_ref(), variant: None, instance: None };
+                self.queue(Pending { name: key.get_ref().as_str().into(), span: span_of(key), from: Some(from) });
+            }
+            return;
+        }
         for (i, (name, node)) in raw.nodes.iter().enumerate() {
             // the next name's slot, fetched while this one is added (see `NameIndex::prefetch`)
             if let Some((next, _)) = raw.nodes.get_index(i + 1) {
@@ -625,9 +639,14 @@ impl<'a> Builder<'a> {
         if let Err(first) = self.by_name.insert(&d.name, id, |i| &names[i]) {
             return Err((first, d));
         }
+        Ok(self.queue(d))
+    }
+
+    /// Queues a declaration whose name is indexed already, giving its id.
+    fn queue(&mut self, d: Pending<'a>) -> NodeId {
         self.names.push(d.name.clone());
         self.decls.push(Some(d));
-        Ok(id)
+        self.decls.len() - 1
     }
 
     /// Adds a node for a registered function named `name` that no declaration defines.

@@ -24,7 +24,7 @@ use indexmap::IndexMap;
 use smallvec::SmallVec;
 use toml::Spanned;
 
-use super::raw::{CacheMode, RawFlow, RawHeader, RawInput, RawMap, RawNode, SpannedTable, Str};
+use super::raw::{CacheMode, RawFlow, RawHeader, RawInput, RawMap, RawNode, RawNodes, SpannedTable, Str};
 
 /// Files at least this long are read in two halves on two threads (see the module docs).
 const SPLIT_LEN: usize = 1 << 20;
@@ -36,21 +36,21 @@ pub(crate) fn read(text: &str) -> Option<RawFlow> {
 
 /// [`read`], in two halves when `text` is at least `split_len` long and has a node header past the middle.
 fn read_split(text: &str, split_len: usize) -> Option<RawFlow> {
-    // room for every node up front: a node is a few hundred bytes, and a growing map would move them all
-    // (`with_capacity`, not `reserve`: reserving rounds the entries up to the hash table's capacity)
+    // room for every node up front: a node is a few hundred bytes, and a growing list would move them all
     let nodes = |range: Range<usize>| memchr::memmem::find_iter(&text.as_bytes()[range], b"[nodes.").count();
     let middle = (text.len() >= split_len)
         .then(|| memchr::memmem::find(&text.as_bytes()[text.len() / 2..], b"\n[nodes."))
         .flatten()
         .map(|i| text.len() / 2 + i + 1);
     let doc = match middle {
-        None => read_doc(text, 0..text.len(), nodes(0..text.len()))?,
+        None => read_doc(text, 0..text.len(), nodes(0..text.len()), true)?,
         Some(middle) => {
             // the first half's map has room for the second's nodes, which are appended to it
             let (first, second) = (nodes(0..middle), nodes(middle..text.len()));
+            // the second half's names are indexed once, when appended
             let (first, second) = rayon::join(
-                || read_doc(text, 0..middle, first + second),
-                || read_doc(text, middle..text.len(), second),
+                || read_doc(text, 0..middle, first + second, true),
+                || read_doc(text, middle..text.len(), second, false),
             );
             first?.append(second?)?
         }
@@ -58,11 +58,13 @@ fn read_split(text: &str, split_len: usize) -> Option<RawFlow> {
     doc.finish()
 }
 
-/// The tables of `text[range]`, which starts at the start of a line; spans are offsets in `text`.
-fn read_doc(text: &str, range: Range<usize>, nodes: usize) -> Option<Doc> {
+/// The tables of `text[range]`, which starts at the start of a line; spans are offsets in `text`. With
+/// `index`, node names are indexed (and checked to be distinct) as they are read.
+fn read_doc(text: &str, range: Range<usize>, nodes: usize, index: bool) -> Option<Doc> {
     let mut r = Reader { text, bytes: &text.as_bytes()[..range.end], at: range.start };
     let mut doc = Doc {
-        nodes: IndexMap::with_capacity_and_hasher(nodes, Default::default()),
+        nodes: if index { RawNodes::with_capacity(nodes) } else { RawNodes::unindexed(nodes) },
+        index,
         node_seen: Vec::with_capacity(nodes),
         ..Doc::default()
     };
@@ -94,6 +96,7 @@ fn read_doc(text: &str, range: Range<usize>, nodes: usize) -> Option<Doc> {
             }
         }
     }
+    doc.index_nodes()?;
     Some(doc)
 }
 
@@ -376,7 +379,10 @@ struct Doc {
     config: Option<SpannedTable>,
     inputs: Option<IndexMap<Spanned<String>, Spanned<RawInput>>>,
     lake: Option<SpannedTable>,
-    nodes: IndexMap<Spanned<Str>, Spanned<RawNode>, foldhash::fast::RandomState>,
+    nodes: RawNodes,
+    /// Whether node names are indexed, and how many are.
+    index: bool,
+    indexed: usize,
     materialize: IndexMap<Spanned<String>, Spanned<SpannedTable>>,
     /// Keys already given in `[flow]` and in each node (one bit per field): a key given twice is an error
     /// the crate reports.
@@ -394,7 +400,18 @@ const FLOW_KEYS: [&str; 4] = ["name", "description", "modules", "outputs"];
 const NODE_KEYS: [&str; 8] = ["fn", "sql", "doc", "cache", "params", "when", "inputs", "tags"];
 
 impl Doc {
+    /// Indexes the node names read since the last call; `None` when one is taken. A name is indexed when
+    /// the next table starts: its slot is fetched meanwhile (`RawNodes::push_unindexed`).
+    fn index_nodes(&mut self) -> Option<()> {
+        if self.index {
+            self.nodes.index_from(self.indexed)?;
+            self.indexed = self.nodes.len();
+        }
+        Some(())
+    }
+
     fn open(&mut self, (path, span): (KeyPath<'_>, Range<usize>)) -> Option<Section> {
+        self.index_nodes()?;
         let names: SmallVec<[&str; 2]> = path.iter().map(|(k, _)| *k).collect();
         let fresh = |taken: bool| (!taken).then_some(());
         Some(match names.as_slice() {
@@ -426,9 +443,7 @@ impl Doc {
             }
             ["nodes", name] => {
                 let key = Spanned::new(path[1].1.clone(), Str::from(*name));
-                let indexmap::map::Entry::Vacant(slot) = self.nodes.entry(key) else { return None };
-                let i = slot.index();
-                slot.insert(Spanned::new(span, RawNode::default()));
+                let i = self.nodes.push_unindexed(key, Spanned::new(span, RawNode::default()));
                 self.node_seen.push(0);
                 Section::Node(i)
             }
@@ -483,8 +498,7 @@ impl Doc {
             }
             Section::Node(i) => {
                 first_time(self.node_seen.get_mut(*i)?, &NODE_KEYS, key)?;
-                let (_, node) = self.nodes.get_index_mut(*i)?;
-                set_node(node.get_mut(), key, v, vspan)
+                set_node(self.nodes.get_index_mut(*i)?.get_mut(), key, v, vspan)
             }
         }
     }
@@ -492,7 +506,7 @@ impl Doc {
     /// `inputs = { .. }` of node `i`, read by the fast path of [`read`].
     fn set_inputs(&mut self, i: usize, entries: Entries<'_, &str>) -> Option<()> {
         first_time(self.node_seen.get_mut(i)?, &NODE_KEYS, "inputs")?;
-        self.nodes.get_index_mut(i)?.1.get_mut().inputs = node_inputs(entries);
+        self.nodes.get_index_mut(i)?.get_mut().inputs = node_inputs(entries);
         Some(())
     }
 
@@ -516,10 +530,8 @@ impl Doc {
         once(&mut self.config, next.config)?;
         once(&mut self.inputs, next.inputs)?;
         once(&mut self.lake, next.lake)?;
-        for (name, node) in next.nodes {
-            let indexmap::map::Entry::Vacant(slot) = self.nodes.entry(name) else { return None };
-            slot.insert(node);
-        }
+        self.nodes.append(next.nodes)?;
+        self.indexed = self.nodes.len();
         for (name, table) in next.materialize {
             let indexmap::map::Entry::Vacant(slot) = self.materialize.entry(name) else { return None };
             slot.insert(table);

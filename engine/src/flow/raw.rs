@@ -58,6 +58,8 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::names::NameIndex;
+
 /// A spanned map of names to spanned TOML values.
 pub type SpannedTable = RawMap<Spanned<Str>, Spanned<toml::Value>>;
 
@@ -219,6 +221,151 @@ impl<'de, K: Deserialize<'de> + Eq + fmt::Debug, V: Deserialize<'de>> Deserializ
     }
 }
 
+/// `[nodes.*]`: the node tables in file order, with an index of their names.
+///
+/// A generated flow may have 100,000 nodes. The index is a [`NameIndex`], whose probes can be prefetched,
+/// and the builder starts from it when every table declares one node (no `when`, variants or
+/// `parameterize`) instead of indexing the same names again.
+///
+/// ```
+/// use flowrun_engine::flow::raw::{RawNode, RawNodes};
+/// use toml::Spanned;
+/// let mut nodes = RawNodes::default();
+/// assert_eq!(nodes.push(Spanned::new(0..1, "a".into()), Spanned::new(0..1, RawNode::default())).ok(), Some(0));
+/// assert!(nodes.push(Spanned::new(2..3, "a".into()), Spanned::new(2..3, RawNode::default())).is_err());
+/// assert_eq!(nodes.position("a"), Some(0));
+/// assert_eq!(nodes.len(), 1);
+/// ```
+#[derive(Default)]
+pub struct RawNodes {
+    entries: Vec<(Spanned<Str>, Spanned<RawNode>)>,
+    /// Name -> position in `entries`; the last entries may be waiting for [`RawNodes::index_from`].
+    index: NameIndex,
+}
+
+impl RawNodes {
+    /// None yet, with room for `n`.
+    pub fn with_capacity(n: usize) -> Self {
+        RawNodes { entries: Vec::with_capacity(n), index: NameIndex::with_capacity(n) }
+    }
+
+    /// Room for `n` tables whose names are indexed later, by [`RawNodes::append`] to another.
+    pub(crate) fn unindexed(n: usize) -> Self {
+        RawNodes { entries: Vec::with_capacity(n), index: NameIndex::default() }
+    }
+
+    /// Number of node tables.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The tables in file order.
+    pub fn iter(&self) -> RawMapIter<'_, Spanned<Str>, Spanned<RawNode>> {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+
+    /// The `i`th table in file order.
+    pub fn get_index(&self, i: usize) -> Option<(&Spanned<Str>, &Spanned<RawNode>)> {
+        self.entries.get(i).map(|(k, v)| (k, v))
+    }
+
+    /// The position of the table called `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.index.get(name, |i| self.entries[i].0.get_ref())
+    }
+
+    /// Node name -> position.
+    pub fn names(&self) -> &NameIndex {
+        &self.index
+    }
+
+    /// Appends a table and gives its position, or gives it back when the name is taken.
+    #[allow(clippy::result_large_err)] // the table is handed back, not dropped
+    pub fn push(&mut self, name: Spanned<Str>, node: Spanned<RawNode>) -> Result<usize, Spanned<RawNode>> {
+        let (at, entries) = (self.entries.len(), &self.entries);
+        if self.index.insert(name.get_ref(), at, |j| entries[j].0.get_ref()).is_err() {
+            return Err(node);
+        }
+        self.entries.push((name, node));
+        Ok(at)
+    }
+
+    /// Appends a table without indexing its name yet (the fast reader does so when the table is read,
+    /// its slot fetched meanwhile); [`RawNodes::index_from`] must follow before any lookup.
+    pub(crate) fn push_unindexed(&mut self, name: Spanned<Str>, node: Spanned<RawNode>) -> usize {
+        self.index.prefetch(name.get_ref());
+        self.entries.push((name, node));
+        self.entries.len() - 1
+    }
+
+    /// Indexes the names of the tables from position `start` on; `None` when one is taken.
+    pub(crate) fn index_from(&mut self, start: usize) -> Option<()> {
+        let entries = &self.entries;
+        for (i, (name, _)) in entries.iter().enumerate().skip(start) {
+            if let Some((next, _)) = entries.get(i + 8) {
+                self.index.prefetch(next.get_ref());
+            }
+            self.index.insert(name.get_ref(), i, |j| entries[j].0.get_ref()).ok()?;
+        }
+        Some(())
+    }
+
+    /// The `i`th table, to fill in.
+    pub(crate) fn get_index_mut(&mut self, i: usize) -> Option<&mut Spanned<RawNode>> {
+        self.entries.get_mut(i).map(|(_, v)| v)
+    }
+
+    /// `other`'s tables after these; `None` when a name is in both.
+    pub(crate) fn append(&mut self, other: RawNodes) -> Option<()> {
+        let start = self.entries.len();
+        self.entries.extend(other.entries);
+        self.index_from(start)
+    }
+}
+
+impl<'a> IntoIterator for &'a RawNodes {
+    type Item = (&'a Spanned<Str>, &'a Spanned<RawNode>);
+    type IntoIter = RawMapIter<'a, Spanned<Str>, Spanned<RawNode>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl fmt::Debug for RawNodes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for RawNodes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawNodes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of node tables")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut nodes = RawNodes::with_capacity(access.size_hint().unwrap_or(0));
+                while let Some((name, node)) = access.next_entry::<Spanned<Str>, Spanned<RawNode>>()? {
+                    if nodes.position(name.get_ref()).is_some() {
+                        return Err(serde::de::Error::custom(format!("duplicate node `{}`", name.get_ref())));
+                    }
+                    let _ = nodes.push(name, node);
+                }
+                Ok(nodes)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 /// The whole flow file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -231,9 +378,9 @@ pub struct RawFlow {
     /// `[inputs]`.
     #[serde(default)]
     pub inputs: IndexMap<Spanned<String>, Spanned<RawInput>>,
-    /// `[nodes.*]` (foldhash: a generated flow may have 100,000 of them).
+    /// `[nodes.*]`.
     #[serde(default)]
-    pub nodes: IndexMap<Spanned<Str>, Spanned<RawNode>, foldhash::fast::RandomState>,
+    pub nodes: RawNodes,
     /// `[materialize.*]`: options are checked by the materializer of that `kind`.
     #[serde(default)]
     pub materialize: IndexMap<Spanned<String>, Spanned<SpannedTable>>,
