@@ -163,7 +163,8 @@ impl<'p, 'f> Exec<'p, 'f> {
             restart: Mutex::new(None),
             failed: AtomicBool::new(false),
             reports: Mutex::new(Vec::with_capacity(plan.nodes.len())),
-            outputs: Mutex::new(Vec::new()),
+            // reserved: a flow whose every node is a target keeps 100,000 outputs
+            outputs: Mutex::new(Vec::with_capacity(plan.targets)),
         }
     }
 

@@ -26,6 +26,8 @@ pub(crate) struct Plan<'f> {
     args: Vec<PArg>,
     /// The functions the nodes run, each once ([`PNode::function`]).
     pub functions: Vec<PFunction>,
+    /// How many nodes are targets ([`PNode::pinned`]): the run keeps at least this many outputs.
+    pub targets: usize,
 }
 
 /// A function as a node's cache key names it; one per registered function the plan uses (100,000 nodes
@@ -266,7 +268,7 @@ impl<'f> Plan<'f> {
                 add_release(&mut blocks, &mut nodes, b, e);
             }
         }
-        Plan { flow, nodes, blocks, args, functions }
+        Plan { flow, nodes, blocks, args, functions, targets: targets.len() }
     }
 
     /// Node `pid`'s arguments, in parameter order.
