@@ -45,7 +45,7 @@ fn read_split(text: &str, split_len: usize) -> Option<RawFlow> {
     let doc = match middle {
         None => read_doc(text, 0..text.len(), nodes(0..text.len()), true)?,
         Some(middle) => {
-            // the first half's map has room for the second's nodes, which are appended to it
+            // the first half's list has room for the second's nodes, which are appended to it
             let (first, second) = (nodes(0..middle), nodes(middle..text.len()));
             // the second half's names are indexed once, when appended
             let (first, second) = rayon::join(
