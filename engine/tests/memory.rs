@@ -94,8 +94,9 @@ fn a_chain_node_costs_about_a_kilobyte_to_parse_build_and_run() {
     assert_eq!(runs, 10_000);
     let figures = format!("bytes per node: parse {parse:.0}, build {build:.0}, run {run:.0}");
     eprintln!("{figures}"); // `cargo test --release -p flowrun-engine --test memory -- --nocapture`
-    // measured when written: parse 376, build 365, run 562 (before the `NameIndex` of 8-byte slots, which
-    // can be prefetched: build 360; before a node's inputs read without a
+    // measured when written: parse 366, build 365, run 562 (before the `NameIndex` of 8-byte slots, which
+    // can be prefetched, and node tables without an `IndexMap`: parse 376, build 360; before a node's
+    // inputs read without a
     // temporary list, the DAG made on demand, reserved edge and member lists and a report's reasons and
     // input keys inline: parse 696, build 451, run 636; before exact reservations, the boxed `sql`
     // and `tags` of a raw node and declarations made one at a time: parse 1535, build 1137; before boxed

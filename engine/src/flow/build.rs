@@ -481,7 +481,6 @@ impl<'a> Builder<'a> {
     fn declare(&mut self, raw: &'a RawFlow) {
         self.decls.reserve(raw.nodes.len());
         self.nodes.reserve(raw.nodes.len());
-        self.by_name = NameIndex::with_capacity(raw.nodes.len());
         self.names.reserve(raw.nodes.len());
         self.edges.reserve(raw.nodes.len());
         let plain = raw.nodes.iter().all(|(_, n)| {
@@ -498,6 +497,7 @@ impl<'a> Builder<'a> {
             }
             return;
         }
+        self.by_name = NameIndex::with_capacity(raw.nodes.len());
         for (i, (name, node)) in raw.nodes.iter().enumerate() {
             // the next name's slot, fetched while this one is added (see `NameIndex::prefetch`)
             if let Some((next, _)) = raw.nodes.get_index(i + 1) {

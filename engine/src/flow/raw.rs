@@ -307,6 +307,7 @@ impl RawNodes {
     pub(crate) fn index_from(&mut self, start: usize) -> Option<()> {
         let entries = &self.entries;
         for (i, (name, _)) in entries.iter().enumerate().skip(start) {
+            // a few tables ahead: one insert is too short to cover a wait for memory
             if let Some((next, _)) = entries.get(i + 8) {
                 self.index.prefetch(next.get_ref());
             }
@@ -354,10 +355,10 @@ impl<'de> Deserialize<'de> for RawNodes {
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
                 let mut nodes = RawNodes::with_capacity(access.size_hint().unwrap_or(0));
                 while let Some((name, node)) = access.next_entry::<Spanned<Str>, Spanned<RawNode>>()? {
-                    if nodes.position(name.get_ref()).is_some() {
-                        return Err(serde::de::Error::custom(format!("duplicate node `{}`", name.get_ref())));
+                    let shown = name.get_ref().clone();
+                    if nodes.push(name, node).is_err() {
+                        return Err(serde::de::Error::custom(format!("duplicate node `{shown}`")));
                     }
-                    let _ = nodes.push(name, node);
                 }
                 Ok(nodes)
             }
