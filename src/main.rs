@@ -17,5 +17,6 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     flowrun_nodes::link();
+    flowrun_pv::link();
     cli::main()
 }

@@ -111,7 +111,7 @@ fn zip_bytes(dir: &Path, name: &str, entries: &[(&str, &Path)]) -> Vec<u8> {
 
 const FLOW_HEAD: &str = r#"[flow]
 name = "downloads"
-modules = ["pv"]
+modules = ["flowrun_pv"]
 outputs = ["measured"]
 
 [inputs]

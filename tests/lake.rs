@@ -13,7 +13,7 @@ fn lake_flow(catalog: &str, data_path: &str) -> String {
     format!(
         r#"[flow]
 name = "lake_test"
-modules = ["pv", "tables", "demo"]
+modules = ["flowrun_pv", "tables", "demo"]
 outputs = ["guard"]
 
 [inputs]

@@ -124,7 +124,7 @@ pub fn run_all(sizes: &[usize]) {
         let dir = tempfile::tempdir().unwrap();
         let mirror = dir.path().join("mirror");
         let t = Instant::now();
-        flowrun_nodes::pv::synthetic::write_mirror(&mirror, n, 42).unwrap();
+        flowrun_pv::synthetic::write_mirror(&mirror, n, 42).unwrap();
         std::os::unix::fs::symlink(shared.join("natural_earth_admin0"), mirror.join("natural_earth_admin0")).unwrap();
         let generated = t.elapsed();
         let manifest = "[config.manifest.synthetic_a]\nrepository = \"direct\"\nsource = \"https://example.invalid/a\"\n\

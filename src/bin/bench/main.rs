@@ -25,6 +25,7 @@ mod alloc;
 
 fn main() {
     flowrun_nodes::link();
+    flowrun_pv::link();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
     // `--profile parse|build|seq|par|cache`: loop on one phase (for `perf record`), print nothing else

@@ -152,8 +152,8 @@ pub fn country_stats(located: &Table) -> Result<Table> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pv::geom;
-    use crate::pv::testing::{measured, square, strings};
+    use crate::geom;
+    use crate::testing::{measured, square, strings};
 
     #[test]
     fn centroids_join_to_the_polygon_holding_them_or_to_null() {
@@ -178,7 +178,7 @@ mod tests {
             ("d", "d:2", square(15.0, 5.0, 0.01)),
             ("d", "d:3", square(50.0, 50.0, 0.01)), // at sea
         ]);
-        let sites = crate::pv::standardize::measure_table(&sites).unwrap(); // adds the centroids
+        let sites = crate::standardize::measure_table(&sites).unwrap(); // adds the centroids
         let located = locate(&sites, &countries).unwrap();
         assert_eq!(strings(&located, "country_code"), vec![Some("AAA".into()), Some("BBB".into()), None]);
         assert_eq!(strings(&located, "country_name")[1], Some("Beland".into()));

@@ -62,7 +62,7 @@ impl Crs {
     /// Resolves `EPSG:n`, `urn:ogc:def:crs:EPSG::n`, `OGC:CRS84`, a PROJ string (`+proj=...`) or WKT.
     ///
     /// ```
-    /// use flowrun_nodes::pv::crs::Crs;
+    /// use flowrun_pv::crs::Crs;
     /// assert!(Crs::parse("urn:ogc:def:crs:OGC:1.3:CRS84").unwrap().is_wgs84());
     /// assert!(!Crs::parse("EPSG:27700").unwrap().is_wgs84());
     /// assert!(Crs::parse("EPSG:999999").is_err());

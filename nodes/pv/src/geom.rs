@@ -70,7 +70,7 @@ pub fn wkb_array(geoms: &[Option<Geometry<f64>>]) -> ArrayRef {
 /// ```
 /// use geo::{Rect, coord};
 /// let cell = Rect::new(coord! { x: 0.0, y: 0.0 }, coord! { x: 1.0, y: 1.0 }).to_polygon();
-/// let area = flowrun_nodes::pv::geom::geodesic_area(&cell.into());
+/// let area = flowrun_pv::geom::geodesic_area(&cell.into());
 /// assert!((area - 12_308_778_361.0).abs() / 12_308_778_361.0 < 1e-4);
 /// ```
 pub fn geodesic_area(g: &Geometry<f64>) -> f64 {
@@ -185,7 +185,7 @@ mod tests {
     use super::*;
     use geo::polygon;
 
-    use crate::pv::testing::square as cell;
+    use crate::testing::square as cell;
 
     #[test]
     fn geodesic_area_matches_known_values() {

@@ -57,7 +57,7 @@ pub fn consolidated(measured: Collect<Table>) -> Result<Table> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pv::testing::{measured, square, strings};
+    use crate::testing::{measured, square, strings};
 
     #[test]
     fn union_by_column_name_then_exact_duplicates_removed() {

@@ -145,7 +145,7 @@ impl Dataset {
             bail!("dataset `{}`: unknown compression `{c}` (only \"zip\")", self.key);
         }
         for f in self.include.iter().chain(&self.exclude) {
-            crate::pv::fetch::Filter::parse(f).map_err(|e| anyhow::anyhow!("dataset `{}`: {e}", self.key))?;
+            crate::fetch::Filter::parse(f).map_err(|e| anyhow::anyhow!("dataset `{}`: {e}", self.key))?;
         }
         Ok(())
     }

@@ -256,7 +256,7 @@ pub fn dedup_comparison(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pv::testing::square as sq;
+    use crate::testing::square as sq;
     use geo::Point;
 
     #[test]
@@ -276,7 +276,7 @@ mod tests {
 #[cfg(test)]
 mod dedup_tests {
     use super::*;
-    use crate::pv::testing::{measured, square};
+    use crate::testing::{measured, square};
 
     #[test]
     fn overlapping_records_of_two_datasets_keep_the_larger() {

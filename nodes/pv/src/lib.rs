@@ -30,6 +30,9 @@ pub mod read;
 pub mod standardize;
 pub mod synthetic;
 
+/// Makes sure this crate is linked into a binary (so its nodes are registered). Call it once from `main`.
+pub fn link() {}
+
 /// Small tables for the nodes' unit tests.
 #[cfg(test)]
 pub(crate) mod testing {
