@@ -189,6 +189,14 @@ pub fn hex<S: serde::Serializer>(hash: &Hash, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(hash.to_hex().as_str())
 }
 
+/// Serializes an optional [`Hash`] as lowercase hex (serde helper).
+pub fn hex_opt<S: serde::Serializer>(hash: &Option<Hash>, s: S) -> Result<S::Ok, S::Error> {
+    match hash {
+        Some(h) => hex(h, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// A [`CacheKey`] read back from its JSON form (as `explain` stores the last key of every node).
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct StoredKey {

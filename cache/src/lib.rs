@@ -36,4 +36,4 @@ pub use blake3;
 pub use error::{CacheError, Result};
 pub use key::{CacheKey, Hash, InputSource, KEY_FORMAT, Key, KeyChange, KeyInput, StoredKey};
 pub use runlog::{NodeRunRecord, RunRecord};
-pub use store::{Blob, Entry, EntryInfo, EntryMeta, FileDep, GcReport, NodeState, Store};
+pub use store::{Blob, Entry, EntryInfo, EntryMeta, FileDep, GcReport, Messages, NodeState, Store};

@@ -40,7 +40,7 @@ pub const DEFAULT_INLINE_LIMIT: usize = 16 * 1024;
 /// How often a long run commits its buffered index writes.
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// A cached node result, as the index knows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,6 +58,46 @@ pub struct Entry {
     pub rows: Option<u64>,
     /// Files the node read while it ran; the entry is only valid while they are unchanged.
     pub deps: Vec<FileDep>,
+    /// The value's identity when it is not `content` (a table with volatile columns: see
+    /// `flowrun_engine::table`); consumers' keys use [`Entry::identity`].
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "crate::key::hex_opt")]
+    pub identity: Option<Hash>,
+    /// The warnings and notes of the run that made it, shown again when it is reused.
+    #[serde(skip_serializing_if = "Messages::is_empty")]
+    pub messages: Messages,
+}
+
+/// What a node said while it made a result (its report's `warnings` and `notes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Messages {
+    /// Warnings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Notes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl Messages {
+    /// No warning and no note.
+    pub fn is_empty(&self) -> bool {
+        self.warnings.is_empty() && self.notes.is_empty()
+    }
+
+    fn to_column(&self) -> Option<String> {
+        if self.is_empty() { None } else { serde_json::to_string(self).ok() }
+    }
+
+    fn from_column(text: Option<String>) -> Messages {
+        text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+    }
+}
+
+impl Entry {
+    /// What consumers' cache keys see of this value: its identity, or else its content hash.
+    pub fn identity(&self) -> Hash {
+        self.identity.unwrap_or(self.content)
+    }
 }
 
 /// A file a node read while running, with the content hash it had then.
@@ -102,6 +142,10 @@ pub struct EntryMeta {
     pub rows: Option<u64>,
     /// Files read while running.
     pub deps: Vec<FileDep>,
+    /// See [`Entry::identity`].
+    pub identity: Option<Hash>,
+    /// See [`Entry::messages`].
+    pub messages: Messages,
 }
 
 /// One line of `flowrun cache ls`.
@@ -216,7 +260,7 @@ impl Store {
         }
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn
-            .prepare_cached("SELECT content, type_name, node, size, rows, deps FROM entries WHERE key = ?1")
+            .prepare_cached("SELECT content, type_name, node, size, rows, deps, identity, messages FROM entries WHERE key = ?1")
             .map_err(|e| self.db_err(e))?;
         let row = stmt
             .query_row([key.as_bytes().as_slice()], |r| {
@@ -227,14 +271,18 @@ impl Store {
                     r.get::<_, i64>(3)?,
                     r.get::<_, Option<i64>>(4)?,
                     r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<Vec<u8>>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
                 ))
             })
             .optional()
             .map_err(|e| self.db_err(e))?;
-        let Some((content, type_name, node, size, rows, deps)) = row else { return Ok(None) };
+        let Some((content, type_name, node, size, rows, deps, identity, messages)) = row else { return Ok(None) };
         let Some(content) = hash_from_bytes(&content) else { return Ok(None) };
         let deps = parse_deps(deps);
-        Ok(Some(Entry { content, type_name, node, size: size as u64, rows: rows.map(|r| r as u64), deps }))
+        let identity = identity.as_deref().and_then(hash_from_bytes);
+        let (size, rows, messages) = (size as u64, rows.map(|r| r as u64), Messages::from_column(messages));
+        Ok(Some(Entry { content, type_name, node, size, rows, deps, identity, messages }))
     }
 
     /// Stores `bytes` as the result for `key` and returns their content hash. The blob is written now (a file
@@ -249,6 +297,8 @@ impl Store {
             size: bytes.len() as u64,
             rows: meta.rows,
             deps: meta.deps,
+            identity: meta.identity.filter(|i| *i != content),
+            messages: meta.messages,
         };
         self.pending.lock().unwrap().entries.insert(key, (entry, now_ms()));
         Ok(content)
@@ -329,7 +379,8 @@ impl Store {
     pub fn node_states(&self, flow: &str) -> Result<HashMap<String, NodeState>> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT s.node, s.key, s.detail, e.content, e.type_name, e.node, e.size, e.rows, e.deps
+                "SELECT s.node, s.key, s.detail, e.content, e.type_name, e.node, e.size, e.rows, e.deps, e.identity,
+                        e.messages
                  FROM node_state s LEFT JOIN entries e ON e.key = s.key WHERE s.flow = ?1",
             )?;
             let rows = stmt.query_map([flow], |r| {
@@ -343,6 +394,8 @@ impl Store {
                         size: r.get::<_, i64>(6)? as u64,
                         rows: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
                         deps: parse_deps(r.get(8)?),
+                        identity: r.get::<_, Option<Vec<u8>>>(9)?.as_deref().and_then(hash_from_bytes),
+                        messages: Messages::from_column(r.get(10)?),
                     }),
                     None => None,
                 };
@@ -420,7 +473,7 @@ impl Store {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT e.key, e.content, e.type_name, e.node, e.size, e.rows, e.deps, e.created_ms,
-                        EXISTS(SELECT 1 FROM node_state s WHERE s.key = e.key)
+                        EXISTS(SELECT 1 FROM node_state s WHERE s.key = e.key), e.identity, e.messages
                  FROM entries e ORDER BY e.created_ms DESC, e.node",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -436,6 +489,8 @@ impl Store {
                         size: r.get::<_, i64>(4)? as u64,
                         rows: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
                         deps: parse_deps(deps),
+                        identity: r.get::<_, Option<Vec<u8>>>(9)?.as_deref().and_then(hash_from_bytes),
+                        messages: Messages::from_column(r.get(10)?),
                     },
                     created_ms: r.get(7)?,
                     live: r.get(8)?,
@@ -548,7 +603,8 @@ fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS entries(
             key BLOB PRIMARY KEY, content BLOB NOT NULL, type_name TEXT NOT NULL, node TEXT NOT NULL,
-            size INTEGER NOT NULL, rows INTEGER, deps TEXT, created_ms INTEGER NOT NULL) WITHOUT ROWID;
+            size INTEGER NOT NULL, rows INTEGER, deps TEXT, created_ms INTEGER NOT NULL, identity BLOB,
+            messages TEXT) WITHOUT ROWID;
          CREATE INDEX IF NOT EXISTS entries_content ON entries(content);
          CREATE TABLE IF NOT EXISTS blobs(content BLOB PRIMARY KEY, size INTEGER NOT NULL, data BLOB) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS files(
@@ -583,8 +639,9 @@ fn write_pending(tx: &rusqlite::Transaction<'_>, p: Pending) -> rusqlite::Result
     }
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT OR REPLACE INTO entries(key, content, type_name, node, size, rows, deps, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT OR REPLACE INTO entries(key, content, type_name, node, size, rows, deps, created_ms, identity,
+                                        messages)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         for (key, (e, created)) in &p.entries {
             let deps = if e.deps.is_empty() { None } else { serde_json::to_string(&e.deps).ok() };
@@ -596,7 +653,9 @@ fn write_pending(tx: &rusqlite::Transaction<'_>, p: Pending) -> rusqlite::Result
                 e.size as i64,
                 e.rows.map(|r| r as i64),
                 deps,
-                created
+                created,
+                e.identity.map(|i| i.as_bytes().to_vec()),
+                e.messages.to_column()
             ])?;
         }
     }

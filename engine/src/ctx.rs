@@ -27,11 +27,19 @@ pub(crate) struct NodeCx<'a> {
     pub node: &'a str,
     pub deps: RefCell<Vec<FileDep>>,
     pub warnings: RefCell<Vec<String>>,
+    pub notes: RefCell<Vec<String>>,
 }
 
 impl<'a> NodeCx<'a> {
     pub fn new(store: Option<&'a Arc<Store>>, observer: Option<&'a Arc<dyn Observer>>, node: &'a str) -> Self {
-        NodeCx { store, observer, node, deps: RefCell::new(Vec::new()), warnings: RefCell::new(Vec::new()) }
+        NodeCx {
+            store,
+            observer,
+            node,
+            deps: RefCell::new(Vec::new()),
+            warnings: RefCell::new(Vec::new()),
+            notes: RefCell::new(Vec::new()),
+        }
     }
 }
 
@@ -110,6 +118,18 @@ pub fn progress(done: u64, total: Option<u64>) {
         {
             obs.event(&Event::Progress { node: cx.node, done, total });
         }
+    });
+}
+
+/// Says something about the node's result that a user wants to see on every run, not only when it is
+/// computed: which CRS a dataset was read in, how many rows were kept and why others were dropped. Notes
+/// are shown in the run's summary and `--json` (`notes`), and stored with the cached result, so a rerun
+/// that reuses it shows them again. Outside a node run, printed to stderr.
+pub fn note(message: impl Into<String>) {
+    let message = message.into();
+    with_current(|cx| match cx {
+        Some(cx) => cx.notes.borrow_mut().push(message),
+        None => eprintln!("note: {message}"),
     });
 }
 

@@ -53,8 +53,8 @@ pub enum Reason {
     NotCached,
     /// Same key as last time, but the stored result is gone (`cache gc`/`clear`, or it was corrupt).
     ResultMissing,
-    /// The function's code (or its `version`) changed, or the node now uses another function.
-    CodeChanged,
+    /// The node's code changed: see [`CodeChange`].
+    CodeChanged(CodeChange),
     /// A literal parameter changed.
     ParamChanged(String),
     /// A config value it reads changed.
@@ -71,12 +71,38 @@ pub enum Reason {
     UpstreamWillRun(String),
 }
 
+/// Which part of a node's code version changed (see `#[node]`: the function's own tokens, then `+` and
+/// the digest of the code it can call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeChange {
+    /// The function's own body or signature, or its `#[node(version = N)]`.
+    Function,
+    /// Code the function can call: its crate's sources, a workspace crate it depends on, or the version of
+    /// a dependency in `Cargo.lock`.
+    Calls,
+    /// The node now uses another function, or its output type changed.
+    Replaced,
+}
+
+impl CodeChange {
+    /// What differs between an earlier code version and this one (both as `#[node]` makes them).
+    pub fn between(before: &str, now: &str) -> CodeChange {
+        let own = |v: &str| v.split('+').next().unwrap_or_default().to_string();
+        if own(before) != own(now) { CodeChange::Function } else { CodeChange::Calls }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::NotCached => f.write_str("not cached (first run)"),
             Reason::ResultMissing => f.write_str("result no longer in the cache"),
-            Reason::CodeChanged => f.write_str("code changed"),
+            Reason::CodeChanged(CodeChange::Function) => f.write_str("code changed (the function)"),
+            Reason::CodeChanged(CodeChange::Calls) => {
+                f.write_str("code changed (code the function can call: its crate, or a dependency)")
+            }
+            Reason::CodeChanged(CodeChange::Replaced) => f.write_str("code changed (another function or output type)"),
             Reason::ParamChanged(p) => write!(f, "param `{p}` changed"),
             Reason::ConfigChanged(c) => write!(f, "config `{c}` changed"),
             Reason::InputChanged(i) => write!(f, "input `{i}` changed"),
@@ -126,8 +152,12 @@ pub struct NodeReport {
     pub inputs: InputKeys,
     /// Error chain, outermost first.
     pub error: Vec<String>,
-    /// Warnings (failed `warn` checks, node warnings).
+    /// Warnings (failed `warn` checks, node warnings). A reused result brings back the warnings of the run
+    /// that made it.
     pub warnings: Vec<String>,
+    /// What the node said about its result ([`crate::ctx::note`]: the CRS it used, rows kept and dropped);
+    /// brought back with a reused result, like its warnings.
+    pub notes: Vec<String>,
 }
 
 fn ser_str<S: serde::Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error> {

@@ -64,7 +64,7 @@ mod suggest;
 pub mod table;
 pub mod value;
 
-pub use events::{Event, InputKeys, NodeReport, Observer, Reason, Reasons, Status};
+pub use events::{CodeChange, Event, InputKeys, NodeReport, Observer, Reason, Reasons, Status};
 pub use flow::{Flow, build, load};
 pub use registry::{NodeDef, Registry};
 pub use table::Table;
@@ -92,13 +92,16 @@ pub use value::{AnyValue, CodecError, Collect, DirPath, FilePath, LiteralCx, Par
 /// - `Collect<T>` parameters gather a node inside a fan-out; returning `Parallel<T>` fans out.
 /// - Return `T` or `Result<T, E>` with `E` convertible to `anyhow::Error`. Panics are caught and reported
 ///   as the node's failure.
-/// - Options: `name = "other_name"`, `version = 2`, `tags(key = "value", ...)`.
+/// - Options: `name = "other_name"`, `version = 2`, `tags(key = "value", ...)`, `code = "fn"`.
 ///
-/// **Code version.** `#[node]` hashes the function's own tokens (signature and body, not comments or
-/// attributes) at compile time. Editing the body re-runs this node and whatever its result changes
-/// downstream; reformatting or editing comments does not. The hash does **not** cover helper functions the
-/// node calls, nor crates it uses: after changing those, bump `#[node(version = N)]` (or run with
-/// `--recompute NODE`).
+/// **Code version.** A node's results are reused only while its code version is the same. `#[node]` makes
+/// it at compile time from (1) the function's own tokens (signature and body, not comments or attributes)
+/// and its `version = N`, and (2) a digest of the code the function can call: every source file of its
+/// crate, every workspace crate that crate depends on, and the version of every dependency it reaches in
+/// `Cargo.lock`. Fixing a helper (or upgrading a crate) therefore re-runs the nodes that may call it and
+/// not the nodes of crates that cannot; `explain` says which part changed. It is coarse on purpose: a
+/// comment edited in a helper re-runs the crate's nodes too. `code = "fn"` narrows a node to (1) only,
+/// for a node that calls nothing that may change; then bump `version` after changing what it calls.
 pub use flowrun_macros::node;
 
 /// Implements [`Value`] for a serde type (`Serialize + Deserialize + Clone`), encoding it as CBOR.

@@ -3,6 +3,11 @@
 //! Geometry columns are Arrow binary columns holding WKB with the `geoarrow.wkb` extension type in their
 //! field metadata, so any Arrow consumer (DuckDB, GeoPandas through pyarrow, the geoarrow crates) knows
 //! what they are. A table is cached as an Arrow IPC stream, which keeps schema and field metadata.
+//!
+//! A column whose field metadata has [`VOLATILE`] = `"true"` (a processing timestamp, say) is stored and
+//! passed on like any other, but left out of the table's identity: a node that re-runs and produces the
+//! same table up to its volatile columns does not make its consumers run (early cut-off), and a lake table
+//! that differs only there is not rewritten.
 
 use std::sync::Arc;
 
@@ -10,6 +15,9 @@ use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, SchemaRef};
 
 use crate::value::{CodecError, Value};
+
+/// Field metadata key that marks a column as volatile (see the [module documentation](self)).
+pub const VOLATILE: &str = "flowrun.volatile";
 
 /// Arrow record batches with one schema. Cloning is cheap (columns are reference-counted).
 ///
@@ -118,6 +126,23 @@ impl Value for Table {
     fn rows(&self) -> Option<u64> {
         Some(self.num_rows() as u64)
     }
+    /// The hash of the table without its volatile columns, when it has any (else the encoding's hash).
+    fn identity(&self) -> Option<Result<blake3::Hash, String>> {
+        let fields = self.schema.fields();
+        let stable: Vec<usize> =
+            (0..fields.len()).filter(|&i| fields[i].metadata().get(VOLATILE).is_none_or(|v| v != "true")).collect();
+        if stable.len() == fields.len() {
+            return None;
+        }
+        let project = || -> Result<blake3::Hash, ArrowError> {
+            let schema = Arc::new(self.schema.project(&stable)?);
+            let batches = self.batches.iter().map(|b| b.project(&stable)).collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::new();
+            Table::try_new(schema, batches)?.write_ipc(&mut out)?;
+            Ok(blake3::hash(&out))
+        };
+        Some(project().map_err(|e| e.to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +170,29 @@ mod tests {
         assert_eq!(back.batches().len(), 2);
         assert_eq!(back.schema().field(1).metadata()["ARROW:extension:name"], "geoarrow.wkb");
         assert_eq!(back.rows(), Some(2));
+    }
+
+    #[test]
+    fn volatile_columns_are_left_out_of_the_identity() {
+        let volatile = Field::new("at", DataType::Utf8, false)
+            .with_metadata(HashMap::from([(VOLATILE.to_string(), "true".to_string())]));
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), volatile]));
+        let table = |id: i64, at: &str| {
+            let cols: Vec<arrow_array::ArrayRef> =
+                vec![Arc::new(Int64Array::from(vec![id])), Arc::new(arrow_array::StringArray::from(vec![at]))];
+            Table::from_batch(RecordBatch::try_new(schema.clone(), cols).unwrap())
+        };
+        let id = |t: &Table| t.identity().unwrap().unwrap();
+        assert_eq!(id(&table(1, "09:00")), id(&table(1, "10:00")), "only the volatile column differs");
+        assert_ne!(id(&table(1, "09:00")), id(&table(2, "09:00")));
+        let plain = Table::from_batch(
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)])),
+                vec![Arc::new(Int64Array::from(vec![1]))],
+            )
+            .unwrap(),
+        );
+        assert!(plain.identity().is_none(), "no volatile column: the encoding's hash is the identity");
     }
 
     #[test]

@@ -385,7 +385,7 @@ fn a_code_version_change_reruns_that_node_and_its_downstream_only() {
     assert_eq!(executed.len(), 10, "{executed:?}");
     assert!(executed.iter().all(|n| n.starts_with("square[")), "{executed:?}");
     let why = report.nodes.iter().find(|n| &*n.name == "square[3]").unwrap();
-    assert_eq!(why.reasons[..], [Reason::CodeChanged]);
+    assert_eq!(why.reasons[..], [Reason::CodeChanged(flowrun_engine::CodeChange::Function)]);
     assert_eq!(report.names(Status::Reused).len(), 1 + 10 + 1, "numbers, the offsets and total come from the cache");
 }
 

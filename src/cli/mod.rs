@@ -292,6 +292,7 @@ fn last_run_overlay(
             inputs: Default::default(),
             error: Vec::new(),
             warnings: Vec::new(),
+            notes: Vec::new(),
         });
     }
     Ok(flowrun_engine::graph::overlay(&reports))

@@ -142,6 +142,9 @@ pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&flowrun_lake:
         return;
     }
     for n in &r.nodes {
+        for note in &n.notes {
+            eprintln!("{}: {}: {note}", paint(ui, "36", "note"), n.name);
+        }
         for w in &n.warnings {
             eprintln!("{}: {}: {w}", paint(ui, "33", "warning"), n.name);
         }

@@ -2,6 +2,8 @@
 //! `flowrun_engine::Value`, which re-export these. Generated code only names items under
 //! `::flowrun_engine::__private`, so node crates never depend on `inventory` themselves.
 
+mod code;
+
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{ToTokens, format_ident, quote, quote_spanned};
@@ -10,7 +12,7 @@ use syn::{
     Expr, ExprLit, FnArg, GenericArgument, ItemFn, Lit, Meta, Pat, PathArguments, ReturnType, Type, parse_macro_input,
 };
 
-const NODE_OPTIONS: &str = "name, version, tags";
+const NODE_OPTIONS: &str = "name, version, tags, code";
 
 /// Registers a plain function as a flowrun node. See `flowrun_engine::node` for the full documentation.
 #[proc_macro_attribute]
@@ -31,6 +33,8 @@ struct NodeOptions {
     name: Option<String>,
     version: Option<u64>,
     tags: Vec<(String, String)>,
+    /// `code = "fn"`: the code version covers the function's own tokens only (see `code.rs`).
+    fn_only: bool,
 }
 
 impl NodeOptions {
@@ -62,10 +66,23 @@ impl NodeOptions {
                         out.tags.push((key, lit_str(&pair.value)?));
                     }
                 }
-                ("name" | "version" | "tags", _) => {
+                ("code", Meta::NameValue(nv)) => match lit_str(&nv.value)?.as_str() {
+                    "crate" => out.fn_only = false,
+                    "fn" => out.fn_only = true,
+                    _ => {
+                        return Err(syn::Error::new(
+                            nv.value.span(),
+                            "`code` is \"crate\" (the default: the function, its crate's code and dependencies) \
+                             or \"fn\" (the function's own tokens only)",
+                        ));
+                    }
+                },
+                ("name" | "version" | "tags" | "code", _) => {
                     return Err(syn::Error::new(
                         meta.span(),
-                        format!("malformed `{ident}`; write name = \"x\", version = 2, tags(layer = \"raw\")"),
+                        format!(
+                            "malformed `{ident}`; write name = \"x\", version = 2, tags(layer = \"raw\"), code = \"fn\""
+                        ),
                     ));
                 }
                 _ => {
@@ -219,12 +236,17 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
     };
 
     // The code version: a hash of the function's own tokens (signature and body, not its attributes or
-    // doc comment), plus the explicit version bump.
+    // doc comment) and the explicit version bump, then `+` and the digest of the code it can call (its
+    // crate, the workspace crates and the locked dependencies that crate reaches: see `code.rs`).
     let mut hasher = blake3::Hasher::new();
     hasher.update(sig.to_token_stream().to_string().as_bytes());
     hasher.update(func.block.to_token_stream().to_string().as_bytes());
     hasher.update(&options.version.unwrap_or(0).to_le_bytes());
-    let code_version = hasher.finalize().to_hex()[..32].to_string();
+    let own = hasher.finalize().to_hex()[..16].to_string();
+    let code_version = match (options.fn_only, code::crate_digest()) {
+        (false, Some(deps)) => format!("{own}+{deps}"),
+        _ => own,
+    };
     let doc = doc_of(&func.attrs);
     let tags = options.tags.iter().map(|(k, v)| quote!((#k, #v)));
     let version = options.version.unwrap_or(0);

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use smallvec::{SmallVec, smallvec};
 
 use flowrun_cache::{
-    CacheKey, Entry, EntryMeta, Hash, InputSource, Key, KeyChange, KeyInput, NodeState, Store, StoredKey,
+    CacheKey, Entry, EntryMeta, Hash, InputSource, Key, KeyChange, KeyInput, Messages, NodeState, Store, StoredKey,
 };
 
 use super::RunOptions;
@@ -33,7 +33,7 @@ use super::lazy::Lazy;
 use super::plan::{PArg, Plan};
 use crate::Table;
 use crate::ctx::{self, NodeCx};
-use crate::events::{Event, InputKeys, NodeReport, Reason, Reasons, Status};
+use crate::events::{CodeChange, Event, InputKeys, NodeReport, Reason, Reasons, Status};
 use crate::flow::{CacheMode, FlowNode, LiteralSource, NodeImpl};
 use crate::registry::{ArgValue, Args};
 use crate::value::{AnyValue, encode_value};
@@ -332,6 +332,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             inputs: InputKeys::new(),
             error: Vec::new(),
             warnings: Vec::new(),
+            notes: Vec::new(),
         };
         let outcome = if self.abort.load(Ordering::Relaxed) {
             report.status = Status::Cancelled;
@@ -425,10 +426,13 @@ impl<'p, 'f> Exec<'p, 'f> {
                     None => {
                         report.status = if self.opts.dry_run { Status::WouldReuse } else { Status::Reused };
                         report.rows = entry.rows;
+                        report.warnings.extend(entry.messages.warnings.iter().cloned());
+                        report.notes.extend(entry.messages.notes.iter().cloned());
                         self.record_state(&report.name, key, &cache_key);
                         let ty = fnode.output().value_type();
+                        let identity = entry.identity();
                         let lazy = Lazy::cached(entry.content, ty, store.clone(), entry.rows);
-                        return Slot::Ok(Done { value: Some(lazy), identity: Some(entry.content) });
+                        return Slot::Ok(Done { value: Some(lazy), identity: Some(identity) });
                     }
                     Some(path) => report.reasons = smallvec![Reason::FileChanged(path)],
                 },
@@ -474,8 +478,9 @@ impl<'p, 'f> Exec<'p, 'f> {
             std::panic::catch_unwind(AssertUnwindSafe(|| self.call(fnode, values)))
                 .unwrap_or_else(|panic| Err(anyhow::anyhow!("node panicked: {}", panic_message(&panic))))
         });
-        let (warnings, deps) = (cx.warnings.into_inner(), cx.deps.into_inner());
+        let (warnings, notes, deps) = (cx.warnings.into_inner(), cx.notes.into_inner(), cx.deps.into_inner());
         report.warnings.extend(warnings);
+        report.notes.extend(notes);
         let value = match result.and_then(|v| self.check(fnode, &v, report).map(|()| v)) {
             Ok(v) => v,
             Err(e) => {
@@ -491,7 +496,9 @@ impl<'p, 'f> Exec<'p, 'f> {
         };
         report.status = Status::Executed;
         report.rows = value.dyn_rows();
-        // store
+        // store; the identity consumers see is the value's own (a table without its volatile columns) or
+        // the hash of its bytes
+        let own_identity = value.dyn_identity().and_then(Result::ok);
         let identity = match (pn.cache, store) {
             (CacheMode::Disable, _) | (_, None) => key,
             (_, Some(store)) => match encode_value(&*value) {
@@ -501,12 +508,14 @@ impl<'p, 'f> Exec<'p, 'f> {
                         node: report.name.to_string(),
                         rows: report.rows,
                         deps,
+                        identity: own_identity,
+                        messages: Messages { warnings: report.warnings.clone(), notes: report.notes.clone() },
                     };
                     match store.put(key, &bytes, meta) {
-                        Ok(content) => content,
+                        Ok(content) => own_identity.unwrap_or(content),
                         Err(e) => {
                             report.warnings.push(format!("result not cached: {e}"));
-                            blake3::hash(&bytes)
+                            own_identity.unwrap_or_else(|| blake3::hash(&bytes))
                         }
                     }
                 }
@@ -597,7 +606,10 @@ impl<'p, 'f> Exec<'p, 'f> {
             .diff(now)
             .into_iter()
             .map(|c| match c {
-                KeyChange::Code => Reason::CodeChanged,
+                KeyChange::Code if prev.function != now.function || prev.output_type != now.output_type => {
+                    Reason::CodeChanged(CodeChange::Replaced)
+                }
+                KeyChange::Code => Reason::CodeChanged(CodeChange::between(&prev.code_version, now.code_version)),
                 KeyChange::Input { param, kind, name } => match kind.as_str() {
                     "literal" => Reason::ParamChanged(param),
                     "config" => Reason::ConfigChanged(name.unwrap_or(param)),
@@ -710,6 +722,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                         inputs: InputKeys::new(),
                         error: Vec::new(),
                         warnings: Vec::new(),
+                        notes: Vec::new(),
                     };
                     self.opts.observer.event(&Event::NodeFinished(&report));
                     self.reports.lock().unwrap().push(report);
@@ -736,6 +749,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                         inputs: InputKeys::new(),
                         error: vec![format!("skipped: {why}")],
                         warnings: Vec::new(),
+                        notes: Vec::new(),
                     };
                     self.opts.observer.event(&Event::NodeFinished(&report));
                     self.reports.lock().unwrap().push(report);
