@@ -155,6 +155,9 @@ pub struct NodeReport {
     /// Warnings (failed `warn` checks, node warnings). A reused result brings back the warnings of the run
     /// that made it.
     pub warnings: Vec<String>,
+    /// The fan-out items a collecting node with `on_item_error = "skip"` left out, by the display name of
+    /// the item result it did not get (`measured[usa_uspvdb]`).
+    pub left_out: Vec<String>,
     /// What the node said about its result ([`crate::ctx::note`]: the CRS it used, rows kept and dropped);
     /// brought back with a reused result, like its warnings.
     pub notes: Vec<String>,

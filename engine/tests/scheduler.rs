@@ -278,6 +278,63 @@ params = { x = 1 }
 }
 
 #[test]
+fn a_collector_with_on_item_error_skip_takes_the_items_that_succeeded() {
+    let src = r#"
+[flow]
+name = "partial"
+outputs = ["total"]
+[config]
+n = 8
+shift = 666
+[nodes.total]
+on_item_error = "skip"
+"#;
+    let f = build(src, &[]);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(store_dir.path()).unwrap());
+    for jobs in [1, 2] {
+        let r = run(&f, jobs, Some(store.clone()));
+        assert_eq!(r.status, RunStatus::Partial, "{:?}", r.names(Status::Failed));
+        assert_eq!(r.names(Status::Failed), vec!["offset[6]"]);
+        assert_eq!(r.left_out(), vec!["offset[6]"]);
+        // 1..=8 squared plus 666, without 7 (item 6)
+        let expected: i64 = (1..=8).filter(|i| *i != 7).map(|i| i * i + 666).sum();
+        assert_eq!(out::<i64>(&r, "total"), expected);
+        let total = r.nodes.iter().find(|n| &*n.name == "total").unwrap();
+        assert!(total.warnings.iter().any(|w| w.contains("left out 1 failed item result(s): offset[6]")), "{total:?}");
+    }
+    // every item failing leaves nothing to take: the collector is skipped and the run failed
+    let none = r#"
+[flow]
+name = "none"
+outputs = ["total"]
+[config]
+n = 8
+shift = 666
+[nodes.square]
+fn = "offset"
+inputs = { square = "numbers" }
+[nodes.offset]
+fn = "panics"
+inputs = { x = "square" }
+[nodes.total]
+on_item_error = "skip"
+"#;
+    let r = run(&build(none, &[]), 1, None);
+    assert_eq!(r.status, RunStatus::Failed);
+    assert_eq!(r.names(Status::Skipped), vec!["total"]);
+}
+
+#[test]
+fn on_item_error_on_a_node_that_collects_nothing_is_an_error() {
+    let src = "[flow]\nname = \"x\"\n[config]\nx = 1\n[nodes.independent]\non_item_error = \"skip\"\n";
+    let Err(err) = flow::build(SourceFile::new("test.toml", src), &BuildOptions::default()) else { panic!("built") };
+    let err = err.render(false);
+    assert!(err.contains("node `independent` collects no fan-out, so `on_item_error` has nothing to do"), "{err}");
+    assert!(err.contains("test.toml:6:17"), "{err}");
+}
+
+#[test]
 fn panics_are_node_failures() {
     let src = "[flow]\nname = \"p\"\noutputs = [\"panics\"]\n[config]\nx = 3\n";
     let r = run(&build(src, &[]), 1, None);

@@ -205,6 +205,16 @@ fn write_target(duck: &Duck, lake: &str, t: &LakeTarget, stage: &str) -> Result<
     }
 }
 
+/// `flowrun: flow NAME, run ID`, and for a partial run (`on_item_error = "skip"`) which items are missing.
+fn commit_message(flow: &str, report: &RunReport) -> String {
+    let left_out = report.left_out();
+    if left_out.is_empty() {
+        format!("flowrun: flow {flow}, run {}", report.run_id)
+    } else {
+        format!("flowrun: flow {flow}, run {} (partial: missing {})", report.run_id, left_out.join(", "))
+    }
+}
+
 fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport, snapshot: i64) -> Result<()> {
     let l = quoted(lake, "lake alias")?;
     duck.execute(&format!(
@@ -305,7 +315,7 @@ pub fn write(
         duck.execute(&format!(
             "CALL {}.set_commit_message('flowrun', {})",
             quoted(alias, "lake alias")?,
-            literal(&format!("flowrun: flow {flow}, run {}", report.run_id))
+            literal(&commit_message(flow, report))
         ))?;
         Ok(LakeWrite { snapshot, tables })
     })();
@@ -317,7 +327,7 @@ pub fn write(
             let sql = format!(
                 "SELECT snapshot_id FROM {}.snapshots() WHERE commit_message = {} ORDER BY snapshot_id DESC LIMIT 1",
                 quoted(alias, "lake alias")?,
-                literal(&format!("flowrun: flow {flow}, run {}", report.run_id))
+                literal(&commit_message(flow, report))
             );
             if let Ok(id) = duck.scalar::<i64>(&sql) {
                 w.snapshot = id;

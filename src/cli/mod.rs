@@ -240,7 +240,8 @@ fn run(
     };
     let result = schedule::run(&flow, &opts)?;
     progress.finish();
-    let materialized = if !dry_run && result.status == RunStatus::Ok && !flow.materialize.is_empty() {
+    // a partial run (items left out by on_item_error = "skip") writes what succeeded, and still exits 1
+    let materialized = if !dry_run && result.status != RunStatus::Failed && !flow.materialize.is_empty() {
         let flow_path = f.flow.display().to_string();
         Some(
             flowrun_lake::materialize(&flow, &result, store.as_deref(), &lake_overrides, &flow_path)
@@ -293,6 +294,7 @@ fn last_run_overlay(
             error: Vec::new(),
             warnings: Vec::new(),
             notes: Vec::new(),
+            left_out: Vec::new(),
         });
     }
     Ok(flowrun_engine::graph::overlay(&reports))

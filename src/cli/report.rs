@@ -68,6 +68,7 @@ fn report_json(
         "outputs": outputs,
         "materialized": materialized,
         "warnings": r.warnings,
+        "left_out": r.left_out(),
     })
 }
 
@@ -157,7 +158,19 @@ pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&flowrun_lake:
             println!("  wrote {}", t.describe());
         }
     }
-    let (mark, code) = if r.status == RunStatus::Ok { ("ok", "32") } else { ("FAILED", "1;31") };
+    let left_out = r.left_out();
+    if !left_out.is_empty() {
+        eprintln!(
+            "{}: left out by on_item_error = \"skip\" (the results and the lake are without them): {}",
+            paint(ui, "1;31", "partial"),
+            left_out.join(", ")
+        );
+    }
+    let (mark, code) = match r.status {
+        RunStatus::Ok => ("ok", "32"),
+        RunStatus::Partial => ("PARTIAL", "1;31"),
+        RunStatus::Failed => ("FAILED", "1;31"),
+    };
     println!(
         "{} flow `{}`: {} node runs: {} ran, {} cached, {} failed, {} skipped in {} (run {})",
         paint(ui, code, mark),

@@ -26,7 +26,7 @@ use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Diagnostics, Label, SourceFile, read_source};
 use super::names::NameIndex;
-use super::raw::{CacheMode, RawCheck, RawFlow, RawInstance, RawMap, RawNode, SpannedTable, Str};
+use super::raw::{CacheMode, OnItemError, RawCheck, RawFlow, RawInstance, RawMap, RawNode, SpannedTable, Str};
 use super::{
     Arg, Binding, Block, EdgeMode, Flow, FlowNode, LiteralSource, MaterializeDecl, NodeId, NodeImpl, SqlQuery,
 };
@@ -137,6 +137,7 @@ struct Decl<'r> {
     tags: Vec<(&'r str, &'r str)>,
     doc: Option<&'r str>,
     checks: Vec<(&'r RawCheck, Range<usize>)>,
+    on_item_error: Option<(OnItemError, Range<usize>)>,
     declared: bool,
 }
 
@@ -218,6 +219,7 @@ impl<'r> Pending<'r> {
             tags: n.tags.iter().flat_map(|t| t.iter()).map(|(k, v)| (k.as_str(), v.as_str())).collect(),
             doc: n.doc.as_deref(),
             checks: n.checks.iter().map(|c| (c.get_ref(), span_of(c))).collect(),
+            on_item_error: n.on_item_error.as_ref().map(|o| (*o.get_ref(), span_of(o))),
             declared: true,
         };
         merge_params(&mut d, &n.params, &n.inputs);
@@ -256,6 +258,7 @@ impl Decl<'_> {
             tags: Vec::new(),
             doc: None,
             checks: Vec::new(),
+            on_item_error: None,
             declared: false,
         }
     }
@@ -777,6 +780,8 @@ impl<'a> Builder<'a> {
         }
         let file_tags = decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.check_checks(decl, def.output);
+        let collects = def.params.iter().any(|p| matches!(p.kind, ParamKind::Collect(_)));
+        self.check_on_item_error(decl, collects);
         Some(FlowNode {
             name: decl.name.clone(),
             imp: NodeImpl::Function(def),
@@ -785,10 +790,27 @@ impl<'a> Builder<'a> {
             file_tags,
             doc: decl.doc.map(|d| Cow::Owned(d.to_string())).unwrap_or(Cow::Borrowed(def.doc)),
             checks: decl.checks.iter().map(|(c, _)| (*c).clone()).collect(),
+            on_item_error: decl.on_item_error.as_ref().map(|(o, _)| *o).unwrap_or_default(),
             span: decl.span.clone(),
             block: 0,
             declared: decl.declared,
         })
+    }
+
+    /// `on_item_error` belongs on a node that collects a fan-out.
+    fn check_on_item_error(&mut self, decl: &Decl<'a>, collects: bool) {
+        if let Some((_, span)) = &decl.on_item_error
+            && !collects
+        {
+            let d = Diagnostic::new(
+                "on-item-error",
+                format!("node `{}` collects no fan-out, so `on_item_error` has nothing to do", decl.name),
+            )
+            .node(&decl.name)
+            .at(self.label(span.clone(), "only for a node with a Collect<T> parameter"))
+            .help(Some("put on_item_error on the node that gathers the fan-out's items (its fan-in)".into()));
+            self.error(d);
+        }
     }
 
     fn resolve_sql(&mut self, id: NodeId, decl: &Decl<'a>, sql_text: String, sql_span: Range<usize>) -> FlowNode {
@@ -833,6 +855,7 @@ impl<'a> Builder<'a> {
             args.push(Arg { param: table.into(), binding });
         }
         self.check_checks(decl, OutputKind::Value(TypeDesc::of::<Table>()));
+        self.check_on_item_error(decl, false);
         let code_version = blake3::hash(sql::normalize(&sql_text).as_bytes()).to_hex()[..32].to_string();
         FlowNode {
             name: decl.name.clone(),
@@ -842,6 +865,7 @@ impl<'a> Builder<'a> {
             file_tags: decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             doc: Cow::Owned(decl.doc.unwrap_or_default().to_string()),
             checks: decl.checks.iter().map(|(c, _)| (*c).clone()).collect(),
+            on_item_error: OnItemError::Fail,
             span: decl.span.clone(),
             block: 0,
             declared: decl.declared,

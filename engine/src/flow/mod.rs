@@ -24,7 +24,7 @@ use crate::value::AnyValue;
 pub use build::{BuildOptions, build, load, parse, resolve};
 pub use diagnostic::{Diagnostic, Diagnostics, Label, SourceFile};
 pub use names::NameIndex;
-pub use raw::{CacheMode, RawCheck, Severity};
+pub use raw::{CacheMode, OnItemError, RawCheck, Severity};
 
 /// Index of a node in [`Flow::nodes`] (and of its vertex in [`Flow::graph`]).
 pub type NodeId = usize;
@@ -77,6 +77,8 @@ pub struct FlowNode {
     pub doc: Cow<'static, str>,
     /// Data checks on the result.
     pub checks: Box<[RawCheck]>,
+    /// What a node that collects a fan-out does when some items failed.
+    pub on_item_error: OnItemError,
     /// Where it is declared (for registered functions pulled in by name: where it is first used).
     pub span: Range<usize>,
     /// Fan-out scope ([`Flow::blocks`] index).

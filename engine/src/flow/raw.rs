@@ -432,6 +432,18 @@ pub enum CacheMode {
     Disable,
 }
 
+/// What a node that collects a fan-out does when some of its items failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnItemError {
+    /// The node is skipped, like any node whose input failed (all or nothing).
+    #[default]
+    Fail,
+    /// The node takes the items that succeeded; the run reports the others and ends as
+    /// [`RunStatus::Partial`](crate::schedule::RunStatus::Partial).
+    Skip,
+}
+
 /// `[nodes.NAME]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -472,6 +484,9 @@ pub struct RawNode {
     /// Data checks on the result.
     #[serde(default)]
     pub checks: Vec<Spanned<RawCheck>>,
+    /// For a node that collects a fan-out: take the items that succeeded (`"skip"`) or none (`"fail"`).
+    #[serde(default)]
+    pub on_item_error: Option<Spanned<OnItemError>>,
 }
 
 /// `[[nodes.NAME.variants]]`.

@@ -34,7 +34,7 @@ use super::plan::{PArg, Plan};
 use crate::Table;
 use crate::ctx::{self, NodeCx};
 use crate::events::{CodeChange, Event, InputKeys, NodeReport, Reason, Reasons, Status};
-use crate::flow::{CacheMode, FlowNode, LiteralSource, NodeImpl};
+use crate::flow::{CacheMode, FlowNode, LiteralSource, NodeImpl, OnItemError};
 use crate::registry::{ArgValue, Args};
 use crate::value::{AnyValue, encode_value};
 
@@ -125,7 +125,8 @@ pub(crate) struct Exec<'p, 'f> {
 type GArgs<'a> = SmallVec<[GArg<'a>; 2]>;
 
 enum Gathered<'a> {
-    Ready(GArgs<'a>),
+    /// The arguments, and the items a collector with `on_item_error = "skip"` left out.
+    Ready(GArgs<'a>, Vec<String>),
     UpstreamFailed(String),
 }
 
@@ -239,6 +240,8 @@ impl<'p, 'f> Exec<'p, 'f> {
 
     fn gather(&self, inst: &Arc<Instance>, pid: usize) -> Gathered<'p> {
         let args = self.plan.args(pid);
+        let skip_failed = self.plan.flow.nodes[self.plan.nodes[pid].id].on_item_error == OnItemError::Skip;
+        let mut left_out = Vec::new();
         let mut out = GArgs::new();
         for arg in args {
             let (source, value) = match arg {
@@ -279,10 +282,16 @@ impl<'p, 'f> Exec<'p, 'f> {
                                     all.push(done);
                                 }
                                 _ => {
-                                    let label = c.label.as_deref().unwrap_or("");
-                                    return Gathered::UpstreamFailed(format!("{name}[{label}]"));
+                                    let failed = format!("{name}[{}]", c.label.as_deref().unwrap_or(""));
+                                    if !skip_failed {
+                                        return Gathered::UpstreamFailed(failed);
+                                    }
+                                    left_out.push(failed);
                                 }
                             }
+                        }
+                        if all.is_empty() && !children.is_empty() {
+                            return Gathered::UpstreamFailed(format!("{name} (every item)"));
                         }
                         let v = if unknown { GValue::Unknown(name.to_string()) } else { GValue::Many(all) };
                         (ArgSource::Collect(*node), v)
@@ -291,7 +300,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             };
             out.push(GArg { source, value });
         }
-        Gathered::Ready(out)
+        Gathered::Ready(out, left_out)
     }
 
     fn source(&self, s: ArgSource<'p>) -> InputSource<'_> {
@@ -333,6 +342,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             error: Vec::new(),
             warnings: Vec::new(),
             notes: Vec::new(),
+            left_out: Vec::new(),
         };
         let outcome = if self.abort.load(Ordering::Relaxed) {
             report.status = Status::Cancelled;
@@ -343,7 +353,19 @@ impl<'p, 'f> Exec<'p, 'f> {
                     report.error.push(format!("skipped: upstream `{up}` failed"));
                     Slot::Failed
                 }
-                Gathered::Ready(args) => self.evaluate(&inst, pid, fnode, args, &mut report),
+                Gathered::Ready(args, left_out) => {
+                    let slot = self.evaluate(&inst, pid, fnode, args, &mut report);
+                    // after `evaluate`: said of this run, not stored with the result
+                    if !left_out.is_empty() {
+                        report.warnings.push(format!(
+                            "on_item_error = \"skip\": left out {} failed item result(s): {}",
+                            left_out.len(),
+                            left_out.join(", ")
+                        ));
+                        report.left_out = left_out;
+                    }
+                    slot
+                }
             }
         };
         let end = Instant::now();
@@ -723,6 +745,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                         error: Vec::new(),
                         warnings: Vec::new(),
                         notes: Vec::new(),
+                        left_out: Vec::new(),
                     };
                     self.opts.observer.event(&Event::NodeFinished(&report));
                     self.reports.lock().unwrap().push(report);
@@ -750,6 +773,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                         error: vec![format!("skipped: {why}")],
                         warnings: Vec::new(),
                         notes: Vec::new(),
+                        left_out: Vec::new(),
                     };
                     self.opts.observer.event(&Event::NodeFinished(&report));
                     self.reports.lock().unwrap().push(report);

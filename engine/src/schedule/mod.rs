@@ -68,7 +68,11 @@ impl Default for RunOptions {
 pub enum RunStatus {
     /// Every node ran or was reused.
     Ok,
-    /// At least one node failed.
+    /// Some fan-out items failed, and every failure was left out by a collecting node with
+    /// `on_item_error = "skip"`: the results are there, without those items (see
+    /// [`RunReport::left_out`]).
+    Partial,
+    /// At least one node failed (or was skipped because of a failure) and nothing took its place.
     Failed,
 }
 
@@ -120,6 +124,14 @@ impl RunReport {
         v
     }
 
+    /// The items collecting nodes left out (`on_item_error = "skip"`), by display name, sorted.
+    pub fn left_out(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.nodes.iter().flat_map(|n| n.left_out.iter().cloned()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// The results of target `node`.
     pub fn output(&self, node: &str) -> Vec<&OutputItem> {
         self.outputs.iter().filter(|o| *o.node == *node).collect()
@@ -155,8 +167,7 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
             _ => break exec,
         }
     };
-    let failed = exec.failed.load(std::sync::atomic::Ordering::Relaxed)
-        || exec.reports.lock().unwrap().iter().any(|r| matches!(r.status, Status::Failed | Status::Cancelled));
+    let status = run_status(&exec.reports.lock().unwrap(), exec.failed.load(std::sync::atomic::Ordering::Relaxed));
     let mut outputs: Vec<exec::Output> = std::mem::take(&mut *exec.outputs.lock().unwrap());
     // outputs in the order the targets were asked for, items in item order
     let mut rank = vec![usize::MAX; flow.nodes.len()];
@@ -167,7 +178,7 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
     let report = RunReport {
         run_id,
         flow: flow.name.clone(),
-        status: if failed { RunStatus::Failed } else { RunStatus::Ok },
+        status,
         nodes: std::mem::take(&mut *exec.reports.lock().unwrap()),
         outputs: outputs
             .into_iter()
@@ -188,6 +199,28 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
         store.commit()?;
     }
     Ok(report)
+}
+
+/// Ok when nothing failed; Partial when every failed or skipped node run belongs to a fan-out item that a
+/// collector left out (`on_item_error = "skip"`); else Failed.
+fn run_status(reports: &[NodeReport], any_failed: bool) -> RunStatus {
+    let bad = |r: &&NodeReport| matches!(r.status, Status::Failed | Status::Cancelled | Status::Skipped);
+    if !any_failed && !reports.iter().any(|r| bad(&r)) {
+        return RunStatus::Ok;
+    }
+    // `measured[a/b]` -> `a/b`: the item's label
+    let left_out: Vec<&str> = reports
+        .iter()
+        .flat_map(|r| &r.left_out)
+        .filter_map(|d| d.split_once('[').and_then(|(_, rest)| rest.strip_suffix(']')))
+        .collect();
+    let tolerated = |r: &NodeReport| {
+        r.status != Status::Cancelled
+            && r.item.as_deref().is_some_and(|item| {
+                left_out.iter().any(|l| item == *l || item.strip_prefix(*l).is_some_and(|rest| rest.starts_with('/')))
+            })
+    };
+    if !left_out.is_empty() && reports.iter().filter(bad).all(tolerated) { RunStatus::Partial } else { RunStatus::Failed }
 }
 
 fn drive_sequential(exec: &exec::Exec<'_, '_>, initial: Vec<exec::Task>) {
@@ -238,6 +271,7 @@ pub fn run_record(report: &RunReport, flow_path: &str) -> RunRecord {
         finished_ms: report.finished_ms,
         status: match report.status {
             RunStatus::Ok => "ok".into(),
+            RunStatus::Partial => "partial".into(),
             RunStatus::Failed => "failed".into(),
         },
         nodes: report.nodes.len() as u64,
