@@ -7,10 +7,12 @@ mod util;
 
 mod cache;
 mod cli;
+mod code_version;
 mod download;
 mod graph;
 mod interrupt;
 mod lake;
 mod pv;
+mod pv_unseen;
 mod run;
 mod validation;

@@ -1,4 +1,16 @@
-//! Countries: Natural Earth admin-0 polygons (`ADM0_A3`), the centroid join, per-country statistics.
+//! Countries: Natural Earth admin-0 polygons (`ADM0_A3`, 1:50m by default), the centroid join, and
+//! per-country statistics.
+//!
+//! The join (`country_method`):
+//! - `"within"` (the default): the country whose polygon holds the installation's centroid. A centroid in
+//!   no polygon (at sea, or outside a coastline the map simplifies) gets a **null country**: the join never
+//!   guesses.
+//! - `"nearest"`: the same, and a centroid in no polygon gets the nearest country whose border is within
+//!   `country_max_distance_km` (geodesic distance to the nearest point of the polygon, found in
+//!   lon/lat degrees); farther than that, null.
+//!
+//! Every row says how it was joined: `country_method` (`within`, `nearest`, or null) and
+//! `country_distance_m` (0 for `within`, the distance for `nearest`, null when no country was given).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -6,15 +18,26 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use flowrun_engine::{Table, node};
-use geo::{Contains, Geometry, Point};
+use flowrun_engine::{Table, Value, node};
+use geo::{Closest, ClosestPoint, Contains, Distance, Geodesic, Geometry, Point};
 use rayon::prelude::*;
 use rstar::{AABB, RTree, primitives::GeomWithData, primitives::Rectangle};
+use serde::{Deserialize, Serialize};
 
 use super::fetch::{DatasetFiles, Mirror, Repositories, fetch};
 use super::geom::{self, geometries, geometry_index, with_column};
 use super::manifest::Dataset;
 use super::read::raw_table;
+
+/// How a centroid is joined to a country (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Value)]
+#[serde(rename_all = "lowercase")]
+pub enum CountryMethod {
+    /// The polygon holding the centroid, else null.
+    Within,
+    /// The polygon holding the centroid, else the nearest within `country_max_distance_km`, else null.
+    Nearest,
+}
 
 /// The country polygons' files (the `countries` dataset of the config; from the mirror when given).
 #[node(tags(stage = "source"))]
@@ -48,9 +71,15 @@ pub fn country_polygons(country_files: &DatasetFiles) -> Result<Table> {
     Ok(Table::from_batch(RecordBatch::try_new(schema, vec![code, name, batch.column(gi).clone()])?))
 }
 
-/// Joins each installation's centroid to the country polygon containing it (null outside every polygon:
-/// coastal points may fall outside the coarse 1:110m coastline; they are not given a wrong country).
-pub fn locate(t: &Table, countries: &Table) -> Result<Table> {
+fn float_column(batch: &RecordBatch, name: &str) -> Result<Float64Array> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned())
+        .with_context(|| format!("no Float64 column `{name}`"))
+}
+
+/// Joins each installation's centroid to a country (see the module documentation).
+pub fn locate(t: &Table, countries: &Table, method: CountryMethod, max_distance_km: f64) -> Result<Table> {
     let cb = countries.concat()?;
     let cgeoms = geometries(cb.column(geometry_index(countries)?))?;
     let codes = cb.column(0).as_any().downcast_ref::<StringArray>().context("country_code")?.clone();
@@ -65,44 +94,79 @@ pub fn locate(t: &Table, countries: &Table) -> Result<Table> {
         .collect();
     let tree = RTree::bulk_load(items);
     let batch = t.concat()?;
-    let col = |n: &str| -> Result<Float64Array> {
-        batch
-            .column_by_name(n)
-            .and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned())
-            .with_context(|| format!("no `{n}` column"))
+    let (lat, lon) = (float_column(&batch, "centroid_lat")?, float_column(&batch, "centroid_lon")?);
+    let within = |p: &Point<f64>| {
+        tree.locate_in_envelope_intersecting(&AABB::from_point([p.x(), p.y()]))
+            .map(|c| c.data)
+            .filter(|&c| match &cgeoms[c] {
+                Some(Geometry::Polygon(poly)) => poly.contains(p),
+                Some(Geometry::MultiPolygon(mp)) => mp.contains(p),
+                _ => false,
+            })
+            .min()
     };
-    let (lat, lon) = (col("centroid_lat")?, col("centroid_lon")?);
-    let found: Vec<Option<usize>> = (0..batch.num_rows())
+    let nearest = |p: &Point<f64>| -> Option<(usize, f64)> {
+        // candidates: polygons whose bounding box is within the distance, in degrees (wider near the poles)
+        let dlat = max_distance_km / 110.5;
+        let dlon = (max_distance_km / (111.3 * p.y().to_radians().cos().max(0.01))).min(180.0);
+        let env = AABB::from_corners([p.x() - dlon, p.y() - dlat], [p.x() + dlon, p.y() + dlat]);
+        tree.locate_in_envelope_intersecting(&env)
+            .filter_map(|c| {
+                let closest = match cgeoms[c.data].as_ref()?.closest_point(p) {
+                    Closest::Intersection(q) | Closest::SinglePoint(q) => q,
+                    Closest::Indeterminate => return None,
+                };
+                Some((c.data, Geodesic.distance(*p, closest)))
+            })
+            .filter(|(_, d)| *d <= max_distance_km * 1000.0)
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+    };
+    // (country index, method, distance in m)
+    let found: Vec<Option<(usize, &str, f64)>> = (0..batch.num_rows())
         .into_par_iter()
         .map(|i| {
             if lat.is_null(i) || lon.is_null(i) {
                 return None;
             }
             let p = Point::new(lon.value(i), lat.value(i));
-            tree.locate_in_envelope_intersecting(&AABB::from_point([p.x(), p.y()]))
-                .map(|c| c.data)
-                .filter(|&c| match &cgeoms[c] {
-                    Some(Geometry::Polygon(poly)) => poly.contains(&p),
-                    Some(Geometry::MultiPolygon(mp)) => mp.contains(&p),
-                    _ => false,
-                })
-                .min()
+            match (within(&p), method) {
+                (Some(c), _) => Some((c, "within", 0.0)),
+                (None, CountryMethod::Nearest) => nearest(&p).map(|(c, d)| (c, "nearest", d)),
+                (None, CountryMethod::Within) => None,
+            }
         })
         .collect();
-    let code: StringArray = found.iter().map(|f| f.and_then(|c| (!codes.is_null(c)).then(|| codes.value(c)))).collect();
-    let name: StringArray = found.iter().map(|f| f.and_then(|c| (!names.is_null(c)).then(|| names.value(c)))).collect();
+    fn text(a: &StringArray, c: usize) -> Option<&str> {
+        (!a.is_null(c)).then(|| a.value(c))
+    }
+    let code: StringArray = found.iter().map(|f| f.and_then(|(c, _, _)| text(&codes, c))).collect();
+    let name: StringArray = found.iter().map(|f| f.and_then(|(c, _, _)| text(&names, c))).collect();
+    let how: StringArray = found.iter().map(|f| f.map(|(_, m, _)| m)).collect();
+    let distance: Float64Array = found.iter().map(|f| f.map(|(_, _, d)| d)).collect();
     let batch = with_column(&batch, Field::new("country_code", DataType::Utf8, true), Arc::new(code))?;
     let batch = with_column(&batch, Field::new("country_name", DataType::Utf8, true), Arc::new(name))?;
+    let batch = with_column(&batch, Field::new("country_method", DataType::Utf8, true), Arc::new(how))?;
+    let batch = with_column(&batch, Field::new("country_distance_m", DataType::Float64, true), Arc::new(distance))?;
     Ok(Table::from_batch(batch))
 }
 
 /// The deduplicated installations with their country: the `prepared_pv_dedup` table.
 #[node(tags(stage = "prepared"))]
-pub fn located(deduplicated: &Table, country_polygons: &Table) -> Result<Table> {
-    locate(deduplicated, country_polygons)
+pub fn located(
+    deduplicated: &Table,
+    country_polygons: &Table,
+    country_method: CountryMethod,
+    country_max_distance_km: f64,
+) -> Result<Table> {
+    locate(deduplicated, country_polygons, country_method, country_max_distance_km)
 }
 
-/// Per country and dataset: installations, total and mean area (m²): `prepared_country_pv_stats`.
+/// Per country and dataset (`prepared_country_pv_stats`): installations (`polygons` of them with a
+/// geodesic area, `points` without), `area_m2_geodesic` (the polygons' geodesic areas), `area_m2_source`
+/// (the source's own area column, where the dataset has one), and `total_area_m2` / `mean_area_m2` over
+/// every installation: its geodesic area when it is a polygon, else its source area, else nothing.
+/// `area_basis` says which of the two the total sums (`geodesic`, `source`, `geodesic+source`, `none`),
+/// and `rows_without_area` counts the installations that add nothing.
 #[node(tags(stage = "prepared"))]
 pub fn country_stats(located: &Table) -> Result<Table> {
     let batch = located.concat()?;
@@ -112,39 +176,83 @@ pub fn country_stats(located: &Table) -> Result<Table> {
             .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
             .with_context(|| format!("no `{n}` column"))
     };
-    let (country, dataset) = (s("country_code")?, s("dataset_name")?);
-    let name = s("country_name")?;
-    let area = batch
-        .column_by_name("area_m2")
-        .and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned())
-        .context("no `area_m2` column")?;
-    // (country code, dataset) -> (country name, count, total area)
-    type Group = (Option<String>, i64, f64);
+    let (country, dataset, name) = (s("country_code")?, s("dataset_name")?, s("country_name")?);
+    let geodesic = float_column(&batch, "area_m2")?;
+    let source = float_column(&batch, "area_m2_source")?;
+    #[derive(Default)]
+    struct Group {
+        name: Option<String>,
+        installations: i64,
+        polygons: i64,
+        geodesic: f64,
+        source: f64,
+        total: f64,
+        from_geodesic: i64,
+        from_source: i64,
+    }
     let mut groups: BTreeMap<(Option<String>, String), Group> = BTreeMap::new();
     for i in 0..batch.num_rows() {
         let key = ((!country.is_null(i)).then(|| country.value(i).to_string()), dataset.value(i).to_string());
-        let e = groups.entry(key).or_insert(((!name.is_null(i)).then(|| name.value(i).to_string()), 0, 0.0));
-        e.1 += 1;
-        e.2 += if area.is_null(i) { 0.0 } else { area.value(i) };
+        let g = groups.entry(key).or_default();
+        if g.name.is_none() && !name.is_null(i) {
+            g.name = Some(name.value(i).to_string());
+        }
+        g.installations += 1;
+        let a = (!geodesic.is_null(i)).then(|| geodesic.value(i)).filter(|a| *a > 0.0);
+        let src = (!source.is_null(i)).then(|| source.value(i));
+        g.source += src.unwrap_or(0.0);
+        match (a, src) {
+            (Some(a), _) => {
+                g.polygons += 1;
+                g.geodesic += a;
+                g.total += a;
+                g.from_geodesic += 1;
+            }
+            (None, Some(src)) => {
+                g.total += src;
+                g.from_source += 1;
+            }
+            (None, None) => {}
+        }
     }
+    let rows: Vec<_> = groups.into_iter().collect();
+    let basis = |g: &Group| match (g.from_geodesic > 0, g.from_source > 0) {
+        (true, true) => "geodesic+source",
+        (true, false) => "geodesic",
+        (false, true) => "source",
+        (false, false) => "none",
+    };
+    let ints = |f: &dyn Fn(&Group) -> i64| Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, g)| f(g))));
+    let floats = |f: &dyn Fn(&Group) -> f64| Arc::new(Float64Array::from_iter_values(rows.iter().map(|(_, g)| f(g))));
     let schema = Arc::new(Schema::new(vec![
         Field::new("country_code", DataType::Utf8, true),
         Field::new("country_name", DataType::Utf8, true),
         Field::new("dataset_name", DataType::Utf8, false),
         Field::new("installations", DataType::Int64, false),
+        Field::new("polygons", DataType::Int64, false),
+        Field::new("points", DataType::Int64, false),
+        Field::new("area_m2_geodesic", DataType::Float64, false),
+        Field::new("area_m2_source", DataType::Float64, false),
         Field::new("total_area_m2", DataType::Float64, false),
         Field::new("mean_area_m2", DataType::Float64, false),
+        Field::new("area_basis", DataType::Utf8, false),
+        Field::new("rows_without_area", DataType::Int64, false),
     ]));
-    let rows: Vec<_> = groups.into_iter().collect();
     Ok(Table::from_batch(RecordBatch::try_new(
         schema,
         vec![
             Arc::new(rows.iter().map(|((c, _), _)| c.as_deref()).collect::<StringArray>()),
-            Arc::new(rows.iter().map(|(_, (n, _, _))| n.as_deref()).collect::<StringArray>()),
+            Arc::new(rows.iter().map(|(_, g)| g.name.as_deref()).collect::<StringArray>()),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|((_, d), _)| d.as_str()))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, (_, n, _))| *n))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|(_, (_, _, a))| *a))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|(_, (_, n, a))| a / *n as f64))),
+            ints(&|g| g.installations),
+            ints(&|g| g.polygons),
+            ints(&|g| g.installations - g.polygons),
+            floats(&|g| g.geodesic),
+            floats(&|g| g.source),
+            floats(&|g| g.total),
+            floats(&|g| g.total / g.installations as f64),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, g)| basis(g)))),
+            ints(&|g| g.installations - g.from_geodesic - g.from_source),
         ],
     )?))
 }
@@ -155,14 +263,13 @@ mod tests {
     use crate::geom;
     use crate::testing::{measured, square, strings};
 
-    #[test]
-    fn centroids_join_to_the_polygon_holding_them_or_to_null() {
+    fn countries() -> Table {
         let schema = Arc::new(Schema::new(vec![
             Field::new("country_code", DataType::Utf8, true),
             Field::new("country_name", DataType::Utf8, true),
             geom::wkb_field("geometry", true, None),
         ]));
-        let countries = Table::from_batch(
+        Table::from_batch(
             RecordBatch::try_new(
                 schema,
                 vec![
@@ -172,15 +279,31 @@ mod tests {
                 ],
             )
             .unwrap(),
-        );
+        )
+    }
+
+    #[test]
+    fn centroids_join_to_the_polygon_holding_them_or_to_null() {
         let sites = measured(&[
             ("d", "d:1", square(1.0, 1.0, 0.01)),
             ("d", "d:2", square(15.0, 5.0, 0.01)),
             ("d", "d:3", square(50.0, 50.0, 0.01)), // at sea
+            ("d", "d:4", square(20.02, 5.0, 0.01)), // 2.7 km east of BBB's border
         ]);
         let sites = crate::standardize::measure_table(&sites).unwrap(); // adds the centroids
-        let located = locate(&sites, &countries).unwrap();
-        assert_eq!(strings(&located, "country_code"), vec![Some("AAA".into()), Some("BBB".into()), None]);
+        let located = locate(&sites, &countries(), CountryMethod::Within, 10.0).unwrap();
+        assert_eq!(strings(&located, "country_code"), vec![Some("AAA".into()), Some("BBB".into()), None, None]);
         assert_eq!(strings(&located, "country_name")[1], Some("Beland".into()));
+        assert_eq!(strings(&located, "country_method")[0], Some("within".into()));
+
+        let near = locate(&sites, &countries(), CountryMethod::Nearest, 10.0).unwrap();
+        assert_eq!(strings(&near, "country_code")[3], Some("BBB".into()), "within 10 km of BBB");
+        assert_eq!(strings(&near, "country_method")[3], Some("nearest".into()));
+        assert_eq!(strings(&near, "country_code")[2], None, "far at sea stays null");
+        let d = float_column(&near.concat().unwrap(), "country_distance_m").unwrap();
+        assert!((d.value(3) - 2_770.0).abs() < 50.0, "{}", d.value(3));
+        assert_eq!(d.value(0), 0.0);
+        let near1 = locate(&sites, &countries(), CountryMethod::Nearest, 1.0).unwrap();
+        assert_eq!(strings(&near1, "country_code")[3], None, "not within 1 km");
     }
 }

@@ -54,6 +54,11 @@ impl Crs {
         Crs { label: "EPSG:4326".into(), proj: None }
     }
 
+    /// What the source said.
+    pub fn label(&self) -> String {
+        self.label.clone()
+    }
+
     /// Whether no reprojection is needed.
     pub fn is_wgs84(&self) -> bool {
         self.proj.is_none()

@@ -12,6 +12,10 @@
 //!   which misses overlaps that straddle a cell border.
 //!
 //! `dedup_comparison` runs both and reports how many records each removes.
+//!
+//! A candidate pair whose intersection cannot be computed (the boolean operation fails on its geometry) is
+//! counted and reported, with both ids, and both records are kept: it is never taken as "no overlap"
+//! silently (`geometry_errors` in `dedup_comparison`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,16 +54,19 @@ fn polygonal(g: &Geometry<f64>) -> Option<MultiPolygon<f64>> {
     }
 }
 
-/// Overlap ratio of two records (see the module documentation).
-pub fn overlap_ratio(a: &Geometry<f64>, area_a: f64, b: &Geometry<f64>, area_b: f64) -> f64 {
-    match (polygonal(a), polygonal(b)) {
+/// Overlap ratio of two records (see the module documentation). `None` when the polygons cannot be
+/// intersected (the boolean operation fails on their geometry): the caller counts and reports such pairs
+/// instead of taking them as not overlapping.
+pub fn overlap_ratio(a: &Geometry<f64>, area_a: f64, b: &Geometry<f64>, area_b: f64) -> Option<f64> {
+    Some(match (polygonal(a), polygonal(b)) {
         (Some(pa), Some(pb)) => {
             let smaller = area_a.min(area_b);
             if smaller <= 0.0 {
-                return 0.0;
+                return Some(0.0);
             }
-            let inter = std::panic::catch_unwind(|| pa.intersection(&pb)).unwrap_or_else(|_| MultiPolygon::new(vec![]));
-            geom::geodesic_area(&Geometry::MultiPolygon(inter)) / smaller
+            let inter = std::panic::catch_unwind(|| pa.intersection(&pb)).ok()?;
+            let ratio = geom::geodesic_area(&Geometry::MultiPolygon(inter)) / smaller;
+            ratio.is_finite().then_some(ratio)?
         }
         (Some(poly), None) => point_in(&poly, b),
         (None, Some(poly)) => point_in(&poly, a),
@@ -67,7 +74,7 @@ pub fn overlap_ratio(a: &Geometry<f64>, area_a: f64, b: &Geometry<f64>, area_b: 
             (Geometry::Point(p), Geometry::Point(q)) if p == q => 1.0,
             _ => 0.0,
         },
-    }
+    })
 }
 
 fn point_in(poly: &MultiPolygon<f64>, g: &Geometry<f64>) -> f64 {
@@ -83,6 +90,8 @@ pub struct Dedup {
     pub keep: Vec<bool>,
     /// Candidate pairs examined.
     pub pairs: usize,
+    /// Candidate pairs whose overlap could not be computed (both records kept), by their ids.
+    pub errors: Vec<(String, String)>,
 }
 
 /// Decides which rows to keep.
@@ -158,14 +167,26 @@ pub fn dedup_rows(t: &Table, mode: Mode, threshold: f64, priority: &[String], h3
     }
     pairs.sort_unstable();
     let rank = |d: &str| priority.iter().position(|p| p == d).unwrap_or(usize::MAX);
-    let duplicates: Vec<(usize, usize)> = pairs
+    // per pair: Some(true) duplicate, Some(false) not, None the overlap could not be computed
+    let verdicts: Vec<Option<bool>> = pairs
         .par_iter()
-        .filter_map(|&(i, j)| {
+        .map(|&(i, j)| {
             let (a, b) = (&rows[i], &rows[j]);
-            let ratio = overlap_ratio(a.geom.as_ref()?, a.area, b.geom.as_ref()?, b.area);
-            (ratio > threshold).then_some((i, j))
+            let (Some(ga), Some(gb)) = (&a.geom, &b.geom) else { return Some(false) };
+            overlap_ratio(ga, a.area, gb, b.area).map(|ratio| ratio > threshold)
         })
         .collect();
+    let ids = batch
+        .column_by_name("unified_id")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+        .context("no `unified_id` column")?;
+    let errors: Vec<(String, String)> = pairs
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, v)| v.is_none())
+        .map(|(&(i, j), _)| (ids.value(i).to_string(), ids.value(j).to_string()))
+        .collect();
+    let duplicates = pairs.iter().zip(&verdicts).filter(|(_, v)| **v == Some(true)).map(|(p, _)| *p);
     let mut keep = vec![true; rows.len()];
     for (i, j) in duplicates {
         if !keep[i] || !keep[j] {
@@ -183,7 +204,7 @@ pub fn dedup_rows(t: &Table, mode: Mode, threshold: f64, priority: &[String], h3
         };
         keep[loser] = false;
     }
-    Ok(Dedup { keep, pairs: pairs.len() })
+    Ok(Dedup { keep, pairs: pairs.len(), errors })
 }
 
 fn apply(t: &Table, d: &Dedup) -> Result<Table> {
@@ -195,7 +216,17 @@ fn apply(t: &Table, d: &Dedup) -> Result<Table> {
 fn run(t: &Table, mode: Mode, threshold: f64, priority: &[String], res: i64) -> Result<Table> {
     let d = dedup_rows(t, mode, threshold, priority, res)?;
     let removed = d.keep.iter().filter(|k| !**k).count();
-    ctx::warn(format!("{mode:?} dedup: {removed} cross-dataset duplicates removed ({} candidate pairs)", d.pairs));
+    ctx::note(format!("{mode:?} dedup: {removed} cross-dataset duplicates removed ({} candidate pairs)", d.pairs));
+    if !d.errors.is_empty() {
+        let shown: Vec<String> = d.errors.iter().take(5).map(|(a, b)| format!("{a} / {b}")).collect();
+        ctx::warn(format!(
+            "{mode:?} dedup: {} candidate pairs could not be intersected (a geometry error); both records of each \
+             are kept: {}{}",
+            d.errors.len(),
+            shown.join(", "),
+            if d.errors.len() > shown.len() { ", ..." } else { "" }
+        ));
+    }
     apply(t, &d)
 }
 
@@ -228,6 +259,7 @@ pub fn dedup_comparison(
     let mut pairs = Vec::new();
     let mut removed = Vec::new();
     let mut kept = Vec::new();
+    let mut errors = Vec::new();
     for (name, mode) in [("overlap", Mode::Overlap), ("same_cell", Mode::SameCell)] {
         let d = dedup_rows(indexed, mode, overlap_threshold, dataset_priority, h3_resolution)?;
         let r = d.keep.iter().filter(|k| !**k).count();
@@ -235,12 +267,14 @@ pub fn dedup_comparison(
         pairs.push(d.pairs as i64);
         removed.push(r as i64);
         kept.push((d.keep.len() - r) as i64);
+        errors.push(d.errors.len() as i64);
     }
     let schema = Arc::new(Schema::new(vec![
         Field::new("mode", DataType::Utf8, false),
         Field::new("candidate_pairs", DataType::Int64, false),
         Field::new("removed", DataType::Int64, false),
         Field::new("kept", DataType::Int64, false),
+        Field::new("geometry_errors", DataType::Int64, false),
     ]));
     Ok(Table::from_batch(RecordBatch::try_new(
         schema,
@@ -249,6 +283,7 @@ pub fn dedup_comparison(
             Arc::new(Int64Array::from(pairs)),
             Arc::new(Int64Array::from(removed)),
             Arc::new(Int64Array::from(kept)),
+            Arc::new(Int64Array::from(errors)),
         ],
     )?))
 }
@@ -264,12 +299,12 @@ mod tests {
         let a = sq(0.0, 0.0, 0.01);
         let b = sq(0.005, 0.0, 0.01); // half overlaps
         let (aa, ab) = (geom::geodesic_area(&a), geom::geodesic_area(&b));
-        let r = overlap_ratio(&a, aa, &b, ab);
+        let r = overlap_ratio(&a, aa, &b, ab).unwrap();
         assert!((r - 0.5).abs() < 0.01, "{r}");
         let inner = sq(0.001, 0.001, 0.002);
-        assert!((overlap_ratio(&a, aa, &inner, geom::geodesic_area(&inner)) - 1.0).abs() < 1e-6);
-        assert_eq!(overlap_ratio(&a, aa, &Geometry::Point(Point::new(0.005, 0.005)), 0.0), 1.0);
-        assert_eq!(overlap_ratio(&a, aa, &sq(1.0, 1.0, 0.01), aa), 0.0);
+        assert!((overlap_ratio(&a, aa, &inner, geom::geodesic_area(&inner)).unwrap() - 1.0).abs() < 1e-6);
+        assert_eq!(overlap_ratio(&a, aa, &Geometry::Point(Point::new(0.005, 0.005)), 0.0), Some(1.0));
+        assert_eq!(overlap_ratio(&a, aa, &sq(1.0, 1.0, 0.01), aa), Some(0.0));
     }
 }
 

@@ -164,6 +164,10 @@ pub struct LocalFile {
     pub size: u64,
     /// blake3 of its content (hex).
     pub blake3: String,
+    /// Files read with it (a shapefile's `.dbf`, `.prj`, `.cpg`, `.shx`): name and blake3, so that a
+    /// changed sidecar changes this value and re-runs what reads it.
+    #[serde(default)]
+    pub sidecars: Vec<(String, String)>,
 }
 
 /// The label files of one dataset, ready to read.
@@ -545,10 +549,10 @@ fn select(d: &Dataset, available: &[(String, PathBuf)]) -> Result<Vec<(String, P
     Ok(out)
 }
 
-fn local_file(name: String, path: PathBuf) -> Result<LocalFile> {
+fn local_file(name: String, path: PathBuf, sidecars: Vec<(String, String)>) -> Result<LocalFile> {
     let hash = ctx::track_file(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let size = fs::metadata(&path)?.len();
-    Ok(LocalFile { path, name, size, blake3: hash.to_hex().to_string() })
+    Ok(LocalFile { path, name, size, blake3: hash.to_hex().to_string(), sidecars })
 }
 
 fn walk(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
@@ -643,15 +647,18 @@ pub fn fetch(d: &Dataset, mirror: &Mirror, repos: &Repositories) -> Result<Datas
             if names.is_empty() { "(no files)".to_string() } else { names.join(", ") }
         );
     }
-    // sidecars of shapefiles are read too: track them
-    if d.format == Format::Shp {
+    // a shapefile's sidecars are read with it: tracked, and their hashes part of the value
+    let sidecars_of = |shp: &str| -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
         for (name, path) in &available {
-            if !has_ext(name, &["shp"]) && selected.iter().any(|(s, _)| stem(s).eq_ignore_ascii_case(stem(name))) {
-                ctx::track_file(path)?;
+            if d.format == Format::Shp && !has_ext(name, &["shp"]) && stem(shp).eq_ignore_ascii_case(stem(name)) {
+                out.push((name.clone(), ctx::track_file(path)?.to_hex().to_string()));
             }
         }
-    }
-    let files = selected.into_iter().map(|(n, p)| local_file(n, p)).collect::<Result<Vec<_>>>()?;
+        Ok(out)
+    };
+    let files =
+        selected.into_iter().map(|(n, p)| { let s = sidecars_of(&n)?; local_file(n, p, s) }).collect::<Result<Vec<_>>>()?;
     Ok(DatasetFiles { key: d.key.clone(), dataset: d.clone(), files, origin })
 }
 

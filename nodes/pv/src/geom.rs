@@ -95,11 +95,22 @@ pub fn bbox(g: &Geometry<f64>) -> Option<Rect<f64>> {
     g.bounding_rect()
 }
 
-/// Repairs an invalid polygonal geometry. Returns the geometry and whether it was changed. Repairs that
-/// would lose the geometry (empty result) keep the original: nothing is silently dropped.
-pub fn repair(g: Geometry<f64>) -> (Geometry<f64>, bool) {
+/// What [`repair`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// The geometry was valid.
+    Valid,
+    /// It was invalid and has been made valid.
+    Repaired,
+    /// It is invalid and could not be made valid without losing it: kept as it is, for the caller to report.
+    Unrepairable,
+}
+
+/// Repairs an invalid polygonal geometry (`make_valid`, then a canonical ring order). A repair that would
+/// lose the geometry (an empty result) keeps the original and says so: nothing is silently dropped.
+pub fn repair(g: Geometry<f64>) -> (Geometry<f64>, Repair) {
     if g.is_valid() {
-        return (g, false);
+        return (g, Repair::Valid);
     }
     let fixed = match &g {
         Geometry::Polygon(p) => p.make_valid().ok().map(|mp| Geometry::MultiPolygon(canonical(mp))),
@@ -107,8 +118,8 @@ pub fn repair(g: Geometry<f64>) -> (Geometry<f64>, bool) {
         _ => None,
     };
     match fixed {
-        Some(f) if f.unsigned_area() > 0.0 => (f, true),
-        _ => (g, false),
+        Some(f) if f.unsigned_area() > 0.0 => (f, Repair::Repaired),
+        _ => (g, Repair::Unrepairable),
     }
 }
 
@@ -238,11 +249,11 @@ mod tests {
         let bow: Polygon<f64> =
             polygon![(x: 0.0, y: 0.0), (x: 1.0, y: 1.0), (x: 1.0, y: 0.0), (x: 0.0, y: 1.0), (x: 0.0, y: 0.0)];
         let (fixed, changed) = repair(bow.into());
-        assert!(changed);
+        assert_eq!(changed, Repair::Repaired);
         assert!(fixed.is_valid());
         assert!((fixed.unsigned_area() - 0.5).abs() < 1e-9);
         let (same, changed) = repair(cell(0.0, 0.0, 1.0));
-        assert!(!changed);
+        assert_eq!(changed, Repair::Valid);
         assert_eq!(same, cell(0.0, 0.0, 1.0));
     }
 }

@@ -1,15 +1,20 @@
-//! The dataset manifest of the PV flow: one TOML table per dataset under `[config.manifest]`.
+//! The dataset manifest of the PV flow: one TOML table per dataset under `[config.manifest]`. Every key
+//! is documented on [`Dataset`] and in the README ("Adding a dataset").
 //!
 //! ```toml
-//! [config.manifest.chn_med_res_pv_2024]
-//! repository = "github"                 # zenodo | figshare | github | sciencebase | direct
-//! source = "qingfengxitu/ChinaPV"       # DOI, record id, owner/repo[/path], item id or URL(s)
-//! format = "shp"                        # geojson | shp | gpkg | csv
-//! include = ["re:PV_.*\\.shp$"]         # file filters: `re:` regex or glob (default), on file names
-//! exclude = ["re:NPV_.*\\.shp$"]
-//! id = "FID_PV_202"                     # source column -> unified columns
-//! area = "Shape_Area"
-//! crs = "EPSG:4326"                     # when the files do not say
+//! [config.manifest.gbr_renewables_register]
+//! repository = "direct"                 # zenodo | figshare | github | sciencebase | direct
+//! source = "https://example.org/repd.csv"
+//! format = "csv"                        # geojson | shp | gpkg | csv
+//! encoding = "windows-1252"             # CSV (and DBF without .cpg); default UTF-8
+//! skip_rows = 1                         # lines before the CSV header
+//! x = "X-coordinate"                    # CSV coordinate columns (or lat/lon)
+//! y = "Y-coordinate"
+//! crs = "EPSG:27700"                    # overrides what the files say
+//! thousands = ","                       # "537,585" is a number
+//! filter = { "Technology Type" = ["Solar Photovoltaics"] }
+//! id = "Ref ID"                         # source column -> unified columns
+//! capacity = "Installed Capacity (MWelec)"
 //! ```
 
 use std::collections::BTreeMap;
@@ -110,15 +115,41 @@ pub struct Dataset {
     /// Source column holding an installation date or year.
     #[serde(default)]
     pub install_date: Option<String>,
-    /// CSV: latitude column.
+    /// CSV: latitude column (degrees; with `lon`).
     #[serde(default)]
     pub lat: Option<String>,
-    /// CSV: longitude column.
+    /// CSV: longitude column (degrees; with `lat`).
     #[serde(default)]
     pub lon: Option<String>,
-    /// CRS when the files do not say (GeoJSON defaults to OGC:CRS84).
+    /// CSV: x column (easting, or longitude) in `crs`; with `y`, instead of `lat`/`lon`.
+    #[serde(default)]
+    pub x: Option<String>,
+    /// CSV: y column (northing, or latitude) in `crs`.
+    #[serde(default)]
+    pub y: Option<String>,
+    /// The CRS of the coordinates: `EPSG:<code>`, a PROJ string or WKT. It overrides whatever the files
+    /// declare (GeoJSON `crs` member, `.prj`, GeoPackage SRS); without it, what the files declare, then the
+    /// format's default (GeoJSON and CSV: WGS84 lon/lat).
     #[serde(default)]
     pub crs: Option<String>,
+    /// GeoPackage: the layer to read, or `"*"` for every feature layer. Required when there are several.
+    #[serde(default)]
+    pub layer: Option<String>,
+    /// Text encoding of CSV files and of DBF files without a `.cpg` (an encoding label such as
+    /// `windows-1252`, `latin1`, `utf-8`). Default UTF-8.
+    #[serde(default)]
+    pub encoding: Option<String>,
+    /// CSV: lines before the header line (a title, a notice).
+    #[serde(default)]
+    pub skip_rows: usize,
+    /// Thousands separator inside numbers (`","` reads `"537,585"` as 537585); numbers that still do not
+    /// parse are counted and reported, never silently null.
+    #[serde(default)]
+    pub thousands: Option<String>,
+    /// Keep only rows whose column value (as text) is one of the listed values, e.g.
+    /// `filter = { "Technology Type" = ["Solar Photovoltaics"] }`; the others are dropped and counted.
+    #[serde(default)]
+    pub filter: BTreeMap<String, OneOrMany>,
     /// The count the publication states (informational).
     #[serde(default)]
     pub count: Option<u64>,
@@ -130,14 +161,39 @@ pub struct Dataset {
     pub note: Option<String>,
 }
 
+/// A filter's values: one string or a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One value.
+    One(String),
+    /// Several values.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values.
+    pub fn values(&self) -> &[String] {
+        match self {
+            OneOrMany::One(v) => std::slice::from_ref(v),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
 /// The manifest: dataset key -> dataset.
 pub type Manifest = BTreeMap<String, Dataset>;
 
 impl Dataset {
     /// Checks the entry's own consistency.
     pub fn validate(&self) -> Result<()> {
-        if self.format == Format::Csv && (self.lat.is_none() || self.lon.is_none()) {
-            bail!("dataset `{}`: format = \"csv\" needs `lat` and `lon` column names", self.key);
+        if self.format == Format::Csv {
+            self.coordinate_columns()?;
+        }
+        if let Some(e) = &self.encoding
+            && encoding_rs::Encoding::for_label(e.as_bytes()).is_none()
+        {
+            bail!("dataset `{}`: unknown encoding `{e}` (try \"utf-8\", \"windows-1252\", \"latin1\")", self.key);
         }
         if let Some(c) = &self.compression
             && c != "zip"
@@ -148,6 +204,21 @@ impl Dataset {
             crate::fetch::Filter::parse(f).map_err(|e| anyhow::anyhow!("dataset `{}`: {e}", self.key))?;
         }
         Ok(())
+    }
+}
+
+impl Dataset {
+    /// CSV: the (x, y) columns: `x`/`y`, or `lon`/`lat`.
+    pub fn coordinate_columns(&self) -> Result<(&str, &str)> {
+        match (&self.x, &self.y, &self.lon, &self.lat) {
+            (Some(x), Some(y), None, None) => Ok((x, y)),
+            (None, None, Some(lon), Some(lat)) => Ok((lon, lat)),
+            _ => bail!(
+                "dataset `{}`: a CSV needs its coordinate columns: `lat` and `lon` (degrees), or `x` and `y` \
+                 (with `crs`)",
+                self.key
+            ),
+        }
     }
 }
 

@@ -1,10 +1,20 @@
-//! Readers: GeoJSON (streamed), ESRI Shapefile (`.prj` CRS, `.cpg` encoding), GeoPackage, CSV points.
+//! Readers: GeoJSON (streamed), ESRI Shapefile (`.prj` CRS, `.cpg` encoding), GeoPackage (a named layer or
+//! all), CSV points (any encoding, title lines, thousands separators, projected x/y or lat/lon).
 //!
-//! Each reader returns the file's attributes as typed columns plus its geometries as WKB, in the file's
-//! own CRS (recorded in the table's schema metadata under `flowrun.source_crs`; reprojection happens in
-//! `standardized`). A dataset's files are concatenated by column name into its `raw` table, with a
-//! `source_file` column. Every error names the dataset and the file.
+//! Each reader returns every row of the file, in file order: its attributes as typed columns plus its
+//! geometry as WKB in the file's own CRS (`None` where a row has none, e.g. a CSV row with empty
+//! coordinates: `standardized` drops such rows and counts them, so `raw` is the file as published).
+//! A dataset's files are concatenated by column name into its `raw` table, with `source_file` and
+//! `source_row` (the row's 0-based position in its file). The CRS the coordinates are in, and where that
+//! was learned, are recorded in the schema metadata ([`SOURCE_CRS`], [`SOURCE_CRS_ORIGIN`]), in this order
+//! of precedence: the manifest's `crs`, what the file declares (GeoJSON `crs` member, `.prj`, GeoPackage
+//! SRS), the format's default (GeoJSON and CSV: WGS84 lon/lat). Every error names the dataset and the file.
+//!
+//! Typing: a column whose values are all integers becomes Int64 (unless one has a leading zero: `00123`
+//! stays text), all numbers Float64, all booleans Boolean, anything else text. The manifest's `id` column
+//! is always text, as written.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -17,14 +27,17 @@ use arrow_schema::{DataType, Field, Schema};
 use flowrun_engine::{Table, ctx, node};
 use geo::{Contains, Coord, Geometry, LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon};
 use indexmap::IndexMap;
+use serde_json::Value as J;
 
 use super::crs::Crs;
 use super::fetch::DatasetFiles;
 use super::geom::{to_wkb, wkb_field};
 use super::manifest::{Dataset, Format};
 
-/// Schema metadata key holding the source CRS.
+/// Schema metadata key holding the source CRS (as the manifest or the file wrote it).
 pub const SOURCE_CRS: &str = "flowrun.source_crs";
+/// Schema metadata key saying where [`SOURCE_CRS`] comes from.
+pub const SOURCE_CRS_ORIGIN: &str = "flowrun.source_crs_origin";
 
 /// A typed attribute column being built.
 #[derive(Debug, Clone)]
@@ -107,23 +120,66 @@ impl Column {
             Column::Text(v) => (DataType::Utf8, Arc::new(v.iter().map(|s| s.as_deref()).collect::<StringArray>())),
         }
     }
+
+    /// Infers a column from text cells (CSV): see the module documentation.
+    fn from_text(values: Vec<Option<String>>, thousands: Option<&str>) -> Column {
+        let cells = || values.iter().flatten();
+        let leading_zero = |s: &str| {
+            let digits = s.strip_prefix('-').unwrap_or(s);
+            digits.len() > 1 && digits.starts_with('0') && !digits.starts_with("0.")
+        };
+        if cells().any(|s| leading_zero(s)) {
+            return Column::Text(values);
+        }
+        if cells().all(|s| s.parse::<i64>().is_ok()) {
+            return Column::Int(values.iter().map(|v| v.as_ref().and_then(|s| s.parse().ok())).collect());
+        }
+        if cells().all(|s| parse_number(s, thousands).is_some()) {
+            return Column::Float(values.iter().map(|v| v.as_deref().and_then(|s| parse_number(s, thousands))).collect());
+        }
+        Column::Text(values)
+    }
 }
 
-/// One file, read.
+/// Parses a number, allowing a thousands separator between groups of three digits (`"537,585"` with
+/// `thousands = ","`). `None` for empty cells, text and non-finite values.
+///
+/// ```
+/// use flowrun_pv::read::parse_number;
+/// assert_eq!(parse_number(" 537,585 ", Some(",")), Some(537585.0));
+/// assert_eq!(parse_number("1,234,567.5", Some(",")), Some(1234567.5));
+/// assert_eq!(parse_number("537,585", None), None);
+/// assert_eq!(parse_number("1,5", Some(",")), None, "not a thousands group");
+/// ```
+pub fn parse_number(s: &str, thousands: Option<&str>) -> Option<f64> {
+    let t = s.trim();
+    let text = match thousands {
+        Some(sep) if !sep.is_empty() && t.contains(sep) => {
+            let int = t.split(['.', 'e', 'E']).next().unwrap_or(t);
+            let mut groups = int.trim_start_matches(['-', '+']).split(sep);
+            let first_ok = groups.next().is_some_and(|g| (1..=3).contains(&g.len()));
+            if !first_ok || !groups.all(|g| g.len() == 3) {
+                return None;
+            }
+            Cow::Owned(t.replace(sep, ""))
+        }
+        _ => Cow::Borrowed(t),
+    };
+    text.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// One file (or GeoPackage layer), read.
 pub struct FileTable {
     /// Attribute columns, in file order.
     pub attrs: IndexMap<String, Column>,
-    /// WKB in the file's CRS (`None`: no geometry).
+    /// WKB in the file's CRS, one per row (`None`: no geometry).
     pub geoms: Vec<Option<Vec<u8>>>,
-    /// The file's CRS (as the file or manifest says it).
-    pub crs: String,
-    /// Rows left out (CSV rows without coordinates), for the warning.
-    pub skipped: usize,
+    /// The CRS the file declares (GeoJSON `crs` member, `.prj`, GeoPackage SRS) and where it says so.
+    pub declared_crs: Option<(String, &'static str)>,
 }
 
 /// Infers a column from JSON values: all integers -> Int, numbers -> Float, booleans -> Bool, else Text.
-fn json_column(values: Vec<serde_json::Value>) -> Column {
-    use serde_json::Value as J;
+fn json_column(values: Vec<J>) -> Column {
     if values.iter().all(|v| v.is_null() || v.is_i64() || v.is_u64()) {
         return Column::Int(values.iter().map(|v| v.as_i64()).collect());
     }
@@ -145,41 +201,70 @@ fn json_column(values: Vec<serde_json::Value>) -> Column {
     )
 }
 
+/// Rows of JSON-like values collected column by column (a column first seen at row `n` is null before).
+#[derive(Default)]
+struct JsonColumns(IndexMap<String, Vec<J>>);
+
+impl JsonColumns {
+    fn with_names(names: &[String]) -> Self {
+        JsonColumns(names.iter().map(|n| (n.clone(), Vec::new())).collect())
+    }
+
+    fn push(&mut self, row: usize, key: String, value: J) {
+        self.0.entry(key).or_insert_with(|| vec![J::Null; row]).push(value);
+    }
+
+    /// Pads every column to `rows` (a feature without some property).
+    fn end_row(&mut self, rows: usize) {
+        for col in self.0.values_mut() {
+            col.resize(rows, J::Null);
+        }
+    }
+
+    fn into_columns(self) -> IndexMap<String, Column> {
+        self.0.into_iter().map(|(k, v)| (k, json_column(v))).collect()
+    }
+}
+
+/// The `crs` member of a GeoJSON file (the 2008 spec's named CRS, e.g. `urn:ogc:def:crs:EPSG::3857`), when
+/// it comes before the features (as every writer puts it).
+fn geojson_crs_member(path: &Path) -> Result<Option<String>> {
+    let mut head = vec![0u8; 1 << 16];
+    let n = File::open(path)?.read(&mut head)?;
+    let head = String::from_utf8_lossy(&head[..n]);
+    let before_features = head.split("\"features\"").next().unwrap_or("");
+    let Some(at) = before_features.find("\"crs\"") else { return Ok(None) };
+    let after = &before_features[at..];
+    let name = after.split("\"name\"").nth(1).and_then(|rest| rest.split('"').nth(1)).map(str::to_string);
+    Ok(name)
+}
+
 /// Reads a GeoJSON FeatureCollection, streaming features (large files are not loaded as one document).
-pub fn read_geojson(path: &Path, crs: Option<&str>) -> Result<FileTable> {
+pub fn read_geojson(path: &Path) -> Result<FileTable> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).ok();
     let counting = ProgressReader { inner: BufReader::with_capacity(1 << 20, file), done: 0, total: size };
     let reader = geojson::FeatureReader::from_reader(counting);
-    let mut columns: IndexMap<String, Vec<serde_json::Value>> = IndexMap::new();
+    let mut columns = JsonColumns::default();
     let mut geoms = Vec::new();
     for (i, feature) in reader.features().enumerate() {
-        let feature =
-            feature.map_err(|e| anyhow!("{}: feature {i}: {e} (truncated or invalid GeoJSON?)", path.display()))?;
-        let row = geoms.len();
-        if let Some(props) = feature.properties {
-            for (k, v) in props {
-                let col = columns.entry(k).or_insert_with(|| vec![serde_json::Value::Null; row]);
-                col.push(v);
-            }
-        }
-        for col in columns.values_mut() {
-            if col.len() == row {
-                col.push(serde_json::Value::Null);
-            }
+        let feature = feature.map_err(|e| anyhow!("feature {i}: {e} (truncated or invalid GeoJSON?)"))?;
+        for (k, v) in feature.properties.into_iter().flatten() {
+            columns.push(i, k, v);
         }
         let g = match feature.geometry {
             Some(g) => {
-                let geo: Geometry<f64> = Geometry::try_from(&g.value)
-                    .map_err(|e| anyhow!("{}: feature {i}: unsupported geometry: {e}", path.display()))?;
+                let geo: Geometry<f64> =
+                    Geometry::try_from(&g.value).map_err(|e| anyhow!("feature {i}: unsupported geometry: {e}"))?;
                 Some(to_wkb(&geo))
             }
             None => None,
         };
         geoms.push(g);
+        columns.end_row(i + 1);
     }
-    let attrs = columns.into_iter().map(|(k, v)| (k, json_column(v))).collect();
-    Ok(FileTable { attrs, geoms, crs: crs.unwrap_or("OGC:CRS84").to_string(), skipped: 0 })
+    let declared_crs = geojson_crs_member(path)?.map(|c| (c, "the GeoJSON `crs` member"));
+    Ok(FileTable { attrs: columns.into_columns(), geoms, declared_crs })
 }
 
 struct ProgressReader<R> {
@@ -201,7 +286,7 @@ impl<R: Read> Read for ProgressReader<R> {
 }
 
 /// A sidecar of `shp` with another extension, matched case-insensitively (`.DBF`, `.CPG`...).
-fn sidecar(shp: &Path, ext: &str) -> Option<PathBuf> {
+pub fn sidecar(shp: &Path, ext: &str) -> Option<PathBuf> {
     let stem = shp.file_stem()?.to_string_lossy().to_string();
     let dir = shp.parent()?;
     std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
@@ -214,8 +299,11 @@ fn points_to_coords<P: shapefile::record::traits::HasXY>(pts: &[P]) -> Vec<Coord
     pts.iter().map(|p| Coord { x: p.x(), y: p.y() }).collect()
 }
 
+/// A shapefile polygon's rings as polygons: each inner ring goes to the outer ring holding it; an inner
+/// ring no outer ring holds becomes a polygon of its own (as GDAL reads it) and is counted in `orphans`.
 fn rings_to_multipolygon<P: shapefile::record::traits::HasXY>(
     rings: &[shapefile::PolygonRing<P>],
+    orphans: &mut usize,
 ) -> MultiPolygon<f64> {
     let mut polys: Vec<(LineString<f64>, Vec<LineString<f64>>)> = Vec::new();
     let mut holes = Vec::new();
@@ -226,123 +314,183 @@ fn rings_to_multipolygon<P: shapefile::record::traits::HasXY>(
         }
     }
     for hole in holes {
-        let first = hole.0.first().copied();
-        let owner = first
-            .and_then(|c| {
-                polys.iter().position(|(outer, _)| Polygon::new(outer.clone(), vec![]).contains(&Point::from(c)))
-            })
-            .or(if polys.is_empty() { None } else { Some(polys.len() - 1) });
+        let owner = hole.0.first().and_then(|&c| {
+            polys.iter().position(|(outer, _)| Polygon::new(outer.clone(), vec![]).contains(&Point::from(c)))
+        });
         match owner {
             Some(i) => polys[i].1.push(hole),
-            None => polys.push((hole, Vec::new())),
+            None => {
+                *orphans += 1;
+                polys.push((hole, Vec::new()));
+            }
         }
     }
     MultiPolygon::new(polys.into_iter().map(|(o, h)| Polygon::new(o, h)).collect())
 }
 
-fn shape_to_geo(shape: shapefile::Shape) -> Option<Geometry<f64>> {
+fn shape_to_geo(shape: shapefile::Shape, orphans: &mut usize) -> Option<Geometry<f64>> {
     use shapefile::Shape as S;
-    let line = |parts: &Vec<Vec<Coord<f64>>>| {
-        Geometry::MultiLineString(MultiLineString::new(parts.iter().map(|p| LineString::new(p.clone())).collect()))
+    let line = |parts: Vec<Vec<Coord<f64>>>| {
+        Geometry::MultiLineString(MultiLineString::new(parts.into_iter().map(LineString::new).collect()))
     };
+    let points = |c: Vec<Coord<f64>>| Geometry::MultiPoint(MultiPoint::new(c.into_iter().map(Point::from).collect()));
     Some(match shape {
-        S::NullShape => return None,
+        S::NullShape | S::Multipatch(_) => return None,
         S::Point(p) => Geometry::Point(Point::new(p.x, p.y)),
         S::PointM(p) => Geometry::Point(Point::new(p.x, p.y)),
         S::PointZ(p) => Geometry::Point(Point::new(p.x, p.y)),
-        S::Multipoint(m) => {
-            Geometry::MultiPoint(MultiPoint::new(points_to_coords(m.points()).into_iter().map(Point::from).collect()))
-        }
-        S::MultipointM(m) => {
-            Geometry::MultiPoint(MultiPoint::new(points_to_coords(m.points()).into_iter().map(Point::from).collect()))
-        }
-        S::MultipointZ(m) => {
-            Geometry::MultiPoint(MultiPoint::new(points_to_coords(m.points()).into_iter().map(Point::from).collect()))
-        }
-        S::Polyline(l) => line(&l.parts().iter().map(|p| points_to_coords(p)).collect()),
-        S::PolylineM(l) => line(&l.parts().iter().map(|p| points_to_coords(p)).collect()),
-        S::PolylineZ(l) => line(&l.parts().iter().map(|p| points_to_coords(p)).collect()),
-        S::Polygon(p) => Geometry::MultiPolygon(rings_to_multipolygon(p.rings())),
-        S::PolygonM(p) => Geometry::MultiPolygon(rings_to_multipolygon(p.rings())),
-        S::PolygonZ(p) => Geometry::MultiPolygon(rings_to_multipolygon(p.rings())),
-        S::Multipatch(_) => return None,
+        S::Multipoint(m) => points(points_to_coords(m.points())),
+        S::MultipointM(m) => points(points_to_coords(m.points())),
+        S::MultipointZ(m) => points(points_to_coords(m.points())),
+        S::Polyline(l) => line(l.parts().iter().map(|p| points_to_coords(p)).collect()),
+        S::PolylineM(l) => line(l.parts().iter().map(|p| points_to_coords(p)).collect()),
+        S::PolylineZ(l) => line(l.parts().iter().map(|p| points_to_coords(p)).collect()),
+        S::Polygon(p) => Geometry::MultiPolygon(rings_to_multipolygon(p.rings(), orphans)),
+        S::PolygonM(p) => Geometry::MultiPolygon(rings_to_multipolygon(p.rings(), orphans)),
+        S::PolygonZ(p) => Geometry::MultiPolygon(rings_to_multipolygon(p.rings(), orphans)),
     })
 }
 
-/// Reads an ESRI Shapefile with its `.dbf` (required), `.prj` (CRS) and `.cpg` (text encoding).
-pub fn read_shapefile(path: &Path, crs: Option<&str>) -> Result<FileTable> {
-    use shapefile::dbase::{self, FieldValue};
-    let dbf =
-        sidecar(path, "dbf").ok_or_else(|| anyhow!("{}: the shapefile has no .dbf file beside it", path.display()))?;
-    let crs = match sidecar(path, "prj") {
-        Some(prj) => {
-            std::fs::read_to_string(&prj).with_context(|| format!("cannot read {}", prj.display()))?.trim().to_string()
+fn dbf_value(v: Option<shapefile::dbase::FieldValue>) -> J {
+    use shapefile::dbase::FieldValue as F;
+    let date = |d: shapefile::dbase::Date| J::String(format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day()));
+    match v {
+        Some(F::Character(s)) => s.map(J::String).unwrap_or(J::Null),
+        Some(F::Memo(s)) => J::String(s),
+        Some(F::Numeric(n)) => {
+            n.map(|n| if n.fract() == 0.0 && n.abs() < 9e15 { J::from(n as i64) } else { J::from(n) }).unwrap_or(J::Null)
         }
-        None => crs
-            .map(str::to_string)
-            .ok_or_else(|| anyhow!("{}: no .prj file and no `crs` in the manifest", path.display()))?,
+        Some(F::Float(f)) => f.map(|f| J::from(f as f64)).unwrap_or(J::Null),
+        Some(F::Double(f)) | Some(F::Currency(f)) => J::from(f),
+        Some(F::Integer(n)) => J::from(n),
+        Some(F::Logical(b)) => b.map(J::from).unwrap_or(J::Null),
+        Some(F::Date(d)) => d.map(date).unwrap_or(J::Null),
+        Some(F::DateTime(dt)) => date(dt.date()),
+        None => J::Null,
+    }
+}
+
+/// A DBF record read field by field: a value that does not parse (GDAL's `00000000` for a null date, `***`
+/// in a number) is kept as its error, so one bad cell does not fail the whole file.
+struct LenientRecord(Vec<Result<shapefile::dbase::FieldValue, String>>);
+
+impl shapefile::dbase::ReadableRecord for LenientRecord {
+    fn read_using<S: Read + std::io::Seek, M: Read + std::io::Seek>(
+        fields: &mut shapefile::dbase::FieldIterator<S, M>,
+    ) -> Result<Self, shapefile::dbase::FieldError> {
+        use shapefile::dbase::ErrorKind;
+        let mut values = Vec::new();
+        loop {
+            match fields.read_next_field() {
+                Ok(v) => values.push(Ok(v.value)),
+                Err(e) => match e.kind() {
+                    ErrorKind::EndOfRecord => return Ok(LenientRecord(values)),
+                    ErrorKind::IoError(_) => return Err(e),
+                    _ => values.push(Err(e.to_string())),
+                },
+            }
+        }
+    }
+}
+
+/// Reads an ESRI Shapefile with its `.dbf` (required), `.prj` (CRS) and `.cpg` (text encoding; else the
+/// manifest's `encoding`, else the DBF's own code page mark). A cell that cannot be read is null, counted
+/// and reported per column with an example.
+pub fn read_shapefile(path: &Path, encoding: Option<&str>) -> Result<FileTable> {
+    use shapefile::dbase;
+    let dbf = sidecar(path, "dbf").ok_or_else(|| anyhow!("the shapefile has no .dbf file beside it"))?;
+    let declared_crs = match sidecar(path, "prj") {
+        Some(prj) => {
+            let text = std::fs::read_to_string(&prj).with_context(|| format!("cannot read {}", prj.display()))?;
+            Some((text.trim().to_string(), "the .prj file"))
+        }
+        None => None,
     };
-    let encoding = sidecar(path, "cpg")
+    let from_cpg = sidecar(path, "cpg")
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|label| dbase::encoding::DynEncoding::from_name(label.trim().trim_start_matches('\u{feff}')));
+    let from_manifest = encoding
+        .and_then(|e| encoding_rs::Encoding::for_label(e.as_bytes()))
+        .map(|e| dbase::encoding::DynEncoding::from(dbase::encoding::EncodingRs::from(e)));
     let dbf_file = BufReader::new(File::open(&dbf).with_context(|| format!("cannot open {}", dbf.display()))?);
-    let dbf_reader = match encoding {
+    let dbf_reader = match from_cpg.or(from_manifest) {
         Some(e) => dbase::ReaderBuilder::new().with_encoding(e).build(dbf_file),
         None => dbase::Reader::new(dbf_file),
     }
     .map_err(|e| anyhow!("{}: {e}", dbf.display()))?;
     let field_names: Vec<String> = dbf_reader.fields().iter().map(|f| f.name().to_string()).collect();
     let shp = BufReader::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
-    let shape_reader = shapefile::ShapeReader::new(shp).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let shape_reader = shapefile::ShapeReader::new(shp).map_err(|e| anyhow!("{e}"))?;
     let mut reader = shapefile::Reader::new(shape_reader, dbf_reader);
-    let mut values: IndexMap<String, Vec<serde_json::Value>> =
-        field_names.iter().map(|n| (n.clone(), Vec::new())).collect();
+    let mut columns = JsonColumns::with_names(&field_names);
     let mut geoms = Vec::new();
-    for (i, item) in reader.iter_shapes_and_records().enumerate() {
-        let (shape, record) = item.map_err(|e| anyhow!("{}: record {i}: {e}", path.display()))?;
-        geoms.push(shape_to_geo(shape).map(|g| to_wkb(&g)));
-        let mut record: HashMap<String, FieldValue> = record.into();
-        for name in &field_names {
-            use serde_json::Value as J;
-            let v = match record.remove(name) {
-                Some(FieldValue::Character(s)) => s.map(J::String).unwrap_or(J::Null),
-                Some(FieldValue::Memo(s)) => J::String(s),
-                Some(FieldValue::Numeric(n)) => n
-                    .map(|n| if n.fract() == 0.0 && n.abs() < 9e15 { J::from(n as i64) } else { J::from(n) })
-                    .unwrap_or(J::Null),
-                Some(FieldValue::Float(f)) => f.map(|f| J::from(f as f64)).unwrap_or(J::Null),
-                Some(FieldValue::Double(f)) | Some(FieldValue::Currency(f)) => J::from(f),
-                Some(FieldValue::Integer(n)) => J::from(n),
-                Some(FieldValue::Logical(b)) => b.map(J::from).unwrap_or(J::Null),
-                Some(FieldValue::Date(d)) => {
-                    d.map(|d| J::String(format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day()))).unwrap_or(J::Null)
-                }
-                Some(FieldValue::DateTime(dt)) => {
-                    let d = dt.date();
-                    J::String(format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day()))
-                }
-                _ => J::Null,
-            };
-            values.get_mut(name).expect("field listed").push(v);
+    let (mut orphans, mut orphan_records) = (0, Vec::new());
+    // per column: unreadable cells, and the first one
+    let mut unreadable: Vec<(usize, Option<String>)> = vec![(0, None); field_names.len()];
+    for (i, item) in reader.iter_shapes_and_records_as::<shapefile::Shape, LenientRecord>().enumerate() {
+        let (shape, LenientRecord(values)) = item.map_err(|e| anyhow!("record {i}: {e}"))?;
+        let before = orphans;
+        geoms.push(shape_to_geo(shape, &mut orphans).map(|g| to_wkb(&g)));
+        if orphans > before && orphan_records.len() < 5 {
+            orphan_records.push(i.to_string());
+        }
+        for (j, (name, value)) in field_names.iter().zip(values).enumerate() {
+            let value = value.unwrap_or_else(|e| {
+                unreadable[j].0 += 1;
+                unreadable[j].1.get_or_insert_with(|| format!("record {i}: {e}"));
+                dbase::FieldValue::Character(None)
+            });
+            columns.push(i, name.clone(), dbf_value(Some(value)));
         }
     }
-    let attrs = values.into_iter().map(|(k, v)| (k, json_column(v))).collect();
-    Ok(FileTable { attrs, geoms, crs, skipped: 0 })
+    for (name, (n, example)) in field_names.iter().zip(unreadable) {
+        if let Some(example) = example {
+            ctx::warn(format!("{}: column `{name}`: {n} values cannot be read and are null (e.g. {example})", path.display()));
+        }
+    }
+    if orphans > 0 {
+        ctx::warn(format!(
+            "{}: {orphans} inner rings (holes) lie in no outer ring of their record (records {}{}); each was read \
+             as a polygon of its own, as GDAL does",
+            path.display(),
+            orphan_records.join(", "),
+            if orphans > orphan_records.len() { ", ..." } else { "" }
+        ));
+    }
+    Ok(FileTable { attrs: columns.into_columns(), geoms, declared_crs })
 }
 
-/// Reads the first feature table of a GeoPackage (strips the GeoPackage geometry header to plain WKB).
-pub fn read_gpkg(path: &Path) -> Result<FileTable> {
+/// The feature layers of a GeoPackage: (table, geometry column, srs id).
+fn gpkg_layers(conn: &rusqlite::Connection) -> Result<Vec<(String, String, i64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT c.table_name, g.column_name, g.srs_id FROM gpkg_contents c \
+         JOIN gpkg_geometry_columns g ON g.table_name = c.table_name \
+         WHERE c.data_type = 'features' ORDER BY c.table_name",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Reads the layers of a GeoPackage that `layer` selects (a name, or `"*"` for all; without one the file
+/// must hold exactly one feature layer), one [`FileTable`] per layer, with its name.
+pub fn read_gpkg(path: &Path, layer: Option<&str>) -> Result<Vec<(String, FileTable)>> {
     let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("cannot open GeoPackage {}", path.display()))?;
-    let (table, column, srs_id): (String, String, i64) = conn
-        .query_row(
-            "SELECT c.table_name, g.column_name, g.srs_id FROM gpkg_contents c \
-             JOIN gpkg_geometry_columns g ON g.table_name = c.table_name \
-             WHERE c.data_type = 'features' ORDER BY c.table_name LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .with_context(|| format!("{}: not a GeoPackage with a feature table", path.display()))?;
+    let layers = gpkg_layers(&conn).context("not a GeoPackage with feature layers")?;
+    let names = || layers.iter().map(|l| l.0.as_str()).collect::<Vec<_>>().join(", ");
+    let chosen: Vec<&(String, String, i64)> = match layer {
+        Some("*") => layers.iter().collect(),
+        Some(name) => vec![layers.iter().find(|l| l.0 == name).ok_or_else(|| {
+            anyhow!("no feature layer `{name}` (layers: {}); set the dataset's `layer`", names())
+        })?],
+        None if layers.len() == 1 => vec![&layers[0]],
+        None if layers.is_empty() => bail!("the GeoPackage has no feature layer"),
+        None => bail!("the GeoPackage has {} feature layers ({}); set the dataset's `layer` to one, or \"*\"", layers.len(), names()),
+    };
+    chosen.into_iter().map(|(table, column, srs)| Ok((table.clone(), read_gpkg_layer(&conn, table, column, *srs)?))).collect()
+}
+
+fn read_gpkg_layer(conn: &rusqlite::Connection, table: &str, column: &str, srs_id: i64) -> Result<FileTable> {
     let crs: String = conn
         .query_row(
             "SELECT organization, organization_coordsys_id, definition FROM gpkg_spatial_ref_sys WHERE srs_id = ?1",
@@ -354,40 +502,38 @@ pub fn read_gpkg(path: &Path) -> Result<FileTable> {
                 Ok(if org.eq_ignore_ascii_case("EPSG") { format!("EPSG:{code}") } else { def })
             },
         )
-        .with_context(|| format!("{}: srs_id {srs_id} is not in gpkg_spatial_ref_sys", path.display()))?;
+        .with_context(|| format!("layer `{table}`: srs_id {srs_id} is not in gpkg_spatial_ref_sys"))?;
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let mut stmt = conn.prepare(&format!("SELECT * FROM {}", quote(&table)))?;
+    let mut stmt = conn.prepare(&format!("SELECT * FROM {}", quote(table)))?;
     let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
-    let geom_idx = names.iter().position(|n| n == &column).context("geometry column missing")?;
-    let mut values: IndexMap<String, Vec<serde_json::Value>> =
-        names.iter().enumerate().filter(|(i, _)| *i != geom_idx).map(|(_, n)| (n.clone(), Vec::new())).collect();
+    let geom_idx = names.iter().position(|n| n == column).context("geometry column missing")?;
+    let attr_names: Vec<String> = names.iter().filter(|n| *n != column).cloned().collect();
+    let mut columns = JsonColumns::with_names(&attr_names);
     let mut geoms = Vec::new();
     let mut rows = stmt.query([])?;
+    let mut row_no = 0;
     while let Some(row) = rows.next()? {
         for (i, name) in names.iter().enumerate() {
             use rusqlite::types::ValueRef as V;
             let v = row.get_ref(i)?;
             if i == geom_idx {
                 geoms.push(match v {
-                    V::Blob(b) => {
-                        Some(gpkg_to_wkb(b).with_context(|| format!("{}: bad geometry blob", path.display()))?)
-                    }
+                    V::Blob(b) => Some(gpkg_to_wkb(b).with_context(|| format!("layer `{table}`, row {row_no}"))?),
                     _ => None,
                 });
                 continue;
             }
             let j = match v {
-                V::Null => serde_json::Value::Null,
-                V::Integer(n) => serde_json::Value::from(n),
-                V::Real(f) => serde_json::Value::from(f),
-                V::Text(t) => serde_json::Value::String(String::from_utf8_lossy(t).into_owned()),
-                V::Blob(_) => serde_json::Value::Null,
+                V::Null | V::Blob(_) => J::Null,
+                V::Integer(n) => J::from(n),
+                V::Real(f) => J::from(f),
+                V::Text(t) => J::String(String::from_utf8_lossy(t).into_owned()),
             };
-            values.get_mut(name).expect("column listed").push(j);
+            columns.push(row_no, name.clone(), j);
         }
+        row_no += 1;
     }
-    let attrs = values.into_iter().map(|(k, v)| (k, json_column(v))).collect();
-    Ok(FileTable { attrs, geoms, crs, skipped: 0 })
+    Ok(FileTable { attrs: columns.into_columns(), geoms, declared_crs: Some((crs, "the GeoPackage layer's SRS")) })
 }
 
 /// The WKB inside a GeoPackage geometry blob ("GP", version, flags, srs id, envelope, WKB).
@@ -410,33 +556,49 @@ pub fn gpkg_to_wkb(b: &[u8]) -> Result<Vec<u8>> {
     Ok(b[start..].to_vec())
 }
 
-/// Reads a CSV of points (`lat`/`lon` columns named in the manifest); a UTF-8 BOM is ignored. Rows whose
-/// coordinates are missing or not numbers are left out and counted (reported as a warning).
-pub fn read_csv_points(path: &Path, lat: &str, lon: &str, crs: Option<&str>) -> Result<FileTable> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_path(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let headers: Vec<String> =
-        rdr.headers()?.iter().map(|h| h.trim_start_matches('\u{feff}').trim().to_string()).collect();
-    let find = |name: &str, what: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| anyhow!("{}: no {what} column `{name}` (columns: {})", path.display(), headers.join(", ")))
+/// Reads a CSV of points: decoded from the dataset's `encoding` (UTF-8 by default, a BOM ignored), `skip_rows`
+/// lines skipped before the header, coordinates from the `x`/`y` (or `lon`/`lat`) columns, numbers with the
+/// `thousands` separator. A row whose coordinates are empty or not numbers gets no geometry.
+pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
+    let (xcol, ycol) = d.coordinate_columns()?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = match &d.encoding {
+        Some(label) => {
+            let enc = encoding_rs::Encoding::for_label(label.as_bytes())
+                .ok_or_else(|| anyhow!("unknown encoding `{label}`"))?;
+            enc.decode_with_bom_removal(&bytes).0
+        }
+        None => match std::str::from_utf8(&bytes) {
+            Ok(s) => Cow::Borrowed(s.strip_prefix('\u{feff}').unwrap_or(s)),
+            Err(e) => bail!(
+                "not UTF-8 (byte {} is not valid); set the dataset's `encoding`, e.g. \"windows-1252\"",
+                e.valid_up_to()
+            ),
+        },
     };
-    let (ilat, ilon) = (find(lat, "latitude")?, find(lon, "longitude")?);
+    let mut body: &str = &text;
+    for _ in 0..d.skip_rows {
+        body = body.split_once('\n').map(|(_, rest)| rest).unwrap_or("");
+    }
+    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(body.as_bytes());
+    let headers: Vec<String> = rdr.headers()?.iter().map(|h| h.trim().to_string()).collect();
+    let find = |name: &str| {
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            let hint = if d.skip_rows == 0 { "; is the header on another line? (`skip_rows`)" } else { "" };
+            anyhow!("no coordinate column `{name}` (columns: {}){hint}", headers.join(", "))
+        })
+    };
+    let (ix, iy) = (find(xcol)?, find(ycol)?);
+    let thousands = d.thousands.as_deref();
     let mut raw: Vec<Vec<Option<String>>> = vec![Vec::new(); headers.len()];
     let mut geoms = Vec::new();
-    let mut skipped = 0;
     for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
-        let num = |j: usize| rec.get(j).and_then(|s| s.trim().parse::<f64>().ok()).filter(|v| v.is_finite());
-        let (Some(y), Some(x)) = (num(ilat), num(ilon)) else {
-            skipped += 1;
-            continue;
-        };
-        geoms.push(Some(to_wkb(&Geometry::Point(Point::new(x, y)))));
+        let rec = rec.with_context(|| format!("data row {i}"))?;
+        let num = |j: usize| rec.get(j).and_then(|s| parse_number(s, thousands));
+        geoms.push(match (num(ix), num(iy)) {
+            (Some(x), Some(y)) => Some(to_wkb(&Geometry::Point(Point::new(x, y)))),
+            _ => None,
+        });
         for (j, col) in raw.iter_mut().enumerate() {
             col.push(rec.get(j).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string));
         }
@@ -445,84 +607,101 @@ pub fn read_csv_points(path: &Path, lat: &str, lon: &str, crs: Option<&str>) -> 
         .into_iter()
         .zip(raw)
         .map(|(h, values)| {
-            let all_int = values.iter().flatten().all(|v| v.parse::<i64>().is_ok());
-            let all_num = values.iter().flatten().all(|v| v.parse::<f64>().is_ok());
-            let col = if all_int {
-                Column::Int(values.iter().map(|v| v.as_ref().and_then(|s| s.parse().ok())).collect())
-            } else if all_num {
-                Column::Float(values.iter().map(|v| v.as_ref().and_then(|s| s.parse().ok())).collect())
-            } else {
-                Column::Text(values)
-            };
+            let col = if Some(&h) == d.id.as_ref() { Column::Text(values) } else { Column::from_text(values, thousands) };
             (h, col)
         })
         .collect();
-    Ok(FileTable { attrs, geoms, crs: crs.unwrap_or("EPSG:4326").to_string(), skipped })
+    Ok(FileTable { attrs, geoms, declared_crs: None })
 }
 
-/// Reads one file of a dataset.
-pub fn read_file(d: &Dataset, path: &Path) -> Result<FileTable> {
-    let crs = d.crs.as_deref();
-    match d.format {
-        Format::Geojson => read_geojson(path, crs),
-        Format::Shp => read_shapefile(path, crs),
-        Format::Gpkg => read_gpkg(path),
-        Format::Csv => {
-            let (lat, lon) = (d.lat.as_deref().unwrap_or("lat"), d.lon.as_deref().unwrap_or("lon"));
-            read_csv_points(path, lat, lon, crs)
-        }
+/// Reads one file of a dataset: one table, or one per GeoPackage layer (with the layer's name).
+pub fn read_file(d: &Dataset, path: &Path) -> Result<Vec<(Option<String>, FileTable)>> {
+    let one = |t: FileTable| vec![(None, t)];
+    Ok(match d.format {
+        Format::Geojson => one(read_geojson(path)?),
+        Format::Shp => one(read_shapefile(path, d.encoding.as_deref())?),
+        Format::Csv => one(read_csv_points(path, d)?),
+        Format::Gpkg => read_gpkg(path, d.layer.as_deref())?.into_iter().map(|(l, t)| (Some(l), t)).collect(),
+    })
+}
+
+/// The format's default CRS, when neither the manifest nor the file says.
+fn default_crs(format: Format) -> Option<(&'static str, &'static str)> {
+    match format {
+        Format::Geojson => Some(("OGC:CRS84", "the GeoJSON default (RFC 7946: WGS84 lon/lat)")),
+        Format::Csv => Some(("EPSG:4326", "the CSV default (lon/lat in degrees)")),
+        Format::Shp | Format::Gpkg => None,
     }
 }
 
-/// Concatenates files of one dataset into its raw table (columns by name, then `geometry`, `source_file`).
+/// The CRS of one file: the manifest's, else the file's own, else the format's default.
+fn file_crs(d: &Dataset, declared: Option<(String, &'static str)>) -> Result<(String, String)> {
+    if let Some(c) = &d.crs {
+        return Ok((c.clone(), "the manifest's `crs`".into()));
+    }
+    if let Some((c, origin)) = declared {
+        return Ok((c, origin.into()));
+    }
+    match default_crs(d.format) {
+        Some((c, origin)) => Ok((c.into(), origin.into())),
+        None => bail!("no .prj file and no `crs` in the manifest: give the dataset crs = \"EPSG:<code>\""),
+    }
+}
+
+/// Concatenates the files of one dataset into its raw table (columns by name, then `geometry`,
+/// `source_file`, `source_row`), every row of every file.
 pub fn raw_table(files: &DatasetFiles) -> Result<Table> {
     let d = &files.dataset;
     let mut attrs: IndexMap<String, Column> = IndexMap::new();
     let mut geoms: Vec<Option<Vec<u8>>> = Vec::new();
     let mut sources: Vec<String> = Vec::new();
-    let mut crs: Option<(String, String)> = None;
-    let mut skipped = 0;
+    let mut rows: Vec<i64> = Vec::new();
+    let mut crs: Option<(Crs, String, String, String)> = None; // (resolved, spec, origin, first file)
     for f in &files.files {
-        let t = read_file(d, &f.path).with_context(|| format!("dataset `{}`, file {}", d.key, f.name))?;
-        Crs::parse(&t.crs).with_context(|| format!("dataset `{}`, file {}", d.key, f.name))?;
-        match &crs {
-            None => crs = Some((t.crs.clone(), f.name.clone())),
-            Some((c, first)) if *c != t.crs => {
-                bail!(
-                    "dataset `{}`: files {first} and {} have different CRSs; split them into two datasets",
+        let tables = read_file(d, &f.path).with_context(|| format!("dataset `{}`, file {}", d.key, f.name))?;
+        for (layer, t) in tables {
+            let name = match &layer {
+                Some(l) if d.layer.as_deref() == Some("*") => format!("{}#{l}", f.name),
+                _ => f.name.clone(),
+            };
+            let (spec, origin) = file_crs(d, t.declared_crs).with_context(|| format!("dataset `{}`, file {name}", d.key))?;
+            let resolved = Crs::parse(&spec).with_context(|| {
+                format!("dataset `{}`, file {name}: its CRS (from {origin}) cannot be used", d.key)
+            })?;
+            match &crs {
+                None => crs = Some((resolved, spec, origin, name.clone())),
+                Some((c, _, _, first)) if c.label() != resolved.label() => bail!(
+                    "dataset `{}`: files {first} ({}) and {name} ({}) are in different CRSs; split them into two \
+                     datasets",
                     d.key,
-                    f.name
-                )
+                    c.label(),
+                    resolved.label()
+                ),
+                _ => {}
             }
-            _ => {}
-        }
-        let before = geoms.len();
-        let n = t.geoms.len();
-        for (name, col) in t.attrs {
-            let name = if name == "geometry" || name == "source_file" { format!("{name}_attr") } else { name };
-            let existing = attrs.shift_remove(&name);
-            let mut base = existing.unwrap_or_else(|| {
-                let mut c = Column::Int(Vec::new());
-                c.push_nulls(before);
-                c
-            });
-            if base.len() < before {
-                base.push_nulls(before - base.len());
+            let before = geoms.len();
+            let n = t.geoms.len();
+            for (col_name, col) in t.attrs {
+                let col_name = match col_name.as_str() {
+                    "geometry" | "source_file" | "source_row" => format!("{col_name}_attr"),
+                    _ => col_name,
+                };
+                let mut base = attrs.shift_remove(&col_name).unwrap_or_else(|| Column::Int(Vec::new()));
+                if base.len() < before {
+                    base.push_nulls(before - base.len());
+                }
+                attrs.insert(col_name, base.append(col));
             }
-            attrs.insert(name, base.append(col));
-        }
-        for col in attrs.values_mut() {
-            let len = col.len();
-            if len < before + n {
-                col.push_nulls(before + n - len);
+            for col in attrs.values_mut() {
+                let len = col.len();
+                if len < before + n {
+                    col.push_nulls(before + n - len);
+                }
             }
+            geoms.extend(t.geoms);
+            sources.extend(std::iter::repeat_n(name, n));
+            rows.extend(0..n as i64);
         }
-        geoms.extend(t.geoms);
-        sources.extend(std::iter::repeat_n(f.name.clone(), n));
-        skipped += t.skipped;
-    }
-    if skipped > 0 {
-        ctx::warn(format!("dataset `{}`: {skipped} rows without valid coordinates were left out", d.key));
     }
     let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
@@ -535,9 +714,17 @@ pub fn raw_table(files: &DatasetFiles) -> Result<Table> {
     columns.push(Arc::new(geoms.iter().map(|g| g.as_deref()).collect::<arrow_array::BinaryArray>()));
     fields.push(Field::new("source_file", DataType::Utf8, false));
     columns.push(Arc::new(StringArray::from(sources)));
-    let mut meta = HashMap::new();
-    meta.insert(SOURCE_CRS.to_string(), crs.map(|(c, _)| c).unwrap_or_else(|| "OGC:CRS84".into()));
-    meta.insert("flowrun.dataset".to_string(), d.key.clone());
+    fields.push(Field::new("source_row", DataType::Int64, false));
+    columns.push(Arc::new(Int64Array::from(rows)));
+    let (spec, origin) = match crs {
+        Some((_, spec, origin, _)) => (spec, origin),
+        None => default_crs(d.format).map(|(c, o)| (c.to_string(), o.to_string())).unwrap_or_default(),
+    };
+    let meta = HashMap::from([
+        (SOURCE_CRS.to_string(), spec),
+        (SOURCE_CRS_ORIGIN.to_string(), origin),
+        ("flowrun.dataset".to_string(), d.key.clone()),
+    ]);
     let schema = Arc::new(Schema::new_with_metadata(fields, meta));
     Ok(Table::from_batch(RecordBatch::try_new(schema, columns)?))
 }
@@ -552,6 +739,13 @@ pub fn raw(files: &DatasetFiles) -> Result<Table> {
 mod tests {
     use super::*;
 
+    fn csv_dataset(extra: &str) -> Dataset {
+        let text = format!("repository = \"direct\"\nsource = \"x\"\nformat = \"csv\"\n{extra}");
+        let mut d: Dataset = toml::from_str(&text).unwrap();
+        d.key = "d".into();
+        d
+    }
+
     #[test]
     fn gpkg_header_is_stripped() {
         let wkb = to_wkb(&Geometry::Point(Point::new(1.0, 2.0)));
@@ -564,22 +758,63 @@ mod tests {
     }
 
     #[test]
-    fn column_widening() {
+    fn column_widening_and_text_inference() {
         let c = Column::Int(vec![Some(1)]).append(Column::Float(vec![Some(2.5)]));
         assert!(matches!(c, Column::Float(ref v) if v == &vec![Some(1.0), Some(2.5)]));
         let t = Column::Int(vec![Some(1)]).append(Column::Text(vec![Some("a".into())]));
         assert!(matches!(t, Column::Text(ref v) if v == &vec![Some("1".to_string()), Some("a".to_string())]));
+        let s = |v: &[&str]| v.iter().map(|x| Some(x.to_string())).collect::<Vec<_>>();
+        assert!(matches!(Column::from_text(s(&["00123", "7"]), None), Column::Text(_)), "leading zeros stay text");
+        assert!(matches!(Column::from_text(s(&["0", "-7"]), None), Column::Int(_)));
+        assert!(matches!(Column::from_text(s(&["537,585", "1.5"]), Some(",")), Column::Float(ref v) if v[0] == Some(537585.0)));
+        assert!(matches!(Column::from_text(s(&["537,585"]), None), Column::Text(_)));
     }
 
     #[test]
-    fn csv_missing_lat_column_names_it() {
+    fn csv_with_title_line_encoding_thousands_and_projected_coordinates() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.csv");
+        let text = "Register of things \u{2013} 2026\r\nRef ID,Name,X,Y,Note\r\n00123,Caf\u{e9},\"651,410\",\"313,177\",\"two\nlines\"\r\n00124,B,,,\r\n";
+        let (bytes, _, _) = encoding_rs::WINDOWS_1252.encode(text);
+        std::fs::write(&p, &bytes).unwrap();
+        let d = csv_dataset("encoding = \"windows-1252\"\nskip_rows = 1\nx = \"X\"\ny = \"Y\"\nthousands = \",\"\nid = \"Ref ID\"\n");
+        let t = read_csv_points(&p, &d).unwrap();
+        assert_eq!(t.geoms.len(), 2, "every row is kept; the second has no coordinates");
+        assert!(t.geoms[1].is_none());
+        assert_eq!(crate::geom::from_wkb(t.geoms[0].as_ref().unwrap()).unwrap(), Some(Geometry::Point(Point::new(651410.0, 313177.0))));
+        assert!(matches!(&t.attrs["Ref ID"], Column::Text(v) if v[0].as_deref() == Some("00123")));
+        assert!(matches!(&t.attrs["Name"], Column::Text(v) if v[0].as_deref() == Some("Caf\u{e9}")));
+        assert!(matches!(&t.attrs["Note"], Column::Text(v) if v[0].as_deref() == Some("two\nlines")));
+        // without the encoding: a clear error naming the fix
+        let err = read_csv_points(&p, &csv_dataset("x = \"X\"\ny = \"Y\"\n")).err().unwrap().to_string();
+        assert!(err.contains("set the dataset's `encoding`"), "{err}");
+    }
+
+    #[test]
+    fn csv_missing_coordinate_column_names_it() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.csv");
         std::fs::write(&p, "\u{feff}id,y,x\n1,2,3\n").unwrap();
-        let err = read_csv_points(&p, "lat", "x", None).err().unwrap().to_string();
-        assert!(err.contains("no latitude column `lat` (columns: id, y, x)"), "{err}");
-        let ok = read_csv_points(&p, "y", "x", None).unwrap();
+        let err = read_csv_points(&p, &csv_dataset("lat = \"lat\"\nlon = \"x\"\n")).err().unwrap().to_string();
+        assert!(err.contains("no coordinate column `lat` (columns: id, y, x)"), "{err}");
+        let ok = read_csv_points(&p, &csv_dataset("lat = \"y\"\nlon = \"x\"\n")).unwrap();
         assert_eq!(ok.geoms.len(), 1);
         assert!(ok.attrs.contains_key("id"), "the BOM is not part of the first header");
+    }
+
+    #[test]
+    fn a_hole_in_no_shell_is_its_own_polygon_and_counted() {
+        use shapefile::{Point as P, PolygonRing};
+        let square = |x: f64, y: f64, d: f64| vec![P::new(x, y), P::new(x, y + d), P::new(x + d, y + d), P::new(x + d, y), P::new(x, y)];
+        let rings = vec![
+            PolygonRing::Outer(square(0.0, 0.0, 10.0)),
+            PolygonRing::Inner(square(1.0, 1.0, 1.0).into_iter().rev().collect()),
+            PolygonRing::Inner(square(50.0, 50.0, 1.0).into_iter().rev().collect()),
+        ];
+        let mut orphans = 0;
+        let mp = rings_to_multipolygon(&rings, &mut orphans);
+        assert_eq!(orphans, 1);
+        assert_eq!(mp.0.len(), 2);
+        assert_eq!(mp.0[0].interiors().len(), 1, "the hole inside the shell stays its hole");
     }
 }

@@ -1,31 +1,40 @@
-//! `standardized` (reproject to EPSG:4326, unified columns, repair) and `measured` (geodesic area,
-//! centroid): the per-dataset half of the pipeline.
+//! `standardized` (rows kept, reprojected to EPSG:4326, repaired, unified columns) and `measured`
+//! (geodesic area, centroid): the per-dataset half of the pipeline.
 //!
-//! Unified columns, in order: `dataset_name, unified_id, source_id, geometry, source_area_m2, capacity_mw,
-//! install_date, source_file, geometry_repaired, processed_at`; `measured` adds `area_m2, centroid_lat,
-//! centroid_lon`, and `indexed` adds `h3_<res>`.
+//! Unified columns, in order: `dataset_name, unified_id, source_id, geometry, area_m2_source, capacity_mw,
+//! install_date, source_file, source_row, geometry_repaired, processed_at`; `measured` adds `area_m2,
+//! centroid_lat, centroid_lon`, and `indexed` adds `h3_<res>`.
 //!
-//! `unified_id` is `<dataset>:<source id>`, or `<dataset>:row<n>` when the source row has no id (the
-//! California CSV has one such row: it is kept, with a warning). A dataset read from several files
-//! (ChinaPV's train and test shapefiles number their features from 0 each) gets the file stem in
-//! between: `<dataset>:<file stem>:<source id>`. An id that still repeats gets `@row<n>` appended, with a
-//! warning, so `unified_id` is always unique. `processed_at` is when `standardized` ran
-//! for that dataset (UTC); it is the one column that is not a function of the inputs, and the cache keeps
-//! it stable across reruns.
+//! Rows: a raw row is dropped, and counted by reason in the dataset's note, when the manifest's `filter`
+//! does not keep it or when it has no geometry (a CSV row without coordinates). Every other row is kept.
+//! A coordinate that lands outside lon [-180, 180] / lat [-90, 90] after reprojection is an error naming the
+//! dataset, file and row (a wrong CRS, not a row to drop). Invalid polygons are repaired
+//! (`geometry_repaired = true`); one that cannot be repaired is kept as it is and reported by id.
+//!
+//! `unified_id` is `<dataset>:<source id>`, the source id as written (`00123` stays `00123`). A dataset
+//! read from several files (ChinaPV's train and test shapefiles number their features from 0 each) gets
+//! the file stem in between: `<dataset>:<file stem>:<source id>`. A row without a source id (or a dataset
+//! without an `id` column) gets `row<n>`, n being its position in its file. An id that still repeats gets
+//! `@row<n>` appended, with a warning, so `unified_id` is always unique.
+//!
+//! `processed_at` is when `standardized` ran for the dataset (UTC). It is the one column that is not a
+//! function of the inputs, so it is marked volatile (`flowrun_engine::table::VOLATILE`): a re-run that
+//! changes nothing else does not re-run what is downstream, nor rewrite the lake.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
-use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::{DataType, Field, Schema};
 use flowrun_engine::{Table, ctx, node};
 use rayon::prelude::*;
 
 use super::crs::Crs;
-use super::geom::{self, geometries, geometry_index, wkb_array, wkb_field};
-use super::manifest::Dataset;
-use super::read::SOURCE_CRS;
+use super::geom::{self, Repair, geometries, geometry_index, wkb_array, wkb_field};
+use super::manifest::{Dataset, Format};
+use super::read::{SOURCE_CRS, SOURCE_CRS_ORIGIN, parse_number};
 
 fn text_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
     let col = batch.column_by_name(name).ok_or_else(|| {
@@ -36,11 +45,39 @@ fn text_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
     Ok((0..col.len()).map(|i| if col.is_null(i) { None } else { Some(fmt.value(i).to_string()) }).collect())
 }
 
-fn number_column(batch: &RecordBatch, name: &str, factor: f64) -> Result<Vec<Option<f64>>> {
+/// A number column (`area`, `capacity`) times `factor`. Text cells are parsed (with the manifest's
+/// `thousands` separator); a cell that is not a number is null and counted, and the first one is quoted in
+/// a warning: never silently null.
+fn number_column(batch: &RecordBatch, name: &str, factor: f64, d: &Dataset, at: &dyn Fn(usize) -> String) -> Result<Vec<Option<f64>>> {
     let col = batch.column_by_name(name).ok_or_else(|| anyhow!("no column `{name}`"))?;
-    let f = arrow_cast::cast(col, &DataType::Float64).with_context(|| format!("column `{name}` is not numeric"))?;
-    let f = f.as_any().downcast_ref::<Float64Array>().expect("cast to Float64");
-    Ok(f.iter().map(|v| v.map(|v| v * factor)).collect())
+    if col.data_type().is_numeric() {
+        let f = arrow_cast::cast(col, &DataType::Float64)?;
+        let f = f.as_any().downcast_ref::<Float64Array>().context("a cast to Float64 gives Float64")?;
+        return Ok(f.iter().map(|v| v.map(|v| v * factor)).collect());
+    }
+    let texts = text_column(batch, name)?;
+    let mut bad = (0, None);
+    let values = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let t = t.as_deref()?.trim();
+            let v = parse_number(t, d.thousands.as_deref());
+            if v.is_none() && !t.is_empty() {
+                bad.0 += 1;
+                bad.1.get_or_insert_with(|| format!("\"{t}\" at {}", at(i)));
+            }
+            v.map(|v| v * factor)
+        })
+        .collect();
+    if let (n, Some(example)) = bad {
+        let hint = if d.thousands.is_none() { " (if they use a thousands separator, set `thousands`)" } else { "" };
+        ctx::warn(format!(
+            "dataset `{}`: column `{name}`: {n} values are not numbers, e.g. {example}; they are null{hint}",
+            d.key
+        ));
+    }
+    Ok(values)
 }
 
 fn now_utc() -> String {
@@ -59,25 +96,28 @@ fn now_utc() -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// The standardization of one raw table (see the module documentation).
-/// `unified_id` per row (see the module doc for the rules).
-fn unified_ids(dataset: &str, source_ids: &[Option<String>], files: &[Option<String>]) -> Vec<String> {
-    let stem = |f: &Option<String>| {
-        let f = f.as_deref().unwrap_or("");
-        std::path::Path::new(f).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
-    };
-    let several_files = files.iter().any(|f| f != &files[0]);
-    let mut ids: Vec<String> = source_ids
-        .iter()
-        .zip(files)
-        .enumerate()
-        .map(|(i, (s, f))| match (s, several_files) {
-            (Some(s), false) => format!("{dataset}:{s}"),
-            (Some(s), true) => format!("{dataset}:{}:{s}", stem(f)),
-            (None, _) => format!("{dataset}:row{i}"),
+/// The stem of a `source_file` label: `dir/PV_Train.shp` -> `PV_Train`, `x.gpkg#layer` -> `x#layer`.
+fn stem(label: &str) -> String {
+    let (file, layer) = label.split_once('#').map(|(f, l)| (f, Some(l))).unwrap_or((label, None));
+    let s = std::path::Path::new(file).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    match layer {
+        Some(l) => format!("{s}#{l}"),
+        None => s,
+    }
+}
+
+/// `unified_id` per row (see the module documentation). `rows` are the rows' positions in their files.
+fn unified_ids(dataset: &str, source_ids: &[Option<String>], files: &[Option<String>], rows: &[i64], several_files: bool) -> Vec<String> {
+    let mut ids: Vec<String> = (0..source_ids.len())
+        .map(|i| {
+            let own = source_ids[i].clone().unwrap_or_else(|| format!("row{}", rows[i]));
+            match several_files {
+                true => format!("{dataset}:{}:{own}", stem(files[i].as_deref().unwrap_or(""))),
+                false => format!("{dataset}:{own}"),
+            }
         })
         .collect();
-    let mut seen = std::collections::HashMap::<String, usize>::new();
+    let mut seen = HashMap::<String, usize>::new();
     for id in &ids {
         *seen.entry(id.clone()).or_default() += 1;
     }
@@ -86,85 +126,136 @@ fn unified_ids(dataset: &str, source_ids: &[Option<String>], files: &[Option<Str
         ctx::warn(format!("dataset `{dataset}`: {repeated} rows share a source id; they get `@row<n>` appended"));
         for (i, id) in ids.iter_mut().enumerate() {
             if seen[id.as_str()] > 1 {
-                id.push_str(&format!("@row{i}"));
+                id.push_str(&format!("@row{}", rows[i]));
             }
         }
     }
     ids
 }
 
+/// Which rows of `batch` to keep, and how many were dropped for which reason.
+fn kept_rows(batch: &RecordBatch, d: &Dataset, has_geometry: &[bool]) -> Result<(Vec<bool>, BTreeMap<String, usize>)> {
+    let n = batch.num_rows();
+    let mut keep = vec![true; n];
+    let mut dropped = BTreeMap::new();
+    for (column, allowed) in &d.filter {
+        let values = text_column(batch, column).with_context(|| format!("dataset `{}`: `filter`", d.key))?;
+        for i in 0..n {
+            let ok = values[i].as_ref().is_some_and(|v| allowed.values().iter().any(|a| a == v));
+            if keep[i] && !ok {
+                keep[i] = false;
+                *dropped.entry(format!("not kept by the filter on `{column}`")).or_default() += 1;
+            }
+        }
+    }
+    let missing = if d.format == Format::Csv { "without coordinates" } else { "without geometry" };
+    for i in 0..n {
+        if keep[i] && !has_geometry[i] {
+            keep[i] = false;
+            *dropped.entry(missing.to_string()).or_default() += 1;
+        }
+    }
+    Ok((keep, dropped))
+}
+
+/// The standardization of one raw table (see the module documentation).
 pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result<Table> {
-    let batch = raw.concat()?;
-    let crs_text = raw.schema().metadata().get(SOURCE_CRS).cloned().unwrap_or_else(|| "OGC:CRS84".into());
-    let crs = Crs::parse(&crs_text).with_context(|| format!("dataset `{}`", d.key))?;
+    let all = raw.concat()?;
+    let meta = raw.schema().metadata();
+    let spec = meta.get(SOURCE_CRS).cloned().unwrap_or_else(|| "OGC:CRS84".into());
+    let origin = meta.get(SOURCE_CRS_ORIGIN).cloned().unwrap_or_else(|| "the default".into());
+    let crs = Crs::parse(&spec).with_context(|| format!("dataset `{}`: its CRS (from {origin})", d.key))?;
     let gi = geometry_index(raw)?;
+    let has_geometry: Vec<bool> = (0..all.num_rows()).map(|i| !all.column(gi).is_null(i)).collect();
+    let several_files = {
+        let files = text_column(&all, "source_file")?;
+        files.iter().any(|f| f != &files[0])
+    };
+    let (keep, dropped) = kept_rows(&all, d, &has_geometry)?;
+    let read = all.num_rows();
+    let batch = arrow_select::filter::filter_record_batch(&all, &BooleanArray::from(keep))?;
     let n = batch.num_rows();
     let files = text_column(&batch, "source_file")?;
+    let rows: Vec<i64> = match batch.column_by_name("source_row").and_then(|c| c.as_any().downcast_ref::<Int64Array>()) {
+        Some(r) => r.values().to_vec(),
+        None => (0..n as i64).collect(),
+    };
+    let at = |i: usize| format!("file {}, row {}", files[i].as_deref().unwrap_or("?"), rows[i]);
+
     let mut geoms = geometries(batch.column(gi)).with_context(|| format!("dataset `{}`", d.key))?;
-    let results: Vec<Result<bool>> = geoms
+    let repairs: Vec<Result<Repair>> = geoms
         .par_iter_mut()
         .enumerate()
         .map(|(i, g)| {
-            let Some(geo) = g.take() else { return Ok(false) };
-            let mut geo = geo;
-            crs.to_wgs84(&mut geo).map_err(|e| {
-                anyhow!("dataset `{}`, file {}, row {i}: {e}", d.key, files[i].as_deref().unwrap_or("?"))
-            })?;
-            let (fixed, repaired) = geom::repair(geo);
+            let Some(mut geo) = g.take() else { return Ok(Repair::Valid) };
+            crs.to_wgs84(&mut geo).map_err(|e| anyhow!("dataset `{}`, {}: {e:#}", d.key, at(i)))?;
+            let (fixed, repair) = geom::repair(geo);
             *g = Some(fixed);
-            Ok(repaired)
+            Ok(repair)
         })
         .collect();
-    let repaired: Vec<bool> = results.into_iter().collect::<Result<_>>()?;
-    let n_repaired = repaired.iter().filter(|r| **r).count();
-    if n_repaired > 0 {
-        ctx::warn(format!(
-            "dataset `{}`: {n_repaired} invalid geometries were repaired (geometry_repaired = true)",
-            d.key
-        ));
-    }
-    let empty = geoms.iter().filter(|g| g.is_none()).count();
-    if empty > 0 {
-        ctx::warn(format!("dataset `{}`: {empty} rows have no geometry (kept, geometry is null)", d.key));
-    }
+    let repairs: Vec<Repair> = repairs.into_iter().collect::<Result<_>>()?;
+
     let source_ids: Vec<Option<String>> = match &d.id {
         Some(col) => text_column(&batch, col).with_context(|| format!("dataset `{}`: `id`", d.key))?,
         None => vec![None; n],
     };
-    let missing = source_ids.iter().filter(|s| s.is_none()).count();
-    if d.id.is_some() && missing > 0 {
+    let missing_ids = source_ids.iter().filter(|s| s.is_none()).count();
+    if let (Some(col), true) = (&d.id, missing_ids > 0) {
+        ctx::warn(format!("dataset `{}`: {missing_ids} rows have no `{col}`; their id is `row<n>`", d.key));
+    }
+    let unified = unified_ids(&d.key, &source_ids, &files, &rows, several_files);
+    let repaired = repairs.iter().filter(|r| **r == Repair::Repaired).count();
+    if repaired > 0 {
+        ctx::warn(format!("dataset `{}`: {repaired} invalid geometries were repaired (geometry_repaired = true)", d.key));
+    }
+    let unrepairable: Vec<&str> =
+        (0..n).filter(|&i| repairs[i] == Repair::Unrepairable).map(|i| unified[i].as_str()).collect();
+    if !unrepairable.is_empty() {
+        let shown: Vec<&str> = unrepairable.iter().take(10).copied().collect();
         ctx::warn(format!(
-            "dataset `{}`: {missing} rows have no `{}`; their unified_id is `<dataset>:row<n>`",
+            "dataset `{}`: {} invalid geometries could not be repaired and are kept as they are (their area and \
+             overlaps are unreliable): {}{}",
             d.key,
-            d.id.as_deref().unwrap_or("")
+            unrepairable.len(),
+            shown.join(", "),
+            if unrepairable.len() > shown.len() { ", ..." } else { "" }
         ));
     }
-    let unified = unified_ids(&d.key, &source_ids, &files);
-    let area = match &d.area {
-        Some(c) => number_column(&batch, c, d.area_factor.unwrap_or(1.0))
-            .with_context(|| format!("dataset `{}`: `area`", d.key))?,
-        None => vec![None; n],
+    let numbers = |col: &Option<String>, factor: Option<f64>, what: &str| -> Result<Vec<Option<f64>>> {
+        match col {
+            Some(c) => number_column(&batch, c, factor.unwrap_or(1.0), d, &at)
+                .with_context(|| format!("dataset `{}`: `{what}`", d.key)),
+            None => Ok(vec![None; n]),
+        }
     };
-    let capacity = match &d.capacity {
-        Some(c) => number_column(&batch, c, d.capacity_factor.unwrap_or(1.0))
-            .with_context(|| format!("dataset `{}`: `capacity`", d.key))?,
-        None => vec![None; n],
-    };
+    let area = numbers(&d.area, d.area_factor, "area")?;
+    let capacity = numbers(&d.capacity, d.capacity_factor, "capacity")?;
     let install = match &d.install_date {
         Some(c) => text_column(&batch, c).with_context(|| format!("dataset `{}`: `install_date`", d.key))?,
         None => vec![None; n],
     };
+
+    let dropped_text: String = dropped.iter().map(|(why, k)| format!(", {k} dropped ({why})")).collect();
+    ctx::note(format!(
+        "dataset `{}`: CRS {} (from {origin}); {read} rows read, {n} kept{dropped_text}",
+        d.key,
+        crs.label()
+    ));
+
+    let volatile = HashMap::from([(flowrun_engine::table::VOLATILE.to_string(), "true".to_string())]);
     let fields = vec![
         Field::new("dataset_name", DataType::Utf8, false),
         Field::new("unified_id", DataType::Utf8, false),
         Field::new("source_id", DataType::Utf8, true),
         wkb_field("geometry", true, None),
-        Field::new("source_area_m2", DataType::Float64, true),
+        Field::new("area_m2_source", DataType::Float64, true),
         Field::new("capacity_mw", DataType::Float64, true),
         Field::new("install_date", DataType::Utf8, true),
         Field::new("source_file", DataType::Utf8, true),
+        Field::new("source_row", DataType::Int64, false),
         Field::new("geometry_repaired", DataType::Boolean, false),
-        Field::new("processed_at", DataType::Utf8, false),
+        Field::new("processed_at", DataType::Utf8, false).with_metadata(volatile),
     ];
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![d.key.as_str(); n])),
@@ -175,14 +266,15 @@ pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result
         Arc::new(Float64Array::from(capacity)),
         Arc::new(install.iter().map(|s| s.as_deref()).collect::<StringArray>()),
         Arc::new(files.iter().map(|s| s.as_deref()).collect::<StringArray>()),
-        Arc::new(BooleanArray::from(repaired)),
+        Arc::new(Int64Array::from(rows)),
+        Arc::new(repairs.iter().map(|r| Some(*r == Repair::Repaired)).collect::<BooleanArray>()),
         Arc::new(StringArray::from(vec![processed_at; n])),
     ];
     Ok(Table::from_batch(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?))
 }
 
-/// Reprojects a dataset's raw table to EPSG:4326, drops Z, repairs invalid geometries and maps its columns
-/// to the unified schema.
+/// Keeps the dataset's rows that have a geometry and pass its `filter`, reprojects them to EPSG:4326,
+/// drops Z, repairs invalid polygons and maps the columns to the unified schema.
 #[node(tags(stage = "staging"))]
 pub fn standardized(raw: &Table, datasets: &Dataset) -> Result<Table> {
     standardize_table(raw, datasets, &now_utc())
@@ -234,15 +326,17 @@ mod tests {
     #[test]
     fn unified_ids_are_unique_and_say_where_they_come_from() {
         let s = |v: &str| Some(v.to_string());
-        // one file: <dataset>:<id>; a missing id: <dataset>:row<n>
-        let ids = unified_ids("d", &[s("7"), None], &[s("x.csv"), s("x.csv")]);
-        assert_eq!(ids, ["d:7", "d:row1"]);
+        // one file: <dataset>:<id>; a missing id: <dataset>:row<n>, n its row in the file
+        let ids = unified_ids("d", &[s("00123"), None], &[s("x.csv"), s("x.csv")], &[0, 5], false);
+        assert_eq!(ids, ["d:00123", "d:row5"]);
         // several files numbering from 0 each: the file stem in between; a repeat gets @row<n>
         let ids = unified_ids(
             "c",
-            &[s("0"), s("0"), s("0")],
-            &[s("dir/PV_Test.shp"), s("dir/PV_Train.shp"), s("dir/PV_Train.shp")],
+            &[s("0"), s("0"), s("0"), None],
+            &[s("dir/PV_Test.shp"), s("dir/PV_Train.shp"), s("dir/PV_Train.shp"), s("x.gpkg#farms")],
+            &[0, 0, 1, 7],
+            true,
         );
-        assert_eq!(ids, ["c:PV_Test:0", "c:PV_Train:0@row1", "c:PV_Train:0@row2"]);
+        assert_eq!(ids, ["c:PV_Test:0", "c:PV_Train:0@row0", "c:PV_Train:0@row1", "c:x#farms:row7"]);
     }
 }
