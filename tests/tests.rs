@@ -8,6 +8,7 @@ mod util;
 mod cache;
 mod cli;
 mod code_version;
+mod crs;
 mod download;
 mod graph;
 mod interrupt;
