@@ -8,9 +8,8 @@
 //! A crate whose nodes should be available must be linked into the binary: depending on it is enough as
 //! long as the binary uses at least one item of it (the `flowrun` binary calls `flowrun_nodes::link()`).
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
-
-use smallvec::SmallVec;
 
 use crate::value::{AnyValue, TypeDesc};
 
@@ -132,9 +131,9 @@ pub enum ArgValue {
     Many(Vec<AnyValue>),
 }
 
-/// The arguments of one node call, in parameter order; inline for up to two (no allocation per call).
+/// The arguments of one node call, in parameter order.
 pub struct Args {
-    values: SmallVec<[Option<ArgValue>; 2]>,
+    values: Vec<Option<ArgValue>>,
 }
 
 impl Args {
@@ -152,9 +151,7 @@ impl Args {
 /// Looks up node functions by name.
 pub struct Registry {
     defs: Vec<&'static NodeDef>,
-    /// foldhash, not SipHash: a flow looks up one function per node (100,000 for a generated flow), and
-    /// the names are the program's own.
-    by_name: foldhash::HashMap<&'static str, Vec<&'static NodeDef>>,
+    by_name: HashMap<&'static str, Vec<&'static NodeDef>>,
 }
 
 /// The result of a registry lookup.
@@ -177,7 +174,7 @@ impl Registry {
     /// A registry of the given definitions.
     pub fn from_defs(mut defs: Vec<&'static NodeDef>) -> Registry {
         defs.sort_by(|a, b| (a.name, a.module).cmp(&(b.name, b.module)));
-        let mut by_name: foldhash::HashMap<&'static str, Vec<&'static NodeDef>> = Default::default();
+        let mut by_name: HashMap<&'static str, Vec<&'static NodeDef>> = HashMap::new();
         for d in &defs {
             by_name.entry(d.name).or_default().push(d);
         }
@@ -193,9 +190,7 @@ impl Registry {
     /// `scope`, when not empty, restricts plain names to functions whose module path contains one of
     /// its entries as a `::`-separated part.
     pub fn lookup(&self, name: &str, scope: &[String]) -> Lookup {
-        // most names have no module: one byte scan instead of a substring searcher per node
-        let split = if name.contains(':') { name.rsplit_once("::") } else { None };
-        let (module_tail, base) = match split {
+        let (module_tail, base) = match name.rsplit_once("::") {
             Some((m, b)) => (Some(m), b),
             None => (None, name),
         };
@@ -204,12 +199,6 @@ impl Registry {
             None => in_scope(d.module, scope),
         };
         let all = self.by_name.get(base).map(Vec::as_slice).unwrap_or(&[]);
-        // the common case, one function of that name, without collecting
-        if let [one] = all
-            && matches(&one)
-        {
-            return Lookup::Found(one);
-        }
         let candidates: Vec<&'static NodeDef> = all.iter().filter(matches).copied().collect();
         match candidates.len() {
             1 => Lookup::Found(candidates[0]),
@@ -221,8 +210,7 @@ impl Registry {
 
 /// Whether `module` is selected by `scope` (an empty scope selects everything).
 /// An entry selects `module` when it is a `::`-separated run of the path's parts: `pv`, `pv::read` and
-/// `flowrun_nodes::pv` select `flowrun_nodes::pv::read`; `nodes::pv` and `read::x` do not (compared in
-/// place, without allocating: a build asks once per node).
+/// `flowrun_nodes::pv` select `flowrun_nodes::pv::read`; `nodes::pv` and `read::x` do not.
 pub fn in_scope(module: &str, scope: &[String]) -> bool {
     scope.is_empty()
         || scope.iter().any(|s| {

@@ -95,7 +95,7 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<Outcome, CliError> {
         Command::Run(a) => run(cli, ui, &a.flow, a.jobs, a.fail_fast, a.dry_run),
         Command::Explain(f) => run(cli, ui, f, Some(1), false, true),
         Command::Graph(g) => {
-            let flow = build(&g.flow)?;
+            let (flow, _) = build(&g.flow)?;
             let overlay = if g.last_run { Some(last_run_overlay(cli, &flow)?) } else { None };
             let text = if g.mermaid {
                 flowrun_engine::graph::mermaid(&flow, overlay.as_ref())
@@ -148,60 +148,30 @@ fn split_kv(items: &[String], what: &str) -> Result<Vec<(String, String)>, CliEr
         .collect()
 }
 
-pub fn build(f: &FlowArgs) -> Result<Flow, CliError> {
+/// The flow of `f`, built with its command-line options and checked, `[lake]` included; the `--lake`
+/// overrides come back with it.
+pub fn build(f: &FlowArgs) -> Result<(Flow, Vec<(String, String)>), CliError> {
     let mut set_inputs = split_kv(&f.input, "--input")?;
     if let Some(m) = &f.mirror {
         set_inputs.push(("mirror".to_string(), m.clone()));
     }
-    let mut opts = BuildOptions {
+    let opts = BuildOptions {
         registry: Registry::global(),
         set_config: split_kv(&f.set, "--set")?,
         set_inputs,
         outputs: (!f.output.is_empty()).then(|| f.output.clone()),
+        tags: split_kv(&f.tag, "--tag")?,
         materializer_kinds: flowrun_lake::MATERIALIZER_KINDS.iter().map(|s| s.to_string()).collect(),
     };
-    let mut flow = flowrun_engine::flow::load(&f.flow, &opts).map_err(CliError::Invalid)?;
-    if !f.tag.is_empty() {
-        // the tagged nodes become outputs, so what is built, run and materialized is what --output does
-        let mut outputs = f.output.clone();
-        outputs.extend(tagged(&flow, &split_kv(&f.tag, "--tag")?)?);
-        opts.outputs = Some(outputs);
-        flow = flowrun_engine::flow::load(&f.flow, &opts).map_err(CliError::Invalid)?;
-    }
-    flowrun_lake::check(&flow, &split_kv(&f.lake, "--lake")?).map_err(CliError::Invalid)?;
+    let flow = flowrun_engine::flow::load(&f.flow, &opts).map_err(CliError::Invalid)?;
+    let lake_overrides = split_kv(&f.lake, "--lake")?;
+    flowrun_lake::check(&flow, &lake_overrides).map_err(CliError::Invalid)?;
     for name in &f.recompute {
         if flow.node(name).is_none() {
             return Err(bad_argument(format!("--recompute {name}: the flow has no node `{name}`")));
         }
     }
-    Ok(flow)
-}
-
-/// Names of the nodes carrying any of `wanted` (a node's tag value for a key is the last its tags give:
-/// the flow file's over its function's); an error naming the flow's tags when none does.
-fn tagged(flow: &Flow, wanted: &[(String, String)]) -> Result<Vec<String>, CliError> {
-    let names: Vec<String> = flow
-        .nodes
-        .iter()
-        .filter(|n| wanted.iter().any(|(k, v)| n.tag(k) == Some(v.as_str())))
-        .map(|n| n.name.to_string())
-        .collect();
-    if names.is_empty() {
-        let mut present: Vec<String> = flow
-            .nodes
-            .iter()
-            .flat_map(|n| n.tags().map(move |(k, _)| format!("{k}={}", n.tag(k).unwrap_or_default())))
-            .collect();
-        present.sort();
-        present.dedup();
-        let asked: Vec<String> = wanted.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let have = if present.is_empty() { "none".to_string() } else { present.join(", ") };
-        return Err(bad_argument(format!(
-            "--tag {}: no node of the flow has it (its nodes' tags: {have})",
-            asked.join(", --tag ")
-        )));
-    }
-    Ok(names)
+    Ok((flow, lake_overrides))
 }
 
 /// A command-line argument the flow cannot take: exit 2, like an invalid flow (nothing ran).
@@ -221,8 +191,7 @@ fn run(
     fail_fast: bool,
     dry_run: bool,
 ) -> Result<Outcome, CliError> {
-    let flow = build(f)?;
-    let lake_overrides = split_kv(&f.lake, "--lake")?;
+    let (flow, lake_overrides) = build(f)?;
     let lake = flowrun_lake::LakeConfig::from_flow(&flow, &lake_overrides)?;
     let store = if f.no_cache { None } else { Some(open_store(&cli.cache_dir)?) };
     let progress = Arc::new(progress::Progress::new(!ui.quiet && !ui.json && !dry_run, ui.verbose > 0));

@@ -13,24 +13,21 @@
 //! Errors do not stop the steps that can still run, so one pass reports them all.
 
 use std::borrow::Cow;
-
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
-use smallvec::SmallVec;
 use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Diagnostics, Label, SourceFile, read_source};
-use super::names::NameIndex;
-use super::raw::{CacheMode, OnItemError, RawCheck, RawFlow, RawInstance, RawMap, RawNode, SpannedTable, Str};
+use super::raw::{Bindings, CacheMode, OnItemError, RawCheck, RawFlow, RawInstance, RawNode, RawVariant, SpannedTable};
 use super::{
     Arg, Binding, Block, EdgeMode, Flow, FlowNode, LiteralSource, MaterializeDecl, NodeId, NodeImpl, SqlQuery,
 };
-use crate::registry::{Lookup, NodeDef, OutputKind, ParamKind, Registry};
+use crate::registry::{Lookup, OutputKind, ParamKind, Registry};
 use crate::suggest::{closest, did_you_mean};
 use crate::value::{AnyValue, LiteralCx, TypeDesc, encode_value};
 use crate::{Table, sql};
@@ -44,8 +41,10 @@ pub struct BuildOptions<'a> {
     /// `--input name=value` values of `[inputs]`.
     pub set_inputs: Vec<(String, String)>,
     /// Overrides `[flow] outputs`, and selects (like dbt's `--select`): only the `[materialize]` sections
-    /// of these nodes are kept. Without it, every section's node is a target too.
+    /// of these nodes are kept. Without it (and without `tags`), every section's node is a target too.
     pub outputs: Option<Vec<String>>,
+    /// `--tag KEY=VALUE`: the nodes carrying any of these tags are selected too, as if in `outputs`.
+    pub tags: Vec<(String, String)>,
     /// Materializer kinds the caller can write; empty accepts any kind.
     pub materializer_kinds: Vec<String>,
 }
@@ -57,6 +56,7 @@ impl Default for BuildOptions<'_> {
             set_config: Vec::new(),
             set_inputs: Vec::new(),
             outputs: None,
+            tags: Vec::new(),
             materializer_kinds: Vec::new(),
         }
     }
@@ -83,13 +83,7 @@ pub fn build(src: Arc<SourceFile>, opts: &BuildOptions<'_>) -> Result<Flow, Diag
 }
 
 /// Step 1: the TOML as written, with spans (syntax errors, unknown fields and wrong TOML types stop here).
-///
-/// Plain files take a fast path ([`super::fast`]); every other file, and every error, is read by the `toml`
-/// crate.
 pub fn parse(src: &Arc<SourceFile>) -> Result<RawFlow, Diagnostics> {
-    if let Some(raw) = super::fast::read(&src.text) {
-        return Ok(raw);
-    }
     match toml::from_str(&src.text) {
         Ok(raw) => Ok(raw),
         Err(e) => {
@@ -123,16 +117,17 @@ pub fn resolve(src: Arc<SourceFile>, raw: &RawFlow, opts: &BuildOptions<'_>) -> 
     b.finish(raw)
 }
 
-/// A node declaration after `when`, variants and `parameterize` were applied. It borrows the parsed file
-/// (`'r`): building a node copies nothing from the file but its name.
+/// A node declaration after `when`, variants and `parameterize` were applied: the node's table, then the
+/// variant the config selects, then the instance it is, each overriding the parameters and bindings
+/// before it. It borrows the parsed file (`'r`).
 struct Decl<'r> {
-    /// Shared with the node, the name map and every report of the node (one allocation per node).
+    /// Shared with the node and every report of it.
     name: Arc<str>,
     span: Range<usize>,
     function: Option<(&'r str, Range<usize>)>,
     sql: Option<(&'r str, Range<usize>)>,
-    params: Pairs<'r, (&'r toml::Value, Range<usize>)>,
-    inputs: Pairs<'r, (&'r str, Range<usize>)>,
+    params: IndexMap<&'r str, (&'r toml::Value, Range<usize>)>,
+    inputs: IndexMap<&'r str, (&'r str, Range<usize>)>,
     cache: CacheMode,
     tags: Vec<(&'r str, &'r str)>,
     doc: Option<&'r str>,
@@ -141,119 +136,16 @@ struct Decl<'r> {
     declared: bool,
 }
 
-/// A declaration's parameters or bindings, in file order: a node has a handful, so a list searched
-/// linearly, on the stack up to four (one `Decl` exists at a time), beats a hash map.
-#[derive(Clone)]
-struct Pairs<'r, V>(SmallVec<[(&'r str, V); 4]>);
-
-impl<V> Default for Pairs<'_, V> {
-    fn default() -> Self {
-        Pairs(SmallVec::new())
-    }
-}
-
-impl<'r, V> Pairs<'r, V> {
-    fn get(&self, key: &str) -> Option<&V> {
-        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
-    }
-
-    /// Replaces the value of `key` in place, or appends it.
-    fn insert(&mut self, key: &'r str, value: V) {
-        match self.0.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => *v = value,
-            None => self.0.push((key, value)),
-        }
-    }
-
-    /// Removes `key`, keeping the order of the rest.
-    fn shift_remove(&mut self, key: &str) {
-        self.0.retain(|(k, _)| *k != key);
-    }
-
-    fn first(&self) -> Option<&(&'r str, V)> {
-        self.0.first()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&&'r str, &V)> {
-        self.0.iter().map(|(k, v)| (k, v))
-    }
-}
-
-/// A declaration waiting for its turn: its name and what its [`Decl`] is made from. The `Decl` is made
-/// just before the node is resolved, so one exists at a time instead of one per node (building a flow of
-/// 100,000 nodes costs mostly the fresh memory it touches; see BENCHMARKS.md).
-struct Pending<'r> {
-    name: Arc<str>,
-    span: Range<usize>,
-    /// `None`: a registered function pulled in by name ([`Decl::auto`]).
-    from: Option<DeclFrom<'r>>,
-}
-
-/// The parts of the file a declaration is made from, chosen by `declare`.
-#[derive(Clone, Copy)]
-struct DeclFrom<'r> {
-    /// The `[nodes.NAME]` key and table.
-    key: &'r Spanned<Str>,
-    node: &'r RawNode,
-    /// The variant the config selects.
-    variant: Option<usize>,
-    /// The `parameterize` instance this declaration is.
-    instance: Option<&'r RawInstance>,
-}
-
-impl<'r> Pending<'r> {
-    /// The declaration: the node's table, then its chosen variant, then its instance, each overriding the
-    /// parameters and bindings before it.
-    fn decl(self) -> Decl<'r> {
-        let Some(DeclFrom { key, node: n, variant, instance }) = self.from else {
-            return Decl::auto(self.name, self.span);
-        };
-        let mut d = Decl {
-            name: self.name,
-            span: self.span,
-            function: n.function.as_ref().map(|f| (f.get_ref().as_str(), span_of(f))),
-            sql: n.sql.as_deref().map(|s| (s.get_ref().as_str(), span_of(s))),
-            params: Pairs::default(),
-            inputs: Pairs::default(),
-            cache: n.cache.as_ref().map(|c| *c.get_ref()).unwrap_or_default(),
-            tags: n.tags.iter().flat_map(|t| t.iter()).map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-            doc: n.doc.as_deref(),
-            checks: n.checks.iter().map(|c| (c.get_ref(), span_of(c))).collect(),
-            on_item_error: n.on_item_error.as_ref().map(|o| (*o.get_ref(), span_of(o))),
-            declared: true,
-        };
-        merge_params(&mut d, &n.params, &n.inputs);
-        if let Some(v) = variant.map(|i| n.variants[i].get_ref()) {
-            if let Some(f) = &v.function {
-                d.function = Some((f.get_ref().as_str(), span_of(f)));
-                d.sql = None;
-            }
-            if let Some(s) = &v.sql {
-                d.sql = Some((s.get_ref().as_str(), span_of(s)));
-                d.function = None;
-            }
-            merge_params(&mut d, &v.params, &v.inputs);
-        }
-        if let Some(inst) = instance {
-            // an instance's function is its table's name unless the table says otherwise
-            d.function = d.function.or_else(|| Some((key.get_ref().as_str(), span_of(key))));
-            d.doc = inst.doc.as_deref().or(d.doc);
-            merge_params(&mut d, &inst.params, &inst.inputs);
-            d.tags.extend(inst.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        }
-        d
-    }
-}
-
-impl Decl<'_> {
-    fn auto(name: Arc<str>, span: Range<usize>) -> Self {
+impl<'r> Decl<'r> {
+    /// A registered function pulled in by name: no table of its own.
+    fn auto(name: &str, span: Range<usize>) -> Self {
         Decl {
-            name,
+            name: name.into(),
             span,
             function: None,
             sql: None,
-            params: Pairs::default(),
-            inputs: Pairs::default(),
+            params: IndexMap::new(),
+            inputs: IndexMap::new(),
             cache: CacheMode::Default,
             tags: Vec::new(),
             doc: None,
@@ -262,6 +154,63 @@ impl Decl<'_> {
             declared: false,
         }
     }
+
+    /// Node `name` of table `key`, with its chosen variant and, for `parameterize`, its instance.
+    fn new(
+        (name, span): (&str, Range<usize>),
+        key: &'r Spanned<String>,
+        n: &'r RawNode,
+        variant: Option<&'r RawVariant>,
+        instance: Option<&'r RawInstance>,
+    ) -> Self {
+        let mut d = Decl {
+            function: n.function.as_ref().map(str_span),
+            sql: n.sql.as_ref().map(str_span),
+            cache: n.cache.as_ref().map(|c| *c.get_ref()).unwrap_or_default(),
+            tags: n.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            doc: n.doc.as_deref(),
+            checks: n.checks.iter().map(|c| (c.get_ref(), c.span())).collect(),
+            on_item_error: n.on_item_error.as_ref().map(|o| (*o.get_ref(), o.span())),
+            declared: true,
+            ..Decl::auto(name, span)
+        };
+        d.merge(&n.params, &n.inputs);
+        if let Some(v) = variant {
+            if let Some(f) = &v.function {
+                d.function = Some(str_span(f));
+                d.sql = None;
+            }
+            if let Some(s) = &v.sql {
+                d.sql = Some(str_span(s));
+                d.function = None;
+            }
+            d.merge(&v.params, &v.inputs);
+        }
+        if let Some(inst) = instance {
+            // an instance's function is its table's name unless the table says otherwise
+            d.function = d.function.or_else(|| Some(str_span(key)));
+            d.doc = inst.doc.as_deref().or(d.doc);
+            d.merge(&inst.params, &inst.inputs);
+            d.tags.extend(inst.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+        d
+    }
+
+    /// A parameter given again replaces what it was given before, literal or binding.
+    fn merge(&mut self, params: &'r SpannedTable, inputs: &'r Bindings) {
+        for (k, v) in params {
+            self.inputs.shift_remove(k.get_ref().as_str());
+            self.params.insert(k.get_ref(), (v.get_ref(), v.span()));
+        }
+        for (k, v) in inputs {
+            self.params.shift_remove(k.get_ref().as_str());
+            self.inputs.insert(k.get_ref(), str_span(v));
+        }
+    }
+}
+
+fn str_span(s: &Spanned<String>) -> (&str, Range<usize>) {
+    (s.get_ref(), s.span())
 }
 
 struct ConfigEntry {
@@ -291,23 +240,14 @@ struct Builder<'a> {
     errors: Vec<Diagnostic>,
     config: IndexMap<String, ConfigEntry>,
     inputs: IndexMap<String, InputEntry>,
-    /// Declarations in file order (then the functions pulled in by name), until resolved.
-    decls: Vec<Option<Pending<'a>>>,
+    /// Declarations in file order, then the functions pulled in by name; each is taken when resolved.
+    decls: Vec<Option<Decl<'a>>>,
     /// Resolved nodes, pushed in declaration order (`None`: the declaration had errors).
     nodes: Vec<Option<FlowNode>>,
-    /// Every declaration's name, by id (the keys of `by_name`).
-    names: Vec<Arc<str>>,
-    by_name: NameIndex,
-    /// A function parameter's name, made shareable once per build rather than once per node.
-    param_names: HashMap<&'static str, Arc<str>>,
+    /// Every declaration's name -> its id.
+    by_name: HashMap<Arc<str>, NodeId>,
     edges: Vec<PendingEdge>,
     disabled: Vec<String>,
-    /// The last function name a node used and its definition ([`Builder::lookup_function`]).
-    last_function: Option<(Str, &'static NodeDef)>,
-}
-
-fn span_of<T>(s: &Spanned<T>) -> Range<usize> {
-    s.span()
 }
 
 impl<'a> Builder<'a> {
@@ -324,49 +264,20 @@ impl<'a> Builder<'a> {
             inputs: IndexMap::new(),
             decls: Vec::new(),
             nodes: Vec::new(),
-            names: Vec::new(),
-            by_name: NameIndex::default(),
-            param_names: HashMap::new(),
+            by_name: HashMap::new(),
             edges: Vec::new(),
             disabled: Vec::new(),
-            last_function: None,
         }
     }
 
     /// The declaration called `name`.
     fn id_of(&self, name: &str) -> Option<NodeId> {
-        self.by_name.get(name, |i| &self.names[i])
+        self.by_name.get(name).copied()
     }
 
     /// Every declaration's name, for "did you mean" hints.
     fn all_names(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().map(|k| &**k)
-    }
-
-    /// The registry's function `name` in the flow's modules, remembering the last one found: the nodes
-    /// of a generated or parameterized flow use one function many times in a row, and a lookup hashes the
-    /// name and checks the modules (about a tenth of resolving a node).
-    fn lookup_function(&mut self, name: &str) -> Lookup {
-        if let Some((last, def)) = &self.last_function
-            && last == name
-        {
-            return Lookup::Found(def);
-        }
-        let found = self.opts.registry.lookup(name, &self.scope);
-        if let Lookup::Found(def) = found {
-            self.last_function = Some((Str::from(name), def));
-        }
-        found
-    }
-
-    /// Fetches the name slots of declaration `id`'s explicit inputs while the one before it is resolved (a
-    /// hint; see `NameIndex::prefetch`).
-    fn prefetch_inputs(&self, id: NodeId) {
-        if let Some(Some(Pending { from: Some(from), .. })) = self.decls.get(id) {
-            for (_, source) in &from.node.inputs {
-                self.by_name.prefetch(source.get_ref());
-            }
-        }
+        self.by_name.keys().map(|k| &**k)
     }
 
     fn label(&self, span: Range<usize>, text: impl Into<String>) -> Label {
@@ -382,14 +293,13 @@ impl<'a> Builder<'a> {
         self.load_inputs(raw);
         self.declare(raw);
         self.resolve_targets_early(raw);
-        let mut next = 0;
-        while next < self.decls.len() {
-            // declarations are resolved in order, so node `next` is pushed at index `next`
-            debug_assert_eq!(self.nodes.len(), next);
-            self.prefetch_inputs(next + 1);
-            let node = self.decls[next].take().and_then(|pending| self.resolve(next, &pending.decl()));
+        // resolving a node may pull in registered functions its parameters name: they are resolved in turn
+        let mut id = 0;
+        while id < self.decls.len() {
+            let decl = self.decls[id].take().expect("each declaration is resolved once");
+            let node = self.resolve(id, &decl);
             self.nodes.push(node);
-            next += 1;
+            id += 1;
         }
     }
 
@@ -399,7 +309,7 @@ impl<'a> Builder<'a> {
         for (k, v) in &raw.config {
             self.config.insert(
                 k.get_ref().to_string(),
-                ConfigEntry { value: v.get_ref().clone(), span: Some(span_of(v)), used: false },
+                ConfigEntry { value: v.get_ref().clone(), span: Some(v.span()), used: false },
             );
         }
         for (k, v) in &self.opts.set_config {
@@ -426,8 +336,8 @@ impl<'a> Builder<'a> {
 
     fn load_inputs(&mut self, raw: &'a RawFlow) {
         for (k, v) in &raw.inputs {
-            let value = v.get_ref().default.as_ref().map(|d| (d.get_ref().clone(), Some(span_of(d))));
-            self.inputs.insert(k.get_ref().clone(), InputEntry { value, span: span_of(k) });
+            let value = v.get_ref().default.as_ref().map(|d| (d.get_ref().clone(), Some(d.span())));
+            self.inputs.insert(k.get_ref().clone(), InputEntry { value, span: k.span() });
         }
         for (k, v) in &self.opts.set_inputs {
             match self.inputs.get_mut(k) {
@@ -469,7 +379,7 @@ impl<'a> Builder<'a> {
                         ),
                     )
                     .node(node)
-                    .at(self.label(span_of(k), "not in [config]"))
+                    .at(self.label(k.span(), "not in [config]"))
                     .help(Some(help));
                     self.error(d);
                     all = false;
@@ -482,49 +392,22 @@ impl<'a> Builder<'a> {
     // -- step 3: declarations -----------------------------------------------------------------------------
 
     fn declare(&mut self, raw: &'a RawFlow) {
-        self.decls.reserve(raw.nodes.len());
-        self.nodes.reserve(raw.nodes.len());
-        self.names.reserve(raw.nodes.len());
-        self.edges.reserve(raw.nodes.len());
-        let plain = raw.nodes.iter().all(|(_, n)| {
-            let n = n.get_ref();
-            n.when.is_none() && n.variants.is_empty() && n.parameterize.as_ref().is_none_or(|p| p.is_empty())
-        });
-        if plain {
-            // one declaration per table, in file order: ids are file positions, and the file's own index
-            // of names serves (its names are distinct)
-            self.by_name = raw.nodes.names().clone();
-            for (key, node) in &raw.nodes {
-                let from = DeclFrom { key, node: node.get_ref(), variant: None, instance: None };
-                self.queue(Pending { name: key.get_ref().as_str().into(), span: span_of(key), from: Some(from) });
-            }
-            return;
-        }
-        self.by_name = NameIndex::with_capacity(raw.nodes.len());
-        for (i, (name, node)) in raw.nodes.iter().enumerate() {
-            // the next name's slot, fetched while this one is added (see `NameIndex::prefetch`)
-            if let Some((next, _)) = raw.nodes.get_index(i + 1) {
-                self.by_name.prefetch(next.get_ref());
-            }
-            let name_str = name.get_ref();
-            let span = span_of(name);
-            let n = node.get_ref();
+        for (key, node) in &raw.nodes {
+            let (name, span, n) = (key.get_ref(), key.span(), node.get_ref());
             if let Some(when) = &n.when
-                && !self.when_matches(name_str, when)
+                && !self.when_matches(name, when)
             {
-                self.disabled.push(name_str.to_string());
+                self.disabled.push(name.clone());
                 continue;
             }
-            let Some(variant) = self.choose_variant(name_str, span.clone(), n) else { continue };
-            let from = DeclFrom { key: name, node: n, variant, instance: None };
-            if n.parameterize.as_ref().is_none_or(|p| p.is_empty()) {
-                self.add_decl(Pending { name: name_str.as_str().into(), span, from: Some(from) });
-            } else {
-                for (inst_name, inst) in n.parameterize.iter().flat_map(|p| p.iter()) {
-                    let from = DeclFrom { instance: Some(inst.get_ref()), ..from };
-                    let name = inst_name.get_ref().as_str().into();
-                    self.add_decl(Pending { name, span: span_of(inst_name), from: Some(from) });
-                }
+            let Some(variant) = self.choose_variant(name, span.clone(), n) else { continue };
+            let variant = variant.map(|i| n.variants[i].get_ref());
+            if n.parameterize.is_empty() {
+                self.add_decl(Decl::new((name, span), key, n, variant, None));
+            }
+            for (inst_name, inst) in &n.parameterize {
+                let inst_name = (inst_name.get_ref().as_str(), inst_name.span());
+                self.add_decl(Decl::new(inst_name, key, n, variant, Some(inst.get_ref())));
             }
         }
     }
@@ -563,7 +446,7 @@ impl<'a> Builder<'a> {
                 None => fallback.push(i),
             }
         }
-        let describe = |v: &toml::Spanned<super::raw::RawVariant>| -> String {
+        let describe = |v: &Spanned<RawVariant>| -> String {
             let v = v.get_ref();
             let when = v
                 .when
@@ -602,7 +485,7 @@ impl<'a> Builder<'a> {
                     format!("{} variants of node `{name}` match the config", many.len()),
                 )
                 .node(name)
-                .at(self.label(span_of(&n.variants[many[1]]), "this variant matches too"))
+                .at(self.label(n.variants[many[1]].span(), "this variant matches too"))
                 .help(Some(format!("matching: {}; make their `when` tables exclusive", options.join("; "))));
                 self.error(d);
                 return None;
@@ -611,7 +494,7 @@ impl<'a> Builder<'a> {
                 let d =
                     Diagnostic::new("ambiguous-variant", format!("node `{name}` has {} fallback variants", many.len()))
                         .node(name)
-                        .at(self.label(span_of(&n.variants[many[1]]), "second variant without `when`"))
+                        .at(self.label(n.variants[many[1]].span(), "second variant without `when`"))
                         .help(Some("only one variant may omit `when`".to_string()));
                 self.error(d);
                 return None;
@@ -620,64 +503,48 @@ impl<'a> Builder<'a> {
         Some(Some(chosen))
     }
 
-    fn add_decl(&mut self, d: Pending<'a>) {
-        let Err((first, d)) = self.push_decl(d) else { return };
+    /// Adds a declaration, or reports it when another has its name.
+    fn add_decl(&mut self, d: Decl<'a>) {
         // declarations are only added before any is resolved, so the first one is still there
-        if let Some(first) = self.decls[first].as_ref().map(|f| f.span.clone()) {
-            let diag = Diagnostic::new("duplicate-node", format!("two nodes are called `{}`", d.name))
-                .node(&d.name)
-                .at(self.label(d.span.clone(), "second node with this name"))
-                .also(self.label(first.clone(), "first defined here"))
-                .help(Some("node names must be unique; rename one of the parameterized instances".to_string()));
-            self.error(diag);
-        }
+        let first = self.id_of(&d.name).and_then(|i| self.decls[i].as_ref()).map(|f| f.span.clone());
+        let Some(first) = first else {
+            self.push_decl(d);
+            return;
+        };
+        let diag = Diagnostic::new("duplicate-node", format!("two nodes are called `{}`", d.name))
+            .node(&d.name)
+            .at(self.label(d.span.clone(), "second node with this name"))
+            .also(self.label(first, "first defined here"))
+            .help(Some("node names must be unique; rename one of the parameterized instances".to_string()));
+        self.error(diag);
     }
 
-    /// Indexes a declaration's name and queues it, giving its id; when the name is taken, the first
-    /// holder's id and the declaration back. One probe of the index for both the check and the insert (a
-    /// flow may declare 100,000 nodes).
-    fn push_decl(&mut self, d: Pending<'a>) -> Result<NodeId, (NodeId, Pending<'a>)> {
+    /// Adds a declaration whose name is new, giving its id.
+    fn push_decl(&mut self, d: Decl<'a>) -> NodeId {
         let id = self.decls.len();
-        let names = &self.names;
-        if let Err(first) = self.by_name.insert(&d.name, id, |i| &names[i]) {
-            return Err((first, d));
-        }
-        Ok(self.queue(d))
-    }
-
-    /// Queues a declaration whose name is indexed already, giving its id.
-    fn queue(&mut self, d: Pending<'a>) -> NodeId {
-        self.names.push(d.name.clone());
+        self.by_name.insert(d.name.clone(), id);
         self.decls.push(Some(d));
-        self.decls.len() - 1
-    }
-
-    /// Adds a node for a registered function named `name` that no declaration defines.
-    fn auto_node(&mut self, name: &str, span: Range<usize>) -> NodeId {
-        // callers look the name up first, so it is new
-        match self.push_decl(Pending { name: name.into(), span, from: None }) {
-            Ok(id) | Err((id, _)) => id,
-        }
+        id
     }
 
     /// `[flow] outputs` and materialize targets may name registered functions that are not declared.
     fn resolve_targets_early(&mut self, raw: &'a RawFlow) {
         let mut names: Vec<(String, Range<usize>)> = match &self.opts.outputs {
-            Some(outs) => outs.iter().map(|o| (o.clone(), span_of(&raw.flow))).collect(),
-            None => raw.flow.get_ref().outputs.iter().flatten().map(|o| (o.get_ref().clone(), span_of(o))).collect(),
+            Some(outs) => outs.iter().map(|o| (o.clone(), raw.flow.span())).collect(),
+            None => raw.flow.get_ref().outputs.iter().flatten().map(|o| (o.get_ref().clone(), o.span())).collect(),
         };
         for (_, section) in &raw.materialize {
             if let Some((_, node)) = section.get_ref().iter().find(|(k, _)| k.get_ref() == "node")
                 && let toml::Value::String(s) = node.get_ref()
             {
-                names.push((s.clone(), span_of(node)));
+                names.push((s.clone(), node.span()));
             }
         }
         for (name, span) in names {
             if self.id_of(&name).is_none()
                 && let Lookup::Found(_) = self.opts.registry.lookup(&name, &self.scope)
             {
-                self.auto_node(&name, span);
+                self.push_decl(Decl::auto(&name, span));
             }
         }
     }
@@ -700,7 +567,7 @@ impl<'a> Builder<'a> {
             Some((f, span)) => (*f, span.clone()),
             None => (&decl.name, decl.span.clone()),
         };
-        let def = match self.lookup_function(fname) {
+        let def = match self.opts.registry.lookup(fname, &self.scope) {
             Lookup::Found(def) => def,
             Lookup::Ambiguous(defs) => {
                 let paths: Vec<String> = defs.iter().map(|d| format!("`{}`", d.path())).collect();
@@ -775,8 +642,7 @@ impl<'a> Builder<'a> {
                 ParamKind::Value(t) => self.bind(id, decl, i, p.name, t, false),
                 ParamKind::Collect(t) => self.bind(id, decl, i, p.name, t, true),
             };
-            let param = self.param_names.entry(p.name).or_insert_with(|| p.name.into()).clone();
-            args.push(Arg { param, binding: binding.unwrap_or_else(placeholder) });
+            args.push(Arg { param: p.name.into(), binding: binding.unwrap_or_else(placeholder) });
         }
         let file_tags = decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.check_checks(decl, def.output);
@@ -785,7 +651,7 @@ impl<'a> Builder<'a> {
         Some(FlowNode {
             name: decl.name.clone(),
             imp: NodeImpl::Function(def),
-            args: args.into_boxed_slice(),
+            args,
             cache: decl.cache,
             file_tags,
             doc: decl.doc.map(|d| Cow::Owned(d.to_string())).unwrap_or(Cow::Borrowed(def.doc)),
@@ -859,8 +725,8 @@ impl<'a> Builder<'a> {
         let code_version = blake3::hash(sql::normalize(&sql_text).as_bytes()).to_hex()[..32].to_string();
         FlowNode {
             name: decl.name.clone(),
-            imp: NodeImpl::Sql(Box::new(SqlQuery { sql: sql_text, code_version })),
-            args: args.into_boxed_slice(),
+            imp: NodeImpl::Sql(SqlQuery { sql: sql_text, code_version }),
+            args,
             cache: decl.cache,
             file_tags: decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             doc: Cow::Owned(decl.doc.unwrap_or_default().to_string()),
@@ -881,7 +747,7 @@ impl<'a> Builder<'a> {
             return None;
         }
         match self.opts.registry.lookup(name, &self.scope) {
-            Lookup::Found(_) => Some(self.auto_node(name, span)),
+            Lookup::Found(_) => Some(self.push_decl(Decl::auto(name, span))),
             _ => None,
         }
     }
@@ -1063,8 +929,7 @@ impl<'a> Builder<'a> {
     fn finish(mut self, raw: &'a RawFlow) -> Result<Flow, Diagnostics> {
         // type-check edges
         let edges = std::mem::take(&mut self.edges);
-        // reserved: a vector grown to 100,000 edges copies itself 17 times
-        let mut modes: Vec<(NodeId, usize, EdgeMode)> = Vec::with_capacity(edges.len());
+        let mut modes: Vec<(NodeId, usize, EdgeMode)> = Vec::new();
         for e in &edges {
             let (Some(consumer), Some(producer)) = (&self.nodes[e.consumer], &self.nodes[e.producer]) else { continue };
             let expected = match &consumer.imp {
@@ -1153,7 +1018,7 @@ impl<'a> Builder<'a> {
 
         // targets
         let targets = self.targets(raw, &materialize);
-        if self.opts.outputs.is_some() {
+        if self.selects() {
             materialize.retain(|m| targets.contains(&m.node));
         }
 
@@ -1165,19 +1030,14 @@ impl<'a> Builder<'a> {
         }
         let mut nodes: Vec<FlowNode> = self.nodes.into_iter().map(Option::unwrap).collect();
 
-        // order, cycles: declarations usually come after what they read, and then the file order is
-        // already topological; otherwise petgraph sorts the DAG (and it is kept, see `Flow::graph`)
+        // order, cycles: the file's order when every node comes after what it reads (so a run follows the
+        // file), else petgraph's topological sort
+        let graph = super::dag(&nodes);
         let forward = nodes
             .iter()
             .enumerate()
             .all(|(i, n)| n.args.iter().all(|a| !matches!(a.binding, Binding::Node { node, .. } if node >= i)));
-        let (graph, sorted) = if forward {
-            (OnceLock::new(), Ok((0..nodes.len()).collect()))
-        } else {
-            let g = super::dag(&nodes);
-            let sorted = topological_order(&g).map_err(|()| find_cycles(&g));
-            (OnceLock::from(g), sorted)
-        };
+        let sorted = if forward { Ok((0..nodes.len()).collect()) } else { topological_order(&graph) };
         let order: Vec<NodeId> = match sorted {
             Ok(order) => order,
             Err(cycles) => {
@@ -1207,8 +1067,8 @@ impl<'a> Builder<'a> {
         let mut child_of: HashMap<NodeId, usize> = HashMap::new();
         let mut errors = Vec::new();
         for &n in &order {
-            // (scope, producer) per argument; on the stack (one per node of a 100,000-node flow)
-            let mut candidates: SmallVec<[(usize, NodeId); 4]> = SmallVec::new();
+            // (scope, producer) per argument
+            let mut candidates = Vec::new();
             for a in &nodes[n].args {
                 let Binding::Node { node: m, mode } = a.binding else { continue };
                 let b = match mode {
@@ -1289,8 +1149,6 @@ impl<'a> Builder<'a> {
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
-        let by_name = std::mem::take(&mut self.by_name);
-        debug_assert_eq!(by_name.len(), nodes.len());
         Ok(Flow {
             name: raw.flow.get_ref().name.get_ref().clone(),
             description: raw.flow.get_ref().description.clone(),
@@ -1298,12 +1156,12 @@ impl<'a> Builder<'a> {
             nodes,
             graph,
             order,
-            by_name,
+            by_name: self.by_name,
             targets,
             blocks,
             config: self.config.into_iter().map(|(k, e)| (k, e.value)).collect(),
             materialize,
-            lake: raw.lake.iter().map(|(k, v)| (k.get_ref().to_string(), (v.get_ref().clone(), span_of(v)))).collect(),
+            lake: raw.lake.iter().map(|(k, v)| (k.get_ref().to_string(), (v.get_ref().clone(), v.span()))).collect(),
             disabled: self.disabled,
         })
     }
@@ -1314,9 +1172,9 @@ impl<'a> Builder<'a> {
             let mut options: IndexMap<String, (toml::Value, Range<usize>)> = section
                 .get_ref()
                 .iter()
-                .map(|(k, v)| (k.get_ref().to_string(), (v.get_ref().clone(), span_of(v))))
+                .map(|(k, v)| (k.get_ref().to_string(), (v.get_ref().clone(), v.span())))
                 .collect();
-            let sspan = span_of(name);
+            let sspan = name.span();
             let node = options.shift_remove("node");
             let kind = options.shift_remove("kind");
             let node_id = match &node {
@@ -1374,15 +1232,18 @@ impl<'a> Builder<'a> {
         out
     }
 
+    /// Whether the command line selects what to build (`outputs` or `tags`).
+    fn selects(&self) -> bool {
+        self.opts.outputs.is_some() || !self.opts.tags.is_empty()
+    }
+
     fn targets(&mut self, raw: &'a RawFlow, materialize: &[MaterializeDecl]) -> Vec<NodeId> {
         let requested: Option<Vec<(String, Range<usize>)>> = match &self.opts.outputs {
             Some(outs) => Some(outs.iter().map(|o| (o.clone(), 0..0)).collect()),
-            None => raw
-                .flow
-                .get_ref()
-                .outputs
-                .as_ref()
-                .map(|o| o.iter().map(|s| (s.get_ref().clone(), span_of(s))).collect()),
+            None if self.selects() => Some(Vec::new()),
+            None => {
+                raw.flow.get_ref().outputs.as_ref().map(|o| o.iter().map(|s| (s.get_ref().clone(), s.span())).collect())
+            }
         };
         let mut targets = Vec::new();
         match requested {
@@ -1394,7 +1255,7 @@ impl<'a> Builder<'a> {
                             let mut d =
                                 Diagnostic::new("unknown-node", format!("output `{name}` is not a node of this flow"))
                                     .help(did_you_mean(&closest(&name, self.all_names())));
-                            if self.opts.outputs.is_none() {
+                            if !self.selects() {
                                 d = d.at(self.label(span, "unknown node"));
                             }
                             self.error(d);
@@ -1403,16 +1264,13 @@ impl<'a> Builder<'a> {
                 }
             }
             None => {
-                targets.extend(
-                    self.decls
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| self.nodes[*i].as_ref().is_some_and(|n| n.declared))
-                        .map(|(i, _)| i),
-                );
+                targets.extend((0..self.nodes.len()).filter(|&i| self.nodes[i].as_ref().is_some_and(|n| n.declared)))
             }
         }
-        if self.opts.outputs.is_none() {
+        if !self.opts.tags.is_empty() {
+            targets.extend(self.tagged());
+        }
+        if !self.selects() {
             for m in materialize {
                 if !targets.contains(&m.node) {
                     targets.push(m.node);
@@ -1420,6 +1278,28 @@ impl<'a> Builder<'a> {
             }
         }
         targets
+    }
+
+    /// The nodes carrying any of `tags` (a node's value for a key is the last its tags give: the flow
+    /// file's over its function's); an error naming the flow's tags when none does.
+    fn tagged(&mut self) -> Vec<NodeId> {
+        let wanted = &self.opts.tags;
+        let nodes = || self.nodes.iter().enumerate().filter_map(|(i, n)| Some((i, n.as_ref()?)));
+        let ids: Vec<NodeId> =
+            nodes().filter(|(_, n)| wanted.iter().any(|(k, v)| n.tag(k) == Some(v.as_str()))).map(|(i, _)| i).collect();
+        if ids.is_empty() {
+            let mut present: Vec<String> = nodes()
+                .flat_map(|(_, n)| n.tags().map(move |(k, _)| format!("{k}={}", n.tag(k).unwrap_or_default())))
+                .collect();
+            present.sort();
+            present.dedup();
+            let asked: Vec<String> = wanted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let have = if present.is_empty() { "none".to_string() } else { present.join(", ") };
+            let message =
+                format!("--tag {}: no node of the flow has it (its nodes' tags: {have})", asked.join(", --tag "));
+            self.error(Diagnostic::new("bad-argument", message));
+        }
+        ids
     }
 }
 
@@ -1436,30 +1316,6 @@ fn within(blocks: &[Block], mut b: usize, ancestor: usize) -> bool {
             Some(p) => b = p,
             None => return false,
         }
-    }
-}
-
-fn merge_params<'r>(d: &mut Decl<'r>, params: &'r SpannedTable, inputs: &'r RawMap<Spanned<Str>, Spanned<Str>>) {
-    if d.params.0.is_empty() && d.inputs.0.is_empty() {
-        // the node's own table (a map's keys are distinct): pushed, with no search for keys to replace
-        for (k, v) in params {
-            d.params.0.push((k.get_ref().as_str(), (v.get_ref(), span_of(v))));
-        }
-        for (k, v) in inputs {
-            if !d.params.0.is_empty() {
-                d.params.shift_remove(k.get_ref());
-            }
-            d.inputs.0.push((k.get_ref().as_str(), (v.get_ref().as_str(), span_of(v))));
-        }
-        return;
-    }
-    for (k, v) in params {
-        d.inputs.shift_remove(k.get_ref());
-        d.params.insert(k.get_ref(), (v.get_ref(), span_of(v)));
-    }
-    for (k, v) in inputs {
-        d.params.shift_remove(k.get_ref());
-        d.inputs.insert(k.get_ref(), (v.get_ref(), span_of(v)));
     }
 }
 
@@ -1495,34 +1351,21 @@ fn cli_input_value(raw: &str) -> toml::Value {
 
 /// The identity of a literal: its content fingerprint for files, else the hash of its encoding.
 pub(crate) fn identity_of(value: &dyn crate::value::DynValue) -> Result<blake3::Hash, String> {
-    if let Some(id) = value.dyn_identity() {
-        return id;
+    match value.dyn_identity() {
+        Some(id) => id,
+        None => encode_value(value).map(|bytes| blake3::hash(&bytes)).map_err(|e| e.to_string()),
     }
-    // one buffer per thread: a fan-out hashes every item (100,000 small encodings)
-    thread_local! {
-        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The nodes, producers first; else the graph's cycles ([`find_cycles`]).
+fn topological_order(graph: &DiGraph<NodeId, EdgeMode>) -> Result<Vec<NodeId>, Vec<Vec<NodeId>>> {
+    match petgraph::algo::toposort(graph, None) {
+        Ok(order) => Ok(order.into_iter().map(NodeIndex::index).collect()),
+        Err(_) => Err(find_cycles(graph)),
     }
-    BUF.with(|buf| match buf.try_borrow_mut() {
-        Ok(mut buf) => {
-            buf.clear();
-            value.dyn_encode(&mut buf).map_err(|e| e.to_string())?;
-            let hash = blake3::hash(&buf);
-            if buf.capacity() > 1 << 20 {
-                *buf = Vec::new(); // do not keep a large table's encoding alive
-            }
-            Ok(hash)
-        }
-        // an encoder that hashes values itself: no shared buffer
-        Err(_) => encode_value(value).map(|bytes| blake3::hash(&bytes)).map_err(|e| e.to_string()),
-    })
 }
 
 /// One cycle per strongly connected component that has one, as node ids in path order.
-/// The nodes, producers first; `Err` when the graph has a cycle ([`find_cycles`] says which).
-fn topological_order(graph: &DiGraph<NodeId, EdgeMode>) -> Result<Vec<NodeId>, ()> {
-    petgraph::algo::toposort(graph, None).map(|order| order.into_iter().map(NodeIndex::index).collect()).map_err(|_| ())
-}
-
 fn find_cycles(graph: &DiGraph<NodeId, EdgeMode>) -> Vec<Vec<NodeId>> {
     let mut cycles = Vec::new();
     for scc in petgraph::algo::tarjan_scc(graph) {
@@ -1561,16 +1404,10 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn identity_is_the_hash_of_the_encoding_whatever_was_hashed_before() {
-        let values: Vec<AnyValue> =
-            vec![Arc::new(7i64), Arc::new("a longer string value".to_string()), Arc::new(-1i64)];
+    fn identity_is_the_hash_of_the_encoding() {
+        let values: Vec<AnyValue> = vec![Arc::new(7i64), Arc::new("a string value".to_string())];
         for v in &values {
-            let expected = blake3::hash(&encode_value(&**v).unwrap());
-            assert_eq!(identity_of(&**v).unwrap(), expected);
+            assert_eq!(identity_of(&**v).unwrap(), blake3::hash(&encode_value(&**v).unwrap()));
         }
-        // the shared buffer is cleared between values: hashing them again gives the same identities
-        let again: Vec<_> = values.iter().rev().map(|v| identity_of(&**v).unwrap()).collect();
-        let first: Vec<_> = values.iter().rev().map(|v| blake3::hash(&encode_value(&**v).unwrap())).collect();
-        assert_eq!(again, first);
     }
 }

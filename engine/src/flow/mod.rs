@@ -7,14 +7,13 @@
 
 pub mod build;
 pub mod diagnostic;
-mod fast;
-mod names;
 pub mod raw;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 use petgraph::graph::DiGraph;
@@ -23,7 +22,6 @@ use crate::registry::{NodeDef, OutputKind};
 use crate::value::AnyValue;
 pub use build::{BuildOptions, build, load, parse, resolve};
 pub use diagnostic::{Diagnostic, Diagnostics, Label, SourceFile};
-pub use names::NameIndex;
 pub use raw::{CacheMode, OnItemError, RawCheck, Severity};
 
 /// Index of a node in [`Flow::nodes`] (and of its vertex in [`Flow::graph`]).
@@ -39,12 +37,26 @@ pub struct Flow {
     pub source: Arc<SourceFile>,
     /// Every node: declared ones first, in file order, then the registered functions pulled in by name.
     pub nodes: Vec<FlowNode>,
-    /// The DAG, made on the first call of [`Flow::graph`].
-    pub(crate) graph: OnceLock<DiGraph<NodeId, EdgeMode>>,
+    /// The DAG: vertex `i` is `nodes[i]`, an edge goes from producer to consumer and carries the edge's
+    /// mode.
+    ///
+    /// ```
+    /// use flowrun_engine::flow::{self, BuildOptions, SourceFile};
+    /// # use flowrun_engine::node;
+    /// # #[node] fn base() -> i64 { 1 }
+    /// # #[node] fn doubled(base: i64) -> i64 { 2 * base }
+    /// let src = SourceFile::new("two.toml", "[flow]\nname = \"two\"\n[nodes.base]\n[nodes.doubled]\n");
+    /// let f = flow::build(src, &BuildOptions::default()).unwrap();
+    /// assert_eq!((f.graph.node_count(), f.graph.edge_count()), (2, 1));
+    /// // the edge goes from producer to consumer
+    /// let e = f.graph.raw_edges()[0].clone();
+    /// assert_eq!((f.graph[e.source()], f.graph[e.target()]), (f.id("base").unwrap(), f.id("doubled").unwrap()));
+    /// ```
+    pub graph: DiGraph<NodeId, EdgeMode>,
     /// Every node, producers before consumers (a topological order of [`Flow::graph`]).
     pub order: Vec<NodeId>,
-    /// Node name -> id, keyed by `nodes[id].name` ([`Flow::id`] and [`Flow::node`] look names up).
-    pub by_name: NameIndex,
+    /// Node name -> id ([`Flow::id`] and [`Flow::node`] look names up).
+    by_name: HashMap<Arc<str>, NodeId>,
     /// What to build: `[flow] outputs` (or every declared node), plus materialized nodes.
     pub targets: Vec<NodeId>,
     /// Fan-out scopes; `blocks[0]` is the whole flow.
@@ -65,18 +77,17 @@ pub struct FlowNode {
     pub name: Arc<str>,
     /// What runs.
     pub imp: NodeImpl,
-    /// One per parameter, in order (a boxed slice, like `file_tags` and `checks`: fixed once built, and
-    /// 8 bytes smaller than a `Vec` in each of a flow's nodes).
-    pub args: Box<[Arg]>,
+    /// One per parameter, in order.
+    pub args: Vec<Arg>,
     /// Cache behaviour.
     pub cache: CacheMode,
     /// Tags the flow file gives this node; [`FlowNode::tags`] adds the function's own (kept once, in the
     /// registry, rather than copied into every node).
-    pub file_tags: Box<[(String, String)]>,
+    pub file_tags: Vec<(String, String)>,
     /// Doc comment or `doc =`.
     pub doc: Cow<'static, str>,
     /// Data checks on the result.
-    pub checks: Box<[RawCheck]>,
+    pub checks: Vec<RawCheck>,
     /// What a node that collects a fan-out does when some items failed.
     pub on_item_error: OnItemError,
     /// Where it is declared (for registered functions pulled in by name: where it is first used).
@@ -153,8 +164,8 @@ impl FlowNode {
 pub enum NodeImpl {
     /// A registered `#[node]` function.
     Function(&'static NodeDef),
-    /// A SQL query over upstream tables (boxed: a flow has few, and every node is 32 bytes smaller).
-    Sql(Box<SqlQuery>),
+    /// A SQL query over upstream tables.
+    Sql(SqlQuery),
 }
 
 /// A SQL node's query.
@@ -182,9 +193,8 @@ pub enum Binding {
         /// How it is consumed.
         mode: EdgeMode,
     },
-    /// A value known before the run (boxed: most arguments are edges, and an argument is then 32 bytes
-    /// instead of 96).
-    Literal(Box<Literal>),
+    /// A value known before the run.
+    Literal(Literal),
 }
 
 /// A parameter's value known before the run: a `params` literal, a config value, an input, a default.
@@ -200,7 +210,7 @@ pub struct Literal {
 impl Binding {
     /// A literal binding.
     pub fn literal(value: AnyValue, identity: blake3::Hash, source: LiteralSource) -> Binding {
-        Binding::Literal(Box::new(Literal { value, identity, source }))
+        Binding::Literal(Literal { value, identity, source })
     }
 }
 
@@ -258,33 +268,9 @@ impl Flow {
         self.id(name).map(|i| &self.nodes[i])
     }
 
-    /// The DAG as a petgraph graph: vertex `i` is `nodes[i]`, an edge goes from producer to consumer and
-    /// carries the edge's mode.
-    ///
-    /// Made on the first call and kept: a run does not need it (the nodes' arguments and
-    /// [`Flow::order`] say the same), so a build only makes it when the file order is not already a
-    /// topological order and petgraph sorts the nodes.
-    ///
-    /// ```
-    /// use flowrun_engine::flow::{self, BuildOptions, SourceFile};
-    /// # use flowrun_engine::node;
-    /// # #[node] fn base() -> i64 { 1 }
-    /// # #[node] fn doubled(base: i64) -> i64 { 2 * base }
-    /// let src = SourceFile::new("two.toml", "[flow]\nname = \"two\"\n[nodes.base]\n[nodes.doubled]\n");
-    /// let f = flow::build(src, &BuildOptions::default()).unwrap();
-    /// let g = f.graph();
-    /// assert_eq!((g.node_count(), g.edge_count()), (2, 1));
-    /// // the edge goes from producer to consumer
-    /// let e = g.raw_edges()[0].clone();
-    /// assert_eq!((g[e.source()], g[e.target()]), (f.id("base").unwrap(), f.id("doubled").unwrap()));
-    /// ```
-    pub fn graph(&self) -> &DiGraph<NodeId, EdgeMode> {
-        self.graph.get_or_init(|| dag(&self.nodes))
-    }
-
     /// The id of the node called `name`.
     pub fn id(&self, name: &str) -> Option<NodeId> {
-        self.by_name.get(name, |i| &self.nodes[i].name)
+        self.by_name.get(name).copied()
     }
 
     /// Directory of the flow file (relative paths in the flow are relative to it).

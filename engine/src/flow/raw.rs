@@ -51,321 +51,15 @@
 //! kind = "ducklake"
 //! ```
 
-use std::borrow::Borrow;
-use std::fmt;
-
 use indexmap::IndexMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::names::NameIndex;
+/// A spanned map of names to spanned TOML values (`params`, `[config]`, a `when`, a `[materialize.*]`).
+pub type SpannedTable = IndexMap<Spanned<String>, Spanned<toml::Value>>;
 
-/// A spanned map of names to spanned TOML values.
-pub type SpannedTable = RawMap<Spanned<Str>, Spanned<toml::Value>>;
-
-/// A name as written (a node, a function, a parameter, a key): `compact_str` keeps up to 24 bytes inline,
-/// so the names a flow is made of take no allocation of their own.
-pub type Str = compact_str::CompactString;
-
-/// A TOML table's entries in file order: a vector searched linearly, for the small tables of a flow file
-/// (a node's `params` and `inputs`, `[config]`, a `[materialize.*]` section).
-///
-/// A hash map per table cost two allocations and 72 bytes each, more than all its lookups save: a table
-/// has a handful of keys, and a generated flow has 100,000 nodes with one or two tables each. A key
-/// given twice is an error, as in TOML.
-///
-/// ```
-/// use flowrun_engine::flow::raw::RawMap;
-/// let mut m = RawMap::new();
-/// assert!(m.insert("b".to_string(), 1).is_none());
-/// m.insert("a".to_string(), 2);
-/// assert_eq!(m.insert("b".to_string(), 3), Some(1)); // replaced in place
-/// assert_eq!(m.get("b"), Some(&3));
-/// assert_eq!(m.keys().map(String::as_str).collect::<Vec<_>>(), ["b", "a"]);
-/// ```
-#[derive(Clone, PartialEq)]
-pub struct RawMap<K, V>(Vec<(K, V)>);
-
-/// [`RawMap::iter`]: its entries in file order.
-pub type RawMapIter<'a, K, V> = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&(K, V)) -> (&K, &V)>;
-
-impl<K, V> Default for RawMap<K, V> {
-    fn default() -> Self {
-        RawMap(Vec::new())
-    }
-}
-
-impl<K, V> RawMap<K, V> {
-    /// An empty map (allocates nothing).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// An empty map with room for `n` entries.
-    pub fn with_capacity(n: usize) -> Self {
-        RawMap(Vec::with_capacity(n))
-    }
-
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Entries in file order.
-    pub fn iter(&self) -> RawMapIter<'_, K, V> {
-        self.0.iter().map(|(k, v)| (k, v))
-    }
-
-    /// Keys in file order.
-    pub fn keys(&self) -> impl Iterator<Item = &K> {
-        self.0.iter().map(|(k, _)| k)
-    }
-
-    /// Values in file order.
-    pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.0.iter().map(|(_, v)| v)
-    }
-
-    /// The value of `key`.
-    pub fn get<Q: ?Sized + Eq>(&self, key: &Q) -> Option<&V>
-    where
-        K: Borrow<Q>,
-    {
-        self.0.iter().find(|(k, _)| k.borrow() == key).map(|(_, v)| v)
-    }
-
-    /// Whether `key` is there.
-    pub fn contains_key<Q: ?Sized + Eq>(&self, key: &Q) -> bool
-    where
-        K: Borrow<Q>,
-    {
-        self.get(key).is_some()
-    }
-
-    /// Sets `key` to `value`, in place if it is there (returning the old value), else at the end.
-    pub fn insert(&mut self, key: K, value: V) -> Option<V>
-    where
-        K: Eq,
-    {
-        match self.0.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => Some(std::mem::replace(v, value)),
-            None => {
-                self.0.push((key, value));
-                None
-            }
-        }
-    }
-}
-
-impl<'a, K, V> IntoIterator for &'a RawMap<K, V> {
-    type Item = (&'a K, &'a V);
-    type IntoIter = RawMapIter<'a, K, V>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
-impl<K, V> IntoIterator for RawMap<K, V> {
-    type Item = (K, V);
-    type IntoIter = std::vec::IntoIter<(K, V)>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
-    }
-}
-
-impl<K: Eq, V> FromIterator<(K, V)> for RawMap<K, V> {
-    /// Later duplicates replace earlier ones, as with `insert`.
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let iter = iter.into_iter();
-        let mut m = RawMap::with_capacity(iter.size_hint().0);
-        for (k, v) in iter {
-            m.insert(k, v);
-        }
-        m
-    }
-}
-
-impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for RawMap<K, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.iter()).finish()
-    }
-}
-
-impl<'de, K: Deserialize<'de> + Eq + fmt::Debug, V: Deserialize<'de>> Deserialize<'de> for RawMap<K, V> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit<K, V>(std::marker::PhantomData<(K, V)>);
-        impl<'de, K: Deserialize<'de> + Eq + fmt::Debug, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<K, V> {
-            type Value = RawMap<K, V>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a table")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-                let mut m = RawMap::with_capacity(access.size_hint().unwrap_or(0));
-                while let Some((k, v)) = access.next_entry::<K, V>()? {
-                    if m.contains_key(&k) {
-                        return Err(serde::de::Error::custom(format!("duplicate key {k:?}")));
-                    }
-                    m.0.push((k, v));
-                }
-                Ok(m)
-            }
-        }
-        d.deserialize_map(Visit(std::marker::PhantomData))
-    }
-}
-
-/// `[nodes.*]`: the node tables in file order, with an index of their names.
-///
-/// A generated flow may have 100,000 nodes. The index is a [`NameIndex`], whose probes can be prefetched,
-/// and the builder starts from it when every table declares one node (no `when`, variants or
-/// `parameterize`) instead of indexing the same names again.
-///
-/// ```
-/// use flowrun_engine::flow::raw::{RawNode, RawNodes};
-/// use toml::Spanned;
-/// let mut nodes = RawNodes::default();
-/// assert_eq!(nodes.push(Spanned::new(0..1, "a".into()), Spanned::new(0..1, RawNode::default())).ok(), Some(0));
-/// assert!(nodes.push(Spanned::new(2..3, "a".into()), Spanned::new(2..3, RawNode::default())).is_err());
-/// assert_eq!(nodes.position("a"), Some(0));
-/// assert_eq!(nodes.len(), 1);
-/// ```
-#[derive(Default)]
-pub struct RawNodes {
-    entries: Vec<(Spanned<Str>, Spanned<RawNode>)>,
-    /// Name -> position in `entries`; the last entries may be waiting for [`RawNodes::index_from`].
-    index: NameIndex,
-}
-
-impl RawNodes {
-    /// None yet, with room for `n`.
-    pub fn with_capacity(n: usize) -> Self {
-        RawNodes { entries: Vec::with_capacity(n), index: NameIndex::with_capacity(n) }
-    }
-
-    /// Room for `n` tables whose names are indexed later, by [`RawNodes::append`] to another.
-    pub(crate) fn unindexed(n: usize) -> Self {
-        RawNodes { entries: Vec::with_capacity(n), index: NameIndex::default() }
-    }
-
-    /// Number of node tables.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The tables in file order.
-    pub fn iter(&self) -> RawMapIter<'_, Spanned<Str>, Spanned<RawNode>> {
-        self.entries.iter().map(|(k, v)| (k, v))
-    }
-
-    /// The `i`th table in file order.
-    pub fn get_index(&self, i: usize) -> Option<(&Spanned<Str>, &Spanned<RawNode>)> {
-        self.entries.get(i).map(|(k, v)| (k, v))
-    }
-
-    /// The position of the table called `name`.
-    pub fn position(&self, name: &str) -> Option<usize> {
-        self.index.get(name, |i| self.entries[i].0.get_ref())
-    }
-
-    /// Node name -> position.
-    pub fn names(&self) -> &NameIndex {
-        &self.index
-    }
-
-    /// Appends a table and gives its position, or gives it back when the name is taken.
-    #[allow(clippy::result_large_err)] // the table is handed back, not dropped
-    pub fn push(&mut self, name: Spanned<Str>, node: Spanned<RawNode>) -> Result<usize, Spanned<RawNode>> {
-        let (at, entries) = (self.entries.len(), &self.entries);
-        if self.index.insert(name.get_ref(), at, |j| entries[j].0.get_ref()).is_err() {
-            return Err(node);
-        }
-        self.entries.push((name, node));
-        Ok(at)
-    }
-
-    /// Appends a table without indexing its name yet (the fast reader does so when the table is read,
-    /// its slot fetched meanwhile); [`RawNodes::index_from`] must follow before any lookup.
-    pub(crate) fn push_unindexed(&mut self, name: Spanned<Str>, node: Spanned<RawNode>) -> usize {
-        self.index.prefetch(name.get_ref());
-        self.entries.push((name, node));
-        self.entries.len() - 1
-    }
-
-    /// Indexes the names of the tables from position `start` on; `None` when one is taken.
-    pub(crate) fn index_from(&mut self, start: usize) -> Option<()> {
-        let entries = &self.entries;
-        for (i, (name, _)) in entries.iter().enumerate().skip(start) {
-            // a few tables ahead: one insert is too short to cover a wait for memory
-            if let Some((next, _)) = entries.get(i + 8) {
-                self.index.prefetch(next.get_ref());
-            }
-            self.index.insert(name.get_ref(), i, |j| entries[j].0.get_ref()).ok()?;
-        }
-        Some(())
-    }
-
-    /// The `i`th table, to fill in.
-    pub(crate) fn get_index_mut(&mut self, i: usize) -> Option<&mut Spanned<RawNode>> {
-        self.entries.get_mut(i).map(|(_, v)| v)
-    }
-
-    /// `other`'s tables after these; `None` when a name is in both.
-    pub(crate) fn append(&mut self, other: RawNodes) -> Option<()> {
-        let start = self.entries.len();
-        self.entries.extend(other.entries);
-        self.index_from(start)
-    }
-}
-
-impl<'a> IntoIterator for &'a RawNodes {
-    type Item = (&'a Spanned<Str>, &'a Spanned<RawNode>);
-    type IntoIter = RawMapIter<'a, Spanned<Str>, Spanned<RawNode>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
-impl fmt::Debug for RawNodes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.iter()).finish()
-    }
-}
-
-impl<'de> Deserialize<'de> for RawNodes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = RawNodes;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a table of node tables")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-                let mut nodes = RawNodes::with_capacity(access.size_hint().unwrap_or(0));
-                while let Some((name, node)) = access.next_entry::<Spanned<Str>, Spanned<RawNode>>()? {
-                    let shown = name.get_ref().clone();
-                    if nodes.push(name, node).is_err() {
-                        return Err(serde::de::Error::custom(format!("duplicate node `{shown}`")));
-                    }
-                }
-                Ok(nodes)
-            }
-        }
-        d.deserialize_map(Visit)
-    }
-}
+/// `inputs = { param = "source" }`: parameter -> the node, config value or input it reads.
+pub type Bindings = IndexMap<Spanned<String>, Spanned<String>>;
 
 /// The whole flow file.
 #[derive(Debug, Deserialize)]
@@ -379,9 +73,9 @@ pub struct RawFlow {
     /// `[inputs]`.
     #[serde(default)]
     pub inputs: IndexMap<Spanned<String>, Spanned<RawInput>>,
-    /// `[nodes.*]`.
+    /// `[nodes.*]` (a table given twice is a TOML error).
     #[serde(default)]
-    pub nodes: RawNodes,
+    pub nodes: IndexMap<Spanned<String>, Spanned<RawNode>>,
     /// `[materialize.*]`: options are checked by the materializer of that `kind`.
     #[serde(default)]
     pub materialize: IndexMap<Spanned<String>, Spanned<SpannedTable>>,
@@ -450,37 +144,35 @@ pub enum OnItemError {
 pub struct RawNode {
     /// Registered function; default: the node's name.
     #[serde(rename = "fn", default)]
-    pub function: Option<Spanned<Str>>,
-    /// A SQL query instead of a function (boxed: most nodes are functions; see `when`).
+    pub function: Option<Spanned<String>>,
+    /// A SQL query instead of a function.
     #[serde(default)]
-    pub sql: Option<Box<Spanned<String>>>,
+    pub sql: Option<Spanned<String>>,
     /// Literal parameter values.
     #[serde(default)]
     pub params: SpannedTable,
     /// Parameter -> name of the node, config value or input it reads.
     #[serde(default)]
-    pub inputs: RawMap<Spanned<Str>, Spanned<Str>>,
+    pub inputs: Bindings,
     /// Cache behaviour.
     #[serde(default)]
     pub cache: Option<Spanned<CacheMode>>,
     /// Free-form tags, kept on the flow node after the function's own (`FlowNode::tags`), selectable with
-    /// `--tag KEY=VALUE` (boxed, see `when`).
+    /// `--tag KEY=VALUE`.
     #[serde(default)]
-    pub tags: Option<Box<IndexMap<String, String>>>,
+    pub tags: IndexMap<String, String>,
     /// Free text.
     #[serde(default)]
     pub doc: Option<String>,
-    /// The node exists only when every listed config value matches (boxed, like `sql`, `tags` and
-    /// `parameterize`: most nodes have none of them, a generated flow may have 100,000 nodes, and parsing
-    /// such a flow costs mostly the fresh memory its nodes take).
+    /// The node exists only when every listed config value matches.
     #[serde(default)]
-    pub when: Option<Box<SpannedTable>>,
+    pub when: Option<SpannedTable>,
     /// Alternative implementations chosen by config.
     #[serde(default)]
     pub variants: Vec<Spanned<RawVariant>>,
     /// Named instances of this function.
     #[serde(default)]
-    pub parameterize: Option<Box<IndexMap<Spanned<String>, Spanned<RawInstance>>>>,
+    pub parameterize: IndexMap<Spanned<String>, Spanned<RawInstance>>,
     /// Data checks on the result.
     #[serde(default)]
     pub checks: Vec<Spanned<RawCheck>>,
@@ -498,7 +190,7 @@ pub struct RawVariant {
     pub when: Option<SpannedTable>,
     /// Function of this variant.
     #[serde(rename = "fn", default)]
-    pub function: Option<Spanned<Str>>,
+    pub function: Option<Spanned<String>>,
     /// SQL of this variant.
     #[serde(default)]
     pub sql: Option<Spanned<String>>,
@@ -507,7 +199,7 @@ pub struct RawVariant {
     pub params: SpannedTable,
     /// Extra or overriding parameter bindings.
     #[serde(default)]
-    pub inputs: RawMap<Spanned<Str>, Spanned<Str>>,
+    pub inputs: Bindings,
 }
 
 /// `[nodes.FN.parameterize.INSTANCE]`.
@@ -519,7 +211,7 @@ pub struct RawInstance {
     pub params: SpannedTable,
     /// Parameter bindings of this instance.
     #[serde(default)]
-    pub inputs: RawMap<Spanned<Str>, Spanned<Str>>,
+    pub inputs: Bindings,
     /// Extra tags.
     #[serde(default)]
     pub tags: IndexMap<String, String>,
