@@ -49,7 +49,7 @@ fn unseen_datasets_come_out_as_geopandas_reads_them() {
     for (dataset, expected) in [
         ("deu_open_space_register", ["EPSG:3035", "(from the .prj file); 3000 rows read, 3000 kept"]),
         ("gbr_renewables_register", ["EPSG:27700", "(from the manifest's `crs`); 1500 rows read, 818 kept"]),
-        ("osm_solar", ["EPSG:4326", "(from the GeoJSON default (RFC 7946: WGS84 lon/lat)); 100000 rows read"]),
+        ("osm_solar", ["EPSG:4326", "(from the GeoJSON `crs` member); 100000 rows read"]),
         ("usa_rooftop_panels", ["EPSG:2163", "(from the .prj file); 2003 rows read, 2003 kept"]),
         ("chn_z_shapefile", ["EPSG:4326", "(from the .prj file); 273 rows read, 273 kept"]),
         ("multi_layer_gpkg", ["EPSG:32633", "(from the GeoPackage layer's SRS); 545 rows read, 505 kept"]),

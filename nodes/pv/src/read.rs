@@ -234,9 +234,21 @@ fn geojson_crs_member(path: &Path) -> Result<Option<String>> {
     let head = String::from_utf8_lossy(&head[..n]);
     let before_features = head.split("\"features\"").next().unwrap_or("");
     let Some(at) = before_features.find("\"crs\"") else { return Ok(None) };
-    let after = &before_features[at..];
-    let name = after.split("\"name\"").nth(1).and_then(|rest| rest.split('"').nth(1)).map(str::to_string);
-    Ok(name)
+    // the member's object: from its `{` to the matching `}`
+    let rest = &before_features[at..];
+    let Some(open) = rest.find('{') else { return Ok(None) };
+    let mut depth = 0;
+    let close = rest[open..].char_indices().find_map(|(i, c)| {
+        depth += match c {
+            '{' => 1,
+            '}' => -1,
+            _ => 0,
+        };
+        (depth == 0).then_some(open + i)
+    });
+    let Some(close) = close else { return Ok(None) };
+    let member: J = serde_json::from_str(&rest[open..=close]).context("the `crs` member is not valid JSON")?;
+    Ok(member["properties"]["name"].as_str().map(str::to_string))
 }
 
 /// Reads a GeoJSON FeatureCollection, streaming features (large files are not loaded as one document).
@@ -744,6 +756,17 @@ mod tests {
         let mut d: Dataset = toml::from_str(&text).unwrap();
         d.key = "d".into();
         d
+    }
+
+    #[test]
+    fn a_geojson_crs_member_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.geojson");
+        let text = r#"{"type": "FeatureCollection", "name": "x", "crs": { "type": "name", "properties": { "name": "urn:ogc:def:crs:EPSG::3857" } }, "features": []}"#;
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(geojson_crs_member(&p).unwrap().as_deref(), Some("urn:ogc:def:crs:EPSG::3857"));
+        std::fs::write(&p, r#"{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"crs": 1}, "geometry": null}]}"#).unwrap();
+        assert_eq!(geojson_crs_member(&p).unwrap(), None, "a property called crs is not the member");
     }
 
     #[test]
