@@ -11,8 +11,9 @@
 //! Outside a run (unit tests calling a node function directly) they still work: files are hashed without
 //! the fast path, progress and warnings go nowhere.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,62 +21,50 @@ use flowrun_cache::{FileDep, Store};
 
 use crate::events::{Event, Observer};
 
-/// The context of the node running on this thread: borrowed from the scheduler for the node's call.
-pub(crate) struct NodeCx<'a> {
-    pub store: Option<&'a Arc<Store>>,
-    pub observer: Option<&'a Arc<dyn Observer>>,
-    pub node: &'a str,
-    pub deps: RefCell<Vec<FileDep>>,
-    pub warnings: RefCell<Vec<String>>,
-    pub notes: RefCell<Vec<String>>,
+/// The context of a running node: what it may use, and what it records.
+pub(crate) struct NodeCx {
+    pub store: Option<Arc<Store>>,
+    pub observer: Option<Arc<dyn Observer>>,
+    /// Display name (`node[item]`).
+    pub node: Arc<str>,
+    pub deps: Vec<FileDep>,
+    pub warnings: Vec<String>,
+    pub notes: Vec<String>,
 }
 
-impl<'a> NodeCx<'a> {
-    pub fn new(store: Option<&'a Arc<Store>>, observer: Option<&'a Arc<dyn Observer>>, node: &'a str) -> Self {
-        NodeCx {
-            store,
-            observer,
-            node,
-            deps: RefCell::new(Vec::new()),
-            warnings: RefCell::new(Vec::new()),
-            notes: RefCell::new(Vec::new()),
-        }
+impl NodeCx {
+    pub fn new(store: Option<Arc<Store>>, observer: Option<Arc<dyn Observer>>, node: Arc<str>) -> Self {
+        NodeCx { store, observer, node, deps: Vec::new(), warnings: Vec::new(), notes: Vec::new() }
     }
 }
 
 thread_local! {
-    /// The current context, set by [`enter`] for the duration of a node's call (null outside one). A
-    /// pointer, not an owned context: entering a node then moves and clones nothing (it is done 100,000
-    /// times in a big flow).
-    static CURRENT: Cell<*const NodeCx<'static>> = const { Cell::new(std::ptr::null()) };
+    /// The context of the node running on this thread, set by [`enter`] for the length of its call.
+    static CURRENT: RefCell<Option<NodeCx>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with `cx` as the current context (the scoped thread-local pattern of the `scoped-tls` crate).
-pub(crate) fn enter<R>(cx: &NodeCx<'_>, f: impl FnOnce() -> R) -> R {
-    /// Puts the previous context back, also when `f` unwinds.
-    struct Restore(*const NodeCx<'static>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            CURRENT.with(|c| c.set(self.0));
-        }
-    }
-    // the lifetime is erased only while `cx` is borrowed by this call: `with_current` hands it out for
-    // the length of a closure, and `Restore` clears it before `cx` can go away
-    let erased = std::ptr::from_ref(cx).cast::<NodeCx<'static>>();
-    let _restore = Restore(CURRENT.with(|c| c.replace(erased)));
-    f()
+/// Runs a node's call `f` with `cx` as this thread's context; gives back the call's result (`Err` if it
+/// panicked) and the context, with what the node recorded.
+pub(crate) fn enter<R>(cx: NodeCx, f: impl FnOnce() -> R) -> (std::thread::Result<R>, NodeCx) {
+    let previous = CURRENT.replace(Some(cx));
+    let out = std::panic::catch_unwind(AssertUnwindSafe(f));
+    // contexts nest: while a node waits for its own rayon work, the thread may run another node's call
+    let cx = CURRENT.replace(previous).expect("the context set above");
+    (out, cx)
 }
 
-fn with_current<R>(f: impl FnOnce(Option<&NodeCx<'_>>) -> R) -> R {
-    let current = CURRENT.with(Cell::get);
-    // SAFETY: a non-null pointer was set by `enter`, whose borrowed context outlives its call, and is
-    // reset when that call returns or unwinds; the reference given to `f` cannot outlive `f`
-    f(unsafe { current.as_ref() })
+fn with_current<R>(f: impl FnOnce(Option<&mut NodeCx>) -> R) -> R {
+    CURRENT.with_borrow_mut(|cx| f(cx.as_mut()))
+}
+
+/// The running node's observer and display name, if any (taken out, so the observer runs unborrowed).
+fn observer() -> Option<(Arc<dyn Observer>, Arc<str>)> {
+    with_current(|cx| cx.and_then(|cx| Some((cx.observer.clone()?, cx.node.clone()))))
 }
 
 /// Content hash of a file (fast path when a run's cache is available). Does not record a dependency.
 pub fn fingerprint_file(path: &Path) -> io::Result<blake3::Hash> {
-    let store = with_current(|cx| cx.and_then(|cx| cx.store.cloned()));
+    let store = with_current(|cx| cx.and_then(|cx| cx.store.clone()));
     match store {
         Some(store) => store.fingerprint_file(path),
         None => flowrun_cache::fingerprint::hash_path(path),
@@ -93,7 +82,7 @@ pub fn track_file(path: &Path) -> io::Result<blake3::Hash> {
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     with_current(|cx| {
         if let Some(cx) = cx {
-            cx.deps.borrow_mut().push(FileDep { path: abs, hash: hash.to_hex().to_string() });
+            cx.deps.push(FileDep { path: abs, hash: hash.to_hex().to_string() });
         }
     });
     Ok(hash)
@@ -112,13 +101,9 @@ pub fn track_dir(dir: &Path) -> io::Result<blake3::Hash> {
 
 /// Reports progress of the running node.
 pub fn progress(done: u64, total: Option<u64>) {
-    with_current(|cx| {
-        if let Some(cx) = cx
-            && let Some(obs) = &cx.observer
-        {
-            obs.event(&Event::Progress { node: cx.node, done, total });
-        }
-    });
+    if let Some((obs, node)) = observer() {
+        obs.event(&Event::Progress { node: &node, done, total });
+    }
 }
 
 /// Says something about the node's result that a user wants to see on every run, not only when it is
@@ -128,7 +113,7 @@ pub fn progress(done: u64, total: Option<u64>) {
 pub fn note(message: impl Into<String>) {
     let message = message.into();
     with_current(|cx| match cx {
-        Some(cx) => cx.notes.borrow_mut().push(message),
+        Some(cx) => cx.notes.push(message),
         None => eprintln!("note: {message}"),
     });
 }
@@ -136,15 +121,13 @@ pub fn note(message: impl Into<String>) {
 /// Records a warning for the running node.
 pub fn warn(message: impl Into<String>) {
     let message = message.into();
-    with_current(|cx| match cx {
-        Some(cx) => {
-            if let Some(obs) = &cx.observer {
-                obs.event(&Event::Warning { node: Some(cx.node), message: &message });
-            }
-            cx.warnings.borrow_mut().push(message);
-        }
-        None => eprintln!("warning: {message}"),
-    });
+    if let Some((obs, node)) = observer() {
+        obs.event(&Event::Warning { node: Some(&node), message: &message });
+    }
+    let running = with_current(|cx| cx.map(|cx| cx.warnings.push(message.clone())).is_some());
+    if !running {
+        eprintln!("warning: {message}");
+    }
 }
 
 /// A directory for a node's own caches (e.g. downloads), inside the run's cache directory; a directory

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use smallvec::SmallVec;
 
 use crate::flow::CacheMode;
 
@@ -115,13 +114,6 @@ impl fmt::Display for Reason {
     }
 }
 
-/// Why a node ran: inline for one reason, the usual count (a report is kept per node run, and a run
-/// of 100,000 nodes then makes no allocation for them).
-pub type Reasons = SmallVec<[Reason; 1]>;
-
-/// A node's parameters and the identities of their values: inline for one parameter, as [`Reasons`].
-pub type InputKeys = SmallVec<[(Arc<str>, blake3::Hash); 1]>;
-
 /// The outcome of one node run.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
@@ -137,9 +129,8 @@ pub struct NodeReport {
     /// What happened.
     pub status: Status,
     /// Why it ran (empty when reused).
-    pub reasons: Reasons,
-    /// Wall time, from the end of the previous node run on the same worker thread (so it includes tens of
-    /// nanoseconds of scheduling before the node; the clock is read once per node run).
+    pub reasons: Vec<Reason>,
+    /// Wall time of the node run (gathering its inputs, the cache lookup, the call, storing the result).
     #[serde(serialize_with = "ser_ms")]
     pub duration: Duration,
     /// Row count, for tables.
@@ -149,7 +140,7 @@ pub struct NodeReport {
     pub key: Option<blake3::Hash>,
     /// Parameter -> identity of its value (serialized as hex).
     #[serde(serialize_with = "ser_inputs")]
-    pub inputs: InputKeys,
+    pub inputs: Vec<(Arc<str>, blake3::Hash)>,
     /// Error chain, outermost first.
     pub error: Vec<String>,
     /// Warnings (failed `warn` checks, node warnings). A reused result brings back the warnings of the run
@@ -161,6 +152,27 @@ pub struct NodeReport {
     /// What the node said about its result ([`crate::ctx::note`]: the CRS it used, rows kept and dropped);
     /// brought back with a reused result, like its warnings.
     pub notes: Vec<String>,
+}
+
+impl NodeReport {
+    /// A report of node `node` run as `name`, with nothing more to say yet.
+    pub fn new(name: Arc<str>, node: Arc<str>, item: Option<Arc<str>>, status: Status) -> NodeReport {
+        NodeReport {
+            name,
+            node,
+            item,
+            status,
+            reasons: Vec::new(),
+            duration: Duration::ZERO,
+            rows: None,
+            key: None,
+            inputs: Vec::new(),
+            error: Vec::new(),
+            warnings: Vec::new(),
+            left_out: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
 }
 
 fn ser_str<S: serde::Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error> {

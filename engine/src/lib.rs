@@ -64,7 +64,7 @@ mod suggest;
 pub mod table;
 pub mod value;
 
-pub use events::{CodeChange, Event, InputKeys, NodeReport, Observer, Reason, Reasons, Status};
+pub use events::{CodeChange, Event, NodeReport, Observer, Reason, Status};
 pub use flow::{Flow, build, load};
 pub use registry::{NodeDef, Registry};
 pub use table::Table;

@@ -250,21 +250,7 @@ fn last_run_overlay(
             _ => flowrun_engine::Status::Skipped,
         };
         let node = n.node.split('[').next().unwrap_or(&n.node).into();
-        reports.push(flowrun_engine::NodeReport {
-            name: n.node.as_str().into(),
-            node,
-            item: None,
-            status,
-            reasons: Default::default(),
-            duration: Duration::ZERO,
-            rows: n.rows,
-            key: n.key.as_deref().and_then(|k| flowrun_cache::Hash::from_hex(k).ok()),
-            inputs: Default::default(),
-            error: Vec::new(),
-            warnings: Vec::new(),
-            notes: Vec::new(),
-            left_out: Vec::new(),
-        });
+        reports.push(flowrun_engine::NodeReport::new(n.node.as_str().into(), node, None, status));
     }
     Ok(flowrun_engine::graph::overlay(&reports))
 }

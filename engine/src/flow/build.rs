@@ -18,6 +18,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
+use flowrun_cache::CacheKey;
 use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
 use toml::Spanned;
@@ -660,6 +661,7 @@ impl<'a> Builder<'a> {
             span: decl.span.clone(),
             block: 0,
             declared: decl.declared,
+            code_digest: CacheKey::code_digest(def.path(), def.code_version, def.output_type().name()),
         })
     }
 
@@ -723,6 +725,7 @@ impl<'a> Builder<'a> {
         self.check_checks(decl, OutputKind::Value(TypeDesc::of::<Table>()));
         self.check_on_item_error(decl, false);
         let code_version = blake3::hash(sql::normalize(&sql_text).as_bytes()).to_hex()[..32].to_string();
+        let code_digest = CacheKey::code_digest("sql", &code_version, TypeDesc::of::<Table>().name());
         FlowNode {
             name: decl.name.clone(),
             imp: NodeImpl::Sql(SqlQuery { sql: sql_text, code_version }),
@@ -735,6 +738,7 @@ impl<'a> Builder<'a> {
             span: decl.span.clone(),
             block: 0,
             declared: decl.declared,
+            code_digest,
         }
     }
 

@@ -96,6 +96,9 @@ pub struct FlowNode {
     pub block: usize,
     /// Declared in the flow file (rather than pulled in from the registry by name).
     pub declared: bool,
+    /// [`CacheKey::code_digest`](flowrun_cache::CacheKey::code_digest) of its function, code version and
+    /// output type: the part of its cache key that is the same on every run.
+    pub code_digest: blake3::Hash,
 }
 
 impl FlowNode {

@@ -15,39 +15,30 @@
 //! Running a task returns the tasks it made ready, so the drivers (a loop for one thread, rayon for
 //! several) never recurse: a 100,000-node chain is 100,000 iterations, not 100,000 stack frames.
 
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
-use std::time::{Duration, Instant};
-
 use std::collections::HashMap;
-
-use smallvec::{SmallVec, smallvec};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use flowrun_cache::{
-    CacheKey, Entry, EntryMeta, Hash, InputSource, Key, KeyChange, KeyInput, Messages, NodeState, Store, StoredKey,
+    CacheKey, Entry, EntryMeta, FileDep, Hash, InputSource, Key, KeyChange, KeyInput, Messages, NodeState, Store,
+    StoredKey,
 };
 
 use super::RunOptions;
-use super::lazy::Lazy;
-use super::plan::{PArg, Plan};
+use super::lazy::{Lazy, LoadError};
+use super::plan::{PNode, Plan};
 use crate::Table;
 use crate::ctx::{self, NodeCx};
-use crate::events::{CodeChange, Event, InputKeys, NodeReport, Reason, Reasons, Status};
-use crate::flow::{CacheMode, FlowNode, LiteralSource, NodeImpl, OnItemError};
+use crate::events::{CodeChange, Event, NodeReport, Reason, Status};
+use crate::flow::{Binding, CacheMode, EdgeMode, FlowNode, LiteralSource, NodeImpl, OnItemError};
 use crate::registry::{ArgValue, Args};
 use crate::value::{AnyValue, encode_value};
 
 pub(crate) type Task = (Arc<Instance>, usize);
 
-/// Item indexes from the outermost fan-out in; inline up to four levels of nesting.
-pub(crate) type ItemPath = SmallVec<[u32; 4]>;
-
-/// Stands in for an identity that is not known (dry run); such a key is never looked up or stored.
-const UNKNOWN: Hash = Hash::from_bytes([0; 32]);
-
 /// The parameter name a node's data checks stand under in its key and its report.
-static CHECKS: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("#checks"));
+const CHECKS: &str = "#checks";
 
 #[derive(Clone)]
 pub(crate) struct Done {
@@ -69,12 +60,12 @@ pub(crate) struct Instance {
     parent: Option<Arc<Instance>>,
     item: Option<Done>,
     label: Option<Arc<str>>,
-    pub path: ItemPath,
-    /// One per member of the block; inline when the block has one member, the common fan-out body (a
-    /// fan-out of 100,000 items then makes one allocation per item for its instance, not two).
-    members: SmallVec<[Member; 1]>,
-    /// One per child block; empty (no allocation) for the innermost blocks.
-    children: Box<[Child]>,
+    /// Item indexes from the outermost fan-out in.
+    pub path: Vec<u32>,
+    /// One per member of the block.
+    members: Vec<Member>,
+    /// One per child block.
+    children: Vec<Child>,
     /// Members and child blocks not yet complete.
     remaining: AtomicUsize,
 }
@@ -104,7 +95,7 @@ struct Child {
 /// A pinned result, reported to the caller.
 pub(crate) struct Output {
     pub node: usize,
-    pub path: ItemPath,
+    pub path: Vec<u32>,
     pub label: Option<Arc<str>>,
     pub done: Done,
 }
@@ -121,12 +112,9 @@ pub(crate) struct Exec<'p, 'f> {
     states: HashMap<String, NodeState>,
 }
 
-/// A node's gathered arguments: inline for up to two (they live only while the node runs).
-type GArgs<'a> = SmallVec<[GArg<'a>; 2]>;
-
 enum Gathered<'a> {
     /// The arguments, and the items a collector with `on_item_error = "skip"` left out.
-    Ready(GArgs<'a>, Vec<String>),
+    Ready(Vec<GArg<'a>>, Vec<String>),
     UpstreamFailed(String),
 }
 
@@ -136,8 +124,11 @@ struct GArg<'a> {
 }
 
 enum GValue {
+    /// A value whose identity is known.
     One(Done),
+    /// A collector's values, each with a known identity.
     Many(Vec<Done>),
+    /// Dry run: the named upstream node would run, so the value is not known.
     Unknown(String),
 }
 
@@ -163,9 +154,9 @@ impl<'p, 'f> Exec<'p, 'f> {
             abort: AtomicBool::new(false),
             restart: Mutex::new(None),
             failed: AtomicBool::new(false),
+            // one report per node of the plan at least
             reports: Mutex::new(Vec::with_capacity(plan.nodes.len())),
-            // reserved: a flow whose every node is a target keeps 100,000 outputs
-            outputs: Mutex::new(Vec::with_capacity(plan.targets)),
+            outputs: Mutex::new(Vec::new()),
         }
     }
 
@@ -175,7 +166,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         parent: Option<Arc<Instance>>,
         item: Option<Done>,
         label: Option<Arc<str>>,
-        path: ItemPath,
+        path: Vec<u32>,
     ) -> Arc<Instance> {
         let b = &self.plan.blocks[block];
         let member = |&p: &usize| Member {
@@ -183,18 +174,13 @@ impl<'p, 'f> Exec<'p, 'f> {
             pending: AtomicU32::new(self.plan.nodes[p].n_deps),
             uses: AtomicU32::new(self.plan.nodes[p].n_uses),
         };
-        // through a `Vec` when they spill: its exact size (a `SmallVec` rounds up to a power of two)
-        let members = match b.members.len() {
-            0 | 1 => b.members.iter().map(member).collect(),
-            _ => SmallVec::from_vec(b.members.iter().map(member).collect()),
-        };
         Arc::new(Instance {
             block,
             parent,
             item,
             label,
             path,
-            members,
+            members: b.members.iter().map(member).collect(),
             children: b
                 .children
                 .iter()
@@ -212,7 +198,7 @@ impl<'p, 'f> Exec<'p, 'f> {
 
     /// The root instance and its ready tasks.
     pub fn start(&self) -> Vec<Task> {
-        let root = self.new_instance(0, None, None, None, ItemPath::new());
+        let root = self.new_instance(0, None, None, None, Vec::new());
         let mut ready = Vec::new();
         ready_members(&root, &mut ready);
         ready
@@ -238,69 +224,84 @@ impl<'p, 'f> Exec<'p, 'f> {
         &self.plan.flow.nodes[self.plan.nodes[pid].id].name
     }
 
+    /// Step 1: the values of node `pid`'s arguments in instance `inst`.
     fn gather(&self, inst: &Arc<Instance>, pid: usize) -> Gathered<'p> {
-        let args = self.plan.args(pid);
-        let skip_failed = self.plan.flow.nodes[self.plan.nodes[pid].id].on_item_error == OnItemError::Skip;
+        let fnode = &self.plan.flow.nodes[self.plan.nodes[pid].id];
+        let skip_failed = fnode.on_item_error == OnItemError::Skip;
         let mut left_out = Vec::new();
-        let mut out = GArgs::new();
-        for arg in args {
-            let (source, value) = match arg {
-                PArg::Literal(lit) => (
-                    ArgSource::Literal(&lit.source),
-                    GValue::One(Done { value: Some(lit.value.clone()), identity: Some(lit.identity) }),
-                ),
-                PArg::Node { node, .. } => {
-                    let owner = self.instance_of(inst, self.plan.nodes[*node].block);
-                    let slot = owner.members[self.plan.nodes[*node].local].slot.lock().unwrap().clone();
+        let mut out = Vec::new();
+        for arg in &fnode.args {
+            let (node, mode) = match &arg.binding {
+                Binding::Literal(lit) => {
+                    let value = Done { value: Some(Lazy::ready(lit.value.clone())), identity: Some(lit.identity) };
+                    out.push(GArg { source: ArgSource::Literal(&lit.source), value: GValue::One(value) });
+                    continue;
+                }
+                Binding::Node { node, mode } => (self.plan.pid(*node), *mode),
+            };
+            let (source, value) = match mode {
+                EdgeMode::Direct => {
+                    let owner = self.instance_of(inst, self.plan.nodes[node].block);
+                    let slot = owner.members[self.plan.nodes[node].local].slot.lock().unwrap().clone();
                     match slot {
-                        Slot::Ok(done) => (ArgSource::Node(*node), known(done, self.node_name(*node))),
-                        _ => return Gathered::UpstreamFailed(self.node_name(*node).to_string()),
+                        Slot::Ok(done) => (ArgSource::Node(node), known(done, self.node_name(node))),
+                        _ => return Gathered::UpstreamFailed(self.node_name(node).to_string()),
                     }
                 }
-                PArg::Item { expand } => {
-                    let done = self.item_of(inst, *expand).clone();
-                    (ArgSource::Item(*expand), known(done, self.node_name(*expand)))
+                EdgeMode::Item => {
+                    let done = self.item_of(inst, node).clone();
+                    (ArgSource::Item(node), known(done, self.node_name(node)))
                 }
-                PArg::Collect { node, child } => {
-                    let name = self.node_name(*node);
-                    if inst.children[*child].failed.load(Ordering::Acquire) {
-                        return Gathered::UpstreamFailed(
-                            self.node_name(self.plan.blocks[self.plan.nodes[*node].block].expand.unwrap()).to_string(),
-                        );
-                    }
-                    if inst.children[*child].unknown.load(Ordering::Acquire) {
-                        (ArgSource::Collect(*node), GValue::Unknown(name.to_string()))
-                    } else {
-                        let local = self.plan.nodes[*node].local;
-                        let children = inst.children[*child].instances.get().map(Vec::as_slice).unwrap_or(&[]);
-                        let mut all = Vec::with_capacity(children.len());
-                        let mut unknown = false;
-                        for c in children {
-                            match c.members[local].slot.lock().unwrap().clone() {
-                                Slot::Ok(done) => {
-                                    unknown |= done.identity.is_none();
-                                    all.push(done);
-                                }
-                                _ => {
-                                    let failed = format!("{name}[{}]", c.label.as_deref().unwrap_or(""));
-                                    if !skip_failed {
-                                        return Gathered::UpstreamFailed(failed);
-                                    }
-                                    left_out.push(failed);
-                                }
-                            }
-                        }
-                        if all.is_empty() && !children.is_empty() {
-                            return Gathered::UpstreamFailed(format!("{name} (every item)"));
-                        }
-                        let v = if unknown { GValue::Unknown(name.to_string()) } else { GValue::Many(all) };
-                        (ArgSource::Collect(*node), v)
-                    }
-                }
+                EdgeMode::Collect => match self.collected(inst, node, skip_failed, &mut left_out) {
+                    Ok(value) => (ArgSource::Collect(node), value),
+                    Err(failed) => return Gathered::UpstreamFailed(failed),
+                },
             };
             out.push(GArg { source, value });
         }
         Gathered::Ready(out, left_out)
+    }
+
+    /// The results of `node` in every instance of its block inside `inst`, for a collector; the failed
+    /// ones are left out with `skip_failed` (`on_item_error = "skip"`), else `Err` names one.
+    fn collected(
+        &self,
+        inst: &Instance,
+        node: usize,
+        skip_failed: bool,
+        left_out: &mut Vec<String>,
+    ) -> Result<GValue, String> {
+        let name = self.node_name(node);
+        let child = &inst.children[self.plan.blocks[self.plan.nodes[node].block].index_in_parent];
+        if child.failed.load(Ordering::Acquire) {
+            return Err(self.node_name(self.plan.blocks[self.plan.nodes[node].block].expand.unwrap()).to_string());
+        }
+        if child.unknown.load(Ordering::Acquire) {
+            return Ok(GValue::Unknown(name.to_string()));
+        }
+        let local = self.plan.nodes[node].local;
+        let instances = child.instances.get().map(Vec::as_slice).unwrap_or(&[]);
+        let mut all = Vec::new();
+        let mut unknown = false;
+        for c in instances {
+            match c.members[local].slot.lock().unwrap().clone() {
+                Slot::Ok(done) => {
+                    unknown |= done.identity.is_none();
+                    all.push(done);
+                }
+                _ => {
+                    let failed = format!("{name}[{}]", c.label.as_deref().unwrap_or(""));
+                    if !skip_failed {
+                        return Err(failed);
+                    }
+                    left_out.push(failed);
+                }
+            }
+        }
+        if all.is_empty() && !instances.is_empty() {
+            return Err(format!("{name} (every item)"));
+        }
+        Ok(if unknown { GValue::Unknown(name.to_string()) } else { GValue::Many(all) })
     }
 
     fn source(&self, s: ArgSource<'p>) -> InputSource<'_> {
@@ -314,47 +315,30 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
     }
 
-    /// Runs one task, appends the tasks it made ready to `ready` and returns when it ended (the clock is
-    /// read once per task).
-    ///
-    /// `start` is when the task began: the drivers pass the end of the previous task on the same thread,
-    /// so a node's reported duration also holds the scheduler's bookkeeping between the two (tens of
-    /// nanoseconds: notifying consumers, popping the next task).
-    pub fn run_task(&self, task: Task, ready: &mut Vec<Task>, start: Instant) -> Instant {
+    /// Runs one task (steps 1 to 5) and appends the tasks it made ready to `ready`.
+    pub fn run_task(&self, task: Task, ready: &mut Vec<Task>) {
+        let start = Instant::now();
         let (inst, local) = task;
         let pid = self.plan.blocks[inst.block].members[local];
         let pn = &self.plan.nodes[pid];
         let fnode: &FlowNode = &self.plan.flow.nodes[pn.id];
         let display: Arc<str> = match &inst.label {
-            Some(l) => arc_str(format_args!("{}[{l}]", fnode.name)),
+            Some(l) => format!("{}[{l}]", fnode.name).into(),
             None => fnode.name.clone(),
         };
-        let mut report = NodeReport {
-            name: display,
-            node: fnode.name.clone(),
-            item: inst.label.clone(),
-            status: Status::Skipped,
-            reasons: Reasons::new(),
-            duration: Duration::ZERO,
-            rows: None,
-            key: None,
-            inputs: InputKeys::new(),
-            error: Vec::new(),
-            warnings: Vec::new(),
-            notes: Vec::new(),
-            left_out: Vec::new(),
-        };
+        let mut report = NodeReport::new(display, fnode.name.clone(), inst.label.clone(), Status::Skipped);
         let outcome = if self.abort.load(Ordering::Relaxed) {
             report.status = Status::Cancelled;
             Slot::Failed
         } else {
+            // 1. gather
             match self.gather(&inst, pid) {
                 Gathered::UpstreamFailed(up) => {
                     report.error.push(format!("skipped: upstream `{up}` failed"));
                     Slot::Failed
                 }
                 Gathered::Ready(args, left_out) => {
-                    let slot = self.evaluate(&inst, pid, fnode, args, &mut report);
+                    let slot = self.evaluate(pn, fnode, args, &mut report);
                     // after `evaluate`: said of this run, not stored with the result
                     if !left_out.is_empty() {
                         report.warnings.push(format!(
@@ -368,8 +352,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                 }
             }
         };
-        let end = Instant::now();
-        report.duration = end.duration_since(start);
+        report.duration = start.elapsed();
         self.opts.observer.event(&Event::NodeFinished(&report));
         if let (Slot::Ok(done), true) = (&outcome, pn.pinned) {
             self.outputs.lock().unwrap().push(Output {
@@ -381,130 +364,45 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
         self.reports.lock().unwrap().push(report);
         self.finish(&inst, local, outcome, ready);
-        end
     }
 
-    fn evaluate(
-        &self,
-        inst: &Arc<Instance>,
-        pid: usize,
-        fnode: &FlowNode,
-        args: GArgs,
-        report: &mut NodeReport,
-    ) -> Slot {
-        let pn = &self.plan.nodes[pid];
-        let store = self.opts.store.as_ref();
-        // 2. the key
-        // on the stack: the key only lives while the node runs
-        let mut inputs: SmallVec<[KeyInput; 3]> = SmallVec::new();
-        let mut unknown: Option<String> = None;
-        for (garg, arg) in args.iter().zip(&fnode.args) {
-            let identity = match &garg.value {
-                // `One` and `Many` hold known identities (see `known`); unknown ones never make a key
-                GValue::One(d) => d.identity.unwrap_or(UNKNOWN),
-                GValue::Many(all) => {
-                    // the hash of the concatenated identities, streamed (a collect may gather 100,000)
-                    let mut h = blake3::Hasher::new();
-                    for d in all {
-                        h.update(d.identity.unwrap_or(UNKNOWN).as_bytes());
-                    }
-                    h.finalize()
-                }
-                GValue::Unknown(up) => {
-                    unknown.get_or_insert(up.clone());
-                    UNKNOWN
-                }
-            };
-            inputs.push(KeyInput { param: &arg.param, source: self.source(garg.source), identity });
-        }
-        if let Some(checks) = &pn.checks {
-            inputs.push(KeyInput { param: "#checks", source: InputSource::Literal, identity: **checks });
-        }
-        if let Some(up) = unknown {
-            report.status = Status::WouldRun;
-            report.reasons = smallvec![Reason::UpstreamWillRun(up)];
-            return Slot::Ok(Done { value: None, identity: None });
-        }
-        let func = &self.plan.functions[pn.function as usize];
+    /// Steps 2 to 4 for a task whose inputs are gathered: key, lookup, run, store.
+    fn evaluate(&self, pn: &PNode, fnode: &FlowNode, args: Vec<GArg<'p>>, report: &mut NodeReport) -> Slot {
+        let inputs = match self.key_inputs(pn, fnode, &args) {
+            Ok(inputs) => inputs,
+            Err(upstream) => {
+                report.status = Status::WouldRun;
+                report.reasons = vec![Reason::UpstreamWillRun(upstream)];
+                return Slot::Ok(Done { value: None, identity: None });
+            }
+        };
         let cache_key = CacheKey {
-            function: func.path,
+            function: fnode.function_path(),
             code_version: fnode.code_version(),
-            output_type: func.output_type,
+            output_type: fnode.output().value_type().name(),
             inputs: &inputs,
         };
-        let key = cache_key.hash_with_code(&func.code);
+        let key = cache_key.hash_with_code(&fnode.code_digest);
         report.key = Some(key);
-        // parameter names are shared with the flow (`#checks` stands for the node's data checks)
-        let params = fnode.args.iter().map(|a| &a.param).chain(pn.checks.as_ref().map(|_| &*CHECKS));
-        report.inputs.reserve_exact(cache_key.inputs.len());
-        for (param, input) in params.zip(cache_key.inputs) {
-            report.inputs.push((param.clone(), input.identity));
-        }
-
-        // 3. the cache
-        match (pn.cache, store) {
-            (CacheMode::Default, Some(store)) => match self.lookup(store, &report.name, &key) {
-                Ok(Some(entry)) => match changed_dep(store, &entry.deps) {
-                    None => {
-                        report.status = if self.opts.dry_run { Status::WouldReuse } else { Status::Reused };
-                        report.rows = entry.rows;
-                        report.warnings.extend(entry.messages.warnings.iter().cloned());
-                        report.notes.extend(entry.messages.notes.iter().cloned());
-                        self.record_state(&report.name, key, &cache_key);
-                        let ty = fnode.output().value_type();
-                        let identity = entry.identity();
-                        let lazy = Lazy::cached(entry.content, ty, store.clone(), entry.rows);
-                        return Slot::Ok(Done { value: Some(lazy), identity: Some(identity) });
-                    }
-                    Some(path) => report.reasons = smallvec![Reason::FileChanged(path)],
-                },
-                Ok(None) => report.reasons = self.reasons(&report.name, key, &cache_key),
-                Err(e) => report.warnings.push(format!("cache lookup failed, running the node: {e}")),
-            },
-            (mode, _) => {
-                report.reasons = smallvec![Reason::Forced(if store.is_none() { CacheMode::Disable } else { mode })]
-            }
+        // the flow's parameter names, shared (`#checks` stands for the data checks)
+        let params = fnode.args.iter().map(|a| a.param.clone()).chain(pn.checks.map(|_| Arc::from(CHECKS)));
+        report.inputs = params.zip(inputs.iter().map(|i| i.identity)).collect();
+        if let Some(done) = self.reuse(pn, fnode, key, &cache_key, report) {
+            return Slot::Ok(done);
         }
         if self.opts.dry_run {
             report.status = Status::WouldRun;
             return Slot::Ok(Done { value: None, identity: None });
         }
-
-        // 4. run
-        let mut values: SmallVec<[ArgValue; 2]> = SmallVec::with_capacity(args.len());
-        for garg in &args {
-            let loaded = match &garg.value {
-                GValue::One(d) => load(d).map(ArgValue::One),
-                GValue::Many(all) => {
-                    let mut many = Vec::with_capacity(all.len());
-                    all.iter().try_for_each(|d| load(d).map(|v| many.push(v))).map(|()| ArgValue::Many(many))
-                }
-                GValue::Unknown(_) => unreachable!("not a dry run"),
-            };
-            match loaded {
-                Ok(v) => values.push(v),
-                Err(e) => {
-                    // A reused upstream result cannot be read back: the whole run restarts without it.
-                    let mut restart = self.restart.lock().unwrap();
-                    restart.get_or_insert(format!("{e}; running again without it"));
-                    self.abort.store(true, Ordering::Relaxed);
-                    report.status = Status::Cancelled;
-                    return Slot::Failed;
-                }
+        let Some(values) = self.load_args(&args, report) else { return Slot::Failed };
+        let (result, deps) = self.execute(fnode, values, report);
+        let outcome = match result {
+            Ok(value) => {
+                report.status = Status::Executed;
+                report.rows = value.dyn_rows();
+                let identity = self.store(pn, fnode, key, &value, deps, report);
+                Slot::Ok(Done { value: Some(Lazy::ready(value)), identity: Some(identity) })
             }
-        }
-        self.opts.observer.event(&Event::NodeStarted(&report.name));
-        // the context borrows the store, the observer and the display name while the node runs
-        let cx = NodeCx::new(store, Some(&self.opts.observer), &report.name);
-        let result = ctx::enter(&cx, || {
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.call(fnode, values)))
-                .unwrap_or_else(|panic| Err(anyhow::anyhow!("node panicked: {}", panic_message(&panic))))
-        });
-        let (warnings, notes, deps) = (cx.warnings.into_inner(), cx.notes.into_inner(), cx.deps.into_inner());
-        report.warnings.extend(warnings);
-        report.notes.extend(notes);
-        let value = match result.and_then(|v| self.check(fnode, &v, report).map(|()| v)) {
-            Ok(v) => v,
             Err(e) => {
                 report.status = Status::Failed;
                 report.error = e.chain().map(|c| c.to_string()).collect();
@@ -512,52 +410,178 @@ impl<'p, 'f> Exec<'p, 'f> {
                 if self.opts.fail_fast {
                     self.abort.store(true, Ordering::Relaxed);
                 }
-                self.record_state(&report.name, key, &cache_key);
-                return Slot::Failed;
+                Slot::Failed
             }
         };
-        report.status = Status::Executed;
-        report.rows = value.dyn_rows();
-        // store; the identity consumers see is the value's own (a table without its volatile columns) or
-        // the hash of its bytes
-        let own_identity = value.dyn_identity().and_then(Result::ok);
-        let identity = match (pn.cache, store) {
-            (CacheMode::Disable, _) | (_, None) => key,
-            (_, Some(store)) => match encode_value(&*value) {
-                Ok(bytes) => {
-                    let meta = EntryMeta {
-                        type_name: func.output_type.to_string(),
-                        node: report.name.to_string(),
-                        rows: report.rows,
-                        deps,
-                        identity: own_identity,
-                        messages: Messages { warnings: report.warnings.clone(), notes: report.notes.clone() },
-                    };
-                    match store.put(key, &bytes, meta) {
-                        Ok(content) => own_identity.unwrap_or(content),
-                        Err(e) => {
-                            report.warnings.push(format!("result not cached: {e}"));
-                            own_identity.unwrap_or_else(|| blake3::hash(&bytes))
-                        }
-                    }
-                }
-                Err(e) => {
-                    report.warnings.push(format!("result not cached (cannot encode it: {e})"));
-                    key
-                }
-            },
-        };
         self.record_state(&report.name, key, &cache_key);
-        if let Some(store) = store
+        if let (Slot::Ok(_), Some(store)) = (&outcome, &self.opts.store)
             && let Err(e) = store.maybe_commit()
         {
             report.warnings.push(format!("cache commit failed: {e}"));
         }
-        let _ = inst;
-        Slot::Ok(Done { value: Some(Lazy::ready(value)), identity: Some(identity) })
+        outcome
     }
 
-    fn call(&self, fnode: &FlowNode, values: SmallVec<[ArgValue; 2]>) -> anyhow::Result<AnyValue> {
+    /// Step 2: what goes into the key, one input per argument (then the data checks); `Err` names the
+    /// upstream node whose value a dry run does not know.
+    fn key_inputs<'s>(
+        &'s self,
+        pn: &PNode,
+        fnode: &'s FlowNode,
+        args: &[GArg<'p>],
+    ) -> Result<Vec<KeyInput<'s>>, String> {
+        let known = |d: &Done| d.identity.expect("gathered values have known identities");
+        let mut inputs = Vec::new();
+        for (garg, arg) in args.iter().zip(&fnode.args) {
+            let identity = match &garg.value {
+                GValue::One(d) => known(d),
+                GValue::Many(all) => {
+                    // the hash of the concatenated identities
+                    let mut h = blake3::Hasher::new();
+                    for d in all {
+                        h.update(known(d).as_bytes());
+                    }
+                    h.finalize()
+                }
+                GValue::Unknown(up) => return Err(up.clone()),
+            };
+            inputs.push(KeyInput { param: &arg.param, source: self.source(garg.source), identity });
+        }
+        if let Some(checks) = pn.checks {
+            inputs.push(KeyInput { param: CHECKS, source: InputSource::Literal, identity: checks });
+        }
+        Ok(inputs)
+    }
+
+    /// Step 3: the stored result for `key`, when the node may reuse one and the files it read are
+    /// unchanged; otherwise the report says why the node runs.
+    fn reuse(
+        &self,
+        pn: &PNode,
+        fnode: &FlowNode,
+        key: Key,
+        cache_key: &CacheKey<'_>,
+        report: &mut NodeReport,
+    ) -> Option<Done> {
+        let store = match (pn.cache, &self.opts.store) {
+            (CacheMode::Default, Some(store)) => store,
+            (mode, store) => {
+                report.reasons = vec![Reason::Forced(if store.is_none() { CacheMode::Disable } else { mode })];
+                return None;
+            }
+        };
+        let entry = match self.lookup(store, &report.name, &key) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => {
+                report.reasons = self.reasons(&report.name, key, cache_key);
+                return None;
+            }
+            Err(e) => {
+                report.warnings.push(format!("cache lookup failed, running the node: {e}"));
+                return None;
+            }
+        };
+        if let Some(path) = changed_dep(store, &entry.deps) {
+            report.reasons = vec![Reason::FileChanged(path)];
+            return None;
+        }
+        report.status = if self.opts.dry_run { Status::WouldReuse } else { Status::Reused };
+        report.rows = entry.rows;
+        report.warnings.extend(entry.messages.warnings.iter().cloned());
+        report.notes.extend(entry.messages.notes.iter().cloned());
+        self.record_state(&report.name, key, cache_key);
+        let identity = entry.identity();
+        let value = Lazy::cached(entry.content, fnode.output().value_type(), store.clone(), entry.rows);
+        Some(Done { value: Some(value), identity: Some(identity) })
+    }
+
+    /// Step 4, the inputs: loaded from the cache where they are still there; `None` when a reused result
+    /// cannot be read back, and the run starts again without it.
+    fn load_args(&self, args: &[GArg<'p>], report: &mut NodeReport) -> Option<Vec<ArgValue>> {
+        let load = |d: &Done| d.value.as_ref().expect("a value is not released before its consumers ran").get();
+        let loaded: Result<Vec<ArgValue>, LoadError> = args
+            .iter()
+            .map(|garg| match &garg.value {
+                GValue::One(d) => load(d).map(ArgValue::One),
+                GValue::Many(all) => all.iter().map(load).collect::<Result<_, _>>().map(ArgValue::Many),
+                GValue::Unknown(_) => unreachable!("not a dry run"),
+            })
+            .collect();
+        match loaded {
+            Ok(values) => Some(values),
+            Err(e) => {
+                self.restart_without(&e);
+                report.status = Status::Cancelled;
+                None
+            }
+        }
+    }
+
+    /// A reused result cannot be read back: the run stops, and starts again without it.
+    fn restart_without(&self, e: &LoadError) {
+        self.restart.lock().unwrap().get_or_insert(format!("{e}; running again without it"));
+        self.abort.store(true, Ordering::Relaxed);
+    }
+
+    /// Step 4, the call: the node runs with its context (a panic is its failure), then its data checks.
+    /// Gives the result and the files the node read.
+    fn execute(
+        &self,
+        fnode: &FlowNode,
+        values: Vec<ArgValue>,
+        report: &mut NodeReport,
+    ) -> (anyhow::Result<AnyValue>, Vec<FileDep>) {
+        self.opts.observer.event(&Event::NodeStarted(&report.name));
+        let cx = NodeCx::new(self.opts.store.clone(), Some(self.opts.observer.clone()), report.name.clone());
+        let (result, cx) = ctx::enter(cx, || self.call(fnode, values));
+        let result = result.unwrap_or_else(|panic| Err(anyhow::anyhow!("node panicked: {}", panic_message(&panic))));
+        report.warnings.extend(cx.warnings);
+        report.notes.extend(cx.notes);
+        (result.and_then(|v| self.check(fnode, &v, report).map(|()| v)), cx.deps)
+    }
+
+    /// Step 4, the result: stored (unless the node's cache is disabled), with the identity its consumers
+    /// see: the value's own (a table without its volatile columns), else the hash of its bytes (so a re-run
+    /// that makes the same bytes does not re-run them), else the key.
+    fn store(
+        &self,
+        pn: &PNode,
+        fnode: &FlowNode,
+        key: Key,
+        value: &AnyValue,
+        deps: Vec<FileDep>,
+        report: &mut NodeReport,
+    ) -> Hash {
+        let own_identity = value.dyn_identity().and_then(Result::ok);
+        let store = match (pn.cache, &self.opts.store) {
+            (CacheMode::Disable, _) | (_, None) => return key,
+            (_, Some(store)) => store,
+        };
+        let bytes = match encode_value(&**value) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                report.warnings.push(format!("result not cached (cannot encode it: {e})"));
+                return key;
+            }
+        };
+        let meta = EntryMeta {
+            type_name: fnode.output().value_type().name().to_string(),
+            node: report.name.to_string(),
+            rows: report.rows,
+            deps,
+            identity: own_identity,
+            messages: Messages { warnings: report.warnings.clone(), notes: report.notes.clone() },
+        };
+        match store.put(key, &bytes, meta) {
+            Ok(content) => own_identity.unwrap_or(content),
+            Err(e) => {
+                report.warnings.push(format!("result not cached: {e}"));
+                own_identity.unwrap_or_else(|| blake3::hash(&bytes))
+            }
+        }
+    }
+
+    fn call(&self, fnode: &FlowNode, values: Vec<ArgValue>) -> anyhow::Result<AnyValue> {
         match &fnode.imp {
             NodeImpl::Function(def) => (def.call)(&mut Args::new(values)),
             NodeImpl::Sql(q) => {
@@ -618,13 +642,14 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
     }
 
-    fn reasons(&self, name: &str, key: Key, now: &CacheKey<'_>) -> Reasons {
-        let Some(state) = self.states.get(name) else { return smallvec![Reason::NotCached] };
+    /// Why a node whose key is not in the cache runs, from what its key was after the last run.
+    fn reasons(&self, name: &str, key: Key, now: &CacheKey<'_>) -> Vec<Reason> {
+        let Some(state) = self.states.get(name) else { return vec![Reason::NotCached] };
         if state.key == key {
-            return smallvec![Reason::ResultMissing];
+            return vec![Reason::ResultMissing];
         }
-        let Some(prev) = StoredKey::parse(&state.detail) else { return smallvec![Reason::NotCached] };
-        let reasons: Reasons = prev
+        let Some(prev) = StoredKey::parse(&state.detail) else { return vec![Reason::NotCached] };
+        let reasons: Vec<Reason> = prev
             .diff(now)
             .into_iter()
             .map(|c| match c {
@@ -640,7 +665,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                 },
             })
             .collect();
-        if reasons.is_empty() { smallvec![Reason::NotCached] } else { reasons }
+        if reasons.is_empty() { vec![Reason::NotCached] } else { reasons }
     }
 
     // 5. notification ---------------------------------------------------------------------------------
@@ -659,15 +684,19 @@ impl<'p, 'f> Exec<'p, 'f> {
                 self.spawn(inst, child, ready);
             }
         }
-        for &p in &pn.producers {
-            self.release(inst, p);
-        }
-        for arg in self.plan.args(pid) {
-            if let PArg::Collect { node, child } = arg {
-                let l = self.plan.nodes[*node].local;
-                for c in inst.children[*child].instances.get().map(Vec::as_slice).unwrap_or(&[]) {
-                    self.release(c, l);
+        // release what this node read: same-block producers, and what it collected
+        for arg in &self.plan.flow.nodes[pn.id].args {
+            let Binding::Node { node, mode } = arg.binding else { continue };
+            let q = &self.plan.nodes[self.plan.pid(node)];
+            match mode {
+                EdgeMode::Direct if q.block == inst.block => self.release(inst, q.local),
+                EdgeMode::Collect => {
+                    let child = &inst.children[self.plan.blocks[q.block].index_in_parent];
+                    for c in child.instances.get().map(Vec::as_slice).unwrap_or(&[]) {
+                        self.release(c, q.local);
+                    }
                 }
+                _ => {}
             }
         }
         self.complete_one(inst, ready);
@@ -721,9 +750,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             Slot::Ok(Done { value: Some(lazy), identity: Some(_) }) => match lazy.get() {
                 Ok(v) => v.dyn_items().ok_or_else(|| format!("`{expand_name}` did not return a Parallel list")),
                 Err(e) => {
-                    let mut restart = self.restart.lock().unwrap();
-                    restart.get_or_insert(format!("{e}; running again without it"));
-                    self.abort.store(true, Ordering::Relaxed);
+                    self.restart_without(&e);
                     Err(e.to_string())
                 }
             },
@@ -732,21 +759,9 @@ impl<'p, 'f> Exec<'p, 'f> {
                 inst.children[child].unknown.store(true, Ordering::Release);
                 for &m in &b.members {
                     let name = self.node_name(m);
-                    let report = NodeReport {
-                        name: format!("{name}[*]").into(),
-                        node: name.clone(),
-                        item: Some("*".into()),
-                        status: Status::WouldRun,
-                        reasons: smallvec![Reason::UpstreamWillRun(expand_name.clone())],
-                        duration: Duration::ZERO,
-                        rows: None,
-                        key: None,
-                        inputs: InputKeys::new(),
-                        error: Vec::new(),
-                        warnings: Vec::new(),
-                        notes: Vec::new(),
-                        left_out: Vec::new(),
-                    };
+                    let display = format!("{name}[*]").into();
+                    let mut report = NodeReport::new(display, name.clone(), Some("*".into()), Status::WouldRun);
+                    report.reasons = vec![Reason::UpstreamWillRun(expand_name.clone())];
                     self.opts.observer.event(&Event::NodeFinished(&report));
                     self.reports.lock().unwrap().push(report);
                 }
@@ -758,23 +773,11 @@ impl<'p, 'f> Exec<'p, 'f> {
             Ok(items) => items,
             Err(why) => {
                 inst.children[child].failed.store(true, Ordering::Release);
+                let status = if self.abort.load(Ordering::Relaxed) { Status::Cancelled } else { Status::Skipped };
                 for &m in &b.members {
                     let name = self.node_name(m);
-                    let report = NodeReport {
-                        name: name.clone(),
-                        node: name.clone(),
-                        item: None,
-                        status: if self.abort.load(Ordering::Relaxed) { Status::Cancelled } else { Status::Skipped },
-                        reasons: Reasons::new(),
-                        duration: Duration::ZERO,
-                        rows: None,
-                        key: None,
-                        inputs: InputKeys::new(),
-                        error: vec![format!("skipped: {why}")],
-                        warnings: Vec::new(),
-                        notes: Vec::new(),
-                        left_out: Vec::new(),
-                    };
+                    let mut report = NodeReport::new(name.clone(), name.clone(), None, status);
+                    report.error = vec![format!("skipped: {why}")];
                     self.opts.observer.event(&Event::NodeFinished(&report));
                     self.reports.lock().unwrap().push(report);
                 }
@@ -787,22 +790,18 @@ impl<'p, 'f> Exec<'p, 'f> {
                 Ok(h) => h,
                 Err(_) => blake3::hash(format!("{expand_name}#{i}").as_bytes()),
             };
-            let label = match (&inst.label, item.dyn_label()) {
-                (Some(outer), Some(own)) => arc_str(format_args!("{outer}/{own}")),
-                (Some(outer), None) => arc_str(format_args!("{outer}/{i}")),
-                (None, Some(own)) => own.into(),
-                (None, None) => arc_str(format_args!("{i}")),
+            let own = item.dyn_label().unwrap_or_else(|| i.to_string());
+            let label: Arc<str> = match &inst.label {
+                Some(outer) => format!("{outer}/{own}").into(),
+                None => own.into(),
             };
-            let mut path = ItemPath::with_capacity(inst.path.len() + 1);
-            path.extend_from_slice(&inst.path);
+            let mut path = inst.path.clone();
             path.push(i as u32);
             let done = Done { value: Some(Lazy::ready(item)), identity: Some(identity) };
             instances.push(self.new_instance(block, Some(inst.clone()), Some(done), Some(label), path));
         }
         let n = instances.len();
         self.opts.observer.event(&Event::TasksAdded(n * b.members.len()));
-        self.reports.lock().unwrap().reserve(n * b.members.len());
-        ready.reserve(n * b.members.len());
         inst.children[child].remaining.store(n, Ordering::Release);
         for instance in &instances {
             ready_members(instance, ready);
@@ -824,49 +823,12 @@ fn ready_members(inst: &Arc<Instance>, out: &mut Vec<Task>) {
     }
 }
 
-/// Formats into a stack buffer and makes the shared string with one allocation (a fan-out makes one label
-/// and one display name per item).
-fn arc_str(args: std::fmt::Arguments<'_>) -> Arc<str> {
-    use std::fmt::Write;
-    struct Buf {
-        bytes: [u8; 128],
-        len: usize,
-        spill: Option<String>,
-    }
-    impl Write for Buf {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            if let Some(spill) = &mut self.spill {
-                spill.push_str(s);
-            } else if self.len + s.len() <= self.bytes.len() {
-                self.bytes[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
-                self.len += s.len();
-            } else {
-                let mut spill = String::with_capacity(self.len + s.len() + 64);
-                spill.push_str(std::str::from_utf8(&self.bytes[..self.len]).expect("whole str pieces"));
-                spill.push_str(s);
-                self.spill = Some(spill);
-            }
-            Ok(())
-        }
-    }
-    let mut buf = Buf { bytes: [0; 128], len: 0, spill: None };
-    let _ = buf.write_fmt(args);
-    match &buf.spill {
-        Some(s) => Arc::from(s.as_str()),
-        None => Arc::from(std::str::from_utf8(&buf.bytes[..buf.len]).expect("whole str pieces")),
-    }
-}
-
 fn known(done: Done, name: &str) -> GValue {
     if done.identity.is_none() { GValue::Unknown(name.to_string()) } else { GValue::One(done) }
 }
 
-fn load(d: &Done) -> Result<AnyValue, super::lazy::LoadError> {
-    d.value.as_ref().expect("a value needed by a consumer is not released before it runs").get()
-}
-
 /// The first file dependency that no longer has its recorded content.
-fn changed_dep(store: &Store, deps: &[flowrun_cache::FileDep]) -> Option<String> {
+fn changed_dep(store: &Store, deps: &[FileDep]) -> Option<String> {
     deps.iter()
         .find(|d| store.fingerprint_file(&d.path).map(|h| h.to_hex().as_str() != d.hash).unwrap_or(true))
         .map(|d| d.path.display().to_string())
@@ -879,20 +841,5 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "(no message)".to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::arc_str;
-
-    #[test]
-    fn arc_str_formats_short_and_long_strings() {
-        assert_eq!(&*arc_str(format_args!("{}[{}]", "square", 3)), "square[3]");
-        // longer than the stack buffer: the pieces written before the spill are kept, in order
-        let long = "x".repeat(200);
-        assert_eq!(&*arc_str(format_args!("{}[{long}]/{}", "node", 7)), format!("node[{long}]/7"));
-        let edge = "y".repeat(127);
-        assert_eq!(&*arc_str(format_args!("{edge}{}", "zz")), format!("{edge}zz"));
     }
 }

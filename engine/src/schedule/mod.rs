@@ -220,16 +220,19 @@ fn run_status(reports: &[NodeReport], any_failed: bool) -> RunStatus {
                 left_out.iter().any(|l| item == *l || item.strip_prefix(*l).is_some_and(|rest| rest.starts_with('/')))
             })
     };
-    if !left_out.is_empty() && reports.iter().filter(bad).all(tolerated) { RunStatus::Partial } else { RunStatus::Failed }
+    if !left_out.is_empty() && reports.iter().filter(bad).all(tolerated) {
+        RunStatus::Partial
+    } else {
+        RunStatus::Failed
+    }
 }
 
 fn drive_sequential(exec: &exec::Exec<'_, '_>, initial: Vec<exec::Task>) {
     let mut stack = initial;
-    let mut clock = Instant::now();
     while let Some(task) = stack.pop() {
         // the first task made ready runs next
         let start = stack.len();
-        clock = exec.run_task(task, &mut stack, clock);
+        exec.run_task(task, &mut stack);
         stack[start..].reverse();
     }
 }
@@ -250,13 +253,13 @@ fn drive_parallel(exec: &exec::Exec<'_, '_>, initial: Vec<exec::Task>, jobs: usi
 fn spawn<'s>(s: &rayon::Scope<'s>, exec: &'s exec::Exec<'_, '_>, task: exec::Task) {
     s.spawn(move |s| {
         let mut ready = Vec::new();
-        let mut clock = exec.run_task(task, &mut ready, Instant::now());
+        exec.run_task(task, &mut ready);
         // keep one ready task on this thread (a chain never pays for a spawn), hand out the rest
         while let Some(next) = ready.pop() {
             for other in ready.drain(..) {
                 spawn(s, exec, other);
             }
-            clock = exec.run_task(next, &mut ready, clock);
+            exec.run_task(next, &mut ready);
         }
     });
 }
