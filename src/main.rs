@@ -2,11 +2,6 @@
 
 use std::process::ExitCode;
 
-/// mimalloc: a node's bookkeeping is many small, short-lived allocations (BENCHMARKS.md: engine).
-#[global_allocator]
-static ALLOC: alloc::MiMalloc = alloc::MiMalloc;
-
-mod alloc;
 mod cli;
 
 fn main() -> ExitCode {

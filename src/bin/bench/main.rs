@@ -15,14 +15,6 @@ use flowrun_cache::Store;
 use flowrun_engine::flow::{self, BuildOptions, SourceFile};
 use flowrun_engine::schedule::{self, RunOptions, RunStatus};
 
-/// mimalloc: a node's bookkeeping is many small, short-lived allocations (BENCHMARKS.md: engine).
-#[global_allocator]
-static ALLOC: alloc::MiMalloc = alloc::MiMalloc;
-
-/// The `flowrun` binary's allocator, shared as a file: the package has no library target.
-#[path = "../../alloc.rs"]
-mod alloc;
-
 fn main() {
     flowrun_nodes::link();
     flowrun_pv::link();
@@ -97,7 +89,7 @@ struct Row {
     shape: String,
     n: usize,
     node_runs: usize,
-    /// TOML text -> spanned file model (`flow::parse`: its fast path, else the toml crate), per flow node.
+    /// TOML text -> spanned file model (`flow::parse`, the toml crate), per flow node.
     parse_us: f64,
     /// Parsed file -> validated DAG (resolution, type checks, cycles, fan-out scopes), per flow node.
     build_us: f64,
