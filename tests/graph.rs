@@ -1,4 +1,4 @@
-//! `flowrun graph`: DOT (checked with Graphviz's `dot` when it is installed) and Mermaid, with the
+//! `flowrun graph`: DOT (checked with Graphviz's `dot`, which must be installed) and Mermaid, with the
 //! run overlay.
 
 use crate::util::{FANOUT, Scratch};
@@ -15,22 +15,19 @@ fn dot_output_has_clusters_shapes_and_parses() {
     assert!(dot.contains("subgraph \"cluster_1\""), "{dot}");
     assert!(dot.contains("\"items\" -> \"sq\" [style=dashed, label=\"each\"]"), "{dot}");
     assert!(dot.contains("\"plus\" -> \"total\" [style=bold, label=\"collect\"]"), "{dot}");
-    match std::process::Command::new("dot")
+    // Graphviz must accept it (`.ci/run` installs it; without `dot` this test fails rather than pass unchecked)
+    let mut child = std::process::Command::new("dot")
         .arg("-Tsvg")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-    {
-        Ok(mut child) => {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "dot rejected the graph: {}", String::from_utf8_lossy(&out.stderr));
-            assert!(String::from_utf8_lossy(&out.stdout).contains("<svg"));
-        }
-        Err(_) => eprintln!("graphviz `dot` is not installed; DOT syntax not checked by it"),
-    }
+        .expect("Graphviz's `dot` is needed by this test: apt-get install graphviz");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "dot rejected the graph: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("<svg"));
 }
 
 #[test]
