@@ -278,3 +278,56 @@ print(json.dumps(con.execute("SELECT commit_message FROM lake.snapshots() ORDER 
     );
     assert!(message.as_str().unwrap().contains("partial: missing measured[chn_med_res_pv_2024]"), "{message}");
 }
+
+#[test]
+fn bad_values_unrepairable_polygons_and_impossible_coordinates_are_reported() {
+    let (s, flow_path) = pv_scratch();
+    let mirror = scratch_mirror(&s, &[]);
+    // a GeoJSON whose area column has a value that is not a number, and a polygon with no area at all
+    let square = "[[[10.0, 50.0], [10.001, 50.0], [10.001, 50.001], [10.0, 50.001], [10.0, 50.0]]]";
+    let line = "[[[11.0, 50.0], [11.5, 50.5], [12.0, 51.0], [11.0, 50.0]]]";
+    s.write(
+        "mirror/odd_register/odd.geojson",
+        &format!(
+            r#"{{"type": "FeatureCollection", "features": [
+{{"type": "Feature", "properties": {{"pid": "a-1", "area": "12,5"}}, "geometry": {{"type": "Polygon", "coordinates": {square}}}}},
+{{"type": "Feature", "properties": {{"pid": "a-2", "area": "99"}}, "geometry": {{"type": "Polygon", "coordinates": {line}}}}}
+]}}"#
+        ),
+    );
+    // a CSV in degrees whose latitude and longitude columns were swapped: the second row cannot be a position
+    s.write("mirror/swapped_points/points.csv", "id,lat,lon\n1,10.5,50.1\n2,120.25,40.0\n");
+    let flow = std::fs::read_to_string(&flow_path).unwrap();
+    let (head, rest) = flow.split_once("[config.manifest.").unwrap();
+    let tail = &rest[rest.find("\n# -----").unwrap()..];
+    let manifest = r#"[config.manifest.odd_register]
+repository = "direct"
+source = "local"
+format = "geojson"
+id = "pid"
+area = "area"
+
+[config.manifest.swapped_points]
+repository = "direct"
+source = "local"
+format = "csv"
+lat = "lat"
+lon = "lon"
+id = "id"
+"#;
+    std::fs::write(&flow_path, format!("{head}{manifest}{tail}")).unwrap();
+    let out = run_mirror(&s, &mirror, &[]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let json = out.json();
+    assert_eq!(json["status"], "partial", "the odd register still reaches the lake");
+    let text = json.to_string();
+    for expected in [
+        r#"column `area`: 1 values are not numbers, e.g. \"12,5\" at file odd.geojson, row 0; they are null (if they use a thousands separator, set `thousands`)"#,
+        "1 invalid geometries could not be repaired and are kept as they are",
+        "odd_register:a-2",
+        "dataset `swapped_points`, file points.csv, row 1: coordinate #1: coordinate (40, 120.25) in EPSG:4326",
+        "not a WGS84 position",
+    ] {
+        assert!(text.contains(expected), "`{expected}` not reported:\n{}", serde_json::to_string_pretty(&json).unwrap());
+    }
+}

@@ -331,4 +331,31 @@ mod dedup_tests {
         let d = dedup_rows(&t, Mode::Overlap, 0.5, &["b".into(), "a".into()], 0).unwrap();
         assert_eq!(d.keep, vec![false, true]);
     }
+
+    #[test]
+    fn a_pair_that_cannot_be_intersected_is_reported_and_both_kept() {
+        // a polygon with a NaN vertex: its overlap is not a number, which is not "no overlap"
+        let broken = geo::Polygon::new(
+            geo::LineString::from(vec![(0.0, 0.0), (0.01, 0.0), (f64::NAN, 0.01), (0.0, 0.01), (0.0, 0.0)]),
+            vec![],
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("dataset_name", DataType::Utf8, false),
+            Field::new("unified_id", DataType::Utf8, false),
+            geom::wkb_field("geometry", true, None),
+            Field::new("area_m2", DataType::Float64, false),
+            Field::new("h3_9", DataType::Utf8, true),
+        ]));
+        let columns: Vec<arrow_array::ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["a", "b"])),
+            Arc::new(StringArray::from(vec!["a:ok", "b:nan"])),
+            geom::wkb_array(&[Some(square(0.0, 0.0, 0.01)), Some(broken.into())]),
+            Arc::new(Float64Array::from(vec![1.2e6, 1.2e6])),
+            Arc::new(StringArray::from(vec!["cell", "cell"])),
+        ];
+        let t = Table::from_batch(RecordBatch::try_new(schema, columns).unwrap());
+        let d = dedup_rows(&t, Mode::SameCell, 0.5, &[], 9).unwrap();
+        assert_eq!(d.errors, vec![("a:ok".to_string(), "b:nan".to_string())]);
+        assert_eq!(d.keep, vec![true, true]);
+    }
 }

@@ -107,10 +107,12 @@ pub enum Repair {
 }
 
 /// Repairs an invalid polygonal geometry (`make_valid`, then a canonical ring order). A repair that would
-/// lose the geometry (an empty result) keeps the original and says so: nothing is silently dropped.
+/// lose the geometry (an empty result), and a polygon without area (its points on one line, which geo's
+/// validation accepts), keep the original and say so: nothing is silently dropped.
 pub fn repair(g: Geometry<f64>) -> (Geometry<f64>, Repair) {
     if g.is_valid() {
-        return (g, Repair::Valid);
+        let flat = matches!(g, Geometry::Polygon(_) | Geometry::MultiPolygon(_)) && g.unsigned_area() == 0.0;
+        return (g, if flat { Repair::Unrepairable } else { Repair::Valid });
     }
     let fixed = match &g {
         Geometry::Polygon(p) => p.make_valid().ok().map(|mp| Geometry::MultiPolygon(canonical(mp))),
@@ -254,6 +256,11 @@ mod tests {
         assert!((fixed.unsigned_area() - 0.5).abs() < 1e-9);
         let (same, changed) = repair(cell(0.0, 0.0, 1.0));
         assert_eq!(changed, Repair::Valid);
+        // points on one line: no area to keep
+        let flat = Polygon::new(LineString::from(vec![(11.0, 50.0), (11.5, 50.5), (12.0, 51.0), (11.0, 50.0)]), vec![]);
+        assert_eq!(repair(flat.into()).1, Repair::Unrepairable);
+        let spike = Polygon::new(LineString::from(vec![(11.0, 50.0), (11.5, 50.5), (11.0, 50.0), (11.0, 50.0)]), vec![]);
+        assert_eq!(repair(spike.into()).1, Repair::Unrepairable);
         assert_eq!(same, cell(0.0, 0.0, 1.0));
     }
 }
