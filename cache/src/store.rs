@@ -260,7 +260,9 @@ impl Store {
         }
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn
-            .prepare_cached("SELECT content, type_name, node, size, rows, deps, identity, messages FROM entries WHERE key = ?1")
+            .prepare_cached(
+                "SELECT content, type_name, node, size, rows, deps, identity, messages FROM entries WHERE key = ?1",
+            )
             .map_err(|e| self.db_err(e))?;
         let row = stmt
             .query_row([key.as_bytes().as_slice()], |r| {

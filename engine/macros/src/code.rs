@@ -261,7 +261,10 @@ mod tests {
                     version = \"0.2.0\"\n";
         let p = parse_lock(lock);
         assert_eq!(p.len(), 2);
-        assert_eq!((p[0].name.as_str(), p[0].source.as_deref(), p[0].checksum.as_str()), ("x", Some("registry+r"), "ab"));
+        assert_eq!(
+            (p[0].name.as_str(), p[0].source.as_deref(), p[0].checksum.as_str()),
+            ("x", Some("registry+r"), "ab")
+        );
         assert_eq!(p[0].dependencies, ["y 0.2.0", "z"]);
         assert_eq!(package_name("[workspace]\nname = \"no\"\n[package]\nname = \"yes\"\n").as_deref(), Some("yes"));
     }
