@@ -30,7 +30,7 @@ con.execute(f"ATTACH 'ducklake:{catalog}' AS lake (DATA_PATH '{data_path}/', REA
 q = lambda sql: con.execute(sql).fetchall()
 raw = {t: q(f'SELECT count(*) FROM lake.raw.{t}')[0][0] for (t,) in q("SELECT table_name FROM duckdb_tables() WHERE database_name = 'lake' AND schema_name = 'raw'")}
 china_files = q('SELECT source_file, count(*) FROM lake.raw.raw_chn_med_res_pv_2024 GROUP BY 1 ORDER BY 1') if 'raw_chn_med_res_pv_2024' in raw else []
-countries = q("SELECT dataset_name, coalesce(country_code, 'null'), count(*) FROM lake.prepared.prepared_pv_dedup GROUP BY ALL ORDER BY ALL")
+countries = q("SELECT dataset_name, source_file, source_row, coalesce(country_code, 'null'), area_m2 FROM lake.prepared.prepared_pv_dedup")
 ids = q('SELECT count(*), count(DISTINCT unified_id) FROM lake.prepared.prepared_pv_dedup')[0]
 stats = q('SELECT sum(installations) FROM lake.prepared.prepared_country_pv_stats')[0][0]
 areas = q("SELECT dataset_name, area_basis, sum(total_area_m2), sum(area_m2_source), sum(rows_without_area) FROM lake.prepared.prepared_country_pv_stats GROUP BY ALL ORDER BY ALL")
@@ -43,31 +43,48 @@ print(json.dumps({'raw': raw, 'china_files': china_files, 'countries': countries
 "#;
 
 /// The country of every row read, as GeoPandas gives it: the centroid `within` a Natural Earth 1:50m polygon.
+/// Per row, keyed by dataset, file and row (flowrun's `source_file`, `source_row`); and the source areas of
+/// the point datasets.
 const GEOPANDAS_COUNTRIES: &str = r#"
 import json, sys, warnings
-import geopandas as gpd, pandas as pd
+import geopandas as gpd, pandas as pd, pyproj, shapely
 warnings.filterwarnings("ignore")  # centroids of lon/lat geometries: planar in degrees, as flowrun's
+geod = pyproj.Geod(ellps="WGS84")
+def geodesic_area(g):  # geodesic area of the polygons GEOS's make_valid makes of it
+    g = shapely.make_valid(g)
+    parts = [p for p in getattr(g, "geoms", [g]) if p.geom_type == "Polygon"]
+    parts += [q for p in getattr(g, "geoms", [g]) if p.geom_type == "MultiPolygon" for q in p.geoms]
+    return sum(abs(geod.geometry_area_perimeter(shapely.geometry.polygon.orient(p))[0]) for p in parts)
 data, ne = sys.argv[1], sys.argv[2]
 countries = gpd.read_file(ne)[["ADM0_A3", "geometry"]]
-ind = gpd.read_file(f"{data}/ind_pv_solar_farms_2022/solar_farms_india_2021_merged_simplified.geojson")
-chn = pd.concat([gpd.read_file(f"{data}/chn_med_res_pv_2024/{f}") for f in ["PV_Test_2020.shp", "PV_Train_2020.shp"]])
+def files(name, parts):
+    return [(f, gpd.read_file(f"{data}/{name}/{f}")) for f in parts]
 cal = pd.read_csv(f"{data}/usa_cali_usgs_pv_2016/polygonDataExceptVertices.csv", encoding="utf-8-sig")
 cal = cal.dropna(subset=["centroid_latitude", "centroid_longitude"])
-cal = gpd.GeoDataFrame(geometry=gpd.points_from_xy(cal.centroid_longitude, cal.centroid_latitude), crs="EPSG:4269").to_crs(4326)
+cal = gpd.GeoDataFrame(cal, geometry=gpd.points_from_xy(cal.centroid_longitude, cal.centroid_latitude), crs="EPSG:4269").to_crs(4326)
 usp = pd.read_csv(f"{data}/usa_uspvdb/uspvdb_v1_0_20231108.csv", encoding="utf-8-sig")
-usp = gpd.GeoDataFrame(geometry=gpd.points_from_xy(usp.xlong, usp.ylat), crs="EPSG:4326")
-read, distinct = [], []
-for name, g in [("chn_med_res_pv_2024", chn), ("ind_pv_solar_farms_2022", ind), ("usa_cali_usgs_pv_2016", cal), ("usa_uspvdb", usp)]:
-    g = g.reset_index(drop=True)
-    pts = gpd.GeoDataFrame(geometry=g.geometry.centroid.values, crs="EPSG:4326")
-    joined = gpd.sjoin(pts, countries, predicate="within", how="left")
-    code = joined[~joined.index.duplicated(keep="first")].ADM0_A3.fillna("null")
-    # flowrun's consolidated drops exact duplicates (the same geometry twice): their twins keep the country
-    twin = g.geometry.to_wkb().duplicated()
-    for out, codes in [(read, code), (distinct, code[~twin.values])]:
-        for c, n in codes.value_counts().items():
-            out.append([name, c, int(n)])
-print(json.dumps({"read": sorted(read), "distinct": sorted(distinct)}))
+usp = gpd.GeoDataFrame(usp, geometry=gpd.points_from_xy(usp.xlong, usp.ylat), crs="EPSG:4326")
+datasets = [
+    ("chn_med_res_pv_2024", files("chn_med_res_pv_2024", ["PV_Test_2020.shp", "PV_Train_2020.shp"])),
+    ("ind_pv_solar_farms_2022", files("ind_pv_solar_farms_2022", ["solar_farms_india_2021_merged_simplified.geojson"])),
+    ("usa_cali_usgs_pv_2016", [("polygonDataExceptVertices.csv", cal)]),
+    ("usa_uspvdb", [("uspvdb_v1_0_20231108.csv", usp)]),
+]
+rows, read, source_area = [], {}, {}
+for name, parts in datasets:
+    for file, g in parts:
+        pts = gpd.GeoDataFrame(geometry=g.geometry.centroid, crs="EPSG:4326")
+        joined = gpd.sjoin(pts, countries, predicate="within", how="left")
+        code = joined[~joined.index.duplicated(keep="first")].ADM0_A3.fillna("null")
+        polygons = name in ("chn_med_res_pv_2024", "ind_pv_solar_farms_2022")
+        for row, c in code.items():
+            rows.append([name, file, int(row), c, geodesic_area(g.geometry[row]) if polygons else 0.0])
+            read[(name, c)] = read.get((name, c), 0) + 1
+    area = {"usa_cali_usgs_pv_2016": "area_meters", "usa_uspvdb": "p_area"}.get(name)
+    if area:
+        g = parts[0][1]
+        source_area[name] = float(g[~g.geometry.to_wkb().duplicated()][area].sum())
+print(json.dumps({"rows": rows, "read": sorted([d, c, n] for (d, c), n in read.items()), "source_area": source_area}))
 "#;
 
 fn query_lake(s: &Scratch) -> serde_json::Value {
@@ -99,10 +116,10 @@ fn the_pipeline_on_the_shared_data() {
         .flat_map(|n| n["notes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()))
         .collect();
     for expected in [
-        "dataset `usa_cali_usgs_pv_2016`: CRS EPSG:4269",
-        "(from the manifest's `crs`); 19435 rows read, 19433 kept, 2 dropped (without coordinates)",
-        "dataset `ind_pv_solar_farms_2022`: CRS EPSG:4326",
-        "(from the GeoJSON `crs` member); 1363 rows read, 1363 kept",
+        "dataset `usa_cali_usgs_pv_2016`: CRS EPSG:4269 (NAD83) (from the manifest's `crs`; datum shift: none",
+        "; 19435 rows read, 19433 kept, 2 dropped (without coordinates)",
+        "dataset `ind_pv_solar_farms_2022`: CRS OGC:CRS84 (WGS 84, lon/lat) (from the GeoJSON `crs` member;",
+        "; 1363 rows read, 1363 kept",
     ] {
         assert!(notes.iter().any(|n| n.contains(expected)), "no note with `{expected}` in {notes:#?}");
     }
@@ -138,25 +155,60 @@ fn the_pipeline_on_the_shared_data() {
             &pv_data().join("natural_earth_admin0/ne_50m_admin_0_countries.json").display().to_string(),
         ],
     );
-    // over the rows read (the issue's figures), and over the rows flowrun keeps after exact duplicates (31 of
-    // ChinaPV's test polygons are in its train file too, one USPVDB point is listed twice)
+    // over the rows read (the issue's figures) GeoPandas gives these countries; and flowrun gives every row it
+    // keeps (all but the exact duplicates: 31 of ChinaPV's test polygons are in its train file too, one USPVDB
+    // point is listed twice) the country GeoPandas gives that row
     let expected = serde_json::json!([
-        ["chn_med_res_pv_2024", "CHN", 2620], ["chn_med_res_pv_2024", "TWN", 7], ["chn_med_res_pv_2024", "null", 42],
-        ["ind_pv_solar_farms_2022", "IND", 1360], ["ind_pv_solar_farms_2022", "null", 3],
-        ["usa_cali_usgs_pv_2016", "USA", 19423], ["usa_cali_usgs_pv_2016", "null", 10],
-        ["usa_uspvdb", "USA", 3687], ["usa_uspvdb", "null", 12],
+        ["chn_med_res_pv_2024", "CHN", 2620],
+        ["chn_med_res_pv_2024", "TWN", 7],
+        ["chn_med_res_pv_2024", "null", 42],
+        ["ind_pv_solar_farms_2022", "IND", 1360],
+        ["ind_pv_solar_farms_2022", "null", 3],
+        ["usa_cali_usgs_pv_2016", "USA", 19423],
+        ["usa_cali_usgs_pv_2016", "null", 10],
+        ["usa_uspvdb", "USA", 3687],
+        ["usa_uspvdb", "null", 12],
     ]);
     assert_eq!(oracle["read"], expected, "GeoPandas over the rows read");
-    assert_eq!(lake["countries"], oracle["distinct"], "flowrun (left) and GeoPandas (right) disagree");
-    // the point datasets count their source areas; the polygon datasets their geodesic areas
+    let key = |r: &serde_json::Value| (r[0].to_string(), r[1].to_string(), r[2].as_i64().unwrap());
+    let truth: std::collections::HashMap<_, _> =
+        oracle["rows"].as_array().unwrap().iter().map(|r| (key(r), r[3].as_str().unwrap().to_string())).collect();
+    let ours = lake["countries"].as_array().unwrap();
+    assert_eq!(ours.len(), 27164 - 32, "every row read but the exact duplicates");
+    let wrong: Vec<String> = ours
+        .iter()
+        .filter(|r| truth.get(&key(r)).map(String::as_str) != r[3].as_str())
+        .map(|r| format!("{r} (GeoPandas: {:?})", truth.get(&key(r))))
+        .collect();
+    assert!(wrong.is_empty(), "{} rows differ from GeoPandas, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    // and the geodesic area of every row, invalid polygons repaired, as GEOS repairs them (India has 78)
+    let areas: std::collections::HashMap<_, _> =
+        oracle["rows"].as_array().unwrap().iter().map(|r| (key(r), r[4].as_f64().unwrap())).collect();
+    let worst = ours
+        .iter()
+        .map(|r| {
+            let (theirs, mine) = (areas[&key(r)], r[4].as_f64().unwrap());
+            if theirs == 0.0 { mine.abs() } else { (mine - theirs).abs() / theirs }
+        })
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-6, "an area differs from GeoPandas by {worst:e} of itself");
+    // the point datasets count their source areas (their rows have no geodesic area), the polygon ones their
+    // geodesic areas
     for row in lake["areas"].as_array().unwrap() {
         let (dataset, basis) = (row[0].as_str().unwrap(), row[1].as_str().unwrap());
-        let total = row[2].as_f64().unwrap();
-        match dataset {
-            "usa_cali_usgs_pv_2016" | "usa_uspvdb" => assert_eq!(basis, "source", "{row}"),
-            _ => assert_eq!(basis, "geodesic", "{row}"),
-        }
-        assert!(total > 0.0 || row[4].as_i64().unwrap() > 0, "{row}");
+        let expected = if dataset.starts_with("usa_") { "source" } else { "geodesic" };
+        assert_eq!(basis, expected, "{row}");
+    }
+    for (dataset, area) in oracle["source_area"].as_object().unwrap() {
+        let total: f64 = lake["areas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r[0] == dataset.as_str())
+            .map(|r| r[2].as_f64().unwrap())
+            .sum();
+        let area = area.as_f64().unwrap();
+        assert!((total - area).abs() <= 1e-9 * area, "{dataset}: flowrun sums {total} m2, the source column {area}");
     }
 }
 
@@ -297,6 +349,11 @@ fn bad_values_unrepairable_polygons_and_impossible_coordinates_are_reported() {
     );
     // a CSV in degrees whose latitude and longitude columns were swapped: the second row cannot be a position
     s.write("mirror/swapped_points/points.csv", "id,lat,lon\n1,10.5,50.1\n2,120.25,40.0\n");
+    // a GeoJSON that writes latitude first: read with axis_order = "lat_lon" (else latitude 120 fails)
+    s.write(
+        "mirror/latlon_points/p.geojson",
+        r#"{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"id": "p1"}, "geometry": {"type": "Point", "coordinates": [55.0, 120.0]}}]}"#,
+    );
     let flow = std::fs::read_to_string(&flow_path).unwrap();
     let (head, rest) = flow.split_once("[config.manifest.").unwrap();
     let tail = &rest[rest.find("\n# -----").unwrap()..];
@@ -306,6 +363,13 @@ source = "local"
 format = "geojson"
 id = "pid"
 area = "area"
+
+[config.manifest.latlon_points]
+repository = "direct"
+source = "local"
+format = "geojson"
+axis_order = "lat_lon"
+id = "id"
 
 [config.manifest.swapped_points]
 repository = "direct"
@@ -320,14 +384,22 @@ id = "id"
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     let json = out.json();
     assert_eq!(json["status"], "partial", "the odd register still reaches the lake");
+    let status =
+        |name: &str| json["nodes"].as_array().unwrap().iter().find(|n| n["name"] == name).unwrap()["status"].clone();
+    assert_eq!(status("measured[latlon_points]"), "executed", "lat/lon order read as such");
     let text = json.to_string();
     for expected in [
-        r#"column `area`: 1 values are not numbers, e.g. \"12,5\" at file odd.geojson, row 0; they are null (if they use a thousands separator, set `thousands`)"#,
+        r#"column `area`: 1 values are not numbers, e.g. \"12,5\" at file odd.geojson, row 0 (counting from 0); they are null (if they use a thousands separator, set `thousands`)"#,
         "1 invalid geometries could not be repaired and are kept as they are",
         "odd_register:a-2",
-        "dataset `swapped_points`, file points.csv, row 1: coordinate #1: coordinate (40, 120.25) in EPSG:4326",
+        "dataset `swapped_points`, file points.csv, row 1 (counting from 0): coordinate #1: coordinate (40, 120.25) in EPSG:4326",
+        "the coordinates were read as EPSG:4326 (WGS 84) (from the CSV default (lon/lat in degrees)): if they are in another CRS, give the dataset crs",
         "not a WGS84 position",
     ] {
-        assert!(text.contains(expected), "`{expected}` not reported:\n{}", serde_json::to_string_pretty(&json).unwrap());
+        assert!(
+            text.contains(expected),
+            "`{expected}` not reported:\n{}",
+            serde_json::to_string_pretty(&json).unwrap()
+        );
     }
 }

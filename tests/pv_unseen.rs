@@ -47,12 +47,30 @@ fn unseen_datasets_come_out_as_geopandas_reads_them() {
         .collect();
     // per dataset: the CRS identified, where it came from, and the rows kept and dropped
     for (dataset, expected) in [
-        ("deu_open_space_register", ["EPSG:3035", "(from the .prj file); 3000 rows read, 3000 kept"]),
-        ("gbr_renewables_register", ["EPSG:27700", "(from the manifest's `crs`); 1500 rows read, 818 kept"]),
-        ("osm_solar", ["EPSG:4326", "(from the GeoJSON `crs` member); 100000 rows read"]),
-        ("usa_rooftop_panels", ["EPSG:2163", "(from the .prj file); 2003 rows read, 2003 kept"]),
-        ("chn_z_shapefile", ["EPSG:4326", "(from the .prj file); 273 rows read, 273 kept"]),
-        ("multi_layer_gpkg", ["EPSG:32633", "(from the GeoPackage layer's SRS); 545 rows read, 505 kept"]),
+        (
+            "deu_open_space_register",
+            ["CRS EPSG:3035 (ETRS89 / LAEA Europe) (from the .prj file;", "; 3000 rows read, 3000 kept"],
+        ),
+        (
+            "gbr_renewables_register",
+            [
+                "CRS EPSG:27700 (OSGB 1936 / British National Grid) (from the manifest's `crs`; datum shift: +datum=OSGB36)",
+                "; 1500 rows read, 818 kept",
+            ],
+        ),
+        ("osm_solar", ["CRS OGC:CRS84 (WGS 84, lon/lat) (from the GeoJSON `crs` member;", "; 100000 rows read"]),
+        (
+            "usa_rooftop_panels",
+            [
+                "CRS EPSG:2163 (US National Atlas Equal Area) (from the .prj file; datum shift: none (coordinates on a sphere",
+                "; 2003 rows read, 2003 kept",
+            ],
+        ),
+        ("chn_z_shapefile", ["CRS EPSG:4326 (WGS 84) (from the .prj file;", "; 273 rows read, 273 kept"]),
+        (
+            "multi_layer_gpkg",
+            ["CRS EPSG:32633 (WGS 84 / UTM zone 33N) (from the GeoPackage layer's SRS;", "; 545 rows read, 505 kept"],
+        ),
     ] {
         let note = notes
             .iter()
@@ -70,7 +88,11 @@ fn unseen_datasets_come_out_as_geopandas_reads_them() {
     let oracle = script(&["oracle", &mirror_arg, &parquet.display().to_string(), &ne.display().to_string()]);
     let report = String::from_utf8_lossy(&oracle.stdout);
     println!("oracle: {report}");
-    assert!(oracle.status.success(), "flowrun and GeoPandas differ:\n{report}\n{}", String::from_utf8_lossy(&oracle.stderr));
+    assert!(
+        oracle.status.success(),
+        "flowrun and GeoPandas differ:\n{report}\n{}",
+        String::from_utf8_lossy(&oracle.stderr)
+    );
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["worst"]["missing"], 0);

@@ -6,8 +6,8 @@
 //! 1. every file under the crate's `src/`, its `Cargo.toml` and `build.rs` (path and content);
 //! 2. from the workspace's `Cargo.lock`, every package the crate depends on, transitively: a registry or
 //!    git package by name, version, source and checksum (a crate upgrade can change geometry results); a
-//!    package of the workspace (no source) by its own digest of step 1, found by its `Cargo.toml` under the
-//!    workspace root.
+//!    path package (no source) by its own digest of step 1, found by following the `path =` dependencies of
+//!    the manifests (the crate's, its path dependencies', and their workspaces' `[workspace.dependencies]`).
 //!
 //! So editing any code of the crate, of a workspace crate it depends on, or upgrading any dependency in its
 //! closure re-runs its nodes, and nothing else does: nodes of a crate that does not depend on the edited one
@@ -44,10 +44,9 @@ pub fn digest(dir: &Path, name: &str) -> String {
     h.update(b"flowrun crate digest 1\0");
     h.update(own_digest(dir).as_bytes());
     if let Some(lock) = find_up(dir, "Cargo.lock") {
-        let root = lock.parent().unwrap_or(dir);
         let text = std::fs::read_to_string(&lock).unwrap_or_default();
         let packages = parse_lock(&text);
-        let members = workspace_packages(root);
+        let members = path_packages(dir);
         for pkg in closure(&packages, name) {
             match (&pkg.source, members.get(&pkg.name)) {
                 (None, Some(member_dir)) if member_dir != dir => h.update(own_digest(member_dir).as_bytes()),
@@ -164,25 +163,51 @@ fn closure<'a>(packages: &'a [LockPackage], name: &str) -> Vec<&'a LockPackage> 
     out
 }
 
-/// The packages under the workspace root (their `Cargo.toml`'s `[package] name`), by name: where the
-/// sources of a path dependency are.
-fn workspace_packages(root: &Path) -> BTreeMap<String, PathBuf> {
+/// The packages reachable from the crate at `dir` through `path =` dependencies, by name: where the sources
+/// of a path dependency are. Followed from each manifest's dependency tables, and for `x.workspace = true`
+/// entries from the `[workspace.dependencies]` of that crate's workspace root, wherever they lead.
+fn path_packages(dir: &Path) -> BTreeMap<String, PathBuf> {
     let mut out = BTreeMap::new();
-    let mut stack = vec![(root.to_path_buf(), 0)];
-    while let Some((dir, depth)) = stack.pop() {
-        if let Ok(text) = std::fs::read_to_string(dir.join("Cargo.toml"))
-            && let Some(name) = package_name(&text)
-        {
-            out.entry(name).or_insert(dir.clone());
-        }
-        if depth == 4 {
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(text) = std::fs::read_to_string(d.join("Cargo.toml")) else { continue };
+        let Some(name) = package_name(&text) else { continue };
+        if out.insert(name, d.clone()).is_some() {
             continue;
         }
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for e in entries.flatten() {
-            let skip = e.file_name().to_str().is_none_or(|n| n.starts_with('.') || n == "target" || n == "src");
-            if !skip && e.path().is_dir() {
-                stack.push((e.path(), depth + 1));
+        todo.extend(path_deps(&text, &d));
+        let root = d.ancestors().find(|a| {
+            std::fs::read_to_string(a.join("Cargo.toml")).is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+        });
+        if let Some(root) = root
+            && let Ok(root_text) = std::fs::read_to_string(root.join("Cargo.toml"))
+        {
+            todo.extend(path_deps(&root_text, root));
+        }
+    }
+    out
+}
+
+/// The directories of the `path = "..."` dependencies a manifest declares, resolved against `base`.
+fn path_deps(manifest: &str, base: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut in_deps = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            let table = line.trim_matches(['[', ']']);
+            in_deps = table.split('.').any(|part| part.ends_with("dependencies"));
+            continue;
+        }
+        if !in_deps {
+            continue;
+        }
+        // `x = { path = "..." }` or, inside `[dependencies.x]`, `path = "..."`
+        if let Some(at) = line.find("path") {
+            let rest = line[at + 4..].trim_start();
+            if let Some(value) = rest.strip_prefix('=').and_then(|v| v.trim_start().strip_prefix('"')) {
+                if let Some(end) = value.find('"') {
+                    out.push(base.join(&value[..end]));
+                }
             }
         }
     }
@@ -211,19 +236,24 @@ mod tests {
         std::fs::write(path, text).unwrap();
     }
 
-    /// A workspace of two crates, `a` (depends on `helpers` and a registry crate) and `b` (depends on
-    /// neither): edits and upgrades change exactly the digests of the crates that can reach them.
+    /// A workspace of two crates, `a` (depends on `helpers`, a path crate outside the workspace, and a
+    /// registry crate) and `b` (depends on neither): edits and upgrades change exactly the digests of the
+    /// crates that can reach them.
     #[test]
-    fn a_digest_covers_the_crate_its_workspace_dependencies_and_locked_versions() {
-        let root = std::env::temp_dir().join(format!("flowrun-code-digest-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        write(&root.join("Cargo.toml"), "[workspace]\nmembers = [\"a\", \"b\", \"helpers\"]\n");
-        write(&root.join("a/Cargo.toml"), "[package]\nname = \"a\"\n");
+    fn a_digest_covers_the_crate_its_path_dependencies_and_locked_versions() {
+        let top = std::env::temp_dir().join(format!("flowrun-code-digest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let (root, helpers) = (top.join("ws"), top.join("elsewhere/deep/helpers"));
+        write(
+            &root.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"a\", \"b\"]\n\n[workspace.dependencies]\nhelpers = { path = \"../elsewhere/deep/helpers\" }\n",
+        );
+        write(&root.join("a/Cargo.toml"), "[package]\nname = \"a\"\n\n[dependencies]\nhelpers.workspace = true\n");
         write(&root.join("a/src/lib.rs"), "pub fn node() -> i64 { helpers::f() }\n");
         write(&root.join("b/Cargo.toml"), "[package]\nname = \"b\"\n");
         write(&root.join("b/src/lib.rs"), "pub fn node() -> i64 { 2 }\n");
-        write(&root.join("helpers/Cargo.toml"), "[package]\nname = \"helpers\"\n");
-        write(&root.join("helpers/src/lib.rs"), "pub fn f() -> i64 { 1 }\n");
+        write(&helpers.join("Cargo.toml"), "[package]\nname = \"helpers\"\n");
+        write(&helpers.join("src/lib.rs"), "pub fn f() -> i64 { 1 }\n");
         let lock = |geo: &str| {
             format!(
                 "version = 4\n\n[[package]]\nname = \"a\"\nversion = \"0.1.0\"\ndependencies = [\n \"geo\",\n \"helpers\",\n]\n\n\
@@ -237,9 +267,9 @@ mod tests {
         let (a0, b0) = digests();
         assert_eq!(digests(), (a0.clone(), b0.clone()), "stable");
 
-        write(&root.join("helpers/src/lib.rs"), "pub fn f() -> i64 { 3 }\n");
+        write(&helpers.join("src/lib.rs"), "pub fn f() -> i64 { 3 }\n");
         let (a1, b1) = digests();
-        assert_ne!(a1, a0, "a helper of another workspace crate changed");
+        assert_ne!(a1, a0, "a helper in a path dependency changed");
         assert_eq!(b1, b0, "b does not depend on it");
 
         write(&root.join("a/src/util/mod.rs"), "pub fn g() {}\n");
@@ -251,7 +281,7 @@ mod tests {
         let (a3, b3) = digests();
         assert_ne!(a3, a2, "a dependency was upgraded");
         assert_eq!(b3, b0, "not one of b's");
-        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::remove_dir_all(&top).unwrap();
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! `consolidated`: the union of every dataset's measured table, exact duplicates removed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result};
-use arrow_array::{Array, BinaryArray, BooleanArray};
+use arrow_array::{Array, BinaryArray, BooleanArray, StringArray};
 use flowrun_engine::{Collect, Table, ctx, node};
 
 use super::geom::geometry_index;
@@ -29,27 +29,47 @@ pub fn union_tables(tables: &[Table]) -> Result<Table> {
     Ok(Table::try_new(merged, out)?)
 }
 
-/// Removes rows whose geometry bytes equal an earlier row's; returns the table and how many were removed.
-pub fn drop_exact_duplicates(t: &Table) -> Result<(Table, usize)> {
+/// Removes exact duplicates (the same geometry bytes): of each group the record of the dataset listed
+/// first in `priority` is kept (then the first in table order). Returns the table and, per dataset, how many
+/// of its records were removed.
+pub fn drop_exact_duplicates(t: &Table, priority: &[String]) -> Result<(Table, BTreeMap<String, usize>)> {
     let batch = t.concat()?;
     let gi = geometry_index(t)?;
     let g = batch.column(gi).as_any().downcast_ref::<BinaryArray>().context("geometry is not WKB")?;
-    let mut seen: HashSet<blake3::Hash> = HashSet::with_capacity(g.len());
-    let keep: BooleanArray =
-        (0..g.len()).map(|i| Some(g.is_null(i) || seen.insert(blake3::hash(g.value(i))))).collect();
-    let removed = keep.iter().filter(|k| *k == Some(false)).count();
-    let filtered = arrow_select::filter::filter_record_batch(&batch, &keep)?;
+    let datasets = batch
+        .column_by_name("dataset_name")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+        .context("no `dataset_name` column")?;
+    let rank = |i: usize| priority.iter().position(|p| p == datasets.value(i)).unwrap_or(usize::MAX);
+    // geometry -> the row kept so far
+    let mut kept: HashMap<blake3::Hash, usize> = HashMap::with_capacity(g.len());
+    for i in (0..g.len()).filter(|&i| !g.is_null(i)) {
+        kept.entry(blake3::hash(g.value(i)))
+            .and_modify(|k| {
+                if rank(i) < rank(*k) {
+                    *k = i
+                }
+            })
+            .or_insert(i);
+    }
+    let keep: Vec<bool> = (0..g.len()).map(|i| g.is_null(i) || kept[&blake3::hash(g.value(i))] == i).collect();
+    let mut removed = BTreeMap::new();
+    for i in (0..g.len()).filter(|&i| !keep[i]) {
+        *removed.entry(datasets.value(i).to_string()).or_default() += 1;
+    }
+    let filtered = arrow_select::filter::filter_record_batch(&batch, &BooleanArray::from(keep))?;
     Ok((Table::from_batch(filtered), removed))
 }
 
-/// The union of all datasets (by column name) without exact duplicates (same geometry bytes): the
-/// `stg_pv_consolidated` table.
+/// The union of all datasets (by column name) without exact duplicates (same geometry bytes; the record of
+/// the dataset first in `dataset_priority` is kept): the `stg_pv_consolidated` table.
 #[node(tags(stage = "staging"))]
-pub fn consolidated(measured: Collect<Table>) -> Result<Table> {
+pub fn consolidated(measured: Collect<Table>, dataset_priority: &Vec<String>) -> Result<Table> {
     let all = union_tables(&measured)?;
-    let (t, removed) = drop_exact_duplicates(&all)?;
-    if removed > 0 {
-        ctx::warn(format!("{removed} exact duplicates (same geometry) removed"));
+    let (t, removed) = drop_exact_duplicates(&all, dataset_priority)?;
+    if !removed.is_empty() {
+        let per: Vec<String> = removed.iter().map(|(d, n)| format!("{n} of `{d}`")).collect();
+        ctx::note(format!("exact duplicates (the same geometry as a record kept) removed: {}", per.join(", ")));
     }
     Ok(t)
 }
@@ -69,8 +89,12 @@ mod tests {
         let union = union_tables(&[a, Table::from_batch(reordered)]).unwrap();
         assert_eq!(union.num_rows(), 4);
         assert_eq!(strings(&union, "dataset_name"), ["a", "a", "b", "b"].map(|s| Some(s.to_string())));
-        let (deduped, removed) = drop_exact_duplicates(&union).unwrap();
-        assert_eq!(removed, 1);
+        let (deduped, removed) = drop_exact_duplicates(&union, &[]).unwrap();
+        assert_eq!(removed, BTreeMap::from([("b".to_string(), 1)]));
         assert_eq!(strings(&deduped, "unified_id"), ["a:1", "a:2", "b:2"].map(|s| Some(s.to_string())));
+        // the dataset listed first in the priority keeps its record
+        let (deduped, removed) = drop_exact_duplicates(&union, &["b".into()]).unwrap();
+        assert_eq!(removed, BTreeMap::from([("a".to_string(), 1)]));
+        assert_eq!(strings(&deduped, "unified_id"), ["a:2", "b:1", "b:2"].map(|s| Some(s.to_string())));
     }
 }

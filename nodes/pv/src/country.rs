@@ -46,6 +46,7 @@ pub fn country_files(countries: &Dataset, mirror: &Mirror, repositories: &Reposi
     if d.key.is_empty() {
         d.key = "natural_earth_admin0".into();
     }
+    d.validate()?;
     fetch(&d, mirror, repositories)
 }
 
@@ -164,7 +165,8 @@ pub fn located(
 /// Per country and dataset (`prepared_country_pv_stats`): installations (`polygons` of them with a
 /// geodesic area, `points` without), `area_m2_geodesic` (the polygons' geodesic areas), `area_m2_source`
 /// (the source's own area column, where the dataset has one), and `total_area_m2` / `mean_area_m2` over
-/// every installation: its geodesic area when it is a polygon, else its source area, else nothing.
+/// every installation: its geodesic area when it is a polygon, else its source area, else nothing (the mean
+/// is over the installations that have an area).
 /// `area_basis` says which of the two the total sums (`geodesic`, `source`, `geodesic+source`, `none`),
 /// and `rows_without_area` counts the installations that add nothing.
 #[node(tags(stage = "prepared"))]
@@ -250,7 +252,7 @@ pub fn country_stats(located: &Table) -> Result<Table> {
             floats(&|g| g.geodesic),
             floats(&|g| g.source),
             floats(&|g| g.total),
-            floats(&|g| g.total / g.installations as f64),
+            floats(&|g| g.total / (g.from_geodesic + g.from_source).max(1) as f64),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, g)| basis(g)))),
             ints(&|g| g.installations - g.from_geodesic - g.from_source),
         ],

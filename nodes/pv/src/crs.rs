@@ -49,6 +49,7 @@ pub struct Crs {
     lat_lon: bool,
 }
 
+#[derive(Clone)]
 struct Resolved {
     label: String,
     epsg: Option<u32>,
@@ -58,6 +59,8 @@ struct Resolved {
     to_deg: f64,
     /// Prime meridian of geographic sources, degrees east of Greenwich (proj4rs ignores `+pm` for them).
     pm: f64,
+    /// The datum shift applied, for reports: `none (WGS84-compatible)`, `+towgs84=...`.
+    shift: String,
 }
 
 impl std::fmt::Debug for Crs {
@@ -70,7 +73,14 @@ impl std::fmt::Debug for Crs {
 impl Crs {
     /// WGS84 lon/lat degrees: nothing to do.
     pub fn wgs84() -> Crs {
-        let inner = Resolved { label: "EPSG:4326 (WGS 84)".into(), epsg: Some(4326), proj: None, to_deg: 1.0, pm: 0.0 };
+        let inner = Resolved {
+            label: "EPSG:4326 (WGS 84)".into(),
+            epsg: Some(4326),
+            proj: None,
+            to_deg: 1.0,
+            pm: 0.0,
+            shift: "none (WGS84)".into(),
+        };
         Crs { inner: Arc::new(inner), lat_lon: false }
     }
 
@@ -83,7 +93,9 @@ impl Crs {
         let resolved = if s.is_empty() {
             bail!("empty CRS")
         } else if crs84 || matches!(upper.as_str(), "WGS84" | "WGS 84" | "CRS84" | "OGC:CRS84") {
-            return Ok(Crs::wgs84());
+            let mut crs = Crs::wgs84();
+            Arc::make_mut(&mut crs.inner).label = "OGC:CRS84 (WGS 84, lon/lat)".into();
+            return Ok(crs);
         } else if let Some(code) = epsg_code(&upper) {
             from_epsg(code.map_err(|_| anyhow!("unknown CRS `{s}`"))?)?
         } else if s.starts_with('+') {
@@ -111,6 +123,12 @@ impl Crs {
     /// `EPSG:27700 (OSGB 1936 / British National Grid)`, the WKT's name, or the PROJ string.
     pub fn label(&self) -> String {
         self.inner.label.clone()
+    }
+
+    /// The datum shift to WGS84 this CRS is reprojected with: `+towgs84=446.448,...` (a Helmert shift),
+    /// `+datum=OSGB36`, or `none (...)` with the reason.
+    pub fn datum_shift(&self) -> &str {
+        &self.inner.shift
     }
 
     /// Axis order of the source coordinates: x is the longitude or easting (the GIS order, the default), or,
@@ -200,7 +218,12 @@ fn from_proj_string(text: &str, label: String, epsg: Option<u32>, to_deg: f64) -
     // +towgs84: latitudes then change by up to ~100 m from one ellipsoid to the other.
     let identity = proj.is_latlong() && shift == Shift::None && is_wgs84_ellipsoid(&toks);
     let proj = (!identity).then_some(proj);
-    Ok(Resolved { label, epsg, proj, to_deg, pm })
+    let shift = match shift {
+        Shift::Known(s) => s,
+        Shift::None if is_sphere(&toks) => "none (coordinates on a sphere, as PROJ's ballpark operation)".into(),
+        Shift::None => "none (WGS84-compatible datum)".into(),
+    };
+    Ok(Resolved { label, epsg, proj, to_deg, pm, shift })
 }
 
 fn from_wkt(text: &str) -> Result<Resolved> {
@@ -223,13 +246,21 @@ fn from_wkt(text: &str) -> Result<Resolved> {
         }
     }
     let proj = w.proj_string(shape?);
+    let codes = match ident {
+        Ident::Code(c) => vec![c],
+        Ident::Ambiguous(c) => c,
+        Ident::Unknown => vec![],
+    };
     if shift_of(&tokens(&proj)).is_err() {
         let why = format!("datum `{}` has no TOWGS84 and no EPSG code flowrun can identify", w.datum);
-        let codes = match ident {
-            Ident::Code(c) => vec![c],
-            Ident::Ambiguous(c) => c,
-            Ident::Unknown => vec![],
-        };
+        return Err(refuse(&w.name, &why, Some(&codes), &proj, base_shift(root)));
+    }
+    // A named datum on a WGS84 or GRS80 ellipsoid is not WGS84 for that alone (a local datum can be
+    // hundreds of metres off): only the datums known to be WGS84-compatible, or an unnamed one, pass.
+    let unnamed = matches!(norm_name(&w.datum).as_str(), "" | "unknown" | "none" | "notspecified" | "undefined");
+    if w.towgs84.is_none() && !unnamed && !is_wgs84_datum(&w.datum) && !is_sphere(&tokens(&proj)) {
+        let why =
+            format!("datum `{}` is not one flowrun knows to be WGS84-compatible, and the WKT has no TOWGS84", w.datum);
         return Err(refuse(&w.name, &why, Some(&codes), &proj, base_shift(root)));
     }
     from_proj_string(&proj, w.name.clone(), None, w.to_deg)

@@ -657,8 +657,13 @@ pub fn fetch(d: &Dataset, mirror: &Mirror, repos: &Repositories) -> Result<Datas
         }
         Ok(out)
     };
-    let files =
-        selected.into_iter().map(|(n, p)| { let s = sidecars_of(&n)?; local_file(n, p, s) }).collect::<Result<Vec<_>>>()?;
+    let files = selected
+        .into_iter()
+        .map(|(n, p)| {
+            let s = sidecars_of(&n)?;
+            local_file(n, p, s)
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(DatasetFiles { key: d.key.clone(), dataset: d.clone(), files, origin })
 }
 

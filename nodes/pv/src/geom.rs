@@ -10,10 +10,11 @@ use anyhow::{Context, Result};
 use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch};
 use arrow_schema::{DataType, Field};
 use flowrun_engine::Table;
+use geo::algorithm::bool_ops::FillRule;
 use geo::orient::{Direction, Orient};
 use geo::{
-    Area, BoundingRect, Centroid, Coord, GeodesicArea, Geometry, LineString, MakeValid, MultiPolygon, Point, Polygon,
-    Rect, Validation,
+    Area, BooleanOps, BoundingRect, Centroid, Coord, GeodesicArea, Geometry, LineString, MultiPolygon, OpType, Point,
+    Polygon, Rect, Validation,
 };
 use geo_traits::to_geo::ToGeoGeometry;
 
@@ -74,12 +75,16 @@ pub fn wkb_array(geoms: &[Option<Geometry<f64>>]) -> ArrayRef {
 /// assert!((area - 12_308_778_361.0).abs() / 12_308_778_361.0 < 1e-4);
 /// ```
 pub fn geodesic_area(g: &Geometry<f64>) -> f64 {
+    // Per polygon, the absolute value of the signed area of its oriented rings (exterior counter-clockwise,
+    // holes clockwise). Not `geodesic_area_unsigned`: it reads a ring that turns clockwise *on the
+    // ellipsoid* as enclosing the rest of the globe, and a sliver whose planar and ellipsoidal orientations
+    // disagree then measures 5.1e14 m2.
+    let polygon = |p: &Polygon<f64>| p.orient(Direction::Default).geodesic_area_signed().abs();
     match g {
-        // Orient first: for a clockwise exterior ring `geodesic_area_unsigned` measures the rest of the globe.
-        Geometry::Polygon(p) => p.orient(Direction::Default).geodesic_area_unsigned(),
-        Geometry::MultiPolygon(mp) => mp.0.iter().map(|p| p.orient(Direction::Default).geodesic_area_unsigned()).sum(),
-        Geometry::Rect(r) => r.to_polygon().geodesic_area_unsigned(),
-        Geometry::Triangle(t) => t.to_polygon().geodesic_area_unsigned(),
+        Geometry::Polygon(p) => polygon(p),
+        Geometry::MultiPolygon(mp) => mp.0.iter().map(polygon).sum(),
+        Geometry::Rect(r) => polygon(&r.to_polygon()),
+        Geometry::Triangle(t) => polygon(&t.to_polygon()),
         Geometry::GeometryCollection(c) => c.0.iter().map(geodesic_area).sum(),
         _ => 0.0,
     }
@@ -106,21 +111,28 @@ pub enum Repair {
     Unrepairable,
 }
 
-/// Repairs an invalid polygonal geometry (`make_valid`, then a canonical ring order). A repair that would
-/// lose the geometry (an empty result), and a polygon without area (its points on one line, which geo's
-/// validation accepts), keep the original and say so: nothing is silently dropped.
+/// Repairs an invalid polygonal geometry: the area its rings enclose under the even-odd rule (each ring
+/// crossed toggles inside and outside: a bow-tie becomes two triangles, a hole outside its shell a polygon
+/// of its own, nested shells a shell with a hole), as GEOS's `make_valid` does, computed with i_overlay,
+/// then put in a canonical ring order. Not geo's `make_valid`: it snaps vertices within 1e-4 coordinate units,
+/// 11 m in degrees, and erases or reshapes small features. A repair that would lose the geometry (an empty
+/// result), and a polygon without area (its points on one line, which geo's validation accepts), keep the
+/// original and say so: nothing is silently dropped.
 pub fn repair(g: Geometry<f64>) -> (Geometry<f64>, Repair) {
     if g.is_valid() {
         let flat = matches!(g, Geometry::Polygon(_) | Geometry::MultiPolygon(_)) && g.unsigned_area() == 0.0;
         return (g, if flat { Repair::Unrepairable } else { Repair::Valid });
     }
-    let fixed = match &g {
-        Geometry::Polygon(p) => p.make_valid().ok().map(|mp| Geometry::MultiPolygon(canonical(mp))),
-        Geometry::MultiPolygon(mp) => mp.make_valid().ok().map(|mp| Geometry::MultiPolygon(canonical(mp))),
-        _ => None,
+    let rings = match &g {
+        Geometry::Polygon(p) => MultiPolygon::new(vec![p.clone()]),
+        Geometry::MultiPolygon(mp) => mp.clone(),
+        _ => return (g, Repair::Unrepairable),
     };
-    match fixed {
-        Some(f) if f.unsigned_area() > 0.0 => (f, Repair::Repaired),
+    let filled = std::panic::catch_unwind(|| {
+        rings.boolean_op_with_fill_rule(&MultiPolygon::new(vec![]), OpType::Xor, FillRule::EvenOdd)
+    });
+    match filled {
+        Ok(mp) if mp.unsigned_area() > 0.0 => (Geometry::MultiPolygon(canonical(mp)), Repair::Repaired),
         _ => (g, Repair::Unrepairable),
     }
 }
@@ -224,6 +236,21 @@ mod tests {
     }
 
     #[test]
+    fn a_sliver_measures_next_to_nothing_not_the_rest_of_the_globe() {
+        // from India's polygons in Kalianpur 1975, reprojected: planar area 2e-20, ellipsoidal -3.9e-6 m2
+        let sliver = Polygon::new(
+            LineString::from(vec![
+                (72.94579041724302, 27.89987420212488),
+                (72.94579041721391, 27.899874202066673),
+                (72.94579041792696, 27.899874202066673),
+                (72.94579041724302, 27.89987420212488),
+            ]),
+            vec![],
+        );
+        assert!(geodesic_area(&sliver.into()) < 1e-3);
+    }
+
+    #[test]
     fn clockwise_rings_measure_the_same_as_counter_clockwise_ones() {
         let Geometry::Polygon(p) = cell(10.0, 50.0, 0.01) else { unreachable!() };
         let mut exterior = p.exterior().clone();
@@ -256,10 +283,19 @@ mod tests {
         assert!((fixed.unsigned_area() - 0.5).abs() < 1e-9);
         let (same, changed) = repair(cell(0.0, 0.0, 1.0));
         assert_eq!(changed, Repair::Valid);
+        // a hole outside its shell becomes a polygon of its own (as GEOS makes it), not dropped
+        let outside_hole = Polygon::new(
+            LineString::from(vec![(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0), (0.0, 0.0)]),
+            vec![LineString::from(vec![(2.0, 0.0), (2.0, 1.0), (3.0, 1.0), (3.0, 0.0), (2.0, 0.0)])],
+        );
+        let (fixed, changed) = repair(outside_hole.into());
+        assert_eq!(changed, Repair::Repaired);
+        assert!((fixed.unsigned_area() - 2.0).abs() < 1e-9, "{fixed:?}");
         // points on one line: no area to keep
         let flat = Polygon::new(LineString::from(vec![(11.0, 50.0), (11.5, 50.5), (12.0, 51.0), (11.0, 50.0)]), vec![]);
         assert_eq!(repair(flat.into()).1, Repair::Unrepairable);
-        let spike = Polygon::new(LineString::from(vec![(11.0, 50.0), (11.5, 50.5), (11.0, 50.0), (11.0, 50.0)]), vec![]);
+        let spike =
+            Polygon::new(LineString::from(vec![(11.0, 50.0), (11.5, 50.5), (11.0, 50.0), (11.0, 50.0)]), vec![]);
         assert_eq!(repair(spike.into()).1, Repair::Unrepairable);
         assert_eq!(same, cell(0.0, 0.0, 1.0));
     }

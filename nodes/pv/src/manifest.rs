@@ -67,6 +67,17 @@ impl Format {
     }
 }
 
+/// The order of the coordinates a dataset's files write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AxisOrder {
+    /// x is the longitude or easting (the GIS order; what GeoJSON, shapefiles and GDAL write).
+    #[default]
+    LonLat,
+    /// x is the latitude or northing (some exports write EPSG:4326 in its authority's order).
+    LatLon,
+}
+
 /// One dataset of the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Value)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +143,9 @@ pub struct Dataset {
     /// format's default (GeoJSON and CSV: WGS84 lon/lat).
     #[serde(default)]
     pub crs: Option<String>,
+    /// The order the files write coordinates in (`lon_lat` unless a file writes latitude first).
+    #[serde(default)]
+    pub axis_order: AxisOrder,
     /// GeoPackage: the layer to read, or `"*"` for every feature layer. Required when there are several.
     #[serde(default)]
     pub layer: Option<String>,
@@ -142,6 +156,9 @@ pub struct Dataset {
     /// CSV: lines before the header line (a title, a notice).
     #[serde(default)]
     pub skip_rows: usize,
+    /// CSV: the field delimiter (default `,`; `;` and a tab are common).
+    #[serde(default)]
+    pub delimiter: Option<char>,
     /// Thousands separator inside numbers (`","` reads `"537,585"` as 537585); numbers that still do not
     /// parse are counted and reported, never silently null.
     #[serde(default)]
@@ -181,8 +198,34 @@ impl OneOrMany {
     }
 }
 
-/// The manifest: dataset key -> dataset.
-pub type Manifest = BTreeMap<String, Dataset>;
+/// The manifest: dataset key -> dataset. Each entry is checked when the flow is validated, before anything
+/// runs: an unknown key, an unknown encoding or a bad filter is an error of the flow file (exit 2), not a
+/// failure of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest(pub BTreeMap<String, Dataset>);
+
+impl Value for Manifest {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), flowrun_engine::CodecError> {
+        flowrun_engine::value::serde_encode(self, out)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, flowrun_engine::CodecError> {
+        flowrun_engine::value::serde_decode(bytes)
+    }
+    fn from_toml(value: &toml::Value, _cx: &flowrun_engine::LiteralCx) -> Result<Self, String> {
+        let table = value
+            .as_table()
+            .ok_or_else(|| format!("the manifest is a table of datasets, found {}", value.type_str()))?;
+        let mut out = BTreeMap::new();
+        for (key, entry) in table {
+            let mut d: Dataset =
+                flowrun_engine::value::serde_from_toml(entry).map_err(|e| format!("dataset `{key}`: {e}"))?;
+            d.key = key.clone();
+            d.validate().map_err(|e| e.to_string())?;
+            out.insert(key.clone(), d);
+        }
+        Ok(Manifest(out))
+    }
+}
 
 impl Dataset {
     /// Checks the entry's own consistency.
@@ -194,6 +237,11 @@ impl Dataset {
             && encoding_rs::Encoding::for_label(e.as_bytes()).is_none()
         {
             bail!("dataset `{}`: unknown encoding `{e}` (try \"utf-8\", \"windows-1252\", \"latin1\")", self.key);
+        }
+        if let Some(c) = self.delimiter
+            && !c.is_ascii()
+        {
+            bail!("dataset `{}`: the delimiter {c:?} is not a single ASCII character", self.key);
         }
         if let Some(c) = &self.compression
             && c != "zip"
@@ -211,6 +259,11 @@ impl Dataset {
     /// CSV: the (x, y) columns: `x`/`y`, or `lon`/`lat`.
     pub fn coordinate_columns(&self) -> Result<(&str, &str)> {
         match (&self.x, &self.y, &self.lon, &self.lat) {
+            (Some(_), Some(_), None, None) if self.crs.is_none() => bail!(
+                "dataset `{}`: `x` and `y` are coordinates in the dataset's `crs`, which it does not give; add \
+                 crs = \"EPSG:<code>\" (or use `lat` and `lon` for degrees)",
+                self.key
+            ),
             (Some(x), Some(y), None, None) => Ok((x, y)),
             (None, None, Some(lon), Some(lat)) => Ok((lon, lat)),
             _ => bail!(
@@ -245,17 +298,15 @@ fn mirror_has(mirror: &Mirror, key: &str) -> Option<bool> {
 /// warning: a mirror is a snapshot of some datasets. A dataset whose directory is there but broken is an
 /// error of that dataset's branch.
 #[node(tags(stage = "source"))]
-pub fn datasets(manifest: &BTreeMap<String, Dataset>, mirror: &Mirror) -> Result<Parallel<Dataset>> {
+pub fn datasets(manifest: &Manifest, mirror: &Mirror) -> Result<Parallel<Dataset>> {
     if let Mirror::Dir(root) = mirror {
         // which datasets the mirror holds decides the fan-out: a dataset directory added or removed re-runs this
         ctx::track_listing(root).with_context(|| format!("cannot list the mirror {}", root.display()))?;
     }
     let mut out = Vec::new();
     let mut missing = Vec::new();
-    for (key, d) in manifest {
-        let mut d = d.clone();
-        d.key = key.clone();
-        d.validate()?;
+    for (key, d) in &manifest.0 {
+        let d = d.clone();
         if d.skip {
             continue;
         }

@@ -5,17 +5,18 @@
 //! geometry as WKB in the file's own CRS (`None` where a row has none, e.g. a CSV row with empty
 //! coordinates: `standardized` drops such rows and counts them, so `raw` is the file as published).
 //! A dataset's files are concatenated by column name into its `raw` table, with `source_file` and
-//! `source_row` (the row's 0-based position in its file). The CRS the coordinates are in, and where that
-//! was learned, are recorded in the schema metadata ([`SOURCE_CRS`], [`SOURCE_CRS_ORIGIN`]), in this order
-//! of precedence: the manifest's `crs`, what the file declares (GeoJSON `crs` member, `.prj`, GeoPackage
-//! SRS), the format's default (GeoJSON and CSV: WGS84 lon/lat). Every error names the dataset and the file.
+//! `source_row` (the row's 0-based position in its file). The CRS each file's coordinates are in, and where
+//! that was learned, are recorded in the schema metadata ([`SOURCE_CRS`]: a JSON object, file -> [CRS,
+//! origin]; the files of one dataset may differ), in this order of precedence: the manifest's `crs`, what the
+//! file declares (GeoJSON `crs` member, `.prj`, GeoPackage SRS), the format's default (GeoJSON and CSV: WGS84
+//! lon/lat). Every error names the dataset and the file.
 //!
 //! Typing: a column whose values are all integers becomes Int64 (unless one has a leading zero: `00123`
 //! stays text), all numbers Float64, all booleans Boolean, anything else text. The manifest's `id` column
 //! is always text, as written.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -34,10 +35,9 @@ use super::fetch::DatasetFiles;
 use super::geom::{to_wkb, wkb_field};
 use super::manifest::{Dataset, Format};
 
-/// Schema metadata key holding the source CRS (as the manifest or the file wrote it).
+/// Schema metadata key holding each file's CRS, as the manifest or the file wrote it, and where that comes
+/// from: a JSON object `{"<source_file>": ["<CRS>", "<origin>"]}`.
 pub const SOURCE_CRS: &str = "flowrun.source_crs";
-/// Schema metadata key saying where [`SOURCE_CRS`] comes from.
-pub const SOURCE_CRS_ORIGIN: &str = "flowrun.source_crs_origin";
 
 /// A typed attribute column being built.
 #[derive(Debug, Clone)]
@@ -135,7 +135,9 @@ impl Column {
             return Column::Int(values.iter().map(|v| v.as_ref().and_then(|s| s.parse().ok())).collect());
         }
         if cells().all(|s| parse_number(s, thousands).is_some()) {
-            return Column::Float(values.iter().map(|v| v.as_deref().and_then(|s| parse_number(s, thousands))).collect());
+            return Column::Float(
+                values.iter().map(|v| v.as_deref().and_then(|s| parse_number(s, thousands))).collect(),
+            );
         }
         Column::Text(values)
     }
@@ -180,7 +182,7 @@ pub struct FileTable {
 
 /// Infers a column from JSON values: all integers -> Int, numbers -> Float, booleans -> Bool, else Text.
 fn json_column(values: Vec<J>) -> Column {
-    if values.iter().all(|v| v.is_null() || v.is_i64() || v.is_u64()) {
+    if values.iter().all(|v| v.is_null() || v.is_i64()) {
         return Column::Int(values.iter().map(|v| v.as_i64()).collect());
     }
     if values.iter().all(|v| v.is_null() || v.is_number()) {
@@ -226,57 +228,125 @@ impl JsonColumns {
     }
 }
 
-/// The `crs` member of a GeoJSON file (the 2008 spec's named CRS, e.g. `urn:ogc:def:crs:EPSG::3857`), when
-/// it comes before the features (as every writer puts it).
-fn geojson_crs_member(path: &Path) -> Result<Option<String>> {
-    let mut head = vec![0u8; 1 << 16];
-    let n = File::open(path)?.read(&mut head)?;
-    let head = String::from_utf8_lossy(&head[..n]);
-    let before_features = head.split("\"features\"").next().unwrap_or("");
-    let Some(at) = before_features.find("\"crs\"") else { return Ok(None) };
-    // the member's object: from its `{` to the matching `}`
-    let rest = &before_features[at..];
-    let Some(open) = rest.find('{') else { return Ok(None) };
-    let mut depth = 0;
-    let close = rest[open..].char_indices().find_map(|(i, c)| {
-        depth += match c {
-            '{' => 1,
-            '}' => -1,
-            _ => 0,
-        };
-        (depth == 0).then_some(open + i)
-    });
-    let Some(close) = close else { return Ok(None) };
-    let member: J = serde_json::from_str(&rest[open..=close]).context("the `crs` member is not valid JSON")?;
-    Ok(member["properties"]["name"].as_str().map(str::to_string))
+/// What a GeoJSON file's features go into, one at a time as the parser reaches them.
+struct GeoJsonSink<'a> {
+    columns: JsonColumns,
+    geoms: Vec<Option<Vec<u8>>>,
+    /// The top-level `crs` member, wherever it stands in the file.
+    crs: Option<J>,
+    /// The manifest's id column: kept as the text the file writes (a 20-digit OSM id is not an i64).
+    id: Option<&'a str>,
 }
 
-/// Reads a GeoJSON FeatureCollection, streaming features (large files are not loaded as one document).
-pub fn read_geojson(path: &Path) -> Result<FileTable> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let size = file.metadata().map(|m| m.len()).ok();
-    let counting = ProgressReader { inner: BufReader::with_capacity(1 << 20, file), done: 0, total: size };
-    let reader = geojson::FeatureReader::from_reader(counting);
-    let mut columns = JsonColumns::default();
-    let mut geoms = Vec::new();
-    for (i, feature) in reader.features().enumerate() {
-        let feature = feature.map_err(|e| anyhow!("feature {i}: {e} (truncated or invalid GeoJSON?)"))?;
+impl GeoJsonSink<'_> {
+    fn push(&mut self, feature: geojson::Feature) -> Result<()> {
+        let row = self.geoms.len();
         for (k, v) in feature.properties.into_iter().flatten() {
-            columns.push(i, k, v);
+            let v = match (&v, Some(k.as_str()) == self.id) {
+                (J::Number(n), true) => J::String(n.to_string()),
+                _ => v,
+            };
+            self.columns.push(row, k, v);
         }
         let g = match feature.geometry {
             Some(g) => {
-                let geo: Geometry<f64> =
-                    Geometry::try_from(&g.value).map_err(|e| anyhow!("feature {i}: unsupported geometry: {e}"))?;
+                let geo =
+                    Geometry::try_from(&g.value).map_err(|e| anyhow!("feature {row}: unsupported geometry: {e}"))?;
                 Some(to_wkb(&geo))
             }
             None => None,
         };
-        geoms.push(g);
-        columns.end_row(i + 1);
+        self.geoms.push(g);
+        self.columns.end_row(row + 1);
+        Ok(())
     }
-    let declared_crs = geojson_crs_member(path)?.map(|c| (c, "the GeoJSON `crs` member"));
-    Ok(FileTable { attrs: columns.into_columns(), geoms, declared_crs })
+
+    /// The CRS the `crs` member names: `{"type": "name", "properties": {"name": ...}}` or the older
+    /// `{"type": "EPSG", "properties": {"code": n}}`; any other form is an error, never ignored.
+    fn declared_crs(&self) -> Result<Option<String>> {
+        let Some(member) = &self.crs else { return Ok(None) };
+        let props = &member["properties"];
+        match (member["type"].as_str(), props["name"].as_str(), props["code"].as_u64()) {
+            (_, _, _) if member.is_null() => Ok(None),
+            (Some("name"), Some(name), _) => Ok(Some(name.to_string())),
+            (Some(t), _, Some(code)) if t.eq_ignore_ascii_case("epsg") => Ok(Some(format!("EPSG:{code}"))),
+            _ => bail!(
+                "its `crs` member {member} names no CRS flowrun can read; set the dataset's crs = \"EPSG:<code>\""
+            ),
+        }
+    }
+}
+
+/// The top level of a GeoJSON FeatureCollection: `features` streamed into the sink, `crs` kept, the rest
+/// skipped.
+struct TopLevel<'s, 'a>(&'s mut GeoJsonSink<'a>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for TopLevel<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TopLevel<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a GeoJSON FeatureCollection")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "features" => map.next_value_seed(Features(&mut *self.0))?,
+                "crs" => self.0.crs = Some(map.next_value()?),
+                "type" => {
+                    let t: String = map.next_value()?;
+                    if t != "FeatureCollection" {
+                        return Err(serde::de::Error::custom(format!("a {t}, not a FeatureCollection")));
+                    }
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Features<'s, 'a>(&'s mut GeoJsonSink<'a>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Features<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Features<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of features")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(feature) = seq.next_element::<geojson::Feature>()? {
+            self.0.push(feature).map_err(serde::de::Error::custom)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a GeoJSON FeatureCollection in one streaming pass (features are decoded one at a time, never the
+/// whole document), with its top-level `crs` member wherever the file puts it.
+pub fn read_geojson(path: &Path, id: Option<&str>) -> Result<FileTable> {
+    use serde::de::DeserializeSeed;
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).ok();
+    let counting = ProgressReader { inner: BufReader::with_capacity(1 << 20, file), done: 0, total: size };
+    let mut sink = GeoJsonSink { columns: JsonColumns::default(), geoms: Vec::new(), crs: None, id };
+    let mut de = serde_json::Deserializer::from_reader(counting);
+    TopLevel(&mut sink).deserialize(&mut de).map_err(|e| anyhow!("{e} (truncated or invalid GeoJSON?)"))?;
+    let declared_crs = sink.declared_crs()?.map(|c| (c, "the GeoJSON `crs` member"));
+    Ok(FileTable { attrs: sink.columns.into_columns(), geoms: sink.geoms, declared_crs })
 }
 
 struct ProgressReader<R> {
@@ -297,12 +367,13 @@ impl<R: Read> Read for ProgressReader<R> {
     }
 }
 
-/// A sidecar of `shp` with another extension, matched case-insensitively (`.DBF`, `.CPG`...).
+/// A sidecar of `shp` with another extension, its name matched case-insensitively (`Parcels.shp` finds
+/// `PARCELS.DBF`), as `files` matches the sidecars it fetches.
 pub fn sidecar(shp: &Path, ext: &str) -> Option<PathBuf> {
     let stem = shp.file_stem()?.to_string_lossy().to_string();
     let dir = shp.parent()?;
     std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-        p.file_stem().is_some_and(|s| s.to_string_lossy() == stem)
+        p.file_stem().is_some_and(|s| s.to_string_lossy().eq_ignore_ascii_case(&stem))
             && p.extension().is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case(ext))
     })
 }
@@ -369,9 +440,9 @@ fn dbf_value(v: Option<shapefile::dbase::FieldValue>) -> J {
     match v {
         Some(F::Character(s)) => s.map(J::String).unwrap_or(J::Null),
         Some(F::Memo(s)) => J::String(s),
-        Some(F::Numeric(n)) => {
-            n.map(|n| if n.fract() == 0.0 && n.abs() < 9e15 { J::from(n as i64) } else { J::from(n) }).unwrap_or(J::Null)
-        }
+        Some(F::Numeric(n)) => n
+            .map(|n| if n.fract() == 0.0 && n.abs() < 9e15 { J::from(n as i64) } else { J::from(n) })
+            .unwrap_or(J::Null),
         Some(F::Float(f)) => f.map(|f| J::from(f as f64)).unwrap_or(J::Null),
         Some(F::Double(f)) | Some(F::Currency(f)) => J::from(f),
         Some(F::Integer(n)) => J::from(n),
@@ -410,7 +481,17 @@ impl shapefile::dbase::ReadableRecord for LenientRecord {
 /// and reported per column with an example.
 pub fn read_shapefile(path: &Path, encoding: Option<&str>) -> Result<FileTable> {
     use shapefile::dbase;
-    let dbf = sidecar(path, "dbf").ok_or_else(|| anyhow!("the shapefile has no .dbf file beside it"))?;
+    let dbf = sidecar(path, "dbf").ok_or_else(|| {
+        let beside: Vec<String> = path
+            .parent()
+            .and_then(|d| std::fs::read_dir(d).ok())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        anyhow!("the shapefile has no .dbf file beside it (files there: {})", beside.join(", "))
+    })?;
     let declared_crs = match sidecar(path, "prj") {
         Some(prj) => {
             let text = std::fs::read_to_string(&prj).with_context(|| format!("cannot read {}", prj.display()))?;
@@ -457,7 +538,10 @@ pub fn read_shapefile(path: &Path, encoding: Option<&str>) -> Result<FileTable> 
     }
     for (name, (n, example)) in field_names.iter().zip(unreadable) {
         if let Some(example) = example {
-            ctx::warn(format!("{}: column `{name}`: {n} values cannot be read and are null (e.g. {example})", path.display()));
+            ctx::warn(format!(
+                "{}: column `{name}`: {n} values cannot be read and are null (e.g. {example})",
+                path.display()
+            ));
         }
     }
     if orphans > 0 {
@@ -490,16 +574,24 @@ pub fn read_gpkg(path: &Path, layer: Option<&str>) -> Result<Vec<(String, FileTa
         .with_context(|| format!("cannot open GeoPackage {}", path.display()))?;
     let layers = gpkg_layers(&conn).context("not a GeoPackage with feature layers")?;
     let names = || layers.iter().map(|l| l.0.as_str()).collect::<Vec<_>>().join(", ");
-    let chosen: Vec<&(String, String, i64)> = match layer {
-        Some("*") => layers.iter().collect(),
-        Some(name) => vec![layers.iter().find(|l| l.0 == name).ok_or_else(|| {
-            anyhow!("no feature layer `{name}` (layers: {}); set the dataset's `layer`", names())
-        })?],
-        None if layers.len() == 1 => vec![&layers[0]],
-        None if layers.is_empty() => bail!("the GeoPackage has no feature layer"),
-        None => bail!("the GeoPackage has {} feature layers ({}); set the dataset's `layer` to one, or \"*\"", layers.len(), names()),
-    };
-    chosen.into_iter().map(|(table, column, srs)| Ok((table.clone(), read_gpkg_layer(&conn, table, column, *srs)?))).collect()
+    let chosen: Vec<&(String, String, i64)> =
+        match layer {
+            Some("*") => layers.iter().collect(),
+            Some(name) => vec![layers.iter().find(|l| l.0 == name).ok_or_else(|| {
+                anyhow!("no feature layer `{name}` (layers: {}); set the dataset's `layer`", names())
+            })?],
+            None if layers.len() == 1 => vec![&layers[0]],
+            None if layers.is_empty() => bail!("the GeoPackage has no feature layer"),
+            None => bail!(
+                "the GeoPackage has {} feature layers ({}); set the dataset's `layer` to one, or \"*\"",
+                layers.len(),
+                names()
+            ),
+        };
+    chosen
+        .into_iter()
+        .map(|(table, column, srs)| Ok((table.clone(), read_gpkg_layer(&conn, table, column, *srs)?)))
+        .collect()
 }
 
 fn read_gpkg_layer(conn: &rusqlite::Connection, table: &str, column: &str, srs_id: i64) -> Result<FileTable> {
@@ -592,11 +684,20 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
     for _ in 0..d.skip_rows {
         body = body.split_once('\n').map(|(_, rest)| rest).unwrap_or("");
     }
-    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(body.as_bytes());
+    let delimiter = d.delimiter.unwrap_or(',');
+    let mut rdr = csv::ReaderBuilder::new().flexible(true).delimiter(delimiter as u8).from_reader(body.as_bytes());
     let headers: Vec<String> = rdr.headers()?.iter().map(|h| h.trim().to_string()).collect();
     let find = |name: &str| {
         headers.iter().position(|h| h == name).ok_or_else(|| {
-            let hint = if d.skip_rows == 0 { "; is the header on another line? (`skip_rows`)" } else { "" };
+            let other =
+                [';', '\t', '|'].into_iter().find(|c| *c != delimiter && headers.iter().any(|h| h.contains(*c)));
+            let hint = match other {
+                Some(c) => {
+                    format!("; the header looks delimited by {c:?}: set the dataset's delimiter = {:?}", c.to_string())
+                }
+                None if d.skip_rows == 0 => "; is the header on another line? (`skip_rows`)".to_string(),
+                None => String::new(),
+            };
             anyhow!("no coordinate column `{name}` (columns: {}){hint}", headers.join(", "))
         })
     };
@@ -604,10 +705,21 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
     let thousands = d.thousands.as_deref();
     let mut raw: Vec<Vec<Option<String>>> = vec![Vec::new(); headers.len()];
     let mut geoms = Vec::new();
+    // coordinates that are there but not numbers: how many, and the first
+    let (mut unreadable, mut example) = (0, None);
     for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.with_context(|| format!("data row {i}"))?;
-        let num = |j: usize| rec.get(j).and_then(|s| parse_number(s, thousands));
-        geoms.push(match (num(ix), num(iy)) {
+        let rec = rec.with_context(|| format!("data row {i} (counting from 0)"))?;
+        let mut num = |j: usize| {
+            let cell = rec.get(j).map(str::trim).filter(|s| !s.is_empty())?;
+            let v = parse_number(cell, thousands);
+            if v.is_none() {
+                unreadable += 1;
+                example.get_or_insert_with(|| format!("`{}` = \"{cell}\" in data row {i}", headers[j]));
+            }
+            v
+        };
+        let (x, y) = (num(ix), num(iy));
+        geoms.push(match (x, y) {
             (Some(x), Some(y)) => Some(to_wkb(&Geometry::Point(Point::new(x, y)))),
             _ => None,
         });
@@ -615,11 +727,19 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
             col.push(rec.get(j).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string));
         }
     }
+    if let Some(example) = example {
+        let hint = if thousands.is_none() { " (if they use a thousands separator, set `thousands`)" } else { "" };
+        ctx::warn(format!(
+            "{}: {unreadable} coordinates are not numbers, e.g. {example}; those rows have no geometry{hint}",
+            path.display()
+        ));
+    }
     let attrs = headers
         .into_iter()
         .zip(raw)
         .map(|(h, values)| {
-            let col = if Some(&h) == d.id.as_ref() { Column::Text(values) } else { Column::from_text(values, thousands) };
+            let col =
+                if Some(&h) == d.id.as_ref() { Column::Text(values) } else { Column::from_text(values, thousands) };
             (h, col)
         })
         .collect();
@@ -630,7 +750,7 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
 pub fn read_file(d: &Dataset, path: &Path) -> Result<Vec<(Option<String>, FileTable)>> {
     let one = |t: FileTable| vec![(None, t)];
     Ok(match d.format {
-        Format::Geojson => one(read_geojson(path)?),
+        Format::Geojson => one(read_geojson(path, d.id.as_deref())?),
         Format::Shp => one(read_shapefile(path, d.encoding.as_deref())?),
         Format::Csv => one(read_csv_points(path, d)?),
         Format::Gpkg => read_gpkg(path, d.layer.as_deref())?.into_iter().map(|(l, t)| (Some(l), t)).collect(),
@@ -668,7 +788,7 @@ pub fn raw_table(files: &DatasetFiles) -> Result<Table> {
     let mut geoms: Vec<Option<Vec<u8>>> = Vec::new();
     let mut sources: Vec<String> = Vec::new();
     let mut rows: Vec<i64> = Vec::new();
-    let mut crs: Option<(Crs, String, String, String)> = None; // (resolved, spec, origin, first file)
+    let mut crs: BTreeMap<String, (String, String)> = BTreeMap::new(); // file -> (spec, origin)
     for f in &files.files {
         let tables = read_file(d, &f.path).with_context(|| format!("dataset `{}`, file {}", d.key, f.name))?;
         for (layer, t) in tables {
@@ -676,21 +796,11 @@ pub fn raw_table(files: &DatasetFiles) -> Result<Table> {
                 Some(l) if d.layer.as_deref() == Some("*") => format!("{}#{l}", f.name),
                 _ => f.name.clone(),
             };
-            let (spec, origin) = file_crs(d, t.declared_crs).with_context(|| format!("dataset `{}`, file {name}", d.key))?;
-            let resolved = Crs::parse(&spec).with_context(|| {
-                format!("dataset `{}`, file {name}: its CRS (from {origin}) cannot be used", d.key)
-            })?;
-            match &crs {
-                None => crs = Some((resolved, spec, origin, name.clone())),
-                Some((c, _, _, first)) if c.label() != resolved.label() => bail!(
-                    "dataset `{}`: files {first} ({}) and {name} ({}) are in different CRSs; split them into two \
-                     datasets",
-                    d.key,
-                    c.label(),
-                    resolved.label()
-                ),
-                _ => {}
-            }
+            let (spec, origin) =
+                file_crs(d, t.declared_crs).with_context(|| format!("dataset `{}`, file {name}", d.key))?;
+            Crs::parse(&spec)
+                .with_context(|| format!("dataset `{}`, file {name}: its CRS (from {origin}) cannot be used", d.key))?;
+            crs.insert(name.clone(), (spec, origin));
             let before = geoms.len();
             let n = t.geoms.len();
             for (col_name, col) in t.attrs {
@@ -728,13 +838,8 @@ pub fn raw_table(files: &DatasetFiles) -> Result<Table> {
     columns.push(Arc::new(StringArray::from(sources)));
     fields.push(Field::new("source_row", DataType::Int64, false));
     columns.push(Arc::new(Int64Array::from(rows)));
-    let (spec, origin) = match crs {
-        Some((_, spec, origin, _)) => (spec, origin),
-        None => default_crs(d.format).map(|(c, o)| (c.to_string(), o.to_string())).unwrap_or_default(),
-    };
     let meta = HashMap::from([
-        (SOURCE_CRS.to_string(), spec),
-        (SOURCE_CRS_ORIGIN.to_string(), origin),
+        (SOURCE_CRS.to_string(), serde_json::to_string(&crs)?),
         ("flowrun.dataset".to_string(), d.key.clone()),
     ]);
     let schema = Arc::new(Schema::new_with_metadata(fields, meta));
@@ -759,14 +864,33 @@ mod tests {
     }
 
     #[test]
-    fn a_geojson_crs_member_is_read() {
+    fn a_geojson_crs_member_is_read_wherever_it_stands() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.geojson");
-        let text = r#"{"type": "FeatureCollection", "name": "x", "crs": { "type": "name", "properties": { "name": "urn:ogc:def:crs:EPSG::3857" } }, "features": []}"#;
-        std::fs::write(&p, text).unwrap();
-        assert_eq!(geojson_crs_member(&p).unwrap().as_deref(), Some("urn:ogc:def:crs:EPSG::3857"));
-        std::fs::write(&p, r#"{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"crs": 1}, "geometry": null}]}"#).unwrap();
-        assert_eq!(geojson_crs_member(&p).unwrap(), None, "a property called crs is not the member");
+        let read = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            read_geojson(&p, Some("osm_id")).map(|t| (t.declared_crs.map(|c| c.0), t.attrs))
+        };
+        let named = r#"{"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::3857"}}"#;
+        let feature =
+            r#"{"type": "Feature", "properties": {"osm_id": 18446744073709551000, "crs": 1}, "geometry": null}"#;
+        for text in [
+            format!(r#"{{"type": "FeatureCollection", "crs": {named}, "features": [{feature}]}}"#),
+            format!(r#"{{"type": "FeatureCollection", "features": [{feature}], "crs": {named}}}"#),
+        ] {
+            let (crs, attrs) = read(&text).unwrap();
+            assert_eq!(crs.as_deref(), Some("urn:ogc:def:crs:EPSG::3857"), "{text}");
+            assert!(matches!(&attrs["osm_id"], Column::Text(v) if v[0].as_deref() == Some("18446744073709551000")));
+        }
+        let old = format!(
+            r#"{{"type": "FeatureCollection", "features": [], "crs": {{"type": "EPSG", "properties": {{"code": 3035}}}}}}"#
+        );
+        assert_eq!(read(&old).unwrap().0.as_deref(), Some("EPSG:3035"));
+        let link = r#"{"type": "FeatureCollection", "features": [], "crs": {"type": "link", "properties": {"href": "x.prj"}}}"#;
+        let err = read(link).err().unwrap().to_string();
+        assert!(err.contains("set the dataset's crs"), "{err}");
+        let none = format!(r#"{{"type": "FeatureCollection", "features": [{feature}]}}"#);
+        assert_eq!(read(&none).unwrap().0, None, "a property called crs is not the member");
     }
 
     #[test]
@@ -789,7 +913,9 @@ mod tests {
         let s = |v: &[&str]| v.iter().map(|x| Some(x.to_string())).collect::<Vec<_>>();
         assert!(matches!(Column::from_text(s(&["00123", "7"]), None), Column::Text(_)), "leading zeros stay text");
         assert!(matches!(Column::from_text(s(&["0", "-7"]), None), Column::Int(_)));
-        assert!(matches!(Column::from_text(s(&["537,585", "1.5"]), Some(",")), Column::Float(ref v) if v[0] == Some(537585.0)));
+        assert!(
+            matches!(Column::from_text(s(&["537,585", "1.5"]), Some(",")), Column::Float(ref v) if v[0] == Some(537585.0))
+        );
         assert!(matches!(Column::from_text(s(&["537,585"]), None), Column::Text(_)));
     }
 
@@ -800,16 +926,24 @@ mod tests {
         let text = "Register of things \u{2013} 2026\r\nRef ID,Name,X,Y,Note\r\n00123,Caf\u{e9},\"651,410\",\"313,177\",\"two\nlines\"\r\n00124,B,,,\r\n";
         let (bytes, _, _) = encoding_rs::WINDOWS_1252.encode(text);
         std::fs::write(&p, &bytes).unwrap();
-        let d = csv_dataset("encoding = \"windows-1252\"\nskip_rows = 1\nx = \"X\"\ny = \"Y\"\nthousands = \",\"\nid = \"Ref ID\"\n");
+        let d = csv_dataset(
+            "encoding = \"windows-1252\"\nskip_rows = 1\nx = \"X\"\ny = \"Y\"\ncrs = \"EPSG:27700\"\nthousands = \",\"\nid = \"Ref ID\"\n",
+        );
         let t = read_csv_points(&p, &d).unwrap();
         assert_eq!(t.geoms.len(), 2, "every row is kept; the second has no coordinates");
         assert!(t.geoms[1].is_none());
-        assert_eq!(crate::geom::from_wkb(t.geoms[0].as_ref().unwrap()).unwrap(), Some(Geometry::Point(Point::new(651410.0, 313177.0))));
+        assert_eq!(
+            crate::geom::from_wkb(t.geoms[0].as_ref().unwrap()).unwrap(),
+            Some(Geometry::Point(Point::new(651410.0, 313177.0)))
+        );
         assert!(matches!(&t.attrs["Ref ID"], Column::Text(v) if v[0].as_deref() == Some("00123")));
         assert!(matches!(&t.attrs["Name"], Column::Text(v) if v[0].as_deref() == Some("Caf\u{e9}")));
         assert!(matches!(&t.attrs["Note"], Column::Text(v) if v[0].as_deref() == Some("two\nlines")));
         // without the encoding: a clear error naming the fix
-        let err = read_csv_points(&p, &csv_dataset("x = \"X\"\ny = \"Y\"\n")).err().unwrap().to_string();
+        let err = read_csv_points(&p, &csv_dataset("x = \"X\"\ny = \"Y\"\ncrs = \"EPSG:27700\"\n"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("set the dataset's `encoding`"), "{err}");
     }
 
@@ -828,7 +962,9 @@ mod tests {
     #[test]
     fn a_hole_in_no_shell_is_its_own_polygon_and_counted() {
         use shapefile::{Point as P, PolygonRing};
-        let square = |x: f64, y: f64, d: f64| vec![P::new(x, y), P::new(x, y + d), P::new(x + d, y + d), P::new(x + d, y), P::new(x, y)];
+        let square = |x: f64, y: f64, d: f64| {
+            vec![P::new(x, y), P::new(x, y + d), P::new(x + d, y + d), P::new(x + d, y), P::new(x, y)]
+        };
         let rings = vec![
             PolygonRing::Outer(square(0.0, 0.0, 10.0)),
             PolygonRing::Inner(square(1.0, 1.0, 1.0).into_iter().rev().collect()),

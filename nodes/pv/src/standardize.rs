@@ -33,8 +33,8 @@ use rayon::prelude::*;
 
 use super::crs::Crs;
 use super::geom::{self, Repair, geometries, geometry_index, wkb_array, wkb_field};
-use super::manifest::{Dataset, Format};
-use super::read::{SOURCE_CRS, SOURCE_CRS_ORIGIN, parse_number};
+use super::manifest::{AxisOrder, Dataset, Format};
+use super::read::{SOURCE_CRS, parse_number};
 
 fn text_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
     let col = batch.column_by_name(name).ok_or_else(|| {
@@ -48,7 +48,13 @@ fn text_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
 /// A number column (`area`, `capacity`) times `factor`. Text cells are parsed (with the manifest's
 /// `thousands` separator); a cell that is not a number is null and counted, and the first one is quoted in
 /// a warning: never silently null.
-fn number_column(batch: &RecordBatch, name: &str, factor: f64, d: &Dataset, at: &dyn Fn(usize) -> String) -> Result<Vec<Option<f64>>> {
+fn number_column(
+    batch: &RecordBatch,
+    name: &str,
+    factor: f64,
+    d: &Dataset,
+    at: &dyn Fn(usize) -> String,
+) -> Result<Vec<Option<f64>>> {
     let col = batch.column_by_name(name).ok_or_else(|| anyhow!("no column `{name}`"))?;
     if col.data_type().is_numeric() {
         let f = arrow_cast::cast(col, &DataType::Float64)?;
@@ -96,10 +102,13 @@ fn now_utc() -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// The stem of a `source_file` label: `dir/PV_Train.shp` -> `PV_Train`, `x.gpkg#layer` -> `x#layer`.
+/// A `source_file` label (the file's path within the dataset) without its extension: `PV_Train.shp` ->
+/// `PV_Train`, `2019/plants.csv` -> `2019/plants`, `x.gpkg#layer` -> `x#layer`. Distinct files keep distinct
+/// labels (one dataset has one format).
 fn stem(label: &str) -> String {
     let (file, layer) = label.split_once('#').map(|(f, l)| (f, Some(l))).unwrap_or((label, None));
-    let s = std::path::Path::new(file).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let path = std::path::Path::new(file);
+    let s = path.with_extension("").to_string_lossy().into_owned();
     match layer {
         Some(l) => format!("{s}#{l}"),
         None => s,
@@ -107,7 +116,13 @@ fn stem(label: &str) -> String {
 }
 
 /// `unified_id` per row (see the module documentation). `rows` are the rows' positions in their files.
-fn unified_ids(dataset: &str, source_ids: &[Option<String>], files: &[Option<String>], rows: &[i64], several_files: bool) -> Vec<String> {
+fn unified_ids(
+    dataset: &str,
+    source_ids: &[Option<String>],
+    files: &[Option<String>],
+    rows: &[i64],
+    several_files: bool,
+) -> Vec<String> {
     let mut ids: Vec<String> = (0..source_ids.len())
         .map(|i| {
             let own = source_ids[i].clone().unwrap_or_else(|| format!("row{}", rows[i]));
@@ -158,59 +173,88 @@ fn kept_rows(batch: &RecordBatch, d: &Dataset, has_geometry: &[bool]) -> Result<
     Ok((keep, dropped))
 }
 
-/// The standardization of one raw table (see the module documentation).
-pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result<Table> {
-    let all = raw.concat()?;
-    let meta = raw.schema().metadata();
-    let spec = meta.get(SOURCE_CRS).cloned().unwrap_or_else(|| "OGC:CRS84".into());
-    let origin = meta.get(SOURCE_CRS_ORIGIN).cloned().unwrap_or_else(|| "the default".into());
-    let crs = Crs::parse(&spec).with_context(|| format!("dataset `{}`: its CRS (from {origin})", d.key))?;
-    let gi = geometry_index(raw)?;
-    let has_geometry: Vec<bool> = (0..all.num_rows()).map(|i| !all.column(gi).is_null(i)).collect();
-    let several_files = {
-        let files = text_column(&all, "source_file")?;
-        files.iter().any(|f| f != &files[0])
-    };
-    let (keep, dropped) = kept_rows(&all, d, &has_geometry)?;
-    let read = all.num_rows();
-    let batch = arrow_select::filter::filter_record_batch(&all, &BooleanArray::from(keep))?;
-    let n = batch.num_rows();
-    let files = text_column(&batch, "source_file")?;
-    let rows: Vec<i64> = match batch.column_by_name("source_row").and_then(|c| c.as_any().downcast_ref::<Int64Array>()) {
-        Some(r) => r.values().to_vec(),
-        None => (0..n as i64).collect(),
-    };
-    let at = |i: usize| format!("file {}, row {}", files[i].as_deref().unwrap_or("?"), rows[i]);
+/// Each file's CRS (resolved) and where it was learned, from the raw table's metadata.
+fn source_crs(raw: &Table, d: &Dataset) -> Result<HashMap<String, (Crs, String)>> {
+    let meta = raw.schema().metadata().get(SOURCE_CRS).map(String::as_str).unwrap_or("{}");
+    let by_file: BTreeMap<String, (String, String)> =
+        serde_json::from_str(meta).with_context(|| format!("dataset `{}`: the raw table's CRS metadata", d.key))?;
+    by_file
+        .into_iter()
+        .map(|(file, (spec, origin))| {
+            let crs = Crs::parse(&spec)
+                .with_context(|| format!("dataset `{}`, file {file}: its CRS (from {origin})", d.key))?;
+            Ok((file, (crs, origin)))
+        })
+        .collect()
+}
 
-    let mut geoms = geometries(batch.column(gi)).with_context(|| format!("dataset `{}`", d.key))?;
-    let repairs: Vec<Result<Repair>> = geoms
+/// `CRS <label> (from <origin>; datum shift <shift>)`, once per distinct CRS, with its files when there are
+/// several.
+fn crs_text(crs_of: &HashMap<String, (Crs, String)>) -> String {
+    let mut by_crs: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (file, (crs, origin)) in crs_of {
+        let what = format!("{} (from {origin}; datum shift: {})", crs.label(), crs.datum_shift());
+        by_crs.entry(what).or_default().push(file);
+    }
+    match by_crs.len() {
+        1 => format!("CRS {}", by_crs.into_keys().next().unwrap_or_default()),
+        _ => {
+            let parts: Vec<String> = by_crs
+                .into_iter()
+                .map(|(what, mut files)| {
+                    files.sort();
+                    format!("{what} for {}", files.join(", "))
+                })
+                .collect();
+            format!("CRSs {}", parts.join("; "))
+        }
+    }
+}
+
+/// Reprojects every geometry to WGS84 with its file's CRS and repairs it. A coordinate that cannot be a
+/// WGS84 position fails the dataset, naming the file, the row, the CRS used and the fix.
+fn reproject_and_repair(
+    geoms: &mut [Option<geo::Geometry<f64>>],
+    files: &[Option<String>],
+    crs_of: &HashMap<String, (Crs, String)>,
+    d: &Dataset,
+    at: &(dyn Fn(usize) -> String + Sync),
+) -> Result<Vec<Repair>> {
+    let wgs84 = (Crs::wgs84(), "the default".to_string());
+    geoms
         .par_iter_mut()
         .enumerate()
         .map(|(i, g)| {
             let Some(mut geo) = g.take() else { return Ok(Repair::Valid) };
-            crs.to_wgs84(&mut geo).map_err(|e| anyhow!("dataset `{}`, {}: {e:#}", d.key, at(i)))?;
+            let (crs, origin) = files[i].as_ref().and_then(|f| crs_of.get(f)).unwrap_or(&wgs84);
+            let crs = crs.clone().with_lat_lon_order(d.axis_order == AxisOrder::LatLon);
+            crs.to_wgs84(&mut geo).map_err(|e| {
+                anyhow!(
+                    "dataset `{}`, {}: {e:#}; the coordinates were read as {} (from {origin}): if they are in \
+                     another CRS, give the dataset crs = \"EPSG:<code>\"",
+                    d.key,
+                    at(i),
+                    crs.label()
+                )
+            })?;
             let (fixed, repair) = geom::repair(geo);
             *g = Some(fixed);
             Ok(repair)
         })
-        .collect();
-    let repairs: Vec<Repair> = repairs.into_iter().collect::<Result<_>>()?;
+        .collect()
+}
 
-    let source_ids: Vec<Option<String>> = match &d.id {
-        Some(col) => text_column(&batch, col).with_context(|| format!("dataset `{}`: `id`", d.key))?,
-        None => vec![None; n],
-    };
-    let missing_ids = source_ids.iter().filter(|s| s.is_none()).count();
-    if let (Some(col), true) = (&d.id, missing_ids > 0) {
-        ctx::warn(format!("dataset `{}`: {missing_ids} rows have no `{col}`; their id is `row<n>`", d.key));
-    }
-    let unified = unified_ids(&d.key, &source_ids, &files, &rows, several_files);
+/// Warns about the repaired geometries, and names those that could not be repaired.
+fn report_repairs(d: &Dataset, repairs: &[Repair], ids: &[String]) {
     let repaired = repairs.iter().filter(|r| **r == Repair::Repaired).count();
     if repaired > 0 {
-        ctx::warn(format!("dataset `{}`: {repaired} invalid geometries were repaired (geometry_repaired = true)", d.key));
+        ctx::warn(format!(
+            "dataset `{}`: {repaired} invalid geometries were repaired (geometry_repaired = true)",
+            d.key
+        ));
     }
     let unrepairable: Vec<&str> =
-        (0..n).filter(|&i| repairs[i] == Repair::Unrepairable).map(|i| unified[i].as_str()).collect();
+        repairs.iter().zip(ids).filter(|(r, _)| **r == Repair::Unrepairable).map(|(_, id)| id.as_str()).collect();
     if !unrepairable.is_empty() {
         let shown: Vec<&str> = unrepairable.iter().take(10).copied().collect();
         ctx::warn(format!(
@@ -222,6 +266,43 @@ pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result
             if unrepairable.len() > shown.len() { ", ..." } else { "" }
         ));
     }
+}
+
+/// The standardization of one raw table (see the module documentation): the rows kept, reprojected and
+/// repaired, their ids, the unified columns, and the dataset's note.
+pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result<Table> {
+    let all = raw.concat()?;
+    let crs_of = source_crs(raw, d)?;
+    let gi = geometry_index(raw)?;
+    let has_geometry: Vec<bool> = (0..all.num_rows()).map(|i| !all.column(gi).is_null(i)).collect();
+    let several_files = {
+        let files = text_column(&all, "source_file")?;
+        files.iter().any(|f| f != &files[0])
+    };
+    let (keep, dropped) = kept_rows(&all, d, &has_geometry)?;
+    let read = all.num_rows();
+    let batch = arrow_select::filter::filter_record_batch(&all, &BooleanArray::from(keep))?;
+    let n = batch.num_rows();
+    let files = text_column(&batch, "source_file")?;
+    let rows: Vec<i64> = match batch.column_by_name("source_row").and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+    {
+        Some(r) => r.values().to_vec(),
+        None => (0..n as i64).collect(),
+    };
+    let at = |i: usize| format!("file {}, row {} (counting from 0)", files[i].as_deref().unwrap_or("?"), rows[i]);
+
+    let mut geoms = geometries(batch.column(gi)).with_context(|| format!("dataset `{}`", d.key))?;
+    let repairs = reproject_and_repair(&mut geoms, &files, &crs_of, d, &at)?;
+    let source_ids: Vec<Option<String>> = match &d.id {
+        Some(col) => text_column(&batch, col).with_context(|| format!("dataset `{}`: `id`", d.key))?,
+        None => vec![None; n],
+    };
+    let missing_ids = source_ids.iter().filter(|s| s.is_none()).count();
+    if let (Some(col), true) = (&d.id, missing_ids > 0) {
+        ctx::warn(format!("dataset `{}`: {missing_ids} rows have no `{col}`; their id is `row<n>`", d.key));
+    }
+    let unified = unified_ids(&d.key, &source_ids, &files, &rows, several_files);
+    report_repairs(d, &repairs, &unified);
     let numbers = |col: &Option<String>, factor: Option<f64>, what: &str| -> Result<Vec<Option<f64>>> {
         match col {
             Some(c) => number_column(&batch, c, factor.unwrap_or(1.0), d, &at)
@@ -237,11 +318,7 @@ pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result
     };
 
     let dropped_text: String = dropped.iter().map(|(why, k)| format!(", {k} dropped ({why})")).collect();
-    ctx::note(format!(
-        "dataset `{}`: CRS {} (from {origin}); {read} rows read, {n} kept{dropped_text}",
-        d.key,
-        crs.label()
-    ));
+    ctx::note(format!("dataset `{}`: {}; {read} rows read, {n} kept{dropped_text}", d.key, crs_text(&crs_of)));
 
     let volatile = HashMap::from([(flowrun_engine::table::VOLATILE.to_string(), "true".to_string())]);
     let fields = vec![
@@ -332,11 +409,21 @@ mod tests {
         // several files numbering from 0 each: the file stem in between; a repeat gets @row<n>
         let ids = unified_ids(
             "c",
-            &[s("0"), s("0"), s("0"), None],
-            &[s("dir/PV_Test.shp"), s("dir/PV_Train.shp"), s("dir/PV_Train.shp"), s("x.gpkg#farms")],
-            &[0, 0, 1, 7],
+            &[s("0"), s("0"), s("0"), None, s("1"), s("1")],
+            &[
+                s("PV_Test.shp"),
+                s("PV_Train.shp"),
+                s("PV_Train.shp"),
+                s("x.gpkg#farms"),
+                s("2019/a.csv"),
+                s("2020/a.csv"),
+            ],
+            &[0, 0, 1, 7, 0, 0],
             true,
         );
-        assert_eq!(ids, ["c:PV_Test:0", "c:PV_Train:0@row0", "c:PV_Train:0@row1", "c:x#farms:row7"]);
+        assert_eq!(
+            ids,
+            ["c:PV_Test:0", "c:PV_Train:0@row0", "c:PV_Train:0@row1", "c:x#farms:row7", "c:2019/a:1", "c:2020/a:1"]
+        );
     }
 }
