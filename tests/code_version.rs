@@ -44,7 +44,10 @@ fn write(path: &Path, text: &str) {
 fn workspace(root: &Path, repo: &Path) {
     let engine = repo.join("engine").display().to_string();
     let cache = repo.join("cache").display().to_string();
-    write(&root.join("Cargo.toml"), "[workspace]\nmembers = [\"helpers_crate\", \"other_crate\", \"app\"]\nresolver = \"3\"\n");
+    write(
+        &root.join("Cargo.toml"),
+        "[workspace]\nmembers = [\"helpers_crate\", \"other_crate\", \"app\"]\nresolver = \"3\"\n",
+    );
     std::fs::copy(repo.join("Cargo.lock"), root.join("Cargo.lock")).unwrap();
     let manifest = |name: &str, deps: &str| {
         format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[dependencies]\n{deps}")

@@ -45,10 +45,7 @@ fn oracle_report(json: &str) -> Vec<(String, f64)> {
             }
             let n = points.len() - others;
             let more = format!(" (PROJ's other operations: {max_others:.2} m over {others} points)");
-            println!(
-                "crs oracle: {what}: max error {max:.4} m over {n} points{}",
-                if others > 0 { &more } else { "" }
-            );
+            println!("crs oracle: {what}: max error {max:.4} m over {n} points{}", if others > 0 { &more } else { "" });
             report.push((what, max));
         }
     }
