@@ -328,7 +328,8 @@ print(json.dumps(con.execute("SELECT commit_message FROM lake.snapshots() ORDER 
             &flowrun_extension_dir().display().to_string(),
         ],
     );
-    assert!(message.as_str().unwrap().contains("partial: missing measured[chn_med_res_pv_2024]"), "{message}");
+    let message = message.as_str().unwrap();
+    assert!(message.contains("(partial, missing chn_med_res_pv_2024: raw[chn_med_res_pv_2024] failed: "), "{message}");
 }
 
 #[test]

@@ -207,11 +207,11 @@ fn write_target(duck: &Duck, lake: &str, t: &LakeTarget, stage: &str) -> Result<
 
 /// `flowrun: flow NAME, run ID`, and for a partial run (`on_item_error = "skip"`) which items are missing.
 fn commit_message(flow: &str, report: &RunReport) -> String {
-    let left_out = report.left_out();
+    let left_out = report.left_out_causes();
     if left_out.is_empty() {
         format!("flowrun: flow {flow}, run {}", report.run_id)
     } else {
-        format!("flowrun: flow {flow}, run {} (partial: missing {})", report.run_id, left_out.join(", "))
+        format!("flowrun: flow {flow}, run {} (partial, missing {})", report.run_id, left_out.join("; "))
     }
 }
 

@@ -6,7 +6,8 @@ use clap::{Args, Parser, Subcommand};
 
 pub const EXIT_CODES: &str = "Exit codes:
   0  success
-  1  a node failed (or a data check with severity \"error\")
+  1  a node failed (or a data check with severity \"error\"), also in a partial run
+     (items left out by on_item_error = \"skip\", the rest written)
   2  the flow is invalid, or the command line is wrong (nothing was run)
   3  cache, I/O or materialization error
 

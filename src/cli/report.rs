@@ -69,6 +69,7 @@ fn report_json(
         "materialized": materialized,
         "warnings": r.warnings,
         "left_out": r.left_out(),
+        "left_out_causes": r.left_out_causes(),
     })
 }
 
@@ -158,12 +159,10 @@ pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&flowrun_lake:
             println!("  wrote {}", t.describe());
         }
     }
-    let left_out = r.left_out();
-    if !left_out.is_empty() {
+    for cause in r.left_out_causes() {
         eprintln!(
-            "{}: left out by on_item_error = \"skip\" (the results and the lake are without them): {}",
+            "{}: left out by on_item_error = \"skip\" (the results and the lake are without it): {cause}",
             paint(ui, "1;31", "partial"),
-            left_out.join(", ")
         );
     }
     let (mark, code) = match r.status {

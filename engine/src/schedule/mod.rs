@@ -132,6 +132,28 @@ impl RunReport {
         v
     }
 
+    /// Why each left-out item is missing: `<item>: <node>[<item>] failed: <its error>` (or was cancelled), one
+    /// per item, for reports and the lake's commit message.
+    pub fn left_out_causes(&self) -> Vec<String> {
+        let items: Vec<String> = self
+            .left_out()
+            .iter()
+            .filter_map(|d| d.split_once('[').and_then(|(_, rest)| rest.strip_suffix(']')).map(str::to_string))
+            .collect();
+        items
+            .iter()
+            .map(|item| {
+                let failed = self.nodes.iter().find(|n| {
+                    n.item.as_deref() == Some(item.as_str()) && matches!(n.status, Status::Failed | Status::Cancelled)
+                });
+                match failed {
+                    Some(n) => format!("{item}: {} {}: {}", n.name, n.status.as_str(), n.error.first().map(String::as_str).unwrap_or("")),
+                    None => format!("{item}: an upstream node failed"),
+                }
+            })
+            .collect()
+    }
+
     /// The results of target `node`.
     pub fn output(&self, node: &str) -> Vec<&OutputItem> {
         self.outputs.iter().filter(|o| *o.node == *node).collect()
