@@ -204,10 +204,10 @@ fn path_deps(manifest: &str, base: &Path) -> Vec<PathBuf> {
         // `x = { path = "..." }` or, inside `[dependencies.x]`, `path = "..."`
         if let Some(at) = line.find("path") {
             let rest = line[at + 4..].trim_start();
-            if let Some(value) = rest.strip_prefix('=').and_then(|v| v.trim_start().strip_prefix('"')) {
-                if let Some(end) = value.find('"') {
-                    out.push(base.join(&value[..end]));
-                }
+            if let Some(value) = rest.strip_prefix('=').and_then(|v| v.trim_start().strip_prefix('"'))
+                && let Some(end) = value.find('"')
+            {
+                out.push(base.join(&value[..end]));
             }
         }
     }

@@ -36,10 +36,7 @@ pub fn drop_exact_duplicates(t: &Table, priority: &[String]) -> Result<(Table, B
     let batch = t.concat()?;
     let gi = geometry_index(t)?;
     let g = batch.column(gi).as_any().downcast_ref::<BinaryArray>().context("geometry is not WKB")?;
-    let datasets = batch
-        .column_by_name("dataset_name")
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
-        .context("no `dataset_name` column")?;
+    let datasets: StringArray = super::geom::column(&batch, "dataset_name")?;
     let rank = |i: usize| priority.iter().position(|p| p == datasets.value(i)).unwrap_or(usize::MAX);
     // geometry -> the row kept so far
     let mut kept: HashMap<blake3::Hash, usize> = HashMap::with_capacity(g.len());

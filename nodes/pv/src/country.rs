@@ -21,11 +21,11 @@ use arrow_schema::{DataType, Field, Schema};
 use flowrun_engine::{Table, Value, node};
 use geo::{Closest, ClosestPoint, Contains, Distance, Geodesic, Geometry, Point};
 use rayon::prelude::*;
-use rstar::{AABB, RTree, primitives::GeomWithData, primitives::Rectangle};
+use rstar::AABB;
 use serde::{Deserialize, Serialize};
 
 use super::fetch::{DatasetFiles, Mirror, Repositories, fetch};
-use super::geom::{self, geometries, geometry_index, with_column};
+use super::geom::{self, column, geometries, geometry_index, with_column};
 use super::manifest::Dataset;
 use super::read::raw_table;
 
@@ -72,30 +72,15 @@ pub fn country_polygons(country_files: &DatasetFiles) -> Result<Table> {
     Ok(Table::from_batch(RecordBatch::try_new(schema, vec![code, name, batch.column(gi).clone()])?))
 }
 
-fn float_column(batch: &RecordBatch, name: &str) -> Result<Float64Array> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned())
-        .with_context(|| format!("no Float64 column `{name}`"))
-}
-
 /// Joins each installation's centroid to a country (see the module documentation).
 pub fn locate(t: &Table, countries: &Table, method: CountryMethod, max_distance_km: f64) -> Result<Table> {
     let cb = countries.concat()?;
     let cgeoms = geometries(cb.column(geometry_index(countries)?))?;
-    let codes = cb.column(0).as_any().downcast_ref::<StringArray>().context("country_code")?.clone();
-    let names = cb.column(1).as_any().downcast_ref::<StringArray>().context("country_name")?.clone();
-    let items: Vec<GeomWithData<Rectangle<[f64; 2]>, usize>> = cgeoms
-        .iter()
-        .enumerate()
-        .filter_map(|(i, g)| {
-            let b = geom::bbox(g.as_ref()?)?;
-            Some(GeomWithData::new(Rectangle::from_corners([b.min().x, b.min().y], [b.max().x, b.max().y]), i))
-        })
-        .collect();
-    let tree = RTree::bulk_load(items);
+    let codes: StringArray = column(&cb, "country_code")?;
+    let names: StringArray = column(&cb, "country_name")?;
+    let tree = geom::bbox_tree(cgeoms.iter().map(Option::as_ref));
     let batch = t.concat()?;
-    let (lat, lon) = (float_column(&batch, "centroid_lat")?, float_column(&batch, "centroid_lon")?);
+    let (lat, lon): (Float64Array, Float64Array) = (column(&batch, "centroid_lat")?, column(&batch, "centroid_lon")?);
     let within = |p: &Point<f64>| {
         tree.locate_in_envelope_intersecting(&AABB::from_point([p.x(), p.y()]))
             .map(|c| c.data)
@@ -172,15 +157,10 @@ pub fn located(
 #[node(tags(stage = "prepared"))]
 pub fn country_stats(located: &Table) -> Result<Table> {
     let batch = located.concat()?;
-    let s = |n: &str| -> Result<StringArray> {
-        batch
-            .column_by_name(n)
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
-            .with_context(|| format!("no `{n}` column"))
-    };
+    let s = |n: &str| column::<StringArray>(&batch, n);
     let (country, dataset, name) = (s("country_code")?, s("dataset_name")?, s("country_name")?);
-    let geodesic = float_column(&batch, "area_m2")?;
-    let source = float_column(&batch, "area_m2_source")?;
+    let geodesic: Float64Array = column(&batch, "area_m2")?;
+    let source: Float64Array = column(&batch, "area_m2_source")?;
     #[derive(Default)]
     struct Group {
         name: Option<String>,
@@ -302,7 +282,7 @@ mod tests {
         assert_eq!(strings(&near, "country_code")[3], Some("BBB".into()), "within 10 km of BBB");
         assert_eq!(strings(&near, "country_method")[3], Some("nearest".into()));
         assert_eq!(strings(&near, "country_code")[2], None, "far at sea stays null");
-        let d = float_column(&near.concat().unwrap(), "country_distance_m").unwrap();
+        let d: Float64Array = column(&near.concat().unwrap(), "country_distance_m").unwrap();
         assert!((d.value(3) - 2_770.0).abs() < 50.0, "{}", d.value(3));
         assert_eq!(d.value(0), 0.0);
         let near1 = locate(&sites, &countries(), CountryMethod::Nearest, 1.0).unwrap();

@@ -26,7 +26,7 @@ use arrow_schema::{DataType, Field, Schema};
 use flowrun_engine::{Table, ctx, node};
 use geo::{BooleanOps, Contains, Geometry, MultiPolygon};
 use rayon::prelude::*;
-use rstar::{AABB, RTree, primitives::GeomWithData, primitives::Rectangle};
+use rstar::AABB;
 
 use super::geom::{self, geometries, geometry_index};
 use super::h3::h3_column;
@@ -100,14 +100,8 @@ pub fn dedup_rows(t: &Table, mode: Mode, threshold: f64, priority: &[String], h3
     let batch = t.concat()?;
     let gi = geometry_index(t)?;
     let geoms = geometries(batch.column(gi))?;
-    let datasets = batch
-        .column_by_name("dataset_name")
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
-        .context("no `dataset_name` column")?;
-    let areas = batch
-        .column_by_name("area_m2")
-        .and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned())
-        .context("no `area_m2` column: run `measured` first")?;
+    let datasets: StringArray = geom::column(&batch, "dataset_name")?;
+    let areas: Float64Array = geom::column(&batch, "area_m2").context("run `measured` first")?;
     let rows: Vec<Row> = geoms
         .into_iter()
         .enumerate()
@@ -120,15 +114,8 @@ pub fn dedup_rows(t: &Table, mode: Mode, threshold: f64, priority: &[String], h3
     let mut pairs: Vec<(usize, usize)> = Vec::new();
     match mode {
         Mode::Overlap => {
-            let boxes: Vec<GeomWithData<Rectangle<[f64; 2]>, usize>> = rows
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| {
-                    let b = geom::bbox(r.geom.as_ref()?)?;
-                    Some(GeomWithData::new(Rectangle::from_corners([b.min().x, b.min().y], [b.max().x, b.max().y]), i))
-                })
-                .collect();
-            let tree = RTree::bulk_load(boxes.clone());
+            let tree = geom::bbox_tree(rows.iter().map(|r| r.geom.as_ref()));
+            let boxes: Vec<_> = tree.iter().collect();
             pairs = boxes
                 .par_iter()
                 .flat_map_iter(|item| {
@@ -145,10 +132,8 @@ pub fn dedup_rows(t: &Table, mode: Mode, threshold: f64, priority: &[String], h3
         }
         Mode::SameCell => {
             let col = h3_column(h3_res);
-            let cells = batch
-                .column_by_name(&col)
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
-                .with_context(|| format!("no `{col}` column: the same_cell mode needs `indexed` at this resolution"))?;
+            let cells: StringArray =
+                geom::column(&batch, &col).context("the same_cell mode needs `indexed` at this resolution")?;
             let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
             for i in 0..cells.len() {
                 if !cells.is_null(i) {
@@ -177,10 +162,7 @@ pub fn dedup_rows(t: &Table, mode: Mode, threshold: f64, priority: &[String], h3
             overlap_ratio(ga, a.area, gb, b.area).map(|ratio| ratio > threshold)
         })
         .collect();
-    let ids = batch
-        .column_by_name("unified_id")
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
-        .context("no `unified_id` column")?;
+    let ids: StringArray = geom::column(&batch, "unified_id")?;
     let errors: Vec<(String, String)> = pairs
         .iter()
         .zip(&verdicts)

@@ -17,6 +17,7 @@ use geo::{
     Polygon, Rect, Validation,
 };
 use geo_traits::to_geo::ToGeoGeometry;
+use rstar::{RTree, primitives::GeomWithData, primitives::Rectangle};
 
 /// A WKB geometry field (`geoarrow.wkb`); `crs` is GeoArrow's CRS metadata (`None` for OGC:CRS84).
 pub fn wkb_field(name: &str, nullable: bool, crs: Option<&str>) -> Field {
@@ -184,6 +185,33 @@ pub fn canonical(mp: MultiPolygon<f64>) -> MultiPolygon<f64> {
         })
     });
     MultiPolygon::new(polys)
+}
+
+/// Column `name` of `batch` as `T` (`Float64Array`, `StringArray`, ...); the error names the column and what
+/// was expected.
+pub fn column<T: Array + Clone + 'static>(batch: &RecordBatch, name: &str) -> Result<T> {
+    let col = batch.column_by_name(name).with_context(|| format!("no `{name}` column"))?;
+    col.as_any().downcast_ref::<T>().cloned().with_context(|| {
+        format!(
+            "column `{name}` is {}, not {}",
+            col.data_type(),
+            std::any::type_name::<T>().rsplit("::").next().unwrap_or("")
+        )
+    })
+}
+
+/// An R-tree of the geometries' bounding boxes, each with its index (empty geometries left out).
+pub fn bbox_tree<'a>(
+    geoms: impl Iterator<Item = Option<&'a Geometry<f64>>>,
+) -> RTree<GeomWithData<Rectangle<[f64; 2]>, usize>> {
+    let boxes = geoms
+        .enumerate()
+        .filter_map(|(i, g)| {
+            let b = bbox(g?)?;
+            Some(GeomWithData::new(Rectangle::from_corners([b.min().x, b.min().y], [b.max().x, b.max().y]), i))
+        })
+        .collect();
+    RTree::bulk_load(boxes)
 }
 
 /// Replaces (or appends) column `name` of `batch`.

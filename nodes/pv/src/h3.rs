@@ -28,15 +28,7 @@ pub fn resolution(res: i64) -> Result<Resolution> {
 pub fn index_table(t: &Table, res: i64) -> Result<Table> {
     let r = resolution(res)?;
     let batch = t.concat()?;
-    let col = |n: &str| -> Result<Float64Array> {
-        Ok(batch
-            .column_by_name(n)
-            .ok_or_else(|| anyhow::anyhow!("no column `{n}`: run `measured` first"))?
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .ok_or_else(|| anyhow::anyhow!("`{n}` is not Float64"))?
-            .clone())
-    };
+    let col = |n: &str| super::geom::column::<Float64Array>(&batch, n);
     let (lat, lon) = (col("centroid_lat")?, col("centroid_lon")?);
     let cells: Vec<Option<String>> = (0..batch.num_rows())
         .into_par_iter()

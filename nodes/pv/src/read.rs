@@ -882,10 +882,9 @@ mod tests {
             assert_eq!(crs.as_deref(), Some("urn:ogc:def:crs:EPSG::3857"), "{text}");
             assert!(matches!(&attrs["osm_id"], Column::Text(v) if v[0].as_deref() == Some("18446744073709551000")));
         }
-        let old = format!(
-            r#"{{"type": "FeatureCollection", "features": [], "crs": {{"type": "EPSG", "properties": {{"code": 3035}}}}}}"#
-        );
-        assert_eq!(read(&old).unwrap().0.as_deref(), Some("EPSG:3035"));
+        let old =
+            r#"{"type": "FeatureCollection", "features": [], "crs": {"type": "EPSG", "properties": {"code": 3035}}}"#;
+        assert_eq!(read(old).unwrap().0.as_deref(), Some("EPSG:3035"));
         let link = r#"{"type": "FeatureCollection", "features": [], "crs": {"type": "link", "properties": {"href": "x.prj"}}}"#;
         let err = read(link).err().unwrap().to_string();
         assert!(err.contains("set the dataset's crs"), "{err}");
