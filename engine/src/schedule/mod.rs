@@ -147,7 +147,12 @@ impl RunReport {
                     n.item.as_deref() == Some(item.as_str()) && matches!(n.status, Status::Failed | Status::Cancelled)
                 });
                 match failed {
-                    Some(n) => format!("{item}: {} {}: {}", n.name, n.status.as_str(), n.error.first().map(String::as_str).unwrap_or("")),
+                    Some(n) => format!(
+                        "{item}: {} {}: {}",
+                        n.name,
+                        n.status.as_str(),
+                        n.error.first().map(String::as_str).unwrap_or("")
+                    ),
                     None => format!("{item}: an upstream node failed"),
                 }
             })

@@ -59,11 +59,11 @@ pub fn drop_exact_duplicates(t: &Table, priority: &[String]) -> Result<(Table, B
 }
 
 /// The union of all datasets (by column name) without exact duplicates (same geometry bytes; the record of
-/// the dataset first in `dataset_priority` is kept): the `stg_pv_consolidated` table.
+/// the dataset first in `dataset_priority`, if the flow gives one, is kept): the `stg_pv_consolidated` table.
 #[node(tags(stage = "staging"))]
-pub fn consolidated(measured: Collect<Table>, dataset_priority: &Vec<String>) -> Result<Table> {
+pub fn consolidated(measured: Collect<Table>, dataset_priority: Option<Vec<String>>) -> Result<Table> {
     let all = union_tables(&measured)?;
-    let (t, removed) = drop_exact_duplicates(&all, dataset_priority)?;
+    let (t, removed) = drop_exact_duplicates(&all, &dataset_priority.unwrap_or_default())?;
     if !removed.is_empty() {
         let per: Vec<String> = removed.iter().map(|(d, n)| format!("{n} of `{d}`")).collect();
         ctx::note(format!("exact duplicates (the same geometry as a record kept) removed: {}", per.join(", ")));
