@@ -44,15 +44,19 @@ pub fn digest(dir: &Path, name: &str) -> String {
     h.update(b"flowrun crate digest 1\0");
     h.update(own_digest(dir).as_bytes());
     if let Some(lock) = find_up(dir, "Cargo.lock") {
-        let text = std::fs::read_to_string(&lock).unwrap_or_default();
-        let packages = parse_lock(&text);
-        let members = path_packages(dir);
+        let lock = read_toml(&lock).unwrap_or_default();
+        let packages: Vec<toml::Table> = match lock.get("package") {
+            Some(toml::Value::Array(list)) => list.iter().filter_map(|p| p.as_table().cloned()).collect(),
+            _ => Vec::new(),
+        };
+        let paths = path_packages(dir);
         for pkg in closure(&packages, name) {
-            match (&pkg.source, members.get(&pkg.name)) {
-                (None, Some(member_dir)) if member_dir != dir => h.update(own_digest(member_dir).as_bytes()),
-                (None, _) => h.update(format!("{} {}\n", pkg.name, pkg.version).as_bytes()),
-                (Some(source), _) => {
-                    h.update(format!("{} {} {source} {}\n", pkg.name, pkg.version, pkg.checksum).as_bytes())
+            let (n, v) = (text(pkg, "name"), text(pkg, "version"));
+            match (pkg.get("source"), paths.get(n)) {
+                (None, Some(path_dir)) if path_dir != dir => h.update(own_digest(path_dir).as_bytes()),
+                (None, _) => h.update(format!("{n} {v}\n").as_bytes()),
+                (Some(_), _) => {
+                    h.update(format!("{n} {v} {} {}\n", text(pkg, "source"), text(pkg, "checksum")).as_bytes())
                 }
             };
         }
@@ -92,139 +96,77 @@ fn find_up(start: &Path, file: &str) -> Option<PathBuf> {
     start.ancestors().map(|d| d.join(file)).find(|p| p.is_file())
 }
 
-/// One `[[package]]` of a `Cargo.lock`.
-#[derive(Debug, Default, Clone)]
-struct LockPackage {
-    name: String,
-    version: String,
-    source: Option<String>,
-    checksum: String,
-    /// `"name"` or `"name version"` (or with ` (source)`), as the lock file writes them.
-    dependencies: Vec<String>,
+fn read_toml(path: &Path) -> Option<toml::Table> {
+    std::fs::read_to_string(path).ok()?.parse().ok()
 }
 
-/// Reads the `[[package]]` tables of a `Cargo.lock` (a format cargo writes one way: `key = "value"` lines
-/// and `dependencies = [` lists of one quoted string per line).
-fn parse_lock(text: &str) -> Vec<LockPackage> {
-    let mut out: Vec<LockPackage> = Vec::new();
-    let mut in_deps = false;
-    for line in text.lines().map(str::trim) {
-        if line == "[[package]]" {
-            out.push(LockPackage::default());
-            in_deps = false;
-            continue;
-        }
-        let Some(pkg) = out.last_mut() else { continue };
-        if in_deps {
-            match line.strip_prefix('"').and_then(|l| l.strip_suffix("\",")) {
-                Some(dep) => pkg.dependencies.push(dep.to_string()),
-                None => in_deps = false,
-            }
-            continue;
-        }
-        let Some((key, value)) = line.split_once(" = ") else { continue };
-        let unquoted = value.trim_matches('"').to_string();
-        match key {
-            "name" => pkg.name = unquoted,
-            "version" => pkg.version = unquoted,
-            "source" => pkg.source = Some(unquoted),
-            "checksum" => pkg.checksum = unquoted,
-            "dependencies" if value == "[" => in_deps = true,
-            "dependencies" => {
-                // `dependencies = []` or a one-line list
-                let inner = value.trim_start_matches('[').trim_end_matches(']');
-                pkg.dependencies.extend(inner.split(',').map(|d| d.trim().trim_matches('"').to_string()));
-                pkg.dependencies.retain(|d| !d.is_empty());
-            }
-            _ => {}
-        }
-    }
-    out
+fn text<'t>(t: &'t toml::Table, key: &str) -> &'t str {
+    t.get(key).and_then(|v| v.as_str()).unwrap_or_default()
 }
 
-/// Every package `name` depends on, transitively (not `name` itself), in a stable order.
-fn closure<'a>(packages: &'a [LockPackage], name: &str) -> Vec<&'a LockPackage> {
-    let find = |dep: &str| -> Option<&'a LockPackage> {
-        let mut parts = dep.split(' ');
-        let (n, v) = (parts.next().unwrap_or(""), parts.next());
-        packages.iter().find(|p| p.name == n && v.is_none_or(|v| p.version == v))
+/// Every package the `[[package]]` list of a `Cargo.lock` says `name` depends on, transitively (not `name`
+/// itself), in a stable order. A dependency is written `"name"`, or `"name version"` when several versions
+/// are locked.
+fn closure<'a>(packages: &'a [toml::Table], name: &str) -> Vec<&'a toml::Table> {
+    let deps = |p: &'a toml::Table| -> Vec<&'a toml::Table> {
+        let listed = p.get("dependencies").and_then(|d| d.as_array()).into_iter().flatten();
+        listed
+            .filter_map(|d| {
+                let mut parts = d.as_str()?.split(' ');
+                let (n, v) = (parts.next().unwrap_or(""), parts.next());
+                packages.iter().find(|q| text(q, "name") == n && v.is_none_or(|v| text(q, "version") == v))
+            })
+            .collect()
     };
-    let Some(root) = packages.iter().find(|p| p.name == name && p.source.is_none()) else { return Vec::new() };
-    let mut seen = BTreeSet::new();
-    let mut stack: Vec<&LockPackage> = root.dependencies.iter().filter_map(|d| find(d)).collect();
-    let mut out = Vec::new();
+    let Some(root) = packages.iter().find(|p| text(p, "name") == name && p.get("source").is_none()) else {
+        return Vec::new();
+    };
+    let (mut seen, mut stack, mut out) = (BTreeSet::new(), deps(root), Vec::new());
     while let Some(p) = stack.pop() {
-        if seen.insert((p.name.as_str(), p.version.as_str())) {
-            stack.extend(p.dependencies.iter().filter_map(|d| find(d)));
+        if seen.insert((text(p, "name"), text(p, "version"))) {
+            stack.extend(deps(p));
             out.push(p);
         }
     }
-    out.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+    out.sort_by_key(|p| (text(p, "name"), text(p, "version")));
     out
 }
 
 /// The packages reachable from the crate at `dir` through `path =` dependencies, by name: where the sources
-/// of a path dependency are. Followed from each manifest's dependency tables, and for `x.workspace = true`
+/// of a path dependency are. Followed from each manifest's dependency tables (`[dependencies]`,
+/// `[dev-dependencies]`, `[build-dependencies]`, their `[target.*]` forms), and for `x.workspace = true`
 /// entries from the `[workspace.dependencies]` of that crate's workspace root, wherever they lead.
 fn path_packages(dir: &Path) -> BTreeMap<String, PathBuf> {
     let mut out = BTreeMap::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
-        let Ok(text) = std::fs::read_to_string(d.join("Cargo.toml")) else { continue };
-        let Some(name) = package_name(&text) else { continue };
-        if out.insert(name, d.clone()).is_some() {
+        let Some(manifest) = read_toml(&d.join("Cargo.toml")) else { continue };
+        let Some(name) = manifest.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()) else {
+            continue;
+        };
+        if out.insert(name.to_string(), d.clone()).is_some() {
             continue;
         }
-        todo.extend(path_deps(&text, &d));
-        let root = d.ancestors().find(|a| {
-            std::fs::read_to_string(a.join("Cargo.toml")).is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+        let root = d.ancestors().find_map(|a| {
+            read_toml(&a.join("Cargo.toml")).filter(|t| t.contains_key("workspace")).map(|t| (a.to_path_buf(), t))
         });
-        if let Some(root) = root
-            && let Ok(root_text) = std::fs::read_to_string(root.join("Cargo.toml"))
-        {
-            todo.extend(path_deps(&root_text, root));
-        }
-    }
-    out
-}
-
-/// The directories of the `path = "..."` dependencies a manifest declares, resolved against `base`.
-fn path_deps(manifest: &str, base: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut in_deps = false;
-    for line in manifest.lines().map(str::trim) {
-        if line.starts_with('[') {
-            let table = line.trim_matches(['[', ']']);
-            in_deps = table.split('.').any(|part| part.ends_with("dependencies"));
-            continue;
-        }
-        if !in_deps {
-            continue;
-        }
-        // `x = { path = "..." }` or, inside `[dependencies.x]`, `path = "..."`
-        if let Some(at) = line.find("path") {
-            let rest = line[at + 4..].trim_start();
-            if let Some(value) = rest.strip_prefix('=').and_then(|v| v.trim_start().strip_prefix('"'))
-                && let Some(end) = value.find('"')
-            {
-                out.push(base.join(&value[..end]));
+        let targets = manifest.get("target").and_then(|t| t.as_table()).into_iter().flat_map(|t| t.values());
+        for table in std::iter::once(&manifest).chain(targets.filter_map(|t| t.as_table())) {
+            for kind in ["dependencies", "dev-dependencies", "build-dependencies"] {
+                todo.extend(path_deps(table.get(kind), &d));
             }
         }
+        if let Some((root_dir, root)) = root {
+            todo.extend(path_deps(root.get("workspace").and_then(|w| w.get("dependencies")), &root_dir));
+        }
     }
     out
 }
 
-/// `name = "..."` of a manifest's `[package]` table.
-fn package_name(manifest: &str) -> Option<String> {
-    let mut in_package = false;
-    for line in manifest.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_package = line == "[package]";
-        } else if in_package && let Some(v) = line.strip_prefix("name") {
-            return Some(v.trim_start().strip_prefix('=')?.trim().trim_matches('"').to_string());
-        }
-    }
-    None
+/// The directories of the `path = "..."` entries of a dependency table, resolved against `base`.
+fn path_deps(deps: Option<&toml::Value>, base: &Path) -> Vec<PathBuf> {
+    let entries = deps.and_then(|d| d.as_table()).into_iter().flat_map(|t| t.values());
+    entries.filter_map(|e| e.get("path")?.as_str().map(|p| base.join(p))).collect()
 }
 
 #[cfg(test)]
@@ -282,20 +224,5 @@ mod tests {
         assert_ne!(a3, a2, "a dependency was upgraded");
         assert_eq!(b3, b0, "not one of b's");
         std::fs::remove_dir_all(&top).unwrap();
-    }
-
-    #[test]
-    fn lock_files_are_read_as_cargo_writes_them() {
-        let lock = "version = 4\n\n[[package]]\nname = \"x\"\nversion = \"1.0.0\"\nsource = \"registry+r\"\n\
-                    checksum = \"ab\"\ndependencies = [\n \"y 0.2.0\",\n \"z\",\n]\n\n[[package]]\nname = \"y\"\n\
-                    version = \"0.2.0\"\n";
-        let p = parse_lock(lock);
-        assert_eq!(p.len(), 2);
-        assert_eq!(
-            (p[0].name.as_str(), p[0].source.as_deref(), p[0].checksum.as_str()),
-            ("x", Some("registry+r"), "ab")
-        );
-        assert_eq!(p[0].dependencies, ["y 0.2.0", "z"]);
-        assert_eq!(package_name("[workspace]\nname = \"no\"\n[package]\nname = \"yes\"\n").as_deref(), Some("yes"));
     }
 }
