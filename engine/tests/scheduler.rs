@@ -334,6 +334,21 @@ fn on_item_error_on_a_node_that_collects_nothing_is_an_error() {
     assert!(err.contains("test.toml:6:17"), "{err}");
 }
 
+/// The threads a node's own parallel loops would use.
+#[node]
+fn loop_threads(x: i64) -> i64 {
+    let _ = x;
+    rayon::current_num_threads() as i64
+}
+
+#[test]
+fn jobs_bound_the_threads_of_the_nodes_own_parallel_loops() {
+    let f = build("[flow]\nname = \"t\"\noutputs = [\"loop_threads\"]\n[config]\nx = 1\n", &[]);
+    for jobs in [1, 2] {
+        assert_eq!(out::<i64>(&run(&f, jobs, None), "loop_threads"), jobs as i64);
+    }
+}
+
 #[test]
 fn panics_are_node_failures() {
     let src = "[flow]\nname = \"p\"\noutputs = [\"panics\"]\n[config]\nx = 3\n";

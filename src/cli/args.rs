@@ -89,7 +89,8 @@ pub struct FlowArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub flow: FlowArgs,
-    /// Worker threads (default: the number of CPUs; 1 runs sequentially).
+    /// Worker threads (default: the number of CPUs; 1 runs sequentially). The nodes' own parallel loops run
+    /// on the same threads; DuckDB (SQL nodes, the lake commit) keeps its own thread pool.
     #[arg(short, long)]
     pub jobs: Option<usize>,
     /// Stop starting nodes after the first failure.

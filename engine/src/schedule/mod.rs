@@ -180,7 +180,12 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
         let exec = exec::Exec::new(&plan, opts);
         let initial = exec.start();
         if jobs == 1 {
-            drive_sequential(&exec, initial);
+            // in a pool of one thread, so the nodes' own parallel loops (rayon) run on it too: `--jobs`
+            // bounds every rayon thread a run uses
+            match rayon::ThreadPoolBuilder::new().num_threads(1).thread_name(|_| "flowrun-worker-0".into()).build() {
+                Ok(pool) => pool.install(|| drive_sequential(&exec, initial)),
+                Err(_) => drive_sequential(&exec, initial),
+            }
         } else {
             drive_parallel(&exec, initial, jobs);
         }
