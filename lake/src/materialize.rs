@@ -149,8 +149,9 @@ fn spec(d: &MaterializeDecl) -> Result<Spec, (String, Option<std::ops::Range<usi
     }
 }
 
-/// Validates every `[materialize.*]` section and the `[lake]` section before anything runs.
-pub fn check(flow: &Flow, lake_overrides: &[(String, String)]) -> Result<(), Diagnostics> {
+/// Validates every `[materialize.*]` section and the `[lake]` section (with its `--lake` overrides) before
+/// anything runs; gives the resolved `[lake]`, which the run then uses as it is.
+pub fn check(flow: &Flow, lake_overrides: &[(String, String)]) -> Result<Option<LakeConfig>, Diagnostics> {
     let mut errors = Vec::new();
     let mut needs_lake = None;
     for d in &flow.materialize {
@@ -164,7 +165,7 @@ pub fn check(flow: &Flow, lake_overrides: &[(String, String)]) -> Result<(), Dia
             }
         }
     }
-    match LakeConfig::from_flow(flow, lake_overrides) {
+    let lake = match LakeConfig::from_flow(flow, lake_overrides) {
         Ok(None) if needs_lake.is_some() => {
             let d = needs_lake.unwrap();
             errors.push(
@@ -175,8 +176,9 @@ pub fn check(flow: &Flow, lake_overrides: &[(String, String)]) -> Result<(), Dia
                 .at(Label::new(&flow.source, d.span.clone(), "ducklake materialization"))
                 .help(Some("add [lake] with catalog = \"lake/flow.ducklake\" (see the README)".to_string())),
             );
+            None
         }
-        Ok(_) => {}
+        Ok(lake) => lake,
         Err(e) => {
             let span = flow.lake.get("catalog").map(|(_, s)| s.clone());
             let mut d = Diagnostic::new("bad-lake", format!("[lake]: {e:#}"));
@@ -184,9 +186,10 @@ pub fn check(flow: &Flow, lake_overrides: &[(String, String)]) -> Result<(), Dia
                 d = d.at(Label::new(&flow.source, span, "here"));
             }
             errors.push(d);
+            None
         }
-    }
-    if errors.is_empty() { Ok(()) } else { Err(Diagnostics(errors)) }
+    };
+    if errors.is_empty() { Ok(lake) } else { Err(Diagnostics(errors)) }
 }
 
 fn state_key(kind: &str, where_: &str) -> String {
@@ -218,13 +221,11 @@ pub fn materialize(
     flow: &Flow,
     report: &RunReport,
     store: Option<&Store>,
-    lake_overrides: &[(String, String)],
+    lake: Option<&LakeConfig>,
     flow_path: &str,
 ) -> Result<MaterializeReport> {
     let started = Instant::now();
-    check(flow, lake_overrides).map_err(|d| anyhow!("{}", d.render(false)))?;
-    let lake = LakeConfig::from_flow(flow, lake_overrides)?;
-    let mut out = MaterializeReport { lake: lake.as_ref().map(|l| l.describe()), ..Default::default() };
+    let mut out = MaterializeReport { lake: lake.map(|l| l.describe()), ..Default::default() };
     // values are loaded from the cache only for targets that changed: an unchanged rerun reads no table
     let mut lake_targets: Vec<(LakeTarget<()>, &OutputItem, String, blake3::Hash)> = Vec::new();
     // (section, path, geometry column, value, destination, identity)
@@ -244,8 +245,7 @@ pub fn materialize(
                 Spec::Lake { schema, table, mode } => {
                     let table = expand(table, &o.item);
                     ident::validate(&table, "table")?;
-                    let where_ =
-                        format!("{}#{schema}.{table}", lake.as_ref().map(|l| l.describe()).unwrap_or_default());
+                    let where_ = format!("{}#{schema}.{table}", lake.map(|l| l.describe()).unwrap_or_default());
                     if let Some(other) = seen.insert(where_.clone(), d.name.clone()) {
                         bail!("materializations `{other}` and `{}` both write lake table {schema}.{table}", d.name);
                     }
@@ -303,7 +303,7 @@ pub fn materialize(
         crate::config::Catalog::Postgres(_) => true,
     };
     let (changed, same): (Vec<_>, Vec<_>) = lake_targets.into_iter().partition(|(_, _, where_, identity)| {
-        !unchanged("ducklake", where_, identity, lake.as_ref().is_some_and(catalog_exists))
+        !unchanged("ducklake", where_, identity, lake.is_some_and(catalog_exists))
     });
     for (t, o, _, _) in &same {
         out.targets.push(TargetReport {
@@ -323,7 +323,7 @@ pub fn materialize(
         })
         .collect::<Result<Vec<_>>>()?;
     if !changed.is_empty() {
-        let lake = lake.as_ref().expect("checked: ducklake targets need [lake]");
+        let lake = lake.ok_or_else(|| anyhow!("DuckLake materializations need a [lake] section"))?;
         let duck = Duck::in_memory()?;
         lake.attach(&duck, false)?;
         let targets: Vec<LakeTarget> = changed

@@ -148,9 +148,9 @@ fn split_kv(items: &[String], what: &str) -> Result<Vec<(String, String)>, CliEr
         .collect()
 }
 
-/// The flow of `f`, built with its command-line options and checked, `[lake]` included; the `--lake`
-/// overrides come back with it.
-pub fn build(f: &FlowArgs) -> Result<(Flow, Vec<(String, String)>), CliError> {
+/// The flow of `f`, built with its command-line options and checked, `[lake]` included (read once, with its
+/// `--lake` overrides: the run uses what comes back).
+pub fn build(f: &FlowArgs) -> Result<(Flow, Option<flowrun_lake::LakeConfig>), CliError> {
     let mut set_inputs = split_kv(&f.input, "--input")?;
     if let Some(m) = &f.mirror {
         set_inputs.push(("mirror".to_string(), m.clone()));
@@ -165,13 +165,13 @@ pub fn build(f: &FlowArgs) -> Result<(Flow, Vec<(String, String)>), CliError> {
     };
     let flow = flowrun_engine::flow::load(&f.flow, &opts).map_err(CliError::Invalid)?;
     let lake_overrides = split_kv(&f.lake, "--lake")?;
-    flowrun_lake::check(&flow, &lake_overrides).map_err(CliError::Invalid)?;
+    let lake = flowrun_lake::check(&flow, &lake_overrides).map_err(CliError::Invalid)?;
     for name in &f.recompute {
         if flow.node(name).is_none() {
             return Err(bad_argument(format!("--recompute {name}: the flow has no node `{name}`")));
         }
     }
-    Ok((flow, lake_overrides))
+    Ok((flow, lake))
 }
 
 /// A command-line argument the flow cannot take: exit 2, like an invalid flow (nothing ran).
@@ -191,8 +191,7 @@ fn run(
     fail_fast: bool,
     dry_run: bool,
 ) -> Result<Outcome, CliError> {
-    let (flow, lake_overrides) = build(f)?;
-    let lake = flowrun_lake::LakeConfig::from_flow(&flow, &lake_overrides)?;
+    let (flow, lake) = build(f)?;
     let store = if f.no_cache { None } else { Some(open_store(&cli.cache_dir)?) };
     let progress = Arc::new(progress::Progress::new(!ui.quiet && !ui.json && !dry_run, ui.verbose > 0));
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
@@ -202,7 +201,7 @@ fn run(
         dry_run,
         store: store.clone(),
         observer: progress.clone(),
-        sql: Some(Arc::new(flowrun_lake::DuckSql::with_lake(lake))),
+        sql: Some(Arc::new(flowrun_lake::DuckSql::with_lake(lake.clone()))),
         recompute: f.recompute.clone(),
         targets: None,
         flow_path: f.flow.display().to_string(),
@@ -213,7 +212,7 @@ fn run(
     let materialized = if !dry_run && result.status != RunStatus::Failed && !flow.materialize.is_empty() {
         let flow_path = f.flow.display().to_string();
         Some(
-            flowrun_lake::materialize(&flow, &result, store.as_deref(), &lake_overrides, &flow_path)
+            flowrun_lake::materialize(&flow, &result, store.as_deref(), lake.as_ref(), &flow_path)
                 .map_err(CliError::Other)?,
         )
     } else {
