@@ -1,6 +1,6 @@
 # flowrun's tasks. `just` is optional: every recipe is a plain cargo/python command you can copy.
-# One cargo profile everywhere (release), one target directory outside the clone: the bundled DuckDB is
-# compiled once (25+ minutes on 2 cores), not once per profile or per clone.
+# One cargo profile everywhere (release), one target directory outside the clone: everything is compiled
+# once, not once per profile or per clone (with --features bundled, DuckDB alone takes 25+ minutes).
 
 export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", env_var("HOME") + "/.cache/flowrun-target")
 

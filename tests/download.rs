@@ -254,14 +254,6 @@ format = "csv"
 lat = "lat"
 lon = "lon"
 
-[config.manifest.bad_unknown_crs]
-repository = "direct"
-source = "{points_url}"
-format = "csv"
-lat = "lat"
-lon = "lon"
-crs = "EPSG:999999"
-
 [config.manifest.bad_checksum]
 repository = "zenodo"
 source = "10.5281/zenodo.111"
@@ -331,7 +323,6 @@ lon = "lon"
         ("bad_truncated_geojson", vec!["truncated.geojson"]),
         ("bad_shp_without_dbf", vec!["PV_Test_2020.shp", ".dbf"]),
         ("bad_csv_without_lat", vec!["no_lat.csv", "`lat`"]),
-        ("bad_unknown_crs", vec!["EPSG:999999"]),
         ("bad_checksum", vec!["points.csv", "md5"]),
         ("bad_http_404", vec!["404"]),
         ("bad_http_500", vec!["500"]),

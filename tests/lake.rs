@@ -129,6 +129,7 @@ out = {
     'snapshots': [r[0] for r in q('SELECT snapshot_id FROM lake.snapshots() ORDER BY 1')],
     'messages': [r[0] for r in q('SELECT commit_message FROM lake.snapshots() WHERE commit_message IS NOT NULL ORDER BY snapshot_id')],
     'runs': q('SELECT status, snapshot_id FROM lake.main.flowrun_runs ORDER BY snapshot_id'),
+    'run_times': q('SELECT epoch(started_at), epoch(finished_at) FROM lake.main.flowrun_runs ORDER BY snapshot_id'),
     'node_runs': q("SELECT count(*), count(DISTINCT run_id) FROM lake.main.flowrun_node_runs"),
     'at': {str(v): q(f'SELECT count(*) FROM lake.main.pv AT (VERSION => {v})')[0][0] for v in versions},
 }
@@ -182,8 +183,10 @@ fn materialization_suite(catalog_in_flow: &str, python_attach: &str) {
     let data = s.path().join("lake_data");
     s.write("flow.toml", &lake_flow(catalog_in_flow, &data.display().to_string()));
 
-    // run 1: two datasets
-    let first = s.run(&["--json", "run", "flow.toml"]).ok();
+    // run 1: two datasets, on a machine whose clock is not in UTC (the run history's times are instants)
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let first = s.run_env(&["--json", "run", "flow.toml"], &[("TZ", "America/New_York")]).ok();
+    let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let v1 = snapshot_of(&first);
     let lake = read_lake(python_attach, &data, &[v1]);
     assert_eq!(
@@ -212,6 +215,10 @@ fn materialization_suite(catalog_in_flow: &str, python_attach: &str) {
         lake["messages"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().into()).collect();
     assert_eq!(messages, vec![format!("flowrun: flow lake_test, run {run_id}")]);
     assert_eq!(lake["runs"], serde_json::json!([["ok", v1]]));
+    let times = &lake["run_times"][0];
+    for t in [times[0].as_f64().unwrap(), times[1].as_f64().unwrap()] {
+        assert!(t >= before.floor() - 1.0 && t <= after + 1.0, "run times {times} outside [{before}, {after}]");
+    }
 
     // GeoParquet: GeoPandas and the validator
     let gp = python_json(READ_GEOPARQUET, &[&s.path().join("out/pv.parquet").display().to_string()]);

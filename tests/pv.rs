@@ -330,6 +330,8 @@ print(json.dumps(con.execute("SELECT commit_message FROM lake.snapshots() ORDER 
     );
     let message = message.as_str().unwrap();
     assert!(message.contains("(partial, missing chn_med_res_pv_2024: raw[chn_med_res_pv_2024] failed: "), "{message}");
+    // the whole cause, down to what was wrong with the file
+    assert!(message.contains("PV_Test_2020.shp") && message.matches(": ").count() >= 4, "{message}");
 }
 
 #[test]
@@ -403,4 +405,35 @@ id = "id"
             serde_json::to_string_pretty(&json).unwrap()
         );
     }
+}
+
+/// Every manifest mistake, in `[config.manifest]` or in `[config.countries]`, is an error of the flow file
+/// (exit 2, nothing runs) naming the dataset and the fix, for `explain` as for `run`.
+#[test]
+fn manifest_mistakes_are_flow_errors() {
+    let (s, flow_path) = pv_scratch();
+    let flow = std::fs::read_to_string(&flow_path).unwrap();
+    let cases = [
+        ("crs = \"EPSG:4326\"", "crs = \"EPSG:999999\"", "unknown CRS EPSG:999999"),
+        ("crs = \"EPSG:4326\"", "crs = \"garbage\"", "crs = \"garbage\""),
+        ("format = \"csv\"", "format = \"csv\"\nencoding = \"klingon\"", "unknown encoding `klingon`"),
+        ("format = \"csv\"", "format = \"csv\"\ncompression = \"rar\"", "unknown compression `rar`"),
+        ("format = \"csv\"", "format = \"csv\"\ncolour = \"red\"", "unknown field `colour`"),
+    ];
+    for (from, to, expected) in cases {
+        assert!(flow.contains(from), "the flow has {from}");
+        s.write("flows/doi_pv.toml", &flow.replacen(from, to, 1));
+        for cmd in ["explain", "run"] {
+            let out = s.run(&[cmd, "flows/doi_pv.toml", "--mirror", &pv_data().display().to_string()]);
+            assert_eq!(out.code, 2, "{to}: {cmd} exits 2\n{}\n{}", out.stdout, out.stderr);
+            assert!(out.stderr.contains(expected) && out.stderr.contains("dataset `"), "{to}: {}", out.stderr);
+        }
+    }
+    // the countries dataset is checked the same way
+    let countries = flow.replacen("[config.countries]\n", "[config.countries]\nencoding = \"klingon\"\n", 1);
+    assert_ne!(countries, flow);
+    s.write("flows/doi_pv.toml", &countries);
+    let out = s.run(&["explain", "flows/doi_pv.toml", "--mirror", &pv_data().display().to_string()]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("unknown encoding `klingon`"), "{}", out.stderr);
 }

@@ -54,7 +54,7 @@ pub struct CacheKey<'a> {
     pub code_version: &'a str,
     /// `std::any::type_name` of the output.
     pub output_type: &'a str,
-    /// One identity per parameter, in parameter order (borrowed: the engine keeps them on its stack).
+    /// One identity per parameter, in parameter order.
     pub inputs: &'a [KeyInput<'a>],
 }
 
@@ -113,9 +113,11 @@ impl CacheKey<'_> {
     /// node that runs this function, so a scheduler makes it once per function and passes it to
     /// [`CacheKey::hash_with_code`].
     pub fn code_digest(function: &str, code_version: &str, output_type: &str) -> Hash {
-        let parts = [function, code_version, output_type];
-        let len = parts.iter().map(|s| 4 + s.len()).sum();
-        encode(len, |w| parts.iter().for_each(|s| w.put_str(s)), blake3::hash)
+        let mut h = blake3::Hasher::new();
+        for s in [function, code_version, output_type] {
+            put_str(&mut h, s);
+        }
+        h.finalize()
     }
 
     /// [`CacheKey::hash`] with the code digest already made (`code` must be
@@ -129,59 +131,24 @@ impl CacheKey<'_> {
     /// ```
     pub fn hash_with_code(&self, code: &Hash) -> Key {
         debug_assert_eq!(*code, Self::code_digest(self.function, self.code_version, self.output_type));
-        let len =
-            4 + 4 + self.inputs.iter().map(|i| 4 + i.param.len() + 1 + 4 + i.source.tag().1.len() + 32).sum::<usize>();
-        let fill = |w: &mut Writer<'_>| {
-            w.put(&KEY_FORMAT.to_le_bytes());
-            w.put(&(self.inputs.len() as u32).to_le_bytes());
-            for input in self.inputs {
-                w.put_str(input.param);
-                let (tag, name) = input.source.tag();
-                w.put(&[tag]);
-                w.put_str(name);
-                w.put(input.identity.as_bytes());
-            }
-        };
-        encode(len, fill, |bytes| blake3::keyed_hash(code.as_bytes(), bytes))
+        let mut h = blake3::Hasher::new_keyed(code.as_bytes());
+        h.update(&KEY_FORMAT.to_le_bytes());
+        h.update(&(self.inputs.len() as u32).to_le_bytes());
+        for input in self.inputs {
+            put_str(&mut h, input.param);
+            let (tag, name) = input.source.tag();
+            h.update(&[tag]);
+            put_str(&mut h, name);
+            h.update(input.identity.as_bytes());
+        }
+        h.finalize()
     }
 }
 
-/// Writes `len` bytes with `fill` into a stack buffer (a heap one when longer) and hashes them with one
-/// call: a key of a few parameters is one or two blake3 blocks, with no allocation.
-fn encode(len: usize, fill: impl FnOnce(&mut Writer<'_>), hash: impl FnOnce(&[u8]) -> Hash) -> Hash {
-    // two stack sizes: the buffer is zeroed first, and most keys (one or two parameters) fit in 128 bytes
-    if len <= 128 {
-        hash(fill_buf(&mut [0u8; 128][..len], fill))
-    } else if len <= 1024 {
-        hash(fill_buf(&mut [0u8; 1024][..len], fill))
-    } else {
-        hash(fill_buf(&mut vec![0u8; len], fill))
-    }
-}
-
-fn fill_buf(buf: &mut [u8], fill: impl FnOnce(&mut Writer<'_>)) -> &[u8] {
-    let mut w = Writer { buf, at: 0 };
-    fill(&mut w);
-    debug_assert_eq!(w.at, w.buf.len());
-    w.buf
-}
-
-/// Fills a buffer sized in advance; strings are length-prefixed (u32, little endian).
-struct Writer<'b> {
-    buf: &'b mut [u8],
-    at: usize,
-}
-
-impl Writer<'_> {
-    fn put(&mut self, bytes: &[u8]) {
-        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
-        self.at += bytes.len();
-    }
-
-    fn put_str(&mut self, s: &str) {
-        self.put(&(s.len() as u32).to_le_bytes());
-        self.put(s.as_bytes());
-    }
+/// A length-prefixed string (u32, little endian), so no two different keys encode to the same bytes.
+fn put_str(h: &mut blake3::Hasher, s: &str) {
+    h.update(&(s.len() as u32).to_le_bytes());
+    h.update(s.as_bytes());
 }
 
 /// Serializes a [`Hash`] as lowercase hex (serde helper).

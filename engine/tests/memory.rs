@@ -2,11 +2,13 @@
 //!
 //! Each budget is about twice what a node takes when it was set: the test fails on a change that makes
 //! every node much heavier (a copy of the flow per node, a table per edge), not on ordinary changes. The
-//! counts are per thread (the harness runs other tests on other threads) and deterministic, unlike
-//! timings. `cargo test -p flowrun-engine --test memory -- --nocapture` prints them.
+//! count covers every thread (a run's nodes run on its worker pool), so the tests of this file take turns
+//! (`ONE_AT_A_TIME`); it is deterministic, unlike timings.
+//! `cargo test -p flowrun-engine --test memory -- --nocapture` prints the figures.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flowrun_engine::flow::{self, BuildOptions, SourceFile};
 use flowrun_engine::schedule::{self, RunOptions, RunStatus};
@@ -14,13 +16,11 @@ use flowrun_engine::{Collect, Parallel, node};
 
 struct Counting;
 
-thread_local! {
-    static ALLOCATED: Cell<usize> = const { Cell::new(0) };
-}
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn count(bytes: usize) {
-    // `try_with`: an allocation while the thread's locals are torn down is not counted
-    let _ = ALLOCATED.try_with(|a| a.set(a.get() + bytes));
+    ALLOCATED.fetch_add(bytes, Ordering::Relaxed);
 }
 
 // SAFETY: every call is forwarded unchanged to the system allocator; counting only reads the layout.
@@ -48,12 +48,12 @@ const RUN_BUDGET: f64 = 3_500.0;
 /// Per node run of a fan-out item.
 const ITEM_BUDGET: f64 = 4_500.0;
 
-/// What `f` returns and the bytes it allocated on this thread (freed ones included: fresh memory is the
-/// cost, whether or not it is kept).
+/// What `f` returns and the bytes allocated while it ran, on every thread (freed ones included: fresh
+/// memory is the cost, whether or not it is kept).
 fn allocated<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let before = ALLOCATED.with(Cell::get);
+    let before = ALLOCATED.load(Ordering::Relaxed);
     let out = f();
-    (out, ALLOCATED.with(Cell::get) - before)
+    (out, ALLOCATED.load(Ordering::Relaxed) - before)
 }
 
 #[node]
@@ -84,6 +84,7 @@ fn chain(n: usize) -> String {
 
 /// Bytes per node for parsing, building and running (one thread) the flow in `text`.
 fn per_node(text: String) -> (f64, f64, f64, usize) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let src = SourceFile::new("memory.toml", text);
     let (raw, parse) = allocated(|| flow::parse(&src).expect("valid TOML"));
     let (f, build) = allocated(|| flow::resolve(src.clone(), &raw, &BuildOptions::default()).expect("valid flow"));

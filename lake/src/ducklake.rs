@@ -227,8 +227,8 @@ fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport, snapsho
     ))?;
     let r = run_record(report, flow_path);
     duck.execute(&format!(
-        "INSERT INTO {l}.main.flowrun_runs VALUES ({}, {}, {}, make_timestamp({}::BIGINT * 1000), \
-         make_timestamp({}::BIGINT * 1000), {}, {}, {}, {}, {}, {}, {}, {snapshot})",
+        "INSERT INTO {l}.main.flowrun_runs VALUES ({}, {}, {}, to_timestamp({}::BIGINT / 1000.0), \
+         to_timestamp({}::BIGINT / 1000.0), {}, {}, {}, {}, {}, {}, {}, {snapshot})",
         literal(&r.run_id),
         literal(&r.flow),
         literal(&r.flow_path),

@@ -79,9 +79,8 @@ pub enum AxisOrder {
 }
 
 /// One dataset of the manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Value)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[value(label = "key")]
 pub struct Dataset {
     /// The manifest key; filled from the table name.
     #[serde(default)]
@@ -227,9 +226,31 @@ impl Value for Manifest {
     }
 }
 
+/// A dataset written in a flow file (`[config.countries]`) is checked like a manifest entry, when the
+/// flow is validated.
+impl Value for Dataset {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), flowrun_engine::CodecError> {
+        flowrun_engine::value::serde_encode(self, out)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, flowrun_engine::CodecError> {
+        flowrun_engine::value::serde_decode(bytes)
+    }
+    fn from_toml(value: &toml::Value, _cx: &flowrun_engine::LiteralCx) -> Result<Self, String> {
+        let d: Dataset = flowrun_engine::value::serde_from_toml(value)?;
+        d.validate().map_err(|e| e.to_string())?;
+        Ok(d)
+    }
+    fn label(&self) -> Option<String> {
+        Some(self.key.clone())
+    }
+}
+
 impl Dataset {
     /// Checks the entry's own consistency.
     pub fn validate(&self) -> Result<()> {
+        if let Some(c) = &self.crs {
+            crate::crs::Crs::parse(c).map_err(|e| anyhow::anyhow!("dataset `{}`: crs = {c:?}: {e:#}", self.key))?;
+        }
         if self.format == Format::Csv {
             self.coordinate_columns()?;
         }

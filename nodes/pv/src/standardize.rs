@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::{DataType, Field, Schema};
@@ -197,6 +197,7 @@ fn crs_text(crs_of: &HashMap<String, (Crs, String)>) -> String {
         by_crs.entry(what).or_default().push(file);
     }
     match by_crs.len() {
+        0 => "CRS WGS 84 lon/lat assumed (the raw table records none)".to_string(),
         1 => format!("CRS {}", by_crs.into_keys().next().unwrap_or_default()),
         _ => {
             let parts: Vec<String> = by_crs
@@ -220,13 +221,24 @@ fn reproject_and_repair(
     d: &Dataset,
     at: &(dyn Fn(usize) -> String + Sync),
 ) -> Result<Vec<Repair>> {
-    let wgs84 = (Crs::wgs84(), "the default".to_string());
+    // a raw table from a reader that records no CRS at all is read as WGS84 (and the note says so); one that
+    // records CRSs but not this row's file is a reader's bug, not a guess to make silently
+    let wgs84 = (Crs::wgs84(), "an assumption: the raw table records no CRS".to_string());
     geoms
         .par_iter_mut()
         .enumerate()
         .map(|(i, g)| {
             let Some(mut geo) = g.take() else { return Ok(Repair::Valid) };
-            let (crs, origin) = files[i].as_ref().and_then(|f| crs_of.get(f)).unwrap_or(&wgs84);
+            let (crs, origin) = match files[i].as_ref().and_then(|f| crs_of.get(f)) {
+                Some(known) => known,
+                None if crs_of.is_empty() => &wgs84,
+                None => bail!(
+                    "dataset `{}`, {}: the raw table records no CRS for file {}; give the dataset crs = \"EPSG:<code>\"",
+                    d.key,
+                    at(i),
+                    files[i].as_deref().unwrap_or("(none)")
+                ),
+            };
             let crs = crs.clone().with_lat_lon_order(d.axis_order == AxisOrder::LatLon);
             crs.to_wgs84(&mut geo).map_err(|e| {
                 anyhow!(
