@@ -4,10 +4,11 @@
 //! Node.js package ships it on the npm registry) instead of compiling the bundled C++ sources (25-60 minutes
 //! on 2 cores). This script finds it, in this order: `$FLOWRUN_LIBDUCKDB_DIR`; flowrun's cache
 //! (`$XDG_CACHE_HOME` or `~/.cache`, `flowrun/libduckdb/<version>/`); else it downloads the npm tarball,
-//! checks its SHA-256 and unpacks the library into that cache. The library is copied next to this build's
-//! outputs (so `cargo test` and `cargo run` find it) and its cache directory becomes the binaries' rpath (so
-//! they find it wherever they are run from). With `--features bundled` DuckDB is compiled from source instead
-//! and none of this runs.
+//! checks its SHA-256 and unpacks the library into that cache. The library is copied into the profile's
+//! output directory (`target/release/libduckdb.so`), and the binaries' rpath is `$ORIGIN` (a binary copied
+//! elsewhere finds a `libduckdb.so` beside it), `$ORIGIN/..` (test binaries in `deps/`), then the cache
+//! directory. With `--features bundled`, and on targets other than x86_64 Linux (where `Cargo.toml` turns
+//! `bundled` on), DuckDB is compiled from source instead and none of this runs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,15 +20,12 @@ const TARBALL_SHA256: &str = "86d2bda909785550e8a14a57a8a4584827aff0e268d8f1a58c
 fn main() {
     println!("cargo:rerun-if-env-changed=FLOWRUN_LIBDUCKDB_DIR");
     println!("cargo:rerun-if-changed=build.rs");
-    if std::env::var_os("CARGO_FEATURE_BUNDLED").is_some() {
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if std::env::var_os("CARGO_FEATURE_BUNDLED").is_some() || target != "x86_64-unknown-linux-gnu" {
         return;
     }
-    let target = std::env::var("TARGET").unwrap_or_default();
-    if target != "x86_64-unknown-linux-gnu" {
-        panic!("the prebuilt DuckDB library is set up for x86_64 Linux only; build with --features bundled");
-    }
     let dir = match std::env::var_os("FLOWRUN_LIBDUCKDB_DIR") {
-        Some(d) => PathBuf::from(d),
+        Some(d) => std::path::absolute(PathBuf::from(d)).expect("FLOWRUN_LIBDUCKDB_DIR is a path"),
         None => cache_dir().join("flowrun/libduckdb").join(VERSION),
     };
     let lib = dir.join("libduckdb.so");
@@ -40,12 +38,32 @@ fn main() {
             )
         });
     }
+    // a library supplied by hand must be the version the bindings were generated for
+    let bytes = std::fs::read(&lib).expect("reading libduckdb.so");
+    if !bytes.windows(7).any(|w| w == b"\0v1.5.5") {
+        panic!("{} is not DuckDB 1.5.5 (flowrun's bindings are for 1.5.5)", lib.display());
+    }
+    println!("cargo:rerun-if-changed={}", lib.display());
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    std::fs::copy(&lib, out.join("libduckdb.so")).expect("copying libduckdb.so next to the build");
+    install(&lib, &out);
+    // target/<profile>/build/flowrun-lake-<hash>/out -> target/<profile>, where the binaries go
+    if let Some(profile_dir) = out.ancestors().nth(3) {
+        install(&lib, profile_dir);
+    }
     println!("cargo:rustc-link-search=native={}", out.display());
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
-    // for the binaries of packages that depend on this one (`DEP_FLOWRUN_DUCKDB_LIB_DIR`)
-    println!("cargo:lib_dir={}", dir.display());
+    let rpath = format!("$ORIGIN:$ORIGIN/..:{}", dir.display());
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{rpath}");
+    // for the binaries of packages that depend on this one (`DEP_FLOWRUN_DUCKDB_RPATH`)
+    println!("cargo:rpath={rpath}");
+}
+
+/// Copies `lib` into `dir` through a file of this process renamed into place (two builds at once, say
+/// rust-analyzer's and cargo's, never see a half-copied library).
+fn install(lib: &Path, dir: &Path) {
+    let tmp = dir.join(format!(".libduckdb.so.{}", std::process::id()));
+    std::fs::copy(lib, &tmp).and_then(|_| std::fs::rename(&tmp, dir.join("libduckdb.so"))).unwrap_or_else(|e| {
+        panic!("copying libduckdb.so into {}: {e}", dir.display());
+    });
 }
 
 fn cache_dir() -> PathBuf {
@@ -60,7 +78,8 @@ fn fetch(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let name = PACKAGE.rsplit('/').next().unwrap_or(PACKAGE);
     let url = format!("https://registry.npmjs.org/{PACKAGE}/-/{name}-{VERSION}.tgz");
-    let tgz = dir.join("package.tgz");
+    // names of this process: two builds fetching at once do not write over each other
+    let tgz = dir.join(format!("package-{}.tgz", std::process::id()));
     run(Command::new("curl")
         .args(["--fail", "--silent", "--show-error", "--location", "--retry", "3", "-o"])
         .arg(&tgz)
@@ -70,7 +89,7 @@ fn fetch(dir: &Path) -> Result<(), String> {
         let _ = std::fs::remove_file(&tgz);
         return Err(format!("{url} does not have the expected SHA-256 {TARBALL_SHA256} (got {sum})"));
     }
-    let staging = dir.join("staging");
+    let staging = dir.join(format!("staging-{}", std::process::id()));
     std::fs::create_dir_all(&staging).map_err(|e| e.to_string())?;
     run(Command::new("tar").arg("xzf").arg(&tgz).arg("-C").arg(&staging).arg("package/libduckdb.so"))?;
     // renamed into place last: a killed build leaves no half-written library at the final path

@@ -1,9 +1,10 @@
-//! The binaries and tests of this package find the prebuilt DuckDB library through an rpath to the directory
-//! `flowrun-lake`'s build script got it into (see `lake/build.rs`; nothing to do with `--features bundled`).
+//! The binaries and tests of this package find the prebuilt DuckDB library through the rpath that
+//! `flowrun-lake`'s build script chose (`$ORIGIN`, `$ORIGIN/..`, its cache directory; see `lake/build.rs`;
+//! nothing to do with `--features bundled`).
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=DEP_FLOWRUN_DUCKDB_LIB_DIR");
-    if let Ok(dir) = std::env::var("DEP_FLOWRUN_DUCKDB_LIB_DIR") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+    println!("cargo:rerun-if-env-changed=DEP_FLOWRUN_DUCKDB_RPATH");
+    if let Ok(rpath) = std::env::var("DEP_FLOWRUN_DUCKDB_RPATH") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{rpath}");
     }
 }

@@ -29,11 +29,13 @@
 mod error;
 pub mod fingerprint;
 pub mod key;
+pub mod remote;
 pub mod runlog;
 pub mod store;
 
 pub use blake3;
 pub use error::{CacheError, Result};
 pub use key::{CacheKey, Hash, InputSource, KEY_FORMAT, Key, KeyChange, KeyInput, StoredKey};
+pub use remote::Remote;
 pub use runlog::{NodeRunRecord, RunRecord};
 pub use store::{Blob, Entry, EntryInfo, EntryMeta, FileDep, GcReport, Messages, NodeState, Store};

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{CacheError, Result};
 use crate::fingerprint::FileRecord;
 use crate::key::{Hash, Key};
+use crate::remote::{self, Remote};
 use crate::runlog::{NodeRunRecord, RunRecord};
 
 /// Blobs up to this size live inside the index; larger ones are files under `objects/`.
@@ -218,6 +219,10 @@ pub struct Store {
     pending: Mutex<Pending>,
     last_commit: Mutex<Instant>,
     inline_limit: usize,
+    /// The shared cache behind this one, until it fails once (see [`crate::remote`]).
+    remote: Mutex<Option<Arc<dyn Remote>>>,
+    /// What the remote did that a run should say: its first failure, corrupt blobs.
+    remote_warnings: Mutex<Vec<String>>,
 }
 
 impl Store {
@@ -241,7 +246,83 @@ impl Store {
             pending: Mutex::new(Pending::default()),
             last_commit: Mutex::new(Instant::now()),
             inline_limit,
+            remote: Mutex::new(None),
+            remote_warnings: Mutex::new(Vec::new()),
         })
+    }
+
+    /// This cache, read-through and write-through to `remote` (see [`crate::remote`]).
+    pub fn with_remote(self, remote: Arc<dyn Remote>) -> Store {
+        *self.remote.lock().unwrap() = Some(remote);
+        self
+    }
+
+    /// What the remote cache did that the run should report (taken: each is reported once).
+    pub fn take_remote_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut self.remote_warnings.lock().unwrap())
+    }
+
+    /// A warning the next run reports (a remote cache that could not be opened).
+    pub fn warn(&self, message: String) {
+        self.remote_warnings.lock().unwrap().push(message);
+    }
+
+    fn remote(&self) -> Option<Arc<dyn Remote>> {
+        self.remote.lock().unwrap().clone()
+    }
+
+    /// A remote that failed is used no more in this process: the run goes on with the local cache.
+    fn remote_failed(&self, remote: &dyn Remote, error: String) {
+        let mut r = self.remote.lock().unwrap();
+        if r.take().is_some() {
+            self.remote_warnings.lock().unwrap().push(format!(
+                "the remote cache {} failed, this run goes on with the local cache only: {error}",
+                remote.describe()
+            ));
+        }
+    }
+
+    /// Step 1 of read-through: the remote entry for `key`, its blob checked and copied into this cache.
+    fn lookup_remote(&self, key: &Key) -> Option<Entry> {
+        let remote = self.remote()?;
+        let fetched = (|| -> Result<Option<(Entry, Vec<u8>)>, String> {
+            let Some(record) = remote.get(&remote::key_path(key))? else { return Ok(None) };
+            let Some(entry) = remote::decode(&record) else { return Ok(None) };
+            let Some(bytes) = remote.get(&remote::blob_path(&entry.content))? else { return Ok(None) };
+            Ok(Some((entry, bytes)))
+        })();
+        match fetched {
+            Ok(Some((entry, bytes))) if blake3::hash(&bytes) == entry.content => {
+                self.put_blob(entry.content, &bytes).ok()?;
+                self.pending.lock().unwrap().entries.insert(*key, (entry.clone(), now_ms()));
+                Some(entry)
+            }
+            Ok(Some((entry, _))) => {
+                self.remote_warnings.lock().unwrap().push(format!(
+                    "the remote cache {} holds a corrupt copy of {} (its content does not match its hash): it is \
+                     not used, the node runs again",
+                    remote.describe(),
+                    remote::blob_path(&entry.content)
+                ));
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.remote_failed(remote.as_ref(), e);
+                None
+            }
+        }
+    }
+
+    /// Write-through: the blob, then the entry that points at it.
+    fn put_remote(&self, key: &Key, entry: &Entry, bytes: &[u8]) {
+        let Some(remote) = self.remote() else { return };
+        let done = remote
+            .put(&remote::blob_path(&entry.content), bytes)
+            .and_then(|()| remote.put(&remote::key_path(key), &remote::encode(entry)));
+        if let Err(e) = done {
+            self.remote_failed(remote.as_ref(), e);
+        }
     }
 
     /// The cache directory.
@@ -279,7 +360,11 @@ impl Store {
             })
             .optional()
             .map_err(|e| self.db_err(e))?;
-        let Some((content, type_name, node, size, rows, deps, identity, messages)) = row else { return Ok(None) };
+        drop(stmt);
+        drop(conn);
+        let Some((content, type_name, node, size, rows, deps, identity, messages)) = row else {
+            return Ok(self.lookup_remote(key));
+        };
         let Some(content) = hash_from_bytes(&content) else { return Ok(None) };
         let deps = parse_deps(deps);
         let identity = identity.as_deref().and_then(hash_from_bytes);
@@ -302,6 +387,7 @@ impl Store {
             identity: meta.identity.filter(|i| *i != content),
             messages: meta.messages,
         };
+        self.put_remote(&key, &entry, bytes);
         self.pending.lock().unwrap().entries.insert(key, (entry, now_ms()));
         Ok(content)
     }

@@ -23,6 +23,8 @@ pub enum Status {
     Skipped,
     /// Not run: `--fail-fast` stopped the run.
     Cancelled,
+    /// Not run here: a sharded run (`--shard`) leaves fan-ins, and what depends on them, to the final run.
+    Deferred,
     /// Dry run: it would run.
     WouldRun,
     /// Dry run: its result would come from the cache.
@@ -38,6 +40,7 @@ impl Status {
             Status::Failed => "failed",
             Status::Skipped => "skipped",
             Status::Cancelled => "cancelled",
+            Status::Deferred => "deferred",
             Status::WouldRun => "would_run",
             Status::WouldReuse => "would_reuse",
         }

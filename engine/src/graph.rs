@@ -18,7 +18,7 @@ pub fn overlay(reports: &[crate::NodeReport]) -> HashMap<String, Status> {
     fn rank(s: Status) -> u8 {
         match s {
             Status::Failed => 5,
-            Status::Cancelled | Status::Skipped => 4,
+            Status::Cancelled | Status::Skipped | Status::Deferred => 4,
             Status::Executed | Status::WouldRun => 3,
             Status::Reused | Status::WouldReuse => 2,
         }
@@ -38,7 +38,7 @@ fn status_colour(s: Status) -> &'static str {
         Status::Executed | Status::WouldRun => "#a6d96a",
         Status::Reused | Status::WouldReuse => "#d9d9d9",
         Status::Failed => "#f46d43",
-        Status::Skipped | Status::Cancelled => "#fee08b",
+        Status::Skipped | Status::Cancelled | Status::Deferred => "#fee08b",
     }
 }
 
@@ -212,7 +212,7 @@ pub fn mermaid(flow: &Flow, run: Option<&HashMap<String, Status>>) -> String {
                     Status::Executed | Status::WouldRun => "executed",
                     Status::Reused | Status::WouldReuse => "reused",
                     Status::Failed => "failed",
-                    Status::Skipped | Status::Cancelled => "skipped",
+                    Status::Skipped | Status::Cancelled | Status::Deferred => "skipped",
                 };
                 let _ = writeln!(out, "    class n{i} {class}");
             }

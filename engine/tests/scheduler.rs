@@ -350,6 +350,34 @@ fn jobs_bound_the_threads_of_the_nodes_own_parallel_loops() {
 }
 
 #[test]
+fn shards_compute_every_item_once_and_the_final_run_only_the_fan_in() {
+    let f = build(FANOUT, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let shard = |k| {
+        let opts = RunOptions { jobs: 2, store: Some(store.clone()), shard: Some((k, 2)), ..RunOptions::default() };
+        schedule::run(&f, &opts).unwrap()
+    };
+    let (a, b) = (shard(0), shard(1));
+    for (r, first) in [(&a, 0), (&b, 1)] {
+        assert_eq!(r.status, RunStatus::Ok);
+        assert_eq!(r.names(Status::Deferred), vec!["total"], "the fan-in is left to the final run");
+        // items 0, 2, 4, ... in shard 0; 1, 3, ... in shard 1
+        let squares: Vec<i64> = r
+            .names(Status::Executed)
+            .iter()
+            .filter(|n| n.starts_with("square["))
+            .map(|n| n[7..n.len() - 1].parse().unwrap())
+            .collect();
+        assert_eq!(squares.len(), 5);
+        assert!(squares.iter().all(|i| (i - first) % 2 == 0), "{squares:?}");
+    }
+    let last = run(&f, 2, Some(store.clone()));
+    assert_eq!(last.names(Status::Executed), vec!["total"], "every item came from the shards");
+    assert_eq!(out::<i64>(&last, "total"), (1..=10).map(|i| i * i + 1).sum::<i64>());
+}
+
+#[test]
 fn panics_are_node_failures() {
     let src = "[flow]\nname = \"p\"\noutputs = [\"panics\"]\n[config]\nx = 3\n";
     let r = run(&build(src, &[]), 1, None);

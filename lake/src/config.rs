@@ -5,9 +5,13 @@
 //! catalog = "../lake/pv.ducklake"        # DuckDB-file catalog (the default kind), relative to the flow file
 //! # catalog = "sqlite:../lake/pv.sqlite" # SQLite catalog
 //! # catalog = "postgres:dbname=lake host=127.0.0.1 port=5432 user=postgres"  # PostgreSQL catalog
-//! data_path = "../lake/data"             # Parquet data files (default: <catalog>.files next to a file catalog)
+//! data_path = "../lake/data"             # Parquet data files (default: <catalog>.files next to a file catalog);
+//! # data_path = "s3://bucket/lake"       # or object storage, reached as `[storage]` says (flowrun-storage)
 //! alias = "lake"                         # the name SQL nodes use for it (default: lake)
 //! extensions_dir = "/opt/duckdb-ext"     # where to find DuckDB extension files (see `extensions`)
+//! commit_retries = 10                    # DuckLake's retries of a commit that conflicts with another writer's
+//! commit_retry_wait_ms = 100             #   (ducklake_max_retry_count, ducklake_retry_wait_ms,
+//! commit_retry_backoff = 1.5             #   ducklake_retry_backoff)
 //! ```
 //! Every key can be overridden on the command line with `--lake key=value`. The `ducklake:` prefix of
 //! DuckDB's own syntax is accepted too.
@@ -16,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 use flowrun_engine::Flow;
+use flowrun_storage::StorageConfig;
 
 use crate::duck::{Duck, literal};
 use crate::extensions::{self, ExtensionSources};
@@ -37,12 +42,34 @@ pub enum Catalog {
 pub struct LakeConfig {
     /// The catalog.
     pub catalog: Catalog,
-    /// Where data files are written.
-    pub data_path: PathBuf,
+    /// Where data files are written: a local directory, or `s3://bucket/prefix`.
+    pub data_path: DataPath,
+    /// How to reach object storage (read when the data path is remote).
+    pub storage: StorageConfig,
     /// Attach alias.
     pub alias: String,
     /// Extension sources.
     pub extensions: ExtensionSources,
+    /// DuckLake's commit retries: count, wait (ms), backoff factor.
+    pub retries: (u32, u32, f64),
+}
+
+/// Where a lake's data files go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataPath {
+    /// A directory.
+    Local(PathBuf),
+    /// `s3://bucket/prefix`.
+    Remote(String),
+}
+
+impl std::fmt::Display for DataPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataPath::Local(p) => write!(f, "{}", p.display()),
+            DataPath::Remote(u) => f.write_str(u),
+        }
+    }
 }
 
 /// `a/b/../c` -> `a/c`, lexically (no file system access; the lake may not exist yet).
@@ -155,33 +182,58 @@ impl LakeConfig {
             let from_cli = overrides.iter().any(|(k, _)| k == key);
             values.iter().rev().find(|(k, _)| k == key).map(|(_, v)| (v.clone(), from_cli))
         };
+        const KEYS: [&str; 7] = [
+            "catalog",
+            "data_path",
+            "alias",
+            "extensions_dir",
+            "commit_retries",
+            "commit_retry_wait_ms",
+            "commit_retry_backoff",
+        ];
         for (k, _) in &values {
-            if !["catalog", "data_path", "alias", "extensions_dir"].contains(&k.as_str()) {
-                bail!("[lake] has no key `{k}`; keys: catalog, data_path, alias, extensions_dir");
+            if !KEYS.contains(&k.as_str()) {
+                bail!("[lake] has no key `{k}`; keys: {}", KEYS.join(", "));
             }
         }
         let (catalog, cli) = get("catalog").ok_or_else(|| anyhow!("[lake] needs `catalog`"))?;
         let catalog = Catalog::parse(&catalog, if cli { &cwd } else { &base })?;
         let data_path = match get("data_path") {
+            Some((p, _)) if flowrun_storage::is_remote(&p) => {
+                flowrun_storage::Bucket::parse_url(&p)?;
+                DataPath::Remote(p.trim_end_matches('/').to_string())
+            }
             Some((p, cli)) => {
                 let p = PathBuf::from(p);
-                normalize(&if p.is_absolute() {
+                DataPath::Local(normalize(&if p.is_absolute() {
                     p
                 } else if cli {
                     cwd.join(p)
                 } else {
                     base.join(p)
-                })
+                }))
             }
             None => match &catalog {
                 Catalog::DuckDb(p) | Catalog::Sqlite(p) => {
                     let mut s = p.as_os_str().to_owned();
                     s.push(".files");
-                    PathBuf::from(s)
+                    DataPath::Local(PathBuf::from(s))
                 }
                 Catalog::Postgres(_) => bail!("[lake] data_path is required with a PostgreSQL catalog"),
             },
         };
+        let number = |key: &str, default: f64| -> Result<f64> {
+            match get(key) {
+                Some((v, _)) => v.parse::<f64>().map_err(|_| anyhow!("[lake] {key} is a number, not `{v}`")),
+                None => Ok(default),
+            }
+        };
+        let retries = (
+            number("commit_retries", 10.0)? as u32,
+            number("commit_retry_wait_ms", 100.0)? as u32,
+            number("commit_retry_backoff", 1.5)?,
+        );
+        let storage = crate::storage_config(flow)?;
         let alias = get("alias").map(|(a, _)| a).unwrap_or_else(|| "lake".to_string());
         ident::validate(&alias, "lake alias")?;
         let mut extensions = ExtensionSources::from_env();
@@ -195,7 +247,7 @@ impl LakeConfig {
                 base.join(p)
             });
         }
-        Ok(Some(LakeConfig { catalog, data_path, alias, extensions }))
+        Ok(Some(LakeConfig { catalog, data_path, storage, alias, extensions, retries }))
     }
 
     /// Loads the extensions this lake needs and attaches it to `duck` (read-only if asked).
@@ -209,11 +261,21 @@ impl LakeConfig {
         {
             std::fs::create_dir_all(dir).map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
         }
-        if !read_only {
-            std::fs::create_dir_all(&self.data_path)
-                .map_err(|e| anyhow!("cannot create the lake's data path {}: {e}", self.data_path.display()))?;
+        match &self.data_path {
+            DataPath::Local(dir) if !read_only => std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow!("cannot create the lake's data path {}: {e}", dir.display()))?,
+            DataPath::Local(_) => {}
+            DataPath::Remote(url) => {
+                extensions::ensure(duck, "httpfs", &self.extensions)?;
+                crate::duck::create_s3_secret(duck, &self.storage)
+                    .map_err(|e| anyhow!("the lake's data path {url} on {}: {e:#}", self.storage.describe()))?;
+            }
         }
-        let mut data = self.data_path.display().to_string();
+        let (count, wait, backoff) = self.retries;
+        duck.execute(&format!(
+            "SET ducklake_max_retry_count = {count}; SET ducklake_retry_wait_ms = {wait}; SET ducklake_retry_backoff = {backoff}"
+        ))?;
+        let mut data = self.data_path.to_string();
         if !data.ends_with('/') {
             data.push('/');
         }
@@ -227,7 +289,8 @@ impl LakeConfig {
             ident::quoted(&self.alias, "lake alias")?,
             options.join(", ")
         );
-        duck.execute(&sql).map_err(|e| {
+        // no SQL in the error: a PostgreSQL connection string may hold a password
+        duck.execute_quiet(&sql).map_err(|e| {
             let hint = match &self.catalog {
                 Catalog::Postgres(_) => {
                     " (is the PostgreSQL server running and reachable, and does the database exist?)"

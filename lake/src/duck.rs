@@ -96,6 +96,11 @@ impl Duck {
         self.conn.execute_batch(sql).with_context(|| format!("DuckDB failed on: {}", abbreviate(sql)))
     }
 
+    /// Runs statements that hold a credential: the error names neither the statement nor a password.
+    pub fn execute_quiet(&self, sql: &str) -> Result<()> {
+        self.conn.execute_batch(sql).map_err(|e| anyhow::anyhow!("{}", redact(&e.to_string())))
+    }
+
     fn raw_query(&self, sql: &str) -> Result<()> {
         let c = CString::new(sql)?;
         // SAFETY: `self.raw` is a live connection; the result is destroyed on every path.
@@ -180,6 +185,42 @@ pub fn abbreviate(sql: &str) -> String {
     } else {
         one_line
     }
+}
+
+/// `text` with the value of every `password=...` (a libpq connection string) replaced by `***`.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("password=") {
+        out.push_str(&rest[..at + "password=".len()]);
+        out.push_str("***");
+        rest = &rest[at + "password=".len()..];
+        rest = &rest[rest.find(|c: char| c.is_whitespace() || c == '\'' || c == '"').unwrap_or(rest.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Gives DuckDB (httpfs) the object storage credentials of `cfg` as its default S3 secret. Neither the
+/// statement nor an error of it is ever printed.
+pub fn create_s3_secret(duck: &Duck, cfg: &flowrun_storage::StorageConfig) -> Result<()> {
+    let (key, secret, token) = cfg.credentials()?;
+    let mut opts = vec![
+        "TYPE s3".to_string(),
+        format!("KEY_ID {}", literal(&key)),
+        format!("SECRET {}", literal(secret.expose())),
+        format!("REGION {}", literal(&cfg.region)),
+        format!("URL_STYLE {}", literal(if cfg.path_style { "path" } else { "vhost" })),
+        format!("USE_SSL {}", !cfg.allow_http || cfg.endpoint.as_deref().is_some_and(|e| e.starts_with("https://"))),
+    ];
+    if let Some(host) = cfg.endpoint_host() {
+        opts.push(format!("ENDPOINT {}", literal(host)));
+    }
+    if let Some(t) = token {
+        opts.push(format!("SESSION_TOKEN {}", literal(t.expose())));
+    }
+    duck.execute_quiet(&format!("CREATE OR REPLACE SECRET flowrun_s3 ({})", opts.join(", ")))
+        .map_err(|e| anyhow::anyhow!("cannot give DuckDB the S3 credentials: {e}"))
 }
 
 /// A SQL string literal.

@@ -189,7 +189,114 @@ pub fn check(flow: &Flow, lake_overrides: &[(String, String)]) -> Result<Option<
             None
         }
     };
+    let sections = [
+        ("bad-storage", "[storage]", &flow.storage, crate::storage_config(flow).err()),
+        ("bad-cache", "[cache]", &flow.cache, crate::remote_cache_url(flow).err()),
+    ];
+    for (code, section, keys, err) in sections {
+        if let Some(e) = err {
+            let mut d = Diagnostic::new(code, format!("{e:#}"));
+            let at = keys
+                .iter()
+                .find(|(k, _)| e.to_string().contains(&format!("`{k}`")) || e.to_string().contains(k.as_str()));
+            if let Some((_, (_, span))) = at.or(keys.first()) {
+                d = d.at(Label::new(&flow.source, span.clone(), "here"));
+            }
+            let target = flow.target.as_deref().map(|t| format!(" (target `{t}`)")).unwrap_or_default();
+            errors
+                .push(d.help(Some(format!("fix {section}{target}; the README's \"Targets\" section lists its keys"))));
+        }
+    }
     if errors.is_empty() { Ok(lake) } else { Err(Diagnostics(errors)) }
+}
+
+/// Where a run of `flow` would write, for `explain`: the lake's catalog and data files, then each
+/// materialization (`{item}` left as written), as (what, where) pairs. Nothing is contacted.
+pub fn destinations(flow: &Flow, lake: Option<&LakeConfig>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(l) = lake {
+        out.push(("lake catalog".to_string(), l.describe()));
+        out.push(("lake data files".to_string(), l.data_path.to_string()));
+    }
+    for d in &flow.materialize {
+        let at = match spec(d) {
+            Ok(Spec::Lake { schema, table, mode }) => {
+                let alias = lake.map(|l| l.alias.as_str()).unwrap_or("lake");
+                let mode = match mode {
+                    Mode::Replace => "replace".to_string(),
+                    Mode::Append => "append".to_string(),
+                    Mode::Merge(keys) => format!("merge on {}", keys.join(", ")),
+                };
+                format!("{alias}.{schema}.{table} ({mode})")
+            }
+            Ok(Spec::File { path, .. }) => FileDest::resolve(flow, &path).to_string(),
+            Err((m, _)) => m,
+        };
+        out.push((format!("{} `{}`", d.kind, d.name), at));
+    }
+    out
+}
+
+/// Where a GeoParquet file goes: a local path (written beside it, then renamed) or an object
+/// (`s3://bucket/key`: written locally, then uploaded in one multipart upload completed at the end, so a
+/// reader sees the old object or the new one, never a part).
+enum FileDest {
+    Local(PathBuf),
+    Remote(String),
+}
+
+impl std::fmt::Display for FileDest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileDest::Local(p) => write!(f, "{}", p.display()),
+            FileDest::Remote(u) => f.write_str(u),
+        }
+    }
+}
+
+impl FileDest {
+    /// A materialization's `path`: an `s3://` object, or a file relative to the flow's directory.
+    fn resolve(flow: &Flow, path: &str) -> FileDest {
+        if flowrun_storage::is_remote(path) {
+            return FileDest::Remote(path.to_string());
+        }
+        let p = PathBuf::from(path);
+        FileDest::Local(crate::config::normalize(&if p.is_absolute() { p } else { flow.base_dir().join(p) }))
+    }
+
+    /// `s3://bucket/a/b.parquet` -> the bucket `s3://bucket` and the key `a/b.parquet`.
+    fn object(url: &str, storage: &flowrun_storage::StorageConfig) -> Result<(flowrun_storage::Bucket, String)> {
+        let (bucket, key) = flowrun_storage::Bucket::parse_url(url)?;
+        Ok((flowrun_storage::Bucket::open(&format!("s3://{bucket}"), storage)?, key))
+    }
+
+    fn exists(&self, storage: &flowrun_storage::StorageConfig) -> Result<bool> {
+        match self {
+            FileDest::Local(p) => Ok(p.exists()),
+            FileDest::Remote(url) => {
+                let (bucket, key) = Self::object(url, storage)?;
+                Ok(bucket.list(&key)?.iter().any(|o| o.key == key))
+            }
+        }
+    }
+
+    /// Where the file is written before it is committed.
+    fn staging_path(&self) -> PathBuf {
+        match self {
+            FileDest::Local(p) => p.clone(),
+            FileDest::Remote(url) => std::env::temp_dir().join(url.rsplit('/').next().unwrap_or("flowrun.parquet")),
+        }
+    }
+
+    fn commit(&self, tmp: tempfile::NamedTempFile, storage: &flowrun_storage::StorageConfig) -> Result<()> {
+        match self {
+            FileDest::Local(p) => geoparquet::commit(tmp, p),
+            FileDest::Remote(url) => {
+                let (bucket, key) = Self::object(url, storage)?;
+                bucket.put_file(&key, tmp.path())
+            }
+        }
+    }
 }
 
 fn state_key(kind: &str, where_: &str) -> String {
@@ -229,7 +336,7 @@ pub fn materialize(
     // values are loaded from the cache only for targets that changed: an unchanged rerun reads no table
     let mut lake_targets: Vec<(LakeTarget<()>, &OutputItem, String, blake3::Hash)> = Vec::new();
     // (section, path, geometry column, value, destination, identity)
-    type FileTarget<'a> = (String, PathBuf, Option<String>, &'a OutputItem, String, blake3::Hash);
+    type FileTarget<'a> = (String, FileDest, Option<String>, &'a OutputItem, String, blake3::Hash);
     let mut files: Vec<FileTarget> = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
     for d in &flow.materialize {
@@ -259,10 +366,8 @@ pub fn materialize(
                     lake_targets.push((t, o, where_, identity));
                 }
                 Spec::File { path, geometry } => {
-                    let rel = expand(path, &o.item);
-                    let p = PathBuf::from(&rel);
-                    let p = crate::config::normalize(&if p.is_absolute() { p } else { flow.base_dir().join(p) });
-                    let where_ = p.display().to_string();
+                    let p = FileDest::resolve(flow, &expand(path, &o.item));
+                    let where_ = p.to_string();
                     if let Some(other) = seen.insert(where_.clone(), d.name.clone()) {
                         bail!("materializations `{other}` and `{}` both write {where_}", d.name);
                     }
@@ -279,9 +384,10 @@ pub fn materialize(
     };
 
     // 1. GeoParquet to temporary files
+    let storage = crate::storage_config(flow)?;
     let mut pending_files = Vec::new();
     for (section, path, geometry, o, where_, identity) in files {
-        if unchanged("geoparquet", &where_, &identity, path.exists()) {
+        if unchanged("geoparquet", &where_, &identity, path.exists(&storage)?) {
             out.targets.push(TargetReport {
                 section,
                 kind: "geoparquet".into(),
@@ -292,8 +398,8 @@ pub fn materialize(
             continue;
         }
         let value = table_of(o, &section)?;
-        let (tmp, info) = geoparquet::write_pending(&value, &path, geometry.as_deref())
-            .with_context(|| format!("materialization `{section}` ({})", path.display()))?;
+        let (tmp, info) = geoparquet::write_pending(&value, &path.staging_path(), geometry.as_deref())
+            .with_context(|| format!("materialization `{section}` ({path})"))?;
         pending_files.push((tmp, path, section, where_, identity, info.rows));
     }
 
@@ -354,7 +460,7 @@ pub fn materialize(
 
     // 3. files into place
     for (tmp, path, section, where_, identity, rows) in pending_files {
-        geoparquet::commit(tmp, &path)?;
+        path.commit(tmp, &storage).with_context(|| format!("materialization `{section}`"))?;
         if let Some(s) = store {
             s.set_state(&state_key("geoparquet", &where_), &identity.to_hex())?;
         }

@@ -83,6 +83,19 @@ pub struct FlowArgs {
     /// directory).
     #[arg(long = "lake", value_name = "KEY=VALUE")]
     pub lake: Vec<String>,
+    /// Use the flow's [targets.NAME]: its lake, storage and cache settings over the file's own (dbt's
+    /// --target). Without it, the file's own settings (the local default).
+    #[arg(long, value_name = "NAME", env = "FLOWRUN_TARGET")]
+    pub target: Option<String>,
+    /// Share results through this remote cache (s3://bucket/prefix), read-through and write-through;
+    /// overrides [cache] remote.
+    #[arg(long, value_name = "URL")]
+    pub remote_cache: Option<String>,
+    /// Run only shard I of N (0-based, "I/N"): this process computes every N-th item of each fan-out,
+    /// starting at I, shares the results through the remote cache and stops before the fan-ins; a run
+    /// without --shard then finds every item in the cache and writes the lake once.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
 }
 
 #[derive(Args, Debug)]

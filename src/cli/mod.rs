@@ -163,7 +163,10 @@ pub fn build(f: &FlowArgs) -> Result<(Flow, Option<flowrun_lake::LakeConfig>), C
         tags: split_kv(&f.tag, "--tag")?,
         materializer_kinds: flowrun_lake::MATERIALIZER_KINDS.iter().map(|s| s.to_string()).collect(),
     };
-    let flow = flowrun_engine::flow::load(&f.flow, &opts).map_err(CliError::Invalid)?;
+    let mut flow = flowrun_engine::flow::load(&f.flow, &opts).map_err(CliError::Invalid)?;
+    if let Some(target) = &f.target {
+        flow.apply_target(target).map_err(bad_argument)?;
+    }
     let lake_overrides = split_kv(&f.lake, "--lake")?;
     let lake = flowrun_lake::check(&flow, &lake_overrides).map_err(CliError::Invalid)?;
     for name in &f.recompute {
@@ -183,6 +186,44 @@ fn open_store(dir: &Path) -> Result<Arc<Store>, CliError> {
     Ok(Arc::new(Store::open(dir).map_err(anyhow::Error::from)?))
 }
 
+/// The shared cache to use: `--remote-cache`, else the flow's `[cache] remote`.
+fn remote_cache_url(f: &FlowArgs, flow: &Flow) -> Result<Option<String>, CliError> {
+    match &f.remote_cache {
+        Some(url) => {
+            flowrun_storage::Bucket::parse_url(url).map_err(|e| bad_argument(format!("--remote-cache: {e:#}")))?;
+            Ok(Some(url.clone()))
+        }
+        None => Ok(flowrun_lake::remote_cache_url(flow)?),
+    }
+}
+
+/// The local cache in `dir`, read-through and write-through to `remote` when there is one. A remote that
+/// cannot be opened (no credentials) is a warning of the run, like one that fails later: the run goes on
+/// with the local cache.
+fn open_store_with_remote(dir: &Path, remote: Option<&str>, flow: &Flow) -> Result<Arc<Store>, CliError> {
+    let store = Store::open(dir).map_err(anyhow::Error::from)?;
+    let Some(url) = remote else { return Ok(Arc::new(store)) };
+    let opened = flowrun_lake::storage_config(flow).and_then(|cfg| flowrun_storage::Bucket::open(url, &cfg));
+    Ok(Arc::new(match opened {
+        Ok(bucket) => store.with_remote(Arc::new(flowrun_storage::RemoteCache(bucket))),
+        Err(e) => {
+            store.warn(format!("the remote cache {url} cannot be used, this run uses the local cache only: {e:#}"));
+            store
+        }
+    }))
+}
+
+/// `--shard I/N` -> (I, N), 0 <= I < N.
+fn parse_shard(text: &str) -> Result<(usize, usize), CliError> {
+    let parsed = text.split_once('/').and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+    match parsed {
+        Some((i, n)) if i < n => Ok((i, n)),
+        _ => Err(bad_argument(format!(
+            "--shard {text}: write I/N with 0 <= I < N (a Slurm array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)"
+        ))),
+    }
+}
+
 fn run(
     cli: &Cli,
     ui: &Ui,
@@ -192,7 +233,15 @@ fn run(
     dry_run: bool,
 ) -> Result<Outcome, CliError> {
     let (flow, lake) = build(f)?;
-    let store = if f.no_cache { None } else { Some(open_store(&cli.cache_dir)?) };
+    let shard = f.shard.as_deref().map(parse_shard).transpose()?;
+    let remote = remote_cache_url(f, &flow)?;
+    if shard.is_some() && (f.no_cache || remote.is_none()) {
+        return Err(bad_argument(
+            "--shard shares its items through a remote cache: give --remote-cache s3://... or [cache] remote, and no --no-cache"
+                .into(),
+        ));
+    }
+    let store = if f.no_cache { None } else { Some(open_store_with_remote(&cli.cache_dir, remote.as_deref(), &flow)?) };
     let progress = Arc::new(progress::Progress::new(!ui.quiet && !ui.json && !dry_run, ui.verbose > 0));
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let opts = RunOptions {
@@ -203,23 +252,30 @@ fn run(
         observer: progress.clone(),
         sql: Some(Arc::new(flowrun_lake::DuckSql::with_lake(lake.clone()))),
         recompute: f.recompute.clone(),
+        shard,
         targets: None,
         flow_path: f.flow.display().to_string(),
     };
     let result = schedule::run(&flow, &opts)?;
     progress.finish();
     // a partial run (items left out by on_item_error = "skip") writes what succeeded, and still exits 1
-    let materialized = if !dry_run && result.status != RunStatus::Failed && !flow.materialize.is_empty() {
-        let flow_path = f.flow.display().to_string();
-        Some(
-            flowrun_lake::materialize(&flow, &result, store.as_deref(), lake.as_ref(), &flow_path)
-                .map_err(CliError::Other)?,
-        )
-    } else {
-        None
-    };
+    // a shard run leaves the fan-ins, and so the lake, to the run without --shard
+    let materialized =
+        if !dry_run && shard.is_none() && result.status != RunStatus::Failed && !flow.materialize.is_empty() {
+            let flow_path = f.flow.display().to_string();
+            Some(
+                flowrun_lake::materialize(&flow, &result, store.as_deref(), lake.as_ref(), &flow_path)
+                    .map_err(CliError::Other)?,
+            )
+        } else {
+            None
+        };
     if dry_run {
-        report::print_explain(&flow, &result, ui);
+        let mut destinations = flowrun_lake::destinations(&flow, lake.as_ref());
+        if let Some(url) = &remote {
+            destinations.push(("remote cache".to_string(), url.clone()));
+        }
+        report::print_explain(&flow, &result, &destinations, ui);
     } else {
         report::print_run(&flow, &result, materialized.as_ref(), ui);
     }

@@ -80,6 +80,7 @@ fn node_line(ui: &Ui, n: &NodeReport) -> String {
         Status::Failed => ("FAILED", "1;31"),
         Status::Skipped => ("skipped", "33"),
         Status::Cancelled => ("cancelled", "33"),
+        Status::Deferred => ("deferred", "90"),
         Status::WouldRun => ("would run", "32"),
         Status::WouldReuse => ("cached", "90"),
     };
@@ -184,12 +185,25 @@ pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&flowrun_lake:
     );
 }
 
-pub fn print_explain(flow: &Flow, r: &RunReport, ui: &Ui) {
+/// `explain`: what would run, and where it would be written (`destinations`: what, where).
+pub fn print_explain(flow: &Flow, r: &RunReport, destinations: &[(String, String)], ui: &Ui) {
     if ui.json {
-        println!("{}", report_json(flow, r, None));
+        let mut v = report_json(flow, r, None);
+        v["target"] = json!(flow.target);
+        v["destinations"] = destinations.iter().map(|(what, at)| json!({"what": what, "where": at})).collect();
+        println!("{v}");
         return;
     }
-    println!("flow `{}`: {} would run, {} cached", flow.name, r.count(Status::WouldRun), r.count(Status::WouldReuse));
+    let target = flow.target.as_deref().map(|t| format!(" (target `{t}`)")).unwrap_or_default();
+    println!(
+        "flow `{}`{target}: {} would run, {} cached",
+        flow.name,
+        r.count(Status::WouldRun),
+        r.count(Status::WouldReuse)
+    );
+    for (what, at) in destinations {
+        println!("  writes {what}: {at}");
+    }
     for n in &r.nodes {
         if n.status == Status::WouldReuse && ui.verbose == 0 {
             continue;

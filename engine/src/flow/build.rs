@@ -1165,7 +1165,18 @@ impl<'a> Builder<'a> {
             blocks,
             config: self.config.into_iter().map(|(k, e)| (k, e.value)).collect(),
             materialize,
-            lake: raw.lake.iter().map(|(k, v)| (k.get_ref().to_string(), (v.get_ref().clone(), v.span()))).collect(),
+            lake: settings(&raw.lake),
+            storage: settings(&raw.storage),
+            cache: settings(&raw.cache),
+            targets_declared: raw
+                .targets
+                .iter()
+                .map(|(k, t)| {
+                    let t = t.get_ref();
+                    (k.get_ref().clone(), [settings(&t.lake), settings(&t.storage), settings(&t.cache)])
+                })
+                .collect(),
+            target: None,
             disabled: self.disabled,
         })
     }
@@ -1351,6 +1362,11 @@ fn cli_input_value(raw: &str) -> toml::Value {
         }
         other => other,
     }
+}
+
+/// A settings section of the file, key -> (value, span).
+fn settings(table: &SpannedTable) -> super::Settings {
+    table.iter().map(|(k, v)| (k.get_ref().to_string(), (v.get_ref().clone(), v.span()))).collect()
 }
 
 /// The identity of a literal: its content fingerprint for files, else the hash of its encoding.

@@ -65,10 +65,50 @@ pub struct Flow {
     pub config: IndexMap<String, toml::Value>,
     /// `[materialize.*]`.
     pub materialize: Vec<MaterializeDecl>,
-    /// `[lake]`, key by key with spans.
-    pub lake: IndexMap<String, (toml::Value, Range<usize>)>,
+    /// `[lake]`, key by key with spans (with the target's keys, once [`Flow::apply_target`] chose one).
+    pub lake: Settings,
+    /// `[storage]`, the same way.
+    pub storage: Settings,
+    /// `[cache]`, the same way.
+    pub cache: Settings,
+    /// `[targets.NAME]`: each target's `lake`, `storage` and `cache` keys, in file order.
+    pub targets_declared: IndexMap<String, [Settings; 3]>,
+    /// The target applied, if any.
+    pub target: Option<String>,
     /// Declared nodes left out because their `when` did not match the config.
     pub disabled: Vec<String>,
+}
+
+/// A settings section (`[lake]`, `[storage]`, `[cache]`): key -> value, with the value's span.
+pub type Settings = IndexMap<String, (toml::Value, Range<usize>)>;
+
+impl Flow {
+    /// Applies `[targets.NAME]`: its `lake`, `storage` and `cache` keys replace the file's own, key by key.
+    /// The error lists the targets the flow has.
+    ///
+    /// ```
+    /// # use flowrun_engine::flow::{self, BuildOptions, SourceFile};
+    /// let src = "[flow]\nname = \"t\"\n[lake]\ncatalog = \"dev.ducklake\"\n[targets.prod.lake]\ncatalog = \"postgres:dbname=lake\"\n";
+    /// let mut f = flow::build(SourceFile::new("t.toml", src), &BuildOptions::default()).ok().unwrap();
+    /// f.apply_target("prod").unwrap();
+    /// assert_eq!(f.lake["catalog"].0.as_str(), Some("postgres:dbname=lake"));
+    /// assert!(f.apply_target("staging").unwrap_err().contains("targets: prod"));
+    /// ```
+    pub fn apply_target(&mut self, name: &str) -> Result<(), String> {
+        let Some([lake, storage, cache]) = self.targets_declared.get(name).cloned() else {
+            let known: Vec<&str> = self.targets_declared.keys().map(String::as_str).collect();
+            return Err(if known.is_empty() {
+                format!("--target {name}: the flow declares no targets (add a [targets.{name}] section)")
+            } else {
+                format!("--target {name}: the flow has no target `{name}`; targets: {}", known.join(", "))
+            });
+        };
+        for (section, over) in [(&mut self.lake, lake), (&mut self.storage, storage), (&mut self.cache, cache)] {
+            section.extend(over);
+        }
+        self.target = Some(name.to_string());
+        Ok(())
+    }
 }
 
 /// One node of a [`Flow`].

@@ -82,6 +82,32 @@ pub struct RawFlow {
     /// `[lake]`: where DuckLake materializations go (checked by `flowrun-lake`).
     #[serde(default)]
     pub lake: SpannedTable,
+    /// `[storage]`: how to reach object storage (`s3://` paths): endpoint, region, which variables hold the
+    /// credentials (checked by `flowrun-storage`).
+    #[serde(default)]
+    pub storage: SpannedTable,
+    /// `[cache]`: the shared remote cache (`remote = "s3://..."`).
+    #[serde(default)]
+    pub cache: SpannedTable,
+    /// `[targets.NAME]`: named sets of `lake`, `storage` and `cache` settings over the file's own (dbt's
+    /// profiles: `--target prod`).
+    #[serde(default)]
+    pub targets: IndexMap<Spanned<String>, Spanned<RawTarget>>,
+}
+
+/// `[targets.NAME]`: what a target changes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    /// Keys of `[lake]` to replace.
+    #[serde(default)]
+    pub lake: SpannedTable,
+    /// Keys of `[storage]` to replace.
+    #[serde(default)]
+    pub storage: SpannedTable,
+    /// Keys of `[cache]` to replace.
+    #[serde(default)]
+    pub cache: SpannedTable,
 }
 
 /// `[flow]`.

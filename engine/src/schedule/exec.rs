@@ -53,6 +53,8 @@ enum Slot {
     Empty,
     Ok(Done),
     Failed,
+    /// Left to another run: a fan-in, or what depends on one, in a sharded run.
+    Deferred,
 }
 
 pub(crate) struct Instance {
@@ -116,6 +118,8 @@ enum Gathered<'a> {
     /// The arguments, and the items a collector with `on_item_error = "skip"` left out.
     Ready(Vec<GArg<'a>>, Vec<String>),
     UpstreamFailed(String),
+    /// An input was deferred (a sharded run leaves fan-ins to the final run).
+    Deferred,
 }
 
 struct GArg<'a> {
@@ -245,6 +249,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                     let slot = owner.members[self.plan.nodes[node].local].slot.lock().unwrap().clone();
                     match slot {
                         Slot::Ok(done) => (ArgSource::Node(node), known(done, self.node_name(node))),
+                        Slot::Deferred => return Gathered::Deferred,
                         _ => return Gathered::UpstreamFailed(self.node_name(node).to_string()),
                     }
                 }
@@ -327,15 +332,23 @@ impl<'p, 'f> Exec<'p, 'f> {
             None => fnode.name.clone(),
         };
         let mut report = NodeReport::new(display, fnode.name.clone(), inst.label.clone(), Status::Skipped);
+        let collects = fnode.args.iter().any(|a| matches!(a.binding, Binding::Node { mode: EdgeMode::Collect, .. }));
         let outcome = if self.abort.load(Ordering::Relaxed) {
             report.status = Status::Cancelled;
             Slot::Failed
+        } else if collects && self.opts.shard.is_some() {
+            report.status = Status::Deferred;
+            Slot::Deferred
         } else {
             // 1. gather
             match self.gather(&inst, pid) {
                 Gathered::UpstreamFailed(up) => {
                     report.error.push(format!("skipped: upstream `{up}` failed"));
                     Slot::Failed
+                }
+                Gathered::Deferred => {
+                    report.status = Status::Deferred;
+                    Slot::Deferred
                 }
                 Gathered::Ready(args, left_out) => {
                     let slot = self.evaluate(pn, fnode, args, &mut report);
@@ -785,7 +798,9 @@ impl<'p, 'f> Exec<'p, 'f> {
             }
         };
         let mut instances = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
+        // a sharded run takes every n-th item of the outermost fan-outs, from its own index on
+        let mine = |i: usize| inst.parent.is_some() || self.opts.shard.is_none_or(|(k, n)| i % n == k);
+        for (i, item) in items.into_iter().enumerate().filter(|(i, _)| mine(*i)) {
             let identity = match crate::flow::build::identity_of(&*item) {
                 Ok(h) => h,
                 Err(_) => blake3::hash(format!("{expand_name}#{i}").as_bytes()),

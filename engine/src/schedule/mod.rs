@@ -40,6 +40,9 @@ pub struct RunOptions {
     pub sql: Option<Arc<dyn SqlEngine>>,
     /// Nodes to run even when cached (`--recompute`).
     pub recompute: Vec<String>,
+    /// Run only shard `k` of `n` (`--shard k/n`): every `n`-th item of the outermost fan-outs from `k` on;
+    /// fan-ins and what depends on them are [`Status::Deferred`] to a run without a shard.
+    pub shard: Option<(usize, usize)>,
     /// Build only these nodes (and what they need) instead of the flow's targets.
     pub targets: Option<Vec<NodeId>>,
     /// Path of the flow file, for the run record.
@@ -56,6 +59,7 @@ impl Default for RunOptions {
             observer: Arc::new(NoObserver),
             sql: None,
             recompute: Vec::new(),
+            shard: None,
             targets: None,
             flow_path: String::new(),
         }
@@ -147,12 +151,7 @@ impl RunReport {
                     n.item.as_deref() == Some(item.as_str()) && matches!(n.status, Status::Failed | Status::Cancelled)
                 });
                 match failed {
-                    Some(n) => format!(
-                        "{item}: {} {}: {}",
-                        n.name,
-                        n.status.as_str(),
-                        n.error.first().map(String::as_str).unwrap_or("")
-                    ),
+                    Some(n) => format!("{item}: {} {}: {}", n.name, n.status.as_str(), n.error.join(": ")),
                     None => format!("{item}: an upstream node failed"),
                 }
             })
@@ -179,15 +178,17 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
         opts.observer.event(&Event::RunStarted { flow: &flow.name, tasks: plan.root_tasks(), jobs });
         let exec = exec::Exec::new(&plan, opts);
         let initial = exec.start();
-        if jobs == 1 {
-            // in a pool of one thread, so the nodes' own parallel loops (rayon) run on it too: `--jobs`
-            // bounds every rayon thread a run uses
-            match rayon::ThreadPoolBuilder::new().num_threads(1).thread_name(|_| "flowrun-worker-0".into()).build() {
-                Ok(pool) => pool.install(|| drive_sequential(&exec, initial)),
-                Err(_) => drive_sequential(&exec, initial),
-            }
-        } else {
-            drive_parallel(&exec, initial, jobs);
+        // in a pool of `jobs` threads, so the nodes' own parallel loops (rayon) run on it too: `--jobs`
+        // bounds every rayon thread a run uses. A machine that cannot start them runs on this thread.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).thread_name(|i| format!("flowrun-worker-{i}"));
+        match pool.build() {
+            Ok(pool) if jobs > 1 => pool.scope(|s| {
+                for task in initial {
+                    spawn(s, &exec, task);
+                }
+            }),
+            Ok(pool) => pool.install(|| drive_sequential(&exec, initial)),
+            Err(_) => drive_sequential(&exec, initial),
         }
         let restart = exec.restart.lock().unwrap().take();
         match restart {
@@ -200,6 +201,10 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
         }
     };
     let status = run_status(&exec.reports.lock().unwrap(), exec.failed.load(std::sync::atomic::Ordering::Relaxed));
+    for message in opts.store.iter().flat_map(|s| s.take_remote_warnings()) {
+        opts.observer.event(&Event::Warning { node: None, message: &message });
+        warnings.push(message);
+    }
     let mut outputs: Vec<exec::Output> = std::mem::take(&mut *exec.outputs.lock().unwrap());
     // outputs in the order the targets were asked for, items in item order
     let mut rank = vec![usize::MAX; flow.nodes.len()];
@@ -267,19 +272,6 @@ fn drive_sequential(exec: &exec::Exec<'_, '_>, initial: Vec<exec::Task>) {
         exec.run_task(task, &mut stack);
         stack[start..].reverse();
     }
-}
-
-fn drive_parallel(exec: &exec::Exec<'_, '_>, initial: Vec<exec::Task>, jobs: usize) {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs)
-        .thread_name(|i| format!("flowrun-worker-{i}"))
-        .build()
-        .expect("cannot start worker threads");
-    pool.scope(|s| {
-        for task in initial {
-            spawn(s, exec, task);
-        }
-    });
 }
 
 fn spawn<'s>(s: &rayon::Scope<'s>, exec: &'s exec::Exec<'_, '_>, task: exec::Task) {

@@ -102,9 +102,11 @@ pub fn run(n: usize) {
     // (a) DuckLake
     let cfg = flowrun_lake::LakeConfig {
         catalog: flowrun_lake::config::Catalog::DuckDb(dir.path().join("bench.ducklake")),
-        data_path: dir.path().join("lake_data"),
+        data_path: flowrun_lake::DataPath::Local(dir.path().join("lake_data")),
+        storage: flowrun_storage::StorageConfig::from_table(None).unwrap(),
         alias: "lake".into(),
         extensions: flowrun_lake::extensions::ExtensionSources::from_env(),
+        retries: (10, 100, 1.5),
     };
     let duck = flowrun_lake::duck::Duck::in_memory().unwrap();
     cfg.attach(&duck, false).unwrap();
