@@ -69,7 +69,7 @@ pub struct FlowArgs {
     /// with any of the tags. A node's tags are its function's, overridden by the flow file's.
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tag: Vec<String>,
-    /// Take every dataset from this directory or HTTP base (`<mirror>/<dataset>/<files>`); short for
+    /// Take every dataset from this directory, HTTP base or s3:// location (`<mirror>/<dataset>/<files>`); short for
     /// --input mirror=...
     #[arg(long, value_name = "DIR|URL")]
     pub mirror: Option<String>,

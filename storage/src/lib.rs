@@ -176,6 +176,22 @@ impl StorageConfig {
     }
 }
 
+static PROCESS_CONFIG: OnceLock<StorageConfig> = OnceLock::new();
+
+/// Sets how this process reaches `s3://` locations that no section names otherwise (a node's `--mirror
+/// s3://...`): the command line sets it once from the flow's `[storage]` (and target). The first call wins.
+pub fn set_process_config(cfg: StorageConfig) {
+    let _ = PROCESS_CONFIG.set(cfg);
+}
+
+/// What [`set_process_config`] set, else the standard AWS variables.
+pub fn process_config() -> Result<StorageConfig> {
+    match PROCESS_CONFIG.get() {
+        Some(c) => Ok(c.clone()),
+        None => StorageConfig::from_table(None),
+    }
+}
+
 /// The runtime that drives every request, with one thread of its own; callers block on it.
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -235,18 +251,19 @@ impl Bucket {
             .with_region(&cfg.region)
             .with_access_key_id(key)
             .with_secret_access_key(secret.expose())
+            // Client options first: they replace the whole set, `allow_http` included.
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_timeout(std::time::Duration::from_secs(60))
+                    .with_connect_timeout(std::time::Duration::from_secs(5)),
+            )
             .with_allow_http(cfg.allow_http)
             .with_virtual_hosted_style_request(!cfg.path_style)
             .with_retry(object_store::RetryConfig {
                 max_retries: 2,
                 retry_timeout: std::time::Duration::from_secs(10),
                 ..Default::default()
-            })
-            .with_client_options(
-                object_store::ClientOptions::new()
-                    .with_timeout(std::time::Duration::from_secs(60))
-                    .with_connect_timeout(std::time::Duration::from_secs(5)),
-            );
+            });
         if let Some(e) = &cfg.endpoint {
             b = b.with_endpoint(e);
         }
@@ -278,7 +295,16 @@ impl Bucket {
     /// What went wrong with `what` on `key`, in words a user can act on.
     fn error(&self, what: &str, key: &str, e: object_store::Error) -> anyhow::Error {
         let target = format!("{}/{}", self.url(), key.trim_matches('/'));
-        let text = clean(&e.to_string());
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let words = cause.to_string();
+            if !text.contains(&words) {
+                text = format!("{text}: {words}");
+            }
+            source = cause.source();
+        }
+        let text = clean(&text);
         let hint = if text.contains("NoSuchBucket") {
             format!("the bucket `{}` does not exist on {}", self.bucket, self.endpoint)
         } else if matches!(
@@ -295,6 +321,17 @@ impl Bucket {
             text.clone()
         };
         anyhow!("{what} {target}: {hint} ({text})")
+    }
+
+    /// Answers whether the bucket can be used, in one request (a listing of one level under the prefix):
+    /// an unreachable endpoint, refused credentials and a missing bucket each give their own error.
+    pub fn check(&self) -> Result<()> {
+        let path = self.path("");
+        let prefix = (!self.prefix.is_empty()).then_some(&path);
+        runtime()
+            .block_on(self.store.list_with_delimiter(prefix))
+            .map(|_| ())
+            .map_err(|e| self.error("reaching", "", e))
     }
 
     /// The object at `key`, or `None` when there is none.

@@ -1350,7 +1350,11 @@ fn cli_input_value(raw: &str) -> toml::Value {
             // Relative paths given on the command line are relative to the current directory (URLs are not
             // paths).
             let p = Path::new(&s);
-            let url = s.split_once("://").is_some_and(|(scheme, _)| scheme.chars().all(|c| c.is_ascii_alphabetic()));
+            // a scheme as RFC 3986 has it: a letter, then letters, digits, `+`, `-`, `.` (`s3://`, `http://`)
+            let url = s.split_once("://").is_some_and(|(scheme, _)| {
+                scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            });
             if p.is_relative()
                 && !url
                 && (p.exists() || s.contains('/'))

@@ -1,5 +1,8 @@
-//! Getting a dataset's files: from a mirror (a directory or an HTTP base, `<mirror>/<dataset key>/...`)
-//! or from the repository that publishes it (Zenodo, Figshare, GitHub, ScienceBase, or plain URLs).
+//! Getting a dataset's files: from a mirror (a directory, an HTTP base or an `s3://bucket/prefix`,
+//! `<mirror>/<dataset key>/...`) or from the repository that publishes it (Zenodo, Figshare, GitHub,
+//! ScienceBase, or plain URLs). An S3 mirror is reached as the flow's `[storage]` says (else the standard
+//! AWS variables); its files are downloaded into the cache directory like a repository's, and reused while
+//! their size matches the listing's.
 //!
 //! The repository's public API gives the file list with sizes and checksums:
 //! - Zenodo: `GET {zenodo}/records/{id}` -> `files[] {key, size, checksum: "md5:..", links.self}`;
@@ -88,6 +91,8 @@ pub enum Mirror {
     Dir(PathBuf),
     /// An HTTP base URL.
     Http(String),
+    /// An object store location, `s3://bucket/prefix`.
+    S3(String),
 }
 
 impl Value for Mirror {
@@ -97,13 +102,17 @@ impl Value for Mirror {
     fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         flowrun_engine::value::serde_decode(bytes)
     }
-    /// `""`: none; `http(s)://...`: an HTTP base; anything else: a directory (relative to the flow file).
+    /// `""`: none; `http(s)://...`: an HTTP base; `s3://...`: object storage; anything else: a directory
+    /// (relative to the flow file).
     fn from_toml(value: &toml::Value, cx: &LiteralCx) -> Result<Self, String> {
         let s = value.as_str().ok_or_else(|| format!("a mirror is a string, found {}", value.type_str()))?.trim();
         Ok(if s.is_empty() {
             Mirror::None
         } else if s.starts_with("http://") || s.starts_with("https://") {
             Mirror::Http(s.trim_end_matches('/').to_string())
+        } else if flowrun_storage::is_remote(s) {
+            flowrun_storage::Bucket::parse_url(s).map_err(|e| e.to_string())?;
+            Mirror::S3(s.trim_end_matches('/').to_string())
         } else {
             Mirror::Dir(cx.resolve(s))
         })
@@ -171,8 +180,12 @@ pub struct LocalFile {
 }
 
 /// The label files of one dataset, ready to read.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, flowrun_engine::Value)]
-#[value(label = "key")]
+///
+/// Its identity (what the cache keys of the nodes reading it see) is its content: the dataset's entry and
+/// each file's name, size and hash, not where the files are on this machine nor where they came from. A
+/// second machine that downloads the same files into another directory reuses the results computed from
+/// them (through a remote cache).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetFiles {
     /// Dataset key.
     pub key: String,
@@ -182,6 +195,24 @@ pub struct DatasetFiles {
     pub files: Vec<LocalFile>,
     /// Where they came from (mirror path, API URL).
     pub origin: String,
+}
+
+impl Value for DatasetFiles {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        flowrun_engine::value::serde_encode(self, out)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        flowrun_engine::value::serde_decode(bytes)
+    }
+    fn label(&self) -> Option<String> {
+        Some(self.key.clone())
+    }
+    fn identity(&self) -> Option<Result<blake3::Hash, String>> {
+        let files: Vec<_> = self.files.iter().map(|f| (&f.name, f.size, &f.blake3, &f.sidecars)).collect();
+        Some(
+            serde_json::to_vec(&(&self.key, &self.dataset, files)).map(|b| blake3::hash(&b)).map_err(|e| e.to_string()),
+        )
+    }
 }
 
 /// A checksum a repository states.
@@ -605,6 +636,31 @@ pub fn fetch(d: &Dataset, mirror: &Mirror, repos: &Repositories) -> Result<Datas
             }
             (files, url)
         }
+        Mirror::S3(url) => {
+            let bucket = s3_mirror(url)?;
+            let listed =
+                list_s3_dir(&bucket, &d.key).with_context(|| format!("dataset `{}`: listing the mirror", d.key))?;
+            let tags: std::collections::HashMap<String, String> =
+                listed.iter().map(|(f, tag)| (f.name.clone(), tag.clone())).collect();
+            let listed: Vec<RemoteFile> = listed.into_iter().map(|(f, _)| f).collect();
+            let mut files = Vec::new();
+            for f in wanted(d, &listed)? {
+                // a download is reused while the object's entity tag (its content's, on S3) is the one it had
+                let p = cache.join(f.name.replace(['/', '\\'], "_"));
+                let tag_file = cache.join(format!(".{}.etag", f.name.replace(['/', '\\'], "_")));
+                let tag = &tags[&f.name];
+                if p.exists() && fs::read_to_string(&tag_file).is_ok_and(|t| t == *tag) {
+                    files.push((f.name.clone(), p));
+                    continue;
+                }
+                bucket
+                    .download(&format!("{}/{}", d.key, f.name), &p)
+                    .with_context(|| format!("dataset `{}`: downloading {}", d.key, f.name))?;
+                fs::write(&tag_file, tag)?;
+                files.push((f.name.clone(), p));
+            }
+            (files, format!("{url}/{}", d.key))
+        }
         Mirror::None => {
             let client = client()?;
             let listed = list_remote(d, repos, &client)
@@ -665,6 +721,25 @@ pub fn fetch(d: &Dataset, mirror: &Mirror, repos: &Repositories) -> Result<Datas
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(DatasetFiles { key: d.key.clone(), dataset: d.clone(), files, origin })
+}
+
+/// The bucket of an S3 mirror, reached as the process's storage settings say.
+pub(crate) fn s3_mirror(url: &str) -> Result<flowrun_storage::Bucket> {
+    flowrun_storage::Bucket::open(url, &flowrun_storage::process_config()?)
+}
+
+/// The files under `<mirror>/<key>/`, as a repository would list them, each with its entity tag (or, when
+/// the server gives none, its size).
+pub(crate) fn list_s3_dir(bucket: &flowrun_storage::Bucket, key: &str) -> Result<Vec<(RemoteFile, String)>> {
+    let listed = bucket.list(&format!("{key}/"))?;
+    Ok(listed
+        .into_iter()
+        .map(|o| {
+            let name = o.key.strip_prefix(&format!("{key}/")).unwrap_or(&o.key).to_string();
+            let tag = o.e_tag.unwrap_or_else(|| format!("size {}", o.size));
+            (RemoteFile { url: format!("{}/{}", bucket.url(), o.key), name, size: Some(o.size), checksum: None }, tag)
+        })
+        .collect())
 }
 
 /// The remote files worth downloading: zips when compressed, else the format's files (plus shapefile

@@ -301,6 +301,10 @@ fn mirror_has(mirror: &Mirror, key: &str) -> Option<bool> {
     match mirror {
         Mirror::None => Some(true),
         Mirror::Dir(root) => Some(root.join(key).is_dir()),
+        Mirror::S3(url) => {
+            let bucket = crate::fetch::s3_mirror(url).ok()?;
+            crate::fetch::list_s3_dir(&bucket, key).ok().map(|files| !files.is_empty())
+        }
         Mirror::Http(base) => {
             let client =
                 reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(10)).build().ok()?;
