@@ -6,7 +6,9 @@
 //!   arrives whole and with its content hash is copied into the local cache and served from there. A blob
 //!   that does not match its hash is a miss: the node runs again, nothing corrupt is served;
 //! - **write-through**: a result stored locally is put remotely too, blob first, then the entry that points
-//!   at it, so a reader never finds an entry whose blob is not there yet.
+//!   at it, so a reader never finds an entry whose blob is not there yet. A local hit the remote lacks
+//!   (computed before the remote was set up) is put remotely too, so a first run with a remote shares
+//!   everything it used.
 //!
 //! The remote layout is content-addressed: `blobs/<blake3 of the bytes>` and `keys/<cache key>` (a small JSON
 //! record: the content hash, identity, type, rows, files read and messages). A remote that fails (down,

@@ -369,7 +369,25 @@ impl Store {
         let deps = parse_deps(deps);
         let identity = identity.as_deref().and_then(hash_from_bytes);
         let (size, rows, messages) = (size as u64, rows.map(|r| r as u64), Messages::from_column(messages));
-        Ok(Some(Entry { content, type_name, node, size, rows, deps, identity, messages }))
+        let entry = Entry { content, type_name, node, size, rows, deps, identity, messages };
+        self.share(key, &entry);
+        Ok(Some(entry))
+    }
+
+    /// A local hit the remote does not hold yet (computed before the remote was configured) is uploaded:
+    /// one small read per hit checks. [`Store::lookup`] does it; a caller that found `entry` by other means
+    /// calls it.
+    pub fn share(&self, key: &Key, entry: &Entry) {
+        let Some(remote) = self.remote() else { return };
+        match remote.get(&remote::key_path(key)) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if let Ok(Blob::Found(bytes)) = self.blob(&entry.content) {
+                    self.put_remote(key, entry, &bytes);
+                }
+            }
+            Err(e) => self.remote_failed(remote.as_ref(), e),
+        }
     }
 
     /// Stores `bytes` as the result for `key` and returns their content hash. The blob is written now (a file

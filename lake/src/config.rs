@@ -7,6 +7,8 @@
 //! # catalog = "postgres:dbname=lake host=127.0.0.1 port=5432 user=postgres"  # PostgreSQL catalog
 //! data_path = "../lake/data"             # Parquet data files (default: <catalog>.files next to a file catalog);
 //! # data_path = "s3://bucket/lake"       # or object storage, reached as `[storage]` says (flowrun-storage)
+//! exports = "../lake/files"              # where GeoParquet materializations with a relative path go
+//!                                        #   (default: the flow file's directory; or s3://bucket/prefix)
 //! alias = "lake"                         # the name SQL nodes use for it (default: lake)
 //! extensions_dir = "/opt/duckdb-ext"     # where to find DuckDB extension files (see `extensions`)
 //! commit_retries = 10                    # DuckLake's retries of a commit that conflicts with another writer's
@@ -44,6 +46,8 @@ pub struct LakeConfig {
     pub catalog: Catalog,
     /// Where data files are written: a local directory, or `s3://bucket/prefix`.
     pub data_path: DataPath,
+    /// Where GeoParquet materializations with a relative `path` go (default: the flow file's directory).
+    pub exports: Option<DataPath>,
     /// How to reach object storage (read when the data path is remote).
     pub storage: StorageConfig,
     /// Attach alias.
@@ -163,7 +167,9 @@ impl LakeConfig {
         for (k, (v, _)) in &flow.lake {
             let s = match v {
                 toml::Value::String(s) => s.clone(),
-                other => bail!("[lake] {k} must be a string, found {other}"),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => bail!("[lake] {k} must be a string or a number, found {other}"),
             };
             values.push((k.clone(), s));
         }
@@ -182,9 +188,10 @@ impl LakeConfig {
             let from_cli = overrides.iter().any(|(k, _)| k == key);
             values.iter().rev().find(|(k, _)| k == key).map(|(_, v)| (v.clone(), from_cli))
         };
-        const KEYS: [&str; 7] = [
+        const KEYS: [&str; 8] = [
             "catalog",
             "data_path",
+            "exports",
             "alias",
             "extensions_dir",
             "commit_retries",
@@ -198,21 +205,28 @@ impl LakeConfig {
         }
         let (catalog, cli) = get("catalog").ok_or_else(|| anyhow!("[lake] needs `catalog`"))?;
         let catalog = Catalog::parse(&catalog, if cli { &cwd } else { &base })?;
-        let data_path = match get("data_path") {
-            Some((p, _)) if flowrun_storage::is_remote(&p) => {
-                flowrun_storage::Bucket::parse_url(&p)?;
-                DataPath::Remote(p.trim_end_matches('/').to_string())
-            }
-            Some((p, cli)) => {
-                let p = PathBuf::from(p);
-                DataPath::Local(normalize(&if p.is_absolute() {
-                    p
-                } else if cli {
-                    cwd.join(p)
-                } else {
-                    base.join(p)
-                }))
-            }
+        let location = |key: &str| -> Result<Option<DataPath>> {
+            Ok(match get(key) {
+                Some((p, _)) if flowrun_storage::is_remote(&p) => {
+                    flowrun_storage::Bucket::parse_url(&p)?;
+                    Some(DataPath::Remote(p.trim_end_matches('/').to_string()))
+                }
+                Some((p, cli)) => {
+                    let p = PathBuf::from(p);
+                    Some(DataPath::Local(normalize(&if p.is_absolute() {
+                        p
+                    } else if cli {
+                        cwd.join(p)
+                    } else {
+                        base.join(p)
+                    })))
+                }
+                None => None,
+            })
+        };
+        let exports = location("exports")?;
+        let data_path = match location("data_path")? {
+            Some(p) => p,
             None => match &catalog {
                 Catalog::DuckDb(p) | Catalog::Sqlite(p) => {
                     let mut s = p.as_os_str().to_owned();
@@ -247,7 +261,7 @@ impl LakeConfig {
                 base.join(p)
             });
         }
-        Ok(Some(LakeConfig { catalog, data_path, storage, alias, extensions, retries }))
+        Ok(Some(LakeConfig { catalog, data_path, exports, storage, alias, extensions, retries }))
     }
 
     /// Loads the extensions this lake needs and attaches it to `duck` (read-only if asked).
@@ -289,8 +303,20 @@ impl LakeConfig {
             ident::quoted(&self.alias, "lake alias")?,
             options.join(", ")
         );
+        // Two processes attaching a new PostgreSQL catalog at once both try to create its tables; the one
+        // that loses sees a duplicate key. The catalog exists then: attaching again uses it.
+        let mut attached = duck.execute_quiet(&sql);
+        for _ in 0..3 {
+            match &attached {
+                Err(e) if creation_raced(&format!("{e:#}")) => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    attached = duck.execute_quiet(&sql);
+                }
+                _ => break,
+            }
+        }
         // no SQL in the error: a PostgreSQL connection string may hold a password
-        duck.execute_quiet(&sql).map_err(|e| {
+        attached.map_err(|e| {
             let hint = match &self.catalog {
                 Catalog::Postgres(_) => {
                     " (is the PostgreSQL server running and reachable, and does the database exist?)"
@@ -305,6 +331,12 @@ impl LakeConfig {
     pub fn describe(&self) -> String {
         self.catalog.describe()
     }
+}
+
+/// Whether an ATTACH failed because another process was creating the same catalog at that moment.
+fn creation_raced(error: &str) -> bool {
+    error.contains("duplicate key value violates unique constraint")
+        || (error.contains("Failed to initialize DuckLake") && error.contains("already exists"))
 }
 
 #[cfg(test)]

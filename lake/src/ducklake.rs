@@ -13,7 +13,7 @@
 //! the commit message names the flow and the run id. Any error rolls the transaction back: the lake stays
 //! at its previous snapshot.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use flowrun_engine::Table;
 use flowrun_engine::schedule::{RunReport, node_records, run_record};
 use serde::Serialize;
@@ -300,48 +300,68 @@ pub fn write(
             .with_context(|| format!("staging materialization `{}`", t.section))?;
     }
     stage_node_runs(duck, report).context("staging the run's node records")?;
-    duck.execute("BEGIN TRANSACTION")?;
-    let result = (|| -> Result<LakeWrite> {
-        let current: i64 =
-            duck.scalar(&format!("SELECT id FROM {}.current_snapshot()", quoted(alias, "lake alias")?))?;
-        let snapshot = current + 1;
-        let mut tables = Vec::new();
-        for (i, t) in targets.iter().enumerate() {
-            write_target(duck, alias, t, &format!("__stage_{i}"))
-                .with_context(|| format!("materialization `{}` (lake table {}.{})", t.section, t.schema, t.table))?;
-            tables.push((format!("{}.{}", t.schema, t.table), t.value.num_rows() as u64));
-        }
-        history(duck, alias, flow_path, report, snapshot).context("recording the run in flowrun_runs")?;
-        duck.execute(&format!(
-            "CALL {}.set_commit_message('flowrun', {})",
-            quoted(alias, "lake alias")?,
-            literal(&commit_message(flow, report))
-        ))?;
-        Ok(LakeWrite { snapshot, tables })
-    })();
-    match result {
-        Ok(mut w) => {
-            duck.execute("COMMIT")
-                .map_err(|e| anyhow!("the lake transaction could not commit (nothing was written): {e:#}"))?;
-            // a concurrent writer may have taken the predicted snapshot id: report the real one
-            let sql = format!(
-                "SELECT snapshot_id FROM {}.snapshots() WHERE commit_message = {} ORDER BY snapshot_id DESC LIMIT 1",
-                quoted(alias, "lake alias")?,
-                literal(&commit_message(flow, report))
-            );
-            if let Ok(id) = duck.scalar::<i64>(&sql) {
-                w.snapshot = id;
+    // DuckLake itself retries a commit whose changes do not overlap another writer's; one that does (two
+    // runs creating the same table in a new lake) is planned again here, on the snapshot that won
+    let (max_replans, wait_ms, _) = lake.retries;
+    let mut attempt = 0;
+    loop {
+        match transaction(duck, alias, targets, flow, flow_path, report) {
+            Ok(mut w) => match duck.execute("COMMIT") {
+                Ok(()) => {
+                    // a concurrent writer may have taken the predicted snapshot id: report the real one
+                    let sql = format!(
+                        "SELECT snapshot_id FROM {}.snapshots() WHERE commit_message = {} ORDER BY snapshot_id DESC LIMIT 1",
+                        quoted(alias, "lake alias")?,
+                        literal(&commit_message(flow, report))
+                    );
+                    if let Ok(id) = duck.scalar::<i64>(&sql) {
+                        w.snapshot = id;
+                    }
+                    return Ok(w);
+                }
+                Err(e) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
+                    let _ = duck.execute("ROLLBACK");
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(u64::from(wait_ms) * u64::from(attempt)));
+                }
+                Err(e) => bail!("the lake transaction could not commit (nothing was written): {e:#}"),
+            },
+            Err(e) => {
+                let _ = duck.execute("ROLLBACK");
+                return Err(e.context(format!(
+                    "nothing was written to the lake {}; it stays at its previous snapshot",
+                    lake.describe()
+                )));
             }
-            Ok(w)
-        }
-        Err(e) => {
-            let _ = duck.execute("ROLLBACK");
-            Err(e.context(format!(
-                "nothing was written to the lake {}; it stays at its previous snapshot",
-                lake.describe()
-            )))
         }
     }
+}
+
+/// Opens the transaction and writes every target and the run's records into it (not committed).
+fn transaction(
+    duck: &Duck,
+    alias: &str,
+    targets: &[LakeTarget],
+    flow: &str,
+    flow_path: &str,
+    report: &RunReport,
+) -> Result<LakeWrite> {
+    duck.execute("BEGIN TRANSACTION")?;
+    let current: i64 = duck.scalar(&format!("SELECT id FROM {}.current_snapshot()", quoted(alias, "lake alias")?))?;
+    let snapshot = current + 1;
+    let mut tables = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        write_target(duck, alias, t, &format!("__stage_{i}"))
+            .with_context(|| format!("materialization `{}` (lake table {}.{})", t.section, t.schema, t.table))?;
+        tables.push((format!("{}.{}", t.schema, t.table), t.value.num_rows() as u64));
+    }
+    history(duck, alias, flow_path, report, snapshot).context("recording the run in flowrun_runs")?;
+    duck.execute(&format!(
+        "CALL {}.set_commit_message('flowrun', {})",
+        quoted(alias, "lake alias")?,
+        literal(&commit_message(flow, report))
+    ))?;
+    Ok(LakeWrite { snapshot, tables })
 }
 
 #[cfg(test)]

@@ -45,5 +45,5 @@ pub fn remote_cache_url(flow: &flowrun_engine::Flow) -> anyhow::Result<Option<St
         Some((other, _)) => anyhow::bail!("[cache] remote must be an s3:// URL, found {}", other.type_str()),
     }
 }
-pub use materialize::{MATERIALIZER_KINDS, MaterializeReport, TargetReport, check, destinations, materialize};
+pub use materialize::{MATERIALIZER_KINDS, MaterializeReport, TargetReport, check, destinations, materialize, reach};
 pub use sql::DuckSql;

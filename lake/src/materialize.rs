@@ -28,7 +28,7 @@ use flowrun_engine::schedule::{OutputItem, RunReport};
 use flowrun_engine::{Flow, Table};
 use serde::Serialize;
 
-use crate::config::LakeConfig;
+use crate::config::{DataPath, LakeConfig};
 use crate::duck::Duck;
 use crate::ducklake::{self, LakeTarget, Mode};
 use crate::geoparquet;
@@ -229,12 +229,41 @@ pub fn destinations(flow: &Flow, lake: Option<&LakeConfig>) -> Vec<(String, Stri
                 };
                 format!("{alias}.{schema}.{table} ({mode})")
             }
-            Ok(Spec::File { path, .. }) => FileDest::resolve(flow, &path).to_string(),
+            Ok(Spec::File { path, .. }) => FileDest::resolve(flow, lake, &path).to_string(),
             Err((m, _)) => m,
         };
         out.push((format!("{} `{}`", d.kind, d.name), at));
     }
     out
+}
+
+/// Checks, before any node runs, that every object-store location the flow writes can be used (one
+/// listing request per bucket): an unreachable endpoint, refused credentials or a missing bucket are
+/// said at once rather than after the run, and before a new DuckLake catalog records a data path that
+/// cannot work. The catalog itself is reached when the results are written.
+pub fn reach(flow: &Flow, lake: Option<&LakeConfig>) -> Result<()> {
+    let mut urls: Vec<String> = Vec::new();
+    if let Some(DataPath::Remote(url)) = lake.map(|l| &l.data_path) {
+        urls.push(url.clone());
+    }
+    for d in &flow.materialize {
+        if let Ok(Spec::File { path, .. }) = spec(d)
+            && let FileDest::Remote(url) = FileDest::resolve(flow, lake, &path)
+        {
+            let (bucket, _) = flowrun_storage::Bucket::parse_url(&url)?;
+            urls.push(format!("s3://{bucket}"));
+        }
+    }
+    urls.sort();
+    urls.dedup();
+    if urls.is_empty() {
+        return Ok(());
+    }
+    let storage = crate::storage_config(flow)?;
+    for url in urls {
+        flowrun_storage::Bucket::open(&url, &storage)?.check()?;
+    }
+    Ok(())
 }
 
 /// Where a GeoParquet file goes: a local path (written beside it, then renamed) or an object
@@ -255,13 +284,21 @@ impl std::fmt::Display for FileDest {
 }
 
 impl FileDest {
-    /// A materialization's `path`: an `s3://` object, or a file relative to the flow's directory.
-    fn resolve(flow: &Flow, path: &str) -> FileDest {
+    /// A materialization's `path`: an `s3://` object or an absolute path as written; a relative path under
+    /// the lake's `exports`, else the flow's directory.
+    fn resolve(flow: &Flow, lake: Option<&LakeConfig>, path: &str) -> FileDest {
         if flowrun_storage::is_remote(path) {
             return FileDest::Remote(path.to_string());
         }
         let p = PathBuf::from(path);
-        FileDest::Local(crate::config::normalize(&if p.is_absolute() { p } else { flow.base_dir().join(p) }))
+        if p.is_absolute() {
+            return FileDest::Local(crate::config::normalize(&p));
+        }
+        match lake.and_then(|l| l.exports.as_ref()) {
+            Some(DataPath::Remote(root)) => FileDest::Remote(format!("{root}/{}", path.trim_start_matches("./"))),
+            Some(DataPath::Local(root)) => FileDest::Local(crate::config::normalize(&root.join(p))),
+            None => FileDest::Local(crate::config::normalize(&flow.base_dir().join(p))),
+        }
     }
 
     /// `s3://bucket/a/b.parquet` -> the bucket `s3://bucket` and the key `a/b.parquet`.
@@ -366,7 +403,7 @@ pub fn materialize(
                     lake_targets.push((t, o, where_, identity));
                 }
                 Spec::File { path, geometry } => {
-                    let p = FileDest::resolve(flow, &expand(path, &o.item));
+                    let p = FileDest::resolve(flow, lake, &expand(path, &o.item));
                     let where_ = p.to_string();
                     if let Some(other) = seen.insert(where_.clone(), d.name.clone()) {
                         bail!("materializations `{other}` and `{}` both write {where_}", d.name);

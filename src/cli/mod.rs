@@ -169,6 +169,8 @@ pub fn build(f: &FlowArgs) -> Result<(Flow, Option<flowrun_lake::LakeConfig>), C
     }
     let lake_overrides = split_kv(&f.lake, "--lake")?;
     let lake = flowrun_lake::check(&flow, &lake_overrides).map_err(CliError::Invalid)?;
+    // nodes that read s3:// locations (an S3 mirror) reach them as the flow's [storage] says
+    flowrun_storage::set_process_config(flowrun_lake::storage_config(&flow)?);
     for name in &f.recompute {
         if flow.node(name).is_none() {
             return Err(bad_argument(format!("--recompute {name}: the flow has no node `{name}`")));
@@ -241,6 +243,10 @@ fn run(
                 .into(),
         ));
     }
+    let writes_lake = !dry_run && shard.is_none() && !flow.materialize.is_empty();
+    if writes_lake {
+        flowrun_lake::reach(&flow, lake.as_ref()).map_err(|e| in_target(&flow, e, "cannot write its results"))?;
+    }
     let store = if f.no_cache { None } else { Some(open_store_with_remote(&cli.cache_dir, remote.as_deref(), &flow)?) };
     let progress = Arc::new(progress::Progress::new(!ui.quiet && !ui.json && !dry_run, ui.verbose > 0));
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
@@ -260,16 +266,15 @@ fn run(
     progress.finish();
     // a partial run (items left out by on_item_error = "skip") writes what succeeded, and still exits 1
     // a shard run leaves the fan-ins, and so the lake, to the run without --shard
-    let materialized =
-        if !dry_run && shard.is_none() && result.status != RunStatus::Failed && !flow.materialize.is_empty() {
-            let flow_path = f.flow.display().to_string();
-            Some(
-                flowrun_lake::materialize(&flow, &result, store.as_deref(), lake.as_ref(), &flow_path)
-                    .map_err(CliError::Other)?,
-            )
-        } else {
-            None
-        };
+    let materialized = if writes_lake && result.status != RunStatus::Failed {
+        let flow_path = f.flow.display().to_string();
+        Some(
+            flowrun_lake::materialize(&flow, &result, store.as_deref(), lake.as_ref(), &flow_path)
+                .map_err(|e| in_target(&flow, e, "writing the run's results failed"))?,
+        )
+    } else {
+        None
+    };
     if dry_run {
         let mut destinations = flowrun_lake::destinations(&flow, lake.as_ref());
         if let Some(url) = &remote {
@@ -280,6 +285,14 @@ fn run(
         report::print_run(&flow, &result, materialized.as_ref(), ui);
     }
     Ok(if result.status == RunStatus::Ok { Outcome::Ok } else { Outcome::Failed })
+}
+
+/// An error of the flow's `--target`, said with its name (exit 3).
+fn in_target(flow: &Flow, e: anyhow::Error, what: &str) -> CliError {
+    CliError::Other(match &flow.target {
+        Some(t) => e.context(format!("target `{t}`: {what}")),
+        None => e,
+    })
 }
 
 fn last_run_overlay(

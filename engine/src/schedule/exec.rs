@@ -639,7 +639,10 @@ impl<'p, 'f> Exec<'p, 'f> {
     /// change (no index query), else from the index.
     fn lookup(&self, store: &Store, name: &str, key: &Key) -> flowrun_cache::Result<Option<Entry>> {
         match self.states.get(name) {
-            Some(NodeState { key: k, entry: Some(entry), .. }) if k == key => Ok(Some(entry.clone())),
+            Some(NodeState { key: k, entry: Some(entry), .. }) if k == key => {
+                store.share(key, entry);
+                Ok(Some(entry.clone()))
+            }
             _ => store.lookup(key),
         }
     }

@@ -103,6 +103,7 @@ pub fn run(n: usize) {
     let cfg = flowrun_lake::LakeConfig {
         catalog: flowrun_lake::config::Catalog::DuckDb(dir.path().join("bench.ducklake")),
         data_path: flowrun_lake::DataPath::Local(dir.path().join("lake_data")),
+        exports: None,
         storage: flowrun_storage::StorageConfig::from_table(None).unwrap(),
         alias: "lake".into(),
         extensions: flowrun_lake::extensions::ExtensionSources::from_env(),
