@@ -3,8 +3,8 @@
 //! `geoparquet-validator`), for the three catalog kinds.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use crate::servers::Postgres;
 use crate::util::{Scratch, flowrun_extension_dir, free_port, pv_data, python_json};
 
 /// Two real datasets -> `consolidated` (polygons and points) -> a SQL model over it -> a guard that fails
@@ -281,72 +281,6 @@ fn sqlite_catalog() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = dir.path().join("lake.sqlite");
     materialization_suite(&format!("sqlite:{}", catalog.display()), &format!("ducklake:sqlite:{}", catalog.display()));
-}
-
-/// A PostgreSQL 15 server of its own: `initdb` + `pg_ctl` on a temp dir and a free loopback port, stopped
-/// on drop. Run as the `postgres` user when the tests run as root (PostgreSQL refuses root).
-struct Postgres {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// PostgreSQL refuses to run as root: its tools then run as the `postgres` user.
-fn as_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"))
-}
-
-impl Postgres {
-    fn start() -> Postgres {
-        assert!(
-            Path::new(PG_BIN).join("initdb").exists(),
-            "PostgreSQL 15 is not installed (apt-get install postgresql); .ci/run installs it"
-        );
-        let dir = tempfile::Builder::new().prefix("flowrun-pg").tempdir_in("/tmp").unwrap();
-        if as_root() {
-            assert!(Command::new("chown").args(["-R", "postgres"]).arg(dir.path()).status().unwrap().success());
-        }
-        let pg = Postgres { port: free_port(), dir };
-        pg.pg("initdb", &["-D", &pg.data(), "-A", "trust", "-U", "postgres", "--no-sync"]);
-        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", pg.port, pg.dir.path().display());
-        let log = format!("{}/log", pg.dir.path().display());
-        pg.pg("pg_ctl", &["-D", &pg.data(), "-o", &opts, "-l", &log, "-w", "start"]);
-        pg.pg("createdb", &["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "lake"]);
-        pg
-    }
-
-    fn data(&self) -> String {
-        format!("{}/data", self.dir.path().display())
-    }
-
-    fn pg(&self, tool: &str, args: &[&str]) {
-        let bin = format!("{PG_BIN}/{tool}");
-        let out = if as_root() {
-            Command::new("runuser").args(["-u", "postgres", "--", &bin]).args(args).output()
-        } else {
-            Command::new(&bin).args(args).output()
-        }
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "{tool} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn conninfo(&self) -> String {
-        format!("dbname=lake host=127.0.0.1 port={} user=postgres", self.port)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.pg("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"])
-        }));
-    }
 }
 
 #[test]

@@ -15,5 +15,7 @@ mod interrupt;
 mod lake;
 mod pv;
 mod pv_unseen;
+mod remote;
 mod run;
+mod servers;
 mod validation;

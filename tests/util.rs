@@ -129,7 +129,7 @@ pub fn python() -> PathBuf {
                 Command::new(&py)
                     .args([
                         "-c",
-                        "import duckdb, geopandas, pyarrow, geoparquet_validator; assert duckdb.__version__ == '1.5.5'",
+                        "import duckdb, geopandas, pyarrow, geoparquet_validator, boto3, moto.server; assert duckdb.__version__ == '1.5.5'",
                     ])
                     .output()
                     .is_ok_and(|o| o.status.success())
@@ -139,7 +139,7 @@ pub fn python() -> PathBuf {
                 assert!(ok, "python3 -m venv {} failed", dir.display());
                 let out = Command::new(&py)
                     .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-                    .args(["duckdb==1.5.5", "geopandas", "pyarrow", "geoparquet-validator==0.2.*"])
+                    .args(["duckdb==1.5.5", "geopandas", "pyarrow", "geoparquet-validator==0.2.*", "boto3", "moto[server]==5.*"])
                     .output()
                     .expect("pip runs");
                 assert!(out.status.success(), "pip install failed: {}", String::from_utf8_lossy(&out.stderr));

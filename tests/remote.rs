@@ -1,0 +1,464 @@
+//! Past one machine: a `prod` target with its DuckLake catalog on PostgreSQL, its data, GeoParquet and
+//! remote cache on S3 (moto's server), several workers (`--shard`), and the faults of each piece. Every
+//! server is real and started here on loopback; stock DuckDB, pyarrow and GeoPandas read the results.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+
+use crate::servers::{Postgres, S3Server};
+use crate::util::{Out, Scratch, flowrun_extension_dir, free_port, pv_data, python_json};
+
+const BUCKET: &str = "lake-bucket";
+
+/// Two real datasets (one fan-out item each) -> `consolidated` -> a SQL model, written to two lake tables
+/// and a GeoParquet file; `pause` waits `pause_ms` (to stop a server in the middle of a run). The default
+/// target is local; `prod` puts the catalog on `postgres` and everything else in `bucket`.
+fn remote_flow(name: &str, table: &str, postgres: &str, bucket: &str) -> String {
+    format!(
+        r#"[flow]
+name = "{name}"
+modules = ["flowrun_pv", "tables", "demo"]
+outputs = ["pause"]
+
+[inputs]
+mirror = {{ default = "mirror" }}
+
+[config]
+pause_ms = 0
+
+[config.manifest.ind_pv_solar_farms_2022]
+repository = "github"
+source = "microsoft/solar-farms-mapping/data"
+format = "geojson"
+include = ["*.geojson"]
+id = "fid"
+area = "Area"
+
+[config.manifest.usa_uspvdb]
+repository = "direct"
+source = "https://example.invalid/uspvdb.zip"
+format = "csv"
+lat = "ylat"
+lon = "xlong"
+crs = "EPSG:4326"
+id = "case_id"
+capacity = "p_cap_ac"
+
+[nodes.datasets]
+[nodes.files]
+[nodes.raw]
+[nodes.standardized]
+[nodes.measured]
+[nodes.consolidated]
+
+[nodes.per_dataset]
+sql = "SELECT dataset_name, count(*) AS n FROM consolidated GROUP BY dataset_name ORDER BY dataset_name"
+
+[nodes.n_datasets]
+fn = "row_count"
+inputs = {{ table = "per_dataset" }}
+
+[nodes.pause]
+fn = "sleep_ms"
+inputs = {{ x = "n_datasets", ms = "pause_ms" }}
+
+[lake]
+catalog = "lake.ducklake"
+data_path = "lake_data"
+
+[materialize.pv]
+node = "consolidated"
+kind = "ducklake"
+table = "{table}"
+
+[materialize.per_dataset]
+node = "per_dataset"
+kind = "ducklake"
+table = "{table}_per_dataset"
+
+[materialize.pv_parquet]
+node = "consolidated"
+kind = "geoparquet"
+path = "out/{table}.parquet"
+
+[targets.prod.lake]
+catalog = "postgres:{postgres}"
+data_path = "s3://{bucket}/data"
+exports = "s3://{bucket}/exports"
+
+[targets.prod.cache]
+remote = "s3://{bucket}/cache"
+"#
+    )
+}
+
+/// A working directory of its own (another machine): the flow, a mirror of the two datasets, and a mirror
+/// of India only (`mirror_india`, to change what a run writes).
+fn machine(flow: &str) -> Scratch {
+    let s = Scratch::new();
+    s.write("flow.toml", flow);
+    let dir = s.path().join("mirror");
+    std::fs::create_dir_all(&dir).unwrap();
+    for d in ["ind_pv_solar_farms_2022", "usa_uspvdb"] {
+        std::os::unix::fs::symlink(pv_data().join(d), dir.join(d)).unwrap();
+    }
+    let india = s.path().join("mirror_india");
+    std::fs::create_dir_all(&india).unwrap();
+    std::os::unix::fs::symlink(pv_data().join("ind_pv_solar_farms_2022"), india.join("ind_pv_solar_farms_2022"))
+        .unwrap();
+    s
+}
+
+fn run_on(s: &Scratch, s3: &S3Server, args: &[&str]) -> Out {
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    s.run_env(args, &env)
+}
+
+fn spawn_on(s: &Scratch, s3: &S3Server, args: &[&str]) -> Child {
+    let mut c = s.cmd();
+    c.args(args).envs(s3.env()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    c.spawn().unwrap()
+}
+
+fn finish(child: Child) -> Out {
+    let out = child.wait_with_output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Stock DuckDB 1.5.5 (Python) with the extension files flowrun provisioned: attaches a lake, S3 secret
+/// given, and returns every table's row count and the text of its run history.
+const READ_LAKE: &str = r#"
+import duckdb, json, os, sys
+attach, data_path, ext_dir, s3 = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+con = duckdb.connect()
+for name in ['httpfs', 'ducklake', 'postgres_scanner']:
+    con.execute(f"LOAD '{os.path.join(ext_dir, name + '.duckdb_extension')}'")
+if s3:
+    con.execute(f"""CREATE SECRET lake_s3 (TYPE s3, KEY_ID '{s3['key']}', SECRET '{s3['secret']}', REGION 'us-east-1',
+                    ENDPOINT '{s3['host']}', URL_STYLE 'path', USE_SSL false)""")
+con.execute(f"ATTACH '{attach}' AS lake (DATA_PATH '{data_path}', READ_ONLY)")
+q = lambda sql: con.execute(sql).fetchall()
+tables = q("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'lake' ORDER BY 1, 2")
+counts = {f'{s}.{t}': q(f'SELECT count(*) FROM lake.{s}.{t}')[0][0] for s, t in tables}
+text = lambda t: q(f'SELECT COLUMNS(*)::VARCHAR FROM {t}')
+history = [text('lake.main.flowrun_runs'), text('lake.main.flowrun_node_runs'), text('lake.snapshots()')]
+files = q("SELECT data_file FROM ducklake_list_files('lake', 'pv')") if 'main.pv' in counts else []
+print(json.dumps({'counts': counts, 'history': json.dumps(history, default=str),
+                  'files': [f[0] for f in files], 'snapshots': len(history[2])}))
+"#;
+
+fn read_lake(attach: &str, data_path: &str, s3: Option<&S3Server>) -> serde_json::Value {
+    let s3 = s3.map(|s| {
+        serde_json::json!({"key": s.key_id, "secret": s.secret, "host": format!("127.0.0.1:{}", s.port)}).to_string()
+    });
+    let ext = flowrun_extension_dir().display().to_string();
+    python_json(READ_LAKE, &[attach, data_path, &ext, s3.as_deref().unwrap_or("null")])
+}
+
+/// GeoPandas on a GeoParquet object in S3 (through pyarrow's S3 filesystem).
+const READ_S3_GEOPARQUET: &str = r#"
+import geopandas, json, sys, pyarrow.fs
+port, key, secret, path = sys.argv[1:5]
+fs = pyarrow.fs.S3FileSystem(access_key=key, secret_key=secret, endpoint_override=f'127.0.0.1:{port}',
+                             scheme='http', region='us-east-1')
+df = geopandas.read_parquet(path, filesystem=fs)
+print(json.dumps({'rows': len(df), 'crs': df.crs.to_string(), 'geometry': df.geometry.geom_type.unique().tolist()}))
+"#;
+
+/// Every file under `dir`, for a byte search.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() { todo.push(p) } else { out.push(p) }
+        }
+    }
+    out
+}
+
+/// The node runs that executed (rather than came from a cache).
+fn ran(out: &Out) -> Vec<String> {
+    out.nodes("executed")
+}
+
+#[test]
+fn prod_target_writes_postgres_and_s3_and_a_second_machine_runs_nothing() {
+    let (s3, pg) = (S3Server::start(), Postgres::start());
+    s3.create_bucket(BUCKET);
+    let flow = remote_flow("remote_test", "pv", &pg.conninfo(), BUCKET);
+    let a = machine(&flow);
+
+    // the default target: local, no service
+    let local = a.run(&["--json", "run", "flow.toml"]).ok();
+    let local_lake = read_lake(
+        &format!("ducklake:{}", a.path().join("lake.ducklake").display()),
+        &format!("{}/", a.path().join("lake_data").display()),
+        None,
+    );
+    let counts = local_lake["counts"].clone();
+    assert_eq!(counts["main.pv"], 1363 + 3698, "{local_lake}");
+    assert_eq!(counts["main.pv_per_dataset"], 2);
+
+    // explain says where prod writes, and runs nothing
+    let explain = run_on(&a, &s3, &["explain", "flow.toml", "--target", "prod"]).ok();
+    for place in [
+        "postgres:dbname=lake",
+        "s3://lake-bucket/data",
+        "s3://lake-bucket/exports/out/pv.parquet",
+        "s3://lake-bucket/cache",
+    ] {
+        assert!(explain.stdout.contains(place), "explain does not name {place}:\n{}", explain.stdout);
+    }
+    let explain_json = run_on(&a, &s3, &["--json", "explain", "flow.toml", "--target", "prod"]).ok();
+    assert_eq!(explain_json.json()["target"], "prod", "{}", explain_json.stdout);
+
+    // prod: the same tables, read by stock DuckDB from PostgreSQL + S3
+    let prod = run_on(&a, &s3, &["--json", "run", "flow.toml", "--target", "prod"]).ok();
+    assert!(!ran(&local).is_empty());
+    assert_eq!(ran(&prod), Vec::<String>::new(), "the local run's results serve prod too (and are shared)");
+    let attach = format!("ducklake:postgres:{}", pg.conninfo());
+    let lake = read_lake(&attach, "s3://lake-bucket/data/", Some(&s3));
+    assert_eq!(lake["counts"], counts, "prod and local hold the same tables and rows");
+    let data_files = lake["files"].as_array().unwrap();
+    assert!(
+        !data_files.is_empty() && data_files.iter().all(|f| f.as_str().unwrap().starts_with("s3://lake-bucket/data/"))
+    );
+    let objects = s3.list(BUCKET, "");
+    assert!(
+        objects.keys().any(|k| k.starts_with("cache/blobs/")) && objects.keys().any(|k| k.starts_with("cache/keys/"))
+    );
+    assert!(
+        !objects.keys().any(|k| k.contains(".tmp") || k.contains("tmp-")),
+        "no temporary object is left: {objects:?}"
+    );
+    let gp = python_json(
+        READ_S3_GEOPARQUET,
+        &[&s3.port.to_string(), &s3.key_id, &s3.secret, "lake-bucket/exports/out/pv.parquet"],
+    );
+    assert_eq!(gp["rows"], counts["main.pv"]);
+    assert_eq!(gp["crs"], "OGC:CRS84");
+
+    // a second machine: another working directory and an empty local cache; nothing runs again
+    let b = machine(&flow);
+    let second = run_on(&b, &s3, &["--json", "run", "flow.toml", "--target", "prod"]).ok();
+    assert_eq!(ran(&second), Vec::<String>::new(), "{}", second.stderr);
+    assert_eq!(second.nodes("reused").len(), ran(&local).len());
+
+    // the datasets from an S3 mirror: the same results (identities) as from the directory
+    for d in ["ind_pv_solar_farms_2022", "usa_uspvdb"] {
+        for f in files_under(&pv_data().join(d)) {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            s3.put(BUCKET, &format!("mirror/{d}/{name}"), &f);
+        }
+    }
+    let c = Scratch::new();
+    c.write("flow.toml", &flow);
+    let from_s3 = run_on(&c, &s3, &["--json", "run", "flow.toml", "--mirror", "s3://lake-bucket/mirror"]).ok();
+    let outputs = |o: &Out| o.json()["outputs"].clone();
+    assert_eq!(outputs(&from_s3), outputs(&local), "{}", from_s3.stderr);
+
+    // the secret is printed nowhere: output, errors, --json, explain, the run log, the caches, the lake
+    let runs = run_on(&a, &s3, &["runs"]).ok();
+    let wrong = run_on(&a, &s3, &["run", "flow.toml", "--target", "prod", "--lake", "data_path=s3://no-such-bucket/x"]);
+    let mut said = String::new();
+    for out in [&local, &explain, &explain_json, &prod, &second, &from_s3, &runs, &wrong] {
+        said.push_str(&out.stdout);
+        said.push_str(&out.stderr);
+    }
+    assert!(!said.contains(&s3.secret), "the secret was printed");
+    assert!(!lake["history"].as_str().unwrap().contains(&s3.secret), "the secret is in the lake's run history");
+    for f in [a.path(), b.path(), c.path()].into_iter().flat_map(files_under) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(!bytes.windows(s3.secret.len()).any(|w| w == s3.secret.as_bytes()), "the secret is in {}", f.display());
+    }
+}
+
+#[test]
+fn remote_cache_faults_are_warnings_and_nothing_corrupt_is_served() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let remote = format!("s3://{BUCKET}/shared");
+    let args = ["--json", "run", "flow.toml", "--remote-cache", remote.as_str()];
+    let a = Scratch::new();
+    a.write("flow.toml", crate::util::FANOUT);
+    let first = run_on(&a, &s3, &args).ok();
+    let result = |o: &Out| o.json()["outputs"][0]["identity"].clone();
+
+    // every blob in the remote damaged: a new machine recomputes everything, says why, and repairs them
+    let junk = a.write("junk", "not a cached value");
+    let blobs: Vec<String> = s3.list(BUCKET, "shared/blobs/").into_keys().collect();
+    assert!(!blobs.is_empty());
+    for key in &blobs {
+        s3.put(BUCKET, key, &junk);
+    }
+    let b = Scratch::new();
+    b.write("flow.toml", crate::util::FANOUT);
+    let repaired = run_on(&b, &s3, &args).ok();
+    // sq[1] = 1 = plus[0]: one blob, which plus[0]'s write-through may have repaired before sq[1] looked
+    let served: Vec<String> = ran(&first).into_iter().filter(|n| !ran(&repaired).contains(n)).collect();
+    assert!(served.iter().all(|n| n == "sq[1]" || n == "plus[0]"), "nothing corrupt is served: {served:?}");
+    assert_eq!(result(&repaired), result(&first));
+    assert!(repaired.stdout.contains("holds a corrupt copy"), "{}", repaired.stdout);
+    let c = Scratch::new();
+    c.write("flow.toml", crate::util::FANOUT);
+    assert_eq!(ran(&run_on(&c, &s3, &args).ok()), Vec::<String>::new(), "the write-through repaired the blobs");
+
+    // a remote that cannot be reached, or refuses the credentials: a warning, and the run goes on locally
+    let d = Scratch::new();
+    d.write("flow.toml", crate::util::FANOUT);
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let down = d
+        .run_env(&args, &[("AWS_ENDPOINT_URL", &nowhere), ("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")])
+        .ok();
+    assert_eq!(ran(&down), ran(&first));
+    assert!(down.stdout.contains("the remote cache s3://lake-bucket/shared failed"), "{}", down.stdout);
+    assert!(down.stdout.contains("cannot reach"), "{}", down.stdout);
+    let e = Scratch::new();
+    e.write("flow.toml", crate::util::FANOUT);
+    let endpoint = s3.endpoint();
+    let refused = e
+        .run_env(
+            &args,
+            &[
+                ("AWS_ENDPOINT_URL", &endpoint),
+                ("AWS_ACCESS_KEY_ID", &s3.key_id),
+                ("AWS_SECRET_ACCESS_KEY", "not-the-secret-42"),
+            ],
+        )
+        .ok();
+    assert!(refused.stdout.contains("refused the credentials"), "{}", refused.stdout);
+    assert!(!refused.stderr.contains("not-the-secret-42") && !refused.stdout.contains("not-the-secret-42"));
+}
+
+/// Workers with `--shard I/N` in their own directories (caches), then a final run: each item is computed
+/// once, the final run computes only the fan-ins, and the lake holds what one run writes. A worker killed
+/// in the middle of its items is simply started again.
+#[test]
+fn workers_split_the_items_and_the_lake_gets_one_runs_rows() {
+    let (s3, pg) = (S3Server::start(), Postgres::start());
+    s3.create_bucket(BUCKET);
+    let flow = remote_flow("workers", "pv", &pg.conninfo(), BUCKET);
+    let prod = ["--json", "run", "flow.toml", "--target", "prod"];
+
+    // a worker killed early, on its own machine: it leaves no lake and nothing half-written behind
+    let killed_machine = machine(&flow);
+    let mut killed = spawn_on(&killed_machine, &s3, &[&prod[..], &["--shard", "0/2"]].concat());
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+
+    let workers: Vec<Scratch> = (0..2).map(|_| machine(&flow)).collect();
+    let children: Vec<Child> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| spawn_on(w, &s3, &[&prod[..], &["--shard", &format!("{i}/2")]].concat()))
+        .collect();
+    let outs: Vec<Out> = children.into_iter().map(|c| finish(c).ok()).collect();
+    let item_runs = |o: &Out| -> Vec<String> { ran(o).into_iter().filter(|n| n.contains('[')).collect() };
+    let (w0, w1) = (item_runs(&outs[0]), item_runs(&outs[1]));
+    assert!(w0.iter().all(|n| !w1.contains(n)), "no item is computed twice: {w0:?} {w1:?}");
+    // shard 0 takes the first dataset (the killed worker may have computed some of it already)
+    assert!(w0.iter().all(|n| n.contains("[ind_pv_solar_farms_2022]")), "{w0:?}");
+    assert!(!w1.is_empty() && w1.iter().all(|n| n.contains("[usa_uspvdb]")), "{w1:?}");
+    for o in &outs {
+        assert!(o.json()["materialized"].is_null(), "a shard run leaves the lake to the final run");
+        assert!(o.nodes("deferred").contains(&"consolidated".to_string()), "{}", o.stdout);
+    }
+
+    let last = machine(&flow);
+    let fin = run_on(&last, &s3, &prod).ok();
+    assert!(item_runs(&fin).is_empty(), "the final run finds every item in the remote cache: {:?}", ran(&fin));
+    let lake = read_lake(&format!("ducklake:postgres:{}", pg.conninfo()), "s3://lake-bucket/data/", Some(&s3));
+    assert_eq!(lake["counts"]["main.pv"], 1363 + 3698, "{lake}");
+    assert_eq!(lake["counts"]["main.pv_per_dataset"], 2);
+}
+
+/// Two people run different flows into one lake (one PostgreSQL catalog, one bucket) at the same moment:
+/// both commits land.
+#[test]
+fn two_flows_commit_into_one_lake_at_once() {
+    let (s3, pg) = (S3Server::start(), Postgres::start());
+    s3.create_bucket(BUCKET);
+    let first = machine(&remote_flow("first", "pv_first", &pg.conninfo(), BUCKET));
+    let second = machine(&remote_flow("second", "pv_second", &pg.conninfo(), BUCKET));
+    // compute both flows' nodes first, so that the two runs below meet in their commits
+    for m in [&first, &second] {
+        run_on(m, &s3, &["run", "flow.toml"]).ok();
+    }
+    let runs: Vec<Child> = [&first, &second]
+        .iter()
+        .map(|m| spawn_on(m, &s3, &["--json", "run", "flow.toml", "--target", "prod"]))
+        .collect();
+    for out in runs.into_iter().map(finish) {
+        let out = out.ok();
+        assert!(out.json()["materialized"]["snapshot"].is_i64(), "{}", out.stdout);
+    }
+    let lake = read_lake(&format!("ducklake:postgres:{}", pg.conninfo()), "s3://lake-bucket/data/", Some(&s3));
+    assert_eq!(lake["counts"]["main.pv_first"], 1363 + 3698, "{lake}");
+    assert_eq!(lake["counts"]["main.pv_second"], 1363 + 3698, "{lake}");
+    assert_eq!(lake["counts"]["main.flowrun_runs"], 2, "{lake}");
+}
+
+/// What cannot work says so, names the target and what failed (exit 3), keeps the node results, and a rerun
+/// finishes the job once the fault is gone.
+#[test]
+fn faults_name_the_target_and_a_rerun_finishes() {
+    let (s3, pg) = (S3Server::start(), Postgres::start());
+    s3.create_bucket(BUCKET);
+    let m = machine(&remote_flow("faults", "pv", &pg.conninfo(), BUCKET));
+    let prod = ["--json", "run", "flow.toml", "--target", "prod"];
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    // (what, the variable changed, its value, what the error says)
+    let cases = [
+        ("unreachable endpoint", "AWS_ENDPOINT_URL", nowhere.as_str(), "cannot reach"),
+        ("wrong credentials", "AWS_SECRET_ACCESS_KEY", "wrong-secret-77", "refused the credentials"),
+        ("missing bucket", "", "", "does not exist"),
+    ];
+    for (what, var, value, says) in cases {
+        let mut env: Vec<(&str, String)> = s3.env();
+        env.retain(|(k, _)| *k != var);
+        if !var.is_empty() {
+            env.push((var, value.to_string()));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut args = prod.to_vec();
+        if what == "missing bucket" {
+            args.extend(["--lake", "data_path=s3://no-such-bucket/data"]);
+        }
+        let out = m.run_env(&args, &env);
+        assert_eq!(out.code, 3, "{what}: {}\n{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("target `prod`"), "{what}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{what}: expected `{says}` in {}", out.stderr);
+        assert!(!out.stderr.contains("wrong-secret-77"));
+    }
+    // they were said before any node ran; with the fault gone the run goes through
+    run_on(&m, &s3, &prod).ok();
+
+    // PostgreSQL stops while the nodes of a run that changes the tables run: exit 3 naming the target, the
+    // lake keeps its last snapshot; with PostgreSQL back, a rerun writes without computing anything again
+    let before = read_lake(&format!("ducklake:postgres:{}", pg.conninfo()), "s3://lake-bucket/data/", Some(&s3));
+    let india =
+        ["--json", "run", "flow.toml", "--target", "prod", "--mirror", "mirror_india", "--set", "pause_ms=3000"];
+    let child = spawn_on(&m, &s3, &india);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    pg.stop();
+    let out = finish(child);
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("target `prod`") && out.stderr.contains("PostgreSQL"), "{}", out.stderr);
+    pg.start_again();
+    let after = read_lake(&format!("ducklake:postgres:{}", pg.conninfo()), "s3://lake-bucket/data/", Some(&s3));
+    assert_eq!(after["snapshots"], before["snapshots"], "the lake keeps its last snapshot");
+    assert_eq!(after["counts"]["main.pv"], 1363 + 3698);
+    let rerun = run_on(&m, &s3, &india).ok();
+    assert_eq!(ran(&rerun), Vec::<String>::new(), "{}", rerun.stderr);
+    assert!(rerun.json()["materialized"]["snapshot"].is_i64(), "{}", rerun.stdout);
+    let india_only = read_lake(&format!("ducklake:postgres:{}", pg.conninfo()), "s3://lake-bucket/data/", Some(&s3));
+    assert_eq!(india_only["counts"]["main.pv"], 1363);
+}

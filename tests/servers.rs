@@ -1,0 +1,184 @@
+//! Real servers for the tests, started on loopback by the tests themselves and stopped on drop: PostgreSQL
+//! 15 (Debian's package) and an S3 server (moto's server mode, from PyPI, in the test virtualenv).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{free_port, python, python_json};
+
+/// A PostgreSQL 15 server of its own: `initdb` + `pg_ctl` on a temp dir and a free loopback port, stopped
+/// on drop. Run as the `postgres` user when the tests run as root (PostgreSQL refuses root).
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// PostgreSQL refuses to run as root: its tools then run as the `postgres` user.
+fn as_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"))
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        assert!(
+            Path::new(PG_BIN).join("initdb").exists(),
+            "PostgreSQL 15 is not installed (apt-get install postgresql); .ci/run installs it"
+        );
+        let dir = tempfile::Builder::new().prefix("flowrun-pg").tempdir_in("/tmp").unwrap();
+        if as_root() {
+            assert!(Command::new("chown").args(["-R", "postgres"]).arg(dir.path()).status().unwrap().success());
+        }
+        let pg = Postgres { port: free_port(), dir };
+        pg.pg("initdb", &["-D", &pg.data(), "-A", "trust", "-U", "postgres", "--no-sync"]);
+        pg.start_again();
+        pg.pg("createdb", &["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "lake"]);
+        pg
+    }
+
+    /// Starts the server (again, after [`Postgres::stop`]) on its data directory and port.
+    pub fn start_again(&self) {
+        let opts =
+            format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
+        let log = format!("{}/log", self.dir.path().display());
+        self.pg("pg_ctl", &["-D", &self.data(), "-o", &opts, "-l", &log, "-w", "start"]);
+    }
+
+    /// Stops the server now (as a crash would: `-m immediate`).
+    pub fn stop(&self) {
+        self.pg("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+    }
+
+    fn data(&self) -> String {
+        format!("{}/data", self.dir.path().display())
+    }
+
+    fn pg(&self, tool: &str, args: &[&str]) {
+        let bin = format!("{PG_BIN}/{tool}");
+        let out = if as_root() {
+            Command::new("runuser").args(["-u", "postgres", "--", &bin]).args(args).output()
+        } else {
+            Command::new(&bin).args(args).output()
+        }
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn conninfo(&self) -> String {
+        format!("dbname=lake host=127.0.0.1 port={} user=postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.pg("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+        }));
+    }
+}
+
+/// An S3-compatible server: `python -m moto.server` on a free loopback port, with authentication on (an
+/// IAM user and its access key are created first, so a wrong secret is refused as AWS would refuse it).
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+    pub key_id: String,
+    pub secret: String,
+}
+
+/// boto3 against the server: argv = endpoint, key id, secret, then the command's own arguments.
+const S3_CLIENT: &str = r#"
+import boto3, json, sys
+endpoint, key, secret, cmd, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+s3 = boto3.client('s3', endpoint_url=endpoint, region_name='us-east-1', aws_access_key_id=key, aws_secret_access_key=secret)
+if cmd == 'iam':
+    iam = boto3.client('iam', endpoint_url=endpoint, region_name='us-east-1', aws_access_key_id='setup', aws_secret_access_key='setup')
+    iam.create_user(UserName='flowrun')
+    policy = {'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Action': '*', 'Resource': '*'}]}
+    iam.put_user_policy(UserName='flowrun', PolicyName='all', PolicyDocument=json.dumps(policy))
+    k = iam.create_access_key(UserName='flowrun')['AccessKey']
+    print(json.dumps([k['AccessKeyId'], k['SecretAccessKey']]))
+elif cmd == 'mb':
+    s3.create_bucket(Bucket=args[0]); print('{}')
+elif cmd == 'ls':
+    out = {}
+    for page in s3.get_paginator('list_objects_v2').paginate(Bucket=args[0], Prefix=args[1]):
+        for o in page.get('Contents', []):
+            out[o['Key']] = o['Size']
+    print(json.dumps(out))
+elif cmd == 'put':
+    s3.put_object(Bucket=args[0], Key=args[1], Body=open(args[2], 'rb').read()); print('{}')
+"#;
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let port = free_port();
+        let child = Command::new(python())
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            // the three setup calls (user, policy, key) go without authentication, everything after needs it
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto.server starts");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(60), "moto.server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut s = S3Server { child, port, key_id: "setup".into(), secret: "setup".into() };
+        let key = s.client("iam", &[]);
+        s.key_id = key[0].as_str().unwrap().to_string();
+        s.secret = key[1].as_str().unwrap().to_string();
+        s
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The standard AWS variables a flowrun process reaches this server with.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", self.key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    fn client(&self, cmd: &str, args: &[&str]) -> serde_json::Value {
+        let endpoint = self.endpoint();
+        let mut argv = vec![endpoint.as_str(), self.key_id.as_str(), self.secret.as_str(), cmd];
+        argv.extend_from_slice(args);
+        python_json(S3_CLIENT, &argv)
+    }
+
+    pub fn create_bucket(&self, name: &str) {
+        self.client("mb", &[name]);
+    }
+
+    /// Key -> size of the objects under `prefix`.
+    pub fn list(&self, bucket: &str, prefix: &str) -> std::collections::BTreeMap<String, u64> {
+        serde_json::from_value(self.client("ls", &[bucket, prefix])).unwrap()
+    }
+
+    /// Replaces the object at `key` with the bytes of `file`.
+    pub fn put(&self, bucket: &str, key: &str, file: &Path) {
+        self.client("put", &[bucket, key, &file.display().to_string()]);
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
