@@ -47,3 +47,7 @@ lint:
 # what CI runs
 ci:
     .ci/run
+
+# past one machine on loopback S3 (moto): remote-cache rerun, 1/2/4 workers on N synthetic rows, DuckLake on S3
+bench-remote N="400000":
+    cargo run --release --bin bench -- remote --sizes {{N}}

@@ -49,23 +49,44 @@ fn polygon(rng: &mut Rng) -> (f64, f64, Vec<(f64, f64)>) {
     (cx, cy, ring)
 }
 
-/// Writes `<mirror>/synthetic_a/pv.geojson` and `<mirror>/synthetic_b/pv.geojson` with `n` polygons in all.
-pub fn write_mirror(mirror: &Path, n: usize, seed: u64) -> Result<()> {
+/// The dataset keys of a synthetic mirror of `datasets` datasets: `synthetic_a`, `synthetic_b`, ...
+pub fn dataset_names(datasets: usize) -> Vec<String> {
+    (0..datasets.clamp(1, 26)).map(|i| format!("synthetic_{}", (b'a' + i as u8) as char)).collect()
+}
+
+/// The `[config.manifest.*]` sections that describe a synthetic mirror of `datasets` datasets.
+pub fn manifest(datasets: usize) -> String {
+    dataset_names(datasets)
+        .iter()
+        .map(|name| {
+            format!(
+                "[config.manifest.{name}]\nrepository = \"direct\"\nsource = \"https://example.invalid/{name}\"\n\
+                 format = \"geojson\"\nid = \"fid\"\ncapacity = \"capacity_kw\"\ncapacity_factor = 0.001\n\n"
+            )
+        })
+        .collect()
+}
+
+/// Writes `<mirror>/<name>/pv.geojson` for the [`dataset_names`] of `datasets` (at most 26) datasets, with
+/// `n` polygons in all; every dataset after the first repeats, slightly shifted, a tenth of the first's.
+pub fn write_mirror(mirror: &Path, n: usize, datasets: usize, seed: u64) -> Result<()> {
     let mut rng = Rng(seed | 1);
     let mut shared = Vec::new();
-    for (name, count) in [("synthetic_a", n / 2), ("synthetic_b", n - n / 2)] {
+    let names = dataset_names(datasets);
+    let k = names.len();
+    for (d, name) in names.iter().enumerate() {
+        let count = if d + 1 == k { n - n / k * (k - 1) } else { n / k };
         let dir = mirror.join(name);
         std::fs::create_dir_all(&dir)?;
         let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(dir.join("pv.geojson"))?);
         writeln!(w, "{{\"type\":\"FeatureCollection\",\"features\":[")?;
         for i in 0..count {
-            // dataset b repeats ~10% of dataset a's polygons, slightly shifted
-            let ring = if name == "synthetic_b" && i < shared.len() {
+            let ring = if d > 0 && i < shared.len() {
                 let r: &Vec<(f64, f64)> = &shared[i];
                 r.iter().map(|(x, y)| (x + 0.00002, y + 0.00001)).collect()
             } else {
                 let (_, _, ring) = polygon(&mut rng);
-                if name == "synthetic_a" && i % 10 == 0 {
+                if d == 0 && i % 10 == 0 {
                     shared.push(ring.clone());
                 }
                 ring

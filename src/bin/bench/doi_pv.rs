@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Measured {
-    wall: Duration,
+pub(crate) struct Measured {
+    pub wall: Duration,
     peak_rss_mb: f64,
     stages: BTreeMap<String, f64>,
-    executed: usize,
+    pub executed: usize,
+    /// The run's `--json` report.
+    pub json: serde_json::Value,
 }
 
 fn flowrun_exe() -> PathBuf {
@@ -22,7 +24,7 @@ fn flowrun_exe() -> PathBuf {
     p
 }
 
-fn run(dir: &Path, args: &[&str]) -> Measured {
+pub(crate) fn run(dir: &Path, args: &[&str]) -> Measured {
     let started = Instant::now();
     let mut child = Command::new(flowrun_exe())
         .current_dir(dir)
@@ -65,10 +67,10 @@ fn run(dir: &Path, args: &[&str]) -> Measured {
         }
         *stages.entry(n["node"].as_str().unwrap().to_string()).or_insert(0.0) += n["duration"].as_f64().unwrap_or(0.0);
     }
-    Measured { wall, peak_rss_mb: peak_kb as f64 / 1024.0, stages, executed }
+    Measured { wall, peak_rss_mb: peak_kb as f64 / 1024.0, stages, executed, json }
 }
 
-fn print(label: &str, m: &Measured) {
+pub(crate) fn print(label: &str, m: &Measured) {
     println!(
         "{label:<34} {:>9.3} s  peak RSS {:>7.1} MB  {:>3} node runs executed",
         m.wall.as_secs_f64(),
@@ -86,7 +88,7 @@ fn print_stages(m: &Measured) {
 
 /// The repository's flow, copied under `<dir>/flows/` so its outputs land in `<dir>`; with `manifest`, the
 /// dataset manifest is replaced.
-fn flow_copy(dir: &Path, manifest: Option<&str>) {
+pub(crate) fn flow_copy(dir: &Path, manifest: Option<&str>) {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/doi_pv.toml")).unwrap();
     let text = match manifest {
         None => text,
@@ -124,14 +126,11 @@ pub fn run_all(sizes: &[usize]) {
         let dir = tempfile::tempdir().unwrap();
         let mirror = dir.path().join("mirror");
         let t = Instant::now();
-        flowrun_pv::synthetic::write_mirror(&mirror, n, 42).unwrap();
+        flowrun_pv::synthetic::write_mirror(&mirror, n, 2, 42).unwrap();
         std::os::unix::fs::symlink(shared.join("natural_earth_admin0"), mirror.join("natural_earth_admin0")).unwrap();
         let generated = t.elapsed();
-        let manifest = "[config.manifest.synthetic_a]\nrepository = \"direct\"\nsource = \"https://example.invalid/a\"\n\
-                        format = \"geojson\"\nid = \"fid\"\ncapacity = \"capacity_kw\"\ncapacity_factor = 0.001\n\n\
-                        [config.manifest.synthetic_b]\nrepository = \"direct\"\nsource = \"https://example.invalid/b\"\n\
-                        format = \"geojson\"\nid = \"fid\"\ncapacity = \"capacity_kw\"\ncapacity_factor = 0.001\n";
-        flow_copy(dir.path(), Some(manifest));
+        let manifest = flowrun_pv::synthetic::manifest(2);
+        flow_copy(dir.path(), Some(&manifest));
         let mirror_s = mirror.display().to_string();
         let m = run(dir.path(), &["flows/doi_pv.toml", "--mirror", &mirror_s]);
         print(&format!("synthetic {n} polygons: cold run"), &m);

@@ -85,6 +85,25 @@ fn dir_size(p: &std::path::Path) -> u64 {
     total
 }
 
+/// Seconds to write `table` as one new DuckLake table (catalog in `dir`, data files in `data`), one commit.
+pub fn ducklake_write(table: &Table, dir: &std::path::Path, data: flowrun_lake::DataPath) -> f64 {
+    let cfg = flowrun_lake::LakeConfig {
+        catalog: flowrun_lake::config::Catalog::DuckDb(dir.join("bench.ducklake")),
+        data_path: data,
+        exports: None,
+        storage: flowrun_storage::StorageConfig::from_table(None).unwrap(),
+        alias: "lake".into(),
+        extensions: flowrun_lake::extensions::ExtensionSources::from_env(),
+        retries: (10, 100, 1.5),
+    };
+    let duck = flowrun_lake::duck::Duck::in_memory().unwrap();
+    cfg.attach(&duck, false).unwrap();
+    let t = Instant::now();
+    duck.load_table("memory.main.stage", table).unwrap();
+    duck.execute("BEGIN; CREATE TABLE lake.main.polygons AS SELECT * FROM memory.main.stage; COMMIT").unwrap();
+    t.elapsed().as_secs_f64()
+}
+
 pub fn run(n: usize) {
     let t = Instant::now();
     let table = polygons(n);
@@ -100,21 +119,9 @@ pub fn run(n: usize) {
         )
     };
     // (a) DuckLake
-    let cfg = flowrun_lake::LakeConfig {
-        catalog: flowrun_lake::config::Catalog::DuckDb(dir.path().join("bench.ducklake")),
-        data_path: flowrun_lake::DataPath::Local(dir.path().join("lake_data")),
-        exports: None,
-        storage: flowrun_storage::StorageConfig::from_table(None).unwrap(),
-        alias: "lake".into(),
-        extensions: flowrun_lake::extensions::ExtensionSources::from_env(),
-        retries: (10, 100, 1.5),
-    };
-    let duck = flowrun_lake::duck::Duck::in_memory().unwrap();
-    cfg.attach(&duck, false).unwrap();
-    let t = Instant::now();
-    duck.load_table("memory.main.stage", &table).unwrap();
-    duck.execute("BEGIN; CREATE TABLE lake.main.polygons AS SELECT * FROM memory.main.stage; COMMIT").unwrap();
-    line("(a) Arrow -> DuckLake table", t.elapsed().as_secs_f64(), dir_size(&dir.path().join("lake_data")));
+    let data = dir.path().join("lake_data");
+    let secs = ducklake_write(&table, dir.path(), flowrun_lake::DataPath::Local(data.clone()));
+    line("(a) Arrow -> DuckLake table", secs, dir_size(&data));
     // (b) geoparquet crate
     let p = dir.path().join("b.parquet");
     let t = Instant::now();

@@ -5,6 +5,7 @@
 //! cargo run --release --bin bench -- engine --json     # the same, machine-readable (bench-vs-hamilton)
 //! cargo run --release --bin bench -- lake              # 1M polygons: DuckLake vs GeoParquet (crate) vs DuckDB COPY
 //! cargo run --release --bin bench -- doi-pv            # the PV flow: cold, cached, one parameter; synthetic 100K, 1M
+//! cargo run --release --bin bench -- remote            # loopback S3: remote-cache rerun, 1/2/4 workers, DuckLake on S3
 //! ```
 //! Every figure is a median of a few repetitions, measured in this process, side by side.
 
@@ -34,8 +35,9 @@ fn main() {
         },
         Some("lake") => lake::run(sizes.and_then(|s| s.first().copied()).unwrap_or(1_000_000)),
         Some("doi-pv") => doi_pv::run_all(&sizes.unwrap_or_else(|| vec![100_000, 1_000_000])),
+        Some("remote") => remote::run_all(sizes.and_then(|s| s.first().copied()).unwrap_or(400_000)),
         Some(other) => {
-            eprintln!("unknown benchmark `{other}`; benchmarks: engine, lake, doi-pv");
+            eprintln!("unknown benchmark `{other}`; benchmarks: engine, lake, doi-pv, remote");
             std::process::exit(2);
         }
     }
@@ -221,3 +223,4 @@ fn profile_phase(phase: &str, sizes: &[usize]) {
 
 mod doi_pv;
 mod lake;
+mod remote;
