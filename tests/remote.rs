@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Child;
 
-use crate::servers::{Postgres, S3Server};
+use crate::servers::{Postgres, S3Server, Slurm};
 use crate::util::{Out, Scratch, flowrun_extension_dir, free_port, pv_data, python_json};
 
 const BUCKET: &str = "lake-bucket";
@@ -378,6 +378,57 @@ fn workers_split_the_items_and_the_lake_gets_one_runs_rows() {
     let lake = read_lake(&format!("ducklake:postgres:{}", pg.conninfo()), "s3://lake-bucket/data/", Some(&s3));
     assert_eq!(lake["counts"]["main.pv"], 1363 + 3698, "{lake}");
     assert_eq!(lake["counts"]["main.pv_per_dataset"], 2);
+}
+
+/// The README's Slurm recipe, on a real one-node Slurm cluster: an array job of workers (each with its own
+/// cache directory, as on separate nodes), then the final run as a job that depends on the array.
+#[test]
+fn slurm_array_workers_then_a_dependent_final_job() {
+    let (s3, slurm) = (S3Server::start(), Slurm::start());
+    s3.create_bucket(BUCKET);
+    let m = machine(&remote_flow("slurm", "pv", "unused", BUCKET));
+    let exe = env!("CARGO_BIN_EXE_flowrun");
+    let remote = format!("s3://{BUCKET}/slurm-cache");
+    let sbatch = |args: &[&str], wrap: &str| -> String {
+        let out = slurm
+            .cmd("sbatch")
+            .args(["--parsable", "--chdir", &m.path().display().to_string()])
+            .args(args)
+            .args(["--wrap", wrap])
+            .envs(s3.env())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sbatch: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let workers = sbatch(
+        &["--array=0-1", "--output=worker-%a.json"],
+        &format!(
+            "{exe} --json --cache-dir cache-$SLURM_ARRAY_TASK_ID run flow.toml --remote-cache {remote} \
+             --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT"
+        ),
+    );
+    let last = sbatch(
+        &[&format!("--dependency=afterok:{workers}"), "--output=final.json"],
+        &format!("{exe} --json --cache-dir cache-final run flow.toml --remote-cache {remote}"),
+    );
+    let state = slurm.wait(&last, std::time::Duration::from_secs(180));
+    let report = |name: &str| -> Out {
+        let stdout = std::fs::read_to_string(m.path().join(name)).unwrap_or_default();
+        Out { code: 0, stdout, stderr: state.clone() }
+    };
+    assert!(state.contains("JobState=COMPLETED"), "{state}\n{}", report("final.json").stdout);
+    let (w0, w1, fin) = (report("worker-0.json"), report("worker-1.json"), report("final.json"));
+    assert!(ran(&w0).iter().any(|n| n.contains("[ind_pv_solar_farms_2022]")), "{}", w0.stdout);
+    assert!(ran(&w1).iter().any(|n| n.contains("[usa_uspvdb]")), "{}", w1.stdout);
+    assert!(!ran(&fin).iter().any(|n| n.contains('[')), "the final job computes no item: {:?}", ran(&fin));
+    let lake = read_lake(
+        &format!("ducklake:{}", m.path().join("lake.ducklake").display()),
+        &format!("{}/", m.path().join("lake_data").display()),
+        None,
+    );
+    assert_eq!(lake["counts"]["main.pv"], 1363 + 3698, "{lake}");
 }
 
 /// Two people run different flows into one lake (one PostgreSQL catalog, one bucket) at the same moment:

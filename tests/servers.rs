@@ -182,3 +182,119 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// A one-node Slurm cluster on loopback (Debian's `slurm-wlm`): munged, slurmctld and slurmd in the
+/// foreground on a temp dir and free ports, with a `slurm.conf` of its own (`SLURM_CONF`); stopped on drop.
+pub struct Slurm {
+    dir: tempfile::TempDir,
+    daemons: Vec<Child>,
+}
+
+impl Slurm {
+    pub fn start() -> Slurm {
+        assert!(
+            Path::new("/usr/sbin/slurmctld").exists() && Path::new("/usr/sbin/munged").exists(),
+            "Slurm is not installed (apt-get install slurm-wlm); .ci/run installs it"
+        );
+        let dir = tempfile::Builder::new().prefix("flowrun-slurm").tempdir_in("/tmp").unwrap();
+        let d = dir.path().display().to_string();
+        for sub in ["state", "spool", "munge"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        let key: Vec<u8> = (0..1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        std::fs::write(dir.path().join("munge/key"), key).unwrap();
+        std::fs::set_permissions(dir.path().join("munge/key"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout).unwrap();
+        let (user, host) = (whoami(), host.trim().to_string());
+        let conf = format!(
+            "ClusterName=flowrun\nSlurmctldHost={host}(127.0.0.1)\nSlurmctldPort={}\nSlurmdPort={}\n\
+             SlurmUser={user}\nSlurmdUser={user}\nAuthType=auth/munge\nAuthInfo=socket={d}/munge/sock\n\
+             CredType=cred/munge\nStateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool\n\
+             SlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/slurmd.pid\nSlurmctldLogFile={d}/slurmctld.log\n\
+             SlurmdLogFile={d}/slurmd.log\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n\
+             JobAcctGatherType=jobacct_gather/none\nAccountingStorageType=accounting_storage/none\n\
+             SchedulerType=sched/backfill\nSelectType=select/cons_tres\nSelectTypeParameters=CR_CPU\n\
+             MpiDefault=none\nReturnToService=2\nNodeName={host} NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN\n\
+             PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
+            free_port(),
+            free_port()
+        );
+        std::fs::write(dir.path().join("slurm.conf"), conf).unwrap();
+        let mut s = Slurm { dir, daemons: Vec::new() };
+        let munge = [
+            "-F".to_string(),
+            "-f".to_string(),
+            format!("--socket={d}/munge/sock"),
+            format!("--key-file={d}/munge/key"),
+            format!("--pid-file={d}/munge/pid"),
+            format!("--log-file={d}/munge/log"),
+            format!("--seed-file={d}/munge/seed"),
+        ];
+        s.daemon("/usr/sbin/munged", &munge.iter().map(String::as_str).collect::<Vec<_>>());
+        let started = Instant::now();
+        while !s.dir.path().join("munge/sock").exists() {
+            assert!(started.elapsed() < Duration::from_secs(20), "munged did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s.daemon("/usr/sbin/slurmctld", &["-D", "-i"]);
+        s.daemon("/usr/sbin/slurmd", &["-D"]);
+        // ready when the node is idle
+        let started = Instant::now();
+        loop {
+            let out = s.cmd("sinfo").args(["-h", "-o", "%T"]).output().unwrap();
+            if String::from_utf8_lossy(&out.stdout).trim() == "idle" {
+                break;
+            }
+            let log = std::fs::read_to_string(s.dir.path().join("slurmctld.log")).unwrap_or_default();
+            assert!(started.elapsed() < Duration::from_secs(60), "Slurm did not become ready:\n{log}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        s
+    }
+
+    fn daemon(&mut self, bin: &str, args: &[&str]) {
+        let child = Command::new(bin)
+            .args(args)
+            .env("SLURM_CONF", self.dir.path().join("slurm.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin} starts: {e}"));
+        self.daemons.push(child);
+    }
+
+    /// A Slurm client command (`sbatch`, `squeue`, ...) for this cluster.
+    pub fn cmd(&self, tool: &str) -> Command {
+        let mut c = Command::new(tool);
+        c.env("SLURM_CONF", self.dir.path().join("slurm.conf"));
+        c
+    }
+
+    /// Waits until job `id` (all its array tasks) left the queue; returns `scontrol show job`'s text.
+    pub fn wait(&self, id: &str, timeout: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            let out = self.cmd("squeue").args(["-h", "-j", id]).output().unwrap();
+            if out.status.success() && out.stdout.is_empty() {
+                break;
+            }
+            assert!(started.elapsed() < timeout, "Slurm job {id} did not finish in {timeout:?}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        String::from_utf8_lossy(&self.cmd("scontrol").args(["show", "job", id]).output().unwrap().stdout).into_owned()
+    }
+}
+
+fn whoami() -> String {
+    String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().to_string()
+}
+
+impl Drop for Slurm {
+    fn drop(&mut self) {
+        for d in self.daemons.iter_mut().rev() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+}
