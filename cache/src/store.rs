@@ -464,6 +464,17 @@ impl Store {
         Ok(Blob::Found(bytes))
     }
 
+    /// Forgets a result that cannot be used (its blob is gone, or does not decode as its type): the blob
+    /// and every entry pointing at it, so the nodes that made it run again instead of failing on it.
+    pub fn evict(&self, content: &Hash) -> Result<()> {
+        {
+            let mut pending = self.pending.lock().unwrap();
+            pending.entries.retain(|_, (e, _)| e.content != *content);
+            pending.inline.remove(content);
+        }
+        self.remove_blob(content)
+    }
+
     fn remove_blob(&self, content: &Hash) -> Result<()> {
         let path = self.object_path(content);
         match fs::remove_file(&path) {

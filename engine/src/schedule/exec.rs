@@ -532,6 +532,13 @@ impl<'p, 'f> Exec<'p, 'f> {
 
     /// A reused result cannot be read back: the run stops, and starts again without it.
     fn restart_without(&self, e: &LoadError) {
+        // a blob that is gone or does not decode is evicted with its entries: the next attempt (and every
+        // later run) computes it again instead of failing on it
+        if let (Some(store), LoadError::Missing(hex) | LoadError::Decode(hex, _)) = (&self.opts.store, e)
+            && let Ok(content) = blake3::Hash::from_hex(hex)
+        {
+            let _ = store.evict(&content);
+        }
         self.restart.lock().unwrap().get_or_insert(format!("{e}; running again without it"));
         self.abort.store(true, Ordering::Relaxed);
     }
