@@ -191,7 +191,13 @@ fn materialization_suite(catalog_in_flow: &str, python_attach: &str) {
     let lake = read_lake(python_attach, &data, &[v1]);
     assert_eq!(
         lake["tables"],
-        serde_json::json!(["main.flowrun_node_runs", "main.flowrun_runs", "main.pv", "stats.per_dataset"])
+        serde_json::json!([
+            "main.flowrun_materializations",
+            "main.flowrun_node_runs",
+            "main.flowrun_runs",
+            "main.pv",
+            "stats.per_dataset"
+        ])
     );
     // `consolidated` drops exact duplicates (same geometry): two USPVDB rows share a point
     let uspvdb = lake["uspvdb_distinct_points"].as_i64().unwrap();
@@ -231,9 +237,13 @@ fn materialization_suite(catalog_in_flow: &str, python_attach: &str) {
     // India and the US: west of -60 and east of 60, all in the northern hemisphere
     assert!(b[0] < -60.0 && b[2] > 60.0 && b[1] > 0.0 && b[3] < 72.0, "{b:?}");
 
-    // an unchanged rerun writes no snapshot
+    // an unchanged rerun writes no snapshot; nor does one after `cache clear` (the lake's ledger knows)
     let again = s.run(&["--json", "run", "flow.toml"]).ok();
     assert!(again.json()["materialized"]["snapshot"].is_null(), "{}", again.stdout);
+    s.run(&["cache", "clear"]).ok();
+    let cleared = s.run(&["--json", "run", "flow.toml"]).ok();
+    assert!(!cleared.nodes("executed").is_empty());
+    assert!(cleared.json()["materialized"]["snapshot"].is_null(), "{}", cleared.stdout);
 
     // run 2: the mirror now holds only India -> a second snapshot; time travel still sees run 1
     let only_india = mirror(&s, "mirror2", &["ind_pv_solar_farms_2022"]);
@@ -342,6 +352,47 @@ fn extensions_are_provisioned_from_an_empty_cache() {
     let installed = home.path().join(".duckdb/extensions/v1.5.5/linux_amd64/ducklake.duckdb_extension");
     assert!(cached.is_file() || installed.is_file(), "ducklake was provisioned under the fresh HOME");
     assert!(out.json()["materialized"]["snapshot"].as_i64().is_some());
+}
+
+/// `append` through the lake's ledger: the same rows are appended once, whatever the local cache knows
+/// (cleared, or another working directory); new rows are appended.
+#[test]
+fn append_is_idempotent_across_caches_and_directories() {
+    let catalog_dir = tempfile::tempdir().unwrap();
+    let catalog = catalog_dir.path().join("lake.ducklake");
+    let data = catalog_dir.path().join("data");
+    let flow = lake_flow(&catalog.display().to_string(), &data.display().to_string()).replace(
+        "[materialize.pv_parquet]",
+        "[materialize.history]\nnode = \"per_dataset\"\nkind = \"ducklake\"\ntable = \"history\"\nmode = \"append\"\n\n[materialize.pv_parquet]",
+    );
+    let count = || -> i64 {
+        let q = "import duckdb, os, sys\ncon = duckdb.connect()\ncon.execute(f\"LOAD '{os.path.join(sys.argv[3], 'ducklake.duckdb_extension')}'\")\n\
+                 con.execute(f\"ATTACH 'ducklake:{sys.argv[1]}' AS lake (DATA_PATH '{sys.argv[2]}', READ_ONLY)\")\n\
+                 print(con.execute('SELECT count(*) FROM lake.main.history').fetchall()[0][0])";
+        let ext = flowrun_extension_dir().display().to_string();
+        python_json(q, &[&catalog.display().to_string(), &format!("{}/", data.display()), &ext]).as_i64().unwrap()
+    };
+    let a = scratch_with_mirror(&["ind_pv_solar_farms_2022", "usa_uspvdb"]);
+    a.write("flow.toml", &flow);
+    a.run(&["run", "flow.toml"]).ok();
+    assert_eq!(count(), 2);
+    a.run(&["cache", "clear"]).ok();
+    a.run(&["run", "flow.toml"]).ok();
+    assert_eq!(count(), 2, "the same rows are not appended again after `cache clear`");
+    let b = scratch_with_mirror(&["ind_pv_solar_farms_2022", "usa_uspvdb"]);
+    b.write("flow.toml", &flow);
+    let other = b.run(&["--json", "run", "flow.toml"]).ok();
+    assert_eq!(count(), 2, "nor from another working directory: {}", other.stdout);
+    let india = b
+        .run(&[
+            "--json",
+            "run",
+            "flow.toml",
+            "--mirror",
+            &mirror(&b, "india", &["ind_pv_solar_farms_2022"]).display().to_string(),
+        ])
+        .ok();
+    assert_eq!(count(), 3, "new rows are appended: {}", india.stdout);
 }
 
 #[test]

@@ -148,7 +148,8 @@ counts = {f'{s}.{t}': q(f'SELECT count(*) FROM lake.{s}.{t}')[0][0] for s, t in 
 text = lambda t: q(f'SELECT COLUMNS(*)::VARCHAR FROM {t}')
 history = [text('lake.main.flowrun_runs'), text('lake.main.flowrun_node_runs'), text('lake.snapshots()')]
 files = q("SELECT data_file FROM ducklake_list_files('lake', 'pv')") if 'main.pv' in counts else []
-print(json.dumps({'counts': counts, 'history': json.dumps(history, default=str),
+runs = q('SELECT run_id, snapshot_id FROM lake.main.flowrun_runs ORDER BY 2') if 'main.flowrun_runs' in counts else []
+print(json.dumps({'counts': counts, 'history': json.dumps(history, default=str), 'runs': runs,
                   'files': [f[0] for f in files], 'snapshots': len(history[2])}))
 "#;
 
@@ -447,14 +448,22 @@ fn two_flows_commit_into_one_lake_at_once() {
         .iter()
         .map(|m| spawn_on(m, &s3, &["--json", "run", "flow.toml", "--target", "prod"]))
         .collect();
-    for out in runs.into_iter().map(finish) {
-        let out = out.ok();
-        assert!(out.json()["materialized"]["snapshot"].is_i64(), "{}", out.stdout);
-    }
+    // each run's history holds the snapshot it actually committed (not the one it saw next when it began)
+    let mut committed: Vec<(String, i64)> = runs
+        .into_iter()
+        .map(|c| {
+            let out = finish(c).ok();
+            let snapshot = out.json()["materialized"]["snapshot"].as_i64();
+            (out.json()["run_id"].as_str().unwrap().to_string(), snapshot.expect("a snapshot"))
+        })
+        .collect();
+    committed.sort_by_key(|(_, s)| *s);
+    assert_ne!(committed[0].1, committed[1].1);
     let lake = read_lake(&format!("ducklake:postgres:{}", pg.conninfo()), "s3://lake-bucket/data/", Some(&s3));
     assert_eq!(lake["counts"]["main.pv_first"], 1363 + 3698, "{lake}");
     assert_eq!(lake["counts"]["main.pv_second"], 1363 + 3698, "{lake}");
     assert_eq!(lake["counts"]["main.flowrun_runs"], 2, "{lake}");
+    assert_eq!(lake["runs"], serde_json::json!(committed), "{lake}");
 }
 
 /// What cannot work says so, names the target and what failed (exit 3), keeps the node results, and a rerun

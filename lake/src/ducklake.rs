@@ -9,9 +9,11 @@
 //! - **merge**: the same schema evolution, then `MERGE INTO ... ON (key columns)`: matching rows are
 //!   updated, new rows inserted. The key must be unique in the node's result.
 //!
-//! The run's records are appended to `flowrun_runs` and `flowrun_node_runs` in the same transaction, and
-//! the commit message names the flow and the run id. Any error rolls the transaction back: the lake stays
-//! at its previous snapshot.
+//! The run's records are appended to `flowrun_runs` and `flowrun_node_runs` in the same transaction, with
+//! the lake's ledger `flowrun_materializations` (destination, mode, value identity, rows, run id): what the
+//! lake holds, whichever machine, directory or cache wrote it (see [`already_written`]). The commit
+//! message names the flow and the run id. Any error rolls the transaction back: the lake stays at its
+//! previous snapshot. Every row's snapshot is DuckLake's virtual `snapshot_id` column.
 
 use anyhow::{Context, Result, bail};
 use flowrun_engine::Table;
@@ -46,12 +48,14 @@ pub struct LakeTarget<V = Table> {
     pub mode: Mode,
     /// The rows (`()` while it is not known yet whether the target changed).
     pub value: V,
+    /// The rows' identity (hex), recorded in the lake's ledger.
+    pub identity: String,
 }
 
 /// What a lake write did.
 #[derive(Debug, Clone, Serialize)]
 pub struct LakeWrite {
-    /// The snapshot the run committed.
+    /// The snapshot the run committed (read back after the commit).
     pub snapshot: i64,
     /// `schema.table` and rows, per target.
     pub tables: Vec<(String, u64)>,
@@ -215,20 +219,34 @@ fn commit_message(flow: &str, report: &RunReport) -> String {
     }
 }
 
-fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport, snapshot: i64) -> Result<()> {
+/// Appends the run to `flowrun_runs` and its node runs to `flowrun_node_runs`. Which snapshot a row belongs
+/// to is DuckLake's own virtual column `snapshot_id` (the snapshot that inserted it): the one that was
+/// actually committed, even when a concurrent writer took the id this transaction saw next. Lakes written
+/// by earlier versions kept a predicted id in a real `snapshot_id` column: it is dropped, and the virtual
+/// column (the same numbers, or the right ones) shows through.
+fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport) -> Result<()> {
     let l = quoted(lake, "lake alias")?;
     duck.execute(&format!(
         "CREATE TABLE IF NOT EXISTS {l}.main.flowrun_runs (run_id VARCHAR, flow VARCHAR, flow_path VARCHAR, \
            started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, status VARCHAR, nodes BIGINT, executed BIGINT, \
-           reused BIGINT, failed BIGINT, skipped BIGINT, jobs BIGINT, snapshot_id BIGINT);
+           reused BIGINT, failed BIGINT, skipped BIGINT, jobs BIGINT);
          CREATE TABLE IF NOT EXISTS {l}.main.flowrun_node_runs (run_id VARCHAR, node VARCHAR, status VARCHAR, \
-           cached BOOLEAN, duration_ms DOUBLE, rows BIGINT, cache_key VARCHAR, input_keys VARCHAR, error VARCHAR, \
-           snapshot_id BIGINT);"
+           cached BOOLEAN, duration_ms DOUBLE, rows BIGINT, cache_key VARCHAR, input_keys VARCHAR, error VARCHAR);"
     ))?;
+    for table in ["flowrun_runs", "flowrun_node_runs"] {
+        let stored: i64 = duck.scalar(&format!(
+            "SELECT count(*) FROM duckdb_columns() WHERE database_name = {} AND schema_name = 'main' \
+             AND table_name = '{table}' AND column_name = 'snapshot_id'",
+            literal(lake)
+        ))?;
+        if stored > 0 {
+            duck.execute(&format!("ALTER TABLE {l}.main.{table} DROP COLUMN snapshot_id"))?;
+        }
+    }
     let r = run_record(report, flow_path);
     duck.execute(&format!(
         "INSERT INTO {l}.main.flowrun_runs VALUES ({}, {}, {}, to_timestamp({}::BIGINT / 1000.0), \
-         to_timestamp({}::BIGINT / 1000.0), {}, {}, {}, {}, {}, {}, {}, {snapshot})",
+         to_timestamp({}::BIGINT / 1000.0), {}, {}, {}, {}, {}, {}, {})",
         literal(&r.run_id),
         literal(&r.flow),
         literal(&r.flow_path),
@@ -243,9 +261,61 @@ fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport, snapsho
         r.jobs
     ))?;
     // node records were staged before the transaction (see `stage_node_runs`)
+    duck.execute(&format!("INSERT INTO {l}.main.flowrun_node_runs SELECT * FROM memory.main.__flowrun_node_runs"))
+}
+
+/// Whether the lake's ledger (`flowrun_materializations`) shows `identity` already in `destination`
+/// (`schema.table`): for `replace` and `merge`, as the last value written there; for `append`, as any value
+/// appended there (so appending is idempotent: a rerun after `cache clear`, from another directory or
+/// machine, adds nothing twice). A lake without a ledger has seen nothing.
+pub fn already_written(duck: &Duck, lake: &str, destination: &str, mode: &Mode, identity: &str) -> Result<bool> {
+    let l = quoted(lake, "lake alias")?;
+    let has_ledger: i64 = duck.scalar(&format!(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = {} AND schema_name = 'main' \
+         AND table_name = 'flowrun_materializations'",
+        literal(lake)
+    ))?;
+    if has_ledger == 0 {
+        return Ok(false);
+    }
+    let (dest, id) = (literal(destination), literal(identity));
+    let sql = match mode {
+        Mode::Append => {
+            format!(
+                "SELECT count(*) FROM {l}.main.flowrun_materializations WHERE destination = {dest} AND identity = {id}"
+            )
+        }
+        Mode::Replace | Mode::Merge(_) => format!(
+            "SELECT count(*) FROM (SELECT identity FROM {l}.main.flowrun_materializations WHERE destination = {dest} \
+             ORDER BY snapshot_id DESC LIMIT 1) WHERE identity = {id}"
+        ),
+    };
+    Ok(duck.scalar::<i64>(&sql)? > 0)
+}
+
+/// Records what this transaction writes in the ledger [`already_written`] reads.
+fn ledger(duck: &Duck, lake: &str, targets: &[LakeTarget], report: &RunReport) -> Result<()> {
+    let l = quoted(lake, "lake alias")?;
     duck.execute(&format!(
-        "INSERT INTO {l}.main.flowrun_node_runs SELECT *, {snapshot} FROM memory.main.__flowrun_node_runs"
-    ))
+        "CREATE TABLE IF NOT EXISTS {l}.main.flowrun_materializations (destination VARCHAR, mode VARCHAR, \
+           identity VARCHAR, rows BIGINT, run_id VARCHAR)"
+    ))?;
+    for t in targets {
+        let mode = match &t.mode {
+            Mode::Replace => "replace",
+            Mode::Append => "append",
+            Mode::Merge(_) => "merge",
+        };
+        duck.execute(&format!(
+            "INSERT INTO {l}.main.flowrun_materializations (destination, mode, identity, rows, run_id) \
+             VALUES ({}, '{mode}', {}, {}, {})",
+            literal(&format!("{}.{}", t.schema, t.table)),
+            literal(&t.identity),
+            t.value.num_rows(),
+            literal(&report.run_id)
+        ))?;
+    }
+    Ok(())
 }
 
 /// Copies the run's node records into DuckDB's memory as one Arrow table (not row by row). This happens
@@ -308,15 +378,14 @@ pub fn write(
         match transaction(duck, alias, targets, flow, flow_path, report) {
             Ok(mut w) => match duck.execute("COMMIT") {
                 Ok(()) => {
-                    // a concurrent writer may have taken the predicted snapshot id: report the real one
-                    let sql = format!(
-                        "SELECT snapshot_id FROM {}.snapshots() WHERE commit_message = {} ORDER BY snapshot_id DESC LIMIT 1",
-                        quoted(alias, "lake alias")?,
-                        literal(&commit_message(flow, report))
-                    );
-                    if let Ok(id) = duck.scalar::<i64>(&sql) {
-                        w.snapshot = id;
-                    }
+                    // the snapshot that was committed (a concurrent writer may have taken the next id)
+                    w.snapshot = duck
+                        .scalar(&format!(
+                            "SELECT max(snapshot_id) FROM {}.main.flowrun_runs WHERE run_id = {}",
+                            quoted(alias, "lake alias")?,
+                            literal(&report.run_id)
+                        ))
+                        .context("reading back the committed snapshot")?;
                     return Ok(w);
                 }
                 Err(e) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
@@ -347,21 +416,20 @@ fn transaction(
     report: &RunReport,
 ) -> Result<LakeWrite> {
     duck.execute("BEGIN TRANSACTION")?;
-    let current: i64 = duck.scalar(&format!("SELECT id FROM {}.current_snapshot()", quoted(alias, "lake alias")?))?;
-    let snapshot = current + 1;
     let mut tables = Vec::new();
     for (i, t) in targets.iter().enumerate() {
         write_target(duck, alias, t, &format!("__stage_{i}"))
             .with_context(|| format!("materialization `{}` (lake table {}.{})", t.section, t.schema, t.table))?;
         tables.push((format!("{}.{}", t.schema, t.table), t.value.num_rows() as u64));
     }
-    history(duck, alias, flow_path, report, snapshot).context("recording the run in flowrun_runs")?;
+    history(duck, alias, flow_path, report).context("recording the run in flowrun_runs")?;
+    ledger(duck, alias, targets, report).context("recording the run in flowrun_materializations")?;
     duck.execute(&format!(
         "CALL {}.set_commit_message('flowrun', {})",
         quoted(alias, "lake alias")?,
         literal(&commit_message(flow, report))
     ))?;
-    Ok(LakeWrite { snapshot, tables })
+    Ok(LakeWrite { snapshot: 0, tables })
 }
 
 #[cfg(test)]

@@ -399,6 +399,7 @@ pub fn materialize(
                         table,
                         mode: mode.clone(),
                         value: (),
+                        identity: identity.to_hex().to_string(),
                     };
                     lake_targets.push((t, o, where_, identity));
                 }
@@ -457,40 +458,47 @@ pub fn materialize(
             status: "unchanged".into(),
         });
     }
-    let changed = changed
-        .into_iter()
-        .map(|(t, o, where_, identity)| {
-            let value = table_of(o, &t.section)?;
-            let LakeTarget { section, schema, table, mode, .. } = t;
-            Ok((LakeTarget { section, schema, table, mode, value }, where_, identity))
-        })
-        .collect::<Result<Vec<_>>>()?;
     if !changed.is_empty() {
         let lake = lake.ok_or_else(|| anyhow!("DuckLake materializations need a [lake] section"))?;
         let duck = Duck::in_memory()?;
         lake.attach(&duck, false)?;
-        let targets: Vec<LakeTarget> = changed
-            .iter()
-            .map(|(t, _, _)| LakeTarget {
-                section: t.section.clone(),
-                schema: t.schema.clone(),
-                table: t.table.clone(),
-                mode: t.mode.clone(),
-                value: t.value.clone(),
-            })
-            .collect();
-        let written = ducklake::write(&duck, lake, &targets, &flow.name, flow_path, report)?;
-        out.snapshot = Some(written.snapshot);
-        for (t, where_, identity) in &changed {
-            out.targets.push(TargetReport {
-                section: t.section.clone(),
-                kind: "ducklake".into(),
-                destination: format!("{}.{}", t.schema, t.table),
-                rows: t.value.num_rows() as u64,
-                status: format!("written, snapshot {}", written.snapshot),
-            });
-            if let Some(s) = store {
-                s.set_state(&state_key("ducklake", where_), &identity.to_hex())?;
+        // the lake's own ledger answers for what another machine, working directory or a cleared cache wrote
+        let mut targets = Vec::new();
+        let mut places = Vec::new();
+        for (t, o, where_, _) in changed {
+            let destination = format!("{}.{}", t.schema, t.table);
+            if ducklake::already_written(&duck, &lake.alias, &destination, &t.mode, &t.identity)? {
+                if let Some(s) = store {
+                    s.set_state(&state_key("ducklake", &where_), &t.identity)?;
+                }
+                out.targets.push(TargetReport {
+                    section: t.section,
+                    kind: "ducklake".into(),
+                    destination,
+                    rows: rows_of(o),
+                    status: "unchanged".into(),
+                });
+                continue;
+            }
+            let value = table_of(o, &t.section)?;
+            let LakeTarget { section, schema, table, mode, identity, .. } = t;
+            targets.push(LakeTarget { section, schema, table, mode, value, identity });
+            places.push(where_);
+        }
+        if !targets.is_empty() {
+            let written = ducklake::write(&duck, lake, &targets, &flow.name, flow_path, report)?;
+            out.snapshot = Some(written.snapshot);
+            for (t, where_) in targets.iter().zip(&places) {
+                out.targets.push(TargetReport {
+                    section: t.section.clone(),
+                    kind: "ducklake".into(),
+                    destination: format!("{}.{}", t.schema, t.table),
+                    rows: t.value.num_rows() as u64,
+                    status: format!("written, snapshot {}", written.snapshot),
+                });
+                if let Some(s) = store {
+                    s.set_state(&state_key("ducklake", where_), &t.identity)?;
+                }
             }
         }
     }
