@@ -281,6 +281,70 @@ fn prod_target_writes_postgres_and_s3_and_a_second_machine_runs_nothing() {
     }
 }
 
+/// The "done when": `flows/doi_pv.toml --target prod` against S3 and PostgreSQL on loopback, its
+/// datasets from an S3 mirror, and stock DuckDB reads the same tables as from the local target.
+#[test]
+fn doi_pv_prod_target_holds_what_the_local_target_holds() {
+    let (s3, pg) = (S3Server::start(), Postgres::start());
+    s3.create_bucket("doi-pv");
+    pg.createdb("doi_pv");
+    assert!(s3.upload("doi-pv", "mirror", &pv_data()) > 10);
+    let m = Scratch::new();
+    let flow = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/doi_pv.toml")).unwrap();
+    m.write("flows/doi_pv.toml", &flow);
+    let pg_env = [("PGHOST", "127.0.0.1".to_string()), ("PGPORT", pg.port.to_string()), ("PGUSER", "postgres".into())];
+    let mut env = s3.env();
+    env.extend(pg_env);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mirror = pv_data().display().to_string();
+
+    let local = m.run_env(&["--json", "run", "flows/doi_pv.toml", "--mirror", &mirror], &env).ok();
+    let prod_args = ["--json", "run", "flows/doi_pv.toml", "--target", "prod", "--mirror", "s3://doi-pv/mirror"];
+    let prod = m.run_env(&prod_args, &env).ok();
+    assert_eq!(prod.json()["outputs"], local.json()["outputs"], "the same results from the S3 mirror");
+    let local_lake = read_lake(
+        &format!("ducklake:{}", m.path().join(".flowrun/lake/doi_pv.ducklake").display()),
+        &format!("{}/", m.path().join(".flowrun/lake/doi_pv_data").display()),
+        None,
+    );
+    let prod_lake = read_lake(
+        &format!("ducklake:postgres:dbname=doi_pv host=127.0.0.1 port={} user=postgres", pg.port),
+        "s3://doi-pv/lake/",
+        Some(&s3),
+    );
+    assert_eq!(prod_lake["counts"], local_lake["counts"]);
+    assert!(prod_lake["counts"]["prepared.prepared_pv_dedup"].as_i64().unwrap() > 20_000, "{prod_lake}");
+    let gp = python_json(
+        READ_S3_GEOPARQUET,
+        &[&s3.port.to_string(), &s3.key_id, &s3.secret, "doi-pv/exports/prepared_pv_dedup.parquet"],
+    );
+    assert_eq!(gp["rows"], prod_lake["counts"]["prepared.prepared_pv_dedup"]);
+
+    // a rerun writes nothing: neither a snapshot nor the GeoParquet object again
+    let again = m.run_env(&prod_args, &env).ok();
+    assert!(again.json()["materialized"]["snapshot"].is_null(), "{}", again.stdout);
+    let report = again.json();
+    let statuses: Vec<&str> =
+        report["materialized"]["targets"].as_array().unwrap().iter().map(|t| t["status"].as_str().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == "unchanged"), "{statuses:?}");
+
+    // explain on a machine with an empty cache reads the remote cache and changes nothing, here or there
+    let fresh = Scratch::new();
+    fresh.write("flows/doi_pv.toml", &flow);
+    let before = s3.list("doi-pv", "cache/");
+    let explained = fresh
+        .run_env(
+            &["--json", "explain", "flows/doi_pv.toml", "--target", "prod", "--mirror", "s3://doi-pv/mirror"],
+            &env,
+        )
+        .ok();
+    assert!(explained.json()["counts"]["would_reuse"].as_i64().unwrap() > 0, "{}", explained.stdout);
+    assert_eq!(s3.list("doi-pv", "cache/"), before, "explain put nothing in the remote cache");
+    let blobs = before.keys().filter(|k| k.starts_with("cache/blobs/")).count();
+    let fetched = files_under(&fresh.path().join(".flowrun/cache/objects")).len();
+    assert!(fetched < blobs / 2, "explain fetches only the values it reads ({fetched} of {blobs})");
+}
+
 #[test]
 fn remote_cache_faults_are_warnings_and_nothing_corrupt_is_served() {
     let s3 = S3Server::start();
@@ -319,6 +383,16 @@ fn remote_cache_faults_are_warnings_and_nothing_corrupt_is_served() {
         .run_env(&args, &[("AWS_ENDPOINT_URL", &nowhere), ("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")])
         .ok();
     assert_eq!(ran(&down), ran(&first));
+    // a worker whose remote cache failed has not shared its items: that is its failure (exit 3, and
+    // `--json` says so on stdout)
+    let worker_args = [&args[..], &["--shard", "0/2"]].concat();
+    let worker = d.run_env(
+        &worker_args,
+        &[("AWS_ENDPOINT_URL", &nowhere), ("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")],
+    );
+    assert_eq!(worker.code, 3, "{}\n{}", worker.stdout, worker.stderr);
+    assert!(worker.stderr.contains("--shard: the remote cache failed"), "{}", worker.stderr);
+    assert_eq!(worker.json()["status"], "error", "{}", worker.stdout);
     assert!(down.stdout.contains("the remote cache s3://lake-bucket/shared failed"), "{}", down.stdout);
     assert!(down.stdout.contains("cannot reach"), "{}", down.stdout);
     let e = Scratch::new();

@@ -34,7 +34,7 @@ impl Postgres {
         let pg = Postgres { port: free_port(), dir };
         pg.pg("initdb", &["-D", &pg.data(), "-A", "trust", "-U", "postgres", "--no-sync"]);
         pg.start_again();
-        pg.pg("createdb", &["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "lake"]);
+        pg.createdb("lake");
         pg
     }
 
@@ -69,6 +69,11 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Creates database `name` on this server.
+    pub fn createdb(&self, name: &str) {
+        self.pg("createdb", &["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", name]);
     }
 
     pub fn conninfo(&self) -> String {
@@ -115,6 +120,15 @@ elif cmd == 'ls':
     print(json.dumps(out))
 elif cmd == 'put':
     s3.put_object(Bucket=args[0], Key=args[1], Body=open(args[2], 'rb').read()); print('{}')
+elif cmd == 'upload':
+    import os
+    bucket, prefix, root = args
+    n = 0
+    for d, _, files in os.walk(root, followlinks=True):
+        for f in files:
+            path = os.path.join(d, f)
+            s3.upload_file(path, bucket, prefix + '/' + os.path.relpath(path, root)); n += 1
+    print(n)
 "#;
 
 impl S3Server {
@@ -168,6 +182,11 @@ impl S3Server {
     /// Key -> size of the objects under `prefix`.
     pub fn list(&self, bucket: &str, prefix: &str) -> std::collections::BTreeMap<String, u64> {
         serde_json::from_value(self.client("ls", &[bucket, prefix])).unwrap()
+    }
+
+    /// Uploads every file under `dir` (following symlinks) to `prefix/<path under dir>`; returns how many.
+    pub fn upload(&self, bucket: &str, prefix: &str, dir: &Path) -> u64 {
+        self.client("upload", &[bucket, prefix, &dir.display().to_string()]).as_u64().unwrap()
     }
 
     /// Replaces the object at `key` with the bytes of `file`.

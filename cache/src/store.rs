@@ -223,6 +223,8 @@ pub struct Store {
     remote: Mutex<Option<Arc<dyn Remote>>>,
     /// What the remote did that a run should say: its first failure, corrupt blobs.
     remote_warnings: Mutex<Vec<String>>,
+    /// Only look the remote up (`explain`): no blob is fetched, nothing is put.
+    remote_read_only: bool,
 }
 
 impl Store {
@@ -248,6 +250,7 @@ impl Store {
             inline_limit,
             remote: Mutex::new(None),
             remote_warnings: Mutex::new(Vec::new()),
+            remote_read_only: false,
         })
     }
 
@@ -255,6 +258,18 @@ impl Store {
     pub fn with_remote(self, remote: Arc<dyn Remote>) -> Store {
         *self.remote.lock().unwrap() = Some(remote);
         self
+    }
+
+    /// This cache, looking `remote` up without changing anything (for `explain`): a remote entry counts as
+    /// a hit without its blob being fetched, and nothing is put remotely.
+    pub fn with_remote_read_only(mut self, remote: Arc<dyn Remote>) -> Store {
+        self.remote_read_only = true;
+        self.with_remote(remote)
+    }
+
+    /// Whether a remote is still in use (none was given, or it failed and was dropped: `false`).
+    pub fn has_remote(&self) -> bool {
+        self.remote().is_some()
     }
 
     /// What the remote cache did that the run should report (taken: each is reported once).
@@ -285,6 +300,15 @@ impl Store {
     /// Step 1 of read-through: the remote entry for `key`, its blob checked and copied into this cache.
     fn lookup_remote(&self, key: &Key) -> Option<Entry> {
         let remote = self.remote()?;
+        if self.remote_read_only {
+            return match remote.get(&remote::key_path(key)) {
+                Ok(record) => record.as_deref().and_then(remote::decode),
+                Err(e) => {
+                    self.remote_failed(remote.as_ref(), e);
+                    None
+                }
+            };
+        }
         let fetched = (|| -> Result<Option<(Entry, Vec<u8>)>, String> {
             let Some(record) = remote.get(&remote::key_path(key))? else { return Ok(None) };
             let Some(entry) = remote::decode(&record) else { return Ok(None) };
@@ -294,6 +318,7 @@ impl Store {
         match fetched {
             Ok(Some((entry, bytes))) if blake3::hash(&bytes) == entry.content => {
                 self.put_blob(entry.content, &bytes).ok()?;
+                self.mark_shared(remote.as_ref(), key);
                 self.pending.lock().unwrap().entries.insert(*key, (entry.clone(), now_ms()));
                 Some(entry)
             }
@@ -316,13 +341,23 @@ impl Store {
 
     /// Write-through: the blob, then the entry that points at it.
     fn put_remote(&self, key: &Key, entry: &Entry, bytes: &[u8]) {
-        let Some(remote) = self.remote() else { return };
+        let Some(remote) = self.remote().filter(|_| !self.remote_read_only) else { return };
         let done = remote
             .put(&remote::blob_path(&entry.content), bytes)
             .and_then(|()| remote.put(&remote::key_path(key), &remote::encode(entry)));
-        if let Err(e) = done {
-            self.remote_failed(remote.as_ref(), e);
+        match done {
+            Ok(()) => self.mark_shared(remote.as_ref(), key),
+            Err(e) => self.remote_failed(remote.as_ref(), e),
         }
+    }
+
+    /// Where this cache notes that `remote` holds `key` (so a later hit does not ask it again).
+    fn shared_state(remote: &dyn Remote, key: &Key) -> String {
+        format!("shared {} {}", remote.describe(), key.to_hex())
+    }
+
+    fn mark_shared(&self, remote: &dyn Remote, key: &Key) {
+        let _ = self.set_state(&Self::shared_state(remote, key), "1");
     }
 
     /// The cache directory.
@@ -378,9 +413,12 @@ impl Store {
     /// one small read per hit checks. [`Store::lookup`] does it; a caller that found `entry` by other means
     /// calls it.
     pub fn share(&self, key: &Key, entry: &Entry) {
-        let Some(remote) = self.remote() else { return };
+        let Some(remote) = self.remote().filter(|_| !self.remote_read_only) else { return };
+        if self.state(&Self::shared_state(remote.as_ref(), key)).ok().flatten().is_some() {
+            return;
+        }
         match remote.get(&remote::key_path(key)) {
-            Ok(Some(_)) => {}
+            Ok(Some(_)) => self.mark_shared(remote.as_ref(), key),
             Ok(None) => {
                 if let Ok(Blob::Found(bytes)) = self.blob(&entry.content) {
                     self.put_remote(key, entry, &bytes);
@@ -452,7 +490,7 @@ impl Store {
                 let path = self.object_path(content);
                 match fs::read(&path) {
                     Ok(bytes) => bytes,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Blob::Missing),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self.blob_from_remote(content)),
                     Err(source) => return Err(CacheError::Io { path, source }),
                 }
             }
@@ -473,6 +511,23 @@ impl Store {
             pending.inline.remove(content);
         }
         self.remove_blob(content)
+    }
+
+    /// A read-only remote's hits come without their blobs (`explain` needs few values: a fan-out's items):
+    /// one is fetched, verified and kept here when it is read.
+    fn blob_from_remote(&self, content: &Hash) -> Blob {
+        let Some(remote) = self.remote().filter(|_| self.remote_read_only) else { return Blob::Missing };
+        match remote.get(&remote::blob_path(content)) {
+            Ok(Some(bytes)) if blake3::hash(&bytes) == *content && self.put_blob(*content, &bytes).is_ok() => {
+                Blob::Found(bytes)
+            }
+            Ok(Some(_)) => Blob::Corrupt,
+            Ok(None) => Blob::Missing,
+            Err(e) => {
+                self.remote_failed(remote.as_ref(), e);
+                Blob::Missing
+            }
+        }
     }
 
     fn remove_blob(&self, content: &Hash) -> Result<()> {

@@ -153,7 +153,17 @@ impl Catalog {
                     .split_whitespace()
                     .map(|kv| if kv.starts_with("password=") { "password=***".to_string() } else { kv.to_string() })
                     .collect();
-                format!("postgres:{}", shown.join(" "))
+                // where libpq will connect when the string does not say (its PG* variables)
+                let mut server = Vec::new();
+                for (key, var) in [("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER")] {
+                    if !c.split_whitespace().any(|kv| kv.starts_with(&format!("{key}=")))
+                        && let Ok(v) = std::env::var(var)
+                    {
+                        server.push(format!("{key}={v} (from {var})"));
+                    }
+                }
+                let server = if server.is_empty() { String::new() } else { format!("; {}", server.join(", ")) };
+                format!("postgres:{}{server}", shown.join(" "))
             }
             other => other.attach_target(),
         }

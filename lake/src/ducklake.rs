@@ -372,7 +372,7 @@ pub fn write(
     stage_node_runs(duck, report).context("staging the run's node records")?;
     // DuckLake itself retries a commit whose changes do not overlap another writer's; one that does (two
     // runs creating the same table in a new lake) is planned again here, on the snapshot that won
-    let (max_replans, wait_ms, _) = lake.retries;
+    let (max_replans, wait_ms, backoff) = lake.retries;
     let mut attempt = 0;
     loop {
         match transaction(duck, alias, targets, flow, flow_path, report) {
@@ -391,7 +391,8 @@ pub fn write(
                 Err(e) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
                     let _ = duck.execute("ROLLBACK");
                     attempt += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(u64::from(wait_ms) * u64::from(attempt)));
+                    let wait = f64::from(wait_ms) * backoff.max(1.0).powi(attempt as i32 - 1);
+                    std::thread::sleep(std::time::Duration::from_millis(wait as u64));
                 }
                 Err(e) => bail!("the lake transaction could not commit (nothing was written): {e:#}"),
             },

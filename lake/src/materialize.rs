@@ -217,6 +217,10 @@ pub fn destinations(flow: &Flow, lake: Option<&LakeConfig>) -> Vec<(String, Stri
     if let Some(l) = lake {
         out.push(("lake catalog".to_string(), l.describe()));
         out.push(("lake data files".to_string(), l.data_path.to_string()));
+        if matches!(l.data_path, DataPath::Remote(_)) || matches!(l.exports, Some(DataPath::Remote(_))) {
+            let style = if l.storage.path_style { "path-style" } else { "virtual-hosted" };
+            out.push(("object storage".to_string(), format!("{} ({style} URLs)", l.storage.describe())));
+        }
     }
     for d in &flow.materialize {
         let at = match spec(d) {
@@ -235,6 +239,19 @@ pub fn destinations(flow: &Flow, lake: Option<&LakeConfig>) -> Vec<(String, Stri
         out.push((format!("{} `{}`", d.kind, d.name), at));
     }
     out
+}
+
+/// The size and modification time of a catalog file (and of its write-ahead log): changed by any process
+/// that writes the lake. `None` for a PostgreSQL catalog (or a missing file): then the lake itself is asked.
+fn catalog_stamp(lake: &LakeConfig) -> Option<String> {
+    let (crate::config::Catalog::DuckDb(p) | crate::config::Catalog::Sqlite(p)) = &lake.catalog else { return None };
+    let stamp = |p: &std::path::Path| -> Option<String> {
+        let m = std::fs::metadata(p).ok()?;
+        let t = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(format!("{}.{}", m.len(), t.as_nanos()))
+    };
+    let wal = p.with_file_name(format!("{}.wal", p.file_name()?.to_string_lossy()));
+    Some(format!("{}+{}", stamp(p)?, stamp(&wal).unwrap_or_default()))
 }
 
 /// Checks, before any node runs, that every object-store location the flow writes can be used (one
@@ -312,7 +329,7 @@ impl FileDest {
             FileDest::Local(p) => Ok(p.exists()),
             FileDest::Remote(url) => {
                 let (bucket, key) = Self::object(url, storage)?;
-                Ok(bucket.list(&key)?.iter().any(|o| o.key == key))
+                bucket.exists(&key)
             }
         }
     }
@@ -441,14 +458,16 @@ pub fn materialize(
         pending_files.push((tmp, path, section, where_, identity, info.rows));
     }
 
-    // 2. the lake, in one transaction
-    let catalog_exists = |l: &LakeConfig| match &l.catalog {
-        crate::config::Catalog::DuckDb(p) | crate::config::Catalog::Sqlite(p) => p.exists(),
-        crate::config::Catalog::Postgres(_) => true,
-    };
-    let (changed, same): (Vec<_>, Vec<_>) = lake_targets.into_iter().partition(|(_, _, where_, identity)| {
-        !unchanged("ducklake", where_, identity, lake.is_some_and(catalog_exists))
+    // 2. the lake, in one transaction. The local cache may answer "unchanged" only for a catalog file that
+    // nobody changed since this cache last wrote or checked it; otherwise the lake's ledger answers.
+    let stamp = lake.and_then(catalog_stamp);
+    let with_stamp = |identity: &str| stamp.as_ref().map(|st| format!("{identity}@{st}"));
+    let (changed, same): (Vec<_>, Vec<_>) = lake_targets.into_iter().partition(|(t, _, where_, _)| {
+        let recorded = store.and_then(|s| s.state(&state_key("ducklake", where_)).ok().flatten());
+        recorded.is_none() || recorded != with_stamp(&t.identity)
     });
+    let mut lake_states: Vec<(String, String)> =
+        same.iter().map(|(t, _, where_, _)| (where_.clone(), t.identity.clone())).collect();
     for (t, o, _, _) in &same {
         out.targets.push(TargetReport {
             section: t.section.clone(),
@@ -468,9 +487,7 @@ pub fn materialize(
         for (t, o, where_, _) in changed {
             let destination = format!("{}.{}", t.schema, t.table);
             if ducklake::already_written(&duck, &lake.alias, &destination, &t.mode, &t.identity)? {
-                if let Some(s) = store {
-                    s.set_state(&state_key("ducklake", &where_), &t.identity)?;
-                }
+                lake_states.push((where_, t.identity.clone()));
                 out.targets.push(TargetReport {
                     section: t.section,
                     kind: "ducklake".into(),
@@ -496,10 +513,14 @@ pub fn materialize(
                     rows: t.value.num_rows() as u64,
                     status: format!("written, snapshot {}", written.snapshot),
                 });
-                if let Some(s) = store {
-                    s.set_state(&state_key("ducklake", where_), &t.identity)?;
-                }
+                lake_states.push((where_.clone(), t.identity.clone()));
             }
+        }
+    }
+    // the catalog as this run leaves it (its connection closed): what the next run compares with
+    if let (Some(s), Some(stamp)) = (store, lake.and_then(catalog_stamp)) {
+        for (where_, identity) in lake_states {
+            s.set_state(&state_key("ducklake", &where_), &format!("{identity}@{stamp}"))?;
         }
     }
 

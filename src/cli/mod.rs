@@ -79,6 +79,10 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(CliError::Other(e)) => {
+            if ui.json {
+                let causes: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
+                println!("{}", serde_json::json!({"status": "error", "error": e.to_string(), "causes": causes}));
+            }
             let red = if ui.color { "\x1b[1;31m" } else { "" };
             let reset = if ui.color { "\x1b[0m" } else { "" };
             eprintln!("{red}error{reset}: {e}");
@@ -202,11 +206,17 @@ fn remote_cache_url(f: &FlowArgs, flow: &Flow) -> Result<Option<String>, CliErro
 /// The local cache in `dir`, read-through and write-through to `remote` when there is one. A remote that
 /// cannot be opened (no credentials) is a warning of the run, like one that fails later: the run goes on
 /// with the local cache.
-fn open_store_with_remote(dir: &Path, remote: Option<&str>, flow: &Flow) -> Result<Arc<Store>, CliError> {
+fn open_store_with_remote(
+    dir: &Path,
+    remote: Option<&str>,
+    flow: &Flow,
+    read_only: bool,
+) -> Result<Arc<Store>, CliError> {
     let store = Store::open(dir).map_err(anyhow::Error::from)?;
     let Some(url) = remote else { return Ok(Arc::new(store)) };
     let opened = flowrun_lake::storage_config(flow).and_then(|cfg| flowrun_storage::Bucket::open(url, &cfg));
     Ok(Arc::new(match opened {
+        Ok(bucket) if read_only => store.with_remote_read_only(Arc::new(flowrun_storage::RemoteCache(bucket))),
         Ok(bucket) => store.with_remote(Arc::new(flowrun_storage::RemoteCache(bucket))),
         Err(e) => {
             store.warn(format!("the remote cache {url} cannot be used, this run uses the local cache only: {e:#}"));
@@ -247,7 +257,10 @@ fn run(
     if writes_lake {
         flowrun_lake::reach(&flow, lake.as_ref()).map_err(|e| in_target(&flow, e, "cannot write its results"))?;
     }
-    let store = if f.no_cache { None } else { Some(open_store_with_remote(&cli.cache_dir, remote.as_deref(), &flow)?) };
+    let store = match f.no_cache {
+        true => None,
+        false => Some(open_store_with_remote(&cli.cache_dir, remote.as_deref(), &flow, dry_run)?),
+    };
     let progress = Arc::new(progress::Progress::new(!ui.quiet && !ui.json && !dry_run, ui.verbose > 0));
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let opts = RunOptions {
@@ -264,6 +277,20 @@ fn run(
     };
     let result = schedule::run(&flow, &opts)?;
     progress.finish();
+    // a worker exists to share its items: one whose remote cache failed has not done its job
+    if shard.is_some() && !dry_run && store.as_ref().is_some_and(|s| !s.has_remote()) {
+        if !ui.json {
+            report::print_run(&flow, &result, None, ui);
+        }
+        return Err(in_target(
+            &flow,
+            anyhow::anyhow!(
+                "--shard: the remote cache failed (see the warning), so this worker's results were not shared; \
+                 they are in its local cache: run it again"
+            ),
+            "a worker could not share its results",
+        ));
+    }
     // a partial run (items left out by on_item_error = "skip") writes what succeeded, and still exits 1
     // a shard run leaves the fan-ins, and so the lake, to the run without --shard
     let materialized = if writes_lake && result.status != RunStatus::Failed {

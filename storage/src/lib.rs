@@ -119,7 +119,8 @@ impl StorageConfig {
         };
         for k in ["access_key_id_env", "secret_access_key_env", "session_token_env"] {
             if let Some(v) = text(k)?
-                && !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && (!v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    || ["AKIA", "ASIA"].iter().any(|p| v.starts_with(p)))
             {
                 bail!(
                     "[storage] {k} names an environment variable (like AWS_ACCESS_KEY_ID); its value is not a variable name (a secret never goes in a flow file)"
@@ -320,7 +321,13 @@ impl Bucket {
         } else {
             text.clone()
         };
-        anyhow!("{what} {target}: {hint} ({text})")
+        if hint == text {
+            return anyhow!("{what} {target}: {text}");
+        }
+        // the server's own words, cut: a missing bucket's XML answer runs on for lines
+        let said: String = text.chars().take(240).collect();
+        let more = if said.len() < text.len() { "..." } else { "" };
+        anyhow!("{what} {target}: {hint} ({said}{more})")
     }
 
     /// Answers whether the bucket can be used, in one request (a listing of one level under the prefix):
@@ -332,6 +339,15 @@ impl Bucket {
             .block_on(self.store.list_with_delimiter(prefix))
             .map(|_| ())
             .map_err(|e| self.error("reaching", "", e))
+    }
+
+    /// Whether there is an object at `key` (one HEAD request).
+    pub fn exists(&self, key: &str) -> Result<bool> {
+        match runtime().block_on(self.store.head(&self.path(key))) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error("checking", key, e)),
+        }
     }
 
     /// The object at `key`, or `None` when there is none.
@@ -394,14 +410,18 @@ impl Bucket {
             .map_err(|e| self.error("uploading", key, e))
     }
 
-    /// Downloads `key` to `dest`, through a temporary file renamed into place.
+    /// Downloads `key` to `dest`, through a temporary file beside it renamed into place (removed if the
+    /// download fails).
     pub fn download(&self, key: &str, dest: &Path) -> Result<()> {
         let bytes = self.get(key)?.ok_or_else(|| anyhow!("{}/{key} does not exist", self.url()))?;
         let dir = dest.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let mut tmp = tempfile_in(dir)?;
-        std::io::Write::write_all(&mut tmp.0, &bytes).with_context(|| format!("cannot write {}", tmp.1.display()))?;
-        std::fs::rename(&tmp.1, dest).with_context(|| format!("cannot write {}", dest.display()))
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+        std::io::Write::write_all(&mut tmp, &bytes)
+            .with_context(|| format!("cannot write {}", tmp.path().display()))?;
+        tmp.persist(dest).with_context(|| format!("cannot write {}", dest.display()))?;
+        Ok(())
     }
 
     /// Every object under `prefix` (relative to the bucket's prefix), sorted by key.
@@ -423,17 +443,6 @@ impl Bucket {
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
-}
-
-/// A file in `dir` to write and rename (removed if dropped before the rename).
-fn tempfile_in(dir: &Path) -> Result<(std::fs::File, std::path::PathBuf)> {
-    for i in 0..100 {
-        let p = dir.join(format!(".flowrun-download-{}-{i}", std::process::id()));
-        if let Ok(f) = std::fs::OpenOptions::new().write(true).create_new(true).open(&p) {
-            return Ok((f, p));
-        }
-    }
-    bail!("cannot create a temporary file in {}", dir.display())
 }
 
 /// An error text without what must not be printed (a signed URL's query string).
@@ -475,6 +484,9 @@ mod tests {
         let err = StorageConfig::from_table(Some(&t)).unwrap_err().to_string();
         assert!(err.contains("names an environment variable"), "{err}");
         assert!(!err.contains("K7MDENG"), "the value is not repeated: {err}");
+        let t: toml::Table = toml::from_str("access_key_id_env = \"AKIAIOSFODNN7EXAMPLE\"").unwrap();
+        let err = StorageConfig::from_table(Some(&t)).unwrap_err().to_string();
+        assert!(err.contains("names an environment variable") && !err.contains("IOSFODNN7"), "{err}");
         let t: toml::Table = toml::from_str("bucket = \"x\"").unwrap();
         assert!(StorageConfig::from_table(Some(&t)).unwrap_err().to_string().contains("has no key `bucket`"));
     }

@@ -2,7 +2,7 @@
 //! `<mirror>/<dataset key>/...`) or from the repository that publishes it (Zenodo, Figshare, GitHub,
 //! ScienceBase, or plain URLs). An S3 mirror is reached as the flow's `[storage]` says (else the standard
 //! AWS variables); its files are downloaded into the cache directory like a repository's, and reused while
-//! their size matches the listing's.
+//! their entity tag (the server's content tag) matches the listing's.
 //!
 //! The repository's public API gives the file list with sizes and checksums:
 //! - Zenodo: `GET {zenodo}/records/{id}` -> `files[] {key, size, checksum: "md5:..", links.self}`;
@@ -745,8 +745,12 @@ pub(crate) fn list_s3_dir(bucket: &flowrun_storage::Bucket, key: &str) -> Result
 /// The remote files worth downloading: zips when compressed, else the format's files (plus shapefile
 /// sidecars) that pass the filters.
 fn wanted(d: &Dataset, listed: &[RemoteFile]) -> Result<Vec<RemoteFile>> {
+    // a zipped dataset: its archives, or (a mirror of it, unpacked) the files themselves
     if d.compression.as_deref() == Some("zip") {
-        return Ok(listed.iter().filter(|f| has_ext(&f.name, &["zip"])).cloned().collect());
+        let zips: Vec<RemoteFile> = listed.iter().filter(|f| has_ext(&f.name, &["zip"])).cloned().collect();
+        if !zips.is_empty() {
+            return Ok(zips);
+        }
     }
     let mut primary = Vec::new();
     for f in listed {

@@ -296,25 +296,29 @@ impl Dataset {
     }
 }
 
-/// Whether the mirror holds dataset `key` (`None`: cannot tell, let `files` try and report).
-fn mirror_has(mirror: &Mirror, key: &str) -> Option<bool> {
-    match mirror {
+/// Whether the mirror holds dataset `key` (`None`: the server would not say, let `files` try and report).
+/// A mirror that cannot be reached is an error: a listing made then would be cached as the truth.
+fn mirror_has(mirror: &Mirror, key: &str) -> Result<Option<bool>> {
+    Ok(match mirror {
         Mirror::None => Some(true),
         Mirror::Dir(root) => Some(root.join(key).is_dir()),
         Mirror::S3(url) => {
-            let bucket = crate::fetch::s3_mirror(url).ok()?;
-            crate::fetch::list_s3_dir(&bucket, key).ok().map(|files| !files.is_empty())
+            let bucket = crate::fetch::s3_mirror(url)?;
+            Some(!crate::fetch::list_s3_dir(&bucket, key)?.is_empty())
         }
         Mirror::Http(base) => {
-            let client =
-                reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(10)).build().ok()?;
-            match client.get(format!("{base}/{key}/")).send() {
-                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Some(false),
-                Ok(r) if r.status().is_success() => Some(true),
+            let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?;
+            let r = client
+                .get(format!("{base}/{key}/"))
+                .send()
+                .with_context(|| format!("cannot reach the mirror {base}"))?;
+            match r.status() {
+                reqwest::StatusCode::NOT_FOUND => Some(false),
+                s if s.is_success() => Some(true),
                 _ => None,
             }
         }
-    }
+    })
 }
 
 /// The datasets of the manifest that are not skipped, in key order: the PV flow fans out over them.
@@ -335,7 +339,7 @@ pub fn datasets(manifest: &Manifest, mirror: &Mirror) -> Result<Parallel<Dataset
         if d.skip {
             continue;
         }
-        if mirror_has(mirror, key) == Some(false) {
+        if mirror_has(mirror, key)? == Some(false) {
             missing.push(key.clone());
             continue;
         }
