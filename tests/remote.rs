@@ -422,12 +422,17 @@ fn workers_split_the_items_and_the_lake_gets_one_runs_rows() {
     let flow = remote_flow("workers", "pv", &pg.conninfo(), BUCKET);
     let prod = ["--json", "run", "flow.toml", "--target", "prod"];
 
-    // a worker killed early, on its own machine: it leaves no lake and nothing half-written behind
+    // a worker killed (SIGKILL) in the middle of its items, once it has shared its first results: what it
+    // shared is used by the worker that takes its shard over; nothing it half-wrote is
     let killed_machine = machine(&flow);
     let mut killed = spawn_on(&killed_machine, &s3, &[&prod[..], &["--shard", "0/2"]].concat());
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    let started = std::time::Instant::now();
+    while s3.list(BUCKET, "cache/keys/").is_empty() {
+        assert!(started.elapsed().as_secs() < 60, "the worker shared nothing");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     killed.kill().unwrap();
-    killed.wait().unwrap();
+    let finished_anyway = killed.wait().unwrap().success();
 
     let workers: Vec<Scratch> = (0..2).map(|_| machine(&flow)).collect();
     let children: Vec<Child> = workers
@@ -442,6 +447,9 @@ fn workers_split_the_items_and_the_lake_gets_one_runs_rows() {
     // shard 0 takes the first dataset (the killed worker may have computed some of it already)
     assert!(w0.iter().all(|n| n.contains("[ind_pv_solar_farms_2022]")), "{w0:?}");
     assert!(!w1.is_empty() && w1.iter().all(|n| n.contains("[usa_uspvdb]")), "{w1:?}");
+    if !finished_anyway {
+        assert!(!outs[0].nodes("reused").is_empty(), "the killed worker's shared results are used: {}", outs[0].stdout);
+    }
     for o in &outs {
         assert!(o.json()["materialized"].is_null(), "a shard run leaves the lake to the final run");
         assert!(o.nodes("deferred").contains(&"consolidated".to_string()), "{}", o.stdout);
