@@ -8,6 +8,7 @@ mod util;
 mod cache;
 mod cli;
 mod code_version;
+mod concurrency;
 mod crs;
 mod download;
 mod graph;

@@ -19,6 +19,14 @@ pub enum CacheError {
         /// The cause.
         source: rusqlite::Error,
     },
+    /// Another process holds a lock this one was told not to wait for (`--no-wait`).
+    #[error("{path} is held by {holder}: wait for it (drop --no-wait), or stop it")]
+    Busy {
+        /// The lock file.
+        path: PathBuf,
+        /// Who holds it, in its own words.
+        holder: String,
+    },
 }
 
 /// Result with a [`CacheError`].

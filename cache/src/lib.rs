@@ -7,6 +7,7 @@
 //! - [`fingerprint`]: content hashes of input files and directories, with a size+mtime fast path that never
 //!   gives a wrong hit.
 //! - [`runlog`]: the record of every run and every node run.
+//! - [`lock`]: one writer at a time on a cache directory (or a lake catalog), with the holder's name.
 //!
 //! The store knows nothing about node values: the engine encodes a value to bytes (Arrow IPC for tables,
 //! a serde encoding for the rest) and hands the bytes over. That keeps this crate small and quick to test.
@@ -29,6 +30,7 @@
 mod error;
 pub mod fingerprint;
 pub mod key;
+pub mod lock;
 pub mod remote;
 pub mod runlog;
 pub mod store;

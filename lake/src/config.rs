@@ -56,6 +56,8 @@ pub struct LakeConfig {
     pub extensions: ExtensionSources,
     /// DuckLake's commit retries: count, wait (ms), backoff factor.
     pub retries: (u32, u32, f64),
+    /// Wait for another process that holds the catalog (else fail at once: `--no-wait`).
+    pub wait: bool,
 }
 
 /// Where a lake's data files go.
@@ -271,7 +273,7 @@ impl LakeConfig {
                 base.join(p)
             });
         }
-        Ok(Some(LakeConfig { catalog, data_path, exports, storage, alias, extensions, retries }))
+        Ok(Some(LakeConfig { catalog, data_path, exports, storage, alias, extensions, retries, wait: true }))
     }
 
     /// Loads the extensions this lake needs and attaches it to `duck` (read-only if asked).
@@ -341,6 +343,61 @@ impl LakeConfig {
     pub fn describe(&self) -> String {
         self.catalog.describe()
     }
+
+    /// Takes this process's turn at writing a catalog file (DuckDB keeps one writer per file; SQLite would
+    /// answer "busy"): flowrun processes queue on `<catalog>.lock`, saying whom they wait for. `None` for a
+    /// PostgreSQL catalog, which takes concurrent writers itself.
+    pub fn lock(&self) -> Result<Option<flowrun_cache::lock::FileLock>> {
+        let (Catalog::DuckDb(p) | Catalog::Sqlite(p)) = &self.catalog else { return Ok(None) };
+        let path = flowrun_cache::lock::FileLock::beside(p);
+        let holder = format!("flowrun writing the lake {} (pid {})", p.display(), std::process::id());
+        let on_wait = |other: &str| eprintln!("waiting for {other} to release {}", path.display());
+        Ok(Some(flowrun_cache::lock::FileLock::acquire(&path, &holder, self.wait, on_wait)?))
+    }
+
+    /// Before any node runs: a DuckDB catalog file that another program holds open for writing (DuckDB's
+    /// CLI, a notebook) would fail the run at its end; it is found now (DuckDB's own lock on the file, asked
+    /// with `fcntl(F_GETLK)`: no file is opened by DuckDB for it). With `wait`, this waits (saying so)
+    /// until the file is free; otherwise it is an error.
+    pub fn check_not_held(&self) -> Result<()> {
+        let Catalog::DuckDb(p) = &self.catalog else { return Ok(()) };
+        let mut said = false;
+        while let Some(pid) = write_locked_by(p) {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let holder = format!("process {pid} ({})", name.trim());
+            if !self.wait {
+                bail!(
+                    "the lake catalog {} is held by {holder}: close it there, or drop --no-wait to wait",
+                    p.display()
+                );
+            }
+            if !said {
+                eprintln!("waiting for {holder} to release the lake catalog {}", p.display());
+                said = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        Ok(())
+    }
+}
+
+/// The process holding a POSIX write lock on `path` (DuckDB locks its database files so), if any.
+#[cfg(unix)]
+fn write_locked_by(path: &Path) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: a zeroed `flock` is a valid value of that plain C struct, and `fcntl(F_GETLK)` only reads the
+    // descriptor (open for the whole call) and writes into the struct it is given.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_RDLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    let asked = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
+    (asked == 0 && lock.l_type != libc::F_UNLCK as libc::c_short).then_some(lock.l_pid)
+}
+
+#[cfg(not(unix))]
+fn write_locked_by(_path: &Path) -> Option<i32> {
+    None
 }
 
 /// Whether an ATTACH failed because another process was creating the same catalog at that moment.

@@ -254,11 +254,14 @@ fn catalog_stamp(lake: &LakeConfig) -> Option<String> {
     Some(format!("{}+{}", stamp(p)?, stamp(&wal).unwrap_or_default()))
 }
 
-/// Checks, before any node runs, that every object-store location the flow writes can be used (one
-/// listing request per bucket): an unreachable endpoint, refused credentials or a missing bucket are
+/// Checks, before any node runs, that a DuckDB catalog file is not held by another program, and that every
+/// object-store location the flow writes can be used (one listing request per bucket): an unreachable endpoint, refused credentials or a missing bucket are
 /// said at once rather than after the run, and before a new DuckLake catalog records a data path that
 /// cannot work. The catalog itself is reached when the results are written.
 pub fn reach(flow: &Flow, lake: Option<&LakeConfig>) -> Result<()> {
+    if let Some(l) = lake {
+        l.check_not_held()?;
+    }
     let mut urls: Vec<String> = Vec::new();
     if let Some(DataPath::Remote(url)) = lake.map(|l| &l.data_path) {
         urls.push(url.clone());
@@ -479,6 +482,7 @@ pub fn materialize(
     }
     if !changed.is_empty() {
         let lake = lake.ok_or_else(|| anyhow!("DuckLake materializations need a [lake] section"))?;
+        let _turn = lake.lock()?;
         let duck = Duck::in_memory()?;
         lake.attach(&duck, false)?;
         // the lake's own ledger answers for what another machine, working directory or a cleared cache wrote

@@ -32,6 +32,10 @@ pub struct Cli {
     /// The result cache.
     #[arg(long, global = true, env = "FLOWRUN_CACHE_DIR", default_value = ".flowrun/cache")]
     pub cache_dir: PathBuf,
+    /// When another flowrun process holds the cache or the lake catalog: fail at once (exit 3) instead of
+    /// waiting for it (and saying so).
+    #[arg(long, global = true)]
+    pub no_wait: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -114,6 +114,11 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<Outcome, CliError> {
             Ok(Outcome::Ok)
         }
         Command::Cache(c) => {
+            let _turn = match c {
+                CacheCommand::Ls => None,
+                CacheCommand::Gc { .. } => Some(lock_cache(cli, "`flowrun cache gc`")?),
+                CacheCommand::Clear => Some(lock_cache(cli, "`flowrun cache clear`")?),
+            };
             let store = open_store(&cli.cache_dir)?;
             match c {
                 CacheCommand::Ls => report::print_entries(&store.entries()?, ui),
@@ -244,7 +249,10 @@ fn run(
     fail_fast: bool,
     dry_run: bool,
 ) -> Result<Outcome, CliError> {
-    let (flow, lake) = build(f)?;
+    let (flow, mut lake) = build(f)?;
+    if let Some(l) = &mut lake {
+        l.wait = !cli.no_wait;
+    }
     let shard = f.shard.as_deref().map(parse_shard).transpose()?;
     let remote = remote_cache_url(f, &flow)?;
     if shard.is_some() && (f.no_cache || remote.is_none()) {
@@ -257,6 +265,12 @@ fn run(
     if writes_lake {
         flowrun_lake::reach(&flow, lake.as_ref()).map_err(|e| in_target(&flow, e, "cannot write its results"))?;
     }
+    // one run at a time on a cache (a second one waits, saying for whom); explain only reads it
+    let _turn = if dry_run || f.no_cache {
+        None
+    } else {
+        Some(lock_cache(cli, &format!("`flowrun run {}`", f.flow.display()))?)
+    };
     let store = match f.no_cache {
         true => None,
         false => Some(open_store_with_remote(&cli.cache_dir, remote.as_deref(), &flow, dry_run)?),
@@ -312,6 +326,15 @@ fn run(
         report::print_run(&flow, &result, materialized.as_ref(), ui);
     }
     Ok(if result.status == RunStatus::Ok { Outcome::Ok } else { Outcome::Failed })
+}
+
+/// This process's turn on the cache directory (see `flowrun_cache::lock`): waits for another run, `cache gc`
+/// or `cache clear` to finish, or with `--no-wait` fails at once.
+fn lock_cache(cli: &Cli, what: &str) -> Result<flowrun_cache::lock::FileLock, CliError> {
+    let path = cli.cache_dir.join("lock");
+    let holder = format!("{what} (pid {})", std::process::id());
+    let on_wait = |other: &str| eprintln!("waiting for {other} to release {}", path.display());
+    Ok(flowrun_cache::lock::FileLock::acquire(&path, &holder, !cli.no_wait, on_wait)?)
 }
 
 /// An error of the flow's `--target`, said with its name (exit 3).

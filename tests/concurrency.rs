@@ -1,0 +1,131 @@
+//! Several processes on one machine: runs on one cache, runs on one DuckDB lake catalog, `cache gc` during
+//! a run, a catalog held open by another program. Each either succeeds or waits and says for whom; never a
+//! corrupted cache or an error at the end of a run.
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+
+use crate::util::{Out, Scratch, python};
+
+/// `slow` sleeps `ms` in each of 4 fan-out items, then a lake table of the results.
+fn flow(catalog: &str, data: &str) -> String {
+    format!(
+        r#"[flow]
+name = "busy"
+modules = ["demo", "tables"]
+outputs = ["total"]
+
+[config]
+n = 4
+ms = 400
+
+[nodes.items]
+fn = "range"
+
+[nodes.slow]
+fn = "sleep_ms"
+inputs = {{ x = "items" }}
+
+[nodes.total]
+fn = "sum"
+inputs = {{ values = "slow" }}
+
+[nodes.table]
+sql = "SELECT 1 AS one"
+
+[lake]
+catalog = "{catalog}"
+data_path = "{data}"
+
+[materialize.table]
+node = "table"
+kind = "ducklake"
+"#
+    )
+}
+
+fn spawn(s: &Scratch, args: &[&str]) -> Child {
+    s.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+fn finish(c: Child) -> Out {
+    let o = c.wait_with_output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn two_runs_on_one_cache_take_turns_and_say_so() {
+    let s = Scratch::new();
+    s.write("flow.toml", &flow("lake.ducklake", "lake_data"));
+    let first = spawn(&s, &["--json", "run", "flow.toml"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // --no-wait: refused at once, naming the holder; nothing ran
+    let refused = s.run(&["--json", "--no-wait", "run", "flow.toml", "--set", "ms=401"]);
+    assert_eq!(refused.code, 3, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(refused.stderr.contains("is held by `flowrun run flow.toml` (pid"), "{}", refused.stderr);
+    // the default waits, and says for whom; both runs succeed, and `cache gc` waits its turn too
+    let second = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=402"]);
+    let gc = spawn(&s, &["cache", "gc"]);
+    let (first, second, gc) = (finish(first).ok(), finish(second).ok(), finish(gc).ok());
+    assert!(second.stderr.contains("waiting for `flowrun run flow.toml` (pid"), "{}", second.stderr);
+    assert!(second.stderr.contains(".flowrun/cache/lock"), "{}", second.stderr);
+    assert!(gc.stderr.contains("waiting for"), "{}", gc.stderr);
+    assert_eq!(first.json()["status"], "ok");
+    assert_eq!(second.json()["status"], "ok");
+    let again = s.run(&["--json", "run", "flow.toml", "--set", "ms=402"]).ok();
+    assert!(again.nodes("executed").is_empty(), "the cache is whole: {}", again.stdout);
+}
+
+#[test]
+fn two_caches_committing_into_one_duckdb_catalog_both_land() {
+    let lake = Scratch::new();
+    let catalog = lake.path().join("lake.ducklake").display().to_string();
+    let data = lake.path().join("data").display().to_string();
+    let (a, b) = (Scratch::new(), Scratch::new());
+    for (s, table) in [(&a, "from_a"), (&b, "from_b")] {
+        s.write(
+            "flow.toml",
+            &flow(&catalog, &data).replace("kind = \"ducklake\"", &format!("kind = \"ducklake\"\ntable = \"{table}\"")),
+        );
+    }
+    let runs = [spawn(&a, &["--json", "run", "flow.toml"]), spawn(&b, &["--json", "run", "flow.toml"])];
+    for out in runs.map(finish) {
+        let out = out.ok();
+        assert!(out.json()["materialized"]["snapshot"].is_i64(), "{}", out.stdout);
+    }
+}
+
+#[test]
+fn a_catalog_held_by_another_program_is_found_before_any_node_runs() {
+    let s = Scratch::new();
+    s.write("flow.toml", &flow("lake.ducklake", "lake_data"));
+    s.run(&["run", "flow.toml"]).ok();
+    // stock DuckDB opens the catalog file for writing and keeps it
+    let mut holder = Command::new(python())
+        .args([
+            "-c",
+            "import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1])\nprint('ready', flush=True)\ntime.sleep(120)",
+        ])
+        .arg(s.path().join("lake.ducklake"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let refused = s.run(&["--json", "--no-wait", "run", "flow.toml", "--set", "ms=1"]);
+    assert_eq!(refused.code, 3, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(refused.stderr.contains(&format!("is held by process {}", holder.id())), "{}", refused.stderr);
+    assert!(refused.stdout.contains("\"status\":\"error\""), "no node ran: {}", refused.stdout);
+    // waiting: the run goes on once the program lets the catalog go
+    let waiting = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=1"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let out = finish(waiting).ok();
+    assert!(out.stderr.contains("waiting for process"), "{}", out.stderr);
+}
