@@ -2,6 +2,7 @@
 //! printed (once, with their chain).
 
 mod args;
+mod interrupt;
 mod progress;
 mod report;
 
@@ -23,6 +24,8 @@ pub enum Outcome {
     Ok,
     /// A node failed: exit 1.
     Failed,
+    /// Stopped by Ctrl-C: exit 130, as shells expect.
+    Interrupted,
 }
 
 /// Errors that end a command early.
@@ -71,6 +74,7 @@ pub fn main() -> ExitCode {
     match dispatch(&cli, &ui) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(1),
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(CliError::Invalid(d)) => {
             if ui.json {
                 println!("{}", report::diagnostics_json(&d));
@@ -288,9 +292,18 @@ fn run(
         shard,
         targets: None,
         flow_path: f.flow.display().to_string(),
+        interrupt: Some(interrupt::watch()),
     };
     let result = schedule::run(&flow, &opts)?;
     progress.finish();
+    if opts.interrupted() {
+        // the nodes that finished are in the cache; the lake and the exports are left as they were
+        report::print_run(&flow, &result, None, ui);
+        eprintln!(
+            "interrupted: the nodes that finished are cached, nothing was written to the lake; run again to go on"
+        );
+        return Ok(Outcome::Interrupted);
+    }
     // a worker exists to share its items: one whose remote cache failed has not done its job
     if shard.is_some() && !dry_run && store.as_ref().is_some_and(|s| !s.has_remote()) {
         if !ui.json {

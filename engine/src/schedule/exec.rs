@@ -333,7 +333,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         };
         let mut report = NodeReport::new(display, fnode.name.clone(), inst.label.clone(), Status::Skipped);
         let collects = fnode.args.iter().any(|a| matches!(a.binding, Binding::Node { mode: EdgeMode::Collect, .. }));
-        let outcome = if self.abort.load(Ordering::Relaxed) {
+        let outcome = if self.abort.load(Ordering::Relaxed) || self.opts.interrupted() {
             report.status = Status::Cancelled;
             Slot::Failed
         } else if collects && self.opts.shard.is_some() {

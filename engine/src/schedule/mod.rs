@@ -47,6 +47,15 @@ pub struct RunOptions {
     pub targets: Option<Vec<NodeId>>,
     /// Path of the flow file, for the run record.
     pub flow_path: String,
+    /// Set from outside (a first Ctrl-C): no node starts after it; the running ones finish and are stored.
+    pub interrupt: Option<&'static std::sync::atomic::AtomicBool>,
+}
+
+impl RunOptions {
+    /// Whether the run was asked to stop ([`RunOptions::interrupt`]).
+    pub fn interrupted(&self) -> bool {
+        self.interrupt.is_some_and(|i| i.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 impl Default for RunOptions {
@@ -62,6 +71,7 @@ impl Default for RunOptions {
             shard: None,
             targets: None,
             flow_path: String::new(),
+            interrupt: None,
         }
     }
 }
@@ -192,7 +202,7 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
         }
         let restart = exec.restart.lock().unwrap().take();
         match restart {
-            Some(why) if attempt < 4 => {
+            Some(why) if attempt < 4 && !opts.interrupted() => {
                 let message = format!("{why} (attempt {attempt})");
                 opts.observer.event(&Event::Warning { node: None, message: &message });
                 warnings.push(message);
