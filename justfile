@@ -51,3 +51,7 @@ ci:
 # past one machine on loopback S3 (moto): remote-cache rerun, 1/2/4 workers on N synthetic rows, DuckLake on S3
 bench-remote N="400000":
     cargo run --release --bin bench -- remote --sizes {{N}}
+
+# kill the PV datasets flow at 200 random moments (SIGKILL), rerunning to completion after each
+torture KILLS="200":
+    FLOWRUN_TORTURE_KILLS={{KILLS}} cargo test --release --test tests -- torture --nocapture

@@ -9,7 +9,7 @@ use crate::util::{Scratch, flowrun_extension_dir, free_port, pv_data, python_jso
 
 /// Two real datasets -> `consolidated` (polygons and points) -> a SQL model over it -> a guard that fails
 /// when `fail` equals the SQL model's row count (to fail a run in its last node).
-fn lake_flow(catalog: &str, data_path: &str) -> String {
+pub(crate) fn lake_flow(catalog: &str, data_path: &str) -> String {
     format!(
         r#"[flow]
 name = "lake_test"

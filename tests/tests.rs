@@ -19,4 +19,5 @@ mod pv_unseen;
 mod remote;
 mod run;
 mod servers;
+mod torture;
 mod validation;

@@ -716,15 +716,23 @@ impl Store {
                 }
             }
         }
-        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
-        for tmp in read_dir_or_empty(&self.root.join("tmp"))? {
-            let old = fs::metadata(&tmp).and_then(|m| m.modified()).map(|t| t < hour_ago).unwrap_or(false);
-            if old && fs::remove_file(&tmp).is_ok() {
-                report.temp_files += 1;
-            }
-        }
+        report.temp_files = self.remove_temporaries(Duration::from_secs(3600))?;
         self.with_conn(|conn| conn.execute_batch("VACUUM"))?;
         Ok(report)
+    }
+
+    /// Removes the files in `tmp/` older than `age`: blobs a killed process was writing. A run that holds
+    /// the cache's lock (`crate::lock`) removes them all (age zero); `gc` those older than an hour.
+    pub fn remove_temporaries(&self, age: Duration) -> Result<u64> {
+        let before = SystemTime::now() - age;
+        let mut removed = 0;
+        for tmp in read_dir_or_empty(&self.root.join("tmp"))? {
+            let old = fs::metadata(&tmp).and_then(|m| m.modified()).map(|t| t <= before).unwrap_or(false);
+            if old && fs::remove_file(&tmp).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes every entry, blob, fingerprint, node state and run record.

@@ -386,6 +386,7 @@ pub fn write(
                             literal(&report.run_id)
                         ))
                         .context("reading back the committed snapshot")?;
+                    remove_orphans(duck, lake);
                     return Ok(w);
                 }
                 Err(e) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
@@ -405,6 +406,17 @@ pub fn write(
             }
         }
     }
+}
+
+/// Data files a killed writer left behind (written, never committed) are deleted after a commit: all of
+/// them for a DuckDB catalog (DuckDB lets one process at a time write it, and this one just did), those older
+/// than a day for a shared catalog (another writer's files may be on their way to its commit).
+fn remove_orphans(duck: &Duck, lake: &LakeConfig) {
+    let which = match lake.catalog {
+        crate::config::Catalog::DuckDb(_) => "cleanup_all => true",
+        _ => "older_than => now() - INTERVAL 1 DAY",
+    };
+    let _ = duck.execute_quiet(&format!("CALL ducklake_delete_orphaned_files({}, {which})", literal(&lake.alias)));
 }
 
 /// Opens the transaction and writes every target and the run's records into it (not committed).

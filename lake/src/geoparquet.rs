@@ -48,11 +48,26 @@ pub fn geometry_columns(table: &Table) -> Vec<String> {
         .collect()
 }
 
+/// A temporary file beside `path`, named `.<name>.<pid>.<random>.tmp`. The ones a killed process left
+/// there (its pid no longer runs) are removed first, so none stays forever.
 fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(dir).map_err(Into::into)
+    let ours = format!(".{name}.");
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let pid = file.strip_prefix(&ours).and_then(|rest| rest.split('.').next()).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && file.ends_with(".tmp")
+            && Path::new("/proc/self").exists()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let prefix = format!("{ours}{}.", std::process::id());
+    tempfile::Builder::new().prefix(&prefix).suffix(".tmp").tempfile_in(dir).map_err(Into::into)
 }
 
 /// Writes `table` as GeoParquet 1.1 to a temporary file beside `path`; [`commit`] renames it into place.

@@ -279,6 +279,10 @@ fn run(
         true => None,
         false => Some(open_store_with_remote(&cli.cache_dir, remote.as_deref(), &flow, dry_run)?),
     };
+    // with the cache's lock held, a file in its tmp/ is a killed run's
+    if let (Some(s), Some(_)) = (&store, &_turn) {
+        s.remove_temporaries(Duration::ZERO)?;
+    }
     let progress = Arc::new(progress::Progress::new(!ui.quiet && !ui.json && !dry_run, ui.verbose > 0));
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let opts = RunOptions {

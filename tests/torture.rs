@@ -1,0 +1,162 @@
+//! Kill it anywhere: the PV datasets flow (downloads from a mirror served on 127.0.0.1, node runs, cache
+//! writes, the DuckLake commit, the GeoParquet write) killed with SIGKILL at random moments spread over a
+//! whole run, then run again to completion. After each: no corrupt cache entry is served (the rerun's
+//! results equal a clean run's), no partial file sits at the GeoParquet path, no temporary file is left
+//! behind, and at the end every snapshot the lake ever had holds one whole run's rows. `just torture` runs
+//! it with more kills (`FLOWRUN_TORTURE_KILLS`).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::lake::lake_flow;
+use crate::util::{Out, Scratch, flowrun_extension_dir, free_port, pv_data, python, python_json};
+
+/// `python -m http.server` over a directory with two mirrors: `full/` (India, USPVDB) and `india/`.
+struct Mirror(Child, u16, tempfile::TempDir);
+
+impl Mirror {
+    fn start() -> Mirror {
+        let dir = tempfile::tempdir().unwrap();
+        for (mirror, datasets) in
+            [("full", &["ind_pv_solar_farms_2022", "usa_uspvdb"][..]), ("india", &["ind_pv_solar_farms_2022"])]
+        {
+            std::fs::create_dir_all(dir.path().join(mirror)).unwrap();
+            for d in datasets {
+                std::os::unix::fs::symlink(pv_data().join(d), dir.path().join(mirror).join(d)).unwrap();
+            }
+        }
+        let port = free_port();
+        let child = Command::new(python())
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "http.server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Mirror(child, port, dir)
+    }
+
+    fn url(&self, which: &str) -> String {
+        format!("http://127.0.0.1:{}/{which}", self.1)
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether `path` is a whole Parquet file (or absent): it begins and ends with `PAR1`.
+fn whole_or_absent(path: &Path) -> bool {
+    match std::fs::read(path) {
+        Err(_) => true,
+        Ok(b) => b.len() > 8 && b.starts_with(b"PAR1") && b.ends_with(b"PAR1"),
+    }
+}
+
+fn temporaries(s: &Scratch) -> Vec<String> {
+    let mut out = Vec::new();
+    for dir in [s.path().join("out"), s.path().join(".flowrun/cache/tmp")] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if dir.ends_with("tmp") || name.ends_with(".tmp") {
+                out.push(format!("{}/{name}", dir.display()));
+            }
+        }
+    }
+    out
+}
+
+/// Every snapshot's row count of `pv`, and the data files no snapshot references (DuckLake's own answer).
+const LAKE_HISTORY: &str = r#"
+import duckdb, json, os, sys
+con = duckdb.connect()
+con.execute(f"LOAD '{os.path.join(sys.argv[3], 'ducklake.duckdb_extension')}'")
+con.execute(f"ATTACH 'ducklake:{sys.argv[1]}' AS lake (DATA_PATH '{sys.argv[2]}')")
+q = lambda sql: con.execute(sql).fetchall()
+snapshots = [r[0] for r in q("SELECT snapshot_id FROM lake.snapshots() WHERE changes['tables_inserted_into'] IS NOT NULL ORDER BY 1")]
+counts = []
+for v in snapshots:
+    try:
+        counts.append(q(f'SELECT count(*) FROM lake.main.pv AT (VERSION => {v})')[0][0])
+    except duckdb.Error:
+        pass
+orphans = q("CALL ducklake_delete_orphaned_files('lake', cleanup_all => true, dry_run => true)")
+print(json.dumps({'counts': counts, 'orphans': [o[0] for o in orphans]}))
+"#;
+
+#[test]
+fn kill_it_anywhere_and_run_again() {
+    let kills: usize = std::env::var("FLOWRUN_TORTURE_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let mirror = Mirror::start();
+    let s = Scratch::new();
+    let (catalog, data) = (s.path().join("lake.ducklake"), s.path().join("lake_data"));
+    s.write("flow.toml", &lake_flow(&catalog.display().to_string(), &data.display().to_string()));
+    let run = |which: &str| -> Vec<String> {
+        vec!["--json".into(), "run".into(), "flow.toml".into(), "--mirror".into(), mirror.url(which)]
+    };
+    let outputs = |o: &Out| o.json()["outputs"].clone();
+
+    // the clean references, and how long a cold run takes (the kills are spread over that)
+    let reference = Scratch::new();
+    reference.write("flow.toml", &lake_flow(&reference.path().join("l.ducklake").display().to_string(), "ld"));
+    let t = Instant::now();
+    let full = reference.run(&run("full").iter().map(String::as_str).collect::<Vec<_>>()).ok();
+    let cold = t.elapsed();
+    let india = reference.run(&run("india").iter().map(String::as_str).collect::<Vec<_>>()).ok();
+    let (full, india) = (outputs(&full), outputs(&india));
+
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    println!("torture seed {seed}, cold run {cold:?}");
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut recovered = 0;
+    for i in 0..kills {
+        // alternate the mirror so that every run changes the lake; every other one starts from an empty cache
+        let which = if i % 2 == 0 { "india" } else { "full" };
+        if i % 4 < 2 {
+            s.run(&["cache", "clear"]).ok();
+        }
+        let args = run(which);
+        let mut child = s.cmd().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let at = cold.mul_f64(random() * 1.2);
+        std::thread::sleep(at);
+        let _ = child.kill();
+        child.wait().unwrap();
+        assert!(
+            whole_or_absent(&s.path().join("out/pv.parquet")),
+            "kill {i} at {at:?}: a partial file at the final path"
+        );
+
+        let rerun = s.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(rerun.code, 0, "kill {i} at {at:?}: the rerun failed\n{}\n{}", rerun.stdout, rerun.stderr);
+        let expected = if which == "full" { &full } else { &india };
+        assert_eq!(&outputs(&rerun), expected, "kill {i} at {at:?}: the rerun's results differ from a clean run's");
+        assert!(whole_or_absent(&s.path().join("out/pv.parquet")));
+        assert_eq!(temporaries(&s), Vec::<String>::new(), "kill {i} at {at:?}: temporary files left behind");
+        recovered += 1;
+    }
+    println!("kills: {kills}, recovered: {recovered}");
+    assert_eq!(recovered, kills);
+
+    // every snapshot the lake had holds one whole run's rows; no data file is left unreferenced
+    let ext = flowrun_extension_dir().display().to_string();
+    let history = python_json(LAKE_HISTORY, &[&catalog.display().to_string(), &format!("{}/", data.display()), &ext]);
+    let (whole_full, whole_india) = (1363 + 3698, 1363);
+    for c in history["counts"].as_array().unwrap() {
+        assert!(c == whole_full || c == whole_india, "a snapshot with {c} rows: {history}");
+    }
+    assert_eq!(history["orphans"], serde_json::json!([]), "{history}");
+}
