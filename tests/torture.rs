@@ -13,7 +13,12 @@ use crate::lake::lake_flow;
 use crate::util::{Out, Scratch, flowrun_extension_dir, free_port, pv_data, python, python_json};
 
 /// `python -m http.server` over a directory with two mirrors: `full/` (India, USPVDB) and `india/`.
-struct Mirror(Child, u16, tempfile::TempDir);
+struct Mirror {
+    child: Child,
+    port: u16,
+    /// Served while the mirror lives.
+    _root: tempfile::TempDir,
+}
 
 impl Mirror {
     fn start() -> Mirror {
@@ -39,18 +44,18 @@ impl Mirror {
             assert!(started.elapsed() < Duration::from_secs(20), "http.server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Mirror(child, port, dir)
+        Mirror { child, port, _root: dir }
     }
 
     fn url(&self, which: &str) -> String {
-        format!("http://127.0.0.1:{}/{which}", self.1)
+        format!("http://127.0.0.1:{}/{which}", self.port)
     }
 }
 
 impl Drop for Mirror {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
