@@ -55,3 +55,7 @@ bench-remote N="400000":
 # kill the PV datasets flow at 200 random moments (SIGKILL), rerunning to completion after each
 torture KILLS="200":
     FLOWRUN_TORTURE_KILLS={{KILLS}} cargo test --release --test tests -- torture --nocapture
+
+# the property tests of the flow parser and the readers with many more cases than the test suite's 256
+fuzz CASES="20000":
+    PROPTEST_CASES={{CASES}} cargo test --release --workspace --test fuzz

@@ -250,6 +250,9 @@ impl GeoJsonSink<'_> {
         }
         let g = match feature.geometry {
             Some(g) => {
+                if !positions_whole(&g.value) {
+                    bail!("feature {row}: a position with fewer than two coordinates (the file is damaged?)");
+                }
                 let geo =
                     Geometry::try_from(&g.value).map_err(|e| anyhow!("feature {row}: unsupported geometry: {e}"))?;
                 Some(to_wkb(&geo))
@@ -274,6 +277,19 @@ impl GeoJsonSink<'_> {
                 "its `crs` member {member} names no CRS flowrun can read; set the dataset's crs = \"EPSG:<code>\""
             ),
         }
+    }
+}
+
+/// Whether every position of `g` has at least x and y (the `geojson` crate's conversion indexes them).
+fn positions_whole(g: &geojson::GeometryValue) -> bool {
+    use geojson::GeometryValue as V;
+    let ok = |p: &geojson::Position| p.as_slice().len() >= 2;
+    match g {
+        V::Point { coordinates } => ok(coordinates),
+        V::MultiPoint { coordinates } | V::LineString { coordinates } => coordinates.iter().all(ok),
+        V::MultiLineString { coordinates } | V::Polygon { coordinates } => coordinates.iter().flatten().all(ok),
+        V::MultiPolygon { coordinates } => coordinates.iter().flatten().flatten().all(ok),
+        V::GeometryCollection { geometries } => geometries.iter().all(|g| positions_whole(&g.value)),
     }
 }
 
