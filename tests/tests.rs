@@ -9,6 +9,7 @@ mod cache;
 mod cli;
 mod code_version;
 mod concurrency;
+mod corpus;
 mod crs;
 mod download;
 mod graph;

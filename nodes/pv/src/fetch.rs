@@ -541,10 +541,25 @@ pub fn download(client: &reqwest::blocking::Client, f: &RemoteFile, dir: &Path) 
 }
 
 /// Unpacks a zip archive into `dir`, refusing entries that would escape it. Returns the unpacked files.
+/// The most an archive may unpack to: `FLOWRUN_MAX_UNPACKED` bytes (default 16 GiB). A zip bomb is refused
+/// when it reaches it, whatever its headers claim; a partial unpacking is removed.
+fn unpack_limit() -> u64 {
+    std::env::var("FLOWRUN_MAX_UNPACKED").ok().and_then(|v| v.parse().ok()).unwrap_or(16 << 30)
+}
+
 pub fn unzip(archive: &Path, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let unpacked = unzip_within(archive, dir, unpack_limit());
+    if unpacked.is_err() {
+        let _ = fs::remove_dir_all(dir);
+    }
+    unpacked
+}
+
+fn unzip_within(archive: &Path, dir: &Path, limit: u64) -> Result<Vec<(String, PathBuf)>> {
     let mut zip = zip::ZipArchive::new(fs::File::open(archive)?)
         .with_context(|| format!("{} is not a zip archive", archive.display()))?;
     let mut out = Vec::new();
+    let mut total = 0u64;
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i)?;
         let Some(rel) = entry.enclosed_name() else {
@@ -562,7 +577,16 @@ pub fn unzip(archive: &Path, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
             fs::create_dir_all(p)?;
         }
         let mut f = fs::File::create(&target)?;
-        std::io::copy(&mut entry, &mut f)?;
+        // read one byte past what is left: more means over the limit
+        let left = limit.saturating_sub(total);
+        let copied = std::io::copy(&mut std::io::Read::take(&mut entry, left + 1), &mut f)?;
+        total += copied;
+        if copied > left {
+            bail!(
+                "{} unpacks to more than {limit} bytes (FLOWRUN_MAX_UNPACKED): refusing it as a zip bomb",
+                archive.display()
+            );
+        }
         out.push((rel.to_string_lossy().replace('\\', "/"), target));
     }
     Ok(out)
@@ -587,11 +611,18 @@ fn local_file(name: String, path: PathBuf, sidecars: Vec<(String, String)>) -> R
 }
 
 fn walk(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    // the dataset's directory itself may be a link (a mirror of links to the data); what is in it stays in it
+    let root = fs::canonicalize(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
             let p = e?.path();
+            // a file may be a link, but not to a place outside its dataset's directory
+            let real = fs::canonicalize(&p).with_context(|| format!("cannot resolve {}", p.display()))?;
+            if !real.starts_with(&root) {
+                bail!("{} is a link leaving the dataset's directory (to {}): refusing it", p.display(), real.display());
+            }
             if p.is_dir() {
                 stack.push(p);
             } else {

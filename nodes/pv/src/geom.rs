@@ -120,6 +120,12 @@ pub enum Repair {
 /// result), and a polygon without area (its points on one line, which geo's validation accepts), keep the
 /// original and say so: nothing is silently dropped.
 pub fn repair(g: Geometry<f64>) -> (Geometry<f64>, Repair) {
+    // geo's validation compares every pair of segments: on a polygon of a million vertices it does not end.
+    // A large one goes through the even-odd fill (n log n) instead, and counts as valid when the fill
+    // encloses the same area as the polygon itself (crossing or misplaced rings change it).
+    if geo::CoordsIter::coords_count(&g) > LARGE {
+        return repair_large(g);
+    }
     if g.is_valid() {
         let flat = matches!(g, Geometry::Polygon(_) | Geometry::MultiPolygon(_)) && g.unsigned_area() == 0.0;
         return (g, if flat { Repair::Unrepairable } else { Repair::Valid });
@@ -134,6 +140,31 @@ pub fn repair(g: Geometry<f64>) -> (Geometry<f64>, Repair) {
     });
     match filled {
         Ok(mp) if mp.unsigned_area() > 0.0 => (Geometry::MultiPolygon(canonical(mp)), Repair::Repaired),
+        _ => (g, Repair::Unrepairable),
+    }
+}
+
+/// Vertices above which a geometry is checked by its even-odd fill rather than by geo's validation.
+const LARGE: usize = 20_000;
+
+fn repair_large(g: Geometry<f64>) -> (Geometry<f64>, Repair) {
+    let rings = match &g {
+        Geometry::Polygon(p) => MultiPolygon::new(vec![p.clone()]),
+        Geometry::MultiPolygon(mp) => mp.clone(),
+        _ => return (g, Repair::Valid),
+    };
+    let filled = std::panic::catch_unwind(|| {
+        rings.boolean_op_with_fill_rule(&MultiPolygon::new(vec![]), OpType::Xor, FillRule::EvenOdd)
+    });
+    match filled {
+        Ok(mp) if mp.unsigned_area() > 0.0 => {
+            let (before, after) = (g.unsigned_area(), mp.unsigned_area());
+            if (before - after).abs() <= 1e-9 * after.max(f64::MIN_POSITIVE) {
+                (g, Repair::Valid)
+            } else {
+                (Geometry::MultiPolygon(canonical(mp)), Repair::Repaired)
+            }
+        }
         _ => (g, Repair::Unrepairable),
     }
 }

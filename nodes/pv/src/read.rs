@@ -528,6 +528,7 @@ pub fn read_shapefile(path: &Path, encoding: Option<&str>) -> Result<FileTable> 
     }
     .map_err(|e| anyhow!("{}: {e}", dbf.display()))?;
     let field_names: Vec<String> = dbf_reader.fields().iter().map(|f| f.name().to_string()).collect();
+    let records = dbf_reader.header().num_records as usize;
     let shp = BufReader::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
     let shape_reader = shapefile::ShapeReader::new(shp).map_err(|e| anyhow!("{e}"))?;
     let mut reader = shapefile::Reader::new(shape_reader, dbf_reader);
@@ -551,6 +552,16 @@ pub fn read_shapefile(path: &Path, encoding: Option<&str>) -> Result<FileTable> 
             });
             columns.push(i, name.clone(), dbf_value(Some(value)));
         }
+    }
+    // shapes and records are read in pairs: where one file ends, the pairs end, so count both
+    if records != geoms.len() {
+        bail!(
+            "{} holds {records} records but {} holds {} shapes: the two files do not belong together (or one is \
+             damaged)",
+            dbf.display(),
+            path.display(),
+            geoms.len()
+        );
     }
     for (name, (n, example)) in field_names.iter().zip(unreadable) {
         if let Some(example) = example {
