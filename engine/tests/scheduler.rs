@@ -385,6 +385,39 @@ fn panics_are_node_failures() {
     assert_eq!(r.nodes[0].error, vec!["node panicked: boom at 3"]);
 }
 
+/// A value type whose own code panics when it is hashed or encoded (a bug in a user's `Value` impl).
+#[derive(Clone, Debug)]
+struct Fragile(i64);
+
+impl Value for Fragile {
+    fn encode(&self, _out: &mut Vec<u8>) -> Result<(), flowrun_engine::CodecError> {
+        panic!("cannot encode {}", self.0)
+    }
+    fn decode(_bytes: &[u8]) -> Result<Self, flowrun_engine::CodecError> {
+        unreachable!("never encoded")
+    }
+    fn identity(&self) -> Option<Result<blake3::Hash, String>> {
+        panic!("no identity for {}", self.0)
+    }
+}
+
+#[node]
+fn fragile(x: i64) -> Fragile {
+    Fragile(x)
+}
+
+#[test]
+fn a_panic_in_a_value_types_own_code_is_a_warning_of_its_node() {
+    let src = "[flow]\nname = \"v\"\noutputs = [\"fragile\"]\n[config]\nx = 3\n";
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let r = run(&build(src, &[]), 1, Some(store));
+    assert_eq!(r.status, RunStatus::Ok, "the run goes on");
+    let w = &r.nodes[0].warnings;
+    assert!(w.iter().any(|w| w.contains("the result's identity panicked: no identity for 3")), "{w:?}");
+    assert!(w.iter().any(|w| w.contains("result not cached (encoding it panicked: cannot encode 3)")), "{w:?}");
+}
+
 #[test]
 fn fail_fast_cancels_what_has_not_started() {
     let src = r#"

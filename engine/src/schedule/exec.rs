@@ -557,7 +557,13 @@ impl<'p, 'f> Exec<'p, 'f> {
         let result = result.unwrap_or_else(|panic| Err(anyhow::anyhow!("node panicked: {}", panic_message(&panic))));
         report.warnings.extend(cx.warnings);
         report.notes.extend(cx.notes);
-        (result.and_then(|v| self.check(fnode, &v, report).map(|()| v)), cx.deps)
+        // the data checks, too, run under a guard: a panic in one is the node's failure, not the run's end
+        let checked = result.and_then(|v| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.check(fnode, &v, report)))
+                .unwrap_or_else(|p| Err(anyhow::anyhow!("a data check panicked: {}", panic_message(&p))))
+                .map(|()| v)
+        });
+        (checked, cx.deps)
     }
 
     /// Step 4, the result: stored (unless the node's cache is disabled), with the identity its consumers
@@ -572,15 +578,28 @@ impl<'p, 'f> Exec<'p, 'f> {
         deps: Vec<FileDep>,
         report: &mut NodeReport,
     ) -> Hash {
-        let own_identity = value.dyn_identity().and_then(Result::ok);
+        // a value type's own code (identity, encoding) runs under a guard: its panic leaves the result
+        // uncached, with a warning naming the node, and the run goes on
+        let guard = |what: &str, p: Box<dyn std::any::Any + Send>| format!("{what} panicked: {}", panic_message(&p));
+        let own_identity = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| value.dyn_identity()))
+            .unwrap_or_else(|p| {
+                report.warnings.push(guard("the result's identity", p));
+                None
+            })
+            .and_then(Result::ok);
         let store = match (pn.cache, &self.opts.store) {
             (CacheMode::Disable, _) | (_, None) => return key,
             (_, Some(store)) => store,
         };
-        let bytes = match encode_value(&**value) {
-            Ok(bytes) => bytes,
-            Err(e) => {
+        let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode_value(&**value)));
+        let bytes = match encoded {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
                 report.warnings.push(format!("result not cached (cannot encode it: {e})"));
+                return key;
+            }
+            Err(p) => {
+                report.warnings.push(format!("result not cached ({})", guard("encoding it", p)));
                 return key;
             }
         };
