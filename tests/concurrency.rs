@@ -128,4 +128,26 @@ fn a_catalog_held_by_another_program_is_found_before_any_node_runs() {
     holder.wait().unwrap();
     let out = finish(waiting).ok();
     assert!(out.stderr.contains("waiting for process"), "{}", out.stderr);
+
+    // a reader counts too: DuckLake attached read-only (the README's lineage query) holds a shared lock
+    let mut reader = Command::new(python())
+        .args([
+            "-c",
+            "import duckdb, os, sys, time\ncon = duckdb.connect()\n\
+             con.execute(f\"LOAD '{os.path.join(sys.argv[2], 'ducklake.duckdb_extension')}'\")\n\
+             con.execute(f\"ATTACH 'ducklake:{sys.argv[1]}' AS lake (READ_ONLY)\")\nprint('ready', flush=True)\ntime.sleep(120)",
+        ])
+        .arg(s.path().join("lake.ducklake"))
+        .arg(crate::util::flowrun_extension_dir())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(reader.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let refused = s.run(&["--json", "--no-wait", "run", "flow.toml", "--set", "ms=2"]);
+    assert_eq!(refused.code, 3, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(refused.stderr.contains(&format!("is held by process {}", reader.id())), "{}", refused.stderr);
+    reader.kill().unwrap();
+    reader.wait().unwrap();
 }

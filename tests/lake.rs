@@ -395,6 +395,15 @@ fn the_lake_ledger_answers_for_every_directory() {
     assert_eq!((count("history"), count("pv")), (3, full), "pv is full again; history was appended before");
     let settled = a.run(&["--json", "run", "flow.toml"]).ok();
     assert!(settled.json()["materialized"]["snapshot"].is_null(), "{}", settled.stdout);
+    // a table dropped outside flowrun (stock DuckDB) is written back by the next run
+    let drop = "import duckdb, os, sys\ncon = duckdb.connect()\ncon.execute(f\"LOAD '{os.path.join(sys.argv[3], 'ducklake.duckdb_extension')}'\")\n\
+                con.execute(f\"ATTACH 'ducklake:{sys.argv[1]}' AS lake (DATA_PATH '{sys.argv[2]}')\")\n\
+                con.execute('DROP TABLE lake.main.pv')\nprint('{}')";
+    let ext = flowrun_extension_dir().display().to_string();
+    python_json(drop, &[&catalog.display().to_string(), &format!("{}/", data.display()), &ext]);
+    let restored = a.run(&["--json", "run", "flow.toml"]).ok();
+    assert!(restored.json()["materialized"]["snapshot"].is_i64(), "{}", restored.stdout);
+    assert_eq!(count("pv"), full);
 }
 
 #[test]

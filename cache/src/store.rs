@@ -530,6 +530,29 @@ impl Store {
         }
     }
 
+    /// Forgets every entry whose blob file is gone (a cache directory cleaned by hand): one sweep, so that a
+    /// run finding one missing blob does not find the others one restart at a time. Gives how many blobs.
+    pub fn evict_missing(&self) -> Result<u64> {
+        let candidates: Vec<Vec<u8>> = self.with_conn(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT DISTINCT e.content FROM entries e LEFT JOIN blobs b ON b.content = e.content \
+                 WHERE b.data IS NULL",
+            )?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            rows.collect()
+        })?;
+        let mut gone = 0;
+        for c in candidates {
+            if let Some(content) = hash_from_bytes(&c)
+                && !self.object_path(&content).exists()
+            {
+                self.evict(&content)?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    }
+
     fn remove_blob(&self, content: &Hash) -> Result<()> {
         let path = self.object_path(content);
         match fs::remove_file(&path) {
@@ -721,12 +744,25 @@ impl Store {
         Ok(report)
     }
 
-    /// Removes the files in `tmp/` older than `age`: blobs a killed process was writing. A run that holds
+    /// Removes the files in `tmp/` (and `.tmp*` files under `downloads/`) older than `age`: what a killed
+    /// process was writing. A run that holds
     /// the cache's lock (`crate::lock`) removes them all (age zero); `gc` those older than an hour.
     pub fn remove_temporaries(&self, age: Duration) -> Result<u64> {
         let before = SystemTime::now() - age;
         let mut removed = 0;
-        for tmp in read_dir_or_empty(&self.root.join("tmp"))? {
+        // and the `.tmp*` files of downloads a killed process did not finish (nodes' `downloads/` directories)
+        let mut temporaries = read_dir_or_empty(&self.root.join("tmp"))?;
+        let mut dirs = vec![self.root.join("downloads")];
+        while let Some(dir) = dirs.pop() {
+            for p in read_dir_or_empty(&dir)? {
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".tmp")) {
+                    temporaries.push(p);
+                }
+            }
+        }
+        for tmp in temporaries {
             let old = fs::metadata(&tmp).and_then(|m| m.modified()).map(|t| t <= before).unwrap_or(false);
             if old && fs::remove_file(&tmp).is_ok() {
                 removed += 1;

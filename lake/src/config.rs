@@ -58,6 +58,8 @@ pub struct LakeConfig {
     pub retries: (u32, u32, f64),
     /// Wait for another process that holds the catalog (else fail at once: `--no-wait`).
     pub wait: bool,
+    /// Set by a first Ctrl-C: a commit not yet made is not made (the lake stays where it was).
+    pub interrupt: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 /// Where a lake's data files go.
@@ -273,7 +275,17 @@ impl LakeConfig {
                 base.join(p)
             });
         }
-        Ok(Some(LakeConfig { catalog, data_path, exports, storage, alias, extensions, retries, wait: true }))
+        Ok(Some(LakeConfig {
+            catalog,
+            data_path,
+            exports,
+            storage,
+            alias,
+            extensions,
+            retries,
+            wait: true,
+            interrupt: None,
+        }))
     }
 
     /// Loads the extensions this lake needs and attaches it to `duck` (read-only if asked).
@@ -318,14 +330,21 @@ impl LakeConfig {
         // Two processes attaching a new PostgreSQL catalog at once both try to create its tables; the one
         // that loses sees a duplicate key. The catalog exists then: attaching again uses it.
         let mut attached = duck.execute_quiet(&sql);
-        for _ in 0..3 {
+        let (mut raced, mut said) = (0, false);
+        loop {
             match &attached {
-                Err(e) if creation_raced(&format!("{e:#}")) => {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                    attached = duck.execute_quiet(&sql);
+                Err(e) if creation_raced(&format!("{e:#}")) && raced < 3 => raced += 1,
+                // another program took the catalog file since the check before the run: wait for it too
+                Err(e) if self.wait && format!("{e:#}").contains("Could not set lock") => {
+                    if !said {
+                        eprintln!("waiting for another process to release the lake catalog {}", self.describe());
+                        said = true;
+                    }
                 }
                 _ => break,
             }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            attached = duck.execute_quiet(&sql);
         }
         // no SQL in the error: a PostgreSQL connection string may hold a password
         attached.map_err(|e| {
@@ -337,6 +356,14 @@ impl LakeConfig {
             };
             anyhow!("cannot attach the DuckLake catalog {}{hint}: {e:#}", self.catalog.describe())
         })
+    }
+
+    /// Fails when a first Ctrl-C asked the run to stop: what has not been written is not.
+    pub fn stop_if_interrupted(&self) -> Result<()> {
+        if self.interrupt.is_some_and(|i| i.load(std::sync::atomic::Ordering::Relaxed)) {
+            bail!("interrupted: nothing more was written");
+        }
+        Ok(())
     }
 
     /// `catalog` for messages and records.
@@ -381,16 +408,18 @@ impl LakeConfig {
     }
 }
 
-/// The process holding a POSIX write lock on `path` (DuckDB locks its database files so), if any.
+/// A process holding a POSIX lock on `path`, if any: DuckDB takes a write lock on a database file it opens
+/// for writing and a read lock on one it opens read-only; this process's write would conflict with either.
 #[cfg(unix)]
 fn write_locked_by(path: &Path) -> Option<i32> {
     use std::os::fd::AsRawFd;
     let file = std::fs::File::open(path).ok()?;
-    // SAFETY: a zeroed `flock` is a valid value of that plain C struct, and `fcntl(F_GETLK)` only reads the
-    // descriptor (open for the whole call) and writes into the struct it is given.
+    // SAFETY: a zeroed `flock` is a valid value of that plain C struct.
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = libc::F_RDLCK as libc::c_short;
+    // asking for a write lock: any lock another process holds conflicts with it and is described back
+    lock.l_type = libc::F_WRLCK as libc::c_short;
     lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: `fcntl(F_GETLK)` only reads the descriptor (open for the whole call) and writes into `lock`.
     let asked = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
     (asked == 0 && lock.l_type != libc::F_UNLCK as libc::c_short).then_some(lock.l_pid)
 }

@@ -221,9 +221,9 @@ fn commit_message(flow: &str, report: &RunReport) -> String {
 
 /// Appends the run to `flowrun_runs` and its node runs to `flowrun_node_runs`. Which snapshot a row belongs
 /// to is DuckLake's own virtual column `snapshot_id` (the snapshot that inserted it): the one that was
-/// actually committed, even when a concurrent writer took the id this transaction saw next. Lakes written
-/// by earlier versions kept a predicted id in a real `snapshot_id` column: it is dropped, and the virtual
-/// column (the same numbers, or the right ones) shows through.
+/// actually committed, even when a concurrent writer took the id this transaction saw next. Lakes created
+/// by earlier versions have a real `snapshot_id` column, which hides the virtual one: it is kept (older
+/// flowruns still write into it) and filled with the id this transaction expects, as before.
 fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport) -> Result<()> {
     let l = quoted(lake, "lake alias")?;
     duck.execute(&format!(
@@ -233,20 +233,22 @@ fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport) -> Resu
          CREATE TABLE IF NOT EXISTS {l}.main.flowrun_node_runs (run_id VARCHAR, node VARCHAR, status VARCHAR, \
            cached BOOLEAN, duration_ms DOUBLE, rows BIGINT, cache_key VARCHAR, input_keys VARCHAR, error VARCHAR);"
     ))?;
-    for table in ["flowrun_runs", "flowrun_node_runs"] {
-        let stored: i64 = duck.scalar(&format!(
+    // lakes written before this version keep their `snapshot_id` column (older flowruns still write it):
+    // it gets the snapshot this transaction expects to commit, as it always did
+    let stored = |table: &str| -> Result<bool> {
+        Ok(duck.scalar::<i64>(&format!(
             "SELECT count(*) FROM duckdb_columns() WHERE database_name = {} AND schema_name = 'main' \
              AND table_name = '{table}' AND column_name = 'snapshot_id'",
             literal(lake)
-        ))?;
-        if stored > 0 {
-            duck.execute(&format!("ALTER TABLE {l}.main.{table} DROP COLUMN snapshot_id"))?;
-        }
-    }
+        ))? > 0)
+    };
+    let expected = || -> Result<i64> { Ok(duck.scalar::<i64>(&format!("SELECT id FROM {l}.current_snapshot()"))? + 1) };
+    let runs_extra = if stored("flowrun_runs")? { format!(", {}", expected()?) } else { String::new() };
+    let nodes_extra = if stored("flowrun_node_runs")? { format!(", {}", expected()?) } else { String::new() };
     let r = run_record(report, flow_path);
     duck.execute(&format!(
         "INSERT INTO {l}.main.flowrun_runs VALUES ({}, {}, {}, to_timestamp({}::BIGINT / 1000.0), \
-         to_timestamp({}::BIGINT / 1000.0), {}, {}, {}, {}, {}, {}, {})",
+         to_timestamp({}::BIGINT / 1000.0), {}, {}, {}, {}, {}, {}, {}{runs_extra})",
         literal(&r.run_id),
         literal(&r.flow),
         literal(&r.flow_path),
@@ -261,7 +263,9 @@ fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport) -> Resu
         r.jobs
     ))?;
     // node records were staged before the transaction (see `stage_node_runs`)
-    duck.execute(&format!("INSERT INTO {l}.main.flowrun_node_runs SELECT * FROM memory.main.__flowrun_node_runs"))
+    duck.execute(&format!(
+        "INSERT INTO {l}.main.flowrun_node_runs SELECT *{nodes_extra} FROM memory.main.__flowrun_node_runs"
+    ))
 }
 
 /// Whether the lake's ledger (`flowrun_materializations`) shows `identity` already in `destination`
@@ -278,6 +282,17 @@ pub fn already_written(duck: &Duck, lake: &str, destination: &str, mode: &Mode, 
     if has_ledger == 0 {
         return Ok(false);
     }
+    // the table must still be there (someone may have dropped it outside flowrun)
+    let (schema, table) = destination.split_once('.').unwrap_or(("main", destination));
+    let exists: i64 = duck.scalar(&format!(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = {} AND schema_name = {} AND table_name = {}",
+        literal(lake),
+        literal(schema),
+        literal(table)
+    ))?;
+    if exists == 0 {
+        return Ok(false);
+    }
     let (dest, id) = (literal(destination), literal(identity));
     let sql = match mode {
         Mode::Append => {
@@ -285,7 +300,15 @@ pub fn already_written(duck: &Duck, lake: &str, destination: &str, mode: &Mode, 
                 "SELECT count(*) FROM {l}.main.flowrun_materializations WHERE destination = {dest} AND identity = {id}"
             )
         }
-        Mode::Replace | Mode::Merge(_) => format!(
+        // a replaced table must still hold the rows that were written (not emptied or cut by hand)
+        Mode::Replace => format!(
+            "SELECT count(*) FROM (SELECT identity, rows FROM {l}.main.flowrun_materializations \
+             WHERE destination = {dest} ORDER BY snapshot_id DESC LIMIT 1) \
+             WHERE identity = {id} AND rows = (SELECT count(*) FROM {l}.{}.{})",
+            quoted(schema, "schema")?,
+            quoted(table, "table")?
+        ),
+        Mode::Merge(_) => format!(
             "SELECT count(*) FROM (SELECT identity FROM {l}.main.flowrun_materializations WHERE destination = {dest} \
              ORDER BY snapshot_id DESC LIMIT 1) WHERE identity = {id}"
         ),
@@ -375,7 +398,10 @@ pub fn write(
     let (max_replans, wait_ms, backoff) = lake.retries;
     let mut attempt = 0;
     loop {
-        match transaction(duck, alias, targets, flow, flow_path, report) {
+        match transaction(duck, alias, targets, flow, flow_path, report).and_then(|w| {
+            lake.stop_if_interrupted()?;
+            Ok(w)
+        }) {
             Ok(mut w) => match duck.execute("COMMIT") {
                 Ok(()) => {
                     // the snapshot that was committed (a concurrent writer may have taken the next id)
@@ -386,7 +412,6 @@ pub fn write(
                             literal(&report.run_id)
                         ))
                         .context("reading back the committed snapshot")?;
-                    remove_orphans(duck, lake);
                     return Ok(w);
                 }
                 Err(e) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
@@ -406,17 +431,6 @@ pub fn write(
             }
         }
     }
-}
-
-/// Data files a killed writer left behind (written, never committed) are deleted after a commit: all of
-/// them for a DuckDB catalog (DuckDB lets one process at a time write it, and this one just did), those older
-/// than a day for a shared catalog (another writer's files may be on their way to its commit).
-fn remove_orphans(duck: &Duck, lake: &LakeConfig) {
-    let which = match lake.catalog {
-        crate::config::Catalog::DuckDb(_) => "cleanup_all => true",
-        _ => "older_than => now() - INTERVAL 1 DAY",
-    };
-    let _ = duck.execute_quiet(&format!("CALL ducklake_delete_orphaned_files({}, {which})", literal(&lake.alias)));
 }
 
 /// Opens the transaction and writes every target and the run's records into it (not committed).

@@ -467,7 +467,9 @@ pub fn materialize(
     let with_stamp = |identity: &str| stamp.as_ref().map(|st| format!("{identity}@{st}"));
     let (changed, same): (Vec<_>, Vec<_>) = lake_targets.into_iter().partition(|(t, _, where_, _)| {
         let recorded = store.and_then(|s| s.state(&state_key("ducklake", where_)).ok().flatten());
-        recorded.is_none() || recorded != with_stamp(&t.identity)
+        // a state from before the ledger (no `@`) is taken as it was then: the next write records the ledger
+        let legacy = recorded.as_deref().is_some_and(|r| !r.contains('@') && r == t.identity);
+        !legacy && (recorded.is_none() || recorded != with_stamp(&t.identity))
     });
     let mut lake_states: Vec<(String, String)> =
         same.iter().map(|(t, _, where_, _)| (where_.clone(), t.identity.clone())).collect();
@@ -530,6 +532,9 @@ pub fn materialize(
 
     // 3. files into place
     for (tmp, path, section, where_, identity, rows) in pending_files {
+        if let Some(l) = lake {
+            l.stop_if_interrupted()?;
+        }
         path.commit(tmp, &storage).with_context(|| format!("materialization `{section}`"))?;
         if let Some(s) = store {
             s.set_state(&state_key("geoparquet", &where_), &identity.to_hex())?;

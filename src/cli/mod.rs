@@ -256,6 +256,7 @@ fn run(
     let (flow, mut lake) = build(f)?;
     if let Some(l) = &mut lake {
         l.wait = !cli.no_wait;
+        l.interrupt = Some(interrupt::watch());
     }
     let shard = f.shard.as_deref().map(parse_shard).transpose()?;
     let remote = remote_cache_url(f, &flow)?;
@@ -326,10 +327,18 @@ fn run(
     // a shard run leaves the fan-ins, and so the lake, to the run without --shard
     let materialized = if writes_lake && result.status != RunStatus::Failed {
         let flow_path = f.flow.display().to_string();
-        Some(
-            flowrun_lake::materialize(&flow, &result, store.as_deref(), lake.as_ref(), &flow_path)
-                .map_err(|e| in_target(&flow, e, "writing the run's results failed"))?,
-        )
+        match flowrun_lake::materialize(&flow, &result, store.as_deref(), lake.as_ref(), &flow_path) {
+            Ok(m) => Some(m),
+            // a first Ctrl-C while the lake was being written: what was not committed is not
+            Err(_) if opts.interrupted() => {
+                report::print_run(&flow, &result, None, ui);
+                eprintln!(
+                    "interrupted before the lake's commit: the lake stays at its previous snapshot; run again to go on"
+                );
+                return Ok(Outcome::Interrupted);
+            }
+            Err(e) => return Err(in_target(&flow, e, "writing the run's results failed")),
+        }
     } else {
         None
     };

@@ -107,6 +107,8 @@ pub(crate) struct Exec<'p, 'f> {
     opts: &'p RunOptions,
     abort: AtomicBool,
     pub restart: Mutex<Option<String>>,
+    /// The restart removed the cache entry that failed (so restarting again makes progress).
+    pub progressed: AtomicBool,
     pub failed: AtomicBool,
     pub reports: Mutex<Vec<NodeReport>>,
     pub outputs: Mutex<Vec<Output>>,
@@ -157,6 +159,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             opts,
             abort: AtomicBool::new(false),
             restart: Mutex::new(None),
+            progressed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             // one report per node of the plan at least
             reports: Mutex::new(Vec::with_capacity(plan.nodes.len())),
@@ -538,6 +541,13 @@ impl<'p, 'f> Exec<'p, 'f> {
             && let Ok(content) = blake3::Hash::from_hex(hex)
         {
             let _ = store.evict(&content);
+            if matches!(e, LoadError::Missing(_)) {
+                let _ = store.evict_missing();
+            }
+        }
+        // each such restart removed what failed: the next attempt cannot fail on it again
+        if !matches!(e, LoadError::Cache(_)) {
+            self.progressed.store(true, Ordering::Relaxed);
         }
         self.restart.lock().unwrap().get_or_insert(format!("{e}; running again without it"));
         self.abort.store(true, Ordering::Relaxed);

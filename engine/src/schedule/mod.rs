@@ -201,8 +201,11 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
             Err(_) => drive_sequential(&exec, initial),
         }
         let restart = exec.restart.lock().unwrap().take();
+        // a restart that evicted what failed makes progress (the cache holds finitely many entries); one that
+        // did not is tried at most 4 times
+        let progressed = exec.progressed.load(std::sync::atomic::Ordering::Relaxed);
         match restart {
-            Some(why) if attempt < 4 && !opts.interrupted() => {
+            Some(why) if (attempt < 4 || (progressed && attempt < 1000)) && !opts.interrupted() => {
                 let message = format!("{why} (attempt {attempt})");
                 opts.observer.event(&Event::Warning { node: None, message: &message });
                 warnings.push(message);

@@ -96,6 +96,7 @@ pub fn ducklake_write(table: &Table, dir: &std::path::Path, data: flowrun_lake::
         extensions: flowrun_lake::extensions::ExtensionSources::from_env(),
         retries: (10, 100, 1.5),
         wait: true,
+        interrupt: None,
     };
     let duck = flowrun_lake::duck::Duck::in_memory().unwrap();
     cfg.attach(&duck, false).unwrap();
