@@ -66,24 +66,49 @@ fn two_runs_on_one_cache_take_turns_and_say_so() {
     // --no-wait: refused at once, naming the holder; nothing ran
     let refused = s.run(&["--json", "--no-wait", "run", "flow.toml", "--set", "ms=401"]);
     assert_eq!(refused.code, 3, "{}\n{}", refused.stdout, refused.stderr);
-    assert!(refused.stderr.contains("is held by `flowrun run flow.toml` (pid"), "{}", refused.stderr);
-    // the default waits, and says for whom; both runs succeed, and `cache gc` waits its turn too
+    assert!(refused.stderr.contains("is held by run "), "{}", refused.stderr);
+    assert!(refused.stderr.contains(" (`flowrun run flow.toml`, pid "), "{}", refused.stderr);
+    // the default waits, and says for whom (the run's id); both runs succeed, and `cache gc` waits its turn
     let second = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=402"]);
     let gc = spawn(&s, &["cache", "gc"]);
     let (first, second, gc) = (finish(first).ok(), finish(second).ok(), finish(gc).ok());
-    assert!(second.stderr.contains("waiting for `flowrun run flow.toml` (pid"), "{}", second.stderr);
+    let first_id = first.json()["run_id"].as_str().unwrap().to_string();
+    assert!(
+        second.stderr.contains(&format!("waiting for run {first_id} (`flowrun run flow.toml`, pid")),
+        "{}",
+        second.stderr
+    );
     assert!(second.stderr.contains(".flowrun/cache/lock"), "{}", second.stderr);
     assert!(gc.stderr.contains("waiting for"), "{}", gc.stderr);
     assert_eq!(first.json()["status"], "ok");
     assert_eq!(second.json()["status"], "ok");
     let again = s.run(&["--json", "run", "flow.toml", "--set", "ms=402"]).ok();
     assert!(again.nodes("executed").is_empty(), "the cache is whole: {}", again.stdout);
+
+    // `cache clear` during a run waits for it, then clears; the run is not broken by it
+    let running = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=403"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let clear = spawn(&s, &["cache", "clear"]);
+    let (running, clear) = (finish(running).ok(), finish(clear).ok());
+    assert_eq!(running.json()["status"], "ok");
+    assert!(clear.stderr.contains("waiting for run "), "{}", clear.stderr);
+    let after = s.run(&["--json", "run", "flow.toml", "--set", "ms=403"]).ok();
+    assert!(!after.nodes("executed").is_empty(), "cleared after the run: {}", after.stdout);
 }
 
 #[test]
 fn two_caches_committing_into_one_duckdb_catalog_both_land() {
+    two_caches_committing_into_one_catalog("lake.ducklake", "");
+}
+
+#[test]
+fn two_caches_committing_into_one_sqlite_catalog_both_land() {
+    two_caches_committing_into_one_catalog("lake.sqlite", "sqlite:");
+}
+
+fn two_caches_committing_into_one_catalog(file: &str, kind: &str) {
     let lake = Scratch::new();
-    let catalog = lake.path().join("lake.ducklake").display().to_string();
+    let catalog = format!("{kind}{}", lake.path().join(file).display());
     let data = lake.path().join("data").display().to_string();
     let (a, b) = (Scratch::new(), Scratch::new());
     for (s, table) in [(&a, "from_a"), (&b, "from_b")] {
@@ -150,4 +175,25 @@ fn a_catalog_held_by_another_program_is_found_before_any_node_runs() {
     assert!(refused.stderr.contains(&format!("is held by process {}", reader.id())), "{}", refused.stderr);
     reader.kill().unwrap();
     reader.wait().unwrap();
+
+    // another flowrun committing into the catalog (its `<catalog>.lock` held): --no-wait says so before
+    // any node runs, not at its own commit
+    let mut committing = Command::new(python())
+        .args([
+            "-c",
+            "import fcntl, sys, time\nf = open(sys.argv[1], 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
+             f.write('flowrun writing the lake (pid 1)'); f.flush()\nprint('ready', flush=True)\ntime.sleep(120)",
+        ])
+        .arg(s.path().join("lake.ducklake.lock"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(committing.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    let refused = s.run(&["--json", "--no-wait", "run", "flow.toml", "--set", "ms=3"]);
+    assert_eq!(refused.code, 3, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(refused.stderr.contains("is held by flowrun writing the lake (pid 1)"), "{}", refused.stderr);
+    assert!(refused.stdout.contains("\"status\":\"error\""), "no node ran: {}", refused.stdout);
+    committing.kill().unwrap();
+    committing.wait().unwrap();
 }

@@ -387,6 +387,10 @@ impl LakeConfig {
     /// with `fcntl(F_GETLK)`: no file is opened by DuckDB for it). With `wait`, this waits (saying so)
     /// until the file is free; otherwise it is an error.
     pub fn check_not_held(&self) -> Result<()> {
+        // with --no-wait, another flowrun committing into this catalog is an error now, not at the commit
+        if !self.wait {
+            drop(self.lock()?);
+        }
         let Catalog::DuckDb(p) = &self.catalog else { return Ok(()) };
         let mut said = false;
         while let Some(pid) = write_locked_by(p) {

@@ -271,10 +271,11 @@ fn run(
         flowrun_lake::reach(&flow, lake.as_ref()).map_err(|e| in_target(&flow, e, "cannot write its results"))?;
     }
     // one run at a time on a cache (a second one waits, saying for whom); explain only reads it
+    let run_id = schedule::new_run_id();
     let _turn = if dry_run || f.no_cache {
         None
     } else {
-        Some(lock_cache(cli, &format!("`flowrun run {}`", f.flow.display()))?)
+        Some(lock_cache(cli, &format!("run {run_id} (`flowrun run {}`", f.flow.display()))?)
     };
     let store = match f.no_cache {
         true => None,
@@ -298,6 +299,7 @@ fn run(
         targets: None,
         flow_path: f.flow.display().to_string(),
         interrupt: Some(interrupt::watch()),
+        run_id: Some(run_id),
     };
     let result = schedule::run(&flow, &opts)?;
     progress.finish();
@@ -358,7 +360,11 @@ fn run(
 /// or `cache clear` to finish, or with `--no-wait` fails at once.
 fn lock_cache(cli: &Cli, what: &str) -> Result<flowrun_cache::lock::FileLock, CliError> {
     let path = cli.cache_dir.join("lock");
-    let holder = format!("{what} (pid {})", std::process::id());
+    // "run <id> (`flowrun run flow.toml`, pid N)" or "`flowrun cache gc` (pid N)"
+    let holder = match what.strip_prefix("run ") {
+        Some(_) => format!("{what}, pid {})", std::process::id()),
+        None => format!("{what} (pid {})", std::process::id()),
+    };
     let on_wait = |other: &str| eprintln!("waiting for {other} to release {}", path.display());
     Ok(flowrun_cache::lock::FileLock::acquire(&path, &holder, !cli.no_wait, on_wait)?)
 }

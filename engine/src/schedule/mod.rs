@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub flow_path: String,
     /// Set from outside (a first Ctrl-C): no node starts after it; the running ones finish and are stored.
     pub interrupt: Option<&'static std::sync::atomic::AtomicBool>,
+    /// The run's id when the caller made it already (to name the run before it starts); else a new one.
+    pub run_id: Option<String>,
 }
 
 impl RunOptions {
@@ -72,6 +74,7 @@ impl Default for RunOptions {
             targets: None,
             flow_path: String::new(),
             interrupt: None,
+            run_id: None,
         }
     }
 }
@@ -177,7 +180,7 @@ impl RunReport {
 /// Runs `flow`. Returns `Err` only when the cache itself fails; node failures are in the report.
 pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::CacheError> {
     let started_ms = now_ms();
-    let run_id = new_run_id();
+    let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
     let targets = opts.targets.clone().unwrap_or_else(|| flow.targets.clone());
     let plan = plan::Plan::new(flow, &targets, &opts.recompute);
     let jobs = opts.jobs.max(1);
