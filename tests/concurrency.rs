@@ -5,7 +5,7 @@
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 
-use crate::util::{Out, Scratch, python};
+use crate::util::{Scratch, finish, python, spawn};
 
 /// `slow` sleeps `ms` in each of 4 fan-out items, then a lake table of the results.
 fn flow(catalog: &str, data: &str) -> String {
@@ -44,24 +44,11 @@ kind = "ducklake"
     )
 }
 
-fn spawn(s: &Scratch, args: &[&str]) -> Child {
-    s.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-}
-
-fn finish(c: Child) -> Out {
-    let o = c.wait_with_output().unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
 #[test]
 fn two_runs_on_one_cache_take_turns_and_say_so() {
     let s = Scratch::new();
     s.write("flow.toml", &flow("lake.ducklake", "lake_data"));
-    let first = spawn(&s, &["--json", "run", "flow.toml"]);
+    let first = spawn(&s, &["--json", "run", "flow.toml"], &[]);
     std::thread::sleep(std::time::Duration::from_millis(300));
     // --no-wait: refused at once, naming the holder; nothing ran
     let refused = s.run(&["--json", "--no-wait", "run", "flow.toml", "--set", "ms=401"]);
@@ -69,8 +56,8 @@ fn two_runs_on_one_cache_take_turns_and_say_so() {
     assert!(refused.stderr.contains("is held by run "), "{}", refused.stderr);
     assert!(refused.stderr.contains(" (`flowrun run flow.toml`, pid "), "{}", refused.stderr);
     // the default waits, and says for whom (the run's id); both runs succeed, and `cache gc` waits its turn
-    let second = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=402"]);
-    let gc = spawn(&s, &["cache", "gc"]);
+    let second = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=402"], &[]);
+    let gc = spawn(&s, &["cache", "gc"], &[]);
     let (first, second, gc) = (finish(first).ok(), finish(second).ok(), finish(gc).ok());
     let first_id = first.json()["run_id"].as_str().unwrap().to_string();
     assert!(
@@ -86,9 +73,9 @@ fn two_runs_on_one_cache_take_turns_and_say_so() {
     assert!(again.nodes("executed").is_empty(), "the cache is whole: {}", again.stdout);
 
     // `cache clear` during a run waits for it, then clears; the run is not broken by it
-    let running = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=403"]);
+    let running = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=403"], &[]);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let clear = spawn(&s, &["cache", "clear"]);
+    let clear = spawn(&s, &["cache", "clear"], &[]);
     let (running, clear) = (finish(running).ok(), finish(clear).ok());
     assert_eq!(running.json()["status"], "ok");
     assert!(clear.stderr.contains("waiting for run "), "{}", clear.stderr);
@@ -117,11 +104,43 @@ fn two_caches_committing_into_one_catalog(file: &str, kind: &str) {
             &flow(&catalog, &data).replace("kind = \"ducklake\"", &format!("kind = \"ducklake\"\ntable = \"{table}\"")),
         );
     }
-    let runs = [spawn(&a, &["--json", "run", "flow.toml"]), spawn(&b, &["--json", "run", "flow.toml"])];
+    let runs = [spawn(&a, &["--json", "run", "flow.toml"], &[]), spawn(&b, &["--json", "run", "flow.toml"], &[])];
     for out in runs.map(finish) {
         let out = out.ok();
         assert!(out.json()["materialized"]["snapshot"].is_i64(), "{}", out.stdout);
     }
+}
+
+/// A Python program holding something open (`script` prints `ready` once it does), killed on drop.
+struct Holder(Child);
+
+impl Holder {
+    fn start(script: &str, args: &[&std::path::Path]) -> Holder {
+        let mut child = Command::new(python()).arg("-c").arg(script).args(args).stdout(Stdio::piped()).spawn().unwrap();
+        let mut ready = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+        assert_eq!(ready.trim(), "ready", "the holder did not start");
+        Holder(child)
+    }
+
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A run with --no-wait: refused at once (exit 3) with `says`, before any node ran.
+fn refused(s: &Scratch, ms: &str, says: &str) {
+    let out = s.run(&["--json", "--no-wait", "run", "flow.toml", "--set", &format!("ms={ms}")]);
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains(says), "{}", out.stderr);
+    assert!(out.stdout.contains("\"status\":\"error\""), "no node ran: {}", out.stdout);
 }
 
 #[test]
@@ -130,70 +149,35 @@ fn a_catalog_held_by_another_program_is_found_before_any_node_runs() {
     s.write("flow.toml", &flow("lake.ducklake", "lake_data"));
     s.run(&["run", "flow.toml"]).ok();
     // stock DuckDB opens the catalog file for writing and keeps it
-    let mut holder = Command::new(python())
-        .args([
-            "-c",
-            "import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1])\nprint('ready', flush=True)\ntime.sleep(120)",
-        ])
-        .arg(s.path().join("lake.ducklake"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-    assert_eq!(ready.trim(), "ready");
-    let refused = s.run(&["--json", "--no-wait", "run", "flow.toml", "--set", "ms=1"]);
-    assert_eq!(refused.code, 3, "{}\n{}", refused.stdout, refused.stderr);
-    assert!(refused.stderr.contains(&format!("is held by process {}", holder.id())), "{}", refused.stderr);
-    assert!(refused.stdout.contains("\"status\":\"error\""), "no node ran: {}", refused.stdout);
+    let catalog = s.path().join("lake.ducklake");
+    let holder = Holder::start(
+        "import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1])\nprint('ready', flush=True)\ntime.sleep(120)",
+        &[&catalog],
+    );
+    refused(&s, "1", &format!("is held by process {}", holder.id()));
     // waiting: the run goes on once the program lets the catalog go
-    let waiting = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=1"]);
+    let waiting = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=1"], &[]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    drop(holder);
     let out = finish(waiting).ok();
     assert!(out.stderr.contains("waiting for process"), "{}", out.stderr);
 
     // a reader counts too: DuckLake attached read-only (the README's lineage query) holds a shared lock
-    let mut reader = Command::new(python())
-        .args([
-            "-c",
-            "import duckdb, os, sys, time\ncon = duckdb.connect()\n\
-             con.execute(f\"LOAD '{os.path.join(sys.argv[2], 'ducklake.duckdb_extension')}'\")\n\
-             con.execute(f\"ATTACH 'ducklake:{sys.argv[1]}' AS lake (READ_ONLY)\")\nprint('ready', flush=True)\ntime.sleep(120)",
-        ])
-        .arg(s.path().join("lake.ducklake"))
-        .arg(crate::util::flowrun_extension_dir())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufReader::new(reader.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-    assert_eq!(ready.trim(), "ready");
-    let refused = s.run(&["--json", "--no-wait", "run", "flow.toml", "--set", "ms=2"]);
-    assert_eq!(refused.code, 3, "{}\n{}", refused.stdout, refused.stderr);
-    assert!(refused.stderr.contains(&format!("is held by process {}", reader.id())), "{}", refused.stderr);
-    reader.kill().unwrap();
-    reader.wait().unwrap();
+    let reader = Holder::start(
+        "import duckdb, os, sys, time\ncon = duckdb.connect()\n\
+         con.execute(f\"LOAD '{os.path.join(sys.argv[2], 'ducklake.duckdb_extension')}'\")\n\
+         con.execute(f\"ATTACH 'ducklake:{sys.argv[1]}' AS lake (READ_ONLY)\")\nprint('ready', flush=True)\ntime.sleep(120)",
+        &[&catalog, &crate::util::flowrun_extension_dir()],
+    );
+    refused(&s, "2", &format!("is held by process {}", reader.id()));
+    drop(reader);
 
     // another flowrun committing into the catalog (its `<catalog>.lock` held): --no-wait says so before
     // any node runs, not at its own commit
-    let mut committing = Command::new(python())
-        .args([
-            "-c",
-            "import fcntl, sys, time\nf = open(sys.argv[1], 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
-             f.write('flowrun writing the lake (pid 1)'); f.flush()\nprint('ready', flush=True)\ntime.sleep(120)",
-        ])
-        .arg(s.path().join("lake.ducklake.lock"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufReader::new(committing.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-    let refused = s.run(&["--json", "--no-wait", "run", "flow.toml", "--set", "ms=3"]);
-    assert_eq!(refused.code, 3, "{}\n{}", refused.stdout, refused.stderr);
-    assert!(refused.stderr.contains("is held by flowrun writing the lake (pid 1)"), "{}", refused.stderr);
-    assert!(refused.stdout.contains("\"status\":\"error\""), "no node ran: {}", refused.stdout);
-    committing.kill().unwrap();
-    committing.wait().unwrap();
+    let _committing = Holder::start(
+        "import fcntl, sys, time\nf = open(sys.argv[1], 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
+         f.write('flowrun writing the lake (pid 1)'); f.flush()\nprint('ready', flush=True)\ntime.sleep(120)",
+        &[&s.path().join("lake.ducklake.lock")],
+    );
+    refused(&s, "3", "is held by flowrun writing the lake (pid 1)");
 }

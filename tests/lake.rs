@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::servers::Postgres;
-use crate::util::{Scratch, flowrun_extension_dir, free_port, pv_data, python_json};
+use crate::util::{Scratch, TWO_DATASETS, flowrun_extension_dir, free_port, pv_data, python_json};
 
 /// Two real datasets -> `consolidated` (polygons and points) -> a SQL model over it -> a guard that fails
 /// when `fail` equals the SQL model's row count (to fail a run in its last node).
@@ -22,31 +22,7 @@ mirror = {{ default = "mirror" }}
 [config]
 fail = -1
 
-[config.manifest.ind_pv_solar_farms_2022]
-repository = "github"
-source = "microsoft/solar-farms-mapping/data"
-format = "geojson"
-include = ["*.geojson"]
-id = "fid"
-area = "Area"
-
-[config.manifest.usa_uspvdb]
-repository = "direct"
-source = "https://example.invalid/uspvdb.zip"
-format = "csv"
-lat = "ylat"
-lon = "xlong"
-crs = "EPSG:4326"
-id = "case_id"
-capacity = "p_cap_ac"
-
-[nodes.datasets]
-[nodes.files]
-[nodes.raw]
-[nodes.standardized]
-[nodes.measured]
-[nodes.consolidated]
-
+{TWO_DATASETS}
 [nodes.per_dataset]
 sql = "SELECT dataset_name, count(*) AS n, sum(area_m2) AS area_m2 FROM consolidated GROUP BY dataset_name ORDER BY dataset_name"
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 
 use crate::servers::{Postgres, S3Server, Slurm};
-use crate::util::{Out, Scratch, flowrun_extension_dir, free_port, pv_data, python_json};
+use crate::util::{Out, Scratch, TWO_DATASETS, finish, flowrun_extension_dir, free_port, pv_data, python_json, spawn};
 
 const BUCKET: &str = "lake-bucket";
 
@@ -26,31 +26,7 @@ mirror = {{ default = "mirror" }}
 [config]
 pause_ms = 0
 
-[config.manifest.ind_pv_solar_farms_2022]
-repository = "github"
-source = "microsoft/solar-farms-mapping/data"
-format = "geojson"
-include = ["*.geojson"]
-id = "fid"
-area = "Area"
-
-[config.manifest.usa_uspvdb]
-repository = "direct"
-source = "https://example.invalid/uspvdb.zip"
-format = "csv"
-lat = "ylat"
-lon = "xlong"
-crs = "EPSG:4326"
-id = "case_id"
-capacity = "p_cap_ac"
-
-[nodes.datasets]
-[nodes.files]
-[nodes.raw]
-[nodes.standardized]
-[nodes.measured]
-[nodes.consolidated]
-
+{TWO_DATASETS}
 [nodes.per_dataset]
 sql = "SELECT dataset_name, count(*) AS n FROM consolidated GROUP BY dataset_name ORDER BY dataset_name"
 
@@ -116,18 +92,7 @@ fn run_on(s: &Scratch, s3: &S3Server, args: &[&str]) -> Out {
 }
 
 fn spawn_on(s: &Scratch, s3: &S3Server, args: &[&str]) -> Child {
-    let mut c = s.cmd();
-    c.args(args).envs(s3.env()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    c.spawn().unwrap()
-}
-
-fn finish(child: Child) -> Out {
-    let out = child.wait_with_output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    spawn(s, args, &s3.env())
 }
 
 /// Stock DuckDB 1.5.5 (Python) with the extension files flowrun provisioned: attaches a lake, S3 secret

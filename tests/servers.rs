@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{free_port, python, python_json};
+use crate::util::{free_port, python, python_json, wait_for_port};
 
 /// A PostgreSQL 15 server of its own: `initdb` + `pg_ctl` on a temp dir and a free loopback port, stopped
 /// on drop. Run as the `postgres` user when the tests run as root (PostgreSQL refuses root).
@@ -142,11 +142,7 @@ impl S3Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("moto.server starts");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(60), "moto.server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_port(port, "moto.server");
         let mut s = S3Server { child, port, key_id: "setup".into(), secret: "setup".into() };
         let key = s.client("iam", &[]);
         s.key_id = key[0].as_str().unwrap().to_string();

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::lake::lake_flow;
-use crate::util::{Out, Scratch, flowrun_extension_dir, free_port, pv_data, python, python_json};
+use crate::util::{Out, Scratch, flowrun_extension_dir, free_port, pv_data, python, python_json, wait_for_port};
 
 /// `python -m http.server` over a directory with two mirrors: `full/` (India, USPVDB) and `india/`.
 struct Mirror {
@@ -40,11 +40,7 @@ impl Mirror {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "http.server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(port, "http.server");
         Mirror { child, port, _root: dir }
     }
 

@@ -65,6 +65,34 @@ impl Scratch {
     }
 }
 
+/// The PV flow's first stages on two real datasets, one fan-out item each (India's GeoJSON polygons and
+/// USPVDB's CSV points, from a mirror) up to `consolidated`: the start of the lake and remote flows.
+pub const TWO_DATASETS: &str = r#"[config.manifest.ind_pv_solar_farms_2022]
+repository = "github"
+source = "microsoft/solar-farms-mapping/data"
+format = "geojson"
+include = ["*.geojson"]
+id = "fid"
+area = "Area"
+
+[config.manifest.usa_uspvdb]
+repository = "direct"
+source = "https://example.invalid/uspvdb.zip"
+format = "csv"
+lat = "ylat"
+lon = "xlong"
+crs = "EPSG:4326"
+id = "case_id"
+capacity = "p_cap_ac"
+
+[nodes.datasets]
+[nodes.files]
+[nodes.raw]
+[nodes.standardized]
+[nodes.measured]
+[nodes.consolidated]
+"#;
+
 /// A fan-out flow over the demo nodes: total = sum over i in 0..n of (i*i + b).
 pub const FANOUT: &str = r#"[flow]
 name = "fan"
@@ -161,6 +189,35 @@ pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("python printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Starts the binary in `s` with `args` and `env`, its output captured (see [`finish`]).
+pub fn spawn(s: &Scratch, args: &[&str], env: &[(&str, String)]) -> std::process::Child {
+    let mut c = s.cmd();
+    c.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().expect("flowrun starts")
+}
+
+/// Waits for a [`spawn`]ed run and gives what it said.
+pub fn finish(child: std::process::Child) -> Out {
+    let o = child.wait_with_output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Waits (at most a minute) until something listens on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, what: &str) {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "{what} did not listen on {port}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// A free TCP port on 127.0.0.1.
