@@ -253,10 +253,12 @@ fn run(
     fail_fast: bool,
     dry_run: bool,
 ) -> Result<Outcome, CliError> {
+    // watched from the start: a Ctrl-C while the flow is read still ends the run with 130, before any node
+    let interrupt = interrupt::watch();
     let (flow, mut lake) = build(f)?;
     if let Some(l) = &mut lake {
         l.wait = !cli.no_wait;
-        l.interrupt = Some(interrupt::watch());
+        l.interrupt = Some(interrupt);
     }
     let shard = f.shard.as_deref().map(parse_shard).transpose()?;
     let remote = remote_cache_url(f, &flow)?;
@@ -298,7 +300,7 @@ fn run(
         shard,
         targets: None,
         flow_path: f.flow.display().to_string(),
-        interrupt: Some(interrupt::watch()),
+        interrupt: Some(interrupt),
         run_id: Some(run_id),
     };
     let result = schedule::run(&flow, &opts)?;
