@@ -168,6 +168,7 @@ fn materialization_suite(catalog_in_flow: &str, python_attach: &str) {
     assert_eq!(
         lake["tables"],
         serde_json::json!([
+            "main.flowrun_commit_turn",
             "main.flowrun_materializations",
             "main.flowrun_node_runs",
             "main.flowrun_runs",

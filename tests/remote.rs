@@ -516,6 +516,42 @@ fn two_flows_commit_into_one_lake_at_once() {
     assert_eq!(lake["runs"], serde_json::json!(committed), "{lake}");
 }
 
+/// Three machines append the same value to one PostgreSQL lake at the same moment: their commits overlap,
+/// DuckLake makes all but one conflict (`flowrun_commit_turn`), and those re-plan, find the value in the
+/// ledger and add nothing. The rows are in the table once.
+#[test]
+fn two_machines_appending_the_same_value_at_once_add_it_once() {
+    let (s3, pg) = (S3Server::start(), Postgres::start());
+    s3.create_bucket(BUCKET);
+    let flow = remote_flow("same", "pv_same", &pg.conninfo(), BUCKET).replacen(
+        "table = \"pv_same\"\n",
+        "table = \"pv_same\"\nmode = \"append\"\n",
+        1,
+    );
+    assert!(flow.contains("mode = \"append\""));
+    let machines: Vec<Scratch> = (0..3).map(|_| machine(&flow)).collect();
+    // each computes its nodes first (its own cache), so that the runs below meet in their commits
+    for m in &machines {
+        run_on(m, &s3, &["run", "flow.toml"]).ok();
+    }
+    let runs: Vec<Child> =
+        machines.iter().map(|m| spawn_on(m, &s3, &["--json", "run", "flow.toml", "--target", "prod"])).collect();
+    let outs: Vec<Out> = runs.into_iter().map(|c| finish(c).ok()).collect();
+    let appended: Vec<&Out> = outs
+        .iter()
+        .filter(|o| {
+            o.json()["materialized"]["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["destination"] == "main.pv_same" && t["status"].as_str().unwrap().starts_with("written"))
+        })
+        .collect();
+    assert_eq!(appended.len(), 1, "{:?}", outs.iter().map(|o| &o.stdout).collect::<Vec<_>>());
+    let lake = read_lake(&format!("ducklake:postgres:{}", pg.conninfo()), "s3://lake-bucket/data/", Some(&s3));
+    assert_eq!(lake["counts"]["main.pv_same"], 1363 + 3698, "{lake}");
+}
+
 /// What cannot work says so, names the target and what failed (exit 3), keeps the node results, and a rerun
 /// finishes the job once the fault is gone.
 #[test]

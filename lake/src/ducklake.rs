@@ -55,10 +55,11 @@ pub struct LakeTarget<V = Table> {
 /// What a lake write did.
 #[derive(Debug, Clone, Serialize)]
 pub struct LakeWrite {
-    /// The snapshot the run committed (read back after the commit).
-    pub snapshot: i64,
-    /// `schema.table` and rows, per target.
-    pub tables: Vec<(String, u64)>,
+    /// The snapshot the run committed (read back after the commit); `None` when the ledger showed every
+    /// target already in the lake, so nothing was committed.
+    pub snapshot: Option<i64>,
+    /// Per target, in order: whether this run wrote it (`false`: the ledger showed its value already there).
+    pub written: Vec<bool>,
 }
 
 const TYPE_FAMILIES: &[&[&str]] = &[
@@ -316,8 +317,26 @@ pub fn already_written(duck: &Duck, lake: &str, destination: &str, mode: &Mode, 
     Ok(duck.scalar::<i64>(&sql)? > 0)
 }
 
+/// Makes every flowrun commit into a lake update the one row of `flowrun_commit_turn`, so that two commits
+/// that overlap in time conflict in DuckLake (both delete from one table) and the one that loses is planned
+/// again on the snapshot that won, where the ledger shows what the other wrote. Without it, two runs
+/// appending the same value at the same instant would both land: DuckLake commits concurrent inserts.
+fn take_turn(duck: &Duck, lake: &str) -> Result<()> {
+    let turn = format!("{}.main.flowrun_commit_turn", quoted(lake, "lake alias")?);
+    duck.execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {turn} (commits BIGINT); \
+         UPDATE {turn} SET commits = commits + 1; \
+         INSERT INTO {turn} SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM {turn})"
+    ))
+}
+
 /// Records what this transaction writes in the ledger [`already_written`] reads.
-fn ledger(duck: &Duck, lake: &str, targets: &[LakeTarget], report: &RunReport) -> Result<()> {
+fn ledger<'a>(
+    duck: &Duck,
+    lake: &str,
+    targets: impl Iterator<Item = &'a LakeTarget>,
+    report: &RunReport,
+) -> Result<()> {
     let l = quoted(lake, "lake alias")?;
     duck.execute(&format!(
         "CREATE TABLE IF NOT EXISTS {l}.main.flowrun_materializations (destination VARCHAR, mode VARCHAR, \
@@ -377,7 +396,9 @@ fn stage_node_runs(duck: &Duck, report: &RunReport) -> Result<()> {
     duck.load_table("memory.main.__flowrun_node_runs", &Table::from_batch(batch))
 }
 
-/// Writes `targets` and the run's records to the lake in one transaction (one snapshot).
+/// Writes `targets` and the run's records to the lake in one transaction (one snapshot), leaving out the
+/// targets the lake's ledger shows already written (checked inside the transaction, so a concurrent run that
+/// commits the same value first makes this one conflict, re-plan and leave it out).
 pub fn write(
     duck: &Duck,
     lake: &LakeConfig,
@@ -402,17 +423,21 @@ pub fn write(
             lake.stop_if_interrupted()?;
             Ok(w)
         }) {
-            Ok(mut w) => match duck.execute("COMMIT") {
+            Ok(written) if !written.contains(&true) => {
+                duck.execute("ROLLBACK")?;
+                return Ok(LakeWrite { snapshot: None, written });
+            }
+            Ok(written) => match duck.execute("COMMIT") {
                 Ok(()) => {
                     // the snapshot that was committed (a concurrent writer may have taken the next id)
-                    w.snapshot = duck
+                    let snapshot = duck
                         .scalar(&format!(
                             "SELECT max(snapshot_id) FROM {}.main.flowrun_runs WHERE run_id = {}",
                             quoted(alias, "lake alias")?,
                             literal(&report.run_id)
                         ))
                         .context("reading back the committed snapshot")?;
-                    return Ok(w);
+                    return Ok(LakeWrite { snapshot: Some(snapshot), written });
                 }
                 Err(e) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
                     let _ = duck.execute("ROLLBACK");
@@ -433,7 +458,8 @@ pub fn write(
     }
 }
 
-/// Opens the transaction and writes every target and the run's records into it (not committed).
+/// Opens the transaction and writes into it (not committed) every target whose value the ledger, read at
+/// this transaction's snapshot, does not show in the lake yet, and the run's records. Says which it wrote.
 fn transaction(
     duck: &Duck,
     alias: &str,
@@ -441,22 +467,31 @@ fn transaction(
     flow: &str,
     flow_path: &str,
     report: &RunReport,
-) -> Result<LakeWrite> {
+) -> Result<Vec<bool>> {
     duck.execute("BEGIN TRANSACTION")?;
-    let mut tables = Vec::new();
+    take_turn(duck, alias).context("taking the lake's commit turn (flowrun_commit_turn)")?;
+    let mut written = Vec::new();
     for (i, t) in targets.iter().enumerate() {
-        write_target(duck, alias, t, &format!("__stage_{i}"))
-            .with_context(|| format!("materialization `{}` (lake table {}.{})", t.section, t.schema, t.table))?;
-        tables.push((format!("{}.{}", t.schema, t.table), t.value.num_rows() as u64));
+        let destination = format!("{}.{}", t.schema, t.table);
+        let fresh = !already_written(duck, alias, &destination, &t.mode, &t.identity)?;
+        if fresh {
+            write_target(duck, alias, t, &format!("__stage_{i}"))
+                .with_context(|| format!("materialization `{}` (lake table {destination})", t.section))?;
+        }
+        written.push(fresh);
+    }
+    if !written.contains(&true) {
+        return Ok(written);
     }
     history(duck, alias, flow_path, report).context("recording the run in flowrun_runs")?;
-    ledger(duck, alias, targets, report).context("recording the run in flowrun_materializations")?;
+    let fresh = targets.iter().zip(&written).filter(|(_, w)| **w).map(|(t, _)| t);
+    ledger(duck, alias, fresh, report).context("recording the run in flowrun_materializations")?;
     duck.execute(&format!(
         "CALL {}.set_commit_message('flowrun', {})",
         quoted(alias, "lake alias")?,
         literal(&commit_message(flow, report))
     ))?;
-    Ok(LakeWrite { snapshot: 0, tables })
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -487,40 +487,30 @@ pub fn materialize(
         let _turn = lake.lock()?;
         let duck = Duck::in_memory()?;
         lake.attach(&duck, false)?;
-        // the lake's own ledger answers for what another machine, working directory or a cleared cache wrote
+        // the lake's own ledger answers (inside the transaction) for what another machine, working directory
+        // or a cleared cache wrote
         let mut targets = Vec::new();
         let mut places = Vec::new();
         for (t, o, where_, _) in changed {
-            let destination = format!("{}.{}", t.schema, t.table);
-            if ducklake::already_written(&duck, &lake.alias, &destination, &t.mode, &t.identity)? {
-                lake_states.push((where_, t.identity.clone()));
-                out.targets.push(TargetReport {
-                    section: t.section,
-                    kind: "ducklake".into(),
-                    destination,
-                    rows: rows_of(o),
-                    status: "unchanged".into(),
-                });
-                continue;
-            }
             let value = table_of(o, &t.section)?;
             let LakeTarget { section, schema, table, mode, identity, .. } = t;
             targets.push(LakeTarget { section, schema, table, mode, value, identity });
             places.push(where_);
         }
-        if !targets.is_empty() {
-            let written = ducklake::write(&duck, lake, &targets, &flow.name, flow_path, report)?;
-            out.snapshot = Some(written.snapshot);
-            for (t, where_) in targets.iter().zip(&places) {
-                out.targets.push(TargetReport {
-                    section: t.section.clone(),
-                    kind: "ducklake".into(),
-                    destination: format!("{}.{}", t.schema, t.table),
-                    rows: t.value.num_rows() as u64,
-                    status: format!("written, snapshot {}", written.snapshot),
-                });
-                lake_states.push((where_.clone(), t.identity.clone()));
-            }
+        let done = ducklake::write(&duck, lake, &targets, &flow.name, flow_path, report)?;
+        out.snapshot = done.snapshot;
+        for ((t, where_), written) in targets.iter().zip(places).zip(done.written) {
+            out.targets.push(TargetReport {
+                section: t.section.clone(),
+                kind: "ducklake".into(),
+                destination: format!("{}.{}", t.schema, t.table),
+                rows: t.value.num_rows() as u64,
+                status: match (written, done.snapshot) {
+                    (true, Some(snapshot)) => format!("written, snapshot {snapshot}"),
+                    _ => "unchanged".into(),
+                },
+            });
+            lake_states.push((where_, t.identity.clone()));
         }
     }
     // the catalog as this run leaves it (its connection closed): what the next run compares with
