@@ -3,8 +3,9 @@
 //! whole run, then run again to completion. After each: no corrupt cache entry is served (the rerun's
 //! results equal a clean run's), no partial file sits at the GeoParquet path, no temporary file is left
 //! behind, and at the end every snapshot the lake ever had holds one whole run's rows. Every fifth kill is
-//! a Ctrl-C instead (once, or twice). Only kills that find the run still going count. `just torture` runs
-//! it with more kills (`FLOWRUN_TORTURE_KILLS`).
+//! a Ctrl-C instead (once, or twice), and two in five are aimed: one the moment the GeoParquet file's
+//! temporary appears, one the moment the lake's commit writes its first data file. Only kills that find the
+//! run still going count. `just torture` runs it with more kills (`FLOWRUN_TORTURE_KILLS`).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -61,6 +62,29 @@ fn whole_or_absent(path: &Path) -> bool {
     match std::fs::read(path) {
         Err(_) => true,
         Ok(b) => b.len() > 8 && b.starts_with(b"PAR1") && b.ends_with(b"PAR1"),
+    }
+}
+
+/// Every file under `dir`, however deep.
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| if e.path().is_dir() { files_in(&e.path()) } else { 1 })
+        .sum()
+}
+
+/// Waits until `ready()` or the end of `child`, whichever is first; true for `ready()`.
+fn wait_for(child: &mut Child, ready: impl Fn() -> bool) -> bool {
+    loop {
+        if ready() {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(500));
     }
 }
 
@@ -125,6 +149,7 @@ fn kill_it_anywhere_and_run_again() {
         (seed >> 11) as f64 / (1u64 << 53) as f64
     };
     let (mut recovered, mut hit, mut interrupts, mut i) = (0, 0, 0, 0);
+    let (mut in_geoparquet, mut in_commit) = (0, 0);
     while hit < kills {
         assert!(i < kills * 4, "only {hit} of {i} kills found the run still going");
         // alternate the mirror so that every run changes the lake; three runs in four start from an empty cache
@@ -133,17 +158,32 @@ fn kill_it_anywhere_and_run_again() {
             s.run(&["cache", "clear"]).ok();
         }
         let args = run(which);
+        let data_files = files_in(&data);
+        let started = Instant::now();
         let mut child = s.cmd().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let mut at = cold.mul_f64(random() * 1.1);
-        // a Ctrl-C needs the process to have reached `main` (before that, SIGINT's default action applies)
-        if i % 5 == 4 {
-            at = at.max(Duration::from_millis(100));
-        }
-        std::thread::sleep(at);
+        // aimed: the GeoParquet temporary beside out/pv.parquet, or the commit's first new data file
+        let aimed = match i % 5 {
+            2 => wait_for(&mut child, || temporaries(&s).iter().any(|t| t.contains("out/")))
+                .then_some(&mut in_geoparquet),
+            3 => wait_for(&mut child, || files_in(&data) > data_files).then_some(&mut in_commit),
+            // a Ctrl-C needs the process to have reached `main` (before that, SIGINT's default action applies)
+            4 => {
+                std::thread::sleep(cold.mul_f64(random() * 1.1).max(Duration::from_millis(100)));
+                None
+            }
+            _ => {
+                std::thread::sleep(cold.mul_f64(random() * 1.1));
+                None
+            }
+        };
+        let at = started.elapsed();
         // a kill only counts when it finds the run still going; every fifth is Ctrl-C (once, or twice)
         let killed = child.try_wait().unwrap().is_none();
         if killed {
             hit += 1;
+            if let Some(count) = aimed {
+                *count += 1;
+            }
             if i % 5 == 4 {
                 interrupts += 1;
                 let pid = child.id().to_string();
@@ -178,10 +218,12 @@ fn kill_it_anywhere_and_run_again() {
     }
     let kills = hit;
     println!(
-        "kills: {kills}, recovered: {recovered} ({interrupts} of them Ctrl-C; {} runs ended before their kill)",
+        "kills: {kills}, recovered: {recovered} ({interrupts} of them Ctrl-C, {in_geoparquet} aimed at the GeoParquet \
+         write, {in_commit} at the lake's commit; {} runs ended before their kill)",
         i - hit
     );
     assert_eq!(recovered, kills);
+    assert!(in_geoparquet > 0 && in_commit > 0, "no kill hit the GeoParquet write or the lake's commit");
 
     // every snapshot the lake had holds one whole run's rows; no data file is left unreferenced
     let ext = flowrun_extension_dir().display().to_string();
