@@ -181,3 +181,28 @@ fn a_catalog_held_by_another_program_is_found_before_any_node_runs() {
     );
     refused(&s, "3", "is held by flowrun writing the lake (pid 1)");
 }
+
+/// A SQL node reading the lake while another program holds its catalog file waits for it (a flow that
+/// writes nothing to the lake has no check before its nodes run: the node's read-only attach waits).
+#[test]
+fn a_sql_node_reading_a_held_lake_waits_for_it() {
+    let s = Scratch::new();
+    s.write("flow.toml", &flow("lake.ducklake", "lake_data"));
+    s.run(&["run", "flow.toml"]).ok();
+    let reads = flow("lake.ducklake", "lake_data")
+        .replace("outputs = [\"total\"]", "outputs = [\"from_lake\"]")
+        .replace("[materialize.table]\nnode = \"table\"\nkind = \"ducklake\"\n", "")
+        + "\n[nodes.from_lake]\nsql = 'SELECT count(*) AS n FROM lake.main.\"table\"'\n";
+    s.write("reads.toml", &reads);
+    let holder = Holder::start(
+        "import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1])\nprint('ready', flush=True)\ntime.sleep(120)",
+        &[&s.path().join("lake.ducklake")],
+    );
+    let mut waiting = spawn(&s, &["--json", "run", "reads.toml"], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(waiting.try_wait().unwrap().is_none(), "the run did not wait for the catalog");
+    drop(holder);
+    let out = finish(waiting).ok();
+    assert!(out.stderr.contains("waiting for another process to release the lake catalog"), "{}", out.stderr);
+    assert_eq!(out.json()["outputs"][0]["rows"], 1, "{}", out.stdout);
+}
