@@ -331,6 +331,43 @@ fn extensions_are_provisioned_from_an_empty_cache() {
     assert!(out.json()["materialized"]["snapshot"].as_i64().is_some());
 }
 
+/// flowrun's DuckDB loads extension files without DuckDB's per-LOAD signature check (a hash of the whole
+/// file, 0.1-0.2 s each): each file is checked once by an instance that enforces signatures, and checked
+/// again when it changes. A file changed after its check (same size) is refused.
+#[test]
+fn extension_signatures_are_checked_once_per_file() {
+    let (home, user) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = user.path().join("ducklake.duckdb_extension");
+    std::fs::copy(flowrun_extension_dir().join("ducklake.duckdb_extension"), &file).unwrap();
+    let s = scratch_with_mirror(&["ind_pv_solar_farms_2022"]);
+    s.write("flow.toml", &lake_flow("lake.ducklake", "data"));
+    let (home_s, user_s) = (home.path().display().to_string(), user.path().display().to_string());
+    let env = [
+        ("HOME", home_s.as_str()),
+        ("XDG_CACHE_HOME", ""),
+        ("FLOWRUN_DUCKDB_EXTENSIONS", user_s.as_str()),
+        ("FLOWRUN_DUCKDB_NO_INSTALL", "1"),
+        ("FLOWRUN_DUCKDB_NO_PIP", "1"),
+    ];
+    let run = || s.run_env(&["--json", "run", "flow.toml", "--no-cache"], &env);
+    let first = run();
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let verified = home.path().join(".cache/flowrun/duckdb-extensions/verified");
+    let records = || std::fs::read_dir(&verified).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(records(), 1, "one checked file recorded");
+    assert_eq!(run().code, 0);
+    assert_eq!(records(), 1, "an unchanged file is not checked again");
+    // one byte changed in the middle of the file: same size, new modification time
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let refused = run();
+    assert_ne!(refused.code, 0, "a changed extension file was loaded");
+    assert!(refused.stderr.contains("signature"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("ducklake"), "{}", refused.stderr);
+}
+
 /// The lake's ledger: `append` adds the same rows once, whatever the local cache knows (cleared, or another
 /// working directory); a table another directory replaced is written again by a run that wants it back.
 #[test]

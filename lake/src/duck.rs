@@ -32,13 +32,23 @@ pub struct Duck {
 unsafe impl Send for Duck {}
 
 impl Duck {
-    /// An in-memory database.
+    /// An in-memory database. It loads extension files without checking their signatures: flowrun checks
+    /// each file once instead (see [`crate::extensions`]).
     pub fn in_memory() -> Result<Duck> {
         Self::open(None)
     }
 
-    /// A database file, or in-memory for `None`.
+    /// An in-memory database that checks every extension's signature on `LOAD` (DuckDB's default).
+    pub fn checking_signatures() -> Result<Duck> {
+        Self::open_with(None, false)
+    }
+
+    /// A database file, or in-memory for `None` (extension signatures as for [`Duck::in_memory`]).
     pub fn open(path: Option<&Path>) -> Result<Duck> {
+        Self::open_with(path, true)
+    }
+
+    fn open_with(path: Option<&Path>, unsigned: bool) -> Result<Duck> {
         let path_c = CString::new(path.map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| ":memory:".into()))?;
         // SAFETY: plain C API calls; every handle is checked and released in `Drop` or below on error.
         unsafe {
@@ -49,7 +59,12 @@ impl Duck {
                 bail!("cannot create a DuckDB configuration");
             }
             // flowrun provisions extensions itself (see `extensions`); no silent network access.
-            for (k, v) in [("autoinstall_known_extensions", "false"), ("autoload_known_extensions", "true")] {
+            let unsigned = if unsigned { "true" } else { "false" };
+            for (k, v) in [
+                ("autoinstall_known_extensions", "false"),
+                ("autoload_known_extensions", "true"),
+                ("allow_unsigned_extensions", unsigned),
+            ] {
                 let (k, v) = (CString::new(k)?, CString::new(v)?);
                 ffi::duckdb_set_config(config, k.as_ptr(), v.as_ptr());
             }
