@@ -206,3 +206,34 @@ fn a_sql_node_reading_a_held_lake_waits_for_it() {
     assert!(out.stderr.contains("waiting for another process to release the lake catalog"), "{}", out.stderr);
     assert_eq!(out.json()["outputs"][0]["rows"], 1, "{}", out.stdout);
 }
+
+/// A run that waits for the lake's lock looks at the catalog only once it has the lock: a table someone
+/// emptied in the meantime (stock DuckDB) is written back, by this run and not by some later one.
+#[test]
+fn a_table_emptied_while_a_run_waits_is_written_back() {
+    let s = Scratch::new();
+    s.write("flow.toml", &flow("lake.ducklake", "lake_data"));
+    s.run(&["run", "flow.toml", "--set", "ms=1"]).ok();
+    let committing = Holder::start(
+        "import fcntl, sys, time\nf = open(sys.argv[1], 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
+         f.write('flowrun writing the lake (pid 1)'); f.flush()\nprint('ready', flush=True)\ntime.sleep(120)",
+        &[&s.path().join("lake.ducklake.lock")],
+    );
+    let mut waiting = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=1"], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(waiting.try_wait().unwrap().is_none(), "the run did not wait for the lake's lock");
+    let rows = |sql: &str| {
+        let script = "import duckdb, os, sys\ncon = duckdb.connect()\n\
+             con.execute(f\"LOAD '{os.path.join(sys.argv[2], 'ducklake.duckdb_extension')}'\")\n\
+             con.execute(f\"ATTACH 'ducklake:{sys.argv[1]}' AS lake\")\ncon.execute(sys.argv[3])\n\
+             print(con.execute('SELECT count(*) FROM lake.main.\"table\"').fetchall()[0][0])";
+        let ext = crate::util::flowrun_extension_dir().display().to_string();
+        let catalog = s.path().join("lake.ducklake").display().to_string();
+        crate::util::python_json(script, &[&catalog, &ext, sql]).as_i64().unwrap()
+    };
+    assert_eq!(rows("DELETE FROM lake.main.\"table\""), 0);
+    drop(committing);
+    let out = finish(waiting).ok();
+    assert!(out.json()["materialized"]["snapshot"].is_i64(), "{}", out.stdout);
+    assert_eq!(rows("SELECT 1"), 1, "the emptied table is written back");
+}

@@ -368,6 +368,40 @@ fn extension_signatures_are_checked_once_per_file() {
     assert!(refused.stderr.contains("ducklake"), "{}", refused.stderr);
 }
 
+/// A cache whose records predate the lake's ledger (an older flowrun: states without `@`, a lake without
+/// `flowrun_materializations`): the tables it wrote are not written again, and the ledger is told, so a
+/// cleared cache afterwards appends nothing twice either.
+#[test]
+fn records_from_before_the_ledger_are_adopted_not_appended_again() {
+    let s = scratch_with_mirror(&["ind_pv_solar_farms_2022", "usa_uspvdb"]);
+    let flow = lake_flow("lake.ducklake", "data").replace(
+        "[materialize.pv_parquet]",
+        "[materialize.history]\nnode = \"per_dataset\"\nkind = \"ducklake\"\ntable = \"history\"\nmode = \"append\"\n\n[materialize.pv_parquet]",
+    );
+    s.write("flow.toml", &flow);
+    s.run(&["run", "flow.toml"]).ok();
+    let lake = |sql: &str| -> i64 {
+        let q = "import duckdb, os, sys\ncon = duckdb.connect()\ncon.execute(f\"LOAD '{os.path.join(sys.argv[3], 'ducklake.duckdb_extension')}'\")\n\
+                 con.execute(f\"ATTACH 'ducklake:{sys.argv[1]}' AS lake (DATA_PATH '{sys.argv[2]}')\")\n\
+                 con.execute(sys.argv[4])\nprint(con.execute('SELECT count(*) FROM lake.main.history').fetchall()[0][0])";
+        let ext = flowrun_extension_dir().display().to_string();
+        let catalog = s.path().join("lake.ducklake").display().to_string();
+        python_json(q, &[&catalog, &format!("{}/data/", s.path().display()), &ext, sql]).as_i64().unwrap()
+    };
+    // make it look older: no ledger in the lake, and the cache's states without the catalog's stamp
+    assert_eq!(lake("DROP TABLE lake.main.flowrun_materializations"), 2);
+    let legacy = "import sqlite3, sys\ncon = sqlite3.connect(sys.argv[1])\n\
+                  con.execute(\"UPDATE state SET value = substr(value, 1, instr(value, '@') - 1) WHERE instr(value, '@') > 0\")\n\
+                  con.commit()\nprint(con.execute(\"SELECT count(*) FROM state WHERE value LIKE '%@%'\").fetchone()[0])";
+    let index = s.path().join(".flowrun/cache/index.sqlite").display().to_string();
+    assert_eq!(python_json(legacy, &[&index]), 0);
+    let adopted = s.run(&["--json", "run", "flow.toml"]).ok();
+    assert_eq!(lake("SELECT 1"), 2, "nothing appended again: {}", adopted.stdout);
+    s.run(&["cache", "clear"]).ok();
+    let cleared = s.run(&["--json", "run", "flow.toml"]).ok();
+    assert_eq!(lake("SELECT 1"), 2, "the ledger knows the adopted rows: {}", cleared.stdout);
+}
+
 /// The lake's ledger: `append` adds the same rows once, whatever the local cache knows (cleared, or another
 /// working directory); a table another directory replaced is written again by a run that wants it back.
 #[test]

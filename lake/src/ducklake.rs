@@ -50,6 +50,9 @@ pub struct LakeTarget<V = Table> {
     pub value: V,
     /// The rows' identity (hex), recorded in the lake's ledger.
     pub identity: String,
+    /// The lake holds this value by a record from before the ledger (a cache state an older flowrun
+    /// wrote): if its table is there, only the ledger is told; otherwise it is written.
+    pub adopt: bool,
 }
 
 /// What a lake write did.
@@ -423,11 +426,11 @@ pub fn write(
             lake.stop_if_interrupted()?;
             Ok(w)
         }) {
-            Ok(written) if !written.contains(&true) => {
+            Ok(None) => {
                 duck.execute("ROLLBACK")?;
-                return Ok(LakeWrite { snapshot: None, written });
+                return Ok(LakeWrite { snapshot: None, written: vec![false; targets.len()] });
             }
-            Ok(written) => match duck.execute("COMMIT") {
+            Ok(Some(written)) => match duck.execute("COMMIT") {
                 Ok(()) => {
                     // the snapshot that was committed (a concurrent writer may have taken the next id)
                     let snapshot = duck
@@ -459,7 +462,8 @@ pub fn write(
 }
 
 /// Opens the transaction and writes into it (not committed) every target whose value the ledger, read at
-/// this transaction's snapshot, does not show in the lake yet, and the run's records. Says which it wrote.
+/// this transaction's snapshot, does not show in the lake yet, and the run's records. Says which it wrote,
+/// or `None` when the ledger already shows every target (nothing to commit).
 fn transaction(
     duck: &Duck,
     alias: &str,
@@ -467,31 +471,33 @@ fn transaction(
     flow: &str,
     flow_path: &str,
     report: &RunReport,
-) -> Result<Vec<bool>> {
+) -> Result<Option<Vec<bool>>> {
     duck.execute("BEGIN TRANSACTION")?;
     take_turn(duck, alias).context("taking the lake's commit turn (flowrun_commit_turn)")?;
-    let mut written = Vec::new();
+    let (mut written, mut recorded) = (Vec::new(), Vec::new());
     for (i, t) in targets.iter().enumerate() {
         let destination = format!("{}.{}", t.schema, t.table);
         let fresh = !already_written(duck, alias, &destination, &t.mode, &t.identity)?;
-        if fresh {
+        let write = fresh && !(t.adopt && table_exists(duck, alias, &t.schema, &t.table)?);
+        if write {
             write_target(duck, alias, t, &format!("__stage_{i}"))
                 .with_context(|| format!("materialization `{}` (lake table {destination})", t.section))?;
         }
-        written.push(fresh);
+        recorded.push(fresh);
+        written.push(write);
     }
-    if !written.contains(&true) {
-        return Ok(written);
+    if !recorded.contains(&true) {
+        return Ok(None);
     }
     history(duck, alias, flow_path, report).context("recording the run in flowrun_runs")?;
-    let fresh = targets.iter().zip(&written).filter(|(_, w)| **w).map(|(t, _)| t);
+    let fresh = targets.iter().zip(&recorded).filter(|(_, r)| **r).map(|(t, _)| t);
     ledger(duck, alias, fresh, report).context("recording the run in flowrun_materializations")?;
     duck.execute(&format!(
         "CALL {}.set_commit_message('flowrun', {})",
         quoted(alias, "lake alias")?,
         literal(&commit_message(flow, report))
     ))?;
-    Ok(written)
+    Ok(Some(written))
 }
 
 #[cfg(test)]

@@ -420,6 +420,7 @@ pub fn materialize(
                         mode: mode.clone(),
                         value: (),
                         identity: identity.to_hex().to_string(),
+                        adopt: false,
                     };
                     lake_targets.push((t, o, where_, identity));
                 }
@@ -461,19 +462,24 @@ pub fn materialize(
         pending_files.push((tmp, path, section, where_, identity, info.rows));
     }
 
-    // 2. the lake, in one transaction. The local cache may answer "unchanged" only for a catalog file that
-    // nobody changed since this cache last wrote or checked it; otherwise the lake's ledger answers.
+    // 2. the lake, in one transaction, under the lake's lock (for a catalog file) from the first look at it
+    // to the last. The local cache may answer "unchanged" only for a catalog file that nobody changed since
+    // this cache last wrote or checked it; otherwise the lake's ledger answers.
+    let _turn = match lake {
+        Some(l) if !lake_targets.is_empty() => l.lock()?,
+        _ => None,
+    };
     let stamp = lake.and_then(catalog_stamp);
     let with_stamp = |identity: &str| stamp.as_ref().map(|st| format!("{identity}@{st}"));
-    let (changed, same): (Vec<_>, Vec<_>) = lake_targets.into_iter().partition(|(t, _, where_, _)| {
-        let recorded = store.and_then(|s| s.state(&state_key("ducklake", where_)).ok().flatten());
-        // a state from before the ledger (no `@`) is taken as it was then: the next write records the ledger
-        let legacy = recorded.as_deref().is_some_and(|r| !r.contains('@') && r == t.identity);
-        !legacy && (recorded.is_none() || recorded != with_stamp(&t.identity))
-    });
-    let mut lake_states: Vec<(String, String)> =
-        same.iter().map(|(t, _, where_, _)| (where_.clone(), t.identity.clone())).collect();
-    for (t, o, _, _) in &same {
+    let mut changed = Vec::new();
+    for (mut t, o, where_, _) in lake_targets {
+        let recorded = store.and_then(|s| s.state(&state_key("ducklake", &where_)).ok().flatten());
+        // a state from before the ledger (no `@`): the lake holds the value by that record; the ledger is told
+        t.adopt = recorded.as_deref().is_some_and(|r| !r.contains('@') && r == t.identity);
+        if t.adopt || recorded.is_none() || recorded != with_stamp(&t.identity) {
+            changed.push((t, o, where_));
+            continue;
+        }
         out.targets.push(TargetReport {
             section: t.section.clone(),
             kind: "ducklake".into(),
@@ -482,19 +488,20 @@ pub fn materialize(
             status: "unchanged".into(),
         });
     }
+    // what the transaction saw: recorded with the catalog's stamp after the commit
+    let mut lake_states: Vec<(String, String)> = Vec::new();
     if !changed.is_empty() {
         let lake = lake.ok_or_else(|| anyhow!("DuckLake materializations need a [lake] section"))?;
-        let _turn = lake.lock()?;
         let duck = Duck::in_memory()?;
         lake.attach(&duck, false)?;
         // the lake's own ledger answers (inside the transaction) for what another machine, working directory
         // or a cleared cache wrote
         let mut targets = Vec::new();
         let mut places = Vec::new();
-        for (t, o, where_, _) in changed {
+        for (t, o, where_) in changed {
             let value = table_of(o, &t.section)?;
-            let LakeTarget { section, schema, table, mode, identity, .. } = t;
-            targets.push(LakeTarget { section, schema, table, mode, value, identity });
+            let LakeTarget { section, schema, table, mode, identity, adopt, .. } = t;
+            targets.push(LakeTarget { section, schema, table, mode, value, identity, adopt });
             places.push(where_);
         }
         let done = ducklake::write(&duck, lake, &targets, &flow.name, flow_path, report)?;
@@ -513,7 +520,7 @@ pub fn materialize(
             lake_states.push((where_, t.identity.clone()));
         }
     }
-    // the catalog as this run leaves it (its connection closed): what the next run compares with
+    // the catalog as this run leaves it (its connection closed, the lock still held)
     if let (Some(s), Some(stamp)) = (store, lake.and_then(catalog_stamp)) {
         for (where_, identity) in lake_states {
             s.set_state(&state_key("ducklake", &where_), &format!("{identity}@{stamp}"))?;
