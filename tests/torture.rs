@@ -88,12 +88,21 @@ fn wait_for(child: &mut Child, ready: impl Fn() -> bool) -> bool {
     }
 }
 
+/// Temporary files: a GeoParquet file's beside `out/pv.parquet`, the cache's `tmp/`, unfinished downloads.
 fn temporaries(s: &Scratch) -> Vec<String> {
     let mut out = Vec::new();
-    for dir in [s.path().join("out"), s.path().join(".flowrun/cache/tmp")] {
+    let mut dirs =
+        vec![s.path().join("out"), s.path().join(".flowrun/cache/tmp"), s.path().join(".flowrun/cache/downloads")];
+    while let Some(dir) = dirs.pop() {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if dir.ends_with("tmp") || name.ends_with(".tmp") {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else if dir.ends_with("tmp")
+                || name.ends_with(".tmp")
+                || name.ends_with(".part")
+                || name.starts_with(".tmp")
+            {
                 out.push(format!("{}/{name}", dir.display()));
             }
         }

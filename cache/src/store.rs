@@ -750,14 +750,18 @@ impl Store {
     pub fn remove_temporaries(&self, age: Duration) -> Result<u64> {
         let before = SystemTime::now() - age;
         let mut removed = 0;
-        // and the `.tmp*` files of downloads a killed process did not finish (nodes' `downloads/` directories)
+        // and the `.tmp*` and `.part` files of downloads a process did not finish (nodes' `downloads/`
+        // directories): with the cache's lock held, no other run is downloading into them
         let mut temporaries = read_dir_or_empty(&self.root.join("tmp"))?;
         let mut dirs = vec![self.root.join("downloads")];
         while let Some(dir) = dirs.pop() {
             for p in read_dir_or_empty(&dir)? {
                 if p.is_dir() {
                     dirs.push(p);
-                } else if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".tmp")) {
+                } else if p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.starts_with(".tmp") || n.ends_with(".part")
+                }) {
                     temporaries.push(p);
                 }
             }
@@ -771,7 +775,8 @@ impl Store {
         Ok(removed)
     }
 
-    /// Removes every entry, blob, fingerprint, node state and run record.
+    /// Removes every entry, blob, fingerprint, node state and run record, and the nodes' own directories
+    /// (downloads, unpacked archives).
     pub fn clear(&self) -> Result<()> {
         *self.pending.lock().unwrap() = Pending::default();
         self.with_conn(|conn| {
@@ -780,6 +785,14 @@ impl Store {
                  DELETE FROM runs; DELETE FROM node_runs; DELETE FROM state; VACUUM;",
             )
         })?;
+        // the nodes' own directories (`flowrun_engine::ctx::cache_dir`), only those: the cache's root may
+        // be a directory the user also keeps other things in
+        for dir in ["downloads", "unpacked"] {
+            let path = self.root.join(dir);
+            if path.exists() {
+                fs::remove_dir_all(&path).map_err(|source| CacheError::Io { path: path.clone(), source })?;
+            }
+        }
         for dir in ["objects", "tmp"] {
             let path = self.root.join(dir);
             fs::remove_dir_all(&path).map_err(|source| CacheError::Io { path: path.clone(), source })?;
@@ -1050,9 +1063,28 @@ mod tests {
         let key = blake3::hash(b"k");
         store.put(key, b"v", meta("a")).unwrap();
         store.commit().unwrap();
+        // a node's download, and something else of the user's beside the cache's own directories
+        fs::create_dir_all(dir.path().join("downloads/ds")).unwrap();
+        fs::write(dir.path().join("downloads/ds/a.zip"), b"zip").unwrap();
+        fs::create_dir_all(dir.path().join("mine")).unwrap();
         store.clear().unwrap();
         assert!(store.lookup(&key).unwrap().is_none());
         assert!(walk(&dir.path().join("objects")).is_empty());
+        assert!(!dir.path().join("downloads").exists());
+        assert!(dir.path().join("mine").exists());
+    }
+
+    #[test]
+    fn unfinished_downloads_are_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ds = dir.path().join("downloads/ds");
+        fs::create_dir_all(&ds).unwrap();
+        for f in ["a.zip.part", ".tmpXYZ", "b.zip"] {
+            fs::write(ds.join(f), b"x").unwrap();
+        }
+        assert_eq!(store.remove_temporaries(Duration::ZERO).unwrap(), 2);
+        assert_eq!(walk(&ds), vec![ds.join("b.zip")]);
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -130,16 +130,49 @@ pub fn warn(message: impl Into<String>) {
     }
 }
 
-/// A directory for a node's own caches (e.g. downloads), inside the run's cache directory; a directory
-/// under the system temp dir when no cache is in use.
+/// A directory for a node's own caches (e.g. downloads), inside the run's cache directory. Without a
+/// cache, a directory of this process's own under the system temp dir (`flowrun-nocache-<pid>`); those of
+/// processes that have ended are removed when the next one is made.
 pub fn cache_dir(name: &str) -> PathBuf {
     let root = with_current(|cx| cx.and_then(|cx| cx.store.as_ref().map(|s| s.root().to_path_buf())));
-    let dir = root.unwrap_or_else(|| std::env::temp_dir().join("flowrun-cache")).join(name);
+    let dir = root.unwrap_or_else(no_cache_dir).join(name);
     let _ = std::fs::create_dir_all(&dir);
     dir
+}
+
+fn no_cache_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("flowrun-nocache-")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        tmp.join(format!("flowrun-nocache-{}", std::process::id()))
+    })
+    .clone()
 }
 
 /// Display name of the running node (`node[item]`), if any.
 pub fn node_name() -> Option<String> {
     with_current(|cx| cx.map(|cx| cx.node.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn without_a_cache_each_process_downloads_into_its_own_directory() {
+        // a directory an ended process left (no pid is this large)
+        let stale = std::env::temp_dir().join("flowrun-nocache-4000000000");
+        std::fs::create_dir_all(stale.join("downloads")).unwrap();
+        let dir = super::cache_dir("downloads");
+        assert_eq!(dir, std::env::temp_dir().join(format!("flowrun-nocache-{}", std::process::id())).join("downloads"));
+        assert!(dir.is_dir());
+        assert!(!stale.exists(), "the ended process's directory is removed");
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
 }
