@@ -361,7 +361,7 @@ impl LakeConfig {
     /// Fails when a first Ctrl-C asked the run to stop: what has not been written is not.
     pub fn stop_if_interrupted(&self) -> Result<()> {
         if self.interrupt.is_some_and(|i| i.load(std::sync::atomic::Ordering::Relaxed)) {
-            bail!("interrupted: nothing more was written");
+            bail!("stopped by Ctrl-C");
         }
         Ok(())
     }

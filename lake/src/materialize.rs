@@ -530,7 +530,12 @@ pub fn materialize(
     // 3. files into place
     for (tmp, path, section, where_, identity, rows) in pending_files {
         if let Some(l) = lake {
-            l.stop_if_interrupted()?;
+            l.stop_if_interrupted().with_context(|| match out.snapshot {
+                Some(snapshot) => format!(
+                    "the lake was committed (snapshot {snapshot}); `{section}` and the files after it were not written"
+                ),
+                None => format!("`{section}` and the files after it were not written"),
+            })?;
         }
         path.commit(tmp, &storage).with_context(|| format!("materialization `{section}`"))?;
         if let Some(s) = store {

@@ -334,11 +334,10 @@ fn run(
         match flowrun_lake::materialize(&flow, &result, store.as_deref(), lake.as_ref(), &flow_path) {
             Ok(m) => Some(m),
             // a first Ctrl-C while the lake was being written: what was not committed is not
-            Err(_) if opts.interrupted() => {
+            // (the error says whether the lake's commit happened)
+            Err(e) if opts.interrupted() => {
                 report::print_run(&flow, &result, None, ui);
-                eprintln!(
-                    "interrupted before the lake's commit: the lake stays at its previous snapshot; run again to go on"
-                );
+                eprintln!("interrupted: {e:#}; run again to go on");
                 return Ok(Outcome::Interrupted);
             }
             Err(e) => return Err(in_target(&flow, e, "writing the run's results failed")),
