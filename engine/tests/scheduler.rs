@@ -418,6 +418,50 @@ fn a_panic_in_a_value_types_own_code_is_a_warning_of_its_node() {
     assert!(w.iter().any(|w| w.contains("result not cached (encoding it panicked: cannot encode 3)")), "{w:?}");
 }
 
+/// A value type that encodes, but whose decoder and row count panic.
+#[derive(Clone, Debug)]
+struct Brittle(i64);
+
+impl Value for Brittle {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), flowrun_engine::CodecError> {
+        out.extend(self.0.to_le_bytes());
+        Ok(())
+    }
+    fn decode(_bytes: &[u8]) -> Result<Self, flowrun_engine::CodecError> {
+        panic!("bytes it does not expect")
+    }
+    fn rows(&self) -> Option<u64> {
+        panic!("no rows")
+    }
+}
+
+#[node]
+fn brittle(x: i64) -> Brittle {
+    Brittle(x)
+}
+
+#[node]
+fn unbrittle(brittle: Brittle) -> i64 {
+    brittle.0
+}
+
+#[test]
+fn a_decoder_that_panics_is_a_decode_error_and_the_result_is_recomputed() {
+    let src =
+        "[flow]\nname = \"b\"\noutputs = [\"unbrittle\"]\n[config]\nx = 3\n[nodes.unbrittle]\ncache = \"recompute\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let first = run(&build(src, &[]), 1, Some(store.clone()));
+    assert_eq!(first.status, RunStatus::Ok);
+    let w = &first.nodes.iter().find(|n| &*n.name == "brittle").unwrap().warnings;
+    assert!(w.iter().any(|w| w.contains("counting the result's rows panicked: no rows")), "{w:?}");
+    // the rerun loads `brittle` from the cache for `unbrittle`: its decoder panics, so it is computed again
+    let again = run(&build(src, &[]), 1, Some(store));
+    assert_eq!(again.status, RunStatus::Ok, "the run goes on");
+    let brittle = again.nodes.iter().filter(|n| &*n.name == "brittle").last().unwrap();
+    assert_eq!(brittle.status, Status::Executed);
+}
+
 #[test]
 fn fail_fast_cancels_what_has_not_started() {
     let src = r#"

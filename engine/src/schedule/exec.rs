@@ -415,7 +415,10 @@ impl<'p, 'f> Exec<'p, 'f> {
         let outcome = match result {
             Ok(value) => {
                 report.status = Status::Executed;
-                report.rows = value.dyn_rows();
+                report.rows = guarded("counting the result's rows", || value.dyn_rows()).unwrap_or_else(|w| {
+                    report.warnings.push(w);
+                    None
+                });
                 let identity = self.store(pn, fnode, key, &value, deps, report);
                 Slot::Ok(Done { value: Some(Lazy::ready(value)), identity: Some(identity) })
             }
@@ -569,9 +572,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         report.notes.extend(cx.notes);
         // the data checks, too, run under a guard: a panic in one is the node's failure, not the run's end
         let checked = result.and_then(|v| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.check(fnode, &v, report)))
-                .unwrap_or_else(|p| Err(anyhow::anyhow!("a data check panicked: {}", panic_message(&p))))
-                .map(|()| v)
+            guarded("a data check", || self.check(fnode, &v, report)).map_err(anyhow::Error::msg)?.map(|()| v)
         });
         (checked, cx.deps)
     }
@@ -590,10 +591,9 @@ impl<'p, 'f> Exec<'p, 'f> {
     ) -> Hash {
         // a value type's own code (identity, encoding) runs under a guard: its panic leaves the result
         // uncached, with a warning naming the node, and the run goes on
-        let guard = |what: &str, p: Box<dyn std::any::Any + Send>| format!("{what} panicked: {}", panic_message(&p));
-        let own_identity = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| value.dyn_identity()))
-            .unwrap_or_else(|p| {
-                report.warnings.push(guard("the result's identity", p));
+        let own_identity = guarded("the result's identity", || value.dyn_identity())
+            .unwrap_or_else(|w| {
+                report.warnings.push(w);
                 None
             })
             .and_then(Result::ok);
@@ -601,15 +601,14 @@ impl<'p, 'f> Exec<'p, 'f> {
             (CacheMode::Disable, _) | (_, None) => return key,
             (_, Some(store)) => store,
         };
-        let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode_value(&**value)));
-        let bytes = match encoded {
+        let bytes = match guarded("encoding it", || encode_value(&**value)) {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(e)) => {
                 report.warnings.push(format!("result not cached (cannot encode it: {e})"));
                 return key;
             }
-            Err(p) => {
-                report.warnings.push(format!("result not cached ({})", guard("encoding it", p)));
+            Err(w) => {
+                report.warnings.push(format!("result not cached ({w})"));
                 return key;
             }
         };
@@ -800,7 +799,8 @@ impl<'p, 'f> Exec<'p, 'f> {
         let expand_name = self.node_name(expand).to_string();
         let items: Result<Vec<AnyValue>, String> = match slot {
             Slot::Ok(Done { value: Some(lazy), identity: Some(_) }) => match lazy.get() {
-                Ok(v) => v.dyn_items().ok_or_else(|| format!("`{expand_name}` did not return a Parallel list")),
+                Ok(v) => guarded(&format!("listing the items of `{expand_name}`"), || v.dyn_items())
+                    .and_then(|items| items.ok_or_else(|| format!("`{expand_name}` did not return a Parallel list"))),
                 Err(e) => {
                     self.restart_without(&e);
                     Err(e.to_string())
@@ -840,11 +840,11 @@ impl<'p, 'f> Exec<'p, 'f> {
         // a sharded run takes every n-th item of the outermost fan-outs, from its own index on
         let mine = |i: usize| inst.parent.is_some() || self.opts.shard.is_none_or(|(k, n)| i % n == k);
         for (i, item) in items.into_iter().enumerate().filter(|(i, _)| mine(*i)) {
-            let identity = match crate::flow::build::identity_of(&*item) {
-                Ok(h) => h,
-                Err(_) => blake3::hash(format!("{expand_name}#{i}").as_bytes()),
+            let identity = match guarded("an item's identity", || crate::flow::build::identity_of(&*item)) {
+                Ok(Ok(h)) => h,
+                _ => blake3::hash(format!("{expand_name}#{i}").as_bytes()),
             };
-            let own = item.dyn_label().unwrap_or_else(|| i.to_string());
+            let own = guarded("an item's label", || item.dyn_label()).ok().flatten().unwrap_or_else(|| i.to_string());
             let label: Arc<str> = match &inst.label {
                 Some(outer) => format!("{outer}/{own}").into(),
                 None => own.into(),
@@ -886,6 +886,13 @@ fn changed_dep(store: &Store, deps: &[FileDep]) -> Option<String> {
     deps.iter()
         .find(|d| store.fingerprint_file(&d.path).map(|h| h.to_hex().as_str() != d.hash).unwrap_or(true))
         .map(|d| d.path.display().to_string())
+}
+
+/// Runs a value type's or a check's own code: its panic becomes `Err("<what> panicked: <message>")`, for
+/// the node's report, instead of the end of the run.
+pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|p| format!("{what} panicked: {}", panic_message(&p)))
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -97,7 +97,10 @@ impl Lazy {
             Blob::Missing => return Err(LoadError::Missing(hex)),
             Blob::Corrupt => return Err(LoadError::Corrupt(hex)),
         };
-        let value = ty.decode(&bytes).map_err(|e| LoadError::Decode(hex, e.to_string()))?;
+        // a decoder's panic (bytes it does not expect) is a decode error: the entry is evicted and recomputed
+        let value = super::exec::guarded("decoding", || ty.decode(&bytes))
+            .map_err(|w| LoadError::Decode(hex.clone(), w))?
+            .map_err(|e| LoadError::Decode(hex, e.to_string()))?;
         Ok(c.value.get_or_init(|| value).clone())
     }
 }
