@@ -86,6 +86,8 @@ fn check(text: &str) {
     if let Err(Diagnostics(diags)) = built {
         assert!(!diags.is_empty(), "an error without a diagnostic");
         for d in &diags {
+            // every error points into the file (a line and column for the editor)
+            assert!(d.primary.is_some(), "{}: an error without a place: {}", d.code, d.message);
             for label in d.primary.iter().chain(&d.secondary) {
                 if Arc::ptr_eq(&label.file, &src) {
                     let s = &label.span;

@@ -94,7 +94,8 @@ fn geopackage(dir: &Path) -> Vec<u8> {
     let path = dir.join("seed.gpkg");
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT, srs_id INTEGER PRIMARY KEY, organization TEXT,
+        "PRAGMA synchronous = OFF; PRAGMA journal_mode = MEMORY;
+         CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT, srs_id INTEGER PRIMARY KEY, organization TEXT,
            organization_coordsys_id INTEGER, definition TEXT, description TEXT);
          INSERT INTO gpkg_spatial_ref_sys VALUES ('WGS 84', 4326, 'EPSG', 4326, 'GEOGCS[\"WGS 84\"]', NULL);
          CREATE TABLE gpkg_contents (table_name TEXT PRIMARY KEY, data_type TEXT, identifier TEXT,
@@ -167,10 +168,12 @@ proptest! {
 
     #[test]
     fn geopackages(e in edits()) {
+        // the seed is made once (SQLite's writes are most of a case's time otherwise)
+        static SEED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let seed = SEED.get_or_init(|| geopackage(tempfile::tempdir().unwrap().path()));
         let dir = tempfile::tempdir().unwrap();
-        let seed = geopackage(dir.path());
         let path = dir.path().join("mutated.gpkg");
-        std::fs::write(&path, mutate(&seed, &e)).unwrap();
+        std::fs::write(&path, mutate(seed, &e)).unwrap();
         if let Ok(layers) = read::read_gpkg(&path, None) {
             for (_, t) in layers {
                 geometry_code_takes(&t.geoms);
