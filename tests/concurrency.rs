@@ -109,6 +109,13 @@ fn two_caches_committing_into_one_catalog(file: &str, kind: &str) {
         let out = out.ok();
         assert!(out.json()["materialized"]["snapshot"].is_i64(), "{}", out.stdout);
     }
+    // stock DuckDB finds both tables, each with its row
+    let script = "import duckdb, os, sys\ncon = duckdb.connect()\n\
+         for e in ['ducklake', 'sqlite_scanner']:\n    con.execute(f\"LOAD '{os.path.join(sys.argv[3], e + '.duckdb_extension')}'\")\n\
+         con.execute(f\"ATTACH 'ducklake:{sys.argv[1]}' AS lake (DATA_PATH '{sys.argv[2]}/', READ_ONLY)\")\n\
+         print([con.execute(f'SELECT count(*) FROM lake.main.{t}').fetchall()[0][0] for t in ['from_a', 'from_b']])";
+    let ext = crate::util::flowrun_extension_dir().display().to_string();
+    assert_eq!(crate::util::python_json(script, &[&catalog, &data, &ext]), serde_json::json!([1, 1]));
 }
 
 /// A Python program holding something open (`script` prints `ready` once it does), killed on drop.

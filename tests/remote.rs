@@ -534,9 +534,14 @@ fn two_machines_appending_the_same_value_at_once_add_it_once() {
     for m in &machines {
         run_on(m, &s3, &["run", "flow.toml"]).ok();
     }
+    // each holds its transaction open for a second before its COMMIT, so that the commits overlap for certain
+    let mut env = s3.env();
+    env.push(("FLOWRUN_TEST_HOLD_COMMIT_MS", "1000".to_string()));
     let runs: Vec<Child> =
-        machines.iter().map(|m| spawn_on(m, &s3, &["--json", "run", "flow.toml", "--target", "prod"])).collect();
+        machines.iter().map(|m| spawn(m, &["--json", "run", "flow.toml", "--target", "prod"], &env)).collect();
     let outs: Vec<Out> = runs.into_iter().map(|c| finish(c).ok()).collect();
+    let replans: i64 = outs.iter().map(|o| o.json()["materialized"]["replans"].as_i64().unwrap()).sum();
+    assert!(replans >= 2, "the two later commits conflicted and were planned again: {replans}");
     let appended: Vec<&Out> = outs
         .iter()
         .filter(|o| {

@@ -63,6 +63,8 @@ pub struct LakeWrite {
     pub snapshot: Option<i64>,
     /// Per target, in order: whether this run wrote it (`false`: the ledger showed its value already there).
     pub written: Vec<bool>,
+    /// How many times the transaction was planned again after a conflict with another writer.
+    pub replans: u32,
 }
 
 const TYPE_FAMILIES: &[&[&str]] = &[
@@ -428,9 +430,9 @@ pub fn write(
         }) {
             Ok(None) => {
                 duck.execute("ROLLBACK")?;
-                return Ok(LakeWrite { snapshot: None, written: vec![false; targets.len()] });
+                return Ok(LakeWrite { snapshot: None, written: vec![false; targets.len()], replans: attempt });
             }
-            Ok(Some(written)) => match duck.execute("COMMIT") {
+            Ok(Some(written)) => match hold_commit().and_then(|()| duck.execute("COMMIT")) {
                 Ok(()) => {
                     // the snapshot that was committed (a concurrent writer may have taken the next id)
                     let snapshot = duck
@@ -440,7 +442,7 @@ pub fn write(
                             literal(&report.run_id)
                         ))
                         .context("reading back the committed snapshot")?;
-                    return Ok(LakeWrite { snapshot: Some(snapshot), written });
+                    return Ok(LakeWrite { snapshot: Some(snapshot), written, replans: attempt });
                 }
                 Err(e) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
                     let _ = duck.execute("ROLLBACK");
@@ -459,6 +461,15 @@ pub fn write(
             }
         }
     }
+}
+
+/// For tests of concurrent commits: `FLOWRUN_TEST_HOLD_COMMIT_MS` keeps the transaction open that long
+/// before its COMMIT, so that the commits of processes started together overlap for certain.
+fn hold_commit() -> Result<()> {
+    if let Some(ms) = std::env::var("FLOWRUN_TEST_HOLD_COMMIT_MS").ok().and_then(|v| v.parse().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    Ok(())
 }
 
 /// Opens the transaction and writes into it (not committed) every target whose value the ledger, read at

@@ -66,6 +66,8 @@ pub struct MaterializeReport {
     pub targets: Vec<TargetReport>,
     /// The lake snapshot this run committed, if it wrote to the lake.
     pub snapshot: Option<i64>,
+    /// How many times the lake's commit was planned again after conflicting with another writer's.
+    pub replans: u32,
     /// The lake's catalog.
     pub lake: Option<String>,
     /// Seconds spent.
@@ -505,7 +507,7 @@ pub fn materialize(
             places.push(where_);
         }
         let done = ducklake::write(&duck, lake, &targets, &flow.name, flow_path, report)?;
-        out.snapshot = done.snapshot;
+        (out.snapshot, out.replans) = (done.snapshot, done.replans);
         for ((t, where_), written) in targets.iter().zip(places).zip(done.written) {
             out.targets.push(TargetReport {
                 section: t.section.clone(),
