@@ -458,7 +458,7 @@ fn a_decoder_that_panics_is_a_decode_error_and_the_result_is_recomputed() {
     // the rerun loads `brittle` from the cache for `unbrittle`: its decoder panics, so it is computed again
     let again = run(&build(src, &[]), 1, Some(store));
     assert_eq!(again.status, RunStatus::Ok, "the run goes on");
-    let brittle = again.nodes.iter().filter(|n| &*n.name == "brittle").last().unwrap();
+    let brittle = again.nodes.iter().rfind(|n| &*n.name == "brittle").unwrap();
     assert_eq!(brittle.status, Status::Executed);
 }
 
