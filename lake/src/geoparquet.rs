@@ -48,26 +48,37 @@ pub fn geometry_columns(table: &Table) -> Vec<String> {
         .collect()
 }
 
-/// A temporary file beside `path`, named `.<name>.<pid>.<random>.tmp`. The ones a killed process left
-/// there (its pid no longer runs) are removed first, so none stays forever.
+/// A temporary file beside `path`, named `.<name>.<pid>.<random>.tmp` (see [`remove_dead_temporaries`]).
 fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    remove_dead_temporaries(dir);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let ours = format!(".{name}.");
+    let prefix = format!(".{name}.{}.", std::process::id());
+    tempfile::Builder::new().prefix(&prefix).suffix(".tmp").tempfile_in(dir).map_err(Into::into)
+}
+
+/// Removes the temporaries of [`temp_beside`] in `dir` whose process no longer runs (a killed run's), so
+/// that none stays forever. Called before every GeoParquet materialization, written or unchanged.
+pub fn remove_dead_temporaries(dir: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let file = e.file_name().to_string_lossy().into_owned();
-        let pid = file.strip_prefix(&ours).and_then(|rest| rest.split('.').next()).and_then(|p| p.parse::<u32>().ok());
+        // `.<name>.<pid>.<random>.tmp`, read from the end (the name may hold dots)
+        let pid = file
+            .strip_suffix(".tmp")
+            .filter(|_| file.starts_with('.'))
+            .and_then(|rest| rest.rsplit_once('.'))
+            .and_then(|(rest, _random)| rest.rsplit_once('.'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
         if let Some(pid) = pid
-            && file.ends_with(".tmp")
-            && Path::new("/proc/self").exists()
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let prefix = format!("{ours}{}.", std::process::id());
-    tempfile::Builder::new().prefix(&prefix).suffix(".tmp").tempfile_in(dir).map_err(Into::into)
 }
 
 /// Writes `table` as GeoParquet 1.1 to a temporary file beside `path`; [`commit`] renames it into place.
@@ -158,6 +169,22 @@ pub fn write_with_duckdb(table: &Table, path: &Path) -> Result<GeoParquetWrite> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_temporaries_of_ended_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        let names =
+            [".pv.v1.parquet.4000000000.a1B2.tmp", &format!(".pv.parquet.{me}.x.tmp"), "notes.tmp", "pv.parquet"];
+        for n in names {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        remove_dead_temporaries(dir.path());
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, vec![format!(".pv.parquet.{me}.x.tmp"), "notes.tmp".into(), "pv.parquet".into()]);
+    }
 
     #[test]
     fn writes_geoparquet_1_1_with_covering_and_no_leftovers() {

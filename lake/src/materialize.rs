@@ -18,7 +18,7 @@
 //! cached rerun creates no empty snapshot (its record stays in the local run log, `flowrun runs`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -448,6 +448,9 @@ pub fn materialize(
     let storage = crate::storage_config(flow)?;
     let mut pending_files = Vec::new();
     for (section, path, geometry, o, where_, identity) in files {
+        if let Some(dir) = path.staging_path().parent() {
+            geoparquet::remove_dead_temporaries(if dir.as_os_str().is_empty() { Path::new(".") } else { dir });
+        }
         if unchanged("geoparquet", &where_, &identity, path.exists(&storage)?) {
             out.targets.push(TargetReport {
                 section,
