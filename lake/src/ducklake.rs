@@ -463,6 +463,27 @@ pub fn write(
     }
 }
 
+/// Deletes (or with `dry_run` lists) the data files in the lake's data path that no snapshot references
+/// and that were last modified at least `older_than` ago: the Parquet files of commits that were killed.
+/// DuckLake's `ducklake_delete_orphaned_files` decides; the lake's lock is held meanwhile. The data path
+/// must be this lake's alone (another lake's files there would count as orphans).
+pub fn delete_orphaned_files(lake: &LakeConfig, older_than: std::time::Duration, dry_run: bool) -> Result<Vec<String>> {
+    let _turn = lake.lock()?;
+    let duck = Duck::in_memory()?;
+    lake.attach(&duck, false)?;
+    let files = duck.query(&format!(
+        "CALL ducklake_delete_orphaned_files({}, dry_run => {dry_run}, older_than => now() - to_seconds({}))",
+        literal(&lake.alias),
+        older_than.as_secs()
+    ))?;
+    let mut out = Vec::new();
+    for batch in files.batches() {
+        let paths = batch.column(0).as_any().downcast_ref::<arrow_array::StringArray>();
+        out.extend(paths.into_iter().flat_map(|a| a.iter().flatten().map(str::to_string)));
+    }
+    Ok(out)
+}
+
 /// For tests of concurrent commits: `FLOWRUN_TEST_HOLD_COMMIT_MS` keeps the transaction open that long
 /// before its COMMIT, so that the commits of processes started together overlap for certain.
 fn hold_commit() -> Result<()> {

@@ -53,6 +53,26 @@ pub enum Command {
     Cache(CacheCommand),
     /// List recent runs.
     Runs(RunsArgs),
+    /// Maintain the flow's DuckLake.
+    #[command(subcommand)]
+    Lake(LakeCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LakeCommand {
+    /// Delete the data files in the lake's data path that no snapshot references and that are older than
+    /// --older-than-hours (a killed commit's), with DuckLake's `ducklake_delete_orphaned_files`. The data
+    /// path must be this lake's alone: another lake's files there would be deleted too.
+    Gc {
+        #[command(flatten)]
+        flow: FlowArgs,
+        /// Only files last modified this many hours ago or earlier (a running commit's files are newer).
+        #[arg(long, default_value_t = 24)]
+        older_than_hours: u64,
+        /// List what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -165,7 +185,7 @@ pub struct RunsArgs {
 
 /// `flowrun FLOW.toml ...` means `flowrun run FLOW.toml ...`.
 pub fn with_default_command(mut args: Vec<String>) -> Vec<String> {
-    const COMMANDS: &[&str] = &["run", "explain", "graph", "nodes", "cache", "runs", "help"];
+    const COMMANDS: &[&str] = &["run", "explain", "graph", "nodes", "cache", "runs", "lake", "help"];
     let first_positional = args.iter().skip(1).position(|a| !a.starts_with('-')).map(|i| i + 1);
     if let Some(i) = first_positional {
         let word = &args[i];

@@ -17,7 +17,7 @@ use flowrun_engine::flow::{BuildOptions, Diagnostic, Diagnostics};
 use flowrun_engine::schedule::{self, RunOptions, RunStatus};
 use flowrun_engine::{Flow, Registry};
 
-use args::{CacheCommand, Cli, Command, FlowArgs};
+use args::{CacheCommand, Cli, Command, FlowArgs, LakeCommand};
 
 /// How a command ended.
 pub enum Outcome {
@@ -137,6 +137,18 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<Outcome, CliError> {
                     }
                 }
             }
+            Ok(Outcome::Ok)
+        }
+        Command::Lake(LakeCommand::Gc { flow, older_than_hours, dry_run }) => {
+            let (flow_def, lake) = build(flow)?;
+            let lake = lake.ok_or_else(|| bad_argument(format!("{} has no [lake] section", flow.flow.display())))?;
+            let files = flowrun_lake::ducklake::delete_orphaned_files(
+                &lake,
+                Duration::from_secs(older_than_hours * 3600),
+                *dry_run,
+            )
+            .map_err(|e| in_target(&flow_def, e, "lake gc failed"))?;
+            report::print_orphans(&files, *dry_run, ui);
             Ok(Outcome::Ok)
         }
         Command::Runs(r) => {

@@ -279,6 +279,18 @@ pub fn print_gc(r: &GcReport, ui: &Ui) {
     }
 }
 
+pub fn print_orphans(files: &[String], dry_run: bool, ui: &Ui) {
+    if ui.json {
+        println!("{}", serde_json::json!({ "dry_run": dry_run, "files": files }));
+    } else if !ui.quiet {
+        for f in files {
+            println!("{f}");
+        }
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        println!("{verb} {} orphaned data files", files.len());
+    }
+}
+
 pub fn print_runs(runs: &[RunRecord], ui: &Ui) {
     if ui.json {
         println!("{}", serde_json::to_string(runs).unwrap_or_default());
