@@ -29,6 +29,11 @@ bench-vs-hamilton:
     cargo build --release --bin bench
     python3 bench/vs_hamilton.py --bench "$CARGO_TARGET_DIR/release/bench"
 
+# flowrun vs GeoPandas on the PV flow: shared data, then 150K and 1M synthetic rows (uses ~/.cache/flowrun/test-venv)
+bench-vs-geopandas *ARGS:
+    cargo build --release --bin flowrun
+    python3 bench/vs_geopandas.py --flowrun "$CARGO_TARGET_DIR/release/flowrun" {{ARGS}}
+
 # two bench binaries interleaved phase by phase (paired ratios; this machine's timings drift by a third)
 bench-compare OLD NEW *ARGS:
     python3 bench/compare.py {{OLD}} {{NEW}} {{ARGS}}
