@@ -19,7 +19,9 @@ use anyhow::{Context, Result};
 use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use flowrun_engine::{Table, Value, node};
-use geo::{Closest, ClosestPoint, Contains, Distance, Geodesic, Geometry, Point};
+use geo::algorithm::indexed::IntervalTreeMultiPolygon;
+use geo::orient::{Direction, Orient};
+use geo::{Closest, ClosestPoint, Contains, Distance, Geodesic, Geometry, MultiPolygon, Point};
 use rayon::prelude::*;
 use rstar::AABB;
 use serde::{Deserialize, Serialize};
@@ -79,16 +81,25 @@ pub fn locate(t: &Table, countries: &Table, method: CountryMethod, max_distance_
     let codes: StringArray = column(&cb, "country_code")?;
     let names: StringArray = column(&cb, "country_name")?;
     let tree = geom::bbox_tree(cgeoms.iter().map(Option::as_ref));
+    // each country's edges in an interval tree on y (geo's `IntervalTreeMultiPolygon`): a point is tested
+    // against the edges at its latitude only, not every vertex of the country; rings are oriented first
+    // (exteriors counter-clockwise, holes clockwise) so that the winding number puts a hole's points outside
+    let indexed: Vec<Option<IntervalTreeMultiPolygon<f64>>> = cgeoms
+        .par_iter()
+        .map(|g| match g {
+            Some(Geometry::Polygon(p)) => {
+                Some(IntervalTreeMultiPolygon::new(&MultiPolygon(vec![p.orient(Direction::Default)])))
+            }
+            Some(Geometry::MultiPolygon(mp)) => Some(IntervalTreeMultiPolygon::new(&mp.orient(Direction::Default))),
+            _ => None,
+        })
+        .collect();
     let batch = t.concat()?;
     let (lat, lon): (Float64Array, Float64Array) = (column(&batch, "centroid_lat")?, column(&batch, "centroid_lon")?);
     let within = |p: &Point<f64>| {
         tree.locate_in_envelope_intersecting(&AABB::from_point([p.x(), p.y()]))
             .map(|c| c.data)
-            .filter(|&c| match &cgeoms[c] {
-                Some(Geometry::Polygon(poly)) => poly.contains(p),
-                Some(Geometry::MultiPolygon(mp)) => mp.contains(p),
-                _ => false,
-            })
+            .filter(|&c| indexed[c].as_ref().is_some_and(|poly| poly.contains(p)))
             .min()
     };
     let nearest = |p: &Point<f64>| -> Option<(usize, f64)> {
@@ -287,5 +298,43 @@ mod tests {
         assert_eq!(d.value(0), 0.0);
         let near1 = locate(&sites, &countries(), CountryMethod::Nearest, 1.0).unwrap();
         assert_eq!(strings(&near1, "country_code")[3], None, "not within 1 km");
+    }
+
+    /// A country with a hole (an enclave) whose rings turn the same way, and one of two islands: a point
+    /// in the hole is not in the country, whatever the file's ring orientation; each island counts.
+    #[test]
+    fn holes_and_islands_whatever_the_ring_orientation() {
+        use geo::{LineString, MultiPolygon, Polygon};
+        let ring = |x0: f64, y0: f64, s: f64| {
+            LineString::from(vec![(x0, y0), (x0 + s, y0), (x0 + s, y0 + s), (x0, y0 + s), (x0, y0)])
+        };
+        let holed = Polygon::new(ring(0.0, 0.0, 10.0), vec![ring(4.0, 4.0, 2.0)]); // both counter-clockwise
+        let islands =
+            MultiPolygon(vec![Polygon::new(ring(20.0, 0.0, 2.0), vec![]), Polygon::new(ring(30.0, 0.0, 2.0), vec![])]);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("country_code", DataType::Utf8, true),
+            Field::new("country_name", DataType::Utf8, true),
+            geom::wkb_field("geometry", true, None),
+        ]));
+        let countries = Table::from_batch(
+            RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(StringArray::from(vec!["HOL", "ISL"])),
+                    Arc::new(StringArray::from(vec!["Holed", "Islands"])),
+                    geom::wkb_array(&[Some(Geometry::Polygon(holed)), Some(Geometry::MultiPolygon(islands))]),
+                ],
+            )
+            .unwrap(),
+        );
+        let sites = measured(&[
+            ("d", "d:1", square(1.0, 1.0, 0.01)),
+            ("d", "d:2", square(5.0, 5.0, 0.01)), // in the hole
+            ("d", "d:3", square(31.0, 1.0, 0.01)),
+            ("d", "d:4", square(25.0, 1.0, 0.01)), // between the islands
+        ]);
+        let sites = crate::standardize::measure_table(&sites).unwrap();
+        let located = locate(&sites, &countries, CountryMethod::Within, 10.0).unwrap();
+        assert_eq!(strings(&located, "country_code"), vec![Some("HOL".into()), None, Some("ISL".into()), None]);
     }
 }
