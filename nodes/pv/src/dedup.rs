@@ -95,99 +95,126 @@ pub struct Dedup {
     pub errors: Vec<(String, String)>,
 }
 
-/// Decides which rows to keep.
-pub fn dedup_rows(t: &Table, mode: Mode, threshold: f64, priority: &[String], h3_res: i64) -> Result<Dedup> {
-    let batch = t.concat()?;
-    let gi = geometry_index(t)?;
-    let geoms = geometries(batch.column(gi))?;
-    let datasets: StringArray = geom::column(&batch, "dataset_name")?;
-    let areas: Float64Array = geom::column(&batch, "area_m2").context("run `measured` first")?;
-    let rows: Vec<Row> = geoms
-        .into_iter()
-        .enumerate()
-        .map(|(i, g)| Row {
-            dataset: datasets.value(i).to_string(),
-            geom: g,
-            area: if areas.is_null(i) { 0.0 } else { areas.value(i) },
-        })
-        .collect();
-    let mut pairs: Vec<(usize, usize)> = Vec::new();
-    match mode {
-        Mode::Overlap => {
-            let tree = geom::bbox_tree(rows.iter().map(|r| r.geom.as_ref()));
-            let boxes: Vec<_> = tree.iter().collect();
-            pairs = boxes
-                .par_iter()
-                .flat_map_iter(|item| {
-                    let rows = &rows;
-                    let i = item.data;
-                    let env = AABB::from_corners(item.geom().lower(), item.geom().upper());
-                    tree.locate_in_envelope_intersecting(&env)
-                        .map(|o| o.data)
-                        .filter(move |&j| j > i && rows[j].dataset != rows[i].dataset)
-                        .map(move |j| (i, j))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-        }
-        Mode::SameCell => {
-            let col = h3_column(h3_res);
-            let cells: StringArray =
-                geom::column(&batch, &col).context("the same_cell mode needs `indexed` at this resolution")?;
-            let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
-            for i in 0..cells.len() {
-                if !cells.is_null(i) {
-                    groups.entry(cells.value(i)).or_default().push(i);
-                }
+/// The records of a table as the dedup sees them.
+struct Records {
+    batch: RecordBatch,
+    rows: Vec<Row>,
+}
+
+impl Records {
+    fn of(t: &Table) -> Result<Records> {
+        let batch = t.concat()?;
+        let geoms = geometries(batch.column(geometry_index(t)?))?;
+        let datasets: StringArray = geom::column(&batch, "dataset_name")?;
+        let areas: Float64Array = geom::column(&batch, "area_m2").context("run `measured` first")?;
+        let rows = geoms
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| Row {
+                dataset: datasets.value(i).to_string(),
+                geom: g,
+                area: if areas.is_null(i) { 0.0 } else { areas.value(i) },
+            })
+            .collect();
+        Ok(Records { batch, rows })
+    }
+
+    /// The candidate pairs `(i, j)`, `i < j`, of different datasets, sorted.
+    fn candidates(&self, mode: Mode, h3_res: i64) -> Result<Vec<(usize, usize)>> {
+        let rows = &self.rows;
+        let mut pairs: Vec<(usize, usize)> = Vec::new();
+        match mode {
+            Mode::Overlap => {
+                let tree = geom::bbox_tree(rows.iter().map(|r| r.geom.as_ref()));
+                let boxes: Vec<_> = tree.iter().collect();
+                pairs = boxes
+                    .par_iter()
+                    .flat_map_iter(|item| {
+                        let i = item.data;
+                        let env = AABB::from_corners(item.geom().lower(), item.geom().upper());
+                        tree.locate_in_envelope_intersecting(&env)
+                            .map(|o| o.data)
+                            .filter(move |&j| j > i && rows[j].dataset != rows[i].dataset)
+                            .map(move |j| (i, j))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
             }
-            for members in groups.values() {
-                for (a, &i) in members.iter().enumerate() {
-                    for &j in &members[a + 1..] {
-                        if rows[i].dataset != rows[j].dataset {
-                            pairs.push((i.min(j), i.max(j)));
+            Mode::SameCell => {
+                let col = h3_column(h3_res);
+                let cells: StringArray =
+                    geom::column(&self.batch, &col).context("the same_cell mode needs `indexed` at this resolution")?;
+                let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+                for i in 0..cells.len() {
+                    if !cells.is_null(i) {
+                        groups.entry(cells.value(i)).or_default().push(i);
+                    }
+                }
+                for members in groups.values() {
+                    for (a, &i) in members.iter().enumerate() {
+                        for &j in &members[a + 1..] {
+                            if rows[i].dataset != rows[j].dataset {
+                                pairs.push((i.min(j), i.max(j)));
+                            }
                         }
                     }
                 }
             }
         }
+        pairs.sort_unstable();
+        Ok(pairs)
     }
-    pairs.sort_unstable();
-    let rank = |d: &str| priority.iter().position(|p| p == d).unwrap_or(usize::MAX);
-    // per pair: Some(true) duplicate, Some(false) not, None the overlap could not be computed
-    let verdicts: Vec<Option<bool>> = pairs
-        .par_iter()
-        .map(|&(i, j)| {
-            let (a, b) = (&rows[i], &rows[j]);
-            let (Some(ga), Some(gb)) = (&a.geom, &b.geom) else { return Some(false) };
-            overlap_ratio(ga, a.area, gb, b.area).map(|ratio| ratio > threshold)
-        })
-        .collect();
-    let ids: StringArray = geom::column(&batch, "unified_id")?;
-    let errors: Vec<(String, String)> = pairs
-        .iter()
-        .zip(&verdicts)
-        .filter(|(_, v)| v.is_none())
-        .map(|(&(i, j), _)| (ids.value(i).to_string(), ids.value(j).to_string()))
-        .collect();
-    let duplicates = pairs.iter().zip(&verdicts).filter(|(_, v)| **v == Some(true)).map(|(p, _)| *p);
-    let mut keep = vec![true; rows.len()];
-    for (i, j) in duplicates {
-        if !keep[i] || !keep[j] {
-            continue;
+
+    /// Per pair: `Some(true)` a duplicate, `Some(false)` not, `None` the overlap could not be computed.
+    fn verdicts(&self, pairs: &[(usize, usize)], threshold: f64) -> Vec<Option<bool>> {
+        pairs
+            .par_iter()
+            .map(|&(i, j)| {
+                let (a, b) = (&self.rows[i], &self.rows[j]);
+                let (Some(ga), Some(gb)) = (&a.geom, &b.geom) else { return Some(false) };
+                overlap_ratio(ga, a.area, gb, b.area).map(|ratio| ratio > threshold)
+            })
+            .collect()
+    }
+
+    /// Which rows to keep, given each candidate pair's verdict (pairs in order; the first duplicate pair
+    /// of a row decides).
+    fn resolve(&self, pairs: &[(usize, usize)], verdicts: &[Option<bool>], priority: &[String]) -> Result<Dedup> {
+        let rank = |d: &str| priority.iter().position(|p| p == d).unwrap_or(usize::MAX);
+        let ids: StringArray = geom::column(&self.batch, "unified_id")?;
+        let errors: Vec<(String, String)> = pairs
+            .iter()
+            .zip(verdicts)
+            .filter(|(_, v)| v.is_none())
+            .map(|(&(i, j), _)| (ids.value(i).to_string(), ids.value(j).to_string()))
+            .collect();
+        let mut keep = vec![true; self.rows.len()];
+        for (&(i, j), _) in pairs.iter().zip(verdicts).filter(|(_, v)| **v == Some(true)) {
+            if !keep[i] || !keep[j] {
+                continue;
+            }
+            let (a, b) = (&self.rows[i], &self.rows[j]);
+            let loser = if a.area > b.area {
+                j
+            } else if b.area > a.area {
+                i
+            } else if rank(&a.dataset) <= rank(&b.dataset) {
+                j
+            } else {
+                i
+            };
+            keep[loser] = false;
         }
-        let (a, b) = (&rows[i], &rows[j]);
-        let loser = if a.area > b.area {
-            j
-        } else if b.area > a.area {
-            i
-        } else if rank(&a.dataset) <= rank(&b.dataset) {
-            j
-        } else {
-            i
-        };
-        keep[loser] = false;
+        Ok(Dedup { keep, pairs: pairs.len(), errors })
     }
-    Ok(Dedup { keep, pairs: pairs.len(), errors })
+}
+
+/// Decides which rows to keep.
+pub fn dedup_rows(t: &Table, mode: Mode, threshold: f64, priority: &[String], h3_res: i64) -> Result<Dedup> {
+    let records = Records::of(t)?;
+    let pairs = records.candidates(mode, h3_res)?;
+    let verdicts = records.verdicts(&pairs, threshold);
+    records.resolve(&pairs, &verdicts, priority)
 }
 
 fn apply(t: &Table, d: &Dedup) -> Result<Table> {
@@ -243,8 +270,20 @@ pub fn dedup_comparison(
     let mut removed = Vec::new();
     let mut kept = Vec::new();
     let mut errors = Vec::new();
-    for (name, mode) in [("overlap", Mode::Overlap), ("same_cell", Mode::SameCell)] {
-        let d = dedup_rows(indexed, mode, overlap_threshold, dataset_priority, h3_resolution)?;
+    // a pair both modes examine is intersected once
+    let records = Records::of(indexed)?;
+    let candidates =
+        [records.candidates(Mode::Overlap, h3_resolution)?, records.candidates(Mode::SameCell, h3_resolution)?];
+    let mut all: Vec<(usize, usize)> = candidates.concat();
+    all.sort_unstable();
+    all.dedup();
+    let verdict_of = records.verdicts(&all, overlap_threshold);
+    for (name, pairs_of_mode) in ["overlap", "same_cell"].into_iter().zip(&candidates) {
+        let verdicts: Vec<Option<bool>> = pairs_of_mode
+            .iter()
+            .map(|p| verdict_of[all.binary_search(p).expect("every pair is in the union")])
+            .collect();
+        let d = records.resolve(pairs_of_mode, &verdicts, dataset_priority)?;
         let r = d.keep.iter().filter(|k| !**k).count();
         modes.push(name);
         pairs.push(d.pairs as i64);
