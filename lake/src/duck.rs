@@ -26,24 +26,28 @@ pub struct Duck {
     raw: ffi::duckdb_connection,
     db: ffi::duckdb_database,
     scans: AtomicUsize,
+    /// DuckDB checks extension signatures on `LOAD` itself (see [`Duck::checking_signatures`]).
+    pub(crate) checks_signatures: bool,
 }
 
 // SAFETY: DuckDB database and connection handles may be moved between threads; `Duck` is not `Sync`.
 unsafe impl Send for Duck {}
 
 impl Duck {
-    /// An in-memory database. It loads extension files without checking their signatures: flowrun checks
-    /// each file once instead (see [`crate::extensions`]).
+    /// An in-memory database for flowrun's own SQL (the lake's commit, exports). It loads extension files
+    /// without DuckDB's signature check, and autoloads none: flowrun loads each extension itself, from a
+    /// file whose contents it has seen DuckDB check (see [`crate::extensions`]).
     pub fn in_memory() -> Result<Duck> {
         Self::open(None)
     }
 
-    /// An in-memory database that checks every extension's signature on `LOAD` (DuckDB's default).
+    /// An in-memory database with DuckDB's defaults: every extension's signature checked on `LOAD`,
+    /// installed extensions autoloaded. For SQL a flow's author wrote (which may `LOAD` anything).
     pub fn checking_signatures() -> Result<Duck> {
         Self::open_with(None, false)
     }
 
-    /// A database file, or in-memory for `None` (extension signatures as for [`Duck::in_memory`]).
+    /// A database file, or in-memory for `None` (extensions as for [`Duck::in_memory`]).
     pub fn open(path: Option<&Path>) -> Result<Duck> {
         Self::open_with(path, true)
     }
@@ -59,11 +63,11 @@ impl Duck {
                 bail!("cannot create a DuckDB configuration");
             }
             // flowrun provisions extensions itself (see `extensions`); no silent network access.
-            let unsigned = if unsigned { "true" } else { "false" };
+            let (unsigned_ok, autoload) = if unsigned { ("true", "false") } else { ("false", "true") };
             for (k, v) in [
                 ("autoinstall_known_extensions", "false"),
-                ("autoload_known_extensions", "true"),
-                ("allow_unsigned_extensions", unsigned),
+                ("autoload_known_extensions", autoload),
+                ("allow_unsigned_extensions", unsigned_ok),
             ] {
                 let (k, v) = (CString::new(k)?, CString::new(v)?);
                 ffi::duckdb_set_config(config, k.as_ptr(), v.as_ptr());
@@ -97,7 +101,13 @@ impl Duck {
                     return Err(e.into());
                 }
             };
-            Ok(Duck { conn: ManuallyDrop::new(conn), raw, db, scans: AtomicUsize::new(0) })
+            Ok(Duck {
+                conn: ManuallyDrop::new(conn),
+                raw,
+                db,
+                scans: AtomicUsize::new(0),
+                checks_signatures: !unsigned,
+            })
         }
     }
 

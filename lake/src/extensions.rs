@@ -16,13 +16,14 @@
 //! If all fail, the error names the extension, says what each step answered, and how to supply the file
 //! by hand. A found path is remembered for the rest of the process.
 //!
-//! **Signatures, once per file.** DuckDB checks an extension's signature on every `LOAD` by hashing the
-//! whole file: 0.1 s for `ducklake` and 0.2 s for `spatial` on every run, most of a lake commit's fixed cost.
-//! flowrun's DuckDB instances skip that check (`allow_unsigned_extensions`); instead every extension file
-//! flowrun loads is first loaded once by an instance that enforces signatures, and the file's size,
-//! modification time and inode are recorded under `<cache>/verified/`. A file that changes is checked
-//! again; an unsigned or tampered file is refused as DuckDB would refuse it. (Extensions DuckDB autoloads
-//! from its own extension directory are loaded as DuckDB installed them.)
+//! **Signatures, once per file's contents.** DuckDB checks an extension's signature on every `LOAD`: 0.1 s
+//! for `ducklake` and 0.2 s for `spatial` on every run, most of a lake commit's fixed cost. The databases
+//! flowrun opens for its own SQL (the lake's commit, exports) skip that check (`allow_unsigned_extensions`)
+//! and autoload nothing; instead every extension file flowrun loads into them is hashed (blake3, a few
+//! milliseconds) and loaded only if DuckDB, in a database that checks signatures, has once loaded a file
+//! with those contents (recorded under `<cache>/verified/<hash>`). A changed or tampered file is checked
+//! again, and refused as DuckDB would refuse it. SQL nodes, whose SQL the flow's author wrote, run in
+//! databases with DuckDB's own defaults (signatures checked on every `LOAD`).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -223,19 +224,20 @@ fn installed(duck: &Duck, name: &str) -> Result<Option<PathBuf>> {
     Ok(path.filter(|p| !p.is_empty() && !p.starts_with('(')).map(PathBuf::from))
 }
 
-/// Loads an extension file, its signature checked once (see the module documentation).
+/// Loads an extension file. Into a database that skips DuckDB's signature check, only a file whose
+/// contents (blake3) DuckDB has checked once, in a database that does not skip it (see the module
+/// documentation).
 fn load_file(duck: &Duck, path: &Path, sources: &ExtensionSources) -> Result<()> {
     let load = format!("LOAD {}", literal(&path.to_string_lossy()));
-    let meta = std::fs::metadata(path)?;
-    let stamp = {
-        use std::os::unix::fs::MetadataExt;
-        format!("{} {}.{} {}", meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino())
-    };
-    let record =
-        sources.cache_dir.join("verified").join(&blake3::hash(path.as_os_str().as_encoded_bytes()).to_hex()[..32]);
-    if std::fs::read_to_string(&record).ok().as_deref() != Some(stamp.as_str()) {
-        Duck::checking_signatures()?.execute(&load).context("DuckDB checked its signature")?;
-        write_atomically(&record, &mut stamp.as_bytes())?;
+    if !duck.checks_signatures {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(std::fs::File::open(path)?)?;
+        let contents = hasher.finalize().to_hex().to_string();
+        let record = sources.cache_dir.join("verified").join(&contents[..32]);
+        if std::fs::read_to_string(&record).ok().as_deref() != Some(contents.as_str()) {
+            Duck::checking_signatures()?.execute(&load).context("DuckDB checked its signature")?;
+            write_atomically(&record, &mut contents.as_bytes())?;
+        }
     }
     duck.execute(&load)
 }

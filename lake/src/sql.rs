@@ -44,7 +44,8 @@ impl Default for DuckSql {
 
 impl SqlEngine for DuckSql {
     fn query(&self, sql: &str, tables: &[(&str, &Table)]) -> Result<Table> {
-        let duck = Duck::in_memory()?;
+        // the flow's SQL may LOAD any extension: DuckDB's own signature checks (see `extensions`)
+        let duck = Duck::checking_signatures()?;
         for (name, table) in tables {
             duck.load_table(&quote_any(name), table).with_context(|| format!("loading input table `{name}`"))?;
         }
