@@ -48,34 +48,38 @@ pub fn geometry_columns(table: &Table) -> Vec<String> {
         .collect()
 }
 
-/// A temporary file beside `path`, named `.<name>.<pid>.<random>.tmp` (see [`remove_dead_temporaries`]).
+/// A temporary file beside `path`, named `.flowrun~<host>~<pid>~<random>~<name>.tmp` (see
+/// [`remove_dead_temporaries`]).
 fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     remove_dead_temporaries(dir);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let prefix = format!(".{name}.{}.", std::process::id());
-    tempfile::Builder::new().prefix(&prefix).suffix(".tmp").tempfile_in(dir).map_err(Into::into)
+    let prefix = format!(".flowrun~{}~{}~", host(), std::process::id());
+    tempfile::Builder::new().prefix(&prefix).suffix(&format!("~{name}.tmp")).tempfile_in(dir).map_err(Into::into)
 }
 
-/// Removes the temporaries of [`temp_beside`] in `dir` whose process no longer runs (a killed run's), so
-/// that none stays forever. Called before every GeoParquet materialization, written or unchanged.
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().replace('~', "-")).unwrap_or_default()
+}
+
+/// Removes the temporaries of [`temp_beside`] in `dir` that a process of this host left and that no longer
+/// runs (a killed run's), so that none stays forever. Only files named by `temp_beside` are touched, and
+/// only this host's (a directory on a shared filesystem may hold another machine's running export).
+/// Called before every GeoParquet materialization, written or unchanged.
 pub fn remove_dead_temporaries(dir: &Path) {
     if !Path::new("/proc/self").exists() {
         return;
     }
+    let here = host();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let file = e.file_name().to_string_lossy().into_owned();
-        // `.<name>.<pid>.<random>.tmp`, read from the end (the name may hold dots)
-        let pid = file
-            .strip_suffix(".tmp")
-            .filter(|_| file.starts_with('.'))
-            .and_then(|rest| rest.rsplit_once('.'))
-            .and_then(|(rest, _random)| rest.rsplit_once('.'))
-            .and_then(|(_, pid)| pid.parse::<u32>().ok());
-        if let Some(pid) = pid
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
+        let Some(rest) = file.strip_prefix(".flowrun~").filter(|_| file.ends_with(".tmp")) else { continue };
+        let mut parts = rest.split('~');
+        let (Some(host), Some(pid)) = (parts.next(), parts.next().and_then(|p| p.parse::<u32>().ok())) else {
+            continue;
+        };
+        if host == here && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -173,17 +177,21 @@ mod tests {
     #[test]
     fn the_temporaries_of_ended_processes_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let me = std::process::id();
-        let names =
-            [".pv.v1.parquet.4000000000.a1B2.tmp", &format!(".pv.parquet.{me}.x.tmp"), "notes.tmp", "pv.parquet"];
-        for n in names {
+        let (me, here) = (std::process::id(), host());
+        let ended = format!(".flowrun~{here}~4000000000~a1B2~pv.v1.parquet.tmp");
+        let running = format!(".flowrun~{here}~{me}~x~pv.parquet.tmp");
+        let elsewhere = ".flowrun~another-host~4000000000~a1B2~pv.parquet.tmp".to_string();
+        let names = [ended, running.clone(), elsewhere.clone(), ".backup.2024.01.tmp".into(), "pv.parquet".into()];
+        for n in &names {
             std::fs::write(dir.path().join(n), b"x").unwrap();
         }
         remove_dead_temporaries(dir.path());
         let mut left: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();
-        assert_eq!(left, vec![format!(".pv.parquet.{me}.x.tmp"), "notes.tmp".into(), "pv.parquet".into()]);
+        let mut expected = vec![running, elsewhere, ".backup.2024.01.tmp".into(), "pv.parquet".into()];
+        expected.sort();
+        assert_eq!(left, expected, "only this host's ended processes' temporaries go");
     }
 
     #[test]

@@ -343,7 +343,9 @@ impl FileDest {
     fn staging_path(&self) -> PathBuf {
         match self {
             FileDest::Local(p) => p.clone(),
-            FileDest::Remote(url) => std::env::temp_dir().join(url.rsplit('/').next().unwrap_or("flowrun.parquet")),
+            FileDest::Remote(url) => {
+                std::env::temp_dir().join("flowrun-exports").join(url.rsplit('/').next().unwrap_or("flowrun.parquet"))
+            }
         }
     }
 
