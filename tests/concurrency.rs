@@ -244,3 +244,21 @@ fn a_table_emptied_while_a_run_waits_is_written_back() {
     assert!(out.json()["materialized"]["snapshot"].is_i64(), "{}", out.stdout);
     assert_eq!(rows("SELECT 1"), 1, "the emptied table is written back");
 }
+
+/// A first Ctrl-C ends a run that waits for the cache's lock (exit 130, saying for whom it waited); the
+/// run that holds the lock goes on.
+#[test]
+fn ctrl_c_ends_a_wait_for_the_cache() {
+    let s = Scratch::new();
+    s.write("flow.toml", &flow("lake.ducklake", "lake_data"));
+    let first = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=600"], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut waiting = spawn(&s, &["run", "flow.toml", "--set", "ms=601"], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(waiting.try_wait().unwrap().is_none(), "the second run waits");
+    Command::new("kill").args(["-INT", &waiting.id().to_string()]).status().unwrap();
+    let out = finish(waiting);
+    assert_eq!(out.code, 130, "{}", out.stderr);
+    assert!(out.stderr.contains("stopped waiting for run "), "{}", out.stderr);
+    finish(first).ok();
+}

@@ -17,8 +17,18 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::{CacheError, Result};
+
+static STOP: OnceLock<&'static AtomicBool> = OnceLock::new();
+
+/// A flag (the CLI's Ctrl-C) that ends every wait for a lock: [`FileLock::acquire`] then fails with an
+/// `Interrupted` error instead of waiting on.
+pub fn stop_waiting_when(flag: &'static AtomicBool) {
+    let _ = STOP.set(flag);
+}
 
 /// A held lock; released when dropped (or when the process ends).
 #[derive(Debug)]
@@ -28,8 +38,9 @@ pub struct FileLock {
 
 impl FileLock {
     /// Takes the lock on `path` (created if needed) for `holder` (e.g. "`flowrun run flow.toml` (pid 12)").
-    /// When another process holds it: with `wait`, calls `on_wait` with that holder's words once and blocks
-    /// until it is released; without, fails with [`CacheError::Busy`].
+    /// When another process holds it: with `wait`, calls `on_wait` with that holder's words once and waits
+    /// until it is released (or the flag of [`stop_waiting_when`] is set); without, fails with
+    /// [`CacheError::Busy`].
     pub fn acquire(path: &Path, holder: &str, wait: bool, on_wait: impl FnOnce(&str)) -> Result<FileLock> {
         let io = |source| CacheError::Io { path: path.to_path_buf(), source };
         if let Some(dir) = path.parent() {
@@ -46,7 +57,19 @@ impl FileLock {
                     return Err(CacheError::Busy { path: path.to_path_buf(), holder: other.trim().to_string() });
                 }
                 on_wait(other.trim());
-                file.lock().map_err(io)?;
+                // polled, so that a Ctrl-C ends the wait
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    if STOP.get().is_some_and(|f| f.load(Ordering::Relaxed)) {
+                        let why = format!("stopped waiting for {}", other.trim());
+                        return Err(io(std::io::Error::new(std::io::ErrorKind::Interrupted, why)));
+                    }
+                    match file.try_lock() {
+                        Ok(()) => break,
+                        Err(TryLockError::WouldBlock) => {}
+                        Err(TryLockError::Error(e)) => return Err(io(e)),
+                    }
+                }
             }
             Err(TryLockError::Error(e)) => return Err(io(e)),
         }

@@ -343,6 +343,7 @@ impl LakeConfig {
                 }
                 _ => break,
             }
+            self.stop_if_interrupted()?;
             std::thread::sleep(std::time::Duration::from_millis(200));
             attached = duck.execute_quiet(&sql);
         }
@@ -406,7 +407,8 @@ impl LakeConfig {
                 eprintln!("waiting for {holder} to release the lake catalog {}", p.display());
                 said = true;
             }
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            self.stop_if_interrupted()?;
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
         Ok(())
     }

@@ -19,6 +19,11 @@ pub fn watch() -> &'static AtomicBool {
     &INTERRUPTED
 }
 
+/// Whether a Ctrl-C came.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
 #[cfg(unix)]
 extern "C" fn on_sigint(_: libc::c_int) {
     if INTERRUPTED.swap(true, Ordering::SeqCst) {

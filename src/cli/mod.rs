@@ -82,6 +82,11 @@ pub fn main() -> ExitCode {
             eprint!("{}", d.render(ui.color));
             ExitCode::from(2)
         }
+        // a Ctrl-C that ended a wait for a lock, or the run before any node
+        Err(CliError::Other(e)) if interrupt::interrupted() => {
+            eprintln!("interrupted: {e:#}");
+            ExitCode::from(130)
+        }
         Err(CliError::Other(e)) => {
             if ui.json {
                 let causes: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
@@ -267,6 +272,7 @@ fn run(
 ) -> Result<Outcome, CliError> {
     // watched from the start: a Ctrl-C while the flow is read still ends the run with 130, before any node
     let interrupt = interrupt::watch();
+    flowrun_cache::lock::stop_waiting_when(interrupt);
     let (flow, mut lake) = build(f)?;
     if let Some(l) = &mut lake {
         l.wait = !cli.no_wait;
