@@ -390,8 +390,10 @@ fn records_from_before_the_ledger_are_adopted_not_appended_again() {
         let catalog = s.path().join("lake.ducklake").display().to_string();
         python_json(q, &[&catalog, &format!("{}/data/", s.path().display()), &ext, sql]).as_i64().unwrap()
     };
-    // make it look older: no ledger in the lake, and the cache's states without the catalog's stamp
+    // make it look older: no ledger in the lake, and the cache's states without the catalog's stamp; and
+    // someone emptied `pv` (a replaced table), which the old record cannot know
     assert_eq!(lake("DROP TABLE lake.main.flowrun_materializations"), 2);
+    assert_eq!(lake("DELETE FROM lake.main.pv"), 2);
     let legacy = "import sqlite3, sys\ncon = sqlite3.connect(sys.argv[1])\n\
                   con.execute(\"UPDATE state SET value = substr(value, 1, instr(value, '@') - 1) WHERE instr(value, '@') > 0\")\n\
                   con.commit()\nprint(con.execute(\"SELECT count(*) FROM state WHERE value LIKE '%@%'\").fetchone()[0])";
@@ -399,6 +401,18 @@ fn records_from_before_the_ledger_are_adopted_not_appended_again() {
     assert_eq!(python_json(legacy, &[&index]), 0);
     let adopted = s.run(&["--json", "run", "flow.toml"]).ok();
     assert_eq!(lake("SELECT 1"), 2, "nothing appended again: {}", adopted.stdout);
+    let report = adopted.json();
+    let written: Vec<&str> = report["materialized"]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"].as_str().unwrap().starts_with("written"))
+        .map(|t| t["destination"].as_str().unwrap())
+        .collect();
+    assert_eq!(written, vec!["main.pv"], "the emptied table is written back, the appended one is not");
+    let old_states = "import sqlite3, sys\ncon = sqlite3.connect(sys.argv[1])\n\
+                      print(con.execute(\"SELECT count(*) FROM state WHERE key LIKE 'materialized:ducklake:%' AND instr(value, '@') = 0\").fetchone()[0])";
+    assert_eq!(python_json(old_states, &[&index]), 0, "no state is from before the ledger any more");
     s.run(&["cache", "clear"]).ok();
     let cleared = s.run(&["--json", "run", "flow.toml"]).ok();
     assert_eq!(lake("SELECT 1"), 2, "the ledger knows the adopted rows: {}", cleared.stdout);

@@ -463,6 +463,24 @@ pub fn write(
     }
 }
 
+/// Whether the lake has `t`'s table, and for `replace` with `t`'s number of rows (what an older flowrun's
+/// record says the lake holds).
+fn holds(duck: &Duck, alias: &str, t: &LakeTarget) -> Result<bool> {
+    if !table_exists(duck, alias, &t.schema, &t.table)? {
+        return Ok(false);
+    }
+    if t.mode != Mode::Replace {
+        return Ok(true);
+    }
+    let rows: i64 = duck.scalar(&format!(
+        "SELECT count(*) FROM {}.{}.{}",
+        quoted(alias, "lake alias")?,
+        quoted(&t.schema, "schema")?,
+        quoted(&t.table, "table")?
+    ))?;
+    Ok(rows as usize == t.value.num_rows())
+}
+
 /// Deletes (or with `dry_run` lists) the data files in the lake's data path that no snapshot references
 /// and that were last modified at least `older_than` ago: the Parquet files of commits that were killed.
 /// DuckLake's `ducklake_delete_orphaned_files` decides; the lake's lock is held meanwhile. The data path
@@ -510,7 +528,7 @@ fn transaction(
     for (i, t) in targets.iter().enumerate() {
         let destination = format!("{}.{}", t.schema, t.table);
         let fresh = !already_written(duck, alias, &destination, &t.mode, &t.identity)?;
-        let write = fresh && !(t.adopt && table_exists(duck, alias, &t.schema, &t.table)?);
+        let write = fresh && !(t.adopt && holds(duck, alias, t)?);
         if write {
             write_target(duck, alias, t, &format!("__stage_{i}"))
                 .with_context(|| format!("materialization `{}` (lake table {destination})", t.section))?;

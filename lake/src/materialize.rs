@@ -527,8 +527,10 @@ pub fn materialize(
             lake_states.push((where_, t.identity.clone()));
         }
     }
-    // the catalog as this run leaves it (its connection closed, the lock still held)
-    if let (Some(s), Some(stamp)) = (store, lake.and_then(catalog_stamp)) {
+    // the catalog as this run leaves it (its connection closed, the lock still held); a catalog without a
+    // stamp (PostgreSQL) records `identity@`, which never matches: the ledger always answers there
+    if let Some(s) = store {
+        let stamp = lake.and_then(catalog_stamp).unwrap_or_default();
         for (where_, identity) in lake_states {
             s.set_state(&state_key("ducklake", &where_), &format!("{identity}@{stamp}"))?;
         }
