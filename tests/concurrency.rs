@@ -262,3 +262,25 @@ fn ctrl_c_ends_a_wait_for_the_cache() {
     assert!(out.stderr.contains("stopped waiting for run "), "{}", out.stderr);
     finish(first).ok();
 }
+
+/// A SQLite catalog in another program's write transaction is found before any node runs (refused with
+/// --no-wait, else waited for), as a held DuckDB catalog is.
+#[test]
+fn a_sqlite_catalog_another_program_writes_is_found_before_any_node_runs() {
+    let s = Scratch::new();
+    s.write("flow.toml", &flow("sqlite:lake.sqlite", "lake_data"));
+    s.run(&["run", "flow.toml", "--set", "ms=1"]).ok();
+    let holder = Holder::start(
+        "import sqlite3, sys, time\ncon = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+         con.execute('BEGIN EXCLUSIVE')\nprint('ready', flush=True)\ntime.sleep(120)",
+        &[&s.path().join("lake.sqlite")],
+    );
+    refused(&s, "2", &format!("is held by process {}", holder.id()));
+    let mut waiting = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=3"], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(waiting.try_wait().unwrap().is_none(), "the run waits for the catalog");
+    drop(holder);
+    let out = finish(waiting).ok();
+    assert!(out.stderr.contains("waiting for process"), "{}", out.stderr);
+    assert_eq!(out.json()["status"], "ok", "{}", out.stdout);
+}

@@ -384,7 +384,8 @@ impl LakeConfig {
     }
 
     /// Before any node runs: a DuckDB catalog file that another program holds open for writing (DuckDB's
-    /// CLI, a notebook) would fail the run at its end; it is found now (DuckDB's own lock on the file, asked
+    /// CLI, a notebook), or a SQLite catalog in another program's write transaction, would fail the run at
+    /// its end; it is found now (DuckDB's own lock on the file, asked
     /// with `fcntl(F_GETLK)`: no file is opened by DuckDB for it). With `wait`, this waits (saying so)
     /// until the file is free; otherwise it is an error.
     pub fn check_not_held(&self) -> Result<()> {
@@ -392,7 +393,8 @@ impl LakeConfig {
         if !self.wait {
             drop(self.lock()?);
         }
-        let Catalog::DuckDb(p) = &self.catalog else { return Ok(()) };
+        // DuckDB and SQLite both lock the file with fcntl while writing (SQLite for a write transaction)
+        let (Catalog::DuckDb(p) | Catalog::Sqlite(p)) = &self.catalog else { return Ok(()) };
         let mut said = false;
         while let Some(pid) = write_locked_by(p) {
             let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();

@@ -423,6 +423,21 @@ pub fn write(
     // runs creating the same table in a new lake) is planned again here, on the snapshot that won
     let (max_replans, wait_ms, backoff) = lake.retries;
     let mut attempt = 0;
+    // a SQLite catalog another program writes into (its lock taken after the check before the run): waited
+    // for, as a held DuckDB catalog is
+    let mut said = false;
+    let mut wait_for_sqlite = |e: &anyhow::Error| -> Result<bool> {
+        if !(lake.wait && format!("{e:#}").contains("database is locked")) {
+            return Ok(false);
+        }
+        let _ = duck.execute("ROLLBACK");
+        if !std::mem::replace(&mut said, true) {
+            eprintln!("waiting for another program to release the lake catalog {}", lake.describe());
+        }
+        lake.stop_if_interrupted()?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        Ok(true)
+    };
     loop {
         match transaction(duck, alias, targets, flow, flow_path, report).and_then(|w| {
             lake.stop_if_interrupted()?;
@@ -450,8 +465,10 @@ pub fn write(
                     let wait = f64::from(wait_ms) * backoff.max(1.0).powi(attempt as i32 - 1);
                     std::thread::sleep(std::time::Duration::from_millis(wait as u64));
                 }
+                Err(e) if wait_for_sqlite(&e)? => {}
                 Err(e) => bail!("the lake transaction could not commit (nothing was written): {e:#}"),
             },
+            Err(e) if wait_for_sqlite(&e)? => {}
             Err(e) => {
                 let _ = duck.execute("ROLLBACK");
                 return Err(e.context(format!(
