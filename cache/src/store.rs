@@ -750,8 +750,9 @@ impl Store {
     pub fn remove_temporaries(&self, age: Duration) -> Result<u64> {
         let before = SystemTime::now() - age;
         let mut removed = 0;
-        // and the `.tmp*` and `.part` files of downloads a process did not finish (nodes' `downloads/`
-        // directories): with the cache's lock held, no other run is downloading into them
+        // and the `.tmp*` files of downloads a process did not finish (nodes' `downloads/` directories: with
+        // the cache's lock held, no other run is downloading into them), and `.part` files a day old (a
+        // younger one may be resumed)
         let mut temporaries = read_dir_or_empty(&self.root.join("tmp"))?;
         let mut dirs = vec![self.root.join("downloads")];
         while let Some(dir) = dirs.pop() {
@@ -766,7 +767,9 @@ impl Store {
                 }
             }
         }
+        let day_before = SystemTime::now() - age.max(Duration::from_secs(86_400));
         for tmp in temporaries {
+            let before = if tmp.extension().is_some_and(|e| e == "part") { day_before } else { before };
             let old = fs::metadata(&tmp).and_then(|m| m.modified()).map(|t| t <= before).unwrap_or(false);
             if old && fs::remove_file(&tmp).is_ok() {
                 removed += 1;
@@ -1080,11 +1083,15 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let ds = dir.path().join("downloads/ds");
         fs::create_dir_all(&ds).unwrap();
-        for f in ["a.zip.part", ".tmpXYZ", "b.zip"] {
+        for f in ["a.zip.part", "young.zip.part", ".tmpXYZ", "b.zip"] {
             fs::write(ds.join(f), b"x").unwrap();
         }
+        let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86_400);
+        fs::File::options().write(true).open(ds.join("a.zip.part")).unwrap().set_modified(two_days_ago).unwrap();
         assert_eq!(store.remove_temporaries(Duration::ZERO).unwrap(), 2);
-        assert_eq!(walk(&ds), vec![ds.join("b.zip")]);
+        let mut left = walk(&ds);
+        left.sort();
+        assert_eq!(left, vec![ds.join("b.zip"), ds.join("young.zip.part")], "a young part may be resumed");
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -15,8 +15,8 @@
 //! - direct: the URLs in the manifest.
 //!
 //! Downloads (blocking reqwest): a read timeout (`FLOWRUN_HTTP_TIMEOUT`, seconds, default 60), three
-//! attempts with backoff for timeouts and 5xx answers (not for 4xx), resume of a partial file with an HTTP
-//! `Range` request (restart when the server ignores it), checksum verified before the file is used, progress
+//! attempts with backoff for timeouts and 5xx answers (not for 4xx), resume of a partial file that has a
+//! checksum with an HTTP `Range` request (restart when the server ignores it, or without a checksum), checksum verified before the file is used, progress
 //! reported in bytes. Downloads are kept in the cache directory (`downloads/<dataset>/<file name>`, side by
 //! side so a shapefile finds its sidecars) and reused while they match the repository's checksum, so a file
 //! is fetched once. Zip archives are unpacked refusing any entry whose path would leave the target directory.
@@ -486,7 +486,8 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Downloads `f` into `dir` (resuming a partial download), verifies its checksum, returns the path.
+/// Downloads `f` into `dir` (resuming a partial download of a file with a checksum), verifies its checksum,
+/// returns the path.
 pub fn download(client: &reqwest::blocking::Client, f: &RemoteFile, dir: &Path) -> Result<PathBuf> {
     let safe_name = f.name.replace(['/', '\\'], "_");
     // One directory per dataset, files under their own names: a shapefile's sidecars must sit side by side.
@@ -506,7 +507,9 @@ pub fn download(client: &reqwest::blocking::Client, f: &RemoteFile, dir: &Path) 
         }
     }
     let part = final_dir.join(format!("{safe_name}.part"));
-    let have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    // a partial download is resumed only when the repository gives a checksum, which catches a file that
+    // changed upstream in the meantime (the old part and the new rest); otherwise it starts over
+    let have = if f.checksum.is_some() { fs::metadata(&part).map(|m| m.len()).unwrap_or(0) } else { 0 };
     let resp = get(client, &f.url, have)?;
     let resumed = have > 0 && resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
     let total = resp.content_length().map(|l| if resumed { l + have } else { l }).or(f.size);
