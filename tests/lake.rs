@@ -254,6 +254,17 @@ fn materialization_suite(catalog_in_flow: &str, python_attach: &str) {
     let lake = read_lake(python_attach, &data, &[]);
     assert_eq!(lake["snapshots"], snapshots, "nothing was written");
     assert_eq!(lake["pv_rows"], 1363, "the first table of that run was not written either");
+
+    // `lake gc`: nothing orphaned here; a catalog without a lock file (PostgreSQL) keeps the newest hour
+    let gc = s.run(&["--json", "lake", "gc", "flow.toml", "--older-than-hours", "0", "--dry-run"]);
+    if catalog_in_flow.starts_with("postgres:") {
+        assert_eq!(gc.code, 3, "{}", gc.stderr);
+        assert!(gc.stderr.contains("--older-than-hours 1 or more"), "{}", gc.stderr);
+    } else {
+        assert_eq!(gc.ok().json()["files"], serde_json::json!([]));
+    }
+    let gc = s.run(&["--json", "lake", "gc", "flow.toml", "--dry-run"]).ok();
+    assert_eq!(gc.json()["files"], serde_json::json!([]));
 }
 
 #[test]

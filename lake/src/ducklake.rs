@@ -504,6 +504,15 @@ fn holds(duck: &Duck, alias: &str, t: &LakeTarget) -> Result<bool> {
 /// must be this lake's alone (another lake's files there would count as orphans).
 pub fn delete_orphaned_files(lake: &LakeConfig, older_than: std::time::Duration, dry_run: bool) -> Result<Vec<String>> {
     let _turn = lake.lock()?;
+    // a catalog without a lock file (PostgreSQL) may be in another machine's commit right now: its newest
+    // data files are not orphans yet
+    if _turn.is_none() && older_than < std::time::Duration::from_secs(3600) {
+        bail!(
+            "the lake {} has no lock a commit takes: give --older-than-hours 1 or more, so that a commit in \
+             progress elsewhere keeps its files",
+            lake.describe()
+        );
+    }
     let duck = Duck::in_memory()?;
     lake.attach(&duck, false)?;
     let files = duck.query(&format!(
