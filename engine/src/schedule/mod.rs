@@ -194,6 +194,8 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
         // in a pool of `jobs` threads, so the nodes' own parallel loops (rayon) run on it too: `--jobs`
         // bounds every rayon thread a run uses. A machine that cannot start them runs on this thread.
         let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).thread_name(|i| format!("flowrun-worker-{i}"));
+        // one job: the calling thread is the pool's one thread (no thread to start, nothing moves over)
+        let pool = if jobs == 1 { pool.use_current_thread() } else { pool };
         match pool.build() {
             Ok(pool) if jobs > 1 => pool.scope(|s| {
                 for task in initial {
