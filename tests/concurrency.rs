@@ -283,4 +283,47 @@ fn a_sqlite_catalog_another_program_writes_is_found_before_any_node_runs() {
     let out = finish(waiting).ok();
     assert!(out.stderr.contains("waiting for process"), "{}", out.stderr);
     assert_eq!(out.json()["status"], "ok", "{}", out.stdout);
+
+    // taken while the nodes run (after the check), and held past the end of the nodes: waited for too (the
+    // table changes, so that the run has something to commit)
+    let changed =
+        std::fs::read_to_string(s.path().join("flow.toml")).unwrap().replace("SELECT 1 AS one", "SELECT 2 AS one");
+    s.write("flow.toml", &changed);
+    let running = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=700"], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let late = Holder::start(
+        "import sqlite3, sys, time\ncon = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+         con.execute('BEGIN EXCLUSIVE')\nprint('ready', flush=True)\ntime.sleep(120)",
+        &[&s.path().join("lake.sqlite")],
+    );
+    // longer than SQLite's own busy wait in DuckDB's sqlite extension (about 5 s)
+    std::thread::sleep(std::time::Duration::from_millis(7000));
+    drop(late);
+    let out = finish(running).ok();
+    assert!(out.stderr.contains("waiting for another process to release the lake catalog"), "{}", out.stderr);
+    assert_eq!(out.json()["status"], "ok", "{}", out.stdout);
+}
+
+/// The same for a wait for the lake's lock (another flowrun committing into the catalog), after the nodes.
+#[test]
+fn ctrl_c_ends_a_wait_for_the_lake() {
+    let s = Scratch::new();
+    s.write("flow.toml", &flow("lake.ducklake", "lake_data"));
+    s.run(&["run", "flow.toml", "--set", "ms=1"]).ok();
+    let _committing = Holder::start(
+        "import fcntl, sys, time\nf = open(sys.argv[1], 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
+         f.write('flowrun writing the lake (pid 1)'); f.flush()\nprint('ready', flush=True)\ntime.sleep(120)",
+        &[&s.path().join("lake.ducklake.lock")],
+    );
+    let mut waiting = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=2"], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(waiting.try_wait().unwrap().is_none(), "the run waits for the lake");
+    Command::new("kill").args(["-INT", &waiting.id().to_string()]).status().unwrap();
+    let out = finish(waiting);
+    assert_eq!(out.code, 130, "{}", out.stderr);
+    assert!(out.stderr.contains("stopped waiting for flowrun writing the lake (pid 1)"), "{}", out.stderr);
+    assert_eq!(out.stderr.matches("stopped waiting").count(), 1, "{}", out.stderr);
+    // the run's report, with nothing materialized
+    let report: serde_json::Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+    assert!(report["materialized"].is_null(), "{}", out.stdout);
 }

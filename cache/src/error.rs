@@ -19,6 +19,14 @@ pub enum CacheError {
         /// The cause.
         source: rusqlite::Error,
     },
+    /// A wait for a lock ended by Ctrl-C.
+    #[error("stopped waiting for {holder} to release {path} (Ctrl-C)")]
+    Interrupted {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// Who held it.
+        holder: String,
+    },
     /// Another process holds a lock this one was told not to wait for (`--no-wait`).
     #[error("{path} is held by {holder}: wait for it (drop --no-wait), or stop it")]
     Busy {

@@ -61,8 +61,8 @@ impl FileLock {
                 loop {
                     std::thread::sleep(std::time::Duration::from_millis(100));
                     if STOP.get().is_some_and(|f| f.load(Ordering::Relaxed)) {
-                        let why = format!("stopped waiting for {}", other.trim());
-                        return Err(io(std::io::Error::new(std::io::ErrorKind::Interrupted, why)));
+                        let holder = other.trim().to_string();
+                        return Err(CacheError::Interrupted { path: path.to_path_buf(), holder });
                     }
                     match file.try_lock() {
                         Ok(()) => break,

@@ -334,8 +334,14 @@ impl LakeConfig {
         loop {
             match &attached {
                 Err(e) if creation_raced(&format!("{e:#}")) && raced < 3 => raced += 1,
-                // another program took the catalog file since the check before the run: wait for it too
-                Err(e) if self.wait && format!("{e:#}").contains("Could not set lock") => {
+                // another program took the catalog file (DuckDB's lock, or SQLite's) since the check before
+                // the run: wait for it too
+                Err(e)
+                    if self.wait && {
+                        let e = format!("{e:#}");
+                        e.contains("Could not set lock") || e.contains("database is locked")
+                    } =>
+                {
                     if !said {
                         eprintln!("waiting for another process to release the lake catalog {}", self.describe());
                         said = true;

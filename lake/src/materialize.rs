@@ -343,9 +343,8 @@ impl FileDest {
     fn staging_path(&self) -> PathBuf {
         match self {
             FileDest::Local(p) => p.clone(),
-            FileDest::Remote(url) => {
-                std::env::temp_dir().join("flowrun-exports").join(url.rsplit('/').next().unwrap_or("flowrun.parquet"))
-            }
+            // the temporary is made beside this path, with O_EXCL and mode 0600 (`tempfile`), named as flowrun's
+            FileDest::Remote(url) => std::env::temp_dir().join(url.rsplit('/').next().unwrap_or("flowrun.parquet")),
         }
     }
 

@@ -84,6 +84,9 @@ pub fn main() -> ExitCode {
         }
         // a Ctrl-C that ended a wait for a lock, or the run before any node
         Err(CliError::Other(e)) if interrupt::interrupted() => {
+            if ui.json {
+                println!("{}", serde_json::json!({"status": "interrupted", "error": format!("{e:#}")}));
+            }
             eprintln!("interrupted: {e:#}");
             ExitCode::from(130)
         }

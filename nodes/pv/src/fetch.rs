@@ -510,7 +510,15 @@ pub fn download(client: &reqwest::blocking::Client, f: &RemoteFile, dir: &Path) 
     // a partial download is resumed only when the repository gives a checksum, which catches a file that
     // changed upstream in the meantime (the old part and the new rest); otherwise it starts over
     let have = if f.checksum.is_some() { fs::metadata(&part).map(|m| m.len()).unwrap_or(0) } else { 0 };
-    let resp = get(client, &f.url, have)?;
+    let resp = match get(client, &f.url, have) {
+        // a part the server cannot continue (complete already, longer than the file, or the file changed):
+        // started over
+        Err(_) if have > 0 => {
+            let _ = fs::remove_file(&part);
+            get(client, &f.url, 0)?
+        }
+        r => r?,
+    };
     let resumed = have > 0 && resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
     let total = resp.content_length().map(|l| if resumed { l + have } else { l }).or(f.size);
     let mut out = if resumed { fs::OpenOptions::new().append(true).open(&part)? } else { fs::File::create(&part)? };
@@ -531,6 +539,7 @@ pub fn download(client: &reqwest::blocking::Client, f: &RemoteFile, dir: &Path) 
     if let Some(size) = f.size
         && done != size
     {
+        let _ = fs::remove_file(&part);
         bail!("{}: got {done} bytes, the repository says {size}", f.url);
     }
     if let Some(c) = &f.checksum
