@@ -21,10 +21,13 @@ enum Route {
     Stall(Duration),
 }
 
-/// A tiny HTTP/1.1 server: exact path (with query) -> route; anything else is a 404.
+/// A tiny HTTP/1.1 server: exact path (with query) -> route; anything else is a 404. A file body honours
+/// `Range: bytes=N-` (206, or 416 from its length on), as Zenodo's file server does; the ranges asked are
+/// kept in `ranges`.
 struct Server {
     base: String,
     routes: Arc<Mutex<HashMap<String, Route>>>,
+    ranges: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Server {
@@ -32,10 +35,11 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
-        let table = routes.clone();
+        let ranges: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let (table, asked) = (routes.clone(), ranges.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let table = table.clone();
+                let (table, asked) = (table.clone(), asked.clone());
                 std::thread::spawn(move || {
                     let mut stream = stream;
                     let mut req = Vec::new();
@@ -49,14 +53,25 @@ impl Server {
                     let text = String::from_utf8_lossy(&req);
                     let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
                     let route = table.lock().unwrap().get(&path).cloned();
-                    let (status, body, ctype) = match route {
-                        Some(Route::Body(b, t)) => (200, b, t),
-                        Some(Route::Status(s)) => (s, b"fixture error".to_vec(), "text/plain"),
-                        Some(Route::Stall(d)) => {
-                            std::thread::sleep(d);
-                            return;
-                        }
-                        None => (404, b"not found".to_vec(), "text/plain"),
+                    let range = text
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_string))
+                        .and_then(|r| r.trim_end_matches('-').parse::<u64>().ok());
+                    if let Some(from) = range {
+                        asked.lock().unwrap().push(from);
+                    }
+                    let (status, body, ctype) = match (route, range) {
+                        (Some(Route::Body(b, t)), Some(from)) if from >= b.len() as u64 => (416, Vec::new(), t),
+                        (Some(Route::Body(b, t)), Some(from)) => (206, b[from as usize..].to_vec(), t),
+                        (route, _) => match route {
+                            Some(Route::Body(b, t)) => (200, b, t),
+                            Some(Route::Status(s)) => (s, b"fixture error".to_vec(), "text/plain"),
+                            Some(Route::Stall(d)) => {
+                                std::thread::sleep(d);
+                                return;
+                            }
+                            None => (404, b"not found".to_vec(), "text/plain"),
+                        },
                     };
                     let head = format!(
                         "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: {ctype}\r\nConnection: close\r\n\r\n",
@@ -67,7 +82,7 @@ impl Server {
                 });
             }
         });
-        Server { base, routes }
+        Server { base, routes, ranges }
     }
 
     fn route(&self, path: &str, r: Route) {
@@ -378,4 +393,46 @@ fn a_mirror_over_http() {
     let measured =
         json["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "measured[ind_pv_solar_farms_2022]").unwrap();
     assert_eq!(measured["rows"], 1363);
+}
+
+/// A partial download of a file with a checksum (Zenodo's md5) is resumed with a `Range` request; a part
+/// the server cannot continue (as long as the file already: HTTP 416) is started over. Both end with the
+/// whole file, checked.
+#[test]
+fn a_partial_download_with_a_checksum_is_resumed_and_one_that_cannot_be_is_started_over() {
+    let srv = Server::start();
+    let india = pv_data().join("ind_pv_solar_farms_2022/solar_farms_india_2021_merged_simplified.geojson");
+    let bytes = std::fs::read(&india).unwrap();
+    let url = srv.file("india.geojson", bytes.clone());
+    srv.json(
+        "/zenodo/records/4059881",
+        serde_json::json!({"id": 4059881, "files": [{"key": "solar_farms_india_2021_merged_simplified.geojson",
+            "size": bytes.len(), "checksum": format!("md5:{}", md5(&india)), "links": {"self": url}}]}),
+    );
+    let s = Scratch::new();
+    s.write(
+        "flow.toml",
+        &format!(
+            "{FLOW_HEAD}\n[config.repositories]\nzenodo = \"{}/zenodo\"\n\n[config.manifest.ind_pv_solar_farms_2022]\n\
+             repository = \"zenodo\"\nsource = \"10.5281/zenodo.4059881\"\nformat = \"geojson\"\nid = \"fid\"\n",
+            srv.base
+        ),
+    );
+    let dir = s.path().join(".flowrun/cache/downloads/ind_pv_solar_farms_2022");
+    let part = dir.join("solar_farms_india_2021_merged_simplified.geojson.part");
+    for (have, asked) in [(bytes.len() / 2, "resumed"), (bytes.len(), "started over")] {
+        s.run(&["cache", "clear"]).ok();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&part, &bytes[..have]).unwrap();
+        let out = s.run(&["--json", "run", "flow.toml"]).ok();
+        assert_eq!(srv.ranges.lock().unwrap().pop(), Some(have as u64), "asked from the part's end, {asked}");
+        assert_eq!(std::fs::read(dir.join("solar_farms_india_2021_merged_simplified.geojson")).unwrap(), bytes);
+        assert!(!part.exists());
+        let measured = out.json()["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "measured[ind_pv_solar_farms_2022]" && n["rows"] == 1363);
+        assert!(measured, "{asked}: {}", out.stdout);
+    }
 }
