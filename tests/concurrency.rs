@@ -142,6 +142,36 @@ impl Drop for Holder {
     }
 }
 
+/// Another flowrun committing into `lake.ducklake` (its `<catalog>.lock` held).
+fn committing_flowrun(s: &Scratch) -> Holder {
+    Holder::start(
+        "import fcntl, sys, time\nf = open(sys.argv[1], 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
+         f.write('flowrun writing the lake (pid 1)'); f.flush()\nprint('ready', flush=True)\ntime.sleep(120)",
+        &[&s.path().join("lake.ducklake.lock")],
+    )
+}
+
+/// In `s`: a first run of the flow, then another flowrun committing into its lake, and a second run (its
+/// nodes cached, `--json`) that waits for that commit.
+fn waiting_behind_a_commit(s: &Scratch) -> (Holder, std::process::Child) {
+    s.write("flow.toml", &flow("lake.ducklake", "lake_data"));
+    s.run(&["run", "flow.toml", "--set", "ms=1"]).ok();
+    let committing = committing_flowrun(s);
+    let mut waiting = spawn(s, &["--json", "run", "flow.toml", "--set", "ms=1"], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(waiting.try_wait().unwrap().is_none(), "the run waits for the lake's lock");
+    (committing, waiting)
+}
+
+/// A program in a write transaction on the SQLite catalog `lake.sqlite`.
+fn sqlite_writer(s: &Scratch) -> Holder {
+    Holder::start(
+        "import sqlite3, sys, time\ncon = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+         con.execute('BEGIN EXCLUSIVE')\nprint('ready', flush=True)\ntime.sleep(120)",
+        &[&s.path().join("lake.sqlite")],
+    )
+}
+
 /// A run with --no-wait: refused at once (exit 3) with `says`, before any node ran.
 fn refused(s: &Scratch, ms: &str, says: &str) {
     let out = s.run(&["--json", "--no-wait", "run", "flow.toml", "--set", &format!("ms={ms}")]);
@@ -181,11 +211,7 @@ fn a_catalog_held_by_another_program_is_found_before_any_node_runs() {
 
     // another flowrun committing into the catalog (its `<catalog>.lock` held): --no-wait says so before
     // any node runs, not at its own commit
-    let _committing = Holder::start(
-        "import fcntl, sys, time\nf = open(sys.argv[1], 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
-         f.write('flowrun writing the lake (pid 1)'); f.flush()\nprint('ready', flush=True)\ntime.sleep(120)",
-        &[&s.path().join("lake.ducklake.lock")],
-    );
+    let _committing = committing_flowrun(&s);
     refused(&s, "3", "is held by flowrun writing the lake (pid 1)");
 }
 
@@ -219,16 +245,7 @@ fn a_sql_node_reading_a_held_lake_waits_for_it() {
 #[test]
 fn a_table_emptied_while_a_run_waits_is_written_back() {
     let s = Scratch::new();
-    s.write("flow.toml", &flow("lake.ducklake", "lake_data"));
-    s.run(&["run", "flow.toml", "--set", "ms=1"]).ok();
-    let committing = Holder::start(
-        "import fcntl, sys, time\nf = open(sys.argv[1], 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
-         f.write('flowrun writing the lake (pid 1)'); f.flush()\nprint('ready', flush=True)\ntime.sleep(120)",
-        &[&s.path().join("lake.ducklake.lock")],
-    );
-    let mut waiting = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=1"], &[]);
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    assert!(waiting.try_wait().unwrap().is_none(), "the run did not wait for the lake's lock");
+    let (committing, waiting) = waiting_behind_a_commit(&s);
     let rows = |sql: &str| {
         let script = "import duckdb, os, sys\ncon = duckdb.connect()\n\
              con.execute(f\"LOAD '{os.path.join(sys.argv[2], 'ducklake.duckdb_extension')}'\")\n\
@@ -270,11 +287,7 @@ fn a_sqlite_catalog_another_program_writes_is_found_before_any_node_runs() {
     let s = Scratch::new();
     s.write("flow.toml", &flow("sqlite:lake.sqlite", "lake_data"));
     s.run(&["run", "flow.toml", "--set", "ms=1"]).ok();
-    let holder = Holder::start(
-        "import sqlite3, sys, time\ncon = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
-         con.execute('BEGIN EXCLUSIVE')\nprint('ready', flush=True)\ntime.sleep(120)",
-        &[&s.path().join("lake.sqlite")],
-    );
+    let holder = sqlite_writer(&s);
     refused(&s, "2", &format!("is held by process {}", holder.id()));
     let mut waiting = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=3"], &[]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -291,11 +304,7 @@ fn a_sqlite_catalog_another_program_writes_is_found_before_any_node_runs() {
     s.write("flow.toml", &changed);
     let running = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=700"], &[]);
     std::thread::sleep(std::time::Duration::from_millis(400));
-    let late = Holder::start(
-        "import sqlite3, sys, time\ncon = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
-         con.execute('BEGIN EXCLUSIVE')\nprint('ready', flush=True)\ntime.sleep(120)",
-        &[&s.path().join("lake.sqlite")],
-    );
+    let late = sqlite_writer(&s);
     // longer than SQLite's own busy wait in DuckDB's sqlite extension (about 5 s)
     std::thread::sleep(std::time::Duration::from_millis(7000));
     drop(late);
@@ -308,16 +317,7 @@ fn a_sqlite_catalog_another_program_writes_is_found_before_any_node_runs() {
 #[test]
 fn ctrl_c_ends_a_wait_for_the_lake() {
     let s = Scratch::new();
-    s.write("flow.toml", &flow("lake.ducklake", "lake_data"));
-    s.run(&["run", "flow.toml", "--set", "ms=1"]).ok();
-    let _committing = Holder::start(
-        "import fcntl, sys, time\nf = open(sys.argv[1], 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
-         f.write('flowrun writing the lake (pid 1)'); f.flush()\nprint('ready', flush=True)\ntime.sleep(120)",
-        &[&s.path().join("lake.ducklake.lock")],
-    );
-    let mut waiting = spawn(&s, &["--json", "run", "flow.toml", "--set", "ms=2"], &[]);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(waiting.try_wait().unwrap().is_none(), "the run waits for the lake");
+    let (_committing, waiting) = waiting_behind_a_commit(&s);
     Command::new("kill").args(["-INT", &waiting.id().to_string()]).status().unwrap();
     let out = finish(waiting);
     assert_eq!(out.code, 130, "{}", out.stderr);
