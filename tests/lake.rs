@@ -518,3 +518,22 @@ print(json.dumps(con.execute('SELECT n, centroid_gap FROM lake.stats.per_dataset
     assert_eq!(out[0][0], 1363);
     assert!(out[0][1].as_f64().unwrap() < 0.01, "{out}");
 }
+
+/// `--jobs N` gives DuckDB N threads too (a SQL node reads DuckDB's `threads` setting).
+#[test]
+fn jobs_bound_duckdbs_threads() {
+    let s = Scratch::new();
+    s.write(
+        "flow.toml",
+        "[flow]\nname = \"threads\"\noutputs = [\"threads\", \"one\", \"two\"]\n\n\
+         [nodes.threads]\nsql = \"SELECT current_setting('threads')::BIGINT AS t\"\n\n\
+         [nodes.one]\nsql = \"SELECT 1::BIGINT AS t\"\n\n[nodes.two]\nsql = \"SELECT 2::BIGINT AS t\"\n",
+    );
+    for (jobs, same_as) in [("1", "one"), ("2", "two")] {
+        let out = s.run(&["--json", "run", "flow.toml", "--jobs", jobs, "--recompute", "threads"]).ok();
+        let identity = |node: &str| {
+            out.json()["outputs"].as_array().unwrap().iter().find(|o| o["node"] == node).unwrap()["identity"].clone()
+        };
+        assert_eq!(identity("threads"), identity(same_as), "--jobs {jobs}: {}", out.stdout);
+    }
+}

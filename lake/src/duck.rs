@@ -20,6 +20,14 @@ use arrow_array::{RecordBatch, RecordBatchIterator};
 use duckdb::{Connection, ffi};
 use flowrun_engine::Table;
 
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// The most threads each DuckDB database of this process may use (`--jobs`); 0, the default, leaves
+/// DuckDB's own choice (every core).
+pub fn limit_threads(n: usize) {
+    THREADS.store(n, Ordering::Relaxed);
+}
+
 /// An owned DuckDB database with one safe connection and one raw connection for Arrow scans.
 pub struct Duck {
     conn: ManuallyDrop<Connection>,
@@ -64,11 +72,18 @@ impl Duck {
             }
             // flowrun provisions extensions itself (see `extensions`); no silent network access.
             let (unsigned_ok, autoload) = if unsigned { ("true", "false") } else { ("false", "true") };
+            let threads = match THREADS.load(Ordering::Relaxed) {
+                0 => None,
+                n => Some(n.to_string()),
+            };
             for (k, v) in [
                 ("autoinstall_known_extensions", "false"),
                 ("autoload_known_extensions", autoload),
                 ("allow_unsigned_extensions", unsigned_ok),
-            ] {
+            ]
+            .into_iter()
+            .chain(threads.as_deref().map(|n| ("threads", n)))
+            {
                 let (k, v) = (CString::new(k)?, CString::new(v)?);
                 ffi::duckdb_set_config(config, k.as_ptr(), v.as_ptr());
             }

@@ -310,6 +310,8 @@ fn run(
     }
     let progress = Arc::new(progress::Progress::new(!ui.quiet && !ui.json && !dry_run, ui.verbose > 0));
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    // --jobs bounds DuckDB's threads too (SQL nodes, the lake's commit)
+    flowrun_lake::duck::limit_threads(jobs);
     let opts = RunOptions {
         jobs,
         fail_fast,
