@@ -311,9 +311,7 @@ impl Bucket {
         } else if matches!(
             e,
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
-        ) || ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"]
-            .iter()
-            .any(|c| text.contains(c))
+        ) || refused(&text)
         {
             format!("{} refused the credentials: check the access key and secret variables", self.endpoint)
         } else if ["onnect", "dns error", "timed out", "error sending request"].iter().any(|c| text.contains(c)) {
@@ -468,9 +466,25 @@ impl flowrun_cache::Remote for RemoteCache {
     }
 }
 
+/// Whether an S3 error's text says the credentials were refused (the code, or the status with its reason:
+/// a bare "403" also occurs in a request's duration, "in 250.403714ms").
+fn refused(text: &str) -> bool {
+    ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden"].iter().any(|c| text.contains(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_is_told_from_a_connection_error() {
+        let unreachable = "Generic S3 error: Error performing list request: Error performing GET \
+            http://127.0.0.1:38085/lake-bucket?list-type=2 in 250.403714ms, after 2 retries - HTTP error: error \
+            sending request: client error (Connect)";
+        assert!(!refused(unreachable));
+        assert!(refused("Client error with status 403 Forbidden: <Code>SignatureDoesNotMatch</Code>"));
+        assert!(refused("<Error><Code>InvalidAccessKeyId</Code></Error>"));
+    }
 
     #[test]
     fn secrets_print_as_stars() {
