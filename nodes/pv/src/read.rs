@@ -357,7 +357,9 @@ pub fn read_geojson(path: &Path, id: Option<&str>) -> Result<FileTable> {
     use serde::de::DeserializeSeed;
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).ok();
-    let counting = ProgressReader { inner: BufReader::with_capacity(1 << 20, file), done: 0, total: size };
+    // serde_json reads a reader byte by byte: the buffer is the outer layer, so that the progress count
+    // runs once per megabyte, not once per byte
+    let counting = BufReader::with_capacity(1 << 20, ProgressReader { inner: file, done: 0, total: size });
     let mut sink = GeoJsonSink { columns: JsonColumns::default(), geoms: Vec::new(), crs: None, id };
     let mut de = serde_json::Deserializer::from_reader(counting);
     TopLevel(&mut sink).deserialize(&mut de).map_err(|e| anyhow!("{e} (truncated or invalid GeoJSON?)"))?;
