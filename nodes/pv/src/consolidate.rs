@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{Context, Result};
 use arrow_array::{Array, BinaryArray, BooleanArray, StringArray};
 use flowrun_engine::{Collect, Table, ctx, node};
+use rayon::prelude::*;
 
 use super::geom::geometry_index;
 
@@ -38,18 +39,22 @@ pub fn drop_exact_duplicates(t: &Table, priority: &[String]) -> Result<(Table, B
     let g = batch.column(gi).as_any().downcast_ref::<BinaryArray>().context("geometry is not WKB")?;
     let datasets: StringArray = super::geom::column(&batch, "dataset_name")?;
     let rank = |i: usize| priority.iter().position(|p| p == datasets.value(i)).unwrap_or(usize::MAX);
-    // geometry -> the row kept so far
+    // each geometry's hash once, on every core; then geometry -> the row kept so far
+    let hashes: Vec<Option<blake3::Hash>> =
+        (0..g.len()).into_par_iter().map(|i| (!g.is_null(i)).then(|| blake3::hash(g.value(i)))).collect();
     let mut kept: HashMap<blake3::Hash, usize> = HashMap::with_capacity(g.len());
-    for i in (0..g.len()).filter(|&i| !g.is_null(i)) {
-        kept.entry(blake3::hash(g.value(i)))
-            .and_modify(|k| {
-                if rank(i) < rank(*k) {
-                    *k = i
-                }
-            })
-            .or_insert(i);
+    for (i, h) in hashes.iter().enumerate() {
+        if let Some(h) = h {
+            kept.entry(*h)
+                .and_modify(|k| {
+                    if rank(i) < rank(*k) {
+                        *k = i
+                    }
+                })
+                .or_insert(i);
+        }
     }
-    let keep: Vec<bool> = (0..g.len()).map(|i| g.is_null(i) || kept[&blake3::hash(g.value(i))] == i).collect();
+    let keep: Vec<bool> = hashes.iter().enumerate().map(|(i, h)| h.is_none_or(|h| kept[&h] == i)).collect();
     let mut removed = BTreeMap::new();
     for i in (0..g.len()).filter(|&i| !keep[i]) {
         *removed.entry(datasets.value(i).to_string()).or_default() += 1;
