@@ -323,7 +323,8 @@ fn ctrl_c_ends_a_wait_for_the_lake() {
     assert_eq!(out.code, 130, "{}", out.stderr);
     assert!(out.stderr.contains("stopped waiting for flowrun writing the lake (pid 1)"), "{}", out.stderr);
     assert_eq!(out.stderr.matches("stopped waiting").count(), 1, "{}", out.stderr);
-    // the run's report, with nothing materialized
+    // the run's report says so, with nothing materialized
     let report: serde_json::Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["status"], "interrupted", "{}", out.stdout);
     assert!(report["materialized"].is_null(), "{}", out.stdout);
 }

@@ -330,10 +330,8 @@ fn run(
     progress.finish();
     if opts.interrupted() {
         // the nodes that finished are in the cache; the lake and the exports are left as they were
-        report::print_run(&flow, &result, None, ui);
-        eprintln!(
-            "interrupted: the nodes that finished are cached, nothing was written to the lake; run again to go on"
-        );
+        let what = "the nodes that finished are cached, nothing was written to the lake";
+        report::print_interrupted(&flow, &result, what, ui);
         return Ok(Outcome::Interrupted);
     }
     // a worker exists to share its items: one whose remote cache failed has not done its job
@@ -359,8 +357,7 @@ fn run(
             // a first Ctrl-C while the lake was being written: what was not committed is not
             // (the error says whether the lake's commit happened)
             Err(e) if opts.interrupted() => {
-                report::print_run(&flow, &result, None, ui);
-                eprintln!("interrupted: {e:#}; run again to go on");
+                report::print_interrupted(&flow, &result, &format!("{e:#}"), ui);
                 return Ok(Outcome::Interrupted);
             }
             Err(e) => return Err(in_target(&flow, e, "writing the run's results failed")),

@@ -109,6 +109,20 @@ fn verbose_key(n: &NodeReport) -> String {
     s
 }
 
+/// A run a Ctrl-C stopped: its report (with `--json`, `"status": "interrupted"` and what happened), then
+/// what happened on stderr.
+pub fn print_interrupted(flow: &Flow, r: &RunReport, what: &str, ui: &Ui) {
+    if ui.json {
+        let mut report = report_json(flow, r, None);
+        report["status"] = "interrupted".into();
+        report["interrupted"] = what.into();
+        println!("{report}");
+    } else {
+        print_run(flow, r, None, ui);
+    }
+    eprintln!("interrupted: {what}; run again to go on");
+}
+
 pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&flowrun_lake::MaterializeReport>, ui: &Ui) {
     if ui.json {
         println!("{}", report_json(flow, r, materialized));
