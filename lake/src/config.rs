@@ -391,9 +391,9 @@ impl LakeConfig {
 
     /// Before any node runs: a DuckDB catalog file that another program holds open for writing (DuckDB's
     /// CLI, a notebook), or a SQLite catalog in another program's write transaction, would fail the run at
-    /// its end; it is found now (DuckDB's own lock on the file, asked
-    /// with `fcntl(F_GETLK)`: no file is opened by DuckDB for it). With `wait`, this waits (saying so)
-    /// until the file is free; otherwise it is an error.
+    /// its end; it is found now (the program's lock on the file, asked with `fcntl(F_GETLK)`: no file is
+    /// opened by DuckDB for it). With `wait`, this waits (saying so) until the file is free; otherwise it is
+    /// an error.
     pub fn check_not_held(&self) -> Result<()> {
         // with --no-wait, another flowrun committing into this catalog is an error now, not at the commit
         if !self.wait {

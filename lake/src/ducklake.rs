@@ -447,7 +447,7 @@ pub fn write(
                 duck.execute("ROLLBACK")?;
                 return Ok(LakeWrite { snapshot: None, written: vec![false; targets.len()], replans: attempt });
             }
-            Ok(Some(written)) => match hold_commit().and_then(|()| duck.execute("COMMIT")) {
+            Ok(Some(written)) => match duck.execute("COMMIT") {
                 Ok(()) => {
                     // the snapshot that was committed (a concurrent writer may have taken the next id)
                     let snapshot = duck
@@ -503,10 +503,10 @@ fn holds(duck: &Duck, alias: &str, t: &LakeTarget) -> Result<bool> {
 /// DuckLake's `ducklake_delete_orphaned_files` decides; the lake's lock is held meanwhile. The data path
 /// must be this lake's alone (another lake's files there would count as orphans).
 pub fn delete_orphaned_files(lake: &LakeConfig, older_than: std::time::Duration, dry_run: bool) -> Result<Vec<String>> {
-    let _turn = lake.lock()?;
+    let turn = lake.lock()?;
     // a catalog without a lock file (PostgreSQL) may be in another machine's commit right now: its newest
     // data files are not orphans yet
-    if _turn.is_none() && older_than < std::time::Duration::from_secs(3600) {
+    if turn.is_none() && older_than < std::time::Duration::from_secs(3600) {
         bail!(
             "the lake {} has no lock a commit takes: give --older-than-hours 1 or more, so that a commit in \
              progress elsewhere keeps its files",
@@ -530,11 +530,10 @@ pub fn delete_orphaned_files(lake: &LakeConfig, older_than: std::time::Duration,
 
 /// For tests of concurrent commits: `FLOWRUN_TEST_HOLD_COMMIT_MS` keeps the transaction open that long
 /// before its COMMIT, so that the commits of processes started together overlap for certain.
-fn hold_commit() -> Result<()> {
+fn hold_commit() {
     if let Some(ms) = std::env::var("FLOWRUN_TEST_HOLD_COMMIT_MS").ok().and_then(|v| v.parse().ok()) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
-    Ok(())
 }
 
 /// Opens the transaction and writes into it (not committed) every target whose value the ledger, read at
@@ -573,6 +572,7 @@ fn transaction(
         quoted(alias, "lake alias")?,
         literal(&commit_message(flow, report))
     ))?;
+    hold_commit();
     Ok(Some(written))
 }
 

@@ -98,10 +98,7 @@ pub fn ensure(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()>
     let _guard = provisioning_lock().lock().unwrap();
     let mut tried: Vec<String> = Vec::new();
     // 1. already installed or built in
-    match installed(duck, name).and_then(|path| match path {
-        Some(p) => load_file(duck, &p, sources).and_then(|()| remember(name, &p)),
-        None => duck.execute(&format!("LOAD {name}")),
-    }) {
+    match load_installed(duck, name, sources) {
         Ok(()) => return Ok(()),
         Err(e) => tried.push(format!("LOAD {name}: {}", first_line(&e))),
     }
@@ -153,11 +150,7 @@ pub fn ensure(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()>
     if sources.try_install {
         let secs = sources.timeout.as_secs().clamp(1, 30);
         let _ = duck.execute(&format!("SET http_timeout = {secs}; SET http_retries = 0"));
-        let loaded = duck.execute(&format!("INSTALL {name}")).and_then(|()| match installed(duck, name)? {
-            Some(p) => load_file(duck, &p, sources).and_then(|()| remember(name, &p)),
-            None => duck.execute(&format!("LOAD {name}")),
-        });
-        match loaded {
+        match duck.execute(&format!("INSTALL {name}")).and_then(|()| load_installed(duck, name, sources)) {
             Ok(()) => return Ok(()),
             Err(e) => tried.push(format!("INSTALL {name}: {}", first_line(&e))),
         }
@@ -212,16 +205,19 @@ fn first_line(e: &anyhow::Error) -> String {
     s.lines().next().unwrap_or_default().chars().take(300).collect()
 }
 
-/// The file DuckDB would load `name` from (its own extension directory), or `None` for a built-in
-/// extension or one that is not installed (then `LOAD name` says which).
-fn installed(duck: &Duck, name: &str) -> Result<Option<PathBuf>> {
+/// Loads `name` as DuckDB has it: from the file in DuckDB's own extension directory (through
+/// [`load_file`]), or a built-in one with `LOAD name` (which also says when it is not installed).
+fn load_installed(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()> {
     let path: Option<String> = duck
         .scalar(&format!(
             "SELECT any_value(install_path) FROM duckdb_extensions() WHERE extension_name = {}",
             literal(canonical(name))
         ))
         .unwrap_or(None);
-    Ok(path.filter(|p| !p.is_empty() && !p.starts_with('(')).map(PathBuf::from))
+    match path.filter(|p| !p.is_empty() && !p.starts_with('(')).map(PathBuf::from) {
+        Some(p) => load_file(duck, &p, sources).and_then(|()| remember(name, &p)),
+        None => duck.execute(&format!("LOAD {name}")),
+    }
 }
 
 /// Loads an extension file. Into a database that skips DuckDB's signature check, only a file whose

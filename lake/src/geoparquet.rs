@@ -51,28 +51,32 @@ pub fn geometry_columns(table: &Table) -> Vec<String> {
 /// A temporary file beside `path`, named `.flowrun~<host>~<pid>~<random>~<name>.tmp` (see
 /// [`remove_dead_temporaries`]).
 fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dir_of(path);
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    remove_dead_temporaries(dir);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let prefix = format!(".flowrun~{}~{}~", host(), std::process::id());
     tempfile::Builder::new().prefix(&prefix).suffix(&format!("~{name}.tmp")).tempfile_in(dir).map_err(Into::into)
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn dir_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().replace('~', "-")).unwrap_or_default()
 }
 
-/// Removes the temporaries of [`temp_beside`] in `dir` that a process of this host left and that no longer
-/// runs (a killed run's), so that none stays forever. Only files named by `temp_beside` are touched, and
-/// only this host's (a directory on a shared filesystem may hold another machine's running export).
-/// Called before every GeoParquet materialization, written or unchanged.
-pub fn remove_dead_temporaries(dir: &Path) {
+/// Removes the temporaries of [`temp_beside`] in the directory of `beside` that a process of this host left
+/// and that no longer runs (a killed run's), so that none stays forever. Only files named by `temp_beside`
+/// are touched, and only this host's (a directory on a shared filesystem may hold another machine's running
+/// export). Called before every GeoParquet materialization, written or unchanged.
+pub fn remove_dead_temporaries(beside: &Path) {
     if !Path::new("/proc/self").exists() {
         return;
     }
     let here = host();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(dir_of(beside)).into_iter().flatten().flatten() {
         let file = e.file_name().to_string_lossy().into_owned();
         let Some(rest) = file.strip_prefix(".flowrun~").filter(|_| file.ends_with(".tmp")) else { continue };
         let mut parts = rest.split('~');
@@ -185,7 +189,7 @@ mod tests {
         for n in &names {
             std::fs::write(dir.path().join(n), b"x").unwrap();
         }
-        remove_dead_temporaries(dir.path());
+        remove_dead_temporaries(&dir.path().join("pv.parquet"));
         let mut left: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();

@@ -18,7 +18,7 @@
 //! cached rerun creates no empty snapshot (its record stays in the local run log, `flowrun runs`).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -449,9 +449,7 @@ pub fn materialize(
     let storage = crate::storage_config(flow)?;
     let mut pending_files = Vec::new();
     for (section, path, geometry, o, where_, identity) in files {
-        if let Some(dir) = path.staging_path().parent() {
-            geoparquet::remove_dead_temporaries(if dir.as_os_str().is_empty() { Path::new(".") } else { dir });
-        }
+        geoparquet::remove_dead_temporaries(&path.staging_path());
         if unchanged("geoparquet", &where_, &identity, path.exists(&storage)?) {
             out.targets.push(TargetReport {
                 section,

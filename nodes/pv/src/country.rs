@@ -256,23 +256,29 @@ mod tests {
     use crate::geom;
     use crate::testing::{measured, square, strings};
 
-    fn countries() -> Table {
+    /// A country table: (code, name, polygon) per row.
+    fn countries_of(rows: &[(&str, &str, Geometry<f64>)]) -> Table {
         let schema = Arc::new(Schema::new(vec![
             Field::new("country_code", DataType::Utf8, true),
             Field::new("country_name", DataType::Utf8, true),
             geom::wkb_field("geometry", true, None),
         ]));
+        let geometries: Vec<Option<Geometry<f64>>> = rows.iter().map(|r| Some(r.2.clone())).collect();
         Table::from_batch(
             RecordBatch::try_new(
                 schema,
                 vec![
-                    Arc::new(StringArray::from(vec!["AAA", "BBB"])),
-                    Arc::new(StringArray::from(vec!["Aland", "Beland"])),
-                    geom::wkb_array(&[Some(square(0.0, 0.0, 10.0)), Some(square(10.0, 0.0, 10.0))]),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                    geom::wkb_array(&geometries),
                 ],
             )
             .unwrap(),
         )
+    }
+
+    fn countries() -> Table {
+        countries_of(&[("AAA", "Aland", square(0.0, 0.0, 10.0)), ("BBB", "Beland", square(10.0, 0.0, 10.0))])
     }
 
     #[test]
@@ -311,22 +317,10 @@ mod tests {
         let holed = Polygon::new(ring(0.0, 0.0, 10.0), vec![ring(4.0, 4.0, 2.0)]); // both counter-clockwise
         let islands =
             MultiPolygon(vec![Polygon::new(ring(20.0, 0.0, 2.0), vec![]), Polygon::new(ring(30.0, 0.0, 2.0), vec![])]);
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("country_code", DataType::Utf8, true),
-            Field::new("country_name", DataType::Utf8, true),
-            geom::wkb_field("geometry", true, None),
-        ]));
-        let countries = Table::from_batch(
-            RecordBatch::try_new(
-                schema,
-                vec![
-                    Arc::new(StringArray::from(vec!["HOL", "ISL"])),
-                    Arc::new(StringArray::from(vec!["Holed", "Islands"])),
-                    geom::wkb_array(&[Some(Geometry::Polygon(holed)), Some(Geometry::MultiPolygon(islands))]),
-                ],
-            )
-            .unwrap(),
-        );
+        let countries = countries_of(&[
+            ("HOL", "Holed", Geometry::Polygon(holed)),
+            ("ISL", "Islands", Geometry::MultiPolygon(islands)),
+        ]);
         let sites = measured(&[
             ("d", "d:1", square(1.0, 1.0, 0.01)),
             ("d", "d:2", square(5.0, 5.0, 0.01)), // in the hole

@@ -28,7 +28,7 @@ use geo::{BooleanOps, Contains, Geometry, MultiPolygon};
 use rayon::prelude::*;
 use rstar::AABB;
 
-use super::geom::{self, geometries, geometry_index};
+use super::geom::{self, geometries, geometry_index, polygonal};
 use super::h3::h3_column;
 
 /// How candidate pairs are found.
@@ -44,14 +44,6 @@ struct Row {
     dataset: String,
     geom: Option<Geometry<f64>>,
     area: f64,
-}
-
-fn polygonal(g: &Geometry<f64>) -> Option<MultiPolygon<f64>> {
-    match g {
-        Geometry::Polygon(p) => Some(MultiPolygon::new(vec![p.clone()])),
-        Geometry::MultiPolygon(m) => Some(m.clone()),
-        _ => None,
-    }
 }
 
 /// Overlap ratio of two records (see the module documentation). `None` when the polygons cannot be

@@ -17,9 +17,9 @@
 //! Downloads (blocking reqwest): a read timeout (`FLOWRUN_HTTP_TIMEOUT`, seconds, default 60), three
 //! attempts with backoff for timeouts and 5xx answers (not for 4xx), resume of a partial file that has a
 //! checksum with an HTTP `Range` request (restart when the server ignores it, or without a checksum),
-//! checksum verified before the file is used, progress reported in bytes. Downloads are kept in the cache directory (`downloads/<dataset>/<file name>`, side by
-//! side so a shapefile finds its sidecars) and reused while they match the repository's checksum, so a file
-//! is fetched once. Zip archives are unpacked refusing any entry whose path would leave the target directory.
+//! checksum verified before the file is used, progress reported in bytes. Downloads are kept in the cache
+//! directory (`downloads/<dataset>/<file name>`, side by side so a shapefile finds its sidecars) and reused
+//! while they match the repository's checksum, so a file is fetched once. Zip archives are unpacked refusing any entry whose path would leave the target directory.
 //!
 //! Every file the node returns is fingerprinted with `ctx::track_file`, so a changed mirror file re-runs the
 //! dataset's branch and nothing else.

@@ -130,34 +130,38 @@ pub fn repair(g: Geometry<f64>) -> (Geometry<f64>, Repair) {
         let flat = matches!(g, Geometry::Polygon(_) | Geometry::MultiPolygon(_)) && g.unsigned_area() == 0.0;
         return (g, if flat { Repair::Unrepairable } else { Repair::Valid });
     }
-    let rings = match &g {
-        Geometry::Polygon(p) => MultiPolygon::new(vec![p.clone()]),
-        Geometry::MultiPolygon(mp) => mp.clone(),
-        _ => return (g, Repair::Unrepairable),
-    };
-    let filled = std::panic::catch_unwind(|| {
-        rings.boolean_op_with_fill_rule(&MultiPolygon::new(vec![]), OpType::Xor, FillRule::EvenOdd)
-    });
-    match filled {
-        Ok(mp) if mp.unsigned_area() > 0.0 => (Geometry::MultiPolygon(canonical(mp)), Repair::Repaired),
-        _ => (g, Repair::Unrepairable),
+    match polygonal(&g).and_then(even_odd_fill) {
+        Some(mp) => (Geometry::MultiPolygon(canonical(mp)), Repair::Repaired),
+        None => (g, Repair::Unrepairable),
     }
+}
+
+/// A polygon or multipolygon as a multipolygon; `None` for the other kinds.
+pub fn polygonal(g: &Geometry<f64>) -> Option<MultiPolygon<f64>> {
+    match g {
+        Geometry::Polygon(p) => Some(MultiPolygon::new(vec![p.clone()])),
+        Geometry::MultiPolygon(m) => Some(m.clone()),
+        _ => None,
+    }
+}
+
+/// The area `rings` enclose under the even-odd rule, as valid polygons; `None` when the boolean operation
+/// fails (panics) or encloses nothing.
+fn even_odd_fill(rings: MultiPolygon<f64>) -> Option<MultiPolygon<f64>> {
+    std::panic::catch_unwind(|| {
+        rings.boolean_op_with_fill_rule(&MultiPolygon::new(vec![]), OpType::Xor, FillRule::EvenOdd)
+    })
+    .ok()
+    .filter(|mp| mp.unsigned_area() > 0.0)
 }
 
 /// Vertices above which a geometry is checked by its even-odd fill rather than by geo's validation.
 const LARGE: usize = 20_000;
 
 fn repair_large(g: Geometry<f64>) -> (Geometry<f64>, Repair) {
-    let rings = match &g {
-        Geometry::Polygon(p) => MultiPolygon::new(vec![p.clone()]),
-        Geometry::MultiPolygon(mp) => mp.clone(),
-        _ => return (g, Repair::Valid),
-    };
-    let filled = std::panic::catch_unwind(|| {
-        rings.boolean_op_with_fill_rule(&MultiPolygon::new(vec![]), OpType::Xor, FillRule::EvenOdd)
-    });
-    match filled {
-        Ok(mp) if mp.unsigned_area() > 0.0 => {
+    let Some(rings) = polygonal(&g) else { return (g, Repair::Valid) };
+    match even_odd_fill(rings) {
+        Some(mp) => {
             let (before, after) = (g.unsigned_area(), mp.unsigned_area());
             if (before - after).abs() <= 1e-9 * after.max(f64::MIN_POSITIVE) {
                 (g, Repair::Valid)
@@ -165,7 +169,7 @@ fn repair_large(g: Geometry<f64>) -> (Geometry<f64>, Repair) {
                 (Geometry::MultiPolygon(canonical(mp)), Repair::Repaired)
             }
         }
-        _ => (g, Repair::Unrepairable),
+        None => (g, Repair::Unrepairable),
     }
 }
 
