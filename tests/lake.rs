@@ -537,3 +537,104 @@ fn jobs_bound_duckdbs_threads() {
         assert_eq!(identity("threads"), identity(same_as), "--jobs {jobs}: {}", out.stdout);
     }
 }
+
+/// `pylance` on a Lance dataset: its versions, rows at each, column types, the geometry field's extension
+/// and the geometries' bounds (decoded from WKB by shapely).
+const READ_LANCE: &str = r#"
+import json, sys, lance, shapely
+path = sys.argv[1]
+ds = lance.dataset(path)
+versions = [v['version'] for v in ds.versions()]
+out = {
+    'latest': ds.version,
+    'versions': versions,
+    'rows': ds.count_rows(),
+    'at': {str(v): lance.dataset(path, version=v).count_rows() for v in versions},
+    'types': {f.name: str(f.type) for f in ds.schema},
+}
+if 'geometry' in ds.schema.names:
+    field = ds.schema.field('geometry')
+    out['geometry_extension'] = (field.metadata or {}).get(b'ARROW:extension:name', b'').decode()
+    geoms = shapely.from_wkb(ds.to_table(columns=['geometry']).column('geometry').to_numpy(zero_copy_only=False))
+    out['bounds'] = [float(b) for b in shapely.total_bounds(geoms)]
+    out['distinct_ids'] = len(set(ds.to_table(columns=['unified_id']).column('unified_id').to_pylist()))
+print(json.dumps(out))
+"#;
+
+#[test]
+fn lance_datasets_get_one_version_per_committing_run() {
+    let s = scratch_with_mirror(&["ind_pv_solar_farms_2022", "usa_uspvdb"]);
+    let only_india = mirror(&s, "mirror2", &["ind_pv_solar_farms_2022"]);
+    let flow = format!(
+        r#"[flow]
+name = "lance_test"
+modules = ["flowrun_pv"]
+
+[inputs]
+mirror = {{ default = "mirror" }}
+
+{TWO_DATASETS}
+[nodes.per_dataset]
+sql = "SELECT dataset_name, count(*) AS n FROM consolidated GROUP BY dataset_name ORDER BY dataset_name"
+
+[materialize.pv]
+node = "consolidated"
+kind = "lance"
+path = "out/pv.lance"
+
+[materialize.counts]
+node = "per_dataset"
+kind = "lance"
+path = "out/counts.lance"
+mode = "append"
+"#
+    );
+    s.write("flow.toml", &flow);
+    let read = |name: &str| python_json(READ_LANCE, &[&s.path().join("out").join(name).display().to_string()]);
+    let statuses = |out: &crate::util::Out| -> Vec<String> {
+        out.json()["materialized"]["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| format!("{} {}", t["section"].as_str().unwrap(), t["status"].as_str().unwrap()))
+            .collect()
+    };
+
+    let first = s.run(&["--json", "run", "flow.toml"]).ok();
+    assert_eq!(statuses(&first), ["pv written, version 1", "counts written, version 1"]);
+    let pv = read("pv.lance");
+    let both = 1363 + 3698;
+    assert_eq!((pv["versions"].clone(), pv["rows"].as_i64()), (serde_json::json!([1]), Some(both)), "{pv}");
+    assert_eq!(pv["distinct_ids"].as_i64(), Some(both));
+    assert_eq!(pv["geometry_extension"], "geoarrow.wkb", "{pv}");
+    assert_eq!(pv["types"]["geometry"], "binary");
+    assert_eq!(pv["types"]["unified_id"], "string");
+    assert_eq!(pv["types"]["area_m2"], "double");
+    let b: Vec<f64> = pv["bounds"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    // India and the US, as the GeoParquet test sees them
+    assert!(b[0] < -60.0 && b[2] > 60.0 && b[1] > 0.0 && b[3] < 72.0, "{b:?}");
+
+    // an unchanged rerun commits nothing: no new version of either dataset
+    let again = s.run(&["--json", "run", "flow.toml"]).ok();
+    assert_eq!(statuses(&again), ["pv unchanged", "counts unchanged"]);
+    assert_eq!(read("counts.lance")["versions"], serde_json::json!([1]));
+
+    // new values: overwrite makes version 2 with India only (version 1 still readable); append adds a row
+    let second = s.run(&["--json", "run", "flow.toml", "--mirror", &only_india.display().to_string()]).ok();
+    assert_eq!(statuses(&second), ["pv written, version 2", "counts written, version 2"]);
+    let pv = read("pv.lance");
+    assert_eq!(pv["at"], serde_json::json!({"1": both, "2": 1363}), "{pv}");
+    let counts = read("counts.lance");
+    assert_eq!(counts["at"], serde_json::json!({"1": 2, "2": 3}), "{counts}");
+
+    // a commit the dataset refuses (appending other columns) fails the run, naming the section and the
+    // dataset; readers still open the previous version
+    s.write("flow.toml", &flow.replace("count(*) AS n", "count(*) AS rows_read"));
+    let refused = s.run(&["run", "flow.toml", "--mirror", &only_india.display().to_string()]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(refused.stderr.contains("materialization `counts`"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("counts.lance"), "{}", refused.stderr);
+    let counts = read("counts.lance");
+    assert_eq!((counts["latest"].as_i64(), counts["rows"].as_i64()), (Some(2), Some(3)), "{counts}");
+    assert_eq!(counts["types"]["n"], "int64");
+}

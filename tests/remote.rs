@@ -613,3 +613,56 @@ fn faults_name_the_target_and_a_rerun_finishes() {
     let india_only = read_lake(&format!("ducklake:postgres:{}", pg.conninfo()), "s3://lake-bucket/data/", Some(&s3));
     assert_eq!(india_only["counts"]["main.pv"], 1363);
 }
+
+/// `pylance` on a Lance dataset in the S3 server: its versions and row count.
+const READ_S3_LANCE: &str = r#"
+import json, sys, lance
+port, key, secret, path = sys.argv[1:5]
+opts = {'aws_endpoint': f'http://127.0.0.1:{port}', 'aws_access_key_id': key, 'aws_secret_access_key': secret,
+        'aws_region': 'us-east-1', 'allow_http': 'true'}
+ds = lance.dataset(path, storage_options=opts)
+print(json.dumps({'versions': [v['version'] for v in ds.versions()], 'rows': ds.count_rows()}))
+"#;
+
+#[test]
+fn lance_dataset_on_s3_with_credentials_from_storage_variables() {
+    let s3 = S3Server::start();
+    s3.create_bucket("lance-bucket");
+    // no AWS_* variable anywhere: the credentials reach DuckDB's lance extension only through [storage]
+    let flow = format!(
+        r#"[flow]
+name = "lance_s3"
+modules = ["flowrun_pv"]
+
+[inputs]
+mirror = {{ default = "mirror" }}
+
+{TWO_DATASETS}
+[storage]
+endpoint = "{}"
+access_key_id_env = "LAB_KEY"
+secret_access_key_env = "LAB_SECRET"
+
+[materialize.labels]
+node = "consolidated"
+kind = "lance"
+path = "s3://lance-bucket/labels/pv.lance"
+"#,
+        s3.endpoint()
+    );
+    let s = machine(&flow);
+    let env = [("LAB_KEY", s3.key_id.as_str()), ("LAB_SECRET", s3.secret.as_str())];
+    let first = s.run_env(&["--json", "run", "flow.toml"], &env).ok();
+    let target = &first.json()["materialized"]["targets"][0];
+    assert_eq!(target["status"], "written, version 1", "{}", first.stdout);
+    assert!(!first.stdout.contains(&s3.secret) && !first.stderr.contains(&s3.secret));
+    let port = s3.port.to_string();
+    let read = || python_json(READ_S3_LANCE, &[&port, &s3.key_id, &s3.secret, "s3://lance-bucket/labels/pv.lance"]);
+    assert_eq!(read(), serde_json::json!({"versions": [1], "rows": 1363 + 3698}));
+    // the version is looked up in the bucket: an unchanged rerun commits nothing
+    let again = s.run_env(&["--json", "run", "flow.toml"], &env).ok();
+    assert_eq!(again.json()["materialized"]["targets"][0]["status"], "unchanged", "{}", again.stdout);
+    let india = s.run_env(&["--json", "run", "flow.toml", "--mirror", "mirror_india"], &env).ok();
+    assert_eq!(india.json()["materialized"]["targets"][0]["status"], "written, version 2", "{}", india.stdout);
+    assert_eq!(read(), serde_json::json!({"versions": [1, 2], "rows": 1363}));
+}

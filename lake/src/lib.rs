@@ -1,4 +1,4 @@
-//! flowrun's lakehouse side: DuckDB, DuckLake, GeoParquet.
+//! flowrun's lakehouse side: DuckDB, DuckLake, GeoParquet, Lance.
 //!
 //! # Crate organization
 //! - [`duck`]: an owned DuckDB database and the columnar Arrow bridge in and out of it;
@@ -6,6 +6,7 @@
 //! - [`config`]: the flow's `[lake]` section (DuckDB, SQLite or PostgreSQL catalog);
 //! - [`ducklake`]: **where DuckLake is written** (one transaction per run, modes, run history);
 //! - [`geoparquet`]: GeoParquet 1.1 files;
+//! - [`lance`]: Lance datasets (a version per run) through DuckDB's `lance` extension;
 //! - [`materialize`]: the materializer contract: option checks before a run, writes after it;
 //! - [`sql`]: SQL nodes on DuckDB;
 //! - [`ident`]: identifiers from flow files, validated and quoted.
@@ -19,6 +20,7 @@ pub mod ducklake;
 pub mod extensions;
 pub mod geoparquet;
 pub mod ident;
+pub mod lance;
 pub mod materialize;
 pub mod sql;
 

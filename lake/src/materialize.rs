@@ -6,15 +6,18 @@
 //! |---|---|---|
 //! | `ducklake` | `table` (default: the section name; `{item}` is replaced by the fan-out item's label), `schema` (default `main`), `mode` = `replace` / `append` / `merge`, `key` (column or list, for `merge`) | a table of the flow's `[lake]` |
 //! | `geoparquet` | `path` (relative to the flow file; `{item}` as above), `geometry` (primary column; default `geometry` or the first) | a GeoParquet 1.1 file |
+//! | `lance` | `path` (a `.lance` directory, placed as for `geoparquet`; `s3://` too), `mode` = `overwrite` / `append` | a new version of a Lance dataset ([`crate::lance`]) |
 //!
 //! [`check`] validates every section before the run (so a typo does not cost a whole run), and
 //! [`materialize`] writes after a successful run:
 //! 1. GeoParquet files are written to temporary names first;
 //! 2. all DuckLake tables, plus the run records, are written in one transaction (one snapshot);
-//! 3. then the GeoParquet files are renamed into place.
+//! 3. then the GeoParquet files are renamed into place, and each Lance dataset gets its new version (one
+//!    atomic Lance commit each).
 //!
 //! A target whose value is unchanged since flowrun last wrote it there (same content hash, recorded in the
-//! cache index) is skipped; when every target is unchanged the lake is not touched at all, so a fully
+//! cache index) is skipped (a Lance dataset in `overwrite` mode also needs to be at the version flowrun
+//! made; in `append` mode, to still hold that version: a rerun never appends the same value twice); when every target is unchanged the lake is not touched at all, so a fully
 //! cached rerun creates no empty snapshot (its record stays in the local run log, `flowrun runs`).
 
 use std::collections::HashMap;
@@ -33,16 +36,17 @@ use crate::duck::Duck;
 use crate::ducklake::{self, LakeTarget, Mode};
 use crate::geoparquet;
 use crate::ident;
+use crate::lance::{self, LanceMode};
 
 /// Materializer kinds this crate writes.
-pub const MATERIALIZER_KINDS: &[&str] = &["ducklake", "geoparquet"];
+pub const MATERIALIZER_KINDS: &[&str] = &["ducklake", "geoparquet", "lance"];
 
 /// What one target did.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetReport {
     /// `[materialize.NAME]`.
     pub section: String,
-    /// `ducklake` or `geoparquet`.
+    /// `ducklake`, `geoparquet` or `lance`.
     pub kind: String,
     /// `schema.table` or the file path.
     pub destination: String,
@@ -77,6 +81,7 @@ pub struct MaterializeReport {
 enum Spec {
     Lake { schema: String, table: String, mode: Mode },
     File { path: String, geometry: Option<String> },
+    Lance { path: String, mode: LanceMode },
 }
 
 fn opt_str(d: &MaterializeDecl, key: &str) -> Result<Option<String>, (String, Option<std::ops::Range<usize>>)> {
@@ -93,6 +98,7 @@ fn spec(d: &MaterializeDecl) -> Result<Spec, (String, Option<std::ops::Range<usi
     let allowed: &[&str] = match d.kind.as_str() {
         "ducklake" => &["table", "schema", "mode", "key"],
         "geoparquet" => &["path", "geometry"],
+        "lance" => &["path", "mode"],
         other => return Err((format!("unknown materializer kind `{other}`"), None)),
     };
     for (k, (_, span)) in &d.options {
@@ -143,6 +149,18 @@ fn spec(d: &MaterializeDecl) -> Result<Spec, (String, Option<std::ops::Range<usi
             }
             Ok(Spec::Lake { schema, table, mode })
         }
+        "lance" => {
+            let path = opt_str(d, "path")?
+                .ok_or_else(|| ("a lance materialization needs `path = \"out/x.lance\"`".to_string(), None))?;
+            let mode = match opt_str(d, "mode")?.as_deref().unwrap_or("overwrite") {
+                "overwrite" => LanceMode::Overwrite,
+                "append" => LanceMode::Append,
+                other => {
+                    return Err((format!("unknown mode `{other}`; modes: overwrite, append"), span_of("mode")));
+                }
+            };
+            Ok(Spec::Lance { path, mode })
+        }
         _ => {
             let path = opt_str(d, "path")?
                 .ok_or_else(|| ("a geoparquet materialization needs `path = \"out/x.parquet\"`".to_string(), None))?;
@@ -159,7 +177,7 @@ pub fn check(flow: &Flow, lake_overrides: &[(String, String)]) -> Result<Option<
     for d in &flow.materialize {
         match spec(d) {
             Ok(Spec::Lake { .. }) => needs_lake = Some(d),
-            Ok(Spec::File { .. }) => {}
+            Ok(Spec::File { .. } | Spec::Lance { .. }) => {}
             Err((message, span)) => {
                 let mut diag = Diagnostic::new("bad-materialize", format!("materialize `{}`: {message}", d.name));
                 diag = diag.at(Label::new(&flow.source, span.unwrap_or(d.span.clone()), "here"));
@@ -236,6 +254,9 @@ pub fn destinations(flow: &Flow, lake: Option<&LakeConfig>) -> Vec<(String, Stri
                 format!("{alias}.{schema}.{table} ({mode})")
             }
             Ok(Spec::File { path, .. }) => FileDest::resolve(flow, lake, &path).to_string(),
+            Ok(Spec::Lance { path, mode }) => {
+                format!("{} ({}, a new version per run)", FileDest::resolve(flow, lake, &path), mode.as_str())
+            }
             Err((m, _)) => m,
         };
         out.push((format!("{} `{}`", d.kind, d.name), at));
@@ -269,7 +290,7 @@ pub fn reach(flow: &Flow, lake: Option<&LakeConfig>) -> Result<()> {
         urls.push(url.clone());
     }
     for d in &flow.materialize {
-        if let Ok(Spec::File { path, .. }) = spec(d)
+        if let Ok(Spec::File { path, .. } | Spec::Lance { path, .. }) = spec(d)
             && let FileDest::Remote(url) = FileDest::resolve(flow, lake, &path)
         {
             let (bucket, _) = flowrun_storage::Bucket::parse_url(&url)?;
@@ -398,6 +419,8 @@ pub fn materialize(
     // (section, path, geometry column, value, destination, identity)
     type FileTarget<'a> = (String, FileDest, Option<String>, &'a OutputItem, String, blake3::Hash);
     let mut files: Vec<FileTarget> = Vec::new();
+    // (section, dataset, mode, value, identity)
+    let mut datasets: Vec<(String, FileDest, LanceMode, &OutputItem, blake3::Hash)> = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
     for d in &flow.materialize {
         let spec = spec(d).map_err(|(m, _)| anyhow!("materialize `{}`: {m}", d.name))?;
@@ -434,6 +457,13 @@ pub fn materialize(
                         bail!("materializations `{other}` and `{}` both write {where_}", d.name);
                     }
                     files.push((d.name.clone(), p, geometry.clone(), o, where_, identity));
+                }
+                Spec::Lance { path, mode } => {
+                    let p = FileDest::resolve(flow, lake, &expand(path, &o.item));
+                    if let Some(other) = seen.insert(p.to_string(), d.name.clone()) {
+                        bail!("materializations `{other}` and `{}` both write {p}", d.name);
+                    }
+                    datasets.push((d.name.clone(), p, *mode, o, identity));
                 }
             }
         }
@@ -554,6 +584,40 @@ pub fn materialize(
             rows,
             status: "written".into(),
         });
+    }
+
+    // 4. Lance datasets: one commit (a new version) each
+    for (section, dest, mode, o, identity) in datasets {
+        if let Some(l) = lake {
+            l.stop_if_interrupted()
+                .with_context(|| format!("`{section}` and the datasets after it were not written"))?;
+        }
+        let where_ = dest.to_string();
+        let latest =
+            lance::latest_version(&where_, &storage).with_context(|| format!("materialization `{section}`"))?;
+        // `identity@version`: the value this cache last committed there, and the version that commit made
+        let recorded = store
+            .and_then(|s| s.state(&state_key("lance", &where_)).ok().flatten())
+            .and_then(|r| r.split_once('@').and_then(|(i, v)| Some((i.to_string(), v.parse::<u64>().ok()?))));
+        let unchanged = match (&recorded, latest) {
+            (Some((i, made)), Some(latest)) if *i == identity.to_hex().as_str() => match mode {
+                LanceMode::Overwrite => latest == *made,
+                LanceMode::Append => latest >= *made,
+            },
+            _ => false,
+        };
+        let status = if unchanged {
+            "unchanged".to_string()
+        } else {
+            let value = table_of(o, &section)?;
+            let version = lance::write(&value, &where_, mode, &storage)
+                .with_context(|| format!("materialization `{section}` ({where_})"))?;
+            if let Some(s) = store {
+                s.set_state(&state_key("lance", &where_), &format!("{}@{version}", identity.to_hex()))?;
+            }
+            format!("written, version {version}")
+        };
+        out.targets.push(TargetReport { section, kind: "lance".into(), destination: where_, rows: rows_of(o), status });
     }
     out.seconds = started.elapsed().as_secs_f64();
     Ok(out)

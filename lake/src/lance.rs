@@ -1,0 +1,120 @@
+//! Lance datasets (`kind = "lance"`): a node's table as a versioned Lance dataset, for model training
+//! (LanceDB, `pylance`: fast random access, zero-copy to Arrow).
+//!
+//! Written by DuckDB's official `lance` extension (`COPY t TO 'x.lance' (FORMAT lance, MODE ...)`),
+//! provisioned like the other extensions (`duckdb-extension-lance==1.5.5` from PyPI when nothing else has
+//! it). Not the `lance` crate: it follows its own Arrow major (flowrun is on Arrow 58) and brings DataFusion
+//! and a cloud SDK per provider into the build, where the extension is one file DuckDB already knows how
+//! to load. The table goes in through DuckDB's Arrow scan, so a `geoarrow.wkb` column arrives as `GEOMETRY`
+//! and leaves as WKB with its `geoarrow.wkb` field metadata, which `pylance` and GeoArrow readers see.
+//!
+//! Every write is one Lance commit, so one new version per committing run: `overwrite` replaces the rows,
+//! `append` adds them. A commit is atomic: a write that fails (or is killed) leaves the previous version
+//! the one readers open. On `s3://` the credentials and endpoint of `[storage]` are handed to the extension
+//! as a scoped `TYPE lance` secret, never printed.
+
+use anyhow::{Context, Result};
+use flowrun_engine::Table;
+use flowrun_storage::StorageConfig;
+
+use crate::duck::{Duck, literal};
+use crate::extensions::{self, ExtensionSources};
+
+/// How a run's table is committed to the dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LanceMode {
+    /// The new version holds this run's rows only.
+    Overwrite,
+    /// The new version holds the previous rows and this run's.
+    Append,
+}
+
+impl LanceMode {
+    /// As written in a flow file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LanceMode::Overwrite => "overwrite",
+            LanceMode::Append => "append",
+        }
+    }
+}
+
+/// Commits `table` to the Lance dataset at `dest` (a local directory or `s3://bucket/key.lance`) as one
+/// new version; returns that version.
+pub fn write(table: &Table, dest: &str, mode: LanceMode, storage: &StorageConfig) -> Result<u64> {
+    let duck = Duck::in_memory()?;
+    extensions::ensure(&duck, "lance", &ExtensionSources::from_env())?;
+    if flowrun_storage::is_remote(dest) {
+        give_credentials(&duck, dest, storage)?;
+    } else if let Some(parent) = std::path::Path::new(dest).parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    duck.load_table("flowrun_lance", table)?;
+    duck.execute(&format!("COPY flowrun_lance TO {} (FORMAT lance, MODE '{}')", literal(dest), mode.as_str()))
+        .with_context(|| format!("cannot write the Lance dataset {dest}"))?;
+    latest_version(dest, storage)?.with_context(|| format!("{dest} has no version after a successful write"))
+}
+
+/// The dataset's newest version, `None` if there is no dataset at `dest`. Read from the manifest names
+/// under `_versions/`: `N.manifest`, or `u64::MAX - N` in 20 digits (Lance's newer naming, so that the
+/// newest sorts first in a listing).
+pub fn latest_version(dest: &str, storage: &StorageConfig) -> Result<Option<u64>> {
+    let names: Vec<String> = if flowrun_storage::is_remote(dest) {
+        let (bucket, key) = flowrun_storage::Bucket::parse_url(dest)?;
+        let bucket = flowrun_storage::Bucket::open(&format!("s3://{bucket}"), storage)?;
+        let prefix = format!("{}/_versions/", key.trim_end_matches('/'));
+        bucket.list(&prefix)?.into_iter().filter_map(|o| o.key.rsplit('/').next().map(str::to_string)).collect()
+    } else {
+        match std::fs::read_dir(std::path::Path::new(dest).join("_versions")) {
+            Ok(dir) => dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot list {dest}/_versions")),
+        }
+    };
+    Ok(names.iter().filter_map(|n| version_of(n)).max())
+}
+
+/// A manifest's file name -> its version.
+fn version_of(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".manifest")?;
+    let n: u64 = stem.parse().ok()?;
+    Some(if stem.len() == 20 { u64::MAX - n } else { n })
+}
+
+/// Gives the extension the object storage settings for `dest`'s bucket (a secret scoped to it).
+fn give_credentials(duck: &Duck, dest: &str, cfg: &StorageConfig) -> Result<()> {
+    let (bucket, _) = flowrun_storage::Bucket::parse_url(dest)?;
+    let (key, secret, token) = cfg.credentials()?;
+    let mut opts = vec![
+        "TYPE lance".to_string(),
+        "PROVIDER config".to_string(),
+        format!("SCOPE {}", literal(&format!("s3://{bucket}/"))),
+        format!("ACCESS_KEY_ID {}", literal(&key)),
+        format!("SECRET_ACCESS_KEY {}", literal(secret.expose())),
+        format!("REGION {}", literal(&cfg.region)),
+        format!("VIRTUAL_HOSTED_STYLE_REQUEST {}", !cfg.path_style),
+        format!("ALLOW_HTTP {}", cfg.allow_http),
+    ];
+    if let Some(endpoint) = &cfg.endpoint {
+        opts.push(format!("ENDPOINT {}", literal(endpoint)));
+    }
+    if let Some(t) = token {
+        opts.push(format!("SESSION_TOKEN {}", literal(t.expose())));
+    }
+    duck.execute_quiet(&format!("CREATE OR REPLACE SECRET flowrun_lance ({})", opts.join(", ")))
+        .map_err(|e| anyhow::anyhow!("cannot give DuckDB's lance extension the S3 credentials: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_names_give_versions() {
+        assert_eq!(version_of("3.manifest"), Some(3));
+        assert_eq!(version_of("18446744073709551614.manifest"), Some(1));
+        assert_eq!(version_of("18446744073709551612.manifest"), Some(3));
+        assert_eq!(version_of("_latest.manifest"), None);
+        assert_eq!(version_of("x.txn"), None);
+    }
+}
