@@ -321,6 +321,18 @@ fn unknown_catalog_kind_and_bad_table_names_are_refused_before_running() {
     assert!(out.stderr.contains("table name `pv\"; DROP TABLE x; --` is not allowed"), "{}", out.stderr);
     assert!(out.stderr.contains("flow.toml:"), "the error points into the flow: {}", out.stderr);
     assert!(!s.path().join("lake.ducklake").exists(), "nothing ran, nothing was created");
+
+    s.write("flow.toml", &lake_flow("lake.ducklake", "data"));
+    for (setting, says) in [
+        ("commit_retries=-5", "commit_retries is a whole number of at least 0, not `-5`"),
+        ("commit_retry_wait_ms=2.5", "commit_retry_wait_ms is a whole number"),
+        ("commit_retry_backoff=0.5", "commit_retry_backoff is a number of at least 1"),
+    ] {
+        let out = s.run(&["run", "flow.toml", "--lake", setting]);
+        assert_eq!(out.code, 2, "{setting}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{setting}: {}", out.stderr);
+    }
+    assert!(!s.path().join("lake.ducklake").exists(), "nothing ran, nothing was created");
 }
 
 #[test]

@@ -428,15 +428,27 @@ fn workers_split_the_items_and_the_lake_gets_one_runs_rows() {
     assert_eq!(lake["counts"]["main.pv_per_dataset"], 2);
 }
 
-/// The README's Slurm recipe, on a real one-node Slurm cluster: an array job of workers (each with its own
-/// cache directory, as on separate nodes), then the final run as a job that depends on the array.
+/// The README's Slurm recipe, its two commands as written there (the flow, bucket and array size aside), on
+/// a real one-node Slurm cluster: an array job of workers (each with its own cache directory, as on
+/// separate nodes) against the `prod` target and an S3 mirror, then the final run as a job that depends on
+/// the array.
 #[test]
 fn slurm_array_workers_then_a_dependent_final_job() {
-    let (s3, slurm) = (S3Server::start(), Slurm::start());
+    let (s3, pg, slurm) = (S3Server::start(), Postgres::start(), Slurm::start());
     s3.create_bucket(BUCKET);
-    let m = machine(&remote_flow("slurm", "pv", "unused", BUCKET));
+    let m = machine(&remote_flow("slurm", "pv", &pg.conninfo(), BUCKET));
+    assert!(s3.upload(BUCKET, "mirror", &m.path().join("mirror")) >= 2);
     let exe = env!("CARGO_BIN_EXE_flowrun");
-    let remote = format!("s3://{BUCKET}/slurm-cache");
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    // the README's commands: `flowrun --cache-dir ... run flows/doi_pv.toml --target prod --mirror ...`
+    let command = |marker: &str| -> String {
+        let line = readme.lines().find(|l| l.contains(marker)).unwrap_or_else(|| panic!("README: no `{marker}`"));
+        let start = line.find("'flowrun").unwrap() + 1;
+        line[start..start + line[start..].find('\'').unwrap()]
+            .replacen("flowrun", &format!("{exe} --json"), 1)
+            .replace("flows/doi_pv.toml", "flow.toml")
+            .replace("s3://doi-pv/mirror", &format!("s3://{BUCKET}/mirror"))
+    };
     let sbatch = |args: &[&str], wrap: &str| -> String {
         let out = slurm
             .cmd("sbatch")
@@ -444,24 +456,17 @@ fn slurm_array_workers_then_a_dependent_final_job() {
             .args(args)
             .args(["--wrap", wrap])
             .envs(s3.env())
+            .env("TMPDIR", m.path())
             .env("NO_COLOR", "1")
             .output()
             .unwrap();
         assert!(out.status.success(), "sbatch: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
-    let workers = sbatch(
-        &["--array=0-1", "--output=worker-%a.json"],
-        &format!(
-            "{exe} --json --cache-dir cache-$SLURM_ARRAY_TASK_ID run flow.toml --remote-cache {remote} \
-             --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT"
-        ),
-    );
-    let last = sbatch(
-        &[&format!("--dependency=afterok:{workers}"), "--output=final.json"],
-        &format!("{exe} --json --cache-dir cache-final run flow.toml --remote-cache {remote}"),
-    );
-    let state = slurm.wait(&last, std::time::Duration::from_secs(180));
+    let workers = sbatch(&["--array=0-1", "--output=worker-%a.json"], &command("--shard $SLURM_ARRAY_TASK_ID"));
+    let last =
+        sbatch(&[&format!("--dependency=afterok:{workers}"), "--output=final.json"], &command("flowrun-cache-final"));
+    let state = slurm.wait(&last, std::time::Duration::from_secs(240));
     let report = |name: &str| -> Out {
         let stdout = std::fs::read_to_string(m.path().join(name)).unwrap_or_default();
         Out { code: 0, stdout, stderr: state.clone() }
@@ -471,11 +476,10 @@ fn slurm_array_workers_then_a_dependent_final_job() {
     assert!(ran(&w0).iter().any(|n| n.contains("[ind_pv_solar_farms_2022]")), "{}", w0.stdout);
     assert!(ran(&w1).iter().any(|n| n.contains("[usa_uspvdb]")), "{}", w1.stdout);
     assert!(!ran(&fin).iter().any(|n| n.contains('[')), "the final job computes no item: {:?}", ran(&fin));
-    let lake = read_lake(
-        &format!("ducklake:{}", m.path().join("lake.ducklake").display()),
-        &format!("{}/", m.path().join("lake_data").display()),
-        None,
-    );
+    for cache in ["flowrun-cache-0", "flowrun-cache-1", "flowrun-cache-final"] {
+        assert!(m.path().join(cache).is_dir(), "each task has its own cache in $TMPDIR: {cache}");
+    }
+    let lake = read_lake(&format!("ducklake:postgres:{}", pg.conninfo()), "s3://lake-bucket/data/", Some(&s3));
     assert_eq!(lake["counts"]["main.pv"], 1363 + 3698, "{lake}");
 }
 
@@ -555,6 +559,23 @@ fn two_machines_appending_the_same_value_at_once_add_it_once() {
     assert_eq!(appended.len(), 1, "{:?}", outs.iter().map(|o| &o.stdout).collect::<Vec<_>>());
     let lake = read_lake(&format!("ducklake:postgres:{}", pg.conninfo()), "s3://lake-bucket/data/", Some(&s3));
     assert_eq!(lake["counts"]["main.pv_same"], 1363 + 3698, "{lake}");
+
+    // `commit_retries = 0`: the same meeting of two commits (a new value now) is not planned again; the
+    // later one fails with exit 3 and the value is appended once, by the other
+    let args =
+        ["--json", "run", "flow.toml", "--target", "prod", "--mirror", "mirror_india", "--lake", "commit_retries=0"];
+    for m in &machines[..2] {
+        run_on(m, &s3, &["run", "flow.toml", "--mirror", "mirror_india"]).ok();
+    }
+    let runs: Vec<Child> = machines[..2].iter().map(|m| spawn(m, &args, &env)).collect();
+    let outs: Vec<Out> = runs.into_iter().map(finish).collect();
+    let mut codes: Vec<i32> = outs.iter().map(|o| o.code).collect();
+    codes.sort();
+    assert_eq!(codes, [0, 3], "{:?}", outs.iter().map(|o| &o.stderr).collect::<Vec<_>>());
+    let failed = outs.iter().find(|o| o.code == 3).unwrap();
+    assert!(failed.stderr.contains("maximum retry count of 0"), "{}", failed.stderr);
+    let lake = read_lake(&format!("ducklake:postgres:{}", pg.conninfo()), "s3://lake-bucket/data/", Some(&s3));
+    assert_eq!(lake["counts"]["main.pv_same"], 1363 + 3698 + 1363, "{lake}");
 }
 
 /// What cannot work says so, names the target and what failed (exit 3), keeps the node results, and a rerun

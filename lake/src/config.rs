@@ -250,16 +250,21 @@ impl LakeConfig {
                 Catalog::Postgres(_) => bail!("[lake] data_path is required with a PostgreSQL catalog"),
             },
         };
-        let number = |key: &str, default: f64| -> Result<f64> {
-            match get(key) {
-                Some((v, _)) => v.parse::<f64>().map_err(|_| anyhow!("[lake] {key} is a number, not `{v}`")),
-                None => Ok(default),
+        // a count, a wait and a factor: whole, whole and >= 1 (DuckLake would take a negative one as it is)
+        let number = |key: &str, default: f64, whole: bool, least: f64| -> Result<f64> {
+            let Some((v, _)) = get(key) else { return Ok(default) };
+            match v.parse::<f64>() {
+                Ok(n) if n.is_finite() && n >= least && (!whole || n.fract() == 0.0) && n <= u32::MAX as f64 => Ok(n),
+                _ => {
+                    let kind = if whole { "a whole number" } else { "a number" };
+                    bail!("[lake] {key} is {kind} of at least {least}, not `{v}`")
+                }
             }
         };
         let retries = (
-            number("commit_retries", 10.0)? as u32,
-            number("commit_retry_wait_ms", 100.0)? as u32,
-            number("commit_retry_backoff", 1.5)?,
+            number("commit_retries", 10.0, true, 0.0)? as u32,
+            number("commit_retry_wait_ms", 100.0, true, 0.0)? as u32,
+            number("commit_retry_backoff", 1.5, false, 1.0)?,
         );
         let storage = crate::storage_config(flow)?;
         let alias = get("alias").map(|(a, _)| a).unwrap_or_else(|| "lake".to_string());

@@ -118,12 +118,16 @@ impl StorageConfig {
             }
         };
         for k in ["access_key_id_env", "secret_access_key_env", "session_token_env"] {
+            // a variable name is upper case: a secret pasted here by mistake (mixed or lower case, or an
+            // access key id) is refused without being printed
             if let Some(v) = text(k)?
-                && (!v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && (v.is_empty()
+                    || v.starts_with(|c: char| c.is_ascii_digit())
+                    || !v.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
                     || ["AKIA", "ASIA"].iter().any(|p| v.starts_with(p)))
             {
                 bail!(
-                    "[storage] {k} names an environment variable (like AWS_ACCESS_KEY_ID); its value is not a variable name (a secret never goes in a flow file)"
+                    "[storage] {k} names an environment variable in upper case (like AWS_ACCESS_KEY_ID); its value is not one (a secret never goes in a flow file)"
                 );
             }
         }
@@ -501,6 +505,14 @@ mod tests {
         let t: toml::Table = toml::from_str("access_key_id_env = \"AKIAIOSFODNN7EXAMPLE\"").unwrap();
         let err = StorageConfig::from_table(Some(&t)).unwrap_err().to_string();
         assert!(err.contains("names an environment variable") && !err.contains("IOSFODNN7"), "{err}");
+        // secrets without `/` or `+` (a third of AWS's), and MinIO's lower-case ones, are refused too
+        for secret in ["wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY", "minioadmin"] {
+            let t: toml::Table = toml::from_str(&format!("secret_access_key_env = \"{secret}\"")).unwrap();
+            let err = StorageConfig::from_table(Some(&t)).unwrap_err().to_string();
+            assert!(err.contains("names an environment variable") && !err.contains(secret), "{err}");
+        }
+        let t: toml::Table = toml::from_str("secret_access_key_env = \"LAB_SECRET_2\"").unwrap();
+        assert_eq!(StorageConfig::from_table(Some(&t)).unwrap().secret_var, "LAB_SECRET_2");
         let t: toml::Table = toml::from_str("bucket = \"x\"").unwrap();
         assert!(StorageConfig::from_table(Some(&t)).unwrap_err().to_string().contains("has no key `bucket`"));
     }
