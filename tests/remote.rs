@@ -68,10 +68,10 @@ remote = "s3://{bucket}/cache"
     )
 }
 
-/// A working directory of its own (another machine): the flow, a mirror of the two datasets, and a mirror
+/// Another machine (a working directory and a `HOME` of its own): the flow, a mirror of the two datasets, and a mirror
 /// of India only (`mirror_india`, to change what a run writes).
 fn machine(flow: &str) -> Scratch {
-    let s = Scratch::new();
+    let s = Scratch::machine();
     s.write("flow.toml", flow);
     let dir = s.path().join("mirror");
     std::fs::create_dir_all(&dir).unwrap();
@@ -114,8 +114,11 @@ text = lambda t: q(f'SELECT COLUMNS(*)::VARCHAR FROM {t}')
 history = [text('lake.main.flowrun_runs'), text('lake.main.flowrun_node_runs'), text('lake.snapshots()')]
 files = q("SELECT data_file FROM ducklake_list_files('lake', 'pv')") if 'main.pv' in counts else []
 runs = q('SELECT run_id, snapshot_id FROM lake.main.flowrun_runs ORDER BY 2') if 'main.flowrun_runs' in counts else []
+# every row of `pv` but its time of processing, in one digest that ignores row order
+rows = "SELECT concat_ws('~', COLUMNS(c -> c != 'processed_at')) AS r FROM lake.main.pv"
+digest = q(f"SELECT md5(string_agg(r, '|' ORDER BY r)) FROM ({rows})")[0][0] if 'main.pv' in counts else None
 print(json.dumps({'counts': counts, 'history': json.dumps(history, default=str), 'runs': runs,
-                  'files': [f[0] for f in files], 'snapshots': len(history[2])}))
+                  'files': [f[0] for f in files], 'snapshots': len(history[2]), 'pv_digest': digest}))
 "#;
 
 fn read_lake(attach: &str, data_path: &str, s3: Option<&S3Server>) -> serde_json::Value {
@@ -224,7 +227,7 @@ fn prod_target_writes_postgres_and_s3_and_a_second_machine_runs_nothing() {
             s3.put(BUCKET, &format!("mirror/{d}/{name}"), &f);
         }
     }
-    let c = Scratch::new();
+    let c = Scratch::machine();
     c.write("flow.toml", &flow);
     let from_s3 = run_on(&c, &s3, &["--json", "run", "flow.toml", "--mirror", "s3://lake-bucket/mirror"]).ok();
     let outputs = |o: &Out| o.json()["outputs"].clone();
@@ -254,7 +257,7 @@ fn doi_pv_prod_target_holds_what_the_local_target_holds() {
     s3.create_bucket("doi-pv");
     pg.createdb("doi_pv");
     assert!(s3.upload("doi-pv", "mirror", &pv_data()) > 10);
-    let m = Scratch::new();
+    let m = Scratch::machine();
     let flow = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/doi_pv.toml")).unwrap();
     m.write("flows/doi_pv.toml", &flow);
     let pg_env = [("PGHOST", "127.0.0.1".to_string()), ("PGPORT", pg.port.to_string()), ("PGUSER", "postgres".into())];
@@ -294,7 +297,7 @@ fn doi_pv_prod_target_holds_what_the_local_target_holds() {
     assert!(statuses.iter().all(|s| *s == "unchanged"), "{statuses:?}");
 
     // explain on a machine with an empty cache reads the remote cache and changes nothing, here or there
-    let fresh = Scratch::new();
+    let fresh = Scratch::machine();
     fresh.write("flows/doi_pv.toml", &flow);
     let before = s3.list("doi-pv", "cache/");
     let explained = fresh
@@ -316,7 +319,7 @@ fn remote_cache_faults_are_warnings_and_nothing_corrupt_is_served() {
     s3.create_bucket(BUCKET);
     let remote = format!("s3://{BUCKET}/shared");
     let args = ["--json", "run", "flow.toml", "--remote-cache", remote.as_str()];
-    let a = Scratch::new();
+    let a = Scratch::machine();
     a.write("flow.toml", crate::util::FANOUT);
     let first = run_on(&a, &s3, &args).ok();
     let result = |o: &Out| o.json()["outputs"][0]["identity"].clone();
@@ -328,7 +331,7 @@ fn remote_cache_faults_are_warnings_and_nothing_corrupt_is_served() {
     for key in &blobs {
         s3.put(BUCKET, key, &junk);
     }
-    let b = Scratch::new();
+    let b = Scratch::machine();
     b.write("flow.toml", crate::util::FANOUT);
     let repaired = run_on(&b, &s3, &args).ok();
     // sq[1] = 1 = plus[0]: one blob, which plus[0]'s write-through may have repaired before sq[1] looked
@@ -336,12 +339,12 @@ fn remote_cache_faults_are_warnings_and_nothing_corrupt_is_served() {
     assert!(served.iter().all(|n| n == "sq[1]" || n == "plus[0]"), "nothing corrupt is served: {served:?}");
     assert_eq!(result(&repaired), result(&first));
     assert!(repaired.stdout.contains("holds a corrupt copy"), "{}", repaired.stdout);
-    let c = Scratch::new();
+    let c = Scratch::machine();
     c.write("flow.toml", crate::util::FANOUT);
     assert_eq!(ran(&run_on(&c, &s3, &args).ok()), Vec::<String>::new(), "the write-through repaired the blobs");
 
     // a remote that cannot be reached, or refuses the credentials: a warning, and the run goes on locally
-    let d = Scratch::new();
+    let d = Scratch::machine();
     d.write("flow.toml", crate::util::FANOUT);
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     let down = d
@@ -360,7 +363,7 @@ fn remote_cache_faults_are_warnings_and_nothing_corrupt_is_served() {
     assert_eq!(worker.json()["status"], "error", "{}", worker.stdout);
     assert!(down.stdout.contains("the remote cache s3://lake-bucket/shared failed"), "{}", down.stdout);
     assert!(down.stdout.contains("cannot reach"), "{}", down.stdout);
-    let e = Scratch::new();
+    let e = Scratch::machine();
     e.write("flow.toml", crate::util::FANOUT);
     let endpoint = s3.endpoint();
     let refused = e
@@ -426,6 +429,16 @@ fn workers_split_the_items_and_the_lake_gets_one_runs_rows() {
     let lake = read_lake(&format!("ducklake:postgres:{}", pg.conninfo()), "s3://lake-bucket/data/", Some(&s3));
     assert_eq!(lake["counts"]["main.pv"], 1363 + 3698, "{lake}");
     assert_eq!(lake["counts"]["main.pv_per_dataset"], 2);
+    // the very rows one sequential run writes, on a machine of its own with the local target
+    let alone = machine(&flow);
+    run_on(&alone, &s3, &["run", "flow.toml"]).ok();
+    let sequential = read_lake(
+        &format!("ducklake:{}", alone.path().join("lake.ducklake").display()),
+        &format!("{}/", alone.path().join("lake_data").display()),
+        None,
+    );
+    assert!(lake["pv_digest"].is_string(), "{lake}");
+    assert_eq!(lake["pv_digest"], sequential["pv_digest"], "the workers' lake holds one sequential run's rows");
 }
 
 /// The README's Slurm recipe, its two commands as written there (the flow, bucket and array size aside), on

@@ -5,6 +5,8 @@ use std::process::Command;
 
 pub struct Scratch {
     pub dir: tempfile::TempDir,
+    /// Variables every command run here gets (another machine's `HOME`).
+    env: Vec<(&'static str, PathBuf)>,
 }
 
 pub struct Out {
@@ -40,7 +42,23 @@ impl Out {
 
 impl Scratch {
     pub fn new() -> Scratch {
-        Scratch { dir: tempfile::tempdir().unwrap() }
+        Scratch { dir: tempfile::tempdir().unwrap(), env: Vec::new() }
+    }
+
+    /// Another machine: a scratch directory with a `HOME` of its own (no flowrun cache, no record of
+    /// checked extension signatures, no pip or DuckDB directories), given DuckDB's extension files in
+    /// `FLOWRUN_DUCKDB_EXTENSIONS` as an administrator would (the files this user's runs provisioned), so
+    /// that nothing is downloaded again.
+    pub fn machine() -> Scratch {
+        let mut s = Scratch::new();
+        let home = s.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        s.env = vec![
+            ("XDG_CACHE_HOME", home.join(".cache")),
+            ("HOME", home),
+            ("FLOWRUN_DUCKDB_EXTENSIONS", flowrun_extension_dir()),
+        ];
+        s
     }
 
     pub fn path(&self) -> &Path {
@@ -57,6 +75,7 @@ impl Scratch {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_flowrun"));
         c.current_dir(self.path()).env("NO_COLOR", "1").env_remove("FLOWRUN_CACHE_DIR");
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 

@@ -8,6 +8,9 @@
 //!   gives a wrong hit.
 //! - [`runlog`]: the record of every run and every node run.
 //! - [`lock`]: one writer at a time on a cache directory (or a lake catalog), with the holder's name.
+//! - [`remote`]: the [`Remote`](remote::Remote) trait of a shared cache behind the local [`Store`]
+//!   (read-through, write-through, verified on read); its object-store implementation is in
+//!   `flowrun-storage`.
 //!
 //! The store knows nothing about node values: the engine encodes a value to bytes (Arrow IPC for tables,
 //! a serde encoding for the rest) and hands the bytes over. That keeps this crate small and quick to test.
