@@ -147,6 +147,12 @@ fn the_pipeline_on_the_shared_data() {
     // ids are unique; the country stats count every located row
     assert_eq!(lake["ids"][0], lake["ids"][1]);
     assert_eq!(lake["stats_total"].as_f64().unwrap() as i64, lake["prepared"].as_i64().unwrap());
+    // the country join counts its outcome: `countries: N rows within a country, K without a country`
+    let countries = notes.iter().find(|n| n.starts_with("countries: ")).expect("a note on the country join");
+    let counts: Vec<i64> = countries.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(counts.len(), 2, "{countries}");
+    assert_eq!(counts[0] + counts[1], lake["prepared"].as_i64().unwrap(), "{countries}");
+    assert!(counts[1] > 0 && counts[1] < 100, "{countries}");
     // the country of every row read: exactly what GeoPandas gives, and the figures
     let oracle = python_json(
         GEOPANDAS_COUNTRIES,
@@ -422,11 +428,19 @@ fn manifest_mistakes_are_flow_errors() {
     ];
     for (from, to, expected) in cases {
         assert!(flow.contains(from), "the flow has {from}");
-        s.write("flows/doi_pv.toml", &flow.replacen(from, to, 1));
+        let changed = flow.replacen(from, to, 1);
+        s.write("flows/doi_pv.toml", &changed);
         for cmd in ["explain", "run"] {
             let out = s.run(&[cmd, "flows/doi_pv.toml", "--mirror", &pv_data().display().to_string()]);
             assert_eq!(out.code, 2, "{to}: {cmd} exits 2\n{}\n{}", out.stdout, out.stderr);
             assert!(out.stderr.contains(expected) && out.stderr.contains("dataset `"), "{to}: {}", out.stderr);
+            // the error points at that dataset's table, not at the first of the manifest
+            let dataset = out.stderr.split("dataset `").nth(1).and_then(|r| r.split('`').next()).unwrap();
+            let header = format!("[config.manifest.{dataset}]");
+            if let Some(line) = changed.lines().position(|l| l.trim() == header) {
+                let at = format!("doi_pv.toml:{}:", line + 1);
+                assert!(out.stderr.contains(&at), "{to}: not at {at}: {}", out.stderr);
+            }
         }
     }
     // the countries dataset is checked the same way

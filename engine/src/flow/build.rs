@@ -756,6 +756,16 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// The place in the file of the entry of config table `key` that `message` names in backticks.
+    fn entry_span(&self, key: &str, value: &toml::Value, message: &str) -> Option<Range<usize>> {
+        let toml::Value::Table(t) = value else { return None };
+        let entry = t.keys().find(|k| message.contains(&format!("`{k}`")))?;
+        let doc = toml::de::DeTable::parse(&self.src.text).ok()?;
+        let config = doc.get_ref().iter().find(|(k, _)| k.get_ref() == "config")?.1.get_ref().as_table()?;
+        let table = config.iter().find(|(k, _)| k.get_ref() == key)?.1.get_ref().as_table()?;
+        table.iter().find(|(k, _)| k.get_ref() == entry.as_str()).map(|(k, _)| k.span())
+    }
+
     fn literal(
         &mut self,
         node: &str,
@@ -778,6 +788,9 @@ impl<'a> Builder<'a> {
                 )
                 .node(node)
                 .help(Some(format!("write a value of type `{}`", ty.short_name())));
+                // a config table whose entry the error names (`dataset `b`: ...`): point at that entry
+                let config_key = origin.strip_prefix("config `").and_then(|k| k.strip_suffix('`'));
+                let span = config_key.and_then(|k| self.entry_span(k, value, &e.to_string())).or(span);
                 if let Some(span) = span {
                     d = d.at(self.label(span, format!("expected `{}`", ty.short_name())));
                 }

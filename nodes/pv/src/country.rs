@@ -18,7 +18,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use flowrun_engine::{Table, Value, node};
+use flowrun_engine::{Table, Value, ctx, node};
 use geo::algorithm::indexed::IntervalTreeMultiPolygon;
 use geo::orient::{Direction, Orient};
 use geo::{Closest, ClosestPoint, Contains, Distance, Geodesic, Geometry, MultiPolygon, Point};
@@ -140,6 +140,17 @@ pub fn locate(t: &Table, countries: &Table, method: CountryMethod, max_distance_
     let name: StringArray = found.iter().map(|f| f.and_then(|(c, _, _)| text(&names, c))).collect();
     let how: StringArray = found.iter().map(|f| f.map(|(_, m, _)| m)).collect();
     let distance: Float64Array = found.iter().map(|f| f.map(|(_, _, d)| d)).collect();
+    let by = |m: &str| found.iter().flatten().filter(|f| f.1 == m).count();
+    let farthest = found.iter().flatten().map(|f| f.2).fold(0.0, f64::max);
+    let nearest_note = match method {
+        CountryMethod::Nearest => format!(", {} by the nearest border (at most {farthest:.0} m)", by("nearest")),
+        CountryMethod::Within => String::new(),
+    };
+    ctx::note(format!(
+        "countries: {} rows within a country{nearest_note}, {} without a country",
+        by("within"),
+        found.iter().filter(|f| f.is_none()).count()
+    ));
     let batch = with_column(&batch, Field::new("country_code", DataType::Utf8, true), Arc::new(code))?;
     let batch = with_column(&batch, Field::new("country_name", DataType::Utf8, true), Arc::new(name))?;
     let batch = with_column(&batch, Field::new("country_method", DataType::Utf8, true), Arc::new(how))?;

@@ -471,8 +471,9 @@ fn dbf_value(v: Option<shapefile::dbase::FieldValue>) -> J {
     }
 }
 
-/// A DBF record read field by field: a value that does not parse (GDAL's `00000000` for a null date, `***`
-/// in a number) is kept as its error, so one bad cell does not fail the whole file.
+/// A DBF record read field by field: a value that does not parse (`***` in a number, GDAL's `00000000` for a
+/// null date, which `read_shapefile` then takes as null) is kept as its error, so one bad cell does not fail
+/// the whole file.
 struct LenientRecord(Vec<Result<shapefile::dbase::FieldValue, String>>);
 
 impl shapefile::dbase::ReadableRecord for LenientRecord {
@@ -530,6 +531,7 @@ pub fn read_shapefile(path: &Path, encoding: Option<&str>) -> Result<FileTable> 
     }
     .map_err(|e| anyhow!("{}: {e}", dbf.display()))?;
     let field_names: Vec<String> = dbf_reader.fields().iter().map(|f| f.name().to_string()).collect();
+    let is_date: Vec<bool> = dbf_reader.fields().iter().map(|f| f.field_type() == dbase::FieldType::Date).collect();
     let records = dbf_reader.header().num_records as usize;
     let shp = BufReader::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
     let shape_reader = shapefile::ShapeReader::new(shp).map_err(|e| anyhow!("{e}"))?;
@@ -548,6 +550,10 @@ pub fn read_shapefile(path: &Path, encoding: Option<&str>) -> Result<FileTable> 
         }
         for (j, (name, value)) in field_names.iter().zip(values).enumerate() {
             let value = value.unwrap_or_else(|e| {
+                // GDAL writes a null date as `00000000` (month 0): a null, not an unreadable value
+                if is_date[j] && e.contains("Month must be 1..=12, got 0") {
+                    return dbase::FieldValue::Date(None);
+                }
                 unreadable[j].0 += 1;
                 unreadable[j].1.get_or_insert_with(|| format!("record {i}: {e}"));
                 dbase::FieldValue::Character(None)
