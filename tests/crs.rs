@@ -1,8 +1,16 @@
 //! Reprojection against PROJ: random points in the area of use of EPSG:27700, 3035, 2163, 4269, 32633, 3857,
 //! 2056 and lat/lon-ordered 4326, reprojected by PROJ (pyproj, `tests/fixtures/crs_oracle.py`) and by
-//! `flowrun_pv::crs` from each CRS's EPSG code, ESRI WKT and OGC WKT. Prints the largest error per CRS.
+//! `flowrun_pv::crs` from each CRS's EPSG code, ESRI WKT and OGC WKT. Prints the largest error per CRS, in
+//! every run of the tests (straight to the process's stderr, which the test harness does not capture).
+
+use std::io::Write;
 
 use flowrun_pv::crs::Crs;
+
+/// One line of the report, shown even when the test passes.
+fn say(line: String) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
 
 use crate::util::python;
 
@@ -19,14 +27,14 @@ fn distance_m((lon1, lat1): (f64, f64), (lon2, lat2): (f64, f64)) -> f64 {
 /// regional variant).
 fn oracle_report(json: &str) -> Vec<(String, f64)> {
     let oracle: serde_json::Value = serde_json::from_str(json).expect("the oracle's JSON");
-    println!("crs oracle: pyproj {}, PROJ {}", oracle["pyproj"], oracle["proj"]);
+    say(format!("crs oracle: pyproj {}, PROJ {}", oracle["pyproj"], oracle["proj"]));
     let mut report = vec![];
     for c in oracle["crs"].as_array().expect("a list of CRSs") {
         let code = c["code"].as_u64().expect("code") as u32;
         let points: Vec<[f64; 5]> = serde_json::from_value(c["points"].clone()).expect("points");
         let others = points.iter().filter(|p| p[4] != 0.0).count();
         if others > 0 {
-            println!("crs oracle: EPSG:{code}: PROJ's operations: {}", c["operations"]);
+            say(format!("crs oracle: EPSG:{code}: PROJ's operations: {}", c["operations"]));
         }
         for (how, spec) in [
             ("EPSG code", format!("EPSG:{code}")),
@@ -45,7 +53,10 @@ fn oracle_report(json: &str) -> Vec<(String, f64)> {
             }
             let n = points.len() - others;
             let more = format!(" (PROJ's other operations: {max_others:.2} m over {others} points)");
-            println!("crs oracle: {what}: max error {max:.4} m over {n} points{}", if others > 0 { &more } else { "" });
+            say(format!(
+                "crs oracle: {what}: max error {max:.4} m over {n} points{}",
+                if others > 0 { &more } else { "" }
+            ));
             report.push((what, max));
         }
     }

@@ -216,6 +216,16 @@ fn the_pipeline_on_the_shared_data() {
         let area = area.as_f64().unwrap();
         assert!((total - area).abs() <= 1e-9 * area, "{dataset}: flowrun sums {total} m2, the source column {area}");
     }
+
+    // country_method = "nearest": the rows within a country keep it; most of the others get the nearest
+    // country within country_max_distance_km (10 km by default), each flagged with its distance
+    let nearest = run_pv(&s, &["--set", "overlap_threshold=2", "--set", "country_method=nearest"]).ok();
+    let note = nearest.stdout.split("countries: ").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
+    let n: Vec<f64> = note.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(n.len(), 4, "within, nearest, at most (m), without: {note}");
+    assert_eq!(n[0] as i64, counts[0], "{note}");
+    assert!(n[1] > 0.0 && n[1] as i64 + n[3] as i64 == counts[1], "{note}");
+    assert!(n[2] > 0.0 && n[2] <= 10_000.0, "{note}");
 }
 
 #[test]

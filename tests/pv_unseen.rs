@@ -100,4 +100,21 @@ fn unseen_datasets_come_out_as_geopandas_reads_them() {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["worst"]["missing"], 0);
     assert_eq!(report["worst"]["country_mismatches"], 0);
+
+    // `layer = "*"`: every feature layer of the GeoPackage (four, in two CRSs), as pyogrio counts them
+    let manifest = "[config.manifest.multi_layer_gpkg]\nrepository = \"direct\"\nsource = \"local fixture\"\n\
+                    format = \"gpkg\"\nlayer = \"*\"\nid = \"farm_id\"\n";
+    std::fs::write(&flow_path, format!("{head}{manifest}{tail}")).unwrap();
+    let out = s.run(&["--json", "run", "flows/doi_pv.toml", "--mirror", &mirror_arg]).ok();
+    let gpkg = mirror.join("multi_layer_gpkg/energy_infrastructure.gpkg");
+    let layers = crate::util::python_json(
+        "import json, sys, pyogrio\n\
+         p = sys.argv[1]\n\
+         print(json.dumps({l: pyogrio.read_info(p, layer=l)['features'] for l, _ in pyogrio.list_layers(p)}))",
+        &[&gpkg.display().to_string()],
+    );
+    let layers = layers.as_object().unwrap();
+    assert_eq!(layers.len(), 4, "{layers:?}");
+    let total: i64 = layers.values().map(|n| n.as_i64().unwrap()).sum();
+    assert!(out.stdout.contains(&format!("; {total} rows read")), "{total} rows in {layers:?}: {}", out.stdout);
 }
