@@ -7,7 +7,9 @@
 //! 2. from the workspace's `Cargo.lock`, every package the crate depends on, transitively: a registry or
 //!    git package by name, version, source and checksum (a crate upgrade can change geometry results); a
 //!    path package (no source) by its own digest of step 1, found by following the `path =` dependencies of
-//!    the manifests (the crate's, its path dependencies', and their workspaces' `[workspace.dependencies]`).
+//!    the manifests (the crate's, its path dependencies', and their workspaces' `[workspace.dependencies]`);
+//! 3. the crate's workspace's `[workspace.dependencies]` table itself: the features it turns on for every
+//!    `x.workspace = true` dependency.
 //!
 //! So editing any code of the crate, of a workspace crate it depends on, or upgrading any dependency in its
 //! closure re-runs its nodes, and nothing else does: nodes of a crate that does not depend on the edited one
@@ -43,6 +45,9 @@ pub fn digest(dir: &Path, name: &str) -> String {
     let mut h = blake3::Hasher::new();
     h.update(b"flowrun crate digest 1\0");
     h.update(own_digest(dir).as_bytes());
+    if let Some(deps) = workspace_root(dir).and_then(|(_, t)| t.get("workspace")?.get("dependencies").cloned()) {
+        h.update(deps.to_string().as_bytes());
+    }
     if let Some(lock) = find_up(dir, "Cargo.lock") {
         let lock = read_toml(&lock).unwrap_or_default();
         let packages: Vec<toml::Table> = match lock.get("package") {
@@ -147,9 +152,7 @@ fn path_packages(dir: &Path) -> BTreeMap<String, PathBuf> {
         if out.insert(name.to_string(), d.clone()).is_some() {
             continue;
         }
-        let root = d.ancestors().find_map(|a| {
-            read_toml(&a.join("Cargo.toml")).filter(|t| t.contains_key("workspace")).map(|t| (a.to_path_buf(), t))
-        });
+        let root = workspace_root(&d);
         let targets = manifest.get("target").and_then(|t| t.as_table()).into_iter().flat_map(|t| t.values());
         for table in std::iter::once(&manifest).chain(targets.filter_map(|t| t.as_table())) {
             for kind in ["dependencies", "dev-dependencies", "build-dependencies"] {
@@ -161,6 +164,13 @@ fn path_packages(dir: &Path) -> BTreeMap<String, PathBuf> {
         }
     }
     out
+}
+
+/// The directory and manifest of the workspace `dir` belongs to (the nearest `Cargo.toml` with `[workspace]`).
+fn workspace_root(dir: &Path) -> Option<(PathBuf, toml::Table)> {
+    dir.ancestors().find_map(|a| {
+        read_toml(&a.join("Cargo.toml")).filter(|t| t.contains_key("workspace")).map(|t| (a.to_path_buf(), t))
+    })
 }
 
 /// The directories of the `path = "..."` entries of a dependency table, resolved against `base`.
@@ -223,6 +233,12 @@ mod tests {
         let (a3, b3) = digests();
         assert_ne!(a3, a2, "a dependency was upgraded");
         assert_eq!(b3, b0, "not one of b's");
+
+        // a feature turned on in [workspace.dependencies] (coarse: every crate of the workspace)
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        write(&root.join("Cargo.toml"), &format!("{manifest}geo = {{ version = \"0.33\", features = [\"serde\"] }}\n"));
+        let (a4, _) = digests();
+        assert_ne!(a4, a3, "the features of a workspace dependency changed");
         std::fs::remove_dir_all(&top).unwrap();
     }
 }
