@@ -649,4 +649,17 @@ mode = "append"
     let counts = read("counts.lance");
     assert_eq!((counts["latest"].as_i64(), counts["rows"].as_i64()), (Some(2), Some(3)), "{counts}");
     assert_eq!(counts["types"]["n"], "int64");
+
+    // the dataset keeps flowrun's record of what was committed: after `cache clear` (as from another
+    // directory or machine) the same values commit nothing, and the appended row is not appended again
+    s.write("flow.toml", &flow);
+    s.run(&["cache", "clear"]).ok();
+    let cleared = s.run(&["--json", "run", "flow.toml", "--mirror", &only_india.display().to_string()]).ok();
+    assert_eq!(statuses(&cleared), ["pv unchanged", "counts unchanged"]);
+    assert_eq!(read("counts.lance")["at"], serde_json::json!({"1": 2, "2": 3}));
+    // a mode changed is a change: the same value, now overwriting, makes version 3 with its one row
+    s.write("flow.toml", &flow.replace("mode = \"append\"", "mode = \"overwrite\""));
+    let overwritten = s.run(&["--json", "run", "flow.toml", "--mirror", &only_india.display().to_string()]).ok();
+    assert_eq!(statuses(&overwritten), ["pv unchanged", "counts written, version 3"]);
+    assert_eq!(read("counts.lance")["at"], serde_json::json!({"1": 2, "2": 3, "3": 1}));
 }

@@ -60,9 +60,8 @@ pub fn write(table: &Table, dest: &str, mode: LanceMode, storage: &StorageConfig
 /// newest sorts first in a listing).
 pub fn latest_version(dest: &str, storage: &StorageConfig) -> Result<Option<u64>> {
     let names: Vec<String> = if flowrun_storage::is_remote(dest) {
-        let (bucket, key) = flowrun_storage::Bucket::parse_url(dest)?;
-        let bucket = flowrun_storage::Bucket::open(&format!("s3://{bucket}"), storage)?;
-        let prefix = format!("{}/_versions/", key.trim_end_matches('/'));
+        let (bucket, key) = bucket_of(dest, storage)?;
+        let prefix = format!("{key}/_versions/");
         bucket.list(&prefix)?.into_iter().filter_map(|o| o.key.rsplit('/').next().map(str::to_string)).collect()
     } else {
         match std::fs::read_dir(std::path::Path::new(dest).join("_versions")) {
@@ -72,6 +71,46 @@ pub fn latest_version(dest: &str, storage: &StorageConfig) -> Result<Option<u64>
         }
     };
     Ok(names.iter().filter_map(|n| version_of(n)).max())
+}
+
+/// The version the commit of value `identity` in `mode` made, as the dataset records it, if it does.
+///
+/// flowrun keeps this record in the dataset itself, `_flowrun/<mode>/<identity>` beside Lance's own
+/// directories (Lance ignores it), written right after the commit: so any machine, working directory or
+/// cache that writes the dataset sees what was committed, as DuckLake's ledger does for lake tables. (The
+/// record is not in Lance's commit: a run killed between the two appends its value again on its rerun.)
+pub fn recorded(dest: &str, mode: LanceMode, identity: &str, storage: &StorageConfig) -> Result<Option<u64>> {
+    let key = record_key(mode, identity);
+    let text = if flowrun_storage::is_remote(dest) {
+        let (bucket, path) = bucket_of(dest, storage)?;
+        bucket.get(&format!("{path}/{key}"))?.map(|b| String::from_utf8_lossy(&b).into_owned())
+    } else {
+        std::fs::read_to_string(std::path::Path::new(dest).join(&key)).ok()
+    };
+    Ok(text.and_then(|t| t.trim().parse().ok()))
+}
+
+/// Records that the commit of `identity` in `mode` made `version` (see [`recorded`]).
+pub fn record(dest: &str, mode: LanceMode, identity: &str, version: u64, storage: &StorageConfig) -> Result<()> {
+    let key = record_key(mode, identity);
+    if flowrun_storage::is_remote(dest) {
+        let (bucket, path) = bucket_of(dest, storage)?;
+        bucket.put(&format!("{path}/{key}"), version.to_string().into_bytes())
+    } else {
+        let file = std::path::Path::new(dest).join(&key);
+        std::fs::create_dir_all(file.parent().unwrap_or(std::path::Path::new(dest)))?;
+        std::fs::write(&file, version.to_string()).with_context(|| format!("cannot write {}", file.display()))
+    }
+}
+
+fn record_key(mode: LanceMode, identity: &str) -> String {
+    format!("_flowrun/{}/{identity}", mode.as_str())
+}
+
+/// `s3://bucket/a/b.lance` -> the bucket and `a/b.lance`.
+fn bucket_of(dest: &str, storage: &StorageConfig) -> Result<(flowrun_storage::Bucket, String)> {
+    let (bucket, key) = flowrun_storage::Bucket::parse_url(dest)?;
+    Ok((flowrun_storage::Bucket::open(&format!("s3://{bucket}"), storage)?, key.trim_end_matches('/').to_string()))
 }
 
 /// A manifest's file name -> its version.

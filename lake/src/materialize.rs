@@ -16,8 +16,8 @@
 //!    atomic Lance commit each).
 //!
 //! A target whose value is unchanged since flowrun last wrote it there (same content hash, recorded in the
-//! cache index) is skipped (a Lance dataset in `overwrite` mode also needs to be at the version flowrun
-//! made; in `append` mode, to still hold that version: a rerun never appends the same value twice); when every target is unchanged the lake is not touched at all, so a fully
+//! cache index) is skipped (a Lance dataset answers itself, from flowrun's record in it: see
+//! [`crate::lance::recorded`]); when every target is unchanged the lake is not touched at all, so a fully
 //! cached rerun creates no empty snapshot (its record stays in the local run log, `flowrun runs`).
 
 use std::collections::HashMap;
@@ -255,7 +255,11 @@ pub fn destinations(flow: &Flow, lake: Option<&LakeConfig>) -> Vec<(String, Stri
             }
             Ok(Spec::File { path, .. }) => FileDest::resolve(flow, lake, &path).to_string(),
             Ok(Spec::Lance { path, mode }) => {
-                format!("{} ({}, a new version per run)", FileDest::resolve(flow, lake, &path), mode.as_str())
+                format!(
+                    "{} ({}, a new version per run that changes it)",
+                    FileDest::resolve(flow, lake, &path),
+                    mode.as_str()
+                )
             }
             Err((m, _)) => m,
         };
@@ -589,20 +593,27 @@ pub fn materialize(
     // 4. Lance datasets: one commit (a new version) each
     for (section, dest, mode, o, identity) in datasets {
         if let Some(l) = lake {
-            l.stop_if_interrupted()
-                .with_context(|| format!("`{section}` and the datasets after it were not written"))?;
+            l.stop_if_interrupted().with_context(|| match out.snapshot {
+                Some(snapshot) => format!(
+                    "the lake was committed (snapshot {snapshot}); `{section}` and the datasets after it were not \
+                     written"
+                ),
+                None => format!("`{section}` and the datasets after it were not written"),
+            })?;
         }
         let where_ = dest.to_string();
-        let latest =
-            lance::latest_version(&where_, &storage).with_context(|| format!("materialization `{section}`"))?;
-        // `identity@version`: the value this cache last committed there, and the version that commit made
-        let recorded = store
-            .and_then(|s| s.state(&state_key("lance", &where_)).ok().flatten())
-            .and_then(|r| r.split_once('@').and_then(|(i, v)| Some((i.to_string(), v.parse::<u64>().ok()?))));
-        let unchanged = match (&recorded, latest) {
-            (Some((i, made)), Some(latest)) if *i == identity.to_hex().as_str() => match mode {
-                LanceMode::Overwrite => latest == *made,
-                LanceMode::Append => latest >= *made,
+        let identity = identity.to_hex().to_string();
+        let in_dataset = |what: &str| format!("materialization `{section}` ({what} {where_})");
+        let latest = lance::latest_version(&where_, &storage).with_context(|| in_dataset("listing"))?;
+        let made = match latest {
+            Some(_) => lance::recorded(&where_, mode, &identity, &storage).with_context(|| in_dataset("reading"))?,
+            None => None,
+        };
+        // overwrite: the dataset is still at the version this value made; append: it still has that version
+        let unchanged = match (made, latest) {
+            (Some(made), Some(latest)) => match mode {
+                LanceMode::Overwrite => latest == made,
+                LanceMode::Append => latest >= made,
             },
             _ => false,
         };
@@ -610,11 +621,8 @@ pub fn materialize(
             "unchanged".to_string()
         } else {
             let value = table_of(o, &section)?;
-            let version = lance::write(&value, &where_, mode, &storage)
-                .with_context(|| format!("materialization `{section}` ({where_})"))?;
-            if let Some(s) = store {
-                s.set_state(&state_key("lance", &where_), &format!("{}@{version}", identity.to_hex()))?;
-            }
+            let version = lance::write(&value, &where_, mode, &storage).with_context(|| in_dataset("writing"))?;
+            lance::record(&where_, mode, &identity, version, &storage).with_context(|| in_dataset("recording"))?;
             format!("written, version {version}")
         };
         out.targets.push(TargetReport { section, kind: "lance".into(), destination: where_, rows: rows_of(o), status });
