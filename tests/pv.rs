@@ -447,10 +447,9 @@ fn manifest_mistakes_are_flow_errors() {
             // the error points at that dataset's table, not at the first of the manifest
             let dataset = out.stderr.split("dataset `").nth(1).and_then(|r| r.split('`').next()).unwrap();
             let header = format!("[config.manifest.{dataset}]");
-            if let Some(line) = changed.lines().position(|l| l.trim() == header) {
-                let at = format!("doi_pv.toml:{}:", line + 1);
-                assert!(out.stderr.contains(&at), "{to}: not at {at}: {}", out.stderr);
-            }
+            let line = changed.lines().position(|l| l.trim() == header).expect("the dataset's table");
+            let at = format!("doi_pv.toml:{}:", line + 1);
+            assert!(out.stderr.contains(&at), "{to}: not at {at}: {}", out.stderr);
         }
     }
     // the countries dataset is checked the same way
@@ -460,4 +459,12 @@ fn manifest_mistakes_are_flow_errors() {
     let out = s.run(&["explain", "flows/doi_pv.toml", "--mirror", &pv_data().display().to_string()]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("unknown encoding `klingon`"), "{}", out.stderr);
+    // an unknown field of that one table (its error names the table's fields too) points at the table
+    let header = countries.lines().position(|l| l.trim() == "[config.countries]").unwrap();
+    let countries = flow.replacen("[config.countries]\n", "[config.countries]\ncolour = \"red\"\n", 1);
+    s.write("flows/doi_pv.toml", &countries);
+    let out = s.run(&["explain", "flows/doi_pv.toml", "--mirror", &pv_data().display().to_string()]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("unknown field `colour`"), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("doi_pv.toml:{}:", header + 1)), "{}", out.stderr);
 }

@@ -469,6 +469,7 @@ fn slurm_array_workers_then_a_dependent_final_job() {
             .args(args)
             .args(["--wrap", wrap])
             .envs(s3.env())
+            .envs(m.envs())
             .env("TMPDIR", m.path())
             .env("NO_COLOR", "1")
             .output()

@@ -65,6 +65,11 @@ impl Scratch {
         self.dir.path()
     }
 
+    /// The variables every command run here gets (for a command started another way, such as `sbatch`).
+    pub fn envs(&self) -> impl Iterator<Item = (&'static str, &PathBuf)> {
+        self.env.iter().map(|(k, v)| (*k, v))
+    }
+
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.path().join(name);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();

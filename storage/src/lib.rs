@@ -162,9 +162,21 @@ impl StorageConfig {
 
     /// The access key id, the secret and the session token, from their variables.
     pub fn credentials(&self) -> Result<(String, Secret, Option<Secret>)> {
-        let key = env(&self.key_id_var)
-            .ok_or_else(|| anyhow!("no access key: set {} (and {})", self.key_id_var, self.secret_var))?;
-        let secret = env(&self.secret_var).ok_or_else(|| anyhow!("no secret key: set {}", self.secret_var))?;
+        // a name is echoed only when it has an `_`, as variable names do and keys (all capitals and digits,
+        // such as a MinIO access key put in `[storage]` by mistake) do not
+        let say = |name: &str, key: &str| match name.contains('_') {
+            true => name.to_string(),
+            false => format!("the variable [storage] {key} names"),
+        };
+        let key = env(&self.key_id_var).ok_or_else(|| {
+            anyhow!(
+                "no access key: set {} (and {})",
+                say(&self.key_id_var, "access_key_id_env"),
+                say(&self.secret_var, "secret_access_key_env")
+            )
+        })?;
+        let secret = env(&self.secret_var)
+            .ok_or_else(|| anyhow!("no secret key: set {}", say(&self.secret_var, "secret_access_key_env")))?;
         Ok((key, Secret(secret), env(&self.token_var).map(Secret)))
     }
 
@@ -511,6 +523,10 @@ mod tests {
             let err = StorageConfig::from_table(Some(&t)).unwrap_err().to_string();
             assert!(err.contains("names an environment variable") && !err.contains(secret), "{err}");
         }
+        // an all-capitals key passes as a name, but is never echoed: it has no `_`
+        let t: toml::Table = toml::from_str("secret_access_key_env = \"Q3AM3UQ867SPQQA43P2F\"").unwrap();
+        let err = StorageConfig::from_table(Some(&t)).unwrap().credentials().unwrap_err().to_string();
+        assert!(!err.contains("Q3AM3UQ867SPQQA43P2F") && err.contains("secret_access_key_env names"), "{err}");
         let t: toml::Table = toml::from_str("secret_access_key_env = \"LAB_SECRET_2\"").unwrap();
         assert_eq!(StorageConfig::from_table(Some(&t)).unwrap().secret_var, "LAB_SECRET_2");
         let t: toml::Table = toml::from_str("bucket = \"x\"").unwrap();

@@ -756,10 +756,15 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// The place in the file of the entry of config table `key` that `message` names in backticks.
+    /// The place in the file of the entry of config table `key` that `message` names first in backticks, for
+    /// a table of tables (a manifest of datasets); `None` for anything else (a table of plain values, whose
+    /// errors name field names).
     fn entry_span(&self, key: &str, value: &toml::Value, message: &str) -> Option<Range<usize>> {
         let toml::Value::Table(t) = value else { return None };
-        let entry = t.keys().find(|k| message.contains(&format!("`{k}`")))?;
+        if !t.values().all(toml::Value::is_table) {
+            return None;
+        }
+        let entry = t.keys().filter_map(|k| Some((message.find(&format!("`{k}`"))?, k))).min()?.1;
         let doc = toml::de::DeTable::parse(&self.src.text).ok()?;
         let config = doc.get_ref().iter().find(|(k, _)| k.get_ref() == "config")?.1.get_ref().as_table()?;
         let table = config.iter().find(|(k, _)| k.get_ref() == key)?.1.get_ref().as_table()?;

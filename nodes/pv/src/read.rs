@@ -541,6 +541,7 @@ pub fn read_shapefile(path: &Path, encoding: Option<&str>) -> Result<FileTable> 
     let (mut orphans, mut orphan_records) = (0, Vec::new());
     // per column: unreadable cells, and the first one
     let mut unreadable: Vec<(usize, Option<String>)> = vec![(0, None); field_names.len()];
+    let mut no_date = vec![0usize; field_names.len()];
     for (i, item) in reader.iter_shapes_and_records_as::<shapefile::Shape, LenientRecord>().enumerate() {
         let (shape, LenientRecord(values)) = item.map_err(|e| anyhow!("record {i}: {e}"))?;
         let before = orphans;
@@ -550,8 +551,9 @@ pub fn read_shapefile(path: &Path, encoding: Option<&str>) -> Result<FileTable> 
         }
         for (j, (name, value)) in field_names.iter().zip(values).enumerate() {
             let value = value.unwrap_or_else(|e| {
-                // GDAL writes a null date as `00000000` (month 0): a null, not an unreadable value
+                // GDAL writes a null date as `00000000` (month 0): a null, counted in a note, not a warning
                 if is_date[j] && e.contains("Month must be 1..=12, got 0") {
+                    no_date[j] += 1;
                     return dbase::FieldValue::Date(None);
                 }
                 unreadable[j].0 += 1;
@@ -570,6 +572,9 @@ pub fn read_shapefile(path: &Path, encoding: Option<&str>) -> Result<FileTable> 
             path.display(),
             geoms.len()
         );
+    }
+    for (name, n) in field_names.iter().zip(no_date).filter(|(_, n)| *n > 0) {
+        ctx::note(format!("{}: column `{name}`: {n} dates of month 00 (`00000000`: no date) are null", path.display()));
     }
     for (name, (n, example)) in field_names.iter().zip(unreadable) {
         if let Some(example) = example {
