@@ -1,5 +1,6 @@
 //! Real servers for the tests, started on loopback by the tests themselves and stopped on drop: PostgreSQL
-//! 15 (Debian's package) and an S3 server (moto's server mode, from PyPI, in the test virtualenv).
+//! 15 (Debian's package), an S3 server (moto's server mode, from PyPI, in the test virtualenv), a STAC API
+//! (rustac's server on pgstac, both from PyPI, on that PostgreSQL with PostGIS) and a Slurm cluster.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -10,7 +11,7 @@ use crate::util::{free_port, python, python_json, wait_for_port};
 /// A PostgreSQL 15 server of its own: `initdb` + `pg_ctl` on a temp dir and a free loopback port, stopped
 /// on drop. Run as the `postgres` user when the tests run as root (PostgreSQL refuses root).
 pub struct Postgres {
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     pub port: u16,
 }
 
@@ -86,6 +87,84 @@ impl Drop for Postgres {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.pg("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"])
         }));
+    }
+}
+
+/// A STAC API: `rustac serve --pgstac` (rustac, PyPI) over a pgstac database (`pypgstac migrate`, PyPI) on a
+/// [`Postgres`] of its own with PostGIS (Debian's `postgresql-15-postgis-3`), loaded with the collections
+/// and items given (as `pypgstac load` loads them). Stopped on drop.
+pub struct StacServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub pg: Postgres,
+}
+
+impl StacServer {
+    /// `collections` and `items`: the STAC JSON objects, one per element.
+    pub fn start(collections: &[serde_json::Value], items: &[serde_json::Value]) -> StacServer {
+        assert!(
+            Path::new("/usr/share/postgresql/15/extension/postgis.control").exists(),
+            "PostGIS is not installed (apt-get install postgresql-15-postgis-3); .ci/run installs it"
+        );
+        let pg = Postgres::start();
+        let dsn = format!("postgresql://postgres@127.0.0.1:{}/lake", pg.port);
+        let venv = python().parent().unwrap().to_path_buf();
+        let ndjson = |name: &str, values: &[serde_json::Value]| {
+            let path = pg.dir.path().join(name);
+            let text: String = values.iter().map(|v| format!("{v}\n")).collect();
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let (cols, its) = (ndjson("collections.ndjson", collections), ndjson("items.ndjson", items));
+        let pypgstac = |args: &[&str]| {
+            let out = Command::new(venv.join("pypgstac")).args(args).args(["--dsn", &dsn]).output().unwrap();
+            assert!(out.status.success(), "pypgstac {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        pypgstac(&["migrate"]);
+        python_json(
+            "import psycopg, sys\n\
+             c = psycopg.connect(sys.argv[1], autocommit=True)\n\
+             c.execute('ALTER DATABASE lake SET search_path TO pgstac, public')\n\
+             print('{}')",
+            &[&dsn],
+        );
+        pypgstac(&["load", "collections", &cols.display().to_string(), "--method", "insert"]);
+        pypgstac(&["load", "items", &its.display().to_string(), "--method", "insert"]);
+        let mut server = StacServer { child: None, port: free_port(), pg };
+        server.start_again();
+        server
+    }
+
+    /// (Re)starts the API server on its port (after [`StacServer::stop`]).
+    pub fn start_again(&mut self) {
+        let dsn = format!("postgresql://postgres@127.0.0.1:{}/lake", self.pg.port);
+        let addr = format!("127.0.0.1:{}", self.port);
+        let child = Command::new(python().parent().unwrap().join("rustac"))
+            .args(["serve", "--pgstac", &dsn, "--addr", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rustac serve starts");
+        self.child = Some(child);
+        wait_for_port(self.port, "rustac serve");
+    }
+
+    /// Stops the API server (the database stays).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for StacServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -20,5 +20,6 @@ mod pv_unseen;
 mod remote;
 mod run;
 mod servers;
+mod stac;
 mod torture;
 mod validation;

@@ -166,7 +166,8 @@ pub fn pv_data() -> PathBuf {
     std::fs::canonicalize(p).unwrap()
 }
 
-/// A Python with `duckdb==1.5.5`, GeoPandas, pyarrow, `geoparquet-validator` and `pylance`: the independent clients
+/// A Python with `duckdb==1.5.5`, GeoPandas, pyarrow, `geoparquet-validator`, `pylance`, `pystac-client` and
+/// `rustac` (with `pypgstac`, the STAC server's loader): the independent clients
 /// the lake and GeoParquet tests check flowrun's output with. Created once per machine in
 /// `$FLOWRUN_TEST_VENV` (default `~/.cache/flowrun/test-venv`) with `python3 -m venv` and pip.
 pub fn python() -> PathBuf {
@@ -181,7 +182,7 @@ pub fn python() -> PathBuf {
                 Command::new(&py)
                     .args([
                         "-c",
-                        "import duckdb, geopandas, pyarrow, geoparquet_validator, boto3, moto.server, lance; assert duckdb.__version__ == '1.5.5'",
+                        "import duckdb, geopandas, pyarrow, geoparquet_validator, boto3, moto.server, lance, pypgstac, psycopg, rustac, pystac_client; assert duckdb.__version__ == '1.5.5'",
                     ])
                     .output()
                     .is_ok_and(|o| o.status.success())
@@ -191,7 +192,7 @@ pub fn python() -> PathBuf {
                 assert!(ok, "python3 -m venv {} failed", dir.display());
                 let out = Command::new(&py)
                     .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-                    .args(["duckdb==1.5.5", "geopandas", "pyarrow", "geoparquet-validator==0.2.*", "boto3", "moto[server]==5.*", "pylance"])
+                    .args(["duckdb==1.5.5", "geopandas", "pyarrow", "geoparquet-validator==0.2.*", "boto3", "moto[server]==5.*", "pylance", "pypgstac[psycopg]", "rustac", "pystac-client"])
                     .output()
                     .expect("pip runs");
                 assert!(out.status.success(), "pip install failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -27,6 +27,7 @@ pub mod geom;
 pub mod h3;
 pub mod manifest;
 pub mod read;
+pub mod stac;
 pub mod standardize;
 pub mod synthetic;
 

@@ -1,0 +1,486 @@
+//! Imagery per installation from a STAC API (SpatioTemporal Asset Catalog: Sentinel-2, Landsat, NAIP).
+//!
+//! `[config.stac]` says what to look for ([`StacQuery`]); two nodes:
+//! - [`stac_search`] asks the API's `/search` (POST, `intersects`, `collections`, `datetime`, and
+//!   `eo:cloud_cover < max_cloud_cover` as a CQL2 `filter`) once per installation, or once per H3 cell
+//!   holding installations (`h3_resolution`: one query per area), and follows each answer's `next` link to
+//!   the last page. Its table is the distinct items found in the stac-geoparquet layout (`type`,
+//!   `stac_version`, `id`, `geometry`, `bbox`, `collection`, the properties as columns, `assets`,
+//!   `links`), so a `geoparquet` materialization of it is a stac-geoparquet file `rustac` reads.
+//! - [`stac_items`] joins items to installations: one row per (installation, item whose geometry meets
+//!   the installation's bounding box), with the item's id, collection, datetime, cloud cover, geometry and
+//!   one `asset_<key>` href column per asset the flow asks for.
+//!
+//! Requests run `concurrency` at a time; a 429, a 5xx or a failed connection is retried four times with
+//! backoff (0.25, 0.5, 1, 2 s). Every page is kept on disk (`<cache>/stac/`, by its request) until the
+//! search it belongs to has ended: a rerun after a failure asks only for the pages it does not have, and
+//! a search that ended is asked again only when the node runs again (its result is cached as any node's).
+//! Errors name the query (the installation or the cell) and the page.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use flowrun_engine::{Table, Value, ctx, node};
+use geo::{BoundingRect, Geometry, Intersects, Polygon, Rect};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as J, json};
+
+use crate::geom::{self, column, geometries, wkb_array, wkb_field};
+
+/// What [`stac_search`] looks for (`[config.stac]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StacQuery {
+    /// The API's root (`https://earth-search.aws.element84.com/v1`); `/search` is appended.
+    pub url: String,
+    /// Collections to search (`["sentinel-2-l2a"]`); empty: all.
+    #[serde(default)]
+    pub collections: Vec<String>,
+    /// An RFC 3339 instant or interval (`2023-01-01T00:00:00Z/2023-12-31T23:59:59Z`).
+    #[serde(default)]
+    pub datetime: Option<String>,
+    /// Only items with `eo:cloud_cover` below this (a CQL2 filter).
+    #[serde(default)]
+    pub max_cloud_cover: Option<f64>,
+    /// Asset keys whose hrefs [`stac_items`] gives (`["visual"]`); an item without one is an error.
+    #[serde(default)]
+    pub assets: Vec<String>,
+    /// One query per H3 cell of this resolution holding installations, instead of one per installation.
+    #[serde(default)]
+    pub h3_resolution: Option<u8>,
+    /// Items per page.
+    #[serde(default = "default_limit")]
+    pub limit: u32,
+    /// Requests at a time.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+impl Value for StacQuery {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), flowrun_engine::CodecError> {
+        flowrun_engine::value::serde_encode(self, out)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, flowrun_engine::CodecError> {
+        flowrun_engine::value::serde_decode(bytes)
+    }
+    fn from_toml(value: &toml::Value, _cx: &flowrun_engine::LiteralCx) -> Result<Self, String> {
+        let q: StacQuery = flowrun_engine::value::serde_from_toml(value)?;
+        if !(q.url.starts_with("http://") || q.url.starts_with("https://")) {
+            return Err(format!("stac url `{}` is not an http(s) URL", q.url));
+        }
+        if q.h3_resolution.is_some_and(|r| r > 15) {
+            return Err("stac h3_resolution is 0 to 15".into());
+        }
+        if q.limit == 0 || q.concurrency == 0 {
+            return Err("stac limit and concurrency are at least 1".into());
+        }
+        Ok(q)
+    }
+}
+
+/// One search: where, and what it is called in messages.
+struct Query {
+    label: String,
+    area: Geometry<f64>,
+}
+
+/// The distinct items over the installations, in the stac-geoparquet layout (see the module documentation).
+#[node(tags(stage = "imagery"))]
+pub fn stac_search(installations: &Table, stac: StacQuery) -> Result<Table> {
+    let boxes = installation_boxes(installations)?;
+    let queries = queries(&boxes, stac.h3_resolution)?;
+    let dir = ctx::cache_dir("stac");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("cannot build an HTTP client")?;
+    let results = run_bounded(&queries, stac.concurrency, |q| search(&client, &stac, q, &dir));
+    // the first failure in query order (the searches not started after it are not errors of their own)
+    let results: Vec<Found> = match results.into_iter().flatten().collect::<Result<Vec<Found>>>() {
+        Ok(all) if all.len() == queries.len() => all,
+        Ok(_) => bail!("a STAC search did not run"),
+        Err(e) => return Err(e),
+    };
+    let mut items: BTreeMap<(String, String), J> = BTreeMap::new();
+    let (mut pages, mut fetched) = (0, 0);
+    for (q, found) in queries.iter().zip(results) {
+        pages += found.pages;
+        fetched += found.fetched;
+        for item in found.items {
+            check_item(&item, &stac.assets).with_context(|| format!("STAC search `{}`", q.label))?;
+            let key = (text(&item["collection"]).to_string(), text(&item["id"]).to_string());
+            items.entry(key).or_insert(item);
+        }
+    }
+    // every search ended: their pages are not needed again
+    for q in &queries {
+        let _ = std::fs::remove_dir_all(dir.join(query_dir(&stac, q)));
+    }
+    ctx::note(format!(
+        "{} queries, {pages} pages ({fetched} fetched, the others from an earlier run), {} distinct items",
+        queries.len(),
+        items.len()
+    ));
+    stac_geoparquet(items.into_values().collect())
+}
+
+/// One row per (installation, item whose geometry meets its bounding box); see the module documentation.
+#[node(tags(stage = "imagery"))]
+pub fn stac_items(installations: &Table, stac_search: &Table, stac: StacQuery) -> Result<Table> {
+    let boxes = installation_boxes(installations)?;
+    let items = stac_search.concat()?;
+    let geoms = geometries(items.column(geom::geometry_index(stac_search)?))?;
+    let tree = geom::bbox_tree(geoms.iter().map(Option::as_ref));
+    let ids: StringArray = column(&items, "id")?;
+    let collections: StringArray = column(&items, "collection")?;
+    let cloud = items
+        .column_by_name("eo:cloud_cover")
+        .map(|c| arrow_cast::cast(c, &DataType::Float64))
+        .transpose()?
+        .unwrap_or_else(|| Arc::new(Float64Array::new_null(items.num_rows())));
+    let datetime = items.column_by_name("datetime").context("the items have no datetime column")?.clone();
+    let assets = items.column_by_name("assets").and_then(|a| a.as_any().downcast_ref::<arrow_array::StructArray>());
+    let hrefs: Vec<StringArray> = stac
+        .assets
+        .iter()
+        .map(|k| {
+            let asset = assets
+                .and_then(|a| a.column_by_name(k))
+                .and_then(|a| a.as_any().downcast_ref::<arrow_array::StructArray>())
+                .and_then(|a| a.column_by_name("href"))
+                .with_context(|| format!("the items have no asset `{k}`"))?;
+            Ok(asset.as_any().downcast_ref::<StringArray>().context("an asset href is not text")?.clone())
+        })
+        .collect::<Result<_>>()?;
+    // (installation, item), sorted by installation then item
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    for (i, (_, b)) in boxes.iter().enumerate() {
+        let Some(b) = b else { continue };
+        let env = rstar::AABB::from_corners([b.min().x, b.min().y], [b.max().x, b.max().y]);
+        let poly: Polygon<f64> = b.to_polygon();
+        let mut found: Vec<usize> = tree
+            .locate_in_envelope_intersecting(&env)
+            .map(|c| c.data)
+            .filter(|&j| geoms[j].as_ref().is_some_and(|g| g.intersects(&poly)))
+            .collect();
+        found.sort_by(|a, b| (ids.value(*a), collections.value(*a)).cmp(&(ids.value(*b), collections.value(*b))));
+        pairs.extend(found.into_iter().map(|j| (i, j)));
+    }
+    let take = |a: &ArrayRef| -> Result<ArrayRef> {
+        let idx = arrow_array::UInt32Array::from(pairs.iter().map(|p| p.1 as u32).collect::<Vec<_>>());
+        Ok(arrow_select::take::take(a, &idx, None)?)
+    };
+    let unified: StringArray = pairs.iter().map(|(i, _)| Some(boxes[*i].0.as_str())).collect();
+    let mut fields = vec![
+        Field::new("unified_id", DataType::Utf8, false),
+        Field::new("item_id", DataType::Utf8, true),
+        Field::new("collection", DataType::Utf8, true),
+        Field::new("datetime", datetime.data_type().clone(), true),
+        Field::new("cloud_cover", DataType::Float64, true),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(unified),
+        take(&(Arc::new(ids.clone()) as ArrayRef))?,
+        take(&(Arc::new(collections.clone()) as ArrayRef))?,
+        take(&datetime)?,
+        take(&cloud)?,
+    ];
+    for (k, h) in stac.assets.iter().zip(&hrefs) {
+        fields.push(Field::new(format!("asset_{k}"), DataType::Utf8, true));
+        columns.push(take(&(Arc::new(h.clone()) as ArrayRef))?);
+    }
+    fields.push(wkb_field("geometry", true, None));
+    columns.push(take(items.column(geom::geometry_index(stac_search)?))?);
+    Ok(Table::from_batch(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?))
+}
+
+/// `unified_id` and bounding box of every installation.
+fn installation_boxes(t: &Table) -> Result<Vec<(String, Option<Rect<f64>>)>> {
+    let batch = t.concat()?;
+    let ids: StringArray = column(&batch, "unified_id")?;
+    let geoms = geometries(batch.column(geom::geometry_index(t)?))?;
+    Ok((0..batch.num_rows())
+        .map(|i| (ids.value(i).to_string(), geoms[i].as_ref().and_then(|g| g.bounding_rect())))
+        .collect())
+}
+
+/// One query per installation (its bounding box), or per H3 cell holding installations' box centres.
+fn queries(boxes: &[(String, Option<Rect<f64>>)], resolution: Option<u8>) -> Result<Vec<Query>> {
+    let Some(r) = resolution else {
+        return Ok(boxes
+            .iter()
+            .filter_map(|(id, b)| {
+                let b = (*b)?;
+                let area = if b.width() == 0.0 && b.height() == 0.0 {
+                    Geometry::Point(geo::Point(b.min()))
+                } else {
+                    Geometry::Polygon(b.to_polygon())
+                };
+                Some(Query { label: format!("installation {id}"), area })
+            })
+            .collect());
+    };
+    let res = h3o::Resolution::try_from(r).map_err(|e| anyhow!("h3_resolution {r}: {e}"))?;
+    let cells: BTreeSet<h3o::CellIndex> = boxes
+        .iter()
+        .filter_map(|(_, b)| {
+            let c = (*b)?.center();
+            h3o::LatLng::new(c.y, c.x).ok().map(|p| p.to_cell(res))
+        })
+        .collect();
+    Ok(cells
+        .into_iter()
+        .map(|c| {
+            let ring: Vec<geo::Coord<f64>> =
+                c.boundary().iter().map(|p| geo::coord! { x: p.lng(), y: p.lat() }).collect();
+            Query { label: format!("H3 cell {c}"), area: Geometry::Polygon(Polygon::new(ring.into(), vec![])) }
+        })
+        .collect())
+}
+
+/// Runs `f` over `items`, `n` at a time, results in item order; once one fails, no other starts (`None`).
+fn run_bounded<T: Sync, R: Send>(items: &[T], n: usize, f: impl Fn(&T) -> Result<R> + Sync) -> Vec<Option<Result<R>>> {
+    let next = AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let mut out: Vec<(usize, Result<R>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..n.min(items.len()).max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i).filter(|_| !failed.load(Ordering::Relaxed)) else {
+                            return mine;
+                        };
+                        let r = f(item);
+                        if r.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        mine.push((i, r));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("a STAC worker panicked")).collect()
+    });
+    let mut all: Vec<Option<Result<R>>> = items.iter().map(|_| None).collect();
+    for (i, r) in out.drain(..) {
+        all[i] = Some(r);
+    }
+    all
+}
+
+/// What one search found.
+struct Found {
+    items: Vec<J>,
+    pages: usize,
+    fetched: usize,
+}
+
+/// The directory of a search's pages.
+fn query_dir(stac: &StacQuery, q: &Query) -> String {
+    let key = json!({"url": stac.url, "body": first_body(stac, q)});
+    blake3::hash(key.to_string().as_bytes()).to_hex()[..24].to_string()
+}
+
+fn first_body(stac: &StacQuery, q: &Query) -> J {
+    let mut body = json!({ "limit": stac.limit, "intersects": geojson::Geometry::from(&q.area) });
+    if !stac.collections.is_empty() {
+        body["collections"] = json!(stac.collections);
+    }
+    if let Some(d) = &stac.datetime {
+        body["datetime"] = json!(d);
+    }
+    if let Some(max) = stac.max_cloud_cover {
+        body["filter-lang"] = json!("cql2-json");
+        body["filter"] = json!({"op": "<", "args": [{"property": "eo:cloud_cover"}, max]});
+    }
+    body
+}
+
+/// One search, page after page (see the module documentation).
+fn search(client: &reqwest::blocking::Client, stac: &StacQuery, q: &Query, cache: &Path) -> Result<Found> {
+    let dir = cache.join(query_dir(stac, q));
+    let mut request = (format!("{}/search", stac.url.trim_end_matches('/')), Some(first_body(stac, q)));
+    let mut found = Found { items: Vec::new(), pages: 0, fetched: 0 };
+    loop {
+        let page = found.pages + 1;
+        let at = || format!("STAC search `{}` page {page} ({})", q.label, request.0);
+        let file = dir.join(format!("{page}.json"));
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(_) => {
+                let t = fetch(client, &request.0, request.1.as_ref()).with_context(at)?;
+                keep(&file, &t).with_context(at)?;
+                found.fetched += 1;
+                pause_for_tests(page, &t);
+                t
+            }
+        };
+        found.pages = page;
+        let answer: J = serde_json::from_str(&text)
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&file);
+                anyhow!("the answer is not JSON ({e}): {}", text.chars().take(200).collect::<String>())
+            })
+            .with_context(at)?;
+        let features = answer["features"]
+            .as_array()
+            .ok_or_else(|| anyhow!("the answer has no `features` list"))
+            .with_context(at)?;
+        found.items.extend(features.iter().cloned());
+        let next = answer["links"].as_array().and_then(|l| l.iter().find(|l| l["rel"] == "next"));
+        let Some(next) = next else { return Ok(found) };
+        let href = next["href"].as_str().ok_or_else(|| anyhow!("a `next` link without href")).with_context(at)?;
+        request = match next["method"].as_str() {
+            Some("POST") => {
+                let mut body = if next["merge"] == true { request.1.clone().unwrap_or_default() } else { json!({}) };
+                if let (Some(b), Some(extra)) = (body.as_object_mut(), next["body"].as_object()) {
+                    b.extend(extra.clone());
+                }
+                (href.to_string(), Some(body))
+            }
+            _ => (href.to_string(), None),
+        };
+    }
+}
+
+/// One request: POST with `body`, else GET; retried on 429, 5xx and failed connections.
+fn fetch(client: &reqwest::blocking::Client, url: &str, body: Option<&J>) -> Result<String> {
+    let mut attempt = 0;
+    loop {
+        let sent = match body {
+            Some(b) => client.post(url).json(b).send(),
+            None => client.get(url).send(),
+        };
+        let retry = match sent {
+            Ok(mut r) if r.status().is_success() => {
+                let mut text = String::new();
+                r.read_to_string(&mut text).context("reading the answer")?;
+                return Ok(text);
+            }
+            Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+                format!("HTTP {}: {}", r.status(), r.text().unwrap_or_default().chars().take(200).collect::<String>())
+            }
+            Ok(r) => {
+                let status = r.status();
+                bail!("HTTP {status}: {}", r.text().unwrap_or_default().chars().take(300).collect::<String>());
+            }
+            Err(e) => format!("cannot reach the server: {e}"),
+        };
+        attempt += 1;
+        if attempt > 4 {
+            bail!("{retry} (after 4 retries)");
+        }
+        std::thread::sleep(Duration::from_millis(250 << (attempt - 1)));
+    }
+}
+
+/// Writes a page whole or not at all.
+fn keep(file: &Path, text: &str) -> Result<()> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+    tmp.persist(file)?;
+    Ok(())
+}
+
+/// `FLOWRUN_TEST_STAC_PAUSE=page:ms`: the tests' way to stop the server between two pages of a search (after
+/// page `page` of a search that has a next page).
+fn pause_for_tests(page: usize, answer: &str) {
+    if let Some((p, ms)) = std::env::var("FLOWRUN_TEST_STAC_PAUSE").ok().as_deref().and_then(|v| v.split_once(':'))
+        && p.parse() == Ok(page)
+        && answer.contains("\"next\"")
+    {
+        std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+    }
+}
+
+fn text(v: &J) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+/// An item has an id, a geometry and every asset the flow asks for.
+fn check_item(item: &J, assets: &[String]) -> Result<()> {
+    let id = item["id"].as_str().ok_or_else(|| anyhow!("an item without an `id`: {}", abbreviated(item)))?;
+    if !item["geometry"].is_object() {
+        bail!("item `{id}` has no geometry");
+    }
+    for k in assets {
+        if item["assets"].get(k).and_then(|a| a["href"].as_str()).is_none() {
+            let has: Vec<&str> =
+                item["assets"].as_object().map(|a| a.keys().map(String::as_str).collect()).unwrap_or_default();
+            bail!("item `{id}` has no asset `{k}` (it has: {}); fix [config.stac] assets", has.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn abbreviated(v: &J) -> String {
+    v.to_string().chars().take(200).collect()
+}
+
+/// Items -> the stac-geoparquet layout: properties and the item's top-level members as columns (arrow-json
+/// infers their types, objects as structs), `geometry` as WKB, `bbox` as a struct, `datetime` as a
+/// timestamp.
+fn stac_geoparquet(items: Vec<J>) -> Result<Table> {
+    let mut geoms = Vec::with_capacity(items.len());
+    let rows: Vec<J> = items
+        .into_iter()
+        .map(|item| {
+            let g: Option<Geometry<f64>> = serde_json::from_value::<geojson::Geometry>(item["geometry"].clone())
+                .ok()
+                .and_then(|g| Geometry::try_from(g).ok());
+            let b = g.as_ref().and_then(|g| g.bounding_rect());
+            geoms.push(g);
+            let mut row = item["properties"].as_object().cloned().unwrap_or_default();
+            for k in ["type", "stac_version", "stac_extensions", "id", "collection", "assets", "links"] {
+                if let Some(v) = item.get(k) {
+                    row.insert(k.to_string(), v.clone());
+                }
+            }
+            if let Some(b) = b {
+                row.insert(
+                    "bbox".into(),
+                    json!({"xmin": b.min().x, "ymin": b.min().y, "xmax": b.max().x, "ymax": b.max().y}),
+                );
+            }
+            J::Object(row)
+        })
+        .collect();
+    let schema = arrow_json::reader::infer_json_schema_from_iterator(rows.iter().map(Ok))?;
+    let mut decoder = arrow_json::ReaderBuilder::new(Arc::new(schema.clone())).build_decoder()?;
+    decoder.serialize(&rows)?;
+    let batch = decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(Arc::new(schema.clone())));
+    let mut fields: Vec<Field> = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        if f.name() == "datetime" {
+            let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
+            columns.push(arrow_cast::cast(c, &ts).context("an item's datetime is not an RFC 3339 instant")?);
+            fields.push(Field::new("datetime", ts, true));
+        } else {
+            fields.push(f.as_ref().clone());
+            columns.push(c.clone());
+        }
+    }
+    fields.push(wkb_field("geometry", true, None));
+    columns.push(wkb_array(&geoms));
+    Ok(Table::from_batch(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?))
+}

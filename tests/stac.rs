@@ -1,0 +1,195 @@
+//! STAC imagery per installation (`flows/pv_imagery.toml`) against a real STAC API started here (rustac's
+//! server over pgstac on PostgreSQL + PostGIS), loaded with items the test writes over India's
+//! installations; `pystac-client` against the same server is the oracle for what each query returns, and
+//! `rustac` reads the stac-geoparquet file back.
+
+use std::path::Path;
+
+use crate::servers::StacServer;
+use crate::util::{Scratch, finish, flowrun_extension_dir, pv_data, python_json, spawn};
+
+/// 300 of India's installations from the lake doi_pv.toml wrote: (unified_id, bbox) of each, and 300 items of
+/// collection `s2-test` (1.5 degree squares centred on installations, dated 2022-2024, cloud cover 0-100,
+/// assets `visual` and `B04`) plus 20 of collection `other`, all from a fixed seed.
+const MAKE_ITEMS: &str = r#"
+import duckdb, json, os, random, sys
+catalog, data_path, ext_dir = sys.argv[1:4]
+con = duckdb.connect()
+for name in ['ducklake', 'spatial']:
+    con.execute(f"LOAD '{os.path.join(ext_dir, name + '.duckdb_extension')}'")
+con.execute(f"ATTACH 'ducklake:{catalog}' AS lake (DATA_PATH '{data_path}/', READ_ONLY)")
+rows = con.execute("""SELECT unified_id, ST_XMin(geometry), ST_YMin(geometry), ST_XMax(geometry), ST_YMax(geometry),
+                      centroid_lon, centroid_lat FROM lake.prepared.prepared_pv_dedup WHERE country_code = 'IND'
+                      ORDER BY unified_id LIMIT 300""").fetchall()
+rng = random.Random(7)
+def item(i, collection):
+    r = rows[rng.randrange(len(rows))]
+    x, y = r[5] + rng.uniform(-0.5, 0.5), r[6] + rng.uniform(-0.5, 0.5)
+    h = 0.75
+    return {"type": "Feature", "stac_version": "1.0.0", "id": f"{collection}-{i:03d}", "collection": collection,
+            "geometry": {"type": "Polygon", "coordinates": [[[x - h, y - h], [x + h, y - h], [x + h, y + h], [x - h, y + h], [x - h, y - h]]]},
+            "bbox": [x - h, y - h, x + h, y + h],
+            "properties": {"datetime": f"{rng.choice([2022, 2023, 2023, 2024])}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T05:30:00Z",
+                           "eo:cloud_cover": round(rng.uniform(0, 100), 2), "platform": "sentinel-2b"},
+            "assets": {"visual": {"href": f"https://example.invalid/{collection}/{i}/TCI.tif", "type": "image/tiff; application=geotiff", "roles": ["visual"]},
+                       "B04": {"href": f"https://example.invalid/{collection}/{i}/B04.tif", "type": "image/tiff; application=geotiff", "roles": ["data"]}},
+            "links": []}
+collection = lambda c: {"type": "Collection", "stac_version": "1.0.0", "id": c, "description": "test imagery",
+    "license": "CC0-1.0", "links": [], "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]},
+    "temporal": {"interval": [["2022-01-01T00:00:00Z", None]]}}}
+print(json.dumps({"installations": [[r[0], r[1:5]] for r in rows],
+                  "collections": [collection("s2-test"), collection("other")],
+                  "items": [item(i, "s2-test") for i in range(300)] + [item(i, "other") for i in range(20)]}))
+"#;
+
+/// pystac-client, per installation, the query flowrun makes (intersects its bounding box, or its point);
+/// flowrun's (installation, item) pairs from the lake; the stac-geoparquet file read back by rustac.
+const ORACLE: &str = r#"
+import asyncio, duckdb, json, os, sys
+import pystac_client, rustac
+url, catalog, data_path, ext_dir, parquet, installations = sys.argv[1:7]
+installations = json.load(open(installations))
+client = pystac_client.Client.open(url)
+expected = set()
+for uid, (x0, y0, x1, y1) in installations:
+    area = ({"type": "Point", "coordinates": [x0, y0]} if x0 == x1 and y0 == y1 else
+            {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]})
+    search = client.search(collections=["s2-test"], intersects=area, limit=10,
+                           datetime="2023-01-01T00:00:00Z/2023-12-31T23:59:59Z",
+                           filter={"op": "<", "args": [{"property": "eo:cloud_cover"}, 20.0]}, filter_lang="cql2-json")
+    expected |= {(uid, i.id) for i in search.items()}
+con = duckdb.connect()
+con.execute(f"LOAD '{os.path.join(ext_dir, 'ducklake.duckdb_extension')}'")
+con.execute(f"ATTACH 'ducklake:{catalog}' AS lake (DATA_PATH '{data_path}/', READ_ONLY)")
+ours = con.execute("SELECT unified_id, item_id, asset_visual, cloud_cover, CAST(datetime AS VARCHAR) FROM lake.imagery.pv_stac_items").fetchall()
+found = {(u, i) for u, i, *_ in ours}
+async def read():
+    return await rustac.read(parquet)
+items = asyncio.run(read())["features"]
+print(json.dumps({
+    "expected": len(expected), "found": len(found), "pairs": len(ours),
+    "missing": sorted(expected - found)[:5], "extra": sorted(found - expected)[:5],
+    "hrefs_ok": all(h == f"https://example.invalid/s2-test/{int(i.split('-')[-1])}/TCI.tif" for _, i, h, _, _ in ours),
+    "cloud_max": max((c for *_, c, _ in ours), default=None),
+    "years": sorted({str(d)[:4] for *_, d in ours}),
+    "parquet_items": sorted(i["id"] for i in items),
+    "parquet_assets": sorted(items[0]["assets"]) if items else [],
+    "item_ids": sorted({i for _, i in found}),
+    "snapshots": con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0],
+}))
+"#;
+
+fn imagery_flow(s: &Scratch, server: &StacServer, h3: Option<u8>, extra: &str) {
+    let flow = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/pv_imagery.toml")).unwrap();
+    let flow = flow
+        .replace("https://earth-search.aws.element84.com/v1", &server.url())
+        .replace("[\"sentinel-2-l2a\"]", "[\"s2-test\"]")
+        .replace("limit = 100 ", "limit = 10 ")
+        .replace("ORDER BY unified_id\"", "ORDER BY unified_id LIMIT 300\"")
+        .replace("h3_resolution = 5 ", &h3.map(|r| format!("h3_resolution = {r} ")).unwrap_or_default())
+        .replace("[nodes.stac_search]\n", &format!("[nodes.stac_search]\n{extra}"));
+    s.write("flows/pv_imagery.toml", &flow);
+}
+
+#[test]
+fn imagery_per_installation_is_what_pystac_client_finds() {
+    // the lake of doi_pv.toml, then items over India's installations, served by a STAC API
+    let s = Scratch::new();
+    let doi = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/doi_pv.toml")).unwrap();
+    s.write("flows/doi_pv.toml", &doi);
+    s.run(&["run", "flows/doi_pv.toml", "--mirror", &pv_data().display().to_string()]).ok();
+    let lake = s.path().join(".flowrun/lake");
+    let (catalog, data) = (lake.join("doi_pv.ducklake"), lake.join("doi_pv_data"));
+    let ext = flowrun_extension_dir().display().to_string();
+    let made = python_json(MAKE_ITEMS, &[&catalog.display().to_string(), &data.display().to_string(), &ext]);
+    let installations = s.write("installations.json", &made["installations"].to_string()).display().to_string();
+    assert_eq!(made["installations"].as_array().unwrap().len(), 300, "300 of India's installations in the lake");
+    let mut server = StacServer::start(made["collections"].as_array().unwrap(), made["items"].as_array().unwrap());
+
+    // one query per installation: exactly the pairs pystac-client finds, query by query
+    imagery_flow(&s, &server, None, "");
+    let run = s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
+    let parquet = lake.join("pv_stac_items.parquet").display().to_string();
+    let url = server.url();
+    let oracle = |_: &Scratch| {
+        python_json(
+            ORACLE,
+            &[&url, &catalog.display().to_string(), &data.display().to_string(), &ext, &parquet, &installations],
+        )
+    };
+    let o = oracle(&s);
+    assert!(o["expected"].as_u64().unwrap() > 500, "the fixture gives many pairs: {o}");
+    assert_eq!((o["missing"].clone(), o["extra"].clone()), (serde_json::json!([]), serde_json::json!([])), "{o}");
+    assert_eq!(o["expected"], o["found"]);
+    assert_eq!(o["pairs"], o["found"], "no pair twice");
+    assert_eq!(o["hrefs_ok"], true, "{o}");
+    assert!(o["cloud_max"].as_f64().unwrap() < 20.0, "{o}");
+    assert_eq!(o["years"], serde_json::json!(["2023"]), "{o}");
+    // the stac-geoparquet file: rustac reads every distinct item back, assets and all
+    assert_eq!(o["parquet_items"], o["item_ids"], "{o}");
+    assert_eq!(o["parquet_assets"], serde_json::json!(["B04", "visual"]), "{o}");
+    let note = run.stdout.split("queries, ").nth(1).unwrap_or_default().split('"').next().unwrap().to_string();
+    assert!(note.contains("pages (") && note.contains("fetched"), "{note}");
+
+    // one query per H3 cell (the flow's default): the same pairs, with fewer queries
+    imagery_flow(&s, &server, Some(5), "");
+    s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
+    let cells = oracle(&s);
+    assert_eq!((cells["missing"].clone(), cells["extra"].clone()), (serde_json::json!([]), serde_json::json!([])));
+
+    // the server stopped after page 2 of a search (one request at a time, one item a page): the run fails
+    // naming the query and page 3, the lake keeps its snapshot, and the rerun asks only for the pages it lacks
+    let snapshots = oracle(&s)["snapshots"].clone();
+    imagery_flow(&s, &server, Some(5), "");
+    let flow = std::fs::read_to_string(s.path().join("flows/pv_imagery.toml")).unwrap();
+    let flow = flow.replace("limit = 10 ", "limit = 1 ").replace("concurrency = 4 ", "concurrency = 1 ");
+    s.write("flows/pv_imagery.toml", &flow);
+    let child = spawn(&s, &["--json", "run", "flows/pv_imagery.toml"], &[("FLOWRUN_TEST_STAC_PAUSE", "2:4000".into())]);
+    let pages = s.path().join(".flowrun/cache/stac");
+    let started = std::time::Instant::now();
+    // a search paused after its page 2 (which links to a page 3)
+    let second_page = || {
+        std::fs::read_dir(&pages)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| std::fs::read_to_string(d.path().join("2.json")).is_ok_and(|t| t.contains("\"next\"")))
+    };
+    while !second_page() {
+        assert!(started.elapsed().as_secs() < 60, "no search reached its second page");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    server.stop();
+    let failed = finish(child);
+    assert_eq!(failed.code, 1, "{}\n{}", failed.stdout, failed.stderr);
+    let said = format!("{}{}", failed.stdout, failed.stderr);
+    assert!(said.contains("STAC search `H3 cell ") && said.contains("page 3"), "{said}");
+    assert!(said.contains("cannot reach the server") && said.contains("after 4 retries"), "{said}");
+    server.start_again();
+    assert_eq!(oracle(&s)["snapshots"], snapshots, "the failed run wrote nothing");
+    let rerun = s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
+    let note = rerun.stdout.split("queries, ").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let n: Vec<u64> = note.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    assert!(n[1] < n[0], "pages 1 and 2 of the stopped search (and the searches before it) came from disk: {note}");
+    let after = oracle(&s);
+    assert_eq!((after["missing"].clone(), after["extra"].clone()), (serde_json::json!([]), serde_json::json!([])));
+
+    // an asset the items do not have, and a server nobody answers at: errors naming the query and the page
+    imagery_flow(&s, &server, Some(5), "");
+    let flow = std::fs::read_to_string(s.path().join("flows/pv_imagery.toml")).unwrap();
+    s.write("flows/pv_imagery.toml", &flow.replace("assets = [\"visual\"]", "assets = [\"visual\", \"nir\"]"));
+    let out = s.run(&["run", "flows/pv_imagery.toml"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("has no asset `nir` (it has: B04, visual)") && said.contains("STAC search `H3 cell "),
+        "{said}"
+    );
+    let nobody = format!("http://127.0.0.1:{}", crate::util::free_port());
+    s.write("flows/pv_imagery.toml", &flow.replace(&server.url(), &nobody));
+    let out = s.run(&["run", "flows/pv_imagery.toml"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(said.contains("page 1") && said.contains("cannot reach the server"), "{said}");
+    assert_eq!(oracle(&s)["snapshots"], snapshots, "nor did these");
+}
