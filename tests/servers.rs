@@ -160,6 +160,15 @@ impl StacServer {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// Runs a statement in the API's database (to make the server fail as a broken database makes it fail).
+    pub fn sql(&self, statement: &str) {
+        let dsn = format!("postgresql://postgres@127.0.0.1:{}/lake", self.pg.port);
+        python_json(
+            "import psycopg, sys\nc = psycopg.connect(sys.argv[1], autocommit=True)\nc.execute(sys.argv[2])\nprint('{}')",
+            &[&dsn, statement],
+        );
+    }
 }
 
 impl Drop for StacServer {

@@ -174,6 +174,26 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     let after = oracle(&s);
     assert_eq!((after["missing"].clone(), after["extra"].clone()), (serde_json::json!([]), serde_json::json!([])));
 
+    // the server answering 500 (its database lost a table pgstac needs) for a second: retried, and the run
+    // succeeds; for good: the run fails naming the query, the page and the answer
+    imagery_flow(&s, &server, Some(5), "");
+    let flow = std::fs::read_to_string(s.path().join("flows/pv_imagery.toml")).unwrap();
+    s.write("flows/pv_imagery.toml", &flow.replace("2023-12-31T23:59:59Z", "2023-12-31T23:59:57Z"));
+    server.sql("ALTER TABLE pgstac.searches RENAME TO searches_away");
+    let child = spawn(&s, &["--json", "run", "flows/pv_imagery.toml"], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    server.sql("ALTER TABLE pgstac.searches_away RENAME TO searches");
+    let survived = finish(child).ok();
+    let note = survived.stdout.split("requests retried").next().unwrap().rsplit("; ").next().unwrap().to_string();
+    assert!(note.trim().parse::<u64>().is_ok_and(|n| n > 0), "some requests were retried: {note}");
+    s.write("flows/pv_imagery.toml", &flow.replace("2023-12-31T23:59:59Z", "2023-12-31T23:59:56Z"));
+    server.sql("ALTER TABLE pgstac.searches RENAME TO searches_away");
+    let out = s.run(&["run", "flows/pv_imagery.toml"]);
+    server.sql("ALTER TABLE pgstac.searches_away RENAME TO searches");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(said.contains("page 1") && said.contains("HTTP 500") && said.contains("after 4 retries"), "{said}");
+
     // an asset the items do not have, and a server nobody answers at: errors naming the query and the page
     imagery_flow(&s, &server, Some(5), "");
     let flow = std::fs::read_to_string(s.path().join("flows/pv_imagery.toml")).unwrap();

@@ -117,10 +117,11 @@ pub fn stac_search(installations: &Table, stac: StacQuery) -> Result<Table> {
         Err(e) => return Err(e),
     };
     let mut items: BTreeMap<(String, String), J> = BTreeMap::new();
-    let (mut pages, mut fetched) = (0, 0);
+    let (mut pages, mut fetched, mut retried) = (0, 0, 0);
     for (q, found) in queries.iter().zip(results) {
         pages += found.pages;
         fetched += found.fetched;
+        retried += found.retried;
         for item in found.items {
             check_item(&item, &stac.assets).with_context(|| format!("STAC search `{}`", q.label))?;
             let key = (text(&item["collection"]).to_string(), text(&item["id"]).to_string());
@@ -132,7 +133,8 @@ pub fn stac_search(installations: &Table, stac: StacQuery) -> Result<Table> {
         let _ = std::fs::remove_dir_all(dir.join(query_dir(&stac, q)));
     }
     ctx::note(format!(
-        "{} queries, {pages} pages ({fetched} fetched, the others from an earlier run), {} distinct items",
+        "{} queries, {pages} pages ({fetched} fetched, the others from an earlier run; {retried} requests retried), {} \
+         distinct items",
         queries.len(),
         items.len()
     ));
@@ -290,6 +292,8 @@ struct Found {
     items: Vec<J>,
     pages: usize,
     fetched: usize,
+    /// Requests that failed and were sent again.
+    retried: usize,
 }
 
 /// The directory of a search's pages.
@@ -317,7 +321,7 @@ fn first_body(stac: &StacQuery, q: &Query) -> J {
 fn search(client: &reqwest::blocking::Client, stac: &StacQuery, q: &Query, cache: &Path) -> Result<Found> {
     let dir = cache.join(query_dir(stac, q));
     let mut request = (format!("{}/search", stac.url.trim_end_matches('/')), Some(first_body(stac, q)));
-    let mut found = Found { items: Vec::new(), pages: 0, fetched: 0 };
+    let mut found = Found { items: Vec::new(), pages: 0, fetched: 0, retried: 0 };
     loop {
         let page = found.pages + 1;
         let at = || format!("STAC search `{}` page {page} ({})", q.label, request.0);
@@ -325,7 +329,7 @@ fn search(client: &reqwest::blocking::Client, stac: &StacQuery, q: &Query, cache
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(_) => {
-                let t = fetch(client, &request.0, request.1.as_ref()).with_context(at)?;
+                let t = fetch(client, &request.0, request.1.as_ref(), &mut found.retried).with_context(at)?;
                 keep(&file, &t).with_context(at)?;
                 found.fetched += 1;
                 pause_for_tests(page, &t);
@@ -361,7 +365,7 @@ fn search(client: &reqwest::blocking::Client, stac: &StacQuery, q: &Query, cache
 }
 
 /// One request: POST with `body`, else GET; retried on 429, 5xx and failed connections.
-fn fetch(client: &reqwest::blocking::Client, url: &str, body: Option<&J>) -> Result<String> {
+fn fetch(client: &reqwest::blocking::Client, url: &str, body: Option<&J>, retried: &mut usize) -> Result<String> {
     let mut attempt = 0;
     loop {
         let sent = match body {
@@ -387,6 +391,7 @@ fn fetch(client: &reqwest::blocking::Client, url: &str, body: Option<&J>) -> Res
         if attempt > 4 {
             bail!("{retry} (after 4 retries)");
         }
+        *retried += 1;
         std::thread::sleep(Duration::from_millis(250 << (attempt - 1)));
     }
 }
@@ -473,7 +478,11 @@ fn stac_geoparquet(items: Vec<J>) -> Result<Table> {
     for (f, c) in schema.fields().iter().zip(batch.columns()) {
         if f.name() == "datetime" {
             let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
-            columns.push(arrow_cast::cast(c, &ts).context("an item's datetime is not an RFC 3339 instant")?);
+            let strict = arrow_cast::CastOptions { safe: false, ..Default::default() };
+            columns.push(
+                arrow_cast::cast_with_options(c, &ts, &strict)
+                    .context("an item's datetime is not an RFC 3339 instant")?,
+            );
             fields.push(Field::new("datetime", ts, true));
         } else {
             fields.push(f.as_ref().clone());
@@ -483,4 +492,41 @@ fn stac_geoparquet(items: Vec<J>) -> Result<Table> {
     fields.push(wkb_field("geometry", true, None));
     columns.push(wkb_array(&geoms));
     Ok(Table::from_batch(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str, datetime: &str) -> J {
+        json!({"type": "Feature", "stac_version": "1.0.0", "id": id, "collection": "c",
+               "geometry": {"type": "Point", "coordinates": [1.0, 2.0]},
+               "properties": {"datetime": datetime, "eo:cloud_cover": 3.5},
+               "assets": {"visual": {"href": "https://x/v.tif"}}, "links": []})
+    }
+
+    #[test]
+    fn items_the_flow_cannot_use_are_named() {
+        assert!(check_item(&item("a", "2023-01-01T00:00:00Z"), &["visual".into()]).is_ok());
+        let err = check_item(&item("a", "2023-01-01T00:00:00Z"), &["nir".into()]).unwrap_err().to_string();
+        assert!(err.contains("item `a` has no asset `nir` (it has: visual)"), "{err}");
+        let err = check_item(&json!({"geometry": null}), &[]).unwrap_err().to_string();
+        assert!(err.contains("an item without an `id`"), "{err}");
+        let err = check_item(&json!({"id": "b", "geometry": null}), &[]).unwrap_err().to_string();
+        assert!(err.contains("item `b` has no geometry"), "{err}");
+    }
+
+    #[test]
+    fn the_stac_geoparquet_layout() {
+        let t = stac_geoparquet(vec![item("a", "2023-01-01T05:30:00Z"), item("b", "2023-02-01T00:00:00Z")]).unwrap();
+        let b = t.concat().unwrap();
+        let schema = b.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        for c in ["id", "collection", "datetime", "eo:cloud_cover", "assets", "bbox", "geometry", "stac_version"] {
+            assert!(names.contains(&c), "{c} in {names:?}");
+        }
+        assert!(matches!(b.schema().field_with_name("datetime").unwrap().data_type(), DataType::Timestamp(..)));
+        let err = stac_geoparquet(vec![item("c", "yesterday")]).unwrap_err().to_string();
+        assert!(err.contains("datetime is not an RFC 3339 instant"), "{err}");
+    }
 }
