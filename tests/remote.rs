@@ -592,6 +592,35 @@ fn two_machines_appending_the_same_value_at_once_add_it_once() {
     assert_eq!(lake["counts"]["main.pv_same"], 1363 + 3698 + 1363, "{lake}");
 }
 
+/// A DuckDB-file catalog with its data files on S3, the target's own `[storage]` naming the variables that
+/// hold the key (no AWS_* variable set), with path-style URLs and plain HTTP said outright; stock DuckDB reads
+/// the lake back from the bucket.
+#[test]
+fn a_catalog_file_with_its_data_on_s3_and_a_targets_own_storage() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let flow = format!(
+        "{}\n[targets.mixed.lake]\ncatalog = \"mixed.ducklake\"\ndata_path = \"s3://{BUCKET}/mixed\"\n\
+         exports = \"s3://{BUCKET}/mixed-exports\"\n\n[targets.mixed.storage]\nendpoint = \"{}\"\n\
+         url_style = \"path\"\nallow_http = true\naccess_key_id_env = \"LAB_KEY\"\n\
+         secret_access_key_env = \"LAB_SECRET\"\n",
+        remote_flow("mixed", "pv", "unused", BUCKET),
+        s3.endpoint()
+    );
+    let m = machine(&flow);
+    let env = [("LAB_KEY", s3.key_id.as_str()), ("LAB_SECRET", s3.secret.as_str())];
+    let out = m.run_env(&["--json", "run", "flow.toml", "--target", "mixed"], &env).ok();
+    assert!(!out.stdout.contains(&s3.secret) && !out.stderr.contains(&s3.secret));
+    assert!(s3.list(BUCKET, "mixed/").keys().any(|k| k.ends_with(".parquet")), "the data files are in the bucket");
+    assert!(s3.list(BUCKET, "mixed-exports/").contains_key("mixed-exports/out/pv.parquet"));
+    let lake = read_lake(
+        &format!("ducklake:{}", m.path().join("mixed.ducklake").display()),
+        &format!("s3://{BUCKET}/mixed/"),
+        Some(&s3),
+    );
+    assert_eq!(lake["counts"]["main.pv"], 1363 + 3698, "{lake}");
+}
+
 /// What cannot work says so, names the target and what failed (exit 3), keeps the node results, and a rerun
 /// finishes the job once the fault is gone.
 #[test]

@@ -46,7 +46,7 @@ print(json.dumps({"installations": [[r[0], r[1:5]] for r in rows],
 /// flowrun's (installation, item) pairs from the lake; the stac-geoparquet file read back by rustac.
 const ORACLE: &str = r#"
 import asyncio, duckdb, json, os, sys
-import pystac_client, rustac
+import pyarrow.parquet as pq, pystac_client, rustac
 url, catalog, data_path, ext_dir, parquet, installations = sys.argv[1:7]
 installations = json.load(open(installations))
 client = pystac_client.Client.open(url)
@@ -73,7 +73,9 @@ print(json.dumps({
     "cloud_max": max((c for *_, c, _ in ours), default=None),
     "years": sorted({str(d)[:4] for *_, d in ours}),
     "parquet_items": sorted(i["id"] for i in items),
-    "parquet_assets": sorted(items[0]["assets"]) if items else [],
+    "parquet_assets": sorted({k for i in items for k in i["assets"]}),
+    "every_item_has_both": all(sorted(i["assets"]) == ["B04", "visual"] for i in items),
+    "pyarrow_rows": pq.read_table(parquet).num_rows,
     "item_ids": sorted({i for _, i in found}),
     "snapshots": con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0],
 }))
@@ -128,6 +130,8 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     // the stac-geoparquet file: rustac reads every distinct item back, assets and all
     assert_eq!(o["parquet_items"], o["item_ids"], "{o}");
     assert_eq!(o["parquet_assets"], serde_json::json!(["B04", "visual"]), "{o}");
+    assert_eq!(o["every_item_has_both"], true, "{o}");
+    assert_eq!(o["pyarrow_rows"], serde_json::json!(o["item_ids"].as_array().unwrap().len()), "pyarrow reads it too");
     let note = run.stdout.split("queries, ").nth(1).unwrap_or_default().split('"').next().unwrap().to_string();
     assert!(note.contains("pages (") && note.contains("fetched"), "{note}");
 
@@ -194,6 +198,19 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     let said = format!("{}{}", out.stdout, out.stderr);
     assert!(said.contains("page 1") && said.contains("HTTP 500") && said.contains("after 4 retries"), "{said}");
 
+    // nothing found (imagery from 2030): empty outputs, not an error
+    imagery_flow(&s, &server, Some(5), "");
+    let flow = std::fs::read_to_string(s.path().join("flows/pv_imagery.toml")).unwrap();
+    s.write(
+        "flows/pv_imagery.toml",
+        &flow.replace("2023-01-01T00:00:00Z/2023-12-31T23:59:59Z", "2030-01-01T00:00:00Z/2030-12-31T23:59:59Z"),
+    );
+    let none = s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
+    assert!(none.stdout.contains(", 0 distinct items"), "{}", none.stdout);
+    let empty = oracle(&s);
+    assert_eq!((empty["pairs"].as_u64(), empty["pyarrow_rows"].as_u64()), (Some(0), Some(0)), "{empty}");
+    let snapshots = empty["snapshots"].clone();
+
     // an asset the items do not have, and a server nobody answers at: errors naming the query and the page
     imagery_flow(&s, &server, Some(5), "");
     let flow = std::fs::read_to_string(s.path().join("flows/pv_imagery.toml")).unwrap();
@@ -205,6 +222,7 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
         said.contains("has no asset `nir` (it has: B04, visual)") && said.contains("STAC search `H3 cell "),
         "{said}"
     );
+    assert!(said.contains(" page 1 "), "{said}");
     let nobody = format!("http://127.0.0.1:{}", crate::util::free_port());
     s.write("flows/pv_imagery.toml", &flow.replace(&server.url(), &nobody));
     let out = s.run(&["run", "flows/pv_imagery.toml"]);

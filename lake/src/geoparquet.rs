@@ -123,7 +123,22 @@ pub fn write_pending(
         let encoded = encoder.encode_record_batch(batch).map_err(|e| anyhow!("cannot encode a batch: {e}"))?;
         writer.write(&encoded)?;
     }
-    writer.append_key_value_metadata(encoder.into_keyvalue().map_err(|e| anyhow!("GeoParquet metadata: {e}"))?);
+    let mut geo = encoder.into_keyvalue().map_err(|e| anyhow!("GeoParquet metadata: {e}"))?;
+    // a table without rows has no extent: its columns' `bbox` is left out (the crate writes nulls, which
+    // GeoParquet does not allow and readers such as rustac refuse)
+    if let Some(text) = geo.value.as_mut()
+        && let Ok(mut meta) = serde_json::from_str::<serde_json::Value>(text)
+        && let Some(columns) = meta["columns"].as_object_mut()
+    {
+        for c in columns.values_mut().filter_map(|c| c.as_object_mut()) {
+            let no_extent = |b: &serde_json::Value| b.as_array().is_none_or(|a| a.iter().any(|x| !x.is_number()));
+            if c.get("bbox").is_some_and(no_extent) {
+                c.remove("bbox");
+            }
+        }
+        *text = meta.to_string();
+    }
+    writer.append_key_value_metadata(geo);
     writer.close()?;
     let bytes = std::fs::metadata(tmp.path())?.len();
     let info = GeoParquetWrite {

@@ -5,17 +5,20 @@
 //!   `eo:cloud_cover < max_cloud_cover` as a CQL2 `filter`) once per installation, or once per H3 cell
 //!   holding installations (`h3_resolution`: one query per area), and follows each answer's `next` link to
 //!   the last page. Its table is the distinct items found in the stac-geoparquet layout (`type`,
-//!   `stac_version`, `id`, `geometry`, `bbox`, `collection`, the properties as columns, `assets`,
-//!   `links`), so a `geoparquet` materialization of it is a stac-geoparquet file `rustac` reads.
+//!   `stac_version`, `id`, `geometry`, `collection`, the properties as columns, `assets`, `links`; the
+//!   GeoParquet writer adds `bbox`), so a `geoparquet` materialization of it is a stac-geoparquet file
+//!   `rustac` and pyarrow read.
 //! - [`stac_items`] joins items to installations: one row per (installation, item whose geometry meets
 //!   the installation's bounding box), with the item's id, collection, datetime, cloud cover, geometry and
 //!   one `asset_<key>` href column per asset the flow asks for.
 //!
-//! Requests run `concurrency` at a time; a 429, a 5xx or a failed connection is retried four times with
-//! backoff (0.25, 0.5, 1, 2 s). Every page is kept on disk (`<cache>/stac/`, by its request) until the
-//! search it belongs to has ended: a rerun after a failure asks only for the pages it does not have, and
-//! a search that ended is asked again only when the node runs again (its result is cached as any node's).
-//! Errors name the query (the installation or the cell) and the page.
+//! Requests run `concurrency` at a time (at most `--jobs`); a 429, a 5xx or a failed connection is retried
+//! four times with backoff (0.25, 0.5, 1, 2 s). Every page is kept on disk (`<cache>/stac/`, by its query)
+//! until all of the node's searches have ended, and for a day at most: a rerun after a failure asks only
+//! for the pages it does not have; once the node succeeds its result is cached as any node's, and a run
+//! that must run it again asks the API again. A page holding an item the flow cannot use (no id, a
+//! geometry or datetime that does not parse, a missing asset) is not kept. A `next` link back to a page
+//! already read is an error. Errors name the query (the installation or the cell) and the page.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
@@ -105,11 +108,14 @@ pub fn stac_search(installations: &Table, stac: StacQuery) -> Result<Table> {
     let boxes = installation_boxes(installations)?;
     let queries = queries(&boxes, stac.h3_resolution)?;
     let dir = ctx::cache_dir("stac");
+    remove_old_pages(&dir);
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
         .context("cannot build an HTTP client")?;
-    let results = run_bounded(&queries, stac.concurrency, |q| search(&client, &stac, q, &dir));
+    // `--jobs N` bounds every thread of a run: requests too
+    let at_once = stac.concurrency.min(rayon::current_num_threads().max(1));
+    let results = run_bounded(&queries, at_once, |q| search(&client, &stac, q, &dir));
     // the first failure in query order (the searches not started after it are not errors of their own)
     let results: Vec<Found> = match results.into_iter().flatten().collect::<Result<Vec<Found>>>() {
         Ok(all) if all.len() == queries.len() => all,
@@ -118,23 +124,22 @@ pub fn stac_search(installations: &Table, stac: StacQuery) -> Result<Table> {
     };
     let mut items: BTreeMap<(String, String), J> = BTreeMap::new();
     let (mut pages, mut fetched, mut retried) = (0, 0, 0);
-    for (q, found) in queries.iter().zip(results) {
+    for found in results {
         pages += found.pages;
         fetched += found.fetched;
         retried += found.retried;
         for item in found.items {
-            check_item(&item, &stac.assets).with_context(|| format!("STAC search `{}`", q.label))?;
             let key = (text(&item["collection"]).to_string(), text(&item["id"]).to_string());
             items.entry(key).or_insert(item);
         }
     }
-    // every search ended: their pages are not needed again
+    // every search of the node ended: their pages are not needed again
     for q in &queries {
         let _ = std::fs::remove_dir_all(dir.join(query_dir(&stac, q)));
     }
     ctx::note(format!(
-        "{} queries, {pages} pages ({fetched} fetched, the others from an earlier run; {retried} requests retried), {} \
-         distinct items",
+        "{} queries, {pages} pages ({fetched} fetched, the others kept from an earlier run or an identical query; \
+         {retried} requests retried), {} distinct items",
         queries.len(),
         items.len()
     ));
@@ -161,6 +166,9 @@ pub fn stac_items(installations: &Table, stac_search: &Table, stac: StacQuery) -
         .assets
         .iter()
         .map(|k| {
+            if items.num_rows() == 0 {
+                return Ok(StringArray::from(Vec::<Option<&str>>::new()));
+            }
             let asset = assets
                 .and_then(|a| a.column_by_name(k))
                 .and_then(|a| a.as_any().downcast_ref::<arrow_array::StructArray>())
@@ -322,7 +330,11 @@ fn search(client: &reqwest::blocking::Client, stac: &StacQuery, q: &Query, cache
     let dir = cache.join(query_dir(stac, q));
     let mut request = (format!("{}/search", stac.url.trim_end_matches('/')), Some(first_body(stac, q)));
     let mut found = Found { items: Vec::new(), pages: 0, fetched: 0, retried: 0 };
+    let mut asked = std::collections::HashSet::new();
     loop {
+        if !asked.insert(format!("{} {}", request.0, request.1.as_ref().map(J::to_string).unwrap_or_default())) {
+            bail!("STAC search `{}`: page {} links back to a page already read ({})", q.label, found.pages, request.0);
+        }
         let page = found.pages + 1;
         let at = || format!("STAC search `{}` page {page} ({})", q.label, request.0);
         let file = dir.join(format!("{page}.json"));
@@ -347,6 +359,14 @@ fn search(client: &reqwest::blocking::Client, stac: &StacQuery, q: &Query, cache
             .as_array()
             .ok_or_else(|| anyhow!("the answer has no `features` list"))
             .with_context(at)?;
+        // a page with an item the flow cannot use is not kept: a fixed server is asked again
+        for item in features {
+            check_item(item, &stac.assets)
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&file);
+                })
+                .with_context(at)?;
+        }
         found.items.extend(features.iter().cloned());
         let next = answer["links"].as_array().and_then(|l| l.iter().find(|l| l["rel"] == "next"));
         let Some(next) = next else { return Ok(found) };
@@ -396,6 +416,17 @@ fn fetch(client: &reqwest::blocking::Client, url: &str, body: Option<&J>, retrie
     }
 }
 
+/// Removes the pages of searches left unfinished more than a day ago (their answers may have changed).
+fn remove_old_pages(dir: &Path) {
+    let day = Duration::from_secs(24 * 3600);
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|a| a > day));
+        if old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Writes a page whole or not at all.
 fn keep(file: &Path, text: &str) -> Result<()> {
     let dir = file.parent().unwrap_or(Path::new("."));
@@ -427,6 +458,16 @@ fn check_item(item: &J, assets: &[String]) -> Result<()> {
     if !item["geometry"].is_object() {
         bail!("item `{id}` has no geometry");
     }
+    serde_json::from_value::<geojson::Geometry>(item["geometry"].clone())
+        .map_err(|e| e.to_string())
+        .and_then(|g| Geometry::<f64>::try_from(g).map_err(|e| e.to_string()))
+        .map_err(|e| anyhow!("item `{id}` has a geometry that is not GeoJSON ({e})"))?;
+    for key in ["datetime", "start_datetime", "end_datetime"] {
+        if let Some(d) = item["properties"][key].as_str() {
+            arrow_cast::parse::string_to_timestamp_nanos(d)
+                .map_err(|_| anyhow!("item `{id}` has a {key} that is not an RFC 3339 instant: `{d}`"))?;
+        }
+    }
     for k in assets {
         if item["assets"].get(k).and_then(|a| a["href"].as_str()).is_none() {
             let has: Vec<&str> =
@@ -442,9 +483,19 @@ fn abbreviated(v: &J) -> String {
 }
 
 /// Items -> the stac-geoparquet layout: properties and the item's top-level members as columns (arrow-json
-/// infers their types, objects as structs), `geometry` as WKB, `bbox` as a struct, `datetime` as a
-/// timestamp.
+/// infers their types, objects as structs), `geometry` as WKB, `datetime` as a timestamp. The `bbox`
+/// struct column (`xmin`, `ymin`, `xmax`, `ymax`) is the GeoParquet writer's covering column.
 fn stac_geoparquet(items: Vec<J>) -> Result<Table> {
+    if items.is_empty() {
+        // nothing found: the columns every item has, without rows
+        let text = |n: &str| Field::new(n, DataType::Utf8, true);
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
+        let fields =
+            vec![text("type"), text("stac_version"), text("id"), text("collection"), Field::new("datetime", ts, true)];
+        let mut schema_fields = fields;
+        schema_fields.push(wkb_field("geometry", true, None));
+        return Ok(Table::from_batch(RecordBatch::new_empty(Arc::new(Schema::new(schema_fields)))));
+    }
     let mut geoms = Vec::with_capacity(items.len());
     let rows: Vec<J> = items
         .into_iter()
@@ -452,7 +503,6 @@ fn stac_geoparquet(items: Vec<J>) -> Result<Table> {
             let g: Option<Geometry<f64>> = serde_json::from_value::<geojson::Geometry>(item["geometry"].clone())
                 .ok()
                 .and_then(|g| Geometry::try_from(g).ok());
-            let b = g.as_ref().and_then(|g| g.bounding_rect());
             geoms.push(g);
             let mut row = item["properties"].as_object().cloned().unwrap_or_default();
             for k in ["type", "stac_version", "stac_extensions", "id", "collection", "assets", "links"] {
@@ -460,18 +510,12 @@ fn stac_geoparquet(items: Vec<J>) -> Result<Table> {
                     row.insert(k.to_string(), v.clone());
                 }
             }
-            if let Some(b) = b {
-                row.insert(
-                    "bbox".into(),
-                    json!({"xmin": b.min().x, "ymin": b.min().y, "xmax": b.max().x, "ymax": b.max().y}),
-                );
-            }
             J::Object(row)
         })
         .collect();
     let schema = arrow_json::reader::infer_json_schema_from_iterator(rows.iter().map(Ok))?;
     let mut decoder = arrow_json::ReaderBuilder::new(Arc::new(schema.clone())).build_decoder()?;
-    decoder.serialize(&rows)?;
+    decoder.serialize(&rows).context("the items' properties do not have one type each")?;
     let batch = decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(Arc::new(schema.clone())));
     let mut fields: Vec<Field> = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
@@ -514,6 +558,12 @@ mod tests {
         assert!(err.contains("an item without an `id`"), "{err}");
         let err = check_item(&json!({"id": "b", "geometry": null}), &[]).unwrap_err().to_string();
         assert!(err.contains("item `b` has no geometry"), "{err}");
+        let mut bad = item("c", "2023-01-01T00:00:00Z");
+        bad["geometry"] = json!({"type": "Polygon", "coordinates": "nonsense"});
+        let err = check_item(&bad, &[]).unwrap_err().to_string();
+        assert!(err.contains("item `c` has a geometry that is not GeoJSON"), "{err}");
+        let err = check_item(&item("d", "yesterday"), &[]).unwrap_err().to_string();
+        assert!(err.contains("item `d` has a datetime that is not an RFC 3339 instant: `yesterday`"), "{err}");
     }
 
     #[test]
@@ -522,11 +572,14 @@ mod tests {
         let b = t.concat().unwrap();
         let schema = b.schema();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        for c in ["id", "collection", "datetime", "eo:cloud_cover", "assets", "bbox", "geometry", "stac_version"] {
+        for c in ["id", "collection", "datetime", "eo:cloud_cover", "assets", "geometry", "stac_version"] {
             assert!(names.contains(&c), "{c} in {names:?}");
         }
         assert!(matches!(b.schema().field_with_name("datetime").unwrap().data_type(), DataType::Timestamp(..)));
         let err = stac_geoparquet(vec![item("c", "yesterday")]).unwrap_err().to_string();
         assert!(err.contains("datetime is not an RFC 3339 instant"), "{err}");
+        // nothing found: the columns without rows
+        let empty = stac_geoparquet(Vec::new()).unwrap();
+        assert_eq!((empty.num_rows(), empty.schema().fields().len()), (0, 6));
     }
 }
