@@ -2,7 +2,8 @@
 //!
 //! `[config.stac]` says what to look for ([`StacQuery`]); two nodes:
 //! - [`stac_search`] asks the API's `/search` (POST, `intersects`, `collections`, `datetime`, and
-//!   `eo:cloud_cover < max_cloud_cover` as a CQL2 `filter`) once per installation, or once per H3 cell
+//!   `eo:cloud_cover < max_cloud_cover` and any other CQL2 `filter`, or a `query`) once per installation,
+//!   or once per H3 cell
 //!   holding installations (`h3_resolution`: one query per area), and follows each answer's `next` link to
 //!   the last page. Its table is the distinct items found in the stac-geoparquet layout (`type`,
 //!   `stac_version`, `id`, `geometry`, `collection`, the properties as columns, `assets`, `links`; the
@@ -13,7 +14,7 @@
 //!   one `asset_<key>` href column per asset the flow asks for.
 //!
 //! Requests run `concurrency` at a time (at most `--jobs`); a 429, a 5xx or a failed connection is retried
-//! four times with backoff (0.25, 0.5, 1, 2 s). Every page is kept on disk (`<cache>/stac/`, by its query)
+//! four times with backoff (0.25, 0.5, 1, 2 s, or the `Retry-After` the server sends, up to 30 s). Every page is kept on disk (`<cache>/stac/`, by its query)
 //! until all of the node's searches have ended, and for a day at most: a rerun after a failure asks only
 //! for the pages it does not have; once the node succeeds its result is cached as any node's, and a run
 //! that must run it again asks the API again. A page holding an item the flow cannot use (no id, a
@@ -52,6 +53,13 @@ pub struct StacQuery {
     /// Only items with `eo:cloud_cover` below this (a CQL2 filter).
     #[serde(default)]
     pub max_cloud_cover: Option<f64>,
+    /// A CQL2-JSON filter, as a TOML table (`{ op = "=", args = [{ property = "platform" }, "sentinel-2b"] }`);
+    /// with `max_cloud_cover`, both must hold.
+    #[serde(default)]
+    pub filter: Option<J>,
+    /// The STAC query extension's `query` object (`{ "eo:cloud_cover" = { lt = 20 } }`), for APIs without CQL2.
+    #[serde(default)]
+    pub query: Option<J>,
     /// Asset keys whose hrefs [`stac_items`] gives (`["visual"]`); an item without one is an error.
     #[serde(default)]
     pub assets: Vec<String>,
@@ -318,9 +326,17 @@ fn first_body(stac: &StacQuery, q: &Query) -> J {
     if let Some(d) = &stac.datetime {
         body["datetime"] = json!(d);
     }
-    if let Some(max) = stac.max_cloud_cover {
+    let cloud = stac.max_cloud_cover.map(|max| json!({"op": "<", "args": [{"property": "eo:cloud_cover"}, max]}));
+    let filter = match (cloud, stac.filter.clone()) {
+        (Some(a), Some(b)) => Some(json!({"op": "and", "args": [a, b]})),
+        (a, b) => a.or(b),
+    };
+    if let Some(f) = filter {
         body["filter-lang"] = json!("cql2-json");
-        body["filter"] = json!({"op": "<", "args": [{"property": "eo:cloud_cover"}, max]});
+        body["filter"] = f;
+    }
+    if let Some(q) = &stac.query {
+        body["query"] = q.clone();
     }
     body
 }
@@ -388,6 +404,7 @@ fn search(client: &reqwest::blocking::Client, stac: &StacQuery, q: &Query, cache
 fn fetch(client: &reqwest::blocking::Client, url: &str, body: Option<&J>, retried: &mut usize) -> Result<String> {
     let mut attempt = 0;
     loop {
+        let mut wait = None;
         let sent = match body {
             Some(b) => client.post(url).json(b).send(),
             None => client.get(url).send(),
@@ -399,6 +416,9 @@ fn fetch(client: &reqwest::blocking::Client, url: &str, body: Option<&J>, retrie
                 return Ok(text);
             }
             Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+                // a server that says when to come back is believed, up to 30 s
+                let after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+                wait = after.map(|s| Duration::from_secs(s.min(30)));
                 format!("HTTP {}: {}", r.status(), r.text().unwrap_or_default().chars().take(200).collect::<String>())
             }
             Ok(r) => {
@@ -412,7 +432,7 @@ fn fetch(client: &reqwest::blocking::Client, url: &str, body: Option<&J>, retrie
             bail!("{retry} (after 4 retries)");
         }
         *retried += 1;
-        std::thread::sleep(Duration::from_millis(250 << (attempt - 1)));
+        std::thread::sleep(wait.unwrap_or(Duration::from_millis(250 << (attempt - 1))));
     }
 }
 
@@ -520,14 +540,14 @@ fn stac_geoparquet(items: Vec<J>) -> Result<Table> {
     let mut fields: Vec<Field> = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     for (f, c) in schema.fields().iter().zip(batch.columns()) {
-        if f.name() == "datetime" {
+        if ["datetime", "start_datetime", "end_datetime"].contains(&f.name().as_str()) {
             let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
             let strict = arrow_cast::CastOptions { safe: false, ..Default::default() };
             columns.push(
                 arrow_cast::cast_with_options(c, &ts, &strict)
                     .context("an item's datetime is not an RFC 3339 instant")?,
             );
-            fields.push(Field::new("datetime", ts, true));
+            fields.push(Field::new(f.name(), ts, true));
         } else {
             fields.push(f.as_ref().clone());
             columns.push(c.clone());
@@ -564,6 +584,26 @@ mod tests {
         assert!(err.contains("item `c` has a geometry that is not GeoJSON"), "{err}");
         let err = check_item(&item("d", "yesterday"), &[]).unwrap_err().to_string();
         assert!(err.contains("item `d` has a datetime that is not an RFC 3339 instant: `yesterday`"), "{err}");
+    }
+
+    #[test]
+    fn a_search_body_says_everything_the_flow_asks() {
+        let toml: toml::Value = toml::from_str(
+            "url = \"http://x\"\ncollections = [\"s2\"]\ndatetime = \"2023-01-01T00:00:00Z/..\"\nmax_cloud_cover = 20.0\n\
+             filter = { op = \"=\", args = [{ property = \"platform\" }, \"sentinel-2b\"] }\n\
+             query = { \"eo:cloud_cover\" = { lt = 20 } }\nlimit = 7",
+        )
+        .unwrap();
+        let stac = StacQuery::from_toml(&toml, &flowrun_engine::LiteralCx::default()).unwrap();
+        let q = Query { label: "x".into(), area: Geometry::Point(geo::Point::new(1.0, 2.0)) };
+        let body = first_body(&stac, &q);
+        assert_eq!(body["limit"], 7);
+        assert_eq!(body["collections"], json!(["s2"]));
+        assert_eq!(body["intersects"], json!({"type": "Point", "coordinates": [1.0, 2.0]}));
+        assert_eq!(body["filter-lang"], "cql2-json");
+        assert_eq!(body["filter"]["op"], "and");
+        assert_eq!(body["filter"]["args"][1], json!({"op": "=", "args": [{"property": "platform"}, "sentinel-2b"]}));
+        assert_eq!(body["query"], json!({"eo:cloud_cover": {"lt": 20}}));
     }
 
     #[test]
