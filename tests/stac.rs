@@ -78,6 +78,7 @@ print(json.dumps({
     "parquet_assets": sorted({k for i in items for k in i["assets"]}),
     "every_item_has_both": all(sorted(i["assets"]) == ["B04", "visual"] for i in items),
     "pyarrow_rows": pq.read_table(parquet).num_rows,
+    "stac_geoparquet": json.loads(pq.read_metadata(parquet).metadata[b"stac-geoparquet"]),
     "item_ids": sorted({i for _, i in found}),
     "snapshots": con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0],
 }))
@@ -137,6 +138,7 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     assert_eq!(o["parquet_items"], o["item_ids"], "{o}");
     assert_eq!(o["parquet_assets"], serde_json::json!(["B04", "visual"]), "{o}");
     assert_eq!(o["every_item_has_both"], true, "{o}");
+    assert_eq!(o["stac_geoparquet"], serde_json::json!({"version": "1.0.0"}), "the file says what it is");
     assert_eq!(o["pyarrow_rows"], serde_json::json!(o["item_ids"].as_array().unwrap().len()), "pyarrow reads it too");
     let note = run.stdout.split("queries, ").nth(1).unwrap_or_default().split('"').next().unwrap().to_string();
     assert!(note.contains("pages (") && note.contains("fetched"), "{note}");

@@ -6,7 +6,8 @@
 //! covering column (checked with DuckDB 1.5.5), and because it writes straight from the Arrow batches
 //! nodes produce. [`write_with_duckdb`] is kept for the benchmark that compares the two.
 //!
-//! The `geo` metadata lists, per geometry column: encoding `WKB`, `geometry_types` (found in the data),
+//! The table's own schema metadata is written as file metadata too (stac-geoparquet's `stac-geoparquet`
+//! key). The `geo` metadata lists, per geometry column: encoding `WKB`, `geometry_types` (found in the data),
 //! `bbox`, `covering.bbox` (pointing at the `<column>_bbox` struct column), and `crs`: omitted when the
 //! column's CRS is OGC:CRS84 / unspecified (which GeoParquet defines as OGC:CRS84), PROJJSON otherwise.
 
@@ -139,6 +140,12 @@ pub fn write_pending(
         *text = meta.to_string();
     }
     writer.append_key_value_metadata(geo);
+    // the table's own file metadata (stac-geoparquet's `stac-geoparquet` key, say), beside `geo`
+    for (k, v) in table.schema().metadata() {
+        if k != "geo" && !k.starts_with("ARROW:") {
+            writer.append_key_value_metadata(parquet::file::metadata::KeyValue::new(k.clone(), v.clone()));
+        }
+    }
     writer.close()?;
     let bytes = std::fs::metadata(tmp.path())?.len();
     let info = GeoParquetWrite {

@@ -7,8 +7,8 @@
 //!   holding installations (`h3_resolution`: one query per area), and follows each answer's `next` link to
 //!   the last page. Its table is the distinct items found in the stac-geoparquet layout (`type`,
 //!   `stac_version`, `id`, `geometry`, `collection`, the properties as columns, `assets`, `links`; the
-//!   GeoParquet writer adds `bbox`), so a `geoparquet` materialization of it is a stac-geoparquet file
-//!   `rustac` and pyarrow read.
+//!   GeoParquet writer adds `bbox`; the file's `stac-geoparquet` metadata gives the version), so a
+//!   `geoparquet` materialization of it is a stac-geoparquet file `rustac` and pyarrow read.
 //! - [`stac_items`] joins items to installations: one row per (installation, item whose geometry meets
 //!   the installation's bounding box), with the item's id, collection, datetime, cloud cover, geometry and
 //!   one `asset_<key>` href column per asset the flow asks for.
@@ -514,7 +514,7 @@ fn stac_geoparquet(items: Vec<J>) -> Result<Table> {
             vec![text("type"), text("stac_version"), text("id"), text("collection"), Field::new("datetime", ts, true)];
         let mut schema_fields = fields;
         schema_fields.push(wkb_field("geometry", true, None));
-        return Ok(Table::from_batch(RecordBatch::new_empty(Arc::new(Schema::new(schema_fields)))));
+        return Ok(Table::from_batch(RecordBatch::new_empty(Arc::new(stac_schema(schema_fields)))));
     }
     let mut geoms = Vec::with_capacity(items.len());
     let rows: Vec<J> = items
@@ -555,7 +555,14 @@ fn stac_geoparquet(items: Vec<J>) -> Result<Table> {
     }
     fields.push(wkb_field("geometry", true, None));
     columns.push(wkb_array(&geoms));
-    Ok(Table::from_batch(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?))
+    Ok(Table::from_batch(RecordBatch::try_new(Arc::new(stac_schema(fields)), columns)?))
+}
+
+/// A schema carrying stac-geoparquet's file metadata (`stac-geoparquet`: its version), which a `geoparquet`
+/// materialization writes into the file's key-value metadata.
+fn stac_schema(fields: Vec<Field>) -> Schema {
+    let meta = json!({"version": "1.0.0"}).to_string();
+    Schema::new(fields).with_metadata([("stac-geoparquet".to_string(), meta)].into())
 }
 
 #[cfg(test)]
