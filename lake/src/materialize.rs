@@ -408,6 +408,20 @@ fn table_of(o: &OutputItem, section: &str) -> Result<Table> {
     })
 }
 
+/// After a Ctrl-C, stops before writing `section`, saying whether the lake's commit happened (`snapshot`) and
+/// that `section` and the `what` after it were not written.
+fn stop_if_interrupted(lake: Option<&LakeConfig>, snapshot: Option<i64>, section: &str, what: &str) -> Result<()> {
+    let Some(l) = lake else { return Ok(()) };
+    l.stop_if_interrupted().with_context(|| match snapshot {
+        Some(snapshot) => {
+            format!(
+                "the lake was committed (snapshot {snapshot}); `{section}` and the {what} after it were not written"
+            )
+        }
+        None => format!("`{section}` and the {what} after it were not written"),
+    })
+}
+
 /// Writes the flow's materializations for a successful run (see the module documentation).
 pub fn materialize(
     flow: &Flow,
@@ -569,14 +583,7 @@ pub fn materialize(
 
     // 3. files into place
     for (tmp, path, section, where_, identity, rows) in pending_files {
-        if let Some(l) = lake {
-            l.stop_if_interrupted().with_context(|| match out.snapshot {
-                Some(snapshot) => format!(
-                    "the lake was committed (snapshot {snapshot}); `{section}` and the files after it were not written"
-                ),
-                None => format!("`{section}` and the files after it were not written"),
-            })?;
-        }
+        stop_if_interrupted(lake, out.snapshot, &section, "files")?;
         path.commit(tmp, &storage).with_context(|| format!("materialization `{section}`"))?;
         if let Some(s) = store {
             s.set_state(&state_key("geoparquet", &where_), &identity.to_hex())?;
@@ -592,15 +599,7 @@ pub fn materialize(
 
     // 4. Lance datasets: one commit (a new version) each
     for (section, dest, mode, o, identity) in datasets {
-        if let Some(l) = lake {
-            l.stop_if_interrupted().with_context(|| match out.snapshot {
-                Some(snapshot) => format!(
-                    "the lake was committed (snapshot {snapshot}); `{section}` and the datasets after it were not \
-                     written"
-                ),
-                None => format!("`{section}` and the datasets after it were not written"),
-            })?;
-        }
+        stop_if_interrupted(lake, out.snapshot, &section, "datasets")?;
         let where_ = dest.to_string();
         let identity = identity.to_hex().to_string();
         let in_dataset = |what: &str| format!("materialization `{section}` ({what} {where_})");

@@ -124,12 +124,9 @@ pub fn stac_search(installations: &Table, stac: StacQuery) -> Result<Table> {
     // `--jobs N` bounds every thread of a run: requests too
     let at_once = stac.concurrency.min(rayon::current_num_threads().max(1));
     let results = run_bounded(&queries, at_once, |q| search(&client, &stac, q, &dir));
-    // the first failure in query order (the searches not started after it are not errors of their own)
-    let results: Vec<Found> = match results.into_iter().flatten().collect::<Result<Vec<Found>>>() {
-        Ok(all) if all.len() == queries.len() => all,
-        Ok(_) => bail!("a STAC search did not run"),
-        Err(e) => return Err(e),
-    };
+    // the first failure in query order; a search is left out (`None`) only after another failed, so without a
+    // failure every search ran
+    let results: Vec<Found> = results.into_iter().flatten().collect::<Result<_>>()?;
     let mut items: BTreeMap<(String, String), J> = BTreeMap::new();
     let (mut pages, mut fetched, mut retried) = (0, 0, 0);
     for found in results {
@@ -159,7 +156,8 @@ pub fn stac_search(installations: &Table, stac: StacQuery) -> Result<Table> {
 pub fn stac_items(installations: &Table, stac_search: &Table, stac: StacQuery) -> Result<Table> {
     let boxes = installation_boxes(installations)?;
     let items = stac_search.concat()?;
-    let geoms = geometries(items.column(geom::geometry_index(stac_search)?))?;
+    let geometry = items.column(geom::geometry_index(stac_search)?);
+    let geoms = geometries(geometry)?;
     let tree = geom::bbox_tree(geoms.iter().map(Option::as_ref));
     let ids: StringArray = column(&items, "id")?;
     let collections: StringArray = column(&items, "collection")?;
@@ -168,21 +166,22 @@ pub fn stac_items(installations: &Table, stac_search: &Table, stac: StacQuery) -
         .map(|c| arrow_cast::cast(c, &DataType::Float64))
         .transpose()?
         .unwrap_or_else(|| Arc::new(Float64Array::new_null(items.num_rows())));
-    let datetime = items.column_by_name("datetime").context("the items have no datetime column")?.clone();
+    let datetime = items.column_by_name("datetime").context("the items have no datetime column")?;
     let assets = items.column_by_name("assets").and_then(|a| a.as_any().downcast_ref::<arrow_array::StructArray>());
-    let hrefs: Vec<StringArray> = stac
+    let hrefs: Vec<ArrayRef> = stac
         .assets
         .iter()
         .map(|k| {
             if items.num_rows() == 0 {
-                return Ok(StringArray::from(Vec::<Option<&str>>::new()));
+                return Ok(Arc::new(StringArray::from(Vec::<Option<&str>>::new())) as ArrayRef);
             }
-            let asset = assets
+            let href = assets
                 .and_then(|a| a.column_by_name(k))
                 .and_then(|a| a.as_any().downcast_ref::<arrow_array::StructArray>())
                 .and_then(|a| a.column_by_name("href"))
                 .with_context(|| format!("the items have no asset `{k}`"))?;
-            Ok(asset.as_any().downcast_ref::<StringArray>().context("an asset href is not text")?.clone())
+            anyhow::ensure!(href.data_type() == &DataType::Utf8, "the hrefs of asset `{k}` are not text");
+            Ok(href.clone())
         })
         .collect::<Result<_>>()?;
     // (installation, item), sorted by installation then item
@@ -199,10 +198,8 @@ pub fn stac_items(installations: &Table, stac_search: &Table, stac: StacQuery) -
         found.sort_by(|a, b| (ids.value(*a), collections.value(*a)).cmp(&(ids.value(*b), collections.value(*b))));
         pairs.extend(found.into_iter().map(|j| (i, j)));
     }
-    let take = |a: &ArrayRef| -> Result<ArrayRef> {
-        let idx = arrow_array::UInt32Array::from(pairs.iter().map(|p| p.1 as u32).collect::<Vec<_>>());
-        Ok(arrow_select::take::take(a, &idx, None)?)
-    };
+    let rows = arrow_array::UInt32Array::from(pairs.iter().map(|p| p.1 as u32).collect::<Vec<_>>());
+    let take = |a: &dyn Array| arrow_select::take::take(a, &rows, None);
     let unified: StringArray = pairs.iter().map(|(i, _)| Some(boxes[*i].0.as_str())).collect();
     let mut fields = vec![
         Field::new("unified_id", DataType::Utf8, false),
@@ -211,19 +208,14 @@ pub fn stac_items(installations: &Table, stac_search: &Table, stac: StacQuery) -
         Field::new("datetime", datetime.data_type().clone(), true),
         Field::new("cloud_cover", DataType::Float64, true),
     ];
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(unified),
-        take(&(Arc::new(ids.clone()) as ArrayRef))?,
-        take(&(Arc::new(collections.clone()) as ArrayRef))?,
-        take(&datetime)?,
-        take(&cloud)?,
-    ];
+    let mut columns: Vec<ArrayRef> =
+        vec![Arc::new(unified), take(&ids)?, take(&collections)?, take(datetime)?, take(&cloud)?];
     for (k, h) in stac.assets.iter().zip(&hrefs) {
         fields.push(Field::new(format!("asset_{k}"), DataType::Utf8, true));
-        columns.push(take(&(Arc::new(h.clone()) as ArrayRef))?);
+        columns.push(take(h)?);
     }
     fields.push(wkb_field("geometry", true, None));
-    columns.push(take(items.column(geom::geometry_index(stac_search)?))?);
+    columns.push(take(geometry)?);
     Ok(Table::from_batch(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?))
 }
 
