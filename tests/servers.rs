@@ -1,6 +1,7 @@
 //! Real servers for the tests, started on loopback by the tests themselves and stopped on drop: PostgreSQL
 //! 15 (Debian's package), an S3 server (moto's server mode, from PyPI, in the test virtualenv), a STAC API
-//! (rustac's server on pgstac, both from PyPI, on that PostgreSQL with PostGIS) and a Slurm cluster.
+//! (rustac's server on pgstac, both from PyPI, on that PostgreSQL with PostGIS), a rate-limiting gateway
+//! (nginx) and a Slurm cluster.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -174,6 +175,62 @@ impl StacServer {
 impl Drop for StacServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A rate-limiting gateway in front of a server, as public STAC APIs sit behind one: nginx (Debian's
+/// `nginx-light`) on a free loopback port, letting `per_second` requests a second through to `upstream` and
+/// answering the others `429 Too Many Requests` with `Retry-After: 1`. Stopped on drop.
+pub struct RateLimiter {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl RateLimiter {
+    pub fn start(upstream: &str, per_second: u32) -> RateLimiter {
+        assert!(
+            Path::new("/usr/sbin/nginx").exists(),
+            "nginx is not installed (apt-get install nginx-light); .ci/run installs it"
+        );
+        let (dir, port) = (tempfile::tempdir().unwrap(), free_port());
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             limit_req_zone $binary_remote_addr zone=api:1m rate={per_second}r/s;\n\
+             server {{\n    listen 127.0.0.1:{port};\n\
+             location / {{\n      limit_req zone=api;\n      limit_req_status 429;\n      error_page 429 = @slow_down;\n\
+             proxy_pass {upstream};\n      proxy_set_header Host $http_host;\n    }}\n\
+             location @slow_down {{\n      add_header Retry-After 1 always;\n      return 429 \"too many requests\\n\";\n    }}\n\
+             }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = Command::new("/usr/sbin/nginx")
+            .args(["-p", &d.to_string(), "-e", &format!("{d}/error.log"), "-c", "nginx.conf"])
+            .spawn()
+            .expect("nginx starts");
+        wait_for_port(port, "nginx");
+        RateLimiter { child, dir, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The status of every request answered so far, in order (from the access log).
+    pub fn statuses(&self) -> Vec<u16> {
+        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        // combined format: ... "POST /search HTTP/1.1" 429 ...
+        log.lines().filter_map(|l| l.split('"').nth(2)?.split_whitespace().next()?.parse().ok()).collect()
+    }
+}
+
+impl Drop for RateLimiter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::servers::StacServer;
+use crate::servers::{RateLimiter, StacServer};
 use crate::util::{Scratch, finish, flowrun_extension_dir, pv_data, python_json, spawn};
 
 /// 300 of India's installations from the lake doi_pv.toml wrote: (unified_id, bbox) of each, and 300 items of
@@ -120,12 +120,13 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     let run = s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
     let parquet = lake.join("pv_stac_items.parquet").display().to_string();
     let url = server.url();
-    let oracle = |_: &Scratch| {
+    let oracle_of = |installations: &str| {
         python_json(
             ORACLE,
-            &[&url, &catalog.display().to_string(), &data.display().to_string(), &ext, &parquet, &installations],
+            &[&url, &catalog.display().to_string(), &data.display().to_string(), &ext, &parquet, installations],
         )
     };
+    let oracle = |_: &Scratch| oracle_of(&installations);
     let o = oracle(&s);
     assert!(o["expected"].as_u64().unwrap() > 200, "the fixture gives many pairs: {o}");
     assert_eq!((o["missing"].clone(), o["extra"].clone()), (serde_json::json!([]), serde_json::json!([])), "{o}");
@@ -138,7 +139,12 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     assert_eq!(o["parquet_items"], o["item_ids"], "{o}");
     assert_eq!(o["parquet_assets"], serde_json::json!(["B04", "visual"]), "{o}");
     assert_eq!(o["every_item_has_both"], true, "{o}");
-    assert_eq!(o["stac_geoparquet"], serde_json::json!({"version": "1.0.0"}), "the file says what it is");
+    // the file says what it is, and the items' collection as the server has it
+    assert_eq!(o["stac_geoparquet"]["version"], "1.0.0", "{o}");
+    let collections = o["stac_geoparquet"]["collections"].as_object().unwrap();
+    assert_eq!(collections.keys().collect::<Vec<_>>(), ["s2-test"], "{o}");
+    assert_eq!(collections["s2-test"]["id"], "s2-test");
+    assert_eq!(collections["s2-test"]["description"], "test imagery");
     assert_eq!(o["pyarrow_rows"], serde_json::json!(o["item_ids"].as_array().unwrap().len()), "pyarrow reads it too");
     let note = run.stdout.split("queries, ").nth(1).unwrap_or_default().split('"').next().unwrap().to_string();
     assert!(note.contains("pages (") && note.contains("fetched"), "{note}");
@@ -148,6 +154,33 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
     let cells = oracle(&s);
     assert_eq!((cells["missing"].clone(), cells["extra"].clone()), (serde_json::json!([]), serde_json::json!([])));
+
+    // behind a gateway that lets 5 requests a second through and answers the others 429 with `Retry-After: 1`
+    // (nginx), one request at a time, 8 installations: every 429 is retried after the second the gateway asks,
+    // and the run finds what pystac-client finds (directly); a change of concurrency alone re-runs no search
+    let gateway = RateLimiter::start(&server.url(), 5);
+    imagery_flow(&s, &server, None, "");
+    let flow = std::fs::read_to_string(s.path().join("flows/pv_imagery.toml")).unwrap();
+    let flow = flow.replace(&server.url(), &gateway.url()).replace("LIMIT 300\"", "LIMIT 8\"");
+    s.write("flows/pv_imagery.toml", &flow.replace("concurrency = 4 ", "concurrency = 1 "));
+    let eight = serde_json::Value::from(made["installations"].as_array().unwrap()[..8].to_vec());
+    let eight = s.write("installations8.json", &eight.to_string()).display().to_string();
+    let started = std::time::Instant::now();
+    let limited = s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
+    let took = started.elapsed().as_secs_f64();
+    let o = oracle_of(&eight);
+    assert!(o["expected"].as_u64().unwrap() > 0, "{o}");
+    assert_eq!((o["missing"].clone(), o["extra"].clone()), (serde_json::json!([]), serde_json::json!([])), "{o}");
+    let statuses = gateway.statuses();
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(refused > 0 && statuses.iter().all(|&s| s == 200 || s == 429), "{statuses:?}");
+    let note = limited.stdout.split("requests retried").next().unwrap().rsplit("; ").next().unwrap().to_string();
+    assert_eq!(note.trim().parse::<usize>().ok(), Some(refused), "one retry per 429: {statuses:?}");
+    assert!(took >= refused as f64, "each 429 waited the second the gateway asked for: {refused} in {took:.1} s");
+    s.write("flows/pv_imagery.toml", &flow.replace("concurrency = 4 ", "concurrency = 3 "));
+    let again = s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
+    assert_eq!(gateway.statuses().len(), statuses.len(), "no request: {}", again.stdout);
+    drop(gateway);
 
     // the server stopped after page 2 of a search (one request at a time, one item a page): the run fails
     // naming the query and page 3, the lake keeps its snapshot, and the rerun asks only for the pages it lacks

@@ -7,7 +7,8 @@
 //!   holding installations (`h3_resolution`: one query per area), and follows each answer's `next` link to
 //!   the last page. Its table is the distinct items found in the stac-geoparquet layout (`type`,
 //!   `stac_version`, `id`, `geometry`, `collection`, the properties as columns, `assets`, `links`; the
-//!   GeoParquet writer adds `bbox`; the file's `stac-geoparquet` metadata gives the version), so a
+//!   GeoParquet writer adds `bbox`; the file's `stac-geoparquet` metadata gives the version and the items'
+//!   collections, fetched from `/collections/{id}`), so a
 //!   `geoparquet` materialization of it is a stac-geoparquet file `rustac` and pyarrow read.
 //! - [`stac_items`] joins items to installations: one row per (installation, item whose geometry meets
 //!   the installation's bounding box), with the item's id, collection, datetime, cloud cover, geometry and
@@ -102,6 +103,16 @@ impl Value for StacQuery {
         }
         Ok(q)
     }
+    /// Everything but `concurrency`, which says how to ask, not what: changing it re-runs no search.
+    fn identity(&self) -> Option<Result<blake3::Hash, String>> {
+        let mut out = Vec::new();
+        let what = StacQuery { concurrency: 0, ..self.clone() };
+        Some(
+            flowrun_engine::value::serde_encode(&what, &mut out)
+                .map(|()| blake3::hash(&out))
+                .map_err(|e| e.to_string()),
+        )
+    }
 }
 
 /// One search: where, and what it is called in messages.
@@ -142,13 +153,22 @@ pub fn stac_search(installations: &Table, stac: StacQuery) -> Result<Table> {
     for q in &queries {
         let _ = std::fs::remove_dir_all(dir.join(query_dir(&stac, q)));
     }
+    // the collections the items belong to, for the file's metadata
+    let mut collections = serde_json::Map::new();
+    for id in items.keys().map(|(c, _)| c).collect::<BTreeSet<_>>() {
+        let url = format!("{}/collections/{id}", stac.url.trim_end_matches('/'));
+        let text =
+            fetch(&client, &url, None, &mut retried).with_context(|| format!("STAC collection `{id}` ({url})"))?;
+        let collection: J = serde_json::from_str(&text).with_context(|| format!("STAC collection `{id}` ({url})"))?;
+        collections.insert(id.clone(), collection);
+    }
     ctx::note(format!(
         "{} queries, {pages} pages ({fetched} fetched, the others kept from an earlier run or an identical query; \
          {retried} requests retried), {} distinct items",
         queries.len(),
         items.len()
     ));
-    stac_geoparquet(items.into_values().collect())
+    stac_geoparquet(items.into_values().collect(), collections)
 }
 
 /// One row per (installation, item whose geometry meets its bounding box); see the module documentation.
@@ -336,7 +356,7 @@ fn first_body(stac: &StacQuery, q: &Query) -> J {
 /// One search, page after page (see the module documentation).
 fn search(client: &reqwest::blocking::Client, stac: &StacQuery, q: &Query, cache: &Path) -> Result<Found> {
     let dir = cache.join(query_dir(stac, q));
-    let mut request = (format!("{}/search", stac.url.trim_end_matches('/')), Some(first_body(stac, q)));
+    let mut request: Request = (format!("{}/search", stac.url.trim_end_matches('/')), Some(first_body(stac, q)));
     let mut found = Found { items: Vec::new(), pages: 0, fetched: 0, retried: 0 };
     let mut asked = std::collections::HashSet::new();
     loop {
@@ -378,18 +398,29 @@ fn search(client: &reqwest::blocking::Client, stac: &StacQuery, q: &Query, cache
         found.items.extend(features.iter().cloned());
         let next = answer["links"].as_array().and_then(|l| l.iter().find(|l| l["rel"] == "next"));
         let Some(next) = next else { return Ok(found) };
-        let href = next["href"].as_str().ok_or_else(|| anyhow!("a `next` link without href")).with_context(at)?;
-        request = match next["method"].as_str() {
-            Some("POST") => {
-                let mut body = if next["merge"] == true { request.1.clone().unwrap_or_default() } else { json!({}) };
-                if let (Some(b), Some(extra)) = (body.as_object_mut(), next["body"].as_object()) {
-                    b.extend(extra.clone());
-                }
-                (href.to_string(), Some(body))
-            }
-            _ => (href.to_string(), None),
-        };
+        request = next_request(next, &request).with_context(at)?;
     }
+}
+
+/// A request: URL and, for a POST, its body.
+type Request = (String, Option<J>);
+
+/// The request a `next` link asks for (STAC API item search, "Paging"): a GET of its `href` unless its
+/// `method` is POST; a POST sends the link's `body`, or with `"merge": true` the previous request's body
+/// with the link's members put over it.
+fn next_request(link: &J, previous: &Request) -> Result<Request> {
+    let href = link["href"].as_str().ok_or_else(|| anyhow!("a `next` link without href"))?.to_string();
+    if link["method"].as_str().is_none_or(|m| m.eq_ignore_ascii_case("GET")) {
+        return Ok((href, None));
+    }
+    if !link["method"].as_str().is_some_and(|m| m.eq_ignore_ascii_case("POST")) {
+        bail!("a `next` link with method {} (a STAC API pages with GET or POST)", link["method"]);
+    }
+    let mut body = if link["merge"] == true { previous.1.clone().unwrap_or_else(|| json!({})) } else { json!({}) };
+    if let (Some(b), Some(extra)) = (body.as_object_mut(), link["body"].as_object()) {
+        b.extend(extra.clone());
+    }
+    Ok((href, Some(body)))
 }
 
 /// One request: POST with `body`, else GET; retried on 429, 5xx and failed connections.
@@ -497,7 +528,7 @@ fn abbreviated(v: &J) -> String {
 /// Items -> the stac-geoparquet layout: properties and the item's top-level members as columns (arrow-json
 /// infers their types, objects as structs), `geometry` as WKB, `datetime` as a timestamp. The `bbox`
 /// struct column (`xmin`, `ymin`, `xmax`, `ymax`) is the GeoParquet writer's covering column.
-fn stac_geoparquet(items: Vec<J>) -> Result<Table> {
+fn stac_geoparquet(items: Vec<J>, collections: serde_json::Map<String, J>) -> Result<Table> {
     if items.is_empty() {
         // nothing found: the columns every item has, without rows
         let text = |n: &str| Field::new(n, DataType::Utf8, true);
@@ -506,7 +537,7 @@ fn stac_geoparquet(items: Vec<J>) -> Result<Table> {
             vec![text("type"), text("stac_version"), text("id"), text("collection"), Field::new("datetime", ts, true)];
         let mut schema_fields = fields;
         schema_fields.push(wkb_field("geometry", true, None));
-        return Ok(Table::from_batch(RecordBatch::new_empty(Arc::new(stac_schema(schema_fields)))));
+        return Ok(Table::from_batch(RecordBatch::new_empty(Arc::new(stac_schema(schema_fields, collections)))));
     }
     let mut geoms = Vec::with_capacity(items.len());
     let rows: Vec<J> = items
@@ -547,13 +578,13 @@ fn stac_geoparquet(items: Vec<J>) -> Result<Table> {
     }
     fields.push(wkb_field("geometry", true, None));
     columns.push(wkb_array(&geoms));
-    Ok(Table::from_batch(RecordBatch::try_new(Arc::new(stac_schema(fields)), columns)?))
+    Ok(Table::from_batch(RecordBatch::try_new(Arc::new(stac_schema(fields, collections)), columns)?))
 }
 
-/// A schema carrying stac-geoparquet's file metadata (`stac-geoparquet`: its version), which a `geoparquet`
-/// materialization writes into the file's key-value metadata.
-fn stac_schema(fields: Vec<Field>) -> Schema {
-    let meta = json!({"version": "1.0.0"}).to_string();
+/// A schema carrying stac-geoparquet's file metadata (`stac-geoparquet`: its version and the items'
+/// collections by id), which a `geoparquet` materialization writes into the file's key-value metadata.
+fn stac_schema(fields: Vec<Field>, collections: serde_json::Map<String, J>) -> Schema {
+    let meta = json!({"version": "1.0.0", "collections": collections}).to_string();
     Schema::new(fields).with_metadata([("stac-geoparquet".to_string(), meta)].into())
 }
 
@@ -606,8 +637,44 @@ mod tests {
     }
 
     #[test]
+    fn next_links_as_the_stac_api_pages() {
+        let previous: Request = ("http://x/search".into(), Some(json!({"limit": 10, "collections": ["s2"]})));
+        // GET (the default): the href carries everything
+        let get = next_request(&json!({"rel": "next", "href": "http://x/search?token=2"}), &previous).unwrap();
+        assert_eq!(get, ("http://x/search?token=2".to_string(), None));
+        // POST: the link's body alone
+        let link = json!({"rel": "next", "href": "http://x/search", "method": "POST", "body": {"token": "2"}});
+        assert_eq!(next_request(&link, &previous).unwrap().1, Some(json!({"token": "2"})));
+        // POST with merge: the previous body, the link's members over it
+        let link = json!({"rel": "next", "href": "http://x/search", "method": "POST", "merge": true,
+                          "body": {"token": "2", "limit": 5}});
+        let merged = next_request(&link, &previous).unwrap().1.unwrap();
+        assert_eq!(merged, json!({"limit": 5, "collections": ["s2"], "token": "2"}));
+        let err = next_request(&json!({"rel": "next"}), &previous).unwrap_err().to_string();
+        assert!(err.contains("a `next` link without href"), "{err}");
+        let err = next_request(&json!({"href": "http://x", "method": "PUT"}), &previous).unwrap_err().to_string();
+        assert!(err.contains("method \"PUT\""), "{err}");
+    }
+
+    #[test]
+    fn concurrency_is_not_part_of_what_is_searched() {
+        let stac = |extra: &str| {
+            let toml: toml::Value = toml::from_str(&format!("url = \"http://x\"\n{extra}")).unwrap();
+            let q = StacQuery::from_toml(&toml, &flowrun_engine::LiteralCx::default()).unwrap();
+            q.identity().unwrap().unwrap()
+        };
+        assert_eq!(stac("concurrency = 1"), stac("concurrency = 8"));
+        assert_ne!(stac("limit = 1"), stac("limit = 8"));
+        assert_ne!(stac("assets = [\"visual\"]"), stac(""));
+    }
+
+    #[test]
     fn the_stac_geoparquet_layout() {
-        let t = stac_geoparquet(vec![item("a", "2023-01-01T05:30:00Z"), item("b", "2023-02-01T00:00:00Z")]).unwrap();
+        let c = json!({"type": "Collection", "id": "c"});
+        let collections = serde_json::Map::from_iter([("c".to_string(), c.clone())]);
+        let t =
+            stac_geoparquet(vec![item("a", "2023-01-01T05:30:00Z"), item("b", "2023-02-01T00:00:00Z")], collections)
+                .unwrap();
         let b = t.concat().unwrap();
         let schema = b.schema();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -615,10 +682,12 @@ mod tests {
             assert!(names.contains(&c), "{c} in {names:?}");
         }
         assert!(matches!(b.schema().field_with_name("datetime").unwrap().data_type(), DataType::Timestamp(..)));
-        let err = stac_geoparquet(vec![item("c", "yesterday")]).unwrap_err().to_string();
+        let meta: J = serde_json::from_str(&schema.metadata()["stac-geoparquet"]).unwrap();
+        assert_eq!(meta, json!({"version": "1.0.0", "collections": {"c": c}}));
+        let err = stac_geoparquet(vec![item("c", "yesterday")], Default::default()).unwrap_err().to_string();
         assert!(err.contains("datetime is not an RFC 3339 instant"), "{err}");
         // nothing found: the columns without rows
-        let empty = stac_geoparquet(Vec::new()).unwrap();
+        let empty = stac_geoparquet(Vec::new(), Default::default()).unwrap();
         assert_eq!((empty.num_rows(), empty.schema().fields().len()), (0, 6));
     }
 }
