@@ -64,8 +64,8 @@ VENV = Path(os.environ.get("FLOWRUN_GEOPANDAS_VENV", Path.home() / ".cache/flowr
 PACKAGES = {"geopandas": "geopandas", "pyogrio": "pyogrio", "pyproj": "pyproj", "shapely": "shapely>=2.1",
             "h3": "h3>=4", "pyarrow": "pyarrow", "duckdb": "duckdb"}
 DUCKDB_EXTENSIONS = Path.home() / ".cache/flowrun/duckdb-extensions"
-STAGES = ["datasets", "files", "raw", "standardized", "measured", "consolidated", "indexed", "deduplicated",
-          "dedup_comparison", "country_files", "country_polygons", "located", "country_stats"]
+STAGES = ["datasets", "files", "raw", "standardized", "measured", "consolidated", "indexed", "dedup_pairs",
+          "deduplicated", "dedup_comparison", "country_files", "country_polygons", "located", "country_stats"]
 FORMAT_EXTENSIONS = {"geojson": ("geojson", "json"), "shp": ("shp",), "gpkg": ("gpkg",), "csv": ("csv",)}
 
 
@@ -452,13 +452,9 @@ def overlap_ratios(geoms, areas, i, j):
     return ratio, error
 
 
-def dedup_rows(t, mode: str, threshold: float, priority: list, h3_col: str):
-    """(keep, candidate pairs, geometry errors): cross-dataset duplicates, candidates from an STRtree of
-    bounding boxes (`overlap`) or within an H3 cell (`same_cell`); of a duplicate pair the larger record is
-    kept, on equal areas the dataset first in the priority; pairs are taken in (i, j) order."""
-    geoms = np.asarray(t.geometry.array, dtype=object)
-    ds = pd.factorize(t["dataset_name"])[0]
-    areas = t["area_m2"].fillna(0.0).to_numpy()
+def candidate_pairs(t, geoms, ds, mode: str, h3_col: str):
+    """(i, j), i < j, of records of different datasets, sorted: from an STRtree of bounding boxes
+    (`overlap`) or within an H3 cell (`same_cell`)."""
     if mode == "overlap":
         i, j = shapely.STRtree(geoms).query(geoms)
     else:
@@ -466,10 +462,28 @@ def dedup_rows(t, mode: str, threshold: float, priority: list, h3_col: str):
         m = cells.merge(cells, on="cell")
         i, j = m["row_x"].to_numpy(), m["row_y"].to_numpy()
     m = (j > i) & (ds[i] != ds[j])
-    i, j = i[m], j[m]
-    order = np.lexsort((j, i))
-    i, j = i[order], j[order]
+    return np.unique(i[m].astype(np.int64) * len(t) + j[m])  # sorted by (i, j)
+
+
+def stage_dedup_pairs(t, cfg: dict):
+    """Both modes' candidate pairs and each pair's overlap ratio, computed once (flowrun's `dedup_pairs`)."""
+    geoms = np.asarray(t.geometry.array, dtype=object)
+    ds = pd.factorize(t["dataset_name"])[0]
+    areas = t["area_m2"].fillna(0.0).to_numpy()
+    h3_col = f"h3_{cfg['h3_resolution']}"
+    modes = {m: candidate_pairs(t, geoms, ds, m, h3_col) for m in ["overlap", "same_cell"]}
+    pairs = np.union1d(modes["overlap"], modes["same_cell"])
+    i, j = pairs // len(t), pairs % len(t)
     ratio, error = overlap_ratios(geoms, areas, i, j)
+    return {"i": i, "j": j, "ratio": ratio, "error": error, "modes": {m: np.isin(pairs, k) for m, k in modes.items()}}
+
+
+def decide(t, pairs: dict, mode: str, threshold: float, priority: list):
+    """(keep, candidate pairs, geometry errors) of one mode: of a duplicate pair the larger record is kept,
+    on equal areas the dataset first in the priority; pairs are taken in (i, j) order."""
+    areas = t["area_m2"].fillna(0.0).to_numpy()
+    m = pairs["modes"][mode]
+    i, j, ratio, error = pairs["i"][m], pairs["j"][m], pairs["ratio"][m], pairs["error"][m]
     rank = priority_rank(t["dataset_name"], priority)
     keep = np.ones(len(t), dtype=bool)
     dup = ~error & (ratio > threshold)
@@ -483,19 +497,16 @@ def dedup_rows(t, mode: str, threshold: float, priority: list, h3_col: str):
     return keep, len(i), int(error.sum())
 
 
-def stage_deduplicated(t, cfg: dict):
-    res = cfg["h3_resolution"]
-    keep, pairs, errors = dedup_rows(t, cfg["dedup_mode"], cfg["overlap_threshold"], cfg["dataset_priority"],
-                                     f"h3_{res}")
-    return t[keep].reset_index(drop=True), {"removed": int((~keep).sum()), "pairs": pairs, "errors": errors}
+def stage_deduplicated(t, pairs: dict, cfg: dict):
+    keep, n, errors = decide(t, pairs, cfg["dedup_mode"], cfg["overlap_threshold"], cfg["dataset_priority"])
+    return t[keep].reset_index(drop=True), {"removed": int((~keep).sum()), "pairs": n, "errors": errors}
 
 
-def stage_dedup_comparison(t, cfg: dict):
+def stage_dedup_comparison(t, pairs: dict, cfg: dict):
     rows = []
     for mode in ["overlap", "same_cell"]:
-        keep, pairs, errors = dedup_rows(t, mode, cfg["overlap_threshold"], cfg["dataset_priority"],
-                                         f"h3_{cfg['h3_resolution']}")
-        rows.append({"mode": mode, "candidate_pairs": pairs, "removed": int((~keep).sum()), "kept": int(keep.sum()),
+        keep, n, errors = decide(t, pairs, mode, cfg["overlap_threshold"], cfg["dataset_priority"])
+        rows.append({"mode": mode, "candidate_pairs": n, "removed": int((~keep).sum()), "kept": int(keep.sum()),
                      "geometry_errors": errors})
     return pd.DataFrame(rows)
 
@@ -642,8 +653,9 @@ def geopandas_pipeline(flow_path: Path, mirror: Path, out: Path) -> dict:
         measured.append(timed("measured", stage_measured, standardized))
     consolidated = timed("consolidated", stage_consolidated, measured, cfg["dataset_priority"])
     indexed = timed("indexed", stage_indexed, consolidated, cfg["h3_resolution"])
-    deduplicated, dedup = timed("deduplicated", stage_deduplicated, indexed, cfg)
-    comparison = timed("dedup_comparison", stage_dedup_comparison, indexed, cfg)
+    pairs = timed("dedup_pairs", stage_dedup_pairs, indexed, cfg)
+    deduplicated, dedup = timed("deduplicated", stage_deduplicated, indexed, pairs, cfg)
+    comparison = timed("dedup_comparison", stage_dedup_comparison, indexed, pairs, cfg)
     countries_d = dict(cfg["countries"], key=cfg["countries"].get("key", "natural_earth_admin0"))
     country_files = timed("country_files", stage_files, countries_d, mirror, scratch)
     countries = timed("country_polygons", stage_country_polygons, country_files)

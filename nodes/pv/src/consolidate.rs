@@ -3,20 +3,20 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result};
-use arrow_array::{Array, BinaryArray, BooleanArray, StringArray};
+use arrow_array::{Array, BinaryArray, RecordBatch, StringArray};
 use flowrun_engine::{Collect, Table, ctx, node};
 use rayon::prelude::*;
 
 use super::geom::geometry_index;
 
-/// Union by column name (columns missing in one table are null there) in item order.
+/// Union by column name (columns missing in one table are null there) in item order. The tables' batches
+/// are kept as they are (columns shared, not copied), only cast or filled with nulls where a column differs.
 pub fn union_tables(tables: &[Table]) -> Result<Table> {
-    let batches: Vec<arrow_array::RecordBatch> = tables.iter().map(|t| t.concat()).collect::<Result<_, _>>()?;
-    let schemas: Vec<arrow_schema::Schema> = batches.iter().map(|b| b.schema().as_ref().clone()).collect();
+    let schemas: Vec<arrow_schema::Schema> = tables.iter().map(|t| t.schema().as_ref().clone()).collect();
     let merged = arrow_schema::Schema::try_merge(schemas).context("the datasets' columns have conflicting types")?;
     let merged = std::sync::Arc::new(merged);
     let mut out = Vec::new();
-    for b in batches {
+    for b in tables.iter().flat_map(|t| t.batches()) {
         let mut cols = Vec::new();
         for f in merged.fields() {
             cols.push(match b.column_by_name(f.name()) {
@@ -25,7 +25,7 @@ pub fn union_tables(tables: &[Table]) -> Result<Table> {
                 None => arrow_array::new_null_array(f.data_type(), b.num_rows()),
             });
         }
-        out.push(arrow_array::RecordBatch::try_new(merged.clone(), cols)?);
+        out.push(RecordBatch::try_new(merged.clone(), cols)?);
     }
     Ok(Table::try_new(merged, out)?)
 }
@@ -34,33 +34,39 @@ pub fn union_tables(tables: &[Table]) -> Result<Table> {
 /// first in `priority` is kept (then the first in table order). Returns the table and, per dataset, how many
 /// of its records were removed.
 pub fn drop_exact_duplicates(t: &Table, priority: &[String]) -> Result<(Table, BTreeMap<String, usize>)> {
-    let batch = t.concat()?;
     let gi = geometry_index(t)?;
-    let g = batch.column(gi).as_any().downcast_ref::<BinaryArray>().context("geometry is not WKB")?;
-    let datasets: StringArray = super::geom::column(&batch, "dataset_name")?;
-    let rank = |i: usize| priority.iter().position(|p| p == datasets.value(i)).unwrap_or(usize::MAX);
-    // each geometry's hash once, on every core; then geometry -> the row kept so far
-    let hashes: Vec<Option<blake3::Hash>> =
-        (0..g.len()).into_par_iter().map(|i| (!g.is_null(i)).then(|| blake3::hash(g.value(i)))).collect();
-    let mut kept: HashMap<blake3::Hash, usize> = HashMap::with_capacity(g.len());
-    for (i, h) in hashes.iter().enumerate() {
-        if let Some(h) = h {
+    // (geometry's hash, the dataset's rank) of every row, in table order, each batch on every core
+    let mut rows: Vec<Option<(blake3::Hash, usize)>> = Vec::with_capacity(t.num_rows());
+    let mut names: Vec<StringArray> = Vec::new();
+    for batch in t.batches() {
+        let g = batch.column(gi).as_any().downcast_ref::<BinaryArray>().context("geometry is not WKB")?;
+        let datasets: StringArray = super::geom::column(batch, "dataset_name")?;
+        let rank = |i: usize| priority.iter().position(|p| p == datasets.value(i)).unwrap_or(usize::MAX);
+        rows.par_extend(
+            (0..g.len()).into_par_iter().map(|i| (!g.is_null(i)).then(|| (blake3::hash(g.value(i)), rank(i)))),
+        );
+        names.push(datasets);
+    }
+    // geometry -> the row kept so far
+    let mut kept: HashMap<blake3::Hash, usize> = HashMap::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        if let Some((h, rank)) = row {
             kept.entry(*h)
                 .and_modify(|k| {
-                    if rank(i) < rank(*k) {
+                    if *rank < rows[*k].map_or(usize::MAX, |r| r.1) {
                         *k = i
                     }
                 })
                 .or_insert(i);
         }
     }
-    let keep: Vec<bool> = hashes.iter().enumerate().map(|(i, h)| h.is_none_or(|h| kept[&h] == i)).collect();
+    let keep: Vec<bool> = rows.iter().enumerate().map(|(i, r)| r.is_none_or(|(h, _)| kept[&h] == i)).collect();
     let mut removed = BTreeMap::new();
-    for i in (0..g.len()).filter(|&i| !keep[i]) {
-        *removed.entry(datasets.value(i).to_string()).or_default() += 1;
+    let datasets = names.iter().flat_map(|d| (0..d.len()).map(move |i| d.value(i)));
+    for (_, d) in keep.iter().zip(datasets).filter(|(k, _)| !**k) {
+        *removed.entry(d.to_string()).or_default() += 1;
     }
-    let filtered = arrow_select::filter::filter_record_batch(&batch, &BooleanArray::from(keep))?;
-    Ok((Table::from_batch(filtered), removed))
+    Ok((super::geom::filter_rows(t, &keep)?, removed))
 }
 
 /// The union of all datasets (by column name) without exact duplicates (same geometry bytes; the record of

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use flowrun_engine::{Table, ctx, node};
 use geo::{BooleanOps, Contains, Geometry, MultiPolygon};
@@ -38,12 +38,6 @@ pub enum Mode {
     Overlap,
     /// Centroids in the same H3 cell.
     SameCell,
-}
-
-struct Row {
-    dataset: String,
-    geom: Option<Geometry<f64>>,
-    area: f64,
 }
 
 /// Overlap ratio of two records (see the module documentation). `None` when the polygons cannot be
@@ -87,136 +81,149 @@ pub struct Dedup {
     pub errors: Vec<(String, String)>,
 }
 
-/// The records of a table as the dedup sees them.
-struct Records {
-    batch: RecordBatch,
-    rows: Vec<Row>,
-}
-
-impl Records {
-    fn of(t: &Table) -> Result<Records> {
-        let batch = t.concat()?;
-        let geoms = geometries(batch.column(geometry_index(t)?))?;
-        let datasets: StringArray = geom::column(&batch, "dataset_name")?;
-        let areas: Float64Array = geom::column(&batch, "area_m2").context("run `measured` first")?;
-        let rows = geoms
-            .into_iter()
-            .enumerate()
-            .map(|(i, g)| Row {
-                dataset: datasets.value(i).to_string(),
-                geom: g,
-                area: if areas.is_null(i) { 0.0 } else { areas.value(i) },
-            })
-            .collect();
-        Ok(Records { batch, rows })
-    }
-
-    /// The candidate pairs `(i, j)`, `i < j`, of different datasets, sorted.
-    fn candidates(&self, mode: Mode, h3_res: i64) -> Result<Vec<(usize, usize)>> {
-        let rows = &self.rows;
-        let mut pairs: Vec<(usize, usize)> = Vec::new();
-        match mode {
-            Mode::Overlap => {
-                let tree = geom::bbox_tree(rows.iter().map(|r| r.geom.as_ref()));
-                let boxes: Vec<_> = tree.iter().collect();
-                pairs = boxes
-                    .par_iter()
-                    .flat_map_iter(|item| {
-                        let i = item.data;
-                        let env = AABB::from_corners(item.geom().lower(), item.geom().upper());
-                        tree.locate_in_envelope_intersecting(&env)
-                            .map(|o| o.data)
-                            .filter(move |&j| j > i && rows[j].dataset != rows[i].dataset)
-                            .map(move |j| (i, j))
-                            .collect::<Vec<_>>()
-                    })
-                    .collect();
+/// The candidate pairs `(i, j)`, `i < j`, of records of different datasets, sorted, for one mode.
+fn candidates(
+    t: &Table,
+    geoms: &[Option<Geometry<f64>>],
+    datasets: &[u32],
+    mode: Mode,
+    res: i64,
+) -> Result<Vec<(usize, usize)>> {
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    match mode {
+        Mode::Overlap => {
+            let tree = geom::bbox_tree(geoms.iter().map(Option::as_ref));
+            let boxes: Vec<_> = tree.iter().collect();
+            pairs = boxes
+                .par_iter()
+                .flat_map_iter(|item| {
+                    let i = item.data;
+                    let env = AABB::from_corners(item.geom().lower(), item.geom().upper());
+                    tree.locate_in_envelope_intersecting(&env)
+                        .map(|o| o.data)
+                        .filter(move |&j| j > i && datasets[j] != datasets[i])
+                        .map(move |j| (i, j))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+        }
+        Mode::SameCell => {
+            let cells: StringArray = geom::table_column(t, &h3_column(res))
+                .context("the same_cell mode needs `indexed` at this resolution")?;
+            let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+            for i in (0..cells.len()).filter(|&i| cells.is_valid(i)) {
+                groups.entry(cells.value(i)).or_default().push(i);
             }
-            Mode::SameCell => {
-                let col = h3_column(h3_res);
-                let cells: StringArray =
-                    geom::column(&self.batch, &col).context("the same_cell mode needs `indexed` at this resolution")?;
-                let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
-                for i in 0..cells.len() {
-                    if !cells.is_null(i) {
-                        groups.entry(cells.value(i)).or_default().push(i);
-                    }
-                }
-                for members in groups.values() {
-                    for (a, &i) in members.iter().enumerate() {
-                        for &j in &members[a + 1..] {
-                            if rows[i].dataset != rows[j].dataset {
-                                pairs.push((i.min(j), i.max(j)));
-                            }
-                        }
-                    }
+            for members in groups.values() {
+                for (a, &i) in members.iter().enumerate() {
+                    pairs.extend(
+                        members[a + 1..].iter().filter(|&&j| datasets[i] != datasets[j]).map(|&j| (i.min(j), i.max(j))),
+                    );
                 }
             }
         }
-        pairs.sort_unstable();
-        Ok(pairs)
     }
+    pairs.sort_unstable();
+    Ok(pairs)
+}
 
-    /// Per pair: `Some(true)` a duplicate, `Some(false)` not, `None` the overlap could not be computed.
-    fn verdicts(&self, pairs: &[(usize, usize)], threshold: f64) -> Vec<Option<bool>> {
-        pairs
-            .par_iter()
-            .map(|&(i, j)| {
-                let (a, b) = (&self.rows[i], &self.rows[j]);
-                let (Some(ga), Some(gb)) = (&a.geom, &b.geom) else { return Some(false) };
-                overlap_ratio(ga, a.area, gb, b.area).map(|ratio| ratio > threshold)
-            })
-            .collect()
+/// The dataset of each row as a small number (rows of one dataset share it).
+fn dataset_numbers(datasets: &StringArray) -> Vec<u32> {
+    let mut numbers: HashMap<&str, u32> = HashMap::new();
+    (0..datasets.len())
+        .map(|i| {
+            let n = numbers.len() as u32;
+            *numbers.entry(datasets.value(i)).or_insert(n)
+        })
+        .collect()
+}
+
+/// The candidate pairs of `modes` and each one's overlap ratio (see [`dedup_pairs`]).
+fn pairs_of(t: &Table, modes: &[Mode], res: i64) -> Result<Table> {
+    let geoms = geometries(&geom::whole_column(t, t.schema().field(geometry_index(t)?).name())?)?;
+    let areas: Float64Array = geom::table_column(t, "area_m2").context("run `measured` first")?;
+    let datasets = dataset_numbers(&geom::table_column(t, "dataset_name")?);
+    let of_mode: Vec<Vec<(usize, usize)>> =
+        modes.iter().map(|&m| candidates(t, &geoms, &datasets, m, res)).collect::<Result<_>>()?;
+    let mut all: Vec<(usize, usize)> = of_mode.concat();
+    all.sort_unstable();
+    all.dedup();
+    // a pair both modes find is intersected once
+    let area = |i: usize| if areas.is_null(i) { 0.0 } else { areas.value(i) };
+    let ratios: Float64Array = all
+        .par_iter()
+        .map(|&(i, j)| match (&geoms[i], &geoms[j]) {
+            (Some(a), Some(b)) => overlap_ratio(a, area(i), b, area(j)),
+            _ => Some(0.0),
+        })
+        .collect::<Vec<_>>()
+        .into();
+    let mut fields = vec![Field::new("i", DataType::UInt64, false), Field::new("j", DataType::UInt64, false)];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from_iter_values(all.iter().map(|p| p.0 as u64))),
+        Arc::new(UInt64Array::from_iter_values(all.iter().map(|p| p.1 as u64))),
+    ];
+    for (mode, pairs) in modes.iter().zip(&of_mode) {
+        fields.push(Field::new(mode.column(), DataType::Boolean, false));
+        columns.push(Arc::new(all.iter().map(|p| Some(pairs.binary_search(p).is_ok())).collect::<BooleanArray>()));
     }
+    fields.push(Field::new("ratio", DataType::Float64, true));
+    columns.push(Arc::new(ratios));
+    Ok(Table::from_batch(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?))
+}
 
-    /// Which rows to keep, given each candidate pair's verdict (pairs in order; the first duplicate pair
-    /// of a row decides).
-    fn resolve(&self, pairs: &[(usize, usize)], verdicts: &[Option<bool>], priority: &[String]) -> Result<Dedup> {
-        let rank = |d: &str| priority.iter().position(|p| p == d).unwrap_or(usize::MAX);
-        let ids: StringArray = geom::column(&self.batch, "unified_id")?;
-        let errors: Vec<(String, String)> = pairs
-            .iter()
-            .zip(verdicts)
-            .filter(|(_, v)| v.is_none())
-            .map(|(&(i, j), _)| (ids.value(i).to_string(), ids.value(j).to_string()))
-            .collect();
-        let mut keep = vec![true; self.rows.len()];
-        for (&(i, j), _) in pairs.iter().zip(verdicts).filter(|(_, v)| **v == Some(true)) {
-            if !keep[i] || !keep[j] {
-                continue;
-            }
-            let (a, b) = (&self.rows[i], &self.rows[j]);
-            let loser = if a.area > b.area {
-                j
-            } else if b.area > a.area {
-                i
-            } else if rank(&a.dataset) <= rank(&b.dataset) {
-                j
+impl Mode {
+    /// Its column in [`dedup_pairs`]'s table.
+    fn column(self) -> &'static str {
+        match self {
+            Mode::Overlap => "overlap",
+            Mode::SameCell => "same_cell",
+        }
+    }
+}
+
+/// Which rows of `t` to keep, given the candidate pairs and ratios of [`dedup_pairs`] (pairs in order; the
+/// first duplicate pair of a row decides).
+pub fn decide(t: &Table, pairs: &Table, mode: Mode, threshold: f64, priority: &[String]) -> Result<Dedup> {
+    let datasets: StringArray = geom::table_column(t, "dataset_name")?;
+    let areas: Float64Array = geom::table_column(t, "area_m2").context("run `measured` first")?;
+    let ids: StringArray = geom::table_column(t, "unified_id")?;
+    let p = pairs.concat()?;
+    let (i, j): (UInt64Array, UInt64Array) = (geom::column(&p, "i")?, geom::column(&p, "j")?);
+    let of_mode: BooleanArray = geom::column(&p, mode.column())?;
+    let ratio: Float64Array = geom::column(&p, "ratio")?;
+    let rank = |r: usize| priority.iter().position(|p| p == datasets.value(r)).unwrap_or(usize::MAX);
+    let area = |r: usize| if areas.is_null(r) { 0.0 } else { areas.value(r) };
+    let mut d = Dedup { keep: vec![true; t.num_rows()], pairs: 0, errors: Vec::new() };
+    for k in (0..p.num_rows()).filter(|&k| of_mode.value(k)) {
+        let (a, b) = (i.value(k) as usize, j.value(k) as usize);
+        d.pairs += 1;
+        if ratio.is_null(k) {
+            d.errors.push((ids.value(a).to_string(), ids.value(b).to_string()));
+        } else if ratio.value(k) > threshold && d.keep[a] && d.keep[b] {
+            // the larger record stays; on equal areas, the dataset first in the priority
+            let loser = if area(a) > area(b) {
+                b
+            } else if area(b) > area(a) {
+                a
+            } else if rank(a) <= rank(b) {
+                b
             } else {
-                i
+                a
             };
-            keep[loser] = false;
+            d.keep[loser] = false;
         }
-        Ok(Dedup { keep, pairs: pairs.len(), errors })
     }
+    Ok(d)
 }
 
-/// Decides which rows to keep.
+/// Decides which rows to keep (one mode's pairs, computed for this call).
 pub fn dedup_rows(t: &Table, mode: Mode, threshold: f64, priority: &[String], h3_res: i64) -> Result<Dedup> {
-    let records = Records::of(t)?;
-    let pairs = records.candidates(mode, h3_res)?;
-    let verdicts = records.verdicts(&pairs, threshold);
-    records.resolve(&pairs, &verdicts, priority)
+    decide(t, &pairs_of(t, &[mode], h3_res)?, mode, threshold, priority)
 }
 
-fn apply(t: &Table, d: &Dedup) -> Result<Table> {
-    let batch = t.concat()?;
-    let mask: BooleanArray = d.keep.iter().map(|k| Some(*k)).collect();
-    Ok(Table::from_batch(arrow_select::filter::filter_record_batch(&batch, &mask)?))
-}
-
-fn run(t: &Table, mode: Mode, threshold: f64, priority: &[String], res: i64) -> Result<Table> {
-    let d = dedup_rows(t, mode, threshold, priority, res)?;
+fn run(t: &Table, pairs: &Table, mode: Mode, threshold: f64, priority: &[String]) -> Result<Table> {
+    let d = decide(t, pairs, mode, threshold, priority)?;
     let removed = d.keep.iter().filter(|k| !**k).count();
     ctx::note(format!("{mode:?} dedup: {removed} cross-dataset duplicates removed ({} candidate pairs)", d.pairs));
     if !d.errors.is_empty() {
@@ -229,60 +236,55 @@ fn run(t: &Table, mode: Mode, threshold: f64, priority: &[String], res: i64) -> 
             if d.errors.len() > shown.len() { ", ..." } else { "" }
         ));
     }
-    apply(t, &d)
+    geom::filter_rows(t, &d.keep)
+}
+
+/// The candidate pairs of both modes and the overlap ratio of each, computed once for `deduplicated` and
+/// `dedup_comparison` (and not again when only `overlap_threshold` or `dataset_priority` change). Columns:
+/// `i`, `j` (rows of `indexed`, `i < j`), `overlap` (bounding boxes intersect), `same_cell` (centroids in
+/// one H3 cell), `ratio` (null: the intersection could not be computed).
+#[node(tags(stage = "prepared"))]
+pub fn dedup_pairs(indexed: &Table, h3_resolution: i64) -> Result<Table> {
+    pairs_of(indexed, &[Mode::Overlap, Mode::SameCell], h3_resolution)
 }
 
 /// Cross-dataset dedup, candidates from an R-tree of bounding boxes (`dedup_mode = "overlap"`).
 #[node(tags(stage = "prepared"))]
-pub fn dedup_overlap(indexed: &Table, overlap_threshold: f64, dataset_priority: &Vec<String>) -> Result<Table> {
-    run(indexed, Mode::Overlap, overlap_threshold, dataset_priority, 0)
+pub fn dedup_overlap(
+    indexed: &Table,
+    dedup_pairs: &Table,
+    overlap_threshold: f64,
+    dataset_priority: &Vec<String>,
+) -> Result<Table> {
+    run(indexed, dedup_pairs, Mode::Overlap, overlap_threshold, dataset_priority)
 }
 
 /// Cross-dataset dedup, candidates only within an H3 cell (`dedup_mode = "same_cell"`, the thesis rule).
 #[node(tags(stage = "prepared"))]
 pub fn dedup_same_cell(
     indexed: &Table,
-    h3_resolution: i64,
+    dedup_pairs: &Table,
     overlap_threshold: f64,
     dataset_priority: &Vec<String>,
 ) -> Result<Table> {
-    run(indexed, Mode::SameCell, overlap_threshold, dataset_priority, h3_resolution)
+    run(indexed, dedup_pairs, Mode::SameCell, overlap_threshold, dataset_priority)
 }
 
 /// How many records each mode removes, side by side.
 #[node(tags(stage = "prepared"))]
 pub fn dedup_comparison(
     indexed: &Table,
-    h3_resolution: i64,
+    dedup_pairs: &Table,
     overlap_threshold: f64,
     dataset_priority: &Vec<String>,
 ) -> Result<Table> {
-    let mut modes = Vec::new();
-    let mut pairs = Vec::new();
-    let mut removed = Vec::new();
-    let mut kept = Vec::new();
-    let mut errors = Vec::new();
-    // a pair both modes examine is intersected once
-    let records = Records::of(indexed)?;
-    let candidates =
-        [records.candidates(Mode::Overlap, h3_resolution)?, records.candidates(Mode::SameCell, h3_resolution)?];
-    let mut all: Vec<(usize, usize)> = candidates.concat();
-    all.sort_unstable();
-    all.dedup();
-    let verdict_of = records.verdicts(&all, overlap_threshold);
-    for (name, pairs_of_mode) in ["overlap", "same_cell"].into_iter().zip(&candidates) {
-        let verdicts: Vec<Option<bool>> = pairs_of_mode
-            .iter()
-            .map(|p| verdict_of[all.binary_search(p).expect("every pair is in the union")])
-            .collect();
-        let d = records.resolve(pairs_of_mode, &verdicts, dataset_priority)?;
-        let r = d.keep.iter().filter(|k| !**k).count();
-        modes.push(name);
-        pairs.push(d.pairs as i64);
-        removed.push(r as i64);
-        kept.push((d.keep.len() - r) as i64);
-        errors.push(d.errors.len() as i64);
-    }
+    let modes = [Mode::Overlap, Mode::SameCell];
+    let decided: Vec<Dedup> = modes
+        .iter()
+        .map(|&m| decide(indexed, dedup_pairs, m, overlap_threshold, dataset_priority))
+        .collect::<Result<_>>()?;
+    let count = |f: &dyn Fn(&Dedup) -> usize| Int64Array::from_iter_values(decided.iter().map(|d| f(d) as i64));
+    let removed = |d: &Dedup| d.keep.iter().filter(|k| !**k).count();
     let schema = Arc::new(Schema::new(vec![
         Field::new("mode", DataType::Utf8, false),
         Field::new("candidate_pairs", DataType::Int64, false),
@@ -293,11 +295,11 @@ pub fn dedup_comparison(
     Ok(Table::from_batch(RecordBatch::try_new(
         schema,
         vec![
-            Arc::new(StringArray::from(modes)),
-            Arc::new(Int64Array::from(pairs)),
-            Arc::new(Int64Array::from(removed)),
-            Arc::new(Int64Array::from(kept)),
-            Arc::new(Int64Array::from(errors)),
+            Arc::new(StringArray::from_iter_values(modes.map(Mode::column))),
+            Arc::new(count(&|d| d.pairs)),
+            Arc::new(count(&removed)),
+            Arc::new(count(&|d| d.keep.len() - removed(d))),
+            Arc::new(count(&|d| d.errors.len())),
         ],
     )?))
 }
@@ -338,6 +340,42 @@ mod tests {
         let t = measured(&[("a", "a:x", square(0.0, 0.0, 0.01)), ("b", "b:x", square(0.0, 0.0, 0.01))]);
         let d = dedup_rows(&t, Mode::Overlap, 0.5, &["b".into(), "a".into()], 0).unwrap();
         assert_eq!(d.keep, vec![false, true]);
+    }
+
+    #[test]
+    fn both_modes_from_one_set_of_pairs_over_a_table_of_several_batches() {
+        let t = measured(&[
+            ("a", "a:big", square(0.0, 0.0, 0.010)),
+            ("b", "b:in", square(0.001, 0.001, 0.008)), // inside a:big, in another cell: overlap mode only
+            ("a", "a:twin", square(10.0, 10.0, 0.01)),
+            ("b", "b:twin", square(10.0, 10.0, 0.01)), // a:twin's twin, same cell: both modes
+            ("b", "b:far", square(5.0, 5.0, 0.01)),    // a:big's cell, no overlap: same_cell mode only, ratio 0
+        ])
+        .concat()
+        .unwrap();
+        let cells = Arc::new(StringArray::from(vec!["c1", "c2", "c3", "c3", "c1"]));
+        let b = geom::with_column(&t, Field::new("h3_9", DataType::Utf8, true), cells).unwrap();
+        let t = Table::try_new(b.schema(), vec![b.slice(0, 3), b.slice(3, 2)]).unwrap();
+        let pairs = dedup_pairs(&t, 9).unwrap().concat().unwrap();
+        let col = |n: &str| format!("{:?}", pairs.column_by_name(n).unwrap());
+        assert!(col("i").contains("0,\n  0,\n  2,") && col("j").contains("1,\n  4,\n  3,"), "{pairs:?}");
+        assert!(col("overlap").contains("true,\n  false,\n  true,"), "{}", col("overlap"));
+        assert!(col("same_cell").contains("false,\n  true,\n  true,"), "{}", col("same_cell"));
+        let pairs = Table::from_batch(pairs);
+        let priority = ["b".to_string()];
+        let overlap = decide(&t, &pairs, Mode::Overlap, 0.5, &priority).unwrap();
+        assert_eq!((overlap.keep, overlap.pairs), (vec![true, false, false, true, true], 2));
+        let same_cell = decide(&t, &pairs, Mode::SameCell, 0.5, &priority).unwrap();
+        assert_eq!((same_cell.keep.clone(), same_cell.pairs), (vec![true, true, false, true, true], 2));
+        // the kept rows, batch by batch
+        let kept = geom::filter_rows(&t, &same_cell.keep).unwrap();
+        assert_eq!(
+            crate::testing::strings(&kept, "unified_id"),
+            ["a:big", "b:in", "b:twin", "b:far"].map(|s| Some(s.into()))
+        );
+        let cmp = dedup_comparison(&t, &pairs, 0.5, &priority.to_vec()).unwrap().concat().unwrap();
+        let removed: Int64Array = geom::column(&cmp, "removed").unwrap();
+        assert_eq!(removed.values().to_vec(), vec![2, 1]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch};
+use arrow_array::{Array, ArrayRef, BinaryArray, BooleanArray, RecordBatch};
 use arrow_schema::{DataType, Field};
 use flowrun_engine::Table;
 use geo::algorithm::bool_ops::FillRule;
@@ -225,7 +225,26 @@ pub fn canonical(mp: MultiPolygon<f64>) -> MultiPolygon<f64> {
 /// Column `name` of `batch` as `T` (`Float64Array`, `StringArray`, ...); the error names the column and what
 /// was expected.
 pub fn column<T: Array + Clone + 'static>(batch: &RecordBatch, name: &str) -> Result<T> {
-    let col = batch.column_by_name(name).with_context(|| format!("no `{name}` column"))?;
+    downcast(batch.column_by_name(name).with_context(|| format!("no `{name}` column"))?, name)
+}
+
+/// Column `name` of a whole table as `T`: the column alone, concatenated when the table has several batches.
+pub fn table_column<T: Array + Clone + 'static>(t: &Table, name: &str) -> Result<T> {
+    downcast(&whole_column(t, name)?, name)
+}
+
+/// Column `name` of a whole table (see [`table_column`]).
+pub fn whole_column(t: &Table, name: &str) -> Result<ArrayRef> {
+    let field = t.schema().field_with_name(name).map_err(|_| anyhow::anyhow!("no `{name}` column"))?;
+    let parts: Vec<&ArrayRef> = t.batches().iter().filter_map(|b| b.column_by_name(name)).collect();
+    Ok(match parts.as_slice() {
+        [] => arrow_array::new_empty_array(field.data_type()),
+        [one] => (*one).clone(),
+        _ => arrow_select::concat::concat(&parts.iter().map(|a| a.as_ref()).collect::<Vec<_>>())?,
+    })
+}
+
+fn downcast<T: Array + Clone + 'static>(col: &ArrayRef, name: &str) -> Result<T> {
     col.as_any().downcast_ref::<T>().cloned().with_context(|| {
         format!(
             "column `{name}` is {}, not {}",
@@ -233,6 +252,22 @@ pub fn column<T: Array + Clone + 'static>(batch: &RecordBatch, name: &str) -> Re
             std::any::type_name::<T>().rsplit("::").next().unwrap_or("")
         )
     })
+}
+
+/// The rows of `t` whose `keep` is true, batch by batch (`keep` has one entry per row, in order); `t`
+/// itself when every row is kept.
+pub fn filter_rows(t: &Table, keep: &[bool]) -> Result<Table> {
+    if keep.iter().all(|&k| k) {
+        return Ok(t.clone());
+    }
+    let mut start = 0;
+    let mut out = Vec::with_capacity(t.batches().len());
+    for b in t.batches() {
+        let mask = BooleanArray::from(keep[start..start + b.num_rows()].to_vec());
+        out.push(arrow_select::filter::filter_record_batch(b, &mask)?);
+        start += b.num_rows();
+    }
+    Ok(Table::try_new(t.schema().clone(), out)?)
 }
 
 /// An R-tree of the geometries' bounding boxes, each with its index (empty geometries left out).

@@ -3,10 +3,13 @@
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use arrow_array::{Array, Float64Array, StringArray};
+use std::fmt::Write as _;
+
+use arrow_array::builder::StringBuilder;
+use arrow_array::{Array, Float64Array, RecordBatch};
 use arrow_schema::{DataType, Field};
 use flowrun_engine::{Table, node};
-use h3o::{LatLng, Resolution};
+use h3o::{CellIndex, LatLng, Resolution};
 use rayon::prelude::*;
 
 use super::geom::with_column;
@@ -24,23 +27,39 @@ pub fn resolution(res: i64) -> Result<Resolution> {
     Ok(Resolution::try_from(res as u8)?)
 }
 
-/// Adds `h3_<res>`: the cell of the centroid.
+/// Adds `h3_<res>`: the cell of the centroid (batch by batch, the other columns shared, not copied).
 pub fn index_table(t: &Table, res: i64) -> Result<Table> {
     let r = resolution(res)?;
-    let batch = t.concat()?;
-    let col = |n: &str| super::geom::column::<Float64Array>(&batch, n);
-    let (lat, lon) = (col("centroid_lat")?, col("centroid_lon")?);
-    let cells: Vec<Option<String>> = (0..batch.num_rows())
-        .into_par_iter()
-        .map(|i| {
-            if lat.is_null(i) || lon.is_null(i) {
-                return None;
+    let field = Field::new(h3_column(res), DataType::Utf8, true);
+    // a table without batches gets its column all the same
+    let none = [RecordBatch::new_empty(t.schema().clone())];
+    let batches = if t.batches().is_empty() { &none[..] } else { t.batches() }
+        .iter()
+        .map(|batch| {
+            let col = |n: &str| super::geom::column::<Float64Array>(batch, n);
+            let (lat, lon) = (col("centroid_lat")?, col("centroid_lon")?);
+            let cells: Vec<Option<CellIndex>> = (0..batch.num_rows())
+                .into_par_iter()
+                .map(|i| {
+                    let ll = (lat.is_valid(i) && lon.is_valid(i)).then(|| LatLng::new(lat.value(i), lon.value(i)));
+                    Some(ll?.ok()?.to_cell(r))
+                })
+                .collect();
+            // a cell's string is its index in lower-case hex (15 characters), written straight into the column
+            let mut hex = StringBuilder::with_capacity(cells.len(), cells.len() * 15);
+            for c in &cells {
+                match c {
+                    Some(c) => {
+                        write!(hex, "{c}")?;
+                        hex.append_value("");
+                    }
+                    None => hex.append_null(),
+                }
             }
-            LatLng::new(lat.value(i), lon.value(i)).ok().map(|ll| ll.to_cell(r).to_string())
+            with_column(batch, field.clone(), Arc::new(hex.finish()))
         })
-        .collect();
-    let arr = cells.iter().map(|c| c.as_deref()).collect::<StringArray>();
-    Ok(Table::from_batch(with_column(&batch, Field::new(h3_column(res), DataType::Utf8, true), Arc::new(arr))?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Table::try_new(batches[0].schema(), batches)?)
 }
 
 /// Indexes every installation with the H3 cell of its centroid at `h3_resolution` (default 12).
