@@ -5,12 +5,18 @@ Installs `sf-hamilton` into a local virtualenv (telemetry off), generates the Ha
 the flows `bench engine` builds (a chain, a wide DAG, a fan-out over N items), times Hamilton's driver build
 and execution, runs `bench engine --json` for the same sizes, and prints per-node figures and the ratios.
 
-    python3 bench/vs_hamilton.py --bench target/release/bench [--sizes 1000,5000]
+The two tools take turns: each round runs flowrun (its own median of 9 repetitions) and then Hamilton (the
+median of `--reps` builds and executions in one warm interpreter) on every shape and size, so a load change
+on a shared machine hits both alike. A ratio is taken per round; the table shows the median of the rounds'
+figures and ratios, and the lowest and highest ratio seen.
+
+    python3 bench/vs_hamilton.py --bench target/release/bench [--sizes 1000,5000] [--rounds 5] [--reps 5]
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,22 +60,23 @@ RUNNER = textwrap.dedent(
     sys.setrecursionlimit(int(sys.argv[4]))
     sys.path.insert(0, sys.argv[1])
     mod = importlib.import_module(sys.argv[2])
-    shape, out = sys.argv[3], {}
+    shape, out = sys.argv[3], {"build_s": [], "run_s": []}
     from hamilton import driver
     try:
-        t = time.perf_counter()
-        b = driver.Builder().with_modules(mod)
-        if shape == "fanout":
-            from hamilton.execution import executors
-            b = b.enable_dynamic_execution(allow_experimental_mode=True).with_local_executor(executors.SynchronousLocalTaskExecutor())
-        dr = b.build()
-        out["build_s"] = time.perf_counter() - t
-        final = {"chain": [f"n{int(sys.argv[5]) - 1}"], "wide": None, "fanout": ["total"]}[shape]
-        if final is None:
-            final = [v.name for v in dr.list_available_variables()]
-        t = time.perf_counter()
-        dr.execute(final)
-        out["run_s"] = time.perf_counter() - t
+        for _ in range(int(sys.argv[6])):
+            t = time.perf_counter()
+            b = driver.Builder().with_modules(mod)
+            if shape == "fanout":
+                from hamilton.execution import executors
+                b = b.enable_dynamic_execution(allow_experimental_mode=True).with_local_executor(executors.SynchronousLocalTaskExecutor())
+            dr = b.build()
+            out["build_s"].append(time.perf_counter() - t)
+            final = {"chain": [f"n{int(sys.argv[5]) - 1}"], "wide": None, "fanout": ["total"]}[shape]
+            if final is None:
+                final = [v.name for v in dr.list_available_variables()]
+            t = time.perf_counter()
+            dr.execute(final)
+            out["run_s"].append(time.perf_counter() - t)
     except RecursionError as e:
         out["error"] = "RecursionError"
     except Exception as e:
@@ -79,44 +86,61 @@ RUNNER = textwrap.dedent(
 )
 
 
-def hamilton(py: Path, shape: str, n: int) -> dict:
+def hamilton(py: Path, shape: str, n: int, reps: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         name = f"ham_{shape}_{n}"
         Path(d, name + ".py").write_text(module_source(shape, n))
         env = dict(os.environ, HAMILTON_TELEMETRY_ENABLED="false")
         p = subprocess.run(
-            [str(py), "-c", RUNNER, d, name, shape, "1000", str(n)], capture_output=True, text=True, env=env, timeout=1800
+            [str(py), "-c", RUNNER, d, name, shape, "1000", str(n), str(reps)], capture_output=True, text=True, env=env, timeout=1800
         )
         if p.returncode != 0:
             return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "failed"}
-        return json.loads(p.stdout.strip().splitlines()[-1])
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        return {k: statistics.median(v) if isinstance(v, list) else v for k, v in out.items() if v != []}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", required=True, help="the flowrun bench binary")
     ap.add_argument("--sizes", default="1000,5000")
+    ap.add_argument("--rounds", type=int, default=5, help="turns each tool takes")
+    ap.add_argument("--reps", type=int, default=5, help="Hamilton builds and executions per turn (median)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     py = ensure_venv()
-    flow = json.loads(subprocess.run([args.bench, "engine", "--json", "--sizes", args.sizes], capture_output=True, text=True, check=True).stdout)
-    print("flowrun vs Hamilton, microseconds per node (lower is better); ratio = Hamilton / flowrun")
-    print(f"{'shape':<8}{'n':>7}  {'build: flowrun':>15}{'hamilton':>10}{'ratio':>8}  {'run: flowrun':>13}{'hamilton':>10}{'ratio':>8}")
-    for shape in ["chain", "wide", "fanout"]:
-        for n in sizes:
+    cases = [(shape, n) for shape in ["chain", "wide", "fanout"] for n in sizes]
+    # per case: flowrun build, Hamilton build, flowrun run, Hamilton run (us per node), one entry per round
+    seen = {c: {"fb": [], "hb": [], "fr": [], "hr": [], "error": None} for c in cases}
+    for _ in range(args.rounds):
+        cmd = [args.bench, "engine", "--json", "--sizes", args.sizes]
+        flow = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        for shape, n in cases:
             f = next(r for r in flow if r["shape"] == shape and r["n"] == n)
-            t = time.perf_counter()
-            h = hamilton(py, shape, n)
-            nodes = f["node_runs"]
-            if "error" in h and "build_s" not in h:
-                print(f"{shape:<8}{n:>7}  {(f['parse_us'] + f['build_us']):>15.2f}{'-':>10}{'-':>8}  {f['sequential_us']:>13.2f}  Hamilton: {h['error']}")
-                continue
-            hb = h["build_s"] * 1e6 / nodes
+            s = seen[(shape, n)]
+            s["fb"].append(f["parse_us"] + f["build_us"])
+            s["fr"].append(f["sequential_us"])
+            h = hamilton(py, shape, n, args.reps)
+            s["error"] = h.get("error")
+            if "build_s" in h:
+                s["hb"].append(h["build_s"] * 1e6 / f["node_runs"])
             if "run_s" in h:
-                hr = h["run_s"] * 1e6 / nodes
-                print(f"{shape:<8}{n:>7}  {(f['parse_us'] + f['build_us']):>15.2f}{hb:>10.2f}{hb / (f['parse_us'] + f['build_us']):>8.1f}  {f['sequential_us']:>13.2f}{hr:>10.2f}{hr / f['sequential_us']:>8.1f}")
-            else:
-                print(f"{shape:<8}{n:>7}  {(f['parse_us'] + f['build_us']):>15.2f}{hb:>10.2f}{hb / (f['parse_us'] + f['build_us']):>8.1f}  {f['sequential_us']:>13.2f}  Hamilton: {h['error']}")
+                s["hr"].append(h["run_s"] * 1e6 / f["node_runs"])
+    print(f"flowrun vs Hamilton, microseconds per node (lower is better), {args.rounds} rounds taking turns;")
+    print("ratio = Hamilton / flowrun per round: median [lowest-highest]")
+    print(f"{'shape':<8}{'n':>7}  {'build: flowrun':>15}{'hamilton':>10}{'ratio':>20}  {'run: flowrun':>13}{'hamilton':>10}{'ratio':>22}")
+
+    def cols(ours: list, theirs: list) -> str:
+        if not theirs:
+            return f"{statistics.median(ours):>10.2f}{'-':>10}{'-':>20}"
+        ratios = [t / o for o, t in zip(ours, theirs)]
+        spread = f"{statistics.median(ratios):.1f} [{min(ratios):.1f}-{max(ratios):.1f}]"
+        return f"{statistics.median(ours):>10.2f}{statistics.median(theirs):>10.2f}{spread:>20}"
+
+    for shape, n in cases:
+        s = seen[(shape, n)]
+        run = cols(s["fr"], s["hr"]) if s["hr"] else f"{statistics.median(s['fr']):>13.2f}  Hamilton: {s['error']}"
+        print(f"{shape:<8}{n:>7}  {cols(s['fb'], s['hb']):>25}  {run}")
     print("(flowrun: `bench engine`, sequential runs without cache; Hamilton: default driver, synchronous executor)")
 
 
