@@ -94,6 +94,13 @@ struct Child {
     remaining: AtomicUsize,
 }
 
+impl Child {
+    /// Its instances (none before they are made, or when there are none).
+    fn instances(&self) -> &[Arc<Instance>] {
+        self.instances.get().map_or(&[], Vec::as_slice)
+    }
+}
+
 /// A pinned result, reported to the caller.
 pub(crate) struct Output {
     pub node: usize,
@@ -125,7 +132,7 @@ enum Gathered<'a> {
 }
 
 struct GArg<'a> {
-    source: ArgSource<'a>,
+    source: InputSource<'a>,
     value: GValue,
 }
 
@@ -138,21 +145,10 @@ enum GValue {
     Unknown(String),
 }
 
-#[derive(Clone, Copy)]
-enum ArgSource<'a> {
-    Node(usize),
-    Item(usize),
-    Collect(usize),
-    Literal(&'a LiteralSource),
-}
-
 impl<'p, 'f> Exec<'p, 'f> {
     pub fn new(plan: &'p Plan<'f>, opts: &'p RunOptions) -> Self {
         // Unreadable states only cost speed: every lookup then asks the index.
-        let states = match &opts.store {
-            Some(store) => store.node_states(&plan.flow.name).unwrap_or_default(),
-            None => HashMap::new(),
-        };
+        let states = opts.store.as_ref().and_then(|s| s.node_states(&plan.flow.name).ok()).unwrap_or_default();
         Exec {
             states,
             plan,
@@ -227,8 +223,13 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
     }
 
-    fn node_name(&self, pid: usize) -> &Arc<str> {
+    fn node_name(&self, pid: usize) -> &'p Arc<str> {
         &self.plan.flow.nodes[self.plan.nodes[pid].id].name
+    }
+
+    /// The state, inside `inst`, of the child block that node `pid` belongs to.
+    fn child_of<'i>(&self, inst: &'i Instance, pid: usize) -> &'i Child {
+        &inst.children[self.plan.blocks[self.plan.nodes[pid].block].index_in_parent]
     }
 
     /// Step 1: the values of node `pid`'s arguments in instance `inst`.
@@ -238,32 +239,35 @@ impl<'p, 'f> Exec<'p, 'f> {
         let mut left_out = Vec::new();
         let mut out = Vec::new();
         for arg in &fnode.args {
-            let (node, mode) = match &arg.binding {
+            let (source, value) = match &arg.binding {
                 Binding::Literal(lit) => {
+                    let source = match &lit.source {
+                        LiteralSource::Config(c) => InputSource::Config(c),
+                        LiteralSource::Input(i) => InputSource::Input(i),
+                        LiteralSource::Param | LiteralSource::Default => InputSource::Literal,
+                    };
                     let value = Done { value: Some(Lazy::ready(lit.value.clone())), identity: Some(lit.identity) };
-                    out.push(GArg { source: ArgSource::Literal(&lit.source), value: GValue::One(value) });
-                    continue;
+                    (source, GValue::One(value))
                 }
-                Binding::Node { node, mode } => (self.plan.pid(*node), *mode),
-            };
-            let (source, value) = match mode {
-                EdgeMode::Direct => {
-                    let owner = self.instance_of(inst, self.plan.nodes[node].block);
-                    let slot = owner.members[self.plan.nodes[node].local].slot.lock().unwrap().clone();
-                    match slot {
-                        Slot::Ok(done) => (ArgSource::Node(node), known(done, self.node_name(node))),
-                        Slot::Deferred => return Gathered::Deferred,
-                        _ => return Gathered::UpstreamFailed(self.node_name(node).to_string()),
+                &Binding::Node { node, mode } => {
+                    let node = self.plan.pid(node);
+                    let name = self.node_name(node);
+                    match mode {
+                        EdgeMode::Direct => {
+                            let owner = self.instance_of(inst, self.plan.nodes[node].block);
+                            match owner.members[self.plan.nodes[node].local].slot.lock().unwrap().clone() {
+                                Slot::Ok(done) => (InputSource::Node(name), known(done, name)),
+                                Slot::Deferred => return Gathered::Deferred,
+                                _ => return Gathered::UpstreamFailed(name.to_string()),
+                            }
+                        }
+                        EdgeMode::Item => (InputSource::Item(name), known(self.item_of(inst, node).clone(), name)),
+                        EdgeMode::Collect => match self.collected(inst, node, skip_failed, &mut left_out) {
+                            Ok(value) => (InputSource::Collect(name), value),
+                            Err(failed) => return Gathered::UpstreamFailed(failed),
+                        },
                     }
                 }
-                EdgeMode::Item => {
-                    let done = self.item_of(inst, node).clone();
-                    (ArgSource::Item(node), known(done, self.node_name(node)))
-                }
-                EdgeMode::Collect => match self.collected(inst, node, skip_failed, &mut left_out) {
-                    Ok(value) => (ArgSource::Collect(node), value),
-                    Err(failed) => return Gathered::UpstreamFailed(failed),
-                },
             };
             out.push(GArg { source, value });
         }
@@ -280,7 +284,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         left_out: &mut Vec<String>,
     ) -> Result<GValue, String> {
         let name = self.node_name(node);
-        let child = &inst.children[self.plan.blocks[self.plan.nodes[node].block].index_in_parent];
+        let child = self.child_of(inst, node);
         if child.failed.load(Ordering::Acquire) {
             return Err(self.node_name(self.plan.blocks[self.plan.nodes[node].block].expand.unwrap()).to_string());
         }
@@ -288,7 +292,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             return Ok(GValue::Unknown(name.to_string()));
         }
         let local = self.plan.nodes[node].local;
-        let instances = child.instances.get().map(Vec::as_slice).unwrap_or(&[]);
+        let instances = child.instances();
         let mut all = Vec::new();
         let mut unknown = false;
         for c in instances {
@@ -310,17 +314,6 @@ impl<'p, 'f> Exec<'p, 'f> {
             return Err(format!("{name} (every item)"));
         }
         Ok(if unknown { GValue::Unknown(name.to_string()) } else { GValue::Many(all) })
-    }
-
-    fn source(&self, s: ArgSource<'p>) -> InputSource<'_> {
-        match s {
-            ArgSource::Node(n) => InputSource::Node(self.node_name(n)),
-            ArgSource::Item(n) => InputSource::Item(self.node_name(n)),
-            ArgSource::Collect(n) => InputSource::Collect(self.node_name(n)),
-            ArgSource::Literal(LiteralSource::Config(c)) => InputSource::Config(c),
-            ArgSource::Literal(LiteralSource::Input(i)) => InputSource::Input(i),
-            ArgSource::Literal(_) => InputSource::Literal,
-        }
     }
 
     /// Runs one task (steps 1 to 5) and appends the tasks it made ready to `ready`.
@@ -369,17 +362,18 @@ impl<'p, 'f> Exec<'p, 'f> {
             }
         };
         report.duration = start.elapsed();
-        self.opts.observer.event(&Event::NodeFinished(&report));
         if let (Slot::Ok(done), true) = (&outcome, pn.pinned) {
-            self.outputs.lock().unwrap().push(Output {
-                node: pn.id,
-                path: inst.path.clone(),
-                label: inst.label.clone(),
-                done: done.clone(),
-            });
+            let (path, label, done) = (inst.path.clone(), inst.label.clone(), done.clone());
+            self.outputs.lock().unwrap().push(Output { node: pn.id, path, label, done });
         }
-        self.reports.lock().unwrap().push(report);
+        self.report(report);
         self.finish(&inst, local, outcome, ready);
+    }
+
+    /// A node run is over: the observer hears of it, the run's report keeps it.
+    fn report(&self, report: NodeReport) {
+        self.opts.observer.event(&Event::NodeFinished(&report));
+        self.reports.lock().unwrap().push(report);
     }
 
     /// Steps 2 to 4 for a task whose inputs are gathered: key, lookup, run, store.
@@ -415,10 +409,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         let outcome = match result {
             Ok(value) => {
                 report.status = Status::Executed;
-                report.rows = guarded("counting the result's rows", || value.dyn_rows()).unwrap_or_else(|w| {
-                    report.warnings.push(w);
-                    None
-                });
+                report.rows = ask(report, "counting the result's rows", || value.dyn_rows());
                 let identity = self.store(pn, fnode, key, &value, deps, report);
                 Slot::Ok(Done { value: Some(Lazy::ready(value)), identity: Some(identity) })
             }
@@ -464,7 +455,7 @@ impl<'p, 'f> Exec<'p, 'f> {
                 }
                 GValue::Unknown(up) => return Err(up.clone()),
             };
-            inputs.push(KeyInput { param: &arg.param, source: self.source(garg.source), identity });
+            inputs.push(KeyInput { param: &arg.param, source: garg.source, identity });
         }
         if let Some(checks) = pn.checks {
             inputs.push(KeyInput { param: CHECKS, source: InputSource::Literal, identity: checks });
@@ -526,14 +517,12 @@ impl<'p, 'f> Exec<'p, 'f> {
                 GValue::Unknown(_) => unreachable!("not a dry run"),
             })
             .collect();
-        match loaded {
-            Ok(values) => Some(values),
-            Err(e) => {
-                self.restart_without(&e);
+        loaded
+            .inspect_err(|e| {
+                self.restart_without(e);
                 report.status = Status::Cancelled;
-                None
-            }
-        }
+            })
+            .ok()
     }
 
     /// A reused result cannot be read back: the run stops, and starts again without it.
@@ -591,24 +580,16 @@ impl<'p, 'f> Exec<'p, 'f> {
     ) -> Hash {
         // a value type's own code (identity, encoding) runs under a guard: its panic leaves the result
         // uncached, with a warning naming the node, and the run goes on
-        let own_identity = guarded("the result's identity", || value.dyn_identity())
-            .unwrap_or_else(|w| {
-                report.warnings.push(w);
-                None
-            })
-            .and_then(Result::ok);
+        let own_identity = ask(report, "the result's identity", || value.dyn_identity()).and_then(Result::ok);
         let store = match (pn.cache, &self.opts.store) {
             (CacheMode::Disable, _) | (_, None) => return key,
             (_, Some(store)) => store,
         };
-        let bytes = match guarded("encoding it", || encode_value(&**value)) {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => {
-                report.warnings.push(format!("result not cached (cannot encode it: {e})"));
-                return key;
-            }
-            Err(w) => {
-                report.warnings.push(format!("result not cached ({w})"));
+        let encoded = guarded("encoding it", || encode_value(&**value));
+        let bytes = match encoded.and_then(|r| r.map_err(|e| format!("cannot encode it: {e}"))) {
+            Ok(bytes) => bytes,
+            Err(why) => {
+                report.warnings.push(format!("result not cached ({why})"));
                 return key;
             }
         };
@@ -636,16 +617,15 @@ impl<'p, 'f> Exec<'p, 'f> {
                 let engine = self.opts.sql.as_ref().ok_or_else(|| {
                     anyhow::anyhow!("SQL node `{}` needs a SQL engine (the flowrun binary provides DuckDB)", fnode.name)
                 })?;
-                let mut tables: Vec<(&str, &Table)> = Vec::new();
-                for (arg, v) in fnode.args.iter().zip(&values) {
+                let tables = fnode.args.iter().zip(&values).map(|(arg, v)| {
                     let ArgValue::One(v) = v else { anyhow::bail!("SQL inputs are single tables") };
                     let t = v.downcast_ref::<Table>().ok_or_else(|| {
                         anyhow::anyhow!("input `{}` of SQL node `{}` is not a table", arg.param, fnode.name)
                     })?;
-                    tables.push((&arg.param, t));
-                }
-                let t = engine.query(&q.sql, &tables)?;
-                Ok(Arc::new(t))
+                    Ok((&*arg.param, t))
+                });
+                let tables = tables.collect::<anyhow::Result<Vec<_>>>()?;
+                Ok(Arc::new(engine.query(&q.sql, &tables)?))
             }
         }
     }
@@ -725,11 +705,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         let pid = self.plan.blocks[inst.block].members[local];
         let pn = &self.plan.nodes[pid];
         *inst.members[local].slot.lock().unwrap() = outcome;
-        for &c in &pn.consumers {
-            if inst.members[c].pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                ready.push((inst.clone(), c));
-            }
-        }
+        one_less_to_wait_for(inst, &pn.consumers, ready);
         for &child in &pn.spawn_for {
             if inst.children[child].spawn_pending.fetch_sub(1, Ordering::AcqRel) == 1 {
                 self.spawn(inst, child, ready);
@@ -742,8 +718,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             match mode {
                 EdgeMode::Direct if q.block == inst.block => self.release(inst, q.local),
                 EdgeMode::Collect => {
-                    let child = &inst.children[self.plan.blocks[q.block].index_in_parent];
-                    for c in child.instances.get().map(Vec::as_slice).unwrap_or(&[]) {
+                    for c in self.child_of(inst, self.plan.pid(node)).instances() {
                         self.release(c, q.local);
                     }
                 }
@@ -779,11 +754,7 @@ impl<'p, 'f> Exec<'p, 'f> {
     /// Every instance of child block `child` of `inst` is complete (or there were none).
     fn block_complete(&self, inst: &Arc<Instance>, child: usize, ready: &mut Vec<Task>) {
         let b = &self.plan.blocks[self.plan.blocks[inst.block].children[child]];
-        for &c in &b.collectors {
-            if inst.members[c].pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                ready.push((inst.clone(), c));
-            }
-        }
+        one_less_to_wait_for(inst, &b.collectors, ready);
         for &r in &b.releases {
             self.release(inst, r);
         }
@@ -811,11 +782,9 @@ impl<'p, 'f> Exec<'p, 'f> {
                 inst.children[child].unknown.store(true, Ordering::Release);
                 for &m in &b.members {
                     let name = self.node_name(m);
-                    let display = format!("{name}[*]").into();
-                    let mut report = NodeReport::new(display, name.clone(), Some("*".into()), Status::WouldRun);
-                    report.reasons = vec![Reason::UpstreamWillRun(expand_name.clone())];
-                    self.opts.observer.event(&Event::NodeFinished(&report));
-                    self.reports.lock().unwrap().push(report);
+                    let report =
+                        NodeReport::new(format!("{name}[*]").into(), name.clone(), Some("*".into()), Status::WouldRun);
+                    self.report(NodeReport { reasons: vec![Reason::UpstreamWillRun(expand_name.clone())], ..report });
                 }
                 return self.block_complete(inst, child, ready);
             }
@@ -828,10 +797,8 @@ impl<'p, 'f> Exec<'p, 'f> {
                 let status = if self.abort.load(Ordering::Relaxed) { Status::Cancelled } else { Status::Skipped };
                 for &m in &b.members {
                     let name = self.node_name(m);
-                    let mut report = NodeReport::new(name.clone(), name.clone(), None, status);
-                    report.error = vec![format!("skipped: {why}")];
-                    self.opts.observer.event(&Event::NodeFinished(&report));
-                    self.reports.lock().unwrap().push(report);
+                    let report = NodeReport::new(name.clone(), name.clone(), None, status);
+                    self.report(NodeReport { error: vec![format!("skipped: {why}")], ..report });
                 }
                 return self.block_complete(inst, child, ready);
             }
@@ -867,6 +834,15 @@ impl<'p, 'f> Exec<'p, 'f> {
     }
 }
 
+/// Members `members` of `inst` wait for one thing less; those that now wait for nothing are ready.
+fn one_less_to_wait_for(inst: &Arc<Instance>, members: &[usize], ready: &mut Vec<Task>) {
+    for &m in members {
+        if inst.members[m].pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            ready.push((inst.clone(), m));
+        }
+    }
+}
+
 /// Appends the members of `inst` that wait for nothing, last member first (the drivers pop from the end,
 /// so the first member runs first).
 fn ready_members(inst: &Arc<Instance>, out: &mut Vec<Task>) {
@@ -895,12 +871,15 @@ pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String>
         .map_err(|p| format!("{what} panicked: {}", panic_message(&p)))
 }
 
+/// [`guarded`] for a value type's optional answer: a panic is a warning of the node's, and no answer.
+fn ask<T>(report: &mut NodeReport, what: &str, f: impl FnOnce() -> Option<T>) -> Option<T> {
+    guarded(what, f).unwrap_or_else(|w| {
+        report.warnings.push(w);
+        None
+    })
+}
+
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(no message)".to_string()
-    }
+    let text = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+    text.unwrap_or("(no message)").to_string()
 }

@@ -13,6 +13,7 @@ mod lazy;
 mod plan;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use flowrun_cache::{NodeRunRecord, RunRecord, Store};
@@ -48,7 +49,7 @@ pub struct RunOptions {
     /// Path of the flow file, for the run record.
     pub flow_path: String,
     /// Set from outside (a first Ctrl-C): no node starts after it; the running ones finish and are stored.
-    pub interrupt: Option<&'static std::sync::atomic::AtomicBool>,
+    pub interrupt: Option<&'static AtomicBool>,
     /// The run's id when the caller made it already (to name the run before it starts); else a new one.
     pub run_id: Option<String>,
 }
@@ -56,7 +57,7 @@ pub struct RunOptions {
 impl RunOptions {
     /// Whether the run was asked to stop ([`RunOptions::interrupt`]).
     pub fn interrupted(&self) -> bool {
-        self.interrupt.is_some_and(|i| i.load(std::sync::atomic::Ordering::Relaxed))
+        self.interrupt.is_some_and(|i| i.load(Ordering::Relaxed))
     }
 }
 
@@ -152,16 +153,12 @@ impl RunReport {
     /// Why each left-out item is missing: `<item>: <node>[<item>] failed: <its error>` (or was cancelled), one
     /// per item, for reports and the lake's commit message.
     pub fn left_out_causes(&self) -> Vec<String> {
-        let items: Vec<String> = self
-            .left_out()
+        self.left_out()
             .iter()
-            .filter_map(|d| d.split_once('[').and_then(|(_, rest)| rest.strip_suffix(']')).map(str::to_string))
-            .collect();
-        items
-            .iter()
+            .filter_map(|d| item_label(d))
             .map(|item| {
                 let failed = self.nodes.iter().find(|n| {
-                    n.item.as_deref() == Some(item.as_str()) && matches!(n.status, Status::Failed | Status::Cancelled)
+                    n.item.as_deref() == Some(item) && matches!(n.status, Status::Failed | Status::Cancelled)
                 });
                 match failed {
                     Some(n) => format!("{item}: {} {}: {}", n.name, n.status.as_str(), n.error.join(": ")),
@@ -208,7 +205,7 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
         let restart = exec.restart.lock().unwrap().take();
         // a restart that evicted what failed makes progress (the cache holds finitely many entries); one that
         // did not is tried at most 4 times
-        let progressed = exec.progressed.load(std::sync::atomic::Ordering::Relaxed);
+        let progressed = exec.progressed.load(Ordering::Relaxed);
         match restart {
             Some(why) if (attempt < 4 || (progressed && attempt < 1000)) && !opts.interrupted() => {
                 let message = format!("{why} (attempt {attempt})");
@@ -218,7 +215,7 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
             _ => break exec,
         }
     };
-    let status = run_status(&exec.reports.lock().unwrap(), exec.failed.load(std::sync::atomic::Ordering::Relaxed));
+    let status = run_status(&exec.reports.lock().unwrap(), exec.failed.load(Ordering::Relaxed));
     for message in opts.store.iter().flat_map(|s| s.take_remote_warnings()) {
         opts.observer.event(&Event::Warning { node: None, message: &message });
         warnings.push(message);
@@ -263,12 +260,7 @@ fn run_status(reports: &[NodeReport], any_failed: bool) -> RunStatus {
     if !any_failed && !reports.iter().any(|r| bad(&r)) {
         return RunStatus::Ok;
     }
-    // `measured[a/b]` -> `a/b`: the item's label
-    let left_out: Vec<&str> = reports
-        .iter()
-        .flat_map(|r| &r.left_out)
-        .filter_map(|d| d.split_once('[').and_then(|(_, rest)| rest.strip_suffix(']')))
-        .collect();
+    let left_out: Vec<&str> = reports.iter().flat_map(|r| &r.left_out).filter_map(|d| item_label(d)).collect();
     let tolerated = |r: &NodeReport| {
         r.status != Status::Cancelled
             && r.item.as_deref().is_some_and(|item| {
@@ -280,6 +272,11 @@ fn run_status(reports: &[NodeReport], any_failed: bool) -> RunStatus {
     } else {
         RunStatus::Failed
     }
+}
+
+/// The item's label in a display name: `measured[a/b]` -> `a/b`.
+fn item_label(display: &str) -> Option<&str> {
+    display.split_once('[').and_then(|(_, rest)| rest.strip_suffix(']'))
 }
 
 fn drive_sequential(exec: &exec::Exec<'_, '_>, initial: Vec<exec::Task>) {

@@ -39,6 +39,7 @@ pub(crate) struct PNode {
     pub checks: Option<Hash>,
 }
 
+#[derive(Default)]
 pub(crate) struct PBlock {
     pub parent: Option<usize>,
     /// Plan id of the fan-out node.
@@ -64,58 +65,17 @@ impl<'f> Plan<'f> {
         for &t in targets {
             is_target[t] = true;
         }
+        let mut plan = Plan { flow, nodes: Vec::new(), blocks: Vec::new(), plan_of: vec![None; flow.nodes.len()] };
         // plan blocks: flow blocks that have needed members, root first
-        let mut block_map: Vec<Option<usize>> = vec![None; flow.blocks.len()];
-        let mut blocks: Vec<PBlock> = Vec::new();
-        let mut plan_of: Vec<Option<usize>> = vec![None; flow.nodes.len()];
-        let mut nodes: Vec<PNode> = Vec::new();
-        let ensure_block = |fb: usize, blocks: &mut Vec<PBlock>, block_map: &mut Vec<Option<usize>>| -> usize {
-            if let Some(pb) = block_map[fb] {
-                return pb;
-            }
-            // create the chain of plan blocks from the root down to `fb`
-            let mut chain = vec![fb];
-            while let Some(p) = flow.blocks[*chain.last().unwrap()].parent {
-                chain.push(p);
-            }
-            let mut last = None;
-            for &b in chain.iter().rev() {
-                last = Some(match block_map[b] {
-                    Some(pb) => pb,
-                    None => {
-                        let pb = blocks.len();
-                        blocks.push(PBlock {
-                            parent: last,
-                            expand: None,
-                            members: Vec::new(),
-                            children: Vec::new(),
-                            index_in_parent: 0,
-                            spawn_deps: 0,
-                            collectors: Vec::new(),
-                            releases: Vec::new(),
-                        });
-                        if let Some(parent) = last {
-                            blocks[pb].index_in_parent = blocks[parent].children.len();
-                            blocks[parent].children.push(pb);
-                        }
-                        block_map[b] = Some(pb);
-                        pb
-                    }
-                });
-            }
-            last.unwrap()
-        };
-        ensure_block(0, &mut blocks, &mut block_map);
-        for &id in &flow.order {
-            if !needed[id] {
-                continue;
-            }
+        let mut block_of = vec![None; flow.blocks.len()];
+        plan.block(0, &mut block_of);
+        for &id in flow.order.iter().filter(|&&id| needed[id]) {
             let fnode = &flow.nodes[id];
-            let block = ensure_block(fnode.block, &mut blocks, &mut block_map);
-            let local = blocks[block].members.len();
-            let pid = nodes.len();
-            blocks[block].members.push(pid);
-            plan_of[id] = Some(pid);
+            let block = plan.block(fnode.block, &mut block_of);
+            let local = plan.blocks[block].members.len();
+            let pid = plan.nodes.len();
+            plan.blocks[block].members.push(pid);
+            plan.plan_of[id] = Some(pid);
             let cache = if recompute.iter().any(|r| **r == *fnode.name) && fnode.cache == CacheMode::Default {
                 CacheMode::Recompute
             } else {
@@ -123,7 +83,7 @@ impl<'f> Plan<'f> {
             };
             let checks = (!fnode.checks.is_empty())
                 .then(|| blake3::hash(serde_json::to_string(&fnode.checks).unwrap_or_default().as_bytes()));
-            nodes.push(PNode {
+            plan.nodes.push(PNode {
                 id,
                 block,
                 local,
@@ -136,11 +96,7 @@ impl<'f> Plan<'f> {
                 checks,
             });
         }
-        for (b, block) in blocks.iter_mut().enumerate() {
-            let fb = block_map.iter().position(|m| *m == Some(b)).unwrap();
-            block.expand =
-                flow.blocks[fb].expand.map(|e| plan_of[e].expect("fan-out nodes of needed blocks are needed"));
-        }
+        let Plan { nodes, blocks, plan_of, .. } = &mut plan;
         // counters
         for pid in 0..nodes.len() {
             let (id, block, local) = (nodes[pid].id, nodes[pid].block, nodes[pid].local);
@@ -169,7 +125,7 @@ impl<'f> Plan<'f> {
                         while blocks[c].parent != Some(qb) {
                             c = blocks[c].parent.expect("producer block encloses consumer block");
                         }
-                        add_release(&mut blocks, &mut nodes, c, q);
+                        add_release(blocks, nodes, c, q);
                     }
                 }
             }
@@ -177,10 +133,30 @@ impl<'f> Plan<'f> {
         // every child block waits for (and releases) its fan-out node
         for b in 0..blocks.len() {
             if let Some(e) = blocks[b].expand {
-                add_release(&mut blocks, &mut nodes, b, e);
+                add_release(blocks, nodes, b, e);
             }
         }
-        Plan { flow, nodes, blocks, plan_of }
+        plan
+    }
+
+    /// The plan block of flow block `fb` (`block_of` maps them), made with the blocks that enclose it
+    /// when it is first needed. A fan-out node comes before the nodes of its block in the flow's order,
+    /// so it has its plan id by then.
+    fn block(&mut self, fb: usize, block_of: &mut [Option<usize>]) -> usize {
+        if let Some(pb) = block_of[fb] {
+            return pb;
+        }
+        let parent = self.flow.blocks[fb].parent.map(|p| self.block(p, block_of));
+        let pb = self.blocks.len();
+        let index_in_parent = parent.map_or(0, |p| {
+            self.blocks[p].children.push(pb);
+            self.blocks[p].children.len() - 1
+        });
+        let expand =
+            self.flow.blocks[fb].expand.map(|e| self.plan_of[e].expect("fan-out nodes of needed blocks are needed"));
+        self.blocks.push(PBlock { parent, expand, index_in_parent, ..PBlock::default() });
+        block_of[fb] = Some(pb);
+        pb
     }
 
     /// The plan id of needed flow node `id`.
