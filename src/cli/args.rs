@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 pub const EXIT_CODES: &str = "Exit codes:
   0  success
@@ -80,18 +80,18 @@ pub struct FlowArgs {
     /// The flow file (flows/*.toml).
     pub flow: PathBuf,
     /// Override a [config] value: --set key=value (value parsed as TOML, else a string).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long, value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Give an [inputs] value: --input name=value (relative paths are relative to the current directory).
-    #[arg(long = "input", value_name = "NAME=VALUE")]
+    #[arg(long, value_name = "NAME=VALUE")]
     pub input: Vec<String>,
     /// Build only these nodes (and what they need) instead of the flow's outputs; only their
     /// [materialize] sections are written (dbt's --select).
-    #[arg(long = "output", value_name = "NODE")]
+    #[arg(long, value_name = "NODE")]
     pub output: Vec<String>,
     /// Build only the nodes tagged KEY=VALUE (and what they need), with any --output; repeated: nodes
     /// with any of the tags. A node's tags are its function's, overridden by the flow file's.
-    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    #[arg(long, value_name = "KEY=VALUE")]
     pub tag: Vec<String>,
     /// Take every dataset from this directory, HTTP base or s3:// location (`<mirror>/<dataset>/<files>`); short for
     /// --input mirror=...
@@ -105,7 +105,7 @@ pub struct FlowArgs {
     pub no_cache: bool,
     /// Override a [lake] setting: --lake catalog=PATH, --lake data_path=DIR (relative to the current
     /// directory).
-    #[arg(long = "lake", value_name = "KEY=VALUE")]
+    #[arg(long, value_name = "KEY=VALUE")]
     pub lake: Vec<String>,
     /// Use the flow's [targets.NAME]: its lake, storage and cache settings over the file's own (dbt's
     /// --target). Without it, the file's own settings (the local default).
@@ -185,14 +185,13 @@ pub struct RunsArgs {
 
 /// `flowrun FLOW.toml ...` means `flowrun run FLOW.toml ...`.
 pub fn with_default_command(mut args: Vec<String>) -> Vec<String> {
-    const COMMANDS: &[&str] = &["run", "explain", "graph", "nodes", "cache", "runs", "lake", "help"];
-    let first_positional = args.iter().skip(1).position(|a| !a.starts_with('-')).map(|i| i + 1);
-    if let Some(i) = first_positional {
-        let word = &args[i];
-        let value_of_global = i > 1 && args[i - 1] == "--cache-dir";
-        if !value_of_global && !COMMANDS.contains(&word.as_str()) {
-            args.insert(1, "run".to_string());
-        }
+    // the first word that is not an option (nor the value of --cache-dir) and not a command
+    if let Some(i) = args.iter().skip(1).position(|a| !a.starts_with('-')).map(|i| i + 1)
+        && !(i > 1 && args[i - 1] == "--cache-dir")
+        && args[i] != "help"
+        && Cli::command().find_subcommand(&args[i]).is_none()
+    {
+        args.insert(1, "run".to_string());
     }
     args
 }
@@ -216,7 +215,6 @@ mod tests {
 
     #[test]
     fn cli_definition_is_valid() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
     }
 }

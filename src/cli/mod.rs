@@ -56,14 +56,8 @@ pub struct Ui {
 }
 
 pub fn main() -> ExitCode {
-    let argv = args::with_default_command(std::env::args().collect());
-    let cli = match Cli::try_parse_from(argv) {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
-    };
+    // a wrong command line exits 2 (--help and --version 0)
+    let cli = Cli::parse_from(args::with_default_command(std::env::args().collect()));
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let ui = Ui {
         verbose: cli.verbose,
@@ -95,9 +89,7 @@ pub fn main() -> ExitCode {
                 let causes: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
                 println!("{}", serde_json::json!({"status": "error", "error": e.to_string(), "causes": causes}));
             }
-            let red = if ui.color { "\x1b[1;31m" } else { "" };
-            let reset = if ui.color { "\x1b[0m" } else { "" };
-            eprintln!("{red}error{reset}: {e}");
+            eprintln!("{}: {e}", report::paint(&ui, "1;31", "error"));
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
@@ -108,44 +100,33 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: &Cli, ui: &Ui) -> Result<Outcome, CliError> {
     match &cli.command {
-        Command::Run(a) => run(cli, ui, &a.flow, a.jobs, a.fail_fast, a.dry_run),
-        Command::Explain(f) => run(cli, ui, f, Some(1), false, true),
+        Command::Run(a) => return run(cli, ui, &a.flow, a.jobs, a.fail_fast, a.dry_run),
+        Command::Explain(f) => return run(cli, ui, f, Some(1), false, true),
         Command::Graph(g) => {
             let (flow, _) = build(&g.flow)?;
-            let overlay = if g.last_run { Some(last_run_overlay(cli, &flow)?) } else { None };
-            let text = if g.mermaid {
-                flowrun_engine::graph::mermaid(&flow, overlay.as_ref())
-            } else {
-                flowrun_engine::graph::dot(&flow, overlay.as_ref())
-            };
-            print!("{text}");
-            Ok(Outcome::Ok)
+            let overlay = g.last_run.then(|| last_run_overlay(cli, &flow)).transpose()?;
+            let draw = if g.mermaid { flowrun_engine::graph::mermaid } else { flowrun_engine::graph::dot };
+            print!("{}", draw(&flow, overlay.as_ref()));
         }
-        Command::Nodes(n) => {
-            report::print_nodes(Registry::global(), n.filter.as_deref(), ui);
-            Ok(Outcome::Ok)
-        }
+        Command::Nodes(n) => report::print_nodes(Registry::global(), n.filter.as_deref(), ui),
         Command::Cache(c) => {
-            let _turn = match c {
-                CacheCommand::Ls => None,
-                CacheCommand::Gc { .. } => Some(lock_cache(cli, "`flowrun cache gc`")?),
-                CacheCommand::Clear => Some(lock_cache(cli, "`flowrun cache clear`")?),
-            };
-            let store = open_store(&cli.cache_dir)?;
+            // `gc` and `clear` take their turn on the cache first; `ls` only reads it
+            let lock = |cmd: &str| lock_cache(cli, format!("`flowrun cache {cmd}` (pid {})", std::process::id()));
             match c {
-                CacheCommand::Ls => report::print_entries(&store.entries()?, ui),
+                CacheCommand::Ls => report::print_entries(&Store::open(&cli.cache_dir)?.entries()?, ui),
                 CacheCommand::Gc { keep_days } => {
-                    let r = store.gc(Duration::from_secs(keep_days * 86_400))?;
+                    let _turn = lock("gc")?;
+                    let r = Store::open(&cli.cache_dir)?.gc(Duration::from_secs(keep_days * 86_400))?;
                     report::print_gc(&r, ui);
                 }
                 CacheCommand::Clear => {
-                    store.clear()?;
+                    let _turn = lock("clear")?;
+                    Store::open(&cli.cache_dir)?.clear()?;
                     if !ui.quiet {
                         println!("cache {} cleared", cli.cache_dir.display());
                     }
                 }
             }
-            Ok(Outcome::Ok)
         }
         Command::Lake(LakeCommand::Gc { flow, older_than_hours, dry_run }) => {
             let (flow_def, lake) = build(flow)?;
@@ -157,17 +138,16 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<Outcome, CliError> {
             )
             .map_err(|e| in_target(&flow_def, e, "lake gc failed"))?;
             report::print_orphans(&files, *dry_run, ui);
-            Ok(Outcome::Ok)
         }
         Command::Runs(r) => {
-            let store = open_store(&cli.cache_dir)?;
+            let store = Store::open(&cli.cache_dir)?;
             match &r.run {
                 Some(id) => report::print_node_runs(&store.node_runs(id)?, ui),
                 None => report::print_runs(&store.runs(r.limit)?, ui),
             }
-            Ok(Outcome::Ok)
         }
     }
+    Ok(Outcome::Ok)
 }
 
 fn split_kv(items: &[String], what: &str) -> Result<Vec<(String, String)>, CliError> {
@@ -217,10 +197,6 @@ fn bad_argument(message: String) -> CliError {
     CliError::Invalid(Diagnostics(vec![Diagnostic::new("bad-argument", message)]))
 }
 
-fn open_store(dir: &Path) -> Result<Arc<Store>, CliError> {
-    Ok(Arc::new(Store::open(dir).map_err(anyhow::Error::from)?))
-}
-
 /// The shared cache to use: `--remote-cache`, else the flow's `[cache] remote`.
 fn remote_cache_url(f: &FlowArgs, flow: &Flow) -> Result<Option<String>, CliError> {
     match &f.remote_cache {
@@ -241,7 +217,7 @@ fn open_store_with_remote(
     flow: &Flow,
     read_only: bool,
 ) -> Result<Arc<Store>, CliError> {
-    let store = Store::open(dir).map_err(anyhow::Error::from)?;
+    let store = Store::open(dir)?;
     let Some(url) = remote else { return Ok(Arc::new(store)) };
     let opened = flowrun_lake::storage_config(flow).and_then(|cfg| flowrun_storage::Bucket::open(url, &cfg));
     Ok(Arc::new(match opened {
@@ -295,15 +271,10 @@ fn run(
     }
     // one run at a time on a cache (a second one waits, saying for whom); explain only reads it
     let run_id = schedule::new_run_id();
-    let _turn = if dry_run || f.no_cache {
-        None
-    } else {
-        Some(lock_cache(cli, &format!("run {run_id} (`flowrun run {}`", f.flow.display()))?)
-    };
-    let store = match f.no_cache {
-        true => None,
-        false => Some(open_store_with_remote(&cli.cache_dir, remote.as_deref(), &flow, dry_run)?),
-    };
+    let holder = format!("run {run_id} (`flowrun run {}`, pid {})", f.flow.display(), std::process::id());
+    let _turn = if dry_run || f.no_cache { None } else { Some(lock_cache(cli, holder)?) };
+    let store =
+        (!f.no_cache).then(|| open_store_with_remote(&cli.cache_dir, remote.as_deref(), &flow, dry_run)).transpose()?;
     // with the cache's lock held, a file in its tmp/ is a killed run's
     if let (Some(s), Some(_)) = (&store, &_turn) {
         s.remove_temporaries(Duration::ZERO)?;
@@ -351,8 +322,7 @@ fn run(
     // a partial run (items left out by on_item_error = "skip") writes what succeeded, and still exits 1
     // a shard run leaves the fan-ins, and so the lake, to the run without --shard
     let materialized = if writes_lake && result.status != RunStatus::Failed {
-        let flow_path = f.flow.display().to_string();
-        match flowrun_lake::materialize(&flow, &result, store.as_deref(), lake.as_ref(), &flow_path) {
+        match flowrun_lake::materialize(&flow, &result, store.as_deref(), lake.as_ref(), &opts.flow_path) {
             Ok(m) => Some(m),
             // a first Ctrl-C while the lake was being written: what was not committed is not
             // (the error says whether the lake's commit happened)
@@ -378,14 +348,10 @@ fn run(
 }
 
 /// This process's turn on the cache directory (see `flowrun_cache::lock`): waits for another run, `cache gc`
-/// or `cache clear` to finish, or with `--no-wait` fails at once.
-fn lock_cache(cli: &Cli, what: &str) -> Result<flowrun_cache::lock::FileLock, CliError> {
+/// or `cache clear` to finish, or with `--no-wait` fails at once. `holder` is what the others are told:
+/// "run <id> (`flowrun run flow.toml`, pid N)" or "`flowrun cache gc` (pid N)".
+fn lock_cache(cli: &Cli, holder: String) -> Result<flowrun_cache::lock::FileLock, CliError> {
     let path = cli.cache_dir.join("lock");
-    // "run <id> (`flowrun run flow.toml`, pid N)" or "`flowrun cache gc` (pid N)"
-    let holder = match what.strip_prefix("run ") {
-        Some(_) => format!("{what}, pid {})", std::process::id()),
-        None => format!("{what} (pid {})", std::process::id()),
-    };
     let on_wait = |other: &str| eprintln!("waiting for {other} to release {}", path.display());
     Ok(flowrun_cache::lock::FileLock::acquire(&path, &holder, !cli.no_wait, on_wait)?)
 }
@@ -402,7 +368,7 @@ fn last_run_overlay(
     cli: &Cli,
     flow: &Flow,
 ) -> Result<std::collections::HashMap<String, flowrun_engine::Status>, CliError> {
-    let store = open_store(&cli.cache_dir)?;
+    let store = Store::open(&cli.cache_dir)?;
     let runs = store.runs(1000)?;
     let Some(last) = runs.iter().find(|r| r.flow == flow.name) else {
         return Err(CliError::Other(anyhow::anyhow!(
@@ -411,15 +377,12 @@ fn last_run_overlay(
             cli.cache_dir.display()
         )));
     };
+    use flowrun_engine::Status::{Cancelled, Executed, Failed, Reused, Skipped};
     let mut reports = Vec::new();
     for n in store.node_runs(&last.run_id)? {
-        let status = match n.status.as_str() {
-            "executed" => flowrun_engine::Status::Executed,
-            "reused" => flowrun_engine::Status::Reused,
-            "failed" => flowrun_engine::Status::Failed,
-            "cancelled" => flowrun_engine::Status::Cancelled,
-            _ => flowrun_engine::Status::Skipped,
-        };
+        // the statuses a graph colours; any other is drawn as skipped
+        let status =
+            [Executed, Reused, Failed, Cancelled].into_iter().find(|s| s.as_str() == n.status).unwrap_or(Skipped);
         let node = n.node.split('[').next().unwrap_or(&n.node).into();
         reports.push(flowrun_engine::NodeReport::new(n.node.as_str().into(), node, None, status));
     }

@@ -25,11 +25,7 @@ impl Progress {
         };
         let multi = MultiProgress::with_draw_target(target);
         let main = multi.add(ProgressBar::new(0));
-        main.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} nodes  {wide_msg}")
-                .unwrap()
-                .progress_chars("=> "),
-        );
+        main.set_style(style("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} nodes  {wide_msg}"));
         main.enable_steady_tick(Duration::from_millis(200));
         Progress { multi, main, bytes: Mutex::new(HashMap::new()), verbose }
     }
@@ -73,24 +69,21 @@ impl Observer for Progress {
             Event::Progress { node, done, total } => {
                 let mut bars = self.bytes.lock().unwrap();
                 let bar = bars.entry(node.to_string()).or_insert_with(|| {
-                    let bar = self.multi.add(ProgressBar::new(total.unwrap_or(0)));
-                    bar.set_style(
-                        ProgressStyle::with_template("  {msg:30} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
-                            .unwrap()
-                            .progress_chars("=> "),
-                    );
-                    bar.set_message(node.to_string());
-                    bar
+                    let style = style("  {msg:30} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}");
+                    self.multi
+                        .add(ProgressBar::new(total.unwrap_or(0)).with_style(style).with_message(node.to_string()))
                 });
                 if let Some(t) = total {
                     bar.set_length(*t);
                 }
                 bar.set_position(*done);
             }
-            Event::Warning { node, message } => match node {
-                Some(n) => self.println(format!("warning: {n}: {message}")),
-                None => self.println(format!("warning: {message}")),
-            },
+            Event::Warning { node: Some(n), message } => self.println(format!("warning: {n}: {message}")),
+            Event::Warning { node: None, message } => self.println(format!("warning: {message}")),
         }
     }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).expect("a valid template").progress_chars("=> ")
 }

@@ -13,7 +13,7 @@ fn ms(d: std::time::Duration) -> String {
     if ms >= 1000.0 { format!("{:.2} s", ms / 1000.0) } else { format!("{ms:.1} ms") }
 }
 
-fn paint(ui: &Ui, code: &str, text: &str) -> String {
+pub fn paint(ui: &Ui, code: &str, text: &str) -> String {
     if ui.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
 }
 
@@ -50,20 +50,17 @@ fn report_json(
             })
         })
         .collect();
+    use Status::*;
+    let counts: serde_json::Map<_, _> = [Executed, Reused, Failed, Skipped, Cancelled, WouldRun, WouldReuse]
+        .into_iter()
+        .map(|s| (s.as_str().to_string(), r.count(s).into()))
+        .collect();
     json!({
         "run_id": r.run_id,
         "flow": flow.name,
         "status": r.status,
         "duration_ms": r.finished_ms - r.started_ms,
-        "counts": {
-            "executed": r.count(Status::Executed),
-            "reused": r.count(Status::Reused),
-            "failed": r.count(Status::Failed),
-            "skipped": r.count(Status::Skipped),
-            "cancelled": r.count(Status::Cancelled),
-            "would_run": r.count(Status::WouldRun),
-            "would_reuse": r.count(Status::WouldReuse),
-        },
+        "counts": counts,
         "nodes": r.nodes,
         "outputs": outputs,
         "materialized": materialized,
@@ -98,15 +95,22 @@ fn node_line(ui: &Ui, n: &NodeReport) -> String {
     line
 }
 
-fn verbose_key(n: &NodeReport) -> String {
-    let mut s = String::new();
-    if let Some(k) = &n.key {
-        s.push_str(&format!("      key {k}\n"));
+/// A node's line, with `-vv` its cache key and input identities below it.
+fn print_node(ui: &Ui, n: &NodeReport) {
+    println!("{}", node_line(ui, n));
+    if ui.verbose > 1 {
+        if let Some(k) = &n.key {
+            println!("      key {k}");
+        }
+        for (p, id) in &n.inputs {
+            println!("      {p} = {id}");
+        }
     }
-    for (p, id) in &n.inputs {
-        s.push_str(&format!("      {p} = {id}\n"));
-    }
-    s
+}
+
+/// `value` as JSON on stdout.
+fn print_json<T: serde::Serialize + ?Sized>(value: &T) {
+    println!("{}", serde_json::to_string(value).unwrap_or_default());
 }
 
 /// A run a Ctrl-C stopped: its report (with `--json`, `"status": "interrupted"` and what happened), then
@@ -129,12 +133,7 @@ pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&flowrun_lake:
         return;
     }
     if ui.verbose > 0 {
-        for n in &r.nodes {
-            println!("{}", node_line(ui, n));
-            if ui.verbose > 1 {
-                print!("{}", verbose_key(n));
-            }
-        }
+        r.nodes.iter().for_each(|n| print_node(ui, n));
     }
     for n in r.nodes.iter().filter(|n| n.status == Status::Failed) {
         eprintln!("{}: node `{}` failed", paint(ui, "1;31", "error"), n.name);
@@ -218,14 +217,8 @@ pub fn print_explain(flow: &Flow, r: &RunReport, destinations: &[(String, String
     for (what, at) in destinations {
         println!("  writes {what}: {at}");
     }
-    for n in &r.nodes {
-        if n.status == Status::WouldReuse && ui.verbose == 0 {
-            continue;
-        }
-        println!("{}", node_line(ui, n));
-        if ui.verbose > 1 {
-            print!("{}", verbose_key(n));
-        }
+    for n in r.nodes.iter().filter(|n| n.status != Status::WouldReuse || ui.verbose > 0) {
+        print_node(ui, n);
     }
     if !flow.disabled.is_empty() {
         println!("  disabled by config: {}", flow.disabled.join(", "));
@@ -251,8 +244,7 @@ pub fn print_nodes(reg: &Registry, filter: Option<&str>, ui: &Ui) {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
-        return;
+        return print_json(&list);
     }
     for d in defs {
         println!("{}  [{}]", paint(ui, "1", &d.signature()), d.module);
@@ -264,8 +256,7 @@ pub fn print_nodes(reg: &Registry, filter: Option<&str>, ui: &Ui) {
 
 pub fn print_entries(entries: &[EntryInfo], ui: &Ui) {
     if ui.json {
-        println!("{}", serde_json::to_string(entries).unwrap_or_default());
-        return;
+        return print_json(entries);
     }
     let total: u64 = entries.iter().map(|e| e.entry.size).sum();
     println!("{} entries, {} bytes", entries.len(), total);
@@ -284,7 +275,7 @@ pub fn print_entries(entries: &[EntryInfo], ui: &Ui) {
 
 pub fn print_gc(r: &GcReport, ui: &Ui) {
     if ui.json {
-        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        print_json(r);
     } else if !ui.quiet {
         println!(
             "removed {} entries, {} blobs ({} bytes), {} temporary files",
@@ -295,7 +286,7 @@ pub fn print_gc(r: &GcReport, ui: &Ui) {
 
 pub fn print_orphans(files: &[String], dry_run: bool, ui: &Ui) {
     if ui.json {
-        println!("{}", serde_json::json!({ "dry_run": dry_run, "files": files }));
+        println!("{}", json!({ "dry_run": dry_run, "files": files }));
     } else if !ui.quiet {
         for f in files {
             println!("{f}");
@@ -307,8 +298,7 @@ pub fn print_orphans(files: &[String], dry_run: bool, ui: &Ui) {
 
 pub fn print_runs(runs: &[RunRecord], ui: &Ui) {
     if ui.json {
-        println!("{}", serde_json::to_string(runs).unwrap_or_default());
-        return;
+        return print_json(runs);
     }
     for r in runs {
         println!(
@@ -327,8 +317,7 @@ pub fn print_runs(runs: &[RunRecord], ui: &Ui) {
 
 pub fn print_node_runs(nodes: &[NodeRunRecord], ui: &Ui) {
     if ui.json {
-        println!("{}", serde_json::to_string(nodes).unwrap_or_default());
-        return;
+        return print_json(nodes);
     }
     for n in nodes {
         println!(
