@@ -59,12 +59,10 @@ pub(crate) fn run(dir: &Path, args: &[&str]) -> Measured {
     let json: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("flowrun printed no JSON ({e}): {out}"));
     assert_eq!(json["status"], "ok", "the flow failed: {out}");
+    let nodes = json["nodes"].as_array().unwrap();
+    let executed = nodes.iter().filter(|n| n["status"] == "executed").count();
     let mut stages = BTreeMap::new();
-    let mut executed = 0;
-    for n in json["nodes"].as_array().unwrap() {
-        if n["status"] == "executed" {
-            executed += 1;
-        }
+    for n in nodes {
         *stages.entry(n["node"].as_str().unwrap().to_string()).or_insert(0.0) += n["duration"].as_f64().unwrap_or(0.0);
     }
     Measured { wall, peak_rss_mb: peak_kb as f64 / 1024.0, stages, executed, json }

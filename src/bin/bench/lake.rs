@@ -40,15 +40,10 @@ pub fn polygons(n: usize) -> Table {
             let (x, y) = (next() * 340.0 - 170.0, next() * 140.0 - 70.0);
             let d = 0.0005 + next() * 0.002;
             let ring = [(x, y), (x + d, y), (x + d, y + d), (x, y + d), (x, y)];
-            let mut b = Vec::with_capacity(93);
-            b.push(1u8);
-            b.extend_from_slice(&3u32.to_le_bytes());
-            b.extend_from_slice(&1u32.to_le_bytes());
-            b.extend_from_slice(&5u32.to_le_bytes());
-            for (px, py) in ring {
-                b.extend_from_slice(&px.to_le_bytes());
-                b.extend_from_slice(&py.to_le_bytes());
-            }
+            // little-endian WKB: byte order, type 3 (polygon), 1 ring, 5 points
+            let mut b = vec![1u8];
+            [3u32, 1, 5].iter().for_each(|v| b.extend(v.to_le_bytes()));
+            ring.iter().flat_map(|&(px, py)| [px, py]).for_each(|v| b.extend(v.to_le_bytes()));
             wkb.push(b);
             area.push(d * d * 1.2e10);
         }
@@ -71,18 +66,11 @@ pub fn polygons(n: usize) -> Table {
     Table::try_new(schema, batches).unwrap()
 }
 
-fn dir_size(p: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        if let Ok(rd) = std::fs::read_dir(&d) {
-            for e in rd.flatten() {
-                let m = e.metadata().unwrap();
-                if m.is_dir() { stack.push(e.path()) } else { total += m.len() }
-            }
-        }
-    }
-    total
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    entries
+        .map(|e| if e.file_type().unwrap().is_dir() { dir_size(&e.path()) } else { e.metadata().unwrap().len() })
+        .sum()
 }
 
 /// Seconds to write `table` as one new DuckLake table (catalog in `dir`, data files in `data`), one commit.

@@ -21,16 +21,14 @@ fn main() {
     flowrun_pv::link();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
+    let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
     // `--profile parse|build|seq|par|cache`: loop on one phase (for `perf record`), print nothing else
-    let profile = args.iter().position(|a| a == "--profile").and_then(|i| args.get(i + 1)).cloned();
-    let sizes: Option<Vec<usize>> = args
-        .iter()
-        .position(|a| a == "--sizes")
-        .and_then(|i| args.get(i + 1))
-        .map(|s| s.split(',').map(|n| n.trim().parse().expect("--sizes takes numbers")).collect());
+    let profile = value_of("--profile");
+    let sizes: Option<Vec<usize>> =
+        value_of("--sizes").map(|s| s.split(',').map(|n| n.trim().parse().expect("--sizes takes numbers")).collect());
     match args.first().map(String::as_str) {
         Some("engine") | None => match profile {
-            Some(phase) => profile_phase(&phase, sizes.as_deref().unwrap_or(&[100_000])),
+            Some(phase) => profile_phase(phase, sizes.as_deref().unwrap_or(&[100_000])),
             None => engine(sizes, json),
         },
         Some("lake") => lake::run(sizes.and_then(|s| s.first().copied()).unwrap_or(1_000_000)),
@@ -48,17 +46,13 @@ fn chain(n: usize) -> String {
         "[flow]\nname = \"chain{n}\"\noutputs = [\"n{}\"]\n\n[nodes.n0]\nfn = \"noop\"\nparams = {{ x = 0 }}\n",
         n - 1
     );
-    for i in 1..n {
-        s.push_str(&format!("[nodes.n{i}]\nfn = \"noop\"\ninputs = {{ x = \"n{}\" }}\n", i - 1));
-    }
+    s.extend((1..n).map(|i| format!("[nodes.n{i}]\nfn = \"noop\"\ninputs = {{ x = \"n{}\" }}\n", i - 1)));
     s
 }
 
 fn wide(n: usize) -> String {
     let mut s = format!("[flow]\nname = \"wide{n}\"\n\n[nodes.w0]\nfn = \"noop\"\nparams = {{ x = 0 }}\n");
-    for i in 1..n {
-        s.push_str(&format!("[nodes.w{i}]\nfn = \"noop\"\ninputs = {{ x = \"w0\" }}\n"));
-    }
+    s.extend((1..n).map(|i| format!("[nodes.w{i}]\nfn = \"noop\"\ninputs = {{ x = \"w0\" }}\n")));
     s
 }
 
@@ -88,7 +82,7 @@ fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> Duration {
 
 #[derive(serde::Serialize)]
 struct Row {
-    shape: String,
+    shape: &'static str,
     n: usize,
     node_runs: usize,
     /// TOML text -> spanned file model (`flow::parse`, the toml crate), per flow node.
@@ -103,14 +97,13 @@ struct Row {
 
 fn engine(sizes: Option<Vec<usize>>, json: bool) {
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let mut cases: Vec<(String, usize, String)> = Vec::new();
-    let node_sizes = sizes.clone().unwrap_or(vec![1_000, 10_000, 100_000]);
-    for &n in &node_sizes {
-        cases.push(("chain".into(), n, chain(n)));
-        cases.push(("wide".into(), n, wide(n)));
+    let mut cases = Vec::new();
+    for &n in sizes.as_deref().unwrap_or(&[1_000, 10_000, 100_000]) {
+        cases.push(("chain", n, chain(n)));
+        cases.push(("wide", n, wide(n)));
     }
-    for &n in &sizes.unwrap_or(vec![1_000, 5_000, 100_000]) {
-        cases.push(("fanout".into(), n, fanout(n)));
+    for &n in sizes.as_deref().unwrap_or(&[1_000, 5_000, 100_000]) {
+        cases.push(("fanout", n, fanout(n)));
     }
     let mut rows = Vec::new();
     if !json {
@@ -157,7 +150,7 @@ fn engine(sizes: Option<Vec<usize>>, json: bool) {
         }
         let per = |d: Duration| d.as_secs_f64() * 1e6 / runs as f64;
         let row = Row {
-            shape: shape.clone(),
+            shape,
             n,
             node_runs: runs,
             parse_us: parse.as_secs_f64() * 1e6 / f.nodes.len() as f64,

@@ -81,8 +81,7 @@ pub fn run_all(n: usize) {
     let remote = ["--remote-cache", "s3://bench/doi-pv"];
     let first = run(dir.path(), &[&["flows/doi_pv.toml", "--mirror", &shared_s][..], &remote].concat());
     print("doi_pv: first machine, cold", &first);
-    let fresh = dir.path().join("fresh-cache");
-    let fresh = fresh.display().to_string();
+    let fresh = dir.path().join("fresh-cache").display().to_string();
     let second =
         run(dir.path(), &[&["--cache-dir", &fresh, "flows/doi_pv.toml", "--mirror", &shared_s][..], &remote].concat());
     print("doi_pv: second machine, remote hits", &second);
