@@ -36,14 +36,8 @@ pub enum CliError {
     Other(anyhow::Error),
 }
 
-impl From<anyhow::Error> for CliError {
-    fn from(e: anyhow::Error) -> Self {
-        CliError::Other(e)
-    }
-}
-
-impl From<flowrun_cache::CacheError> for CliError {
-    fn from(e: flowrun_cache::CacheError) -> Self {
+impl<E: Into<anyhow::Error>> From<E> for CliError {
+    fn from(e: E) -> Self {
         CliError::Other(e.into())
     }
 }
