@@ -449,13 +449,10 @@ pub fn write(
             }
             Ok(Some(written)) => match duck.execute("COMMIT") {
                 Ok(()) => {
-                    // the snapshot that was committed (a concurrent writer may have taken the next id)
+                    // the snapshot this connection committed (a concurrent writer may have taken the next id),
+                    // from DuckLake's bookkeeping: no table scan
                     let snapshot = duck
-                        .scalar(&format!(
-                            "SELECT max(snapshot_id) FROM {}.main.flowrun_runs WHERE run_id = {}",
-                            quoted(alias, "lake alias")?,
-                            literal(&report.run_id)
-                        ))
+                        .scalar(&format!("SELECT id FROM {}.last_committed_snapshot()", quoted(alias, "lake alias")?))
                         .context("reading back the committed snapshot")?;
                     return Ok(LakeWrite { snapshot: Some(snapshot), written, replans: attempt });
                 }
