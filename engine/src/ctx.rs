@@ -124,10 +124,10 @@ pub fn warn(message: impl Into<String>) {
     if let Some((obs, node)) = observer() {
         obs.event(&Event::Warning { node: Some(&node), message: &message });
     }
-    let running = with_current(|cx| cx.map(|cx| cx.warnings.push(message.clone())).is_some());
-    if !running {
-        eprintln!("warning: {message}");
-    }
+    with_current(|cx| match cx {
+        Some(cx) => cx.warnings.push(message),
+        None => eprintln!("warning: {message}"),
+    });
 }
 
 /// A directory for a node's own caches (e.g. downloads), inside the run's cache directory. Without a

@@ -183,26 +183,15 @@ fn ser_str<S: serde::Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error
 }
 
 fn ser_opt_str<S: serde::Serializer>(s: &Option<Arc<str>>, ser: S) -> Result<S::Ok, S::Error> {
-    match s {
-        Some(s) => ser.serialize_some(&**s),
-        None => ser.serialize_none(),
-    }
+    s.as_deref().serialize(ser)
 }
 
 fn ser_hex<S: serde::Serializer>(h: &Option<blake3::Hash>, s: S) -> Result<S::Ok, S::Error> {
-    match h {
-        Some(h) => s.serialize_str(h.to_hex().as_str()),
-        None => s.serialize_none(),
-    }
+    h.map(|h| h.to_hex()).as_deref().serialize(s)
 }
 
 fn ser_inputs<S: serde::Serializer>(inputs: &[(Arc<str>, blake3::Hash)], s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeSeq;
-    let mut seq = s.serialize_seq(Some(inputs.len()))?;
-    for (param, id) in inputs {
-        seq.serialize_element(&(&**param, id.to_hex().as_str()))?;
-    }
-    seq.end()
+    s.collect_seq(inputs.iter().map(|(param, id)| (&**param, id.to_hex().to_string())))
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

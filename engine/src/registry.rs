@@ -113,10 +113,7 @@ impl OutputKind {
 
     /// Short type name.
     pub fn short_name(&self) -> String {
-        match self {
-            OutputKind::Value(t) => t.short_name(),
-            OutputKind::Parallel { list, .. } => list.short_name(),
-        }
+        self.value_type().short_name()
     }
 }
 
@@ -190,10 +187,7 @@ impl Registry {
     /// `scope`, when not empty, restricts plain names to functions whose module path contains one of
     /// its entries as a `::`-separated part.
     pub fn lookup(&self, name: &str, scope: &[String]) -> Lookup {
-        let (module_tail, base) = match name.rsplit_once("::") {
-            Some((m, b)) => (Some(m), b),
-            None => (None, name),
-        };
+        let (module_tail, base) = name.rsplit_once("::").map_or((None, name), |(m, b)| (Some(m), b));
         let matches = |d: &&&'static NodeDef| match module_tail {
             Some(tail) => d.module == tail || d.module.strip_suffix(tail).is_some_and(|m| m.ends_with("::")),
             None => in_scope(d.module, scope),

@@ -159,25 +159,15 @@ pub struct TypeDesc {
     default: fn() -> Option<AnyValue>,
 }
 
-fn decode_any<T: Value>(bytes: &[u8]) -> Result<AnyValue, CodecError> {
-    Ok(Arc::new(T::decode(bytes)?))
-}
-fn from_toml_any<T: Value>(v: &toml::Value, cx: &LiteralCx) -> Result<AnyValue, String> {
-    Ok(Arc::new(T::from_toml(v, cx)?))
-}
-fn default_any<T: Value>() -> Option<AnyValue> {
-    T::default_value().map(|v| Arc::new(v) as AnyValue)
-}
-
 impl TypeDesc {
     /// The descriptor of `T`.
     pub const fn of<T: Value>() -> TypeDesc {
         TypeDesc {
             name: std::any::type_name::<T>,
             id: TypeId::of::<T>,
-            decode: decode_any::<T>,
-            from_toml: from_toml_any::<T>,
-            default: default_any::<T>,
+            decode: |bytes| Ok(Arc::new(T::decode(bytes)?)),
+            from_toml: |v, cx| Ok(Arc::new(T::from_toml(v, cx)?)),
+            default: || T::default_value().map(|v| Arc::new(v) as AnyValue),
         }
     }
     /// Full type name.
@@ -221,23 +211,10 @@ impl PartialEq for TypeDesc {
 /// Strips module paths from a type name: `alloc::vec::Vec<alloc::string::String>` -> `Vec<String>`.
 pub fn short_type_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
-    let mut segment_start = 0;
-    let bytes = name.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if c == b':' && i + 1 < bytes.len() && bytes[i + 1] == b':' {
-            out.truncate(segment_start);
-            i += 2;
-            continue;
-        }
-        if !(c.is_ascii_alphanumeric() || c == b'_') {
-            out.push(c as char);
-            segment_start = out.len();
-        } else {
-            out.push(c as char);
-        }
-        i += 1;
+    for part in name.split("::") {
+        // what came before this `::` back to the last non-identifier character is a module: drop it
+        out.truncate(out.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(0, |i| i + 1));
+        out.push_str(part);
     }
     out
 }
@@ -295,8 +272,7 @@ impl Value for PathBuf {
         serde_decode(bytes)
     }
     fn from_toml(value: &toml::Value, cx: &LiteralCx) -> Result<Self, String> {
-        let s: String = serde_from_toml(value)?;
-        Ok(cx.resolve(&s))
+        serde_from_toml(value).map(|s: String| cx.resolve(&s))
     }
 }
 
@@ -320,20 +296,14 @@ fn put_len(out: &mut Vec<u8>, n: usize) {
 }
 
 fn take_len(bytes: &mut &[u8]) -> Result<usize, CodecError> {
-    if bytes.len() < 8 {
-        return Err(CodecError("truncated container".into()));
-    }
-    let (head, rest) = bytes.split_at(8);
+    let (head, rest) = bytes.split_first_chunk::<8>().ok_or_else(|| CodecError("truncated container".into()))?;
     *bytes = rest;
-    Ok(u64::from_le_bytes(head.try_into().unwrap()) as usize)
+    Ok(u64::from_le_bytes(*head) as usize)
 }
 
 fn take_bytes<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], CodecError> {
     let n = take_len(bytes)?;
-    if bytes.len() < n {
-        return Err(CodecError("truncated container item".into()));
-    }
-    let (item, rest) = bytes.split_at(n);
+    let (item, rest) = bytes.split_at_checked(n).ok_or_else(|| CodecError("truncated container item".into()))?;
     *bytes = rest;
     Ok(item)
 }
@@ -427,8 +397,7 @@ impl<T: Value> Value for BTreeMap<String, T> {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
         put_len(out, self.len());
         for (k, v) in self {
-            put_len(out, k.len());
-            out.extend_from_slice(k.as_bytes());
+            put_item(out, k)?;
             put_item(out, v)?;
         }
         Ok(())
@@ -437,8 +406,7 @@ impl<T: Value> Value for BTreeMap<String, T> {
         let n = take_len(&mut bytes)?;
         let mut map = BTreeMap::new();
         for _ in 0..n {
-            let k = String::from_utf8(take_bytes(&mut bytes)?.to_vec()).map_err(CodecError::new)?;
-            map.insert(k, T::decode(take_bytes(&mut bytes)?)?);
+            map.insert(String::decode(take_bytes(&mut bytes)?)?, T::decode(take_bytes(&mut bytes)?)?);
         }
         Ok(map)
     }
@@ -556,8 +524,7 @@ macro_rules! path_value {
                 serde_decode(bytes)
             }
             fn from_toml(value: &toml::Value, cx: &LiteralCx) -> Result<Self, String> {
-                let s: String = serde_from_toml(value)?;
-                Ok($t(cx.resolve(&s)))
+                PathBuf::from_toml(value, cx).map($t)
             }
             fn identity(&self) -> Option<Result<blake3::Hash, String>> {
                 Some(crate::ctx::$fingerprint(&self.0).map_err(|e| format!("{}: {e}", self.0.display())))

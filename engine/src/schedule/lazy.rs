@@ -65,22 +65,6 @@ impl Lazy {
         }
     }
 
-    /// Whether the value is in memory.
-    pub fn is_loaded(&self) -> bool {
-        match &self.0 {
-            Repr::Ready(_) => true,
-            Repr::Cached(c) => c.value.get().is_some(),
-        }
-    }
-
-    /// Content hash of a cached value.
-    pub fn content(&self) -> Option<Hash> {
-        match &self.0 {
-            Repr::Ready(_) => None,
-            Repr::Cached(c) => Some(c.content),
-        }
-    }
-
     /// The value, loading and verifying it if needed.
     pub fn get(&self) -> Result<AnyValue, LoadError> {
         let c = match &self.0 {
@@ -90,15 +74,14 @@ impl Lazy {
         if let Some(v) = c.value.get() {
             return Ok(v.clone());
         }
-        let (content, ty, store) = (&c.content, &c.ty, &c.store);
-        let hex = content.to_hex().to_string();
-        let bytes = match store.blob(content).map_err(|e| LoadError::Cache(e.to_string()))? {
+        let hex = c.content.to_hex().to_string();
+        let bytes = match c.store.blob(&c.content).map_err(|e| LoadError::Cache(e.to_string()))? {
             Blob::Found(bytes) => bytes,
             Blob::Missing => return Err(LoadError::Missing(hex)),
             Blob::Corrupt => return Err(LoadError::Corrupt(hex)),
         };
         // a decoder's panic (bytes it does not expect) is a decode error: the entry is evicted and recomputed
-        let value = super::exec::guarded("decoding", || ty.decode(&bytes))
+        let value = super::exec::guarded("decoding", || c.ty.decode(&bytes))
             .map_err(|w| LoadError::Decode(hex.clone(), w))?
             .map_err(|e| LoadError::Decode(hex, e.to_string()))?;
         Ok(c.value.get_or_init(|| value).clone())
