@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 /// The digest of the crate being compiled (`CARGO_MANIFEST_DIR`), or `None` when cargo did not say which
 /// crate that is (a proc macro run outside cargo).
@@ -30,14 +30,8 @@ pub fn crate_digest() -> Option<String> {
     let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR")?);
     let name = std::env::var("CARGO_PKG_NAME").ok()?;
     // one compilation expands many nodes of the same crate: compute once per crate
-    static DIGESTS: OnceLock<Mutex<BTreeMap<PathBuf, String>>> = OnceLock::new();
-    let cache = DIGESTS.get_or_init(Default::default);
-    if let Some(d) = cache.lock().ok()?.get(&dir) {
-        return Some(d.clone());
-    }
-    let digest = digest(&dir, &name);
-    cache.lock().ok()?.insert(dir, digest.clone());
-    Some(digest)
+    static DIGESTS: Mutex<BTreeMap<PathBuf, String>> = Mutex::new(BTreeMap::new());
+    Some(DIGESTS.lock().ok()?.entry(dir).or_insert_with_key(|dir| digest(dir, &name)).clone())
 }
 
 /// See the module documentation.

@@ -18,14 +18,8 @@ const NODE_OPTIONS: &str = "name, version, tags, code";
 #[proc_macro_attribute]
 pub fn node(attr: TokenStream, item: TokenStream) -> TokenStream {
     let func = parse_macro_input!(item as ItemFn);
-    let options = match NodeOptions::parse(attr.into()) {
-        Ok(o) => o,
-        Err(e) => return e.to_compile_error().into(),
-    };
-    match expand_node(func, options) {
-        Ok(ts) => ts.into(),
-        Err(e) => e.to_compile_error().into(),
-    }
+    let expanded = NodeOptions::parse(attr.into()).and_then(|options| expand_node(func, options));
+    expanded.unwrap_or_else(|e| e.to_compile_error()).into()
 }
 
 #[derive(Default)]
@@ -120,15 +114,14 @@ fn wrapper<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
 }
 
 fn doc_of(attrs: &[syn::Attribute]) -> String {
-    let mut lines = Vec::new();
-    for attr in attrs {
-        if let Meta::NameValue(nv) = &attr.meta
-            && nv.path.is_ident("doc")
-            && let Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) = &nv.value
-        {
-            lines.push(s.value().trim().to_string());
-        }
-    }
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter_map(|attr| match &attr.meta {
+            Meta::NameValue(nv) if nv.path.is_ident("doc") => lit_str(&nv.value).ok(),
+            _ => None,
+        })
+        .map(|line| line.trim().to_string())
+        .collect();
     lines.join("\n").trim().to_string()
 }
 
@@ -149,6 +142,7 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
     if let Some(v) = &sig.variadic {
         return Err(syn::Error::new(v.span(), "a node cannot be variadic"));
     }
+    let p = quote!(::flowrun_engine::__private);
     let fn_ident = &sig.ident;
     let node_name = options.name.clone().unwrap_or_else(|| fn_ident.to_string());
     let call_ident = format_ident!("__flowrun_call_{}", fn_ident);
@@ -179,36 +173,25 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
         if let Type::ImplTrait(_) = ty {
             return Err(syn::Error::new(span, "`impl Trait` parameters are not supported; name a concrete type"));
         }
-        let (kind, binding) = if let Type::Reference(r) = ty {
+        // the parameter's kind, the value type it reads, and how the generated call takes it
+        let (kind, value_ty, take, arg) = if let Type::Reference(r) = ty {
             if r.mutability.is_some() {
                 return Err(syn::Error::new(span, "a node cannot take `&mut`: its inputs are shared with other nodes"));
             }
-            let inner = &*r.elem;
-            if wrapper(inner, "Collect").is_some() {
+            if wrapper(&r.elem, "Collect").is_some() {
                 return Err(syn::Error::new(span, "take `Collect<T>` by value, not by reference"));
             }
-            (
-                quote_spanned!(span=> ::flowrun_engine::__private::ParamKind::Value(
-                    ::flowrun_engine::__private::TypeDesc::of::<#inner>())),
-                quote_spanned!(span=> let #ident: #ty = ::flowrun_engine::__private::arg_ref::<#inner>(&#local, #pname)?;),
-            )
+            (quote!(Value), &*r.elem, quote!(arg_ref), quote!(&#local))
         } else if let Some(item) = wrapper(ty, "Collect") {
-            (
-                quote_spanned!(span=> ::flowrun_engine::__private::ParamKind::Collect(
-                    ::flowrun_engine::__private::TypeDesc::of::<#item>())),
-                quote_spanned!(span=> let #ident: #ty = ::flowrun_engine::__private::arg_collect::<#item>(#local, #pname)?;),
-            )
+            (quote!(Collect), item, quote!(arg_collect), quote!(#local))
         } else {
-            (
-                quote_spanned!(span=> ::flowrun_engine::__private::ParamKind::Value(
-                    ::flowrun_engine::__private::TypeDesc::of::<#ty>())),
-                quote_spanned!(span=> let #ident: #ty = ::flowrun_engine::__private::arg_owned::<#ty>(#local, #pname)?;),
-            )
+            (quote!(Value), ty, quote!(arg_owned), quote!(#local))
         };
         let by_ref = matches!(ty, Type::Reference(_));
-        param_defs.push(quote! {
-            ::flowrun_engine::__private::ParamDef { name: #pname, kind: #kind, by_ref: #by_ref }
+        param_defs.push(quote_spanned! {span=>
+            #p::ParamDef { name: #pname, kind: #p::ParamKind::#kind(#p::TypeDesc::of::<#value_ty>()), by_ref: #by_ref }
         });
+        let binding = quote_spanned!(span=> let #ident: #ty = #p::#take::<#value_ty>(#arg, #pname)?;);
         bindings.push(quote! { let #local = __args.take(#i); #binding });
         call_args.push(quote!(#ident));
     }
@@ -222,18 +205,11 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
     };
     let out_span = out_ty.span();
     let output = match wrapper(&out_ty, "Parallel") {
-        Some(item) => quote_spanned!(out_span=> ::flowrun_engine::__private::OutputKind::Parallel {
-            list: ::flowrun_engine::__private::TypeDesc::of::<#out_ty>(),
-            item: ::flowrun_engine::__private::TypeDesc::of::<#item>(),
-        }),
-        None => quote_spanned!(out_span=> ::flowrun_engine::__private::OutputKind::Value(
-            ::flowrun_engine::__private::TypeDesc::of::<#out_ty>())),
+        Some(item) => quote_spanned!(out_span=>
+            #p::OutputKind::Parallel { list: #p::TypeDesc::of::<#out_ty>(), item: #p::TypeDesc::of::<#item>() }),
+        None => quote_spanned!(out_span=> #p::OutputKind::Value(#p::TypeDesc::of::<#out_ty>())),
     };
-    let finish = if fallible {
-        quote!(::flowrun_engine::__private::finish_fallible(__out))
-    } else {
-        quote!(::flowrun_engine::__private::finish(__out))
-    };
+    let finish = if fallible { quote!(finish_fallible) } else { quote!(finish) };
 
     // The code version: a hash of the function's own tokens (signature and body, not its attributes or
     // doc comment) and the explicit version bump, then `+` and the digest of the code it can call (its
@@ -260,16 +236,13 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
 
         #[doc(hidden)]
         #[allow(non_snake_case, clippy::needless_question_mark)]
-        fn #call_ident(
-            __args: &mut ::flowrun_engine::__private::Args,
-        ) -> ::flowrun_engine::__private::NodeResult {
+        fn #call_ident(__args: &mut #p::Args) -> #p::NodeResult {
             #(#bindings)*
-            let __out = #fn_ident(#(#call_args),*);
-            #finish
+            #p::#finish(#fn_ident(#(#call_args),*))
         }
 
-        ::flowrun_engine::__private::inventory::submit! {
-            ::flowrun_engine::__private::NodeDef {
+        #p::inventory::submit! {
+            #p::NodeDef {
                 name: #node_name,
                 module: ::core::module_path!(),
                 path: ::core::concat!(::core::module_path!(), "::", #node_name),
@@ -291,10 +264,7 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
 #[proc_macro_derive(Value, attributes(value))]
 pub fn derive_value(item: TokenStream) -> TokenStream {
     let input = parse_macro_input!(item as syn::DeriveInput);
-    match expand_value(input) {
-        Ok(ts) => ts.into(),
-        Err(e) => e.to_compile_error().into(),
-    }
+    expand_value(input).unwrap_or_else(|e| e.to_compile_error()).into()
 }
 
 fn expand_value(input: syn::DeriveInput) -> syn::Result<TokenStream2> {
