@@ -65,10 +65,7 @@ fn observer() -> Option<(Arc<dyn Observer>, Arc<str>)> {
 /// Content hash of a file (fast path when a run's cache is available). Does not record a dependency.
 pub fn fingerprint_file(path: &Path) -> io::Result<blake3::Hash> {
     let store = with_current(|cx| cx.and_then(|cx| cx.store.clone()));
-    match store {
-        Some(store) => store.fingerprint_file(path),
-        None => flowrun_cache::fingerprint::hash_path(path),
-    }
+    store.map_or_else(|| flowrun_cache::fingerprint::hash_path(path), |store| store.fingerprint_file(path))
 }
 
 /// Content hash of a directory tree. Does not record a dependency.

@@ -125,10 +125,8 @@ pub mod __private {
 
     /// Borrows an argument as `&T`.
     pub fn arg_ref<'a, T: Value>(arg: &'a ArgValue, param: &str) -> Result<&'a T, anyhow::Error> {
-        match arg {
-            ArgValue::One(v) => v.downcast_ref::<T>().ok_or_else(|| wrong(param, std::any::type_name::<T>())),
-            ArgValue::Many(_) => Err(wrong(param, std::any::type_name::<T>())),
-        }
+        let value = if let ArgValue::One(v) = arg { v.downcast_ref::<T>() } else { None };
+        value.ok_or_else(|| wrong(param, std::any::type_name::<T>()))
     }
 
     fn owned<T: Value + Clone>(v: AnyValue, param: &str) -> Result<T, anyhow::Error> {
@@ -139,18 +137,14 @@ pub mod __private {
 
     /// Takes an argument as `T` (moved when no one else holds it, else cloned).
     pub fn arg_owned<T: Value + Clone>(arg: ArgValue, param: &str) -> Result<T, anyhow::Error> {
-        match arg {
-            ArgValue::One(v) => owned(v, param),
-            ArgValue::Many(_) => Err(wrong(param, std::any::type_name::<T>())),
-        }
+        let ArgValue::One(v) = arg else { return Err(wrong(param, std::any::type_name::<T>())) };
+        owned(v, param)
     }
 
     /// Takes a fan-in argument as `Collect<T>`.
     pub fn arg_collect<T: Value + Clone>(arg: ArgValue, param: &str) -> Result<Collect<T>, anyhow::Error> {
-        match arg {
-            ArgValue::Many(vs) => vs.into_iter().map(|v| owned(v, param)).collect::<Result<_, _>>().map(Collect),
-            ArgValue::One(_) => Err(wrong(param, "Collect")),
-        }
+        let ArgValue::Many(vs) = arg else { return Err(wrong(param, "Collect")) };
+        vs.into_iter().map(|v| owned(v, param)).collect::<Result<_, _>>().map(Collect)
     }
 
     /// Wraps an infallible node's output.

@@ -43,27 +43,18 @@ pub struct Table {
 impl PartialEq for Table {
     /// Same schema and same rows (batch boundaries do not matter).
     fn eq(&self, other: &Self) -> bool {
-        if self.schema != other.schema || self.num_rows() != other.num_rows() {
-            return false;
-        }
-        match (self.concat(), other.concat()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        }
+        self.schema == other.schema
+            && self.num_rows() == other.num_rows()
+            && matches!((self.concat(), other.concat()), (Ok(a), Ok(b)) if a == b)
     }
 }
 
 impl Table {
     /// A table of `batches`, which must all have `schema`.
     pub fn try_new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Table, ArrowError> {
-        for b in &batches {
-            if b.schema() != schema {
-                return Err(ArrowError::SchemaError(format!(
-                    "batch schema {:?} differs from table schema {:?}",
-                    b.schema(),
-                    schema
-                )));
-            }
+        if let Some(b) = batches.iter().find(|b| b.schema() != schema) {
+            let message = format!("batch schema {:?} differs from table schema {schema:?}", b.schema());
+            return Err(ArrowError::SchemaError(message));
         }
         Ok(Table { schema, batches: batches.into() })
     }

@@ -317,44 +317,28 @@ fn put_item<T: Value>(out: &mut Vec<u8>, item: &T) -> Result<(), CodecError> {
     Ok(())
 }
 
-fn encode_seq<'a, T: Value + 'a>(
-    items: impl ExactSizeIterator<Item = &'a T>,
-    out: &mut Vec<u8>,
-) -> Result<(), CodecError> {
-    put_len(out, items.len());
-    for item in items {
-        put_item(out, item)?;
-    }
-    Ok(())
-}
-
-fn decode_seq<T: Value>(mut bytes: &[u8]) -> Result<Vec<T>, CodecError> {
-    let n = take_len(&mut bytes)?;
-    let mut v = Vec::with_capacity(n.min(1 << 20));
-    for _ in 0..n {
-        v.push(T::decode(take_bytes(&mut bytes)?)?);
-    }
-    Ok(v)
-}
-
-fn seq_from_toml<T: Value>(value: &toml::Value, cx: &LiteralCx) -> Result<Vec<T>, String> {
-    match value {
-        toml::Value::Array(items) => {
-            items.iter().enumerate().map(|(i, v)| T::from_toml(v, cx).map_err(|e| format!("item {i}: {e}"))).collect()
-        }
-        other => Err(format!("expected an array, found {}", other.type_str())),
-    }
-}
-
 impl<T: Value> Value for Vec<T> {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        encode_seq(self.iter(), out)
+        put_len(out, self.len());
+        self.iter().try_for_each(|item| put_item(out, item))
     }
-    fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        decode_seq(bytes)
+    fn decode(mut bytes: &[u8]) -> Result<Self, CodecError> {
+        let n = take_len(&mut bytes)?;
+        let mut v = Vec::with_capacity(n.min(1 << 20));
+        for _ in 0..n {
+            v.push(T::decode(take_bytes(&mut bytes)?)?);
+        }
+        Ok(v)
     }
     fn from_toml(value: &toml::Value, cx: &LiteralCx) -> Result<Self, String> {
-        seq_from_toml(value, cx)
+        match value {
+            toml::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| T::from_toml(v, cx).map_err(|e| format!("item {i}: {e}")))
+                .collect(),
+            other => Err(format!("expected an array, found {}", other.type_str())),
+        }
     }
     fn rows(&self) -> Option<u64> {
         Some(self.len() as u64)
@@ -450,18 +434,19 @@ impl<T> From<Vec<T>> for Parallel<T> {
     }
 }
 
+/// Encoded, written and counted as a `Vec<T>`.
 impl<T: Value + Clone> Value for Parallel<T> {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        encode_seq(self.0.iter(), out)
+        self.0.encode(out)
     }
     fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        decode_seq(bytes).map(Parallel)
+        Vec::decode(bytes).map(Parallel)
     }
     fn from_toml(value: &toml::Value, cx: &LiteralCx) -> Result<Self, String> {
-        seq_from_toml(value, cx).map(Parallel)
+        Vec::from_toml(value, cx).map(Parallel)
     }
     fn rows(&self) -> Option<u64> {
-        Some(self.0.len() as u64)
+        self.0.rows()
     }
     fn fanout_items(&self) -> Option<Vec<AnyValue>> {
         Some(self.0.iter().map(|item| Arc::new(item.clone()) as AnyValue).collect())

@@ -82,6 +82,7 @@ struct Member {
 }
 
 /// A child block's run-time state inside one instance of its parent.
+#[derive(Default)]
 struct Child {
     /// Values the child block waits for before its instances are made.
     spawn_pending: AtomicU32,
@@ -187,13 +188,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             children: b
                 .children
                 .iter()
-                .map(|&c| Child {
-                    spawn_pending: AtomicU32::new(self.plan.blocks[c].spawn_deps),
-                    instances: OnceLock::new(),
-                    failed: AtomicBool::new(false),
-                    unknown: AtomicBool::new(false),
-                    remaining: AtomicUsize::new(0),
-                })
+                .map(|&c| Child { spawn_pending: AtomicU32::new(self.plan.blocks[c].spawn_deps), ..Child::default() })
                 .collect(),
             remaining: AtomicUsize::new(b.members.len() + b.children.len()),
         })

@@ -338,11 +338,8 @@ pub fn node_records(report: &RunReport) -> Vec<NodeRunRecord> {
             rows: n.rows,
             key: n.key.map(|k| k.to_hex().to_string()),
             input_keys: (!n.inputs.is_empty()).then(|| {
-                let map: serde_json::Map<String, serde_json::Value> = n
-                    .inputs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_hex().to_string())))
-                    .collect();
+                let map: serde_json::Map<_, _> =
+                    n.inputs.iter().map(|(k, v)| (k.to_string(), v.to_hex().as_str().into())).collect();
                 serde_json::Value::Object(map).to_string()
             }),
             error: (!n.error.is_empty()).then(|| n.error.join(": ")),

@@ -22,6 +22,7 @@ pub(crate) struct Plan<'f> {
     plan_of: Vec<Option<usize>>,
 }
 
+#[derive(Default)]
 pub(crate) struct PNode {
     /// Flow node id.
     pub id: NodeId,
@@ -83,18 +84,7 @@ impl<'f> Plan<'f> {
             };
             let checks = (!fnode.checks.is_empty())
                 .then(|| blake3::hash(serde_json::to_string(&fnode.checks).unwrap_or_default().as_bytes()));
-            plan.nodes.push(PNode {
-                id,
-                block,
-                local,
-                consumers: Vec::new(),
-                spawn_for: Vec::new(),
-                n_deps: 0,
-                n_uses: 0,
-                pinned: is_target[id],
-                cache,
-                checks,
-            });
+            plan.nodes.push(PNode { id, block, local, pinned: is_target[id], cache, checks, ..PNode::default() });
         }
         let Plan { nodes, blocks, plan_of, .. } = &mut plan;
         // counters
