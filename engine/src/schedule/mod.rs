@@ -215,12 +215,13 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
             _ => break exec,
         }
     };
-    let status = run_status(&exec.reports.lock().unwrap(), exec.failed.load(Ordering::Relaxed));
+    let nodes = exec.reports.into_inner().unwrap();
+    let status = run_status(&nodes, exec.failed.load(Ordering::Relaxed));
     for message in opts.store.iter().flat_map(|s| s.take_remote_warnings()) {
         opts.observer.event(&Event::Warning { node: None, message: &message });
         warnings.push(message);
     }
-    let mut outputs: Vec<exec::Output> = std::mem::take(&mut *exec.outputs.lock().unwrap());
+    let mut outputs = exec.outputs.into_inner().unwrap();
     // outputs in the order the targets were asked for, items in item order
     let mut rank = vec![usize::MAX; flow.nodes.len()];
     for (i, &t) in targets.iter().enumerate() {
@@ -231,7 +232,7 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
         run_id,
         flow: flow.name.clone(),
         status,
-        nodes: std::mem::take(&mut *exec.reports.lock().unwrap()),
+        nodes,
         outputs: outputs
             .into_iter()
             .map(|o| OutputItem {
