@@ -10,57 +10,77 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use crate::events::Status;
-use crate::flow::{Binding, EdgeMode, Flow, NodeImpl};
+use crate::flow::{EdgeMode, Flow, NodeId, NodeImpl};
+
+/// How the overlay shows a status: (Mermaid class, fill colour), from least to most important.
+const SHOWN: [(&str, &str); 4] =
+    [("reused", "#d9d9d9"), ("executed", "#a6d96a"), ("skipped", "#fee08b"), ("failed", "#f46d43")];
+
+/// Index of `s` in [`SHOWN`].
+fn shown(s: Status) -> usize {
+    match s {
+        Status::Reused | Status::WouldReuse => 0,
+        Status::Executed | Status::WouldRun => 1,
+        Status::Skipped | Status::Cancelled | Status::Deferred => 2,
+        Status::Failed => 3,
+    }
+}
 
 /// The status of each node in a run, for the overlay (a fan-out node's items are merged: failed beats
 /// skipped beats executed beats reused).
 pub fn overlay(reports: &[crate::NodeReport]) -> HashMap<String, Status> {
-    fn rank(s: Status) -> u8 {
-        match s {
-            Status::Failed => 5,
-            Status::Cancelled | Status::Skipped | Status::Deferred => 4,
-            Status::Executed | Status::WouldRun => 3,
-            Status::Reused | Status::WouldReuse => 2,
-        }
-    }
     let mut out: HashMap<String, Status> = HashMap::new();
     for r in reports {
         let e = out.entry(r.node.to_string()).or_insert(r.status);
-        if rank(r.status) > rank(*e) {
+        if shown(r.status) > shown(*e) {
             *e = r.status;
         }
     }
     out
 }
 
-fn status_colour(s: Status) -> &'static str {
-    match s {
-        Status::Executed | Status::WouldRun => "#a6d96a",
-        Status::Reused | Status::WouldReuse => "#d9d9d9",
-        Status::Failed => "#f46d43",
-        Status::Skipped | Status::Cancelled | Status::Deferred => "#fee08b",
-    }
-}
-
-fn kind_style(kind: &str) -> (&'static str, &'static str) {
-    match kind {
-        "fanout" => ("invtrapezium", "#fff2cc"),
-        "collect" => ("trapezium", "#fce5cd"),
-        "sql" => ("component", "#e6d7f5"),
-        _ => ("box", "#e8f0fe"),
-    }
-}
-
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
-fn function_label(flow: &Flow, i: usize) -> String {
-    match &flow.nodes[i].imp {
-        NodeImpl::Function(def) if def.name != &*flow.nodes[i].name => format!("{}()", def.name),
-        NodeImpl::Function(_) => String::new(),
-        NodeImpl::Sql(_) => "SQL".to_string(),
+/// The node's name, then (after `sep`) its function when that has another name, or `SQL`.
+fn label(flow: &Flow, i: NodeId, sep: &str) -> String {
+    let n = &flow.nodes[i];
+    match &n.imp {
+        NodeImpl::Function(def) if def.name != &*n.name => format!("{}{sep}{}()", n.name, def.name),
+        NodeImpl::Function(_) => n.name.to_string(),
+        NodeImpl::Sql(_) => format!("{}{sep}SQL", n.name),
     }
+}
+
+/// One line of a drawing's nesting, at a depth: a fan-out scope opens (its number and fan-out node), a
+/// node, or the scope closes.
+enum Step<'f> {
+    Open(usize, &'f str),
+    Node(NodeId),
+    Close,
+}
+
+/// The nodes of scope `b`, each child scope nested after them.
+fn steps<'f>(flow: &'f Flow, b: usize, depth: usize, out: &mut Vec<(usize, Step<'f>)>) {
+    if b != 0 {
+        let expand = flow.blocks[b].expand.map(|e| &*flow.nodes[e].name).unwrap_or("");
+        out.push((depth, Step::Open(b, expand)));
+    }
+    out.extend(flow.nodes.iter().enumerate().filter(|(_, n)| n.block == b).map(|(i, _)| (depth, Step::Node(i))));
+    for (c, blk) in flow.blocks.iter().enumerate() {
+        if blk.parent == Some(b) {
+            steps(flow, c, depth + 1, out);
+        }
+    }
+    if b != 0 {
+        out.push((depth, Step::Close));
+    }
+}
+
+/// Every node-to-node edge: (producer, consumer, mode).
+fn edges(flow: &Flow) -> impl Iterator<Item = (NodeId, NodeId, EdgeMode)> + '_ {
+    flow.graph.raw_edges().iter().map(|e| (flow.graph[e.source()], flow.graph[e.target()], e.weight))
 }
 
 /// Graphviz DOT.
@@ -78,71 +98,47 @@ pub fn dot(flow: &Flow, run: Option<&HashMap<String, Status>>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", esc(&flow.name));
     out.push_str("  rankdir=LR;\n  node [fontname=\"Helvetica\", fontsize=11, style=filled];\n  edge [fontname=\"Helvetica\", fontsize=9];\n");
-    // nodes grouped by fan-out scope (clusters)
-    let mut by_block: Vec<Vec<usize>> = vec![Vec::new(); flow.blocks.len()];
-    for (i, n) in flow.nodes.iter().enumerate() {
-        by_block[n.block].push(i);
-    }
-    fn write_block(
-        flow: &Flow,
-        b: usize,
-        by_block: &[Vec<usize>],
-        run: Option<&HashMap<String, Status>>,
-        out: &mut String,
-        depth: usize,
-    ) {
+    let mut nesting = Vec::new();
+    steps(flow, 0, 0, &mut nesting);
+    for (depth, step) in nesting {
         let pad = "  ".repeat(depth);
-        if b != 0 {
-            let expand = flow.blocks[b].expand.map(|e| &*flow.nodes[e].name).unwrap_or("");
-            let _ = writeln!(out, "{pad}subgraph \"cluster_{b}\" {{");
-            let _ = writeln!(out, "{pad}  label=\"each item of {}\"; style=dashed; color=\"#999999\";", esc(expand));
-        }
-        for &i in &by_block[b] {
-            let n = &flow.nodes[i];
-            let (shape, fill) = kind_style(n.kind());
-            let fill = run.and_then(|r| r.get(&*n.name)).map(|s| status_colour(*s)).unwrap_or(fill);
-            let sub = function_label(flow, i);
-            let label = if sub.is_empty() { esc(&n.name) } else { format!("{}\\n{}", esc(&n.name), esc(&sub)) };
-            let _ =
-                writeln!(out, "{pad}  \"{}\" [shape={shape}, fillcolor=\"{fill}\", label=\"{label}\"];", esc(&n.name));
-        }
-        for (c, blk) in flow.blocks.iter().enumerate() {
-            if blk.parent == Some(b) {
-                write_block(flow, c, by_block, run, out, depth + 1);
-            }
-        }
-        if b != 0 {
-            let _ = writeln!(out, "{pad}}}");
-        }
-    }
-    write_block(flow, 0, &by_block, run, &mut out, 0);
-    for (i, n) in flow.nodes.iter().enumerate() {
-        for a in &n.args {
-            if let Binding::Node { node, mode } = a.binding {
-                let style = match mode {
-                    EdgeMode::Direct => String::new(),
-                    EdgeMode::Item => " [style=dashed, label=\"each\"]".to_string(),
-                    EdgeMode::Collect => " [style=bold, label=\"collect\"]".to_string(),
+        let _ = match step {
+            Step::Open(b, expand) => writeln!(
+                out,
+                "{pad}subgraph \"cluster_{b}\" {{\n{pad}  label=\"each item of {}\"; style=dashed; color=\"#999999\";",
+                esc(expand)
+            ),
+            Step::Node(i) => {
+                let n = &flow.nodes[i];
+                let (shape, fill) = match n.kind() {
+                    "fanout" => ("invtrapezium", "#fff2cc"),
+                    "collect" => ("trapezium", "#fce5cd"),
+                    "sql" => ("component", "#e6d7f5"),
+                    _ => ("box", "#e8f0fe"),
                 };
-                let _ =
-                    writeln!(out, "  \"{}\" -> \"{}\"{style};", esc(&flow.nodes[node].name), esc(&flow.nodes[i].name));
+                let fill = run.and_then(|r| r.get(&*n.name)).map_or(fill, |s| SHOWN[shown(*s)].1);
+                let label = esc(&label(flow, i, "\n")).replace('\n', "\\n");
+                writeln!(out, "{pad}  \"{}\" [shape={shape}, fillcolor=\"{fill}\", label=\"{label}\"];", esc(&n.name))
             }
-        }
+            Step::Close => writeln!(out, "{pad}}}"),
+        };
+    }
+    for (from, to, mode) in edges(flow) {
+        let style = match mode {
+            EdgeMode::Direct => "",
+            EdgeMode::Item => " [style=dashed, label=\"each\"]",
+            EdgeMode::Collect => " [style=bold, label=\"collect\"]",
+        };
+        let _ = writeln!(out, "  \"{}\" -> \"{}\"{style};", esc(&flow.nodes[from].name), esc(&flow.nodes[to].name));
     }
     for m in &flow.materialize {
+        let (name, node) = (esc(&m.name), esc(&flow.nodes[m.node].name));
         let _ = writeln!(
             out,
-            "  \"materialize:{}\" [shape=folder, fillcolor=\"#d0e0e3\", label=\"{}\\n{}\"];",
-            esc(&m.name),
-            esc(&m.name),
+            "  \"materialize:{name}\" [shape=folder, fillcolor=\"#d0e0e3\", label=\"{name}\\n{}\"];",
             esc(&m.kind)
         );
-        let _ = writeln!(
-            out,
-            "  \"{}\" -> \"materialize:{}\" [style=dotted];",
-            esc(&flow.nodes[m.node].name),
-            esc(&m.name)
-        );
+        let _ = writeln!(out, "  \"{node}\" -> \"materialize:{name}\" [style=dotted];");
     }
     out.push_str("}\n");
     out
@@ -151,71 +147,42 @@ pub fn dot(flow: &Flow, run: Option<&HashMap<String, Status>>) -> String {
 /// Mermaid `flowchart`.
 pub fn mermaid(flow: &Flow, run: Option<&HashMap<String, Status>>) -> String {
     let mut out = String::from("flowchart LR\n");
-    let label = |i: usize| {
-        let n = &flow.nodes[i];
-        let sub = function_label(flow, i);
-        let text = if sub.is_empty() { n.name.to_string() } else { format!("{}<br/>{}", n.name, sub) };
-        text.replace('"', "#quot;")
-    };
-    let shape = |i: usize| {
-        let l = label(i);
-        match flow.nodes[i].kind() {
-            "fanout" => format!("n{i}[/\"{l}\"\\]"),
-            "collect" => format!("n{i}[\\\"{l}\"/]"),
-            "sql" => format!("n{i}[(\"{l}\")]"),
-            _ => format!("n{i}[\"{l}\"]"),
-        }
-    };
-    fn block(flow: &Flow, b: usize, shape: &dyn Fn(usize) -> String, out: &mut String, depth: usize) {
+    let mut nesting = Vec::new();
+    steps(flow, 0, 0, &mut nesting);
+    for (depth, step) in nesting {
         let pad = "    ".repeat(depth);
-        if b != 0 {
-            let expand = flow.blocks[b].expand.map(|e| flow.nodes[e].name.clone()).unwrap_or_default();
-            let _ = writeln!(out, "{pad}subgraph b{b}[\"each item of {expand}\"]");
-        }
-        for (i, n) in flow.nodes.iter().enumerate() {
-            if n.block == b {
-                let _ = writeln!(out, "{pad}    {}", shape(i));
-            }
-        }
-        for (c, blk) in flow.blocks.iter().enumerate() {
-            if blk.parent == Some(b) {
-                block(flow, c, shape, out, depth + 1);
-            }
-        }
-        if b != 0 {
-            let _ = writeln!(out, "{pad}end");
-        }
-    }
-    block(flow, 0, &shape, &mut out, 0);
-    for (i, n) in flow.nodes.iter().enumerate() {
-        for a in &n.args {
-            if let Binding::Node { node, mode } = a.binding {
-                let arrow = match mode {
-                    EdgeMode::Direct => "-->",
-                    EdgeMode::Item => "-.->|each|",
-                    EdgeMode::Collect => "==>|collect|",
+        let _ = match step {
+            Step::Open(b, expand) => writeln!(out, "{pad}subgraph b{b}[\"each item of {expand}\"]"),
+            Step::Node(i) => {
+                let (open, close) = match flow.nodes[i].kind() {
+                    "fanout" => ("[/\"", "\"\\]"),
+                    "collect" => ("[\\\"", "\"/]"),
+                    "sql" => ("[(\"", "\")]"),
+                    _ => ("[\"", "\"]"),
                 };
-                let _ = writeln!(out, "    n{node} {arrow} n{i}");
+                let l = label(flow, i, "<br/>").replace('"', "#quot;");
+                writeln!(out, "{pad}    n{i}{open}{l}{close}")
             }
-        }
+            Step::Close => writeln!(out, "{pad}end"),
+        };
+    }
+    for (from, to, mode) in edges(flow) {
+        let arrow = match mode {
+            EdgeMode::Direct => "-->",
+            EdgeMode::Item => "-.->|each|",
+            EdgeMode::Collect => "==>|collect|",
+        };
+        let _ = writeln!(out, "    n{from} {arrow} n{to}");
     }
     for (k, m) in flow.materialize.iter().enumerate() {
-        let _ = writeln!(out, "    m{k}[/\"{}<br/>{}\"/]", m.name, m.kind);
-        let _ = writeln!(out, "    n{} -.-> m{k}", m.node);
+        let _ = writeln!(out, "    m{k}[/\"{}<br/>{}\"/]\n    n{} -.-> m{k}", m.name, m.kind, m.node);
     }
-    out.push_str("    classDef executed fill:#a6d96a\n    classDef reused fill:#d9d9d9\n");
-    out.push_str("    classDef failed fill:#f46d43\n    classDef skipped fill:#fee08b\n");
-    if let Some(run) = run {
-        for (i, n) in flow.nodes.iter().enumerate() {
-            if let Some(s) = run.get(&*n.name) {
-                let class = match s {
-                    Status::Executed | Status::WouldRun => "executed",
-                    Status::Reused | Status::WouldReuse => "reused",
-                    Status::Failed => "failed",
-                    Status::Skipped | Status::Cancelled | Status::Deferred => "skipped",
-                };
-                let _ = writeln!(out, "    class n{i} {class}");
-            }
+    for (class, fill) in SHOWN {
+        let _ = writeln!(out, "    classDef {class} fill:{fill}");
+    }
+    for (i, n) in flow.nodes.iter().enumerate() {
+        if let Some(s) = run.and_then(|r| r.get(&*n.name)) {
+            let _ = writeln!(out, "    class n{i} {}", SHOWN[shown(*s)].0);
         }
     }
     out
