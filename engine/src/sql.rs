@@ -15,76 +15,51 @@ pub trait SqlEngine: Send + Sync {
     fn query(&self, sql: &str, tables: &[(&str, &Table)]) -> anyhow::Result<Table>;
 }
 
-#[derive(Debug, PartialEq)]
-enum Tok<'a> {
-    Word(&'a str),
-    Quoted(String),
-    Punct(char),
+/// The tokens of `sql`, verbatim: string literals and quoted identifiers whole (quotes included), any
+/// other token as long as `word_len` says (given the text from its first byte on, it answers at least 1).
+/// Whitespace and comments are left out.
+fn lex<'a>(sql: &'a str, word_len: fn(&[u8]) -> usize) -> impl Iterator<Item = &'a str> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        loop {
+            let rest = &b[i..];
+            let (len, token) = match rest {
+                [] => return None,
+                [c, ..] if c.is_ascii_whitespace() => (1, false),
+                [b'-', b'-', ..] => (rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len()), false),
+                [b'/', b'*', ..] => {
+                    (rest[2..].windows(2).position(|w| w == b"*/").map_or(rest.len(), |p| p + 4), false)
+                }
+                [q @ (b'\'' | b'"'), ..] => {
+                    // up to the closing quote (a doubled quote is one quote character)
+                    let mut j = 1;
+                    while j < rest.len() && (rest[j] != *q || rest.get(j + 1) == Some(q)) {
+                        j += if rest[j] == *q { 2 } else { 1 };
+                    }
+                    ((j + 1).min(rest.len()), true)
+                }
+                _ => (word_len(rest), true),
+            };
+            i += len;
+            if token {
+                return Some(&sql[i - len..i]);
+            }
+        }
+    })
 }
 
-fn tokens(sql: &str) -> Vec<Tok<'_>> {
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c.is_ascii_whitespace() {
-            i += 1;
-        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            i += 2;
-            while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                i += 1;
-            }
-            i += 2;
-        } else if c == b'\'' {
-            i += 1;
-            while i < b.len() {
-                if b[i] == b'\'' {
-                    if b.get(i + 1) == Some(&b'\'') {
-                        i += 2;
-                        continue;
-                    }
-                    break;
-                }
-                i += 1;
-            }
-            i += 1;
-            out.push(Tok::Punct('\''));
-        } else if c == b'"' {
-            let mut s = String::new();
-            i += 1;
-            while i < b.len() {
-                if b[i] == b'"' {
-                    if b.get(i + 1) == Some(&b'"') {
-                        s.push('"');
-                        i += 2;
-                        continue;
-                    }
-                    break;
-                }
-                let ch = sql[i..].chars().next().unwrap();
-                s.push(ch);
-                i += ch.len_utf8();
-            }
-            i += 1;
-            out.push(Tok::Quoted(s));
-        } else if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 {
-            let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] >= 0x80) {
-                i += 1;
-            }
-            out.push(Tok::Word(&sql[start..i]));
-        } else {
-            out.push(Tok::Punct(c as char));
-            i += 1;
-        }
-    }
-    out
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
 }
+
+/// Words (names, keywords) and single punctuation characters.
+fn word_or_punct(rest: &[u8]) -> usize {
+    if is_word(rest[0]) { rest.iter().position(|&c| !is_word(c)).unwrap_or(rest.len()) } else { 1 }
+}
+
+/// Keywords that end a `FROM` list.
+const END_OF_FROM: &str = "WHERE GROUP ORDER LIMIT HAVING ON USING UNION EXCEPT INTERSECT SELECT QUALIFY WINDOW";
 
 /// Table names read by `sql` (in order of first use) for which `is_node` is true.
 ///
@@ -96,63 +71,35 @@ fn tokens(sql: &str) -> Vec<Tok<'_>> {
 /// assert_eq!(names, ["stg_a", "stg b"]);
 /// ```
 pub fn referenced_tables(sql: &str, is_node: impl Fn(&str) -> bool) -> Vec<String> {
-    let toks = tokens(sql);
     let mut out: Vec<String> = Vec::new();
     let mut in_from = false; // inside a FROM list, where commas separate tables
     let mut expect_table = false;
-    let mut depth_at_from: Vec<bool> = Vec::new();
-    for tok in &toks {
-        let name = match tok {
-            Tok::Word(w) => {
-                let upper = w.to_ascii_uppercase();
-                match upper.as_str() {
-                    "FROM" | "JOIN" => {
-                        in_from = true;
-                        expect_table = true;
-                        continue;
-                    }
-                    "WHERE" | "GROUP" | "ORDER" | "LIMIT" | "HAVING" | "ON" | "USING" | "UNION" | "EXCEPT"
-                    | "INTERSECT" | "SELECT" | "QUALIFY" | "WINDOW" => {
-                        in_from = false;
-                        expect_table = false;
-                        continue;
-                    }
-                    _ => {}
-                }
-                if !expect_table {
-                    continue;
-                }
-                (*w).to_string()
+    let mut in_from_outside: Vec<bool> = Vec::new(); // per open parenthesis
+    for tok in lex(sql, word_or_punct) {
+        let first = tok.as_bytes()[0];
+        if tok.eq_ignore_ascii_case("FROM") || tok.eq_ignore_ascii_case("JOIN") {
+            (in_from, expect_table) = (true, true);
+        } else if END_OF_FROM.split(' ').any(|k| tok.eq_ignore_ascii_case(k)) {
+            (in_from, expect_table) = (false, false);
+        } else if first == b',' {
+            expect_table = in_from;
+        } else if first == b'(' {
+            in_from_outside.push(in_from);
+            (in_from, expect_table) = (false, false);
+        } else if first == b')' {
+            in_from = in_from_outside.pop().unwrap_or(false);
+            expect_table = false;
+        } else if expect_table && (first == b'"' || is_word(first)) {
+            expect_table = false;
+            let name = match tok.strip_prefix('"') {
+                Some(quoted) => quoted.strip_suffix('"').unwrap_or(quoted).replace("\"\"", "\""),
+                None => tok.to_string(),
+            };
+            if is_node(&name) && !out.contains(&name) {
+                out.push(name);
             }
-            Tok::Quoted(q) => {
-                if !expect_table {
-                    continue;
-                }
-                q.clone()
-            }
-            Tok::Punct(',') => {
-                expect_table = in_from;
-                continue;
-            }
-            Tok::Punct('(') => {
-                depth_at_from.push(in_from);
-                in_from = false;
-                expect_table = false;
-                continue;
-            }
-            Tok::Punct(')') => {
-                in_from = depth_at_from.pop().unwrap_or(false);
-                expect_table = false;
-                continue;
-            }
-            Tok::Punct(_) => {
-                expect_table = false;
-                continue;
-            }
-        };
-        expect_table = false;
-        if is_node(&name) && !out.contains(&name) {
-            out.push(name);
+        } else {
+            expect_table = false;
         }
     }
     out
@@ -161,64 +108,15 @@ pub fn referenced_tables(sql: &str, is_node: impl Fn(&str) -> bool) -> Vec<Strin
 /// The SQL with comments removed and whitespace collapsed: the text a SQL node's code version hashes, so
 /// reformatting a query does not re-run it.
 pub fn normalize(sql: &str) -> String {
-    let mut out = String::new();
-    for tok in tokens_with_literals(sql) {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(&tok);
-    }
-    out
-}
-
-fn tokens_with_literals(sql: &str) -> Vec<String> {
-    // Like `tokens`, but keeps string literals verbatim.
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c.is_ascii_whitespace() {
-            i += 1;
-        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            i += 2;
-            while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                i += 1;
-            }
-            i = (i + 2).min(b.len());
-        } else if c == b'\'' || c == b'"' {
-            let start = i;
-            i += 1;
-            while i < b.len() {
-                if b[i] == c {
-                    if b.get(i + 1) == Some(&c) {
-                        i += 2;
-                        continue;
-                    }
-                    break;
-                }
-                i += 1;
-            }
-            i = (i + 1).min(b.len());
-            out.push(sql[start..i].to_string());
-        } else {
-            let start = i;
-            while i < b.len()
-                && !b[i].is_ascii_whitespace()
-                && b[i] != b'\''
-                && b[i] != b'"'
-                && !(b[i] == b'-' && b.get(i + 1) == Some(&b'-'))
-            {
-                i += 1;
-            }
-            out.push(sql[start..i].to_string());
-        }
-    }
-    out
+    // a token runs to whitespace, a quote or a `--` comment
+    let token_len = |rest: &[u8]| {
+        (0..rest.len())
+            .find(|&j| {
+                rest[j].is_ascii_whitespace() || rest[j] == b'\'' || rest[j] == b'"' || rest[j..].starts_with(b"--")
+            })
+            .unwrap_or(rest.len())
+    };
+    lex(sql, token_len).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
