@@ -21,6 +21,7 @@
 use std::collections::HashSet;
 
 use arrow_array::cast::AsArray;
+use arrow_array::types::Float64Type;
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
 
@@ -36,19 +37,11 @@ pub fn validate(c: &RawCheck) -> Result<(), String> {
         (Some(col), _, false) => {
             Err(format!("check on column `{col}` has no condition; add not_null, unique, range, values or type"))
         }
-        _ => {
-            if let Some([lo, hi]) = c.rows
-                && lo > hi
-            {
-                return Err(format!("rows = [{lo}, {hi}]: min is larger than max"));
-            }
-            if let Some([lo, hi]) = c.range
-                && lo > hi
-            {
-                return Err(format!("range = [{lo}, {hi}]: min is larger than max"));
-            }
-            Ok(())
-        }
+        (_, Some([lo, hi]), _) if lo > hi => Err(format!("rows = [{lo}, {hi}]: min is larger than max")),
+        _ => match c.range {
+            Some([lo, hi]) if lo > hi => Err(format!("range = [{lo}, {hi}]: min is larger than max")),
+            _ => Ok(()),
+        },
     }
 }
 
@@ -80,23 +73,19 @@ pub fn run(c: &RawCheck, table: &Table) -> Result<(), String> {
         }
     }
     if let Some([lo, hi]) = c.range {
-        let mut bad = 0usize;
-        let mut example = None;
+        let (mut bad, mut example) = (0usize, None);
         for a in &arrays {
-            let casted = arrow_select_cast(a)?;
-            let f = casted.as_primitive::<arrow_array::types::Float64Type>();
-            for v in f.iter().flatten() {
-                if v < lo || v > hi || v.is_nan() {
-                    bad += 1;
-                    example.get_or_insert(v);
-                }
+            if !a.data_type().is_numeric() {
+                return Err(format!("range needs a numeric column, found {}", a.data_type()));
+            }
+            let floats = arrow_cast::cast(a, &DataType::Float64).map_err(|e| e.to_string())?;
+            for v in floats.as_primitive::<Float64Type>().iter().flatten().filter(|v| !(lo..=hi).contains(v)) {
+                bad += 1;
+                example.get_or_insert(v);
             }
         }
-        if bad > 0 {
-            return Err(format!(
-                "column `{col}` has {bad} values outside [{lo}, {hi}] (e.g. {})",
-                example.unwrap_or(f64::NAN)
-            ));
+        if let Some(example) = example {
+            return Err(format!("column `{col}` has {bad} values outside [{lo}, {hi}] (e.g. {example})"));
         }
     }
     if c.unique || c.values.is_some() {
@@ -107,7 +96,7 @@ pub fn run(c: &RawCheck, table: &Table) -> Result<(), String> {
                 if a.is_null(i) {
                     continue;
                 }
-                let s = arrow_cast_display(a, i)?;
+                let s = arrow_cast::display::array_value_to_string(a, i).map_err(|e| e.to_string())?;
                 if let Some(allowed) = &allowed
                     && !allowed.contains(s.as_str())
                 {
@@ -120,17 +109,6 @@ pub fn run(c: &RawCheck, table: &Table) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn arrow_select_cast(a: &ArrayRef) -> Result<ArrayRef, String> {
-    if !a.data_type().is_numeric() {
-        return Err(format!("range needs a numeric column, found {}", a.data_type()));
-    }
-    arrow_cast::cast(a, &DataType::Float64).map_err(|e| e.to_string())
-}
-
-fn arrow_cast_display(a: &ArrayRef, i: usize) -> Result<String, String> {
-    arrow_cast::display::array_value_to_string(a, i).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
