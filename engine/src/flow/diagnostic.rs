@@ -5,7 +5,7 @@
 //! locations (the other side of a type mismatch, the first of two duplicate names) and a help line that
 //! says how to fix it. [`Diagnostics`] holds all errors of a flow: validation does not stop at the first.
 
-use std::fmt;
+use std::fmt::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -126,34 +126,22 @@ impl Diagnostic {
         let (red, blue, bold, reset) =
             if color { ("\x1b[1;31m", "\x1b[1;34m", "\x1b[1m", "\x1b[0m") } else { ("", "", "", "") };
         let mut out = format!("{red}error[{}]{reset}{bold}: {}{reset}\n", self.code, self.message);
-        let mut labels: Vec<(&Label, bool)> = self.primary.iter().map(|l| (l, true)).collect();
-        labels.extend(self.secondary.iter().map(|l| (l, false)));
+        let labels = self.primary.iter().map(|l| (l, true)).chain(self.secondary.iter().map(|l| (l, false)));
         for (label, primary) in labels {
             let (line, col) = label.file.line_col(label.span.start);
             let text = label.file.line_text(line);
-            let gutter = line.to_string().len();
-            let pad = " ".repeat(gutter);
-            let arrow = if primary { "-->" } else { ":::" };
-            out.push_str(&format!("{pad}{blue}{arrow}{reset} {}:{line}:{col}\n", label.file.path.display()));
-            out.push_str(&format!("{pad} {blue}|{reset}\n"));
-            out.push_str(&format!("{blue}{line}{reset} {blue}|{reset} {text}\n"));
-            let width = {
-                let end_in_line = (label.span.end.min(label.file.text.len())).saturating_sub(label.span.start);
-                let rest = text.chars().count().saturating_sub(col - 1);
-                end_in_line.clamp(1, rest.max(1))
-            };
-            let mark = if primary { red } else { blue };
-            let caret = if primary { "^" } else { "-" };
-            out.push_str(&format!(
-                "{pad} {blue}|{reset} {}{mark}{}{} {}{reset}\n",
-                " ".repeat(col - 1),
-                caret.repeat(width),
-                "",
-                label.text
-            ));
+            let pad = " ".repeat(line.to_string().len());
+            let (arrow, mark, caret) = if primary { ("-->", red, "^") } else { (":::", blue, "-") };
+            // under the span, at least one caret, at most to the end of the line
+            let span_len = label.span.end.min(label.file.text.len()).saturating_sub(label.span.start);
+            let width = span_len.clamp(1, text.chars().count().saturating_sub(col - 1).max(1));
+            let _ = writeln!(out, "{pad}{blue}{arrow}{reset} {}:{line}:{col}", label.file.path.display());
+            let _ = writeln!(out, "{pad} {blue}|{reset}\n{blue}{line}{reset} {blue}|{reset} {text}");
+            let (indent, carets) = (" ".repeat(col - 1), caret.repeat(width));
+            let _ = writeln!(out, "{pad} {blue}|{reset} {indent}{mark}{carets} {}{reset}", label.text);
         }
         if let Some(help) = &self.help {
-            out.push_str(&format!("  = {bold}help{reset}: {help}\n"));
+            let _ = writeln!(out, "  = {bold}help{reset}: {help}");
         }
         out
     }
@@ -177,7 +165,7 @@ impl Diagnostics {
     pub fn render(&self, color: bool) -> String {
         let mut out: String = self.0.iter().map(|d| d.render(color) + "\n").collect();
         let n = self.0.len();
-        out.push_str(&format!("flow is invalid: {n} error{} (nothing was run)\n", if n == 1 { "" } else { "s" }));
+        let _ = writeln!(out, "flow is invalid: {n} error{} (nothing was run)", if n == 1 { "" } else { "s" });
         out
     }
 }
@@ -195,7 +183,7 @@ pub fn read_source(path: &Path) -> Result<Arc<SourceFile>, Diagnostics> {
     std::fs::read_to_string(path).map(|text| SourceFile::new(path, text)).map_err(|e| {
         Diagnostics(vec![
             Diagnostic::new("unreadable-flow", format!("cannot read flow file {}: {e}", path.display()))
-                .help(Some("check the path; flows usually live in flows/*.toml".to_string())),
+                .help("check the path; flows usually live in flows/*.toml".to_string()),
         ])
     })
 }
