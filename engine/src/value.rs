@@ -346,15 +346,10 @@ impl<T: Value> Value for Vec<T> {
 }
 
 impl<T: Value> Value for Option<T> {
+    /// A 0 byte for `None`, else a 1 byte then the value.
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        match self {
-            None => out.push(0),
-            Some(v) => {
-                out.push(1);
-                v.encode(out)?;
-            }
-        }
-        Ok(())
+        out.push(self.is_some() as u8);
+        self.as_ref().map_or(Ok(()), |v| v.encode(out))
     }
     fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         match bytes.split_first() {
