@@ -18,7 +18,7 @@ pub trait SqlEngine: Send + Sync {
 /// The tokens of `sql`, verbatim: string literals and quoted identifiers whole (quotes included), any
 /// other token as long as `word_len` says (given the text from its first byte on, it answers at least 1).
 /// Whitespace and comments are left out.
-fn lex<'a>(sql: &'a str, word_len: fn(&[u8]) -> usize) -> impl Iterator<Item = &'a str> {
+fn lex(sql: &str, word_len: fn(&[u8]) -> usize) -> impl Iterator<Item = &str> {
     let b = sql.as_bytes();
     let mut i = 0;
     std::iter::from_fn(move || {
