@@ -97,16 +97,13 @@ pub struct RawFlow {
 
 /// `[targets.NAME]`: what a target changes.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawTarget {
     /// Keys of `[lake]` to replace.
-    #[serde(default)]
     pub lake: SpannedTable,
     /// Keys of `[storage]` to replace.
-    #[serde(default)]
     pub storage: SpannedTable,
     /// Keys of `[cache]` to replace.
-    #[serde(default)]
     pub cache: SpannedTable,
 }
 
@@ -117,13 +114,11 @@ pub struct RawHeader {
     /// Flow name (cache state and run records are per flow name).
     pub name: Spanned<String>,
     /// Free text.
-    #[serde(default)]
     pub description: Option<String>,
     /// Node modules in scope for names that are not declared nodes.
     #[serde(default)]
     pub modules: Vec<Spanned<String>>,
     /// Nodes to build; default: all declared nodes and materialized nodes.
-    #[serde(default)]
     pub outputs: Option<Vec<Spanned<String>>>,
 }
 
@@ -132,10 +127,8 @@ pub struct RawHeader {
 #[serde(deny_unknown_fields)]
 pub struct RawInput {
     /// Value when none is given on the command line; without it the input is required.
-    #[serde(default)]
     pub default: Option<Spanned<toml::Value>>,
     /// Free text.
-    #[serde(default)]
     pub doc: Option<String>,
 }
 
@@ -166,113 +159,87 @@ pub enum OnItemError {
 
 /// `[nodes.NAME]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawNode {
     /// Registered function; default: the node's name.
-    #[serde(rename = "fn", default)]
+    #[serde(rename = "fn")]
     pub function: Option<Spanned<String>>,
     /// A SQL query instead of a function.
-    #[serde(default)]
     pub sql: Option<Spanned<String>>,
     /// Literal parameter values.
-    #[serde(default)]
     pub params: SpannedTable,
     /// Parameter -> name of the node, config value or input it reads.
-    #[serde(default)]
     pub inputs: Bindings,
     /// Cache behaviour.
-    #[serde(default)]
     pub cache: Option<Spanned<CacheMode>>,
     /// Free-form tags, kept on the flow node after the function's own (`FlowNode::tags`), selectable with
     /// `--tag KEY=VALUE`.
-    #[serde(default)]
     pub tags: IndexMap<String, String>,
     /// Free text.
-    #[serde(default)]
     pub doc: Option<String>,
     /// The node exists only when every listed config value matches.
-    #[serde(default)]
     pub when: Option<SpannedTable>,
     /// Alternative implementations chosen by config.
-    #[serde(default)]
     pub variants: Vec<Spanned<RawVariant>>,
     /// Named instances of this function.
-    #[serde(default)]
     pub parameterize: IndexMap<Spanned<String>, Spanned<RawInstance>>,
     /// Data checks on the result.
-    #[serde(default)]
     pub checks: Vec<Spanned<RawCheck>>,
     /// For a node that collects a fan-out: take the items that succeeded (`"skip"`) or none (`"fail"`).
-    #[serde(default)]
     pub on_item_error: Option<Spanned<OnItemError>>,
 }
 
 /// `[[nodes.NAME.variants]]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawVariant {
     /// Config values that select this variant; absent: the fallback.
-    #[serde(default)]
     pub when: Option<SpannedTable>,
     /// Function of this variant.
-    #[serde(rename = "fn", default)]
+    #[serde(rename = "fn")]
     pub function: Option<Spanned<String>>,
     /// SQL of this variant.
-    #[serde(default)]
     pub sql: Option<Spanned<String>>,
     /// Extra or overriding literal parameters.
-    #[serde(default)]
     pub params: SpannedTable,
     /// Extra or overriding parameter bindings.
-    #[serde(default)]
     pub inputs: Bindings,
 }
 
 /// `[nodes.FN.parameterize.INSTANCE]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawInstance {
     /// Literal parameters of this instance.
-    #[serde(default)]
     pub params: SpannedTable,
     /// Parameter bindings of this instance.
-    #[serde(default)]
     pub inputs: Bindings,
     /// Extra tags.
-    #[serde(default)]
     pub tags: IndexMap<String, String>,
     /// Free text.
-    #[serde(default)]
     pub doc: Option<String>,
 }
 
 /// `[[nodes.NAME.checks]]`: a data check on a table result (see [`crate::checks`]).
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawCheck {
     /// Column the check is about; absent for table-level checks.
-    #[serde(default)]
     pub column: Option<String>,
     /// `[min, max]` rows (table-level).
-    #[serde(default)]
     pub rows: Option<[u64; 2]>,
     /// The column has no nulls.
-    #[serde(default)]
     pub not_null: bool,
     /// The column's values are distinct.
-    #[serde(default)]
     pub unique: bool,
     /// `[min, max]` of a numeric column, inclusive.
-    #[serde(default)]
     pub range: Option<[f64; 2]>,
     /// Allowed values of a string column.
-    #[serde(default)]
     pub values: Option<Vec<String>>,
     /// Required Arrow data type of the column, e.g. "Float64", "Utf8".
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub data_type: Option<String>,
     /// `error` (default: the node fails) or `warn` (reported, the run goes on).
-    #[serde(default)]
     pub severity: Severity,
 }
 
