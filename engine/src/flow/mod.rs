@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use indexmap::IndexMap;
-use petgraph::graph::DiGraph;
+use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::registry::{NodeDef, OutputKind};
 use crate::value::AnyValue;
@@ -83,6 +83,44 @@ pub struct Flow {
 pub type Settings = IndexMap<String, (toml::Value, Range<usize>)>;
 
 impl Flow {
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&FlowNode> {
+        self.id(name).map(|i| &self.nodes[i])
+    }
+
+    /// The id of the node called `name`.
+    pub fn id(&self, name: &str) -> Option<NodeId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Directory of the flow file (relative paths in the flow are relative to it).
+    pub fn base_dir(&self) -> PathBuf {
+        self.source.path.parent().map(|p| p.to_path_buf()).unwrap_or_default()
+    }
+
+    /// Nodes that `targets` need (themselves and everything upstream), as a mask over `nodes`.
+    pub fn needed(&self, targets: &[NodeId]) -> Vec<bool> {
+        let mut needed = vec![false; self.nodes.len()];
+        let mut stack: Vec<NodeId> = targets.to_vec();
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut needed[n], true) {
+                continue;
+            }
+            for arg in &self.nodes[n].args {
+                if let Binding::Node { node, .. } = arg.binding {
+                    stack.push(node);
+                }
+            }
+            // a node inside a fan-out needs the fan-out node that makes its items
+            let mut b = self.nodes[n].block;
+            while let Some(e) = self.blocks[b].expand {
+                stack.push(e);
+                b = self.blocks[b].parent.unwrap_or(0);
+            }
+        }
+        needed
+    }
+
     /// Applies `[targets.NAME]`: its `lake`, `storage` and `cache` keys replace the file's own, key by key.
     /// The error lists the targets the flow has.
     ///
@@ -305,70 +343,16 @@ pub struct MaterializeDecl {
     pub span: Range<usize>,
 }
 
-impl Flow {
-    /// The node called `name`.
-    pub fn node(&self, name: &str) -> Option<&FlowNode> {
-        self.id(name).map(|i| &self.nodes[i])
-    }
-
-    /// The id of the node called `name`.
-    pub fn id(&self, name: &str) -> Option<NodeId> {
-        self.by_name.get(name).copied()
-    }
-
-    /// Directory of the flow file (relative paths in the flow are relative to it).
-    pub fn base_dir(&self) -> PathBuf {
-        self.source.path.parent().map(|p| p.to_path_buf()).unwrap_or_default()
-    }
-
-    /// Is `block` equal to or nested inside `ancestor`?
-    pub fn block_within(&self, mut block: usize, ancestor: usize) -> bool {
-        loop {
-            if block == ancestor {
-                return true;
-            }
-            match self.blocks[block].parent {
-                Some(p) => block = p,
-                None => return false,
-            }
-        }
-    }
-
-    /// Nodes that `targets` need (themselves and everything upstream), as a mask over `nodes`.
-    pub fn needed(&self, targets: &[NodeId]) -> Vec<bool> {
-        let mut needed = vec![false; self.nodes.len()];
-        let mut stack: Vec<NodeId> = targets.to_vec();
-        while let Some(n) = stack.pop() {
-            if std::mem::replace(&mut needed[n], true) {
-                continue;
-            }
-            for arg in &self.nodes[n].args {
-                if let Binding::Node { node, .. } = arg.binding {
-                    stack.push(node);
-                }
-            }
-            // a node inside a fan-out needs the fan-out node that makes its items
-            let mut b = self.nodes[n].block;
-            while let Some(e) = self.blocks[b].expand {
-                stack.push(e);
-                b = self.blocks[b].parent.unwrap_or(0);
-            }
-        }
-        needed
-    }
-}
-
 /// The DAG of `nodes`: one vertex per node, one edge per argument bound to a node.
 pub(crate) fn dag(nodes: &[FlowNode]) -> DiGraph<NodeId, EdgeMode> {
-    let edges = nodes.iter().map(|n| n.args.len()).sum();
-    let mut graph = DiGraph::with_capacity(nodes.len(), edges);
+    let mut graph = DiGraph::with_capacity(nodes.len(), nodes.iter().map(|n| n.args.len()).sum());
     for i in 0..nodes.len() {
         graph.add_node(i);
     }
     for (i, n) in nodes.iter().enumerate() {
         for a in &n.args {
             if let Binding::Node { node, mode } = a.binding {
-                graph.add_edge(petgraph::graph::NodeIndex::new(node), petgraph::graph::NodeIndex::new(i), mode);
+                graph.add_edge(NodeIndex::new(node), NodeIndex::new(i), mode);
             }
         }
     }
