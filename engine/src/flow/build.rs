@@ -21,6 +21,7 @@ use std::sync::Arc;
 use flowrun_cache::CacheKey;
 use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::NodeFiltered;
 use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Diagnostics, Label, SourceFile, read_source};
@@ -30,7 +31,7 @@ use super::{
 };
 use crate::registry::{Lookup, OutputKind, ParamKind, Registry};
 use crate::suggest::{closest, did_you_mean};
-use crate::value::{AnyValue, LiteralCx, TypeDesc, encode_value};
+use crate::value::{LiteralCx, TypeDesc, encode_value};
 use crate::{Table, sql};
 
 /// What `build` needs besides the file.
@@ -85,30 +86,18 @@ pub fn build(src: Arc<SourceFile>, opts: &BuildOptions<'_>) -> Result<Flow, Diag
 
 /// Step 1: the TOML as written, with spans (syntax errors, unknown fields and wrong TOML types stop here).
 pub fn parse(src: &Arc<SourceFile>) -> Result<RawFlow, Diagnostics> {
-    match toml::from_str(&src.text) {
-        Ok(raw) => Ok(raw),
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            let message = e.message().to_string();
-            let code = if message.contains("unknown field")
-                || message.contains("invalid type")
-                || message.contains("unknown variant")
-            {
-                "bad-value"
-            } else {
-                "toml-syntax"
-            };
-            let help = if message.contains("duplicate key") {
-                Some("each table may appear once; give the second node another name".to_string())
-            } else {
-                None
-            };
-            let d = Diagnostic::new(code, format!("invalid flow file: {message}"))
-                .at(Label::new(src, span, "here"))
-                .help(help);
-            Err(Diagnostics(vec![d]))
-        }
-    }
+    toml::from_str(&src.text).map_err(|e| {
+        let message = e.message();
+        let wrong_value = ["unknown field", "invalid type", "unknown variant"].iter().any(|m| message.contains(m));
+        let help = message
+            .contains("duplicate key")
+            .then(|| "each table may appear once; give the second node another name".to_string());
+        let code = if wrong_value { "bad-value" } else { "toml-syntax" };
+        let d = Diagnostic::new(code, format!("invalid flow file: {message}"))
+            .at(Label::new(src, e.span().unwrap_or(0..0), "here"))
+            .help(help);
+        Diagnostics(vec![d])
+    })
 }
 
 /// Steps 2 to 6: resolution and validation of a parsed flow file (`src` is where `raw` came from).
@@ -121,6 +110,7 @@ pub fn resolve(src: Arc<SourceFile>, raw: &RawFlow, opts: &BuildOptions<'_>) -> 
 /// A node declaration after `when`, variants and `parameterize` were applied: the node's table, then the
 /// variant the config selects, then the instance it is, each overriding the parameters and bindings
 /// before it. It borrows the parsed file (`'r`).
+#[derive(Default)]
 struct Decl<'r> {
     /// Shared with the node and every report of it.
     name: Arc<str>,
@@ -140,20 +130,7 @@ struct Decl<'r> {
 impl<'r> Decl<'r> {
     /// A registered function pulled in by name: no table of its own.
     fn auto(name: &str, span: Range<usize>) -> Self {
-        Decl {
-            name: name.into(),
-            span,
-            function: None,
-            sql: None,
-            params: IndexMap::new(),
-            inputs: IndexMap::new(),
-            cache: CacheMode::Default,
-            tags: Vec::new(),
-            doc: None,
-            checks: Vec::new(),
-            on_item_error: None,
-            declared: false,
-        }
+        Decl { name: name.into(), span, ..Decl::default() }
     }
 
     /// Node `name` of table `key`, with its chosen variant and, for `parameterize`, its instance.
@@ -320,16 +297,10 @@ impl<'a> Builder<'a> {
                     entry.span = None;
                 }
                 None => {
-                    let names: Vec<&str> = self.config.keys().map(String::as_str).collect();
-                    let help = did_you_mean(&closest(k, names))
+                    let help = did_you_mean(&closest(k, self.config.keys().map(String::as_str)))
                         .unwrap_or_else(|| format!("declare it in [config] of {} first", self.src.path.display()));
-                    self.error(
-                        Diagnostic::new(
-                            "unknown-config-key",
-                            format!("--set {k}={v}: the flow has no config key `{k}`"),
-                        )
-                        .help(Some(help)),
-                    );
+                    let message = format!("--set {k}={v}: the flow has no config key `{k}`");
+                    self.error(Diagnostic::new("unknown-config-key", message).help(help));
                 }
             }
         }
@@ -345,19 +316,16 @@ impl<'a> Builder<'a> {
                 // Command-line paths are relative to the current directory, not the flow file.
                 Some(entry) => entry.value = Some((cli_input_value(v), None)),
                 None => {
-                    let names: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
-                    let help = did_you_mean(&closest(k, names))
+                    let help = did_you_mean(&closest(k, self.inputs.keys().map(String::as_str)))
                         .unwrap_or_else(|| "declare it in [inputs] of the flow file".to_string());
-                    self.error(
-                        Diagnostic::new("unknown-input", format!("--input {k}={v}: the flow has no input `{k}`"))
-                            .help(Some(help)),
-                    );
+                    let message = format!("--input {k}={v}: the flow has no input `{k}`");
+                    self.error(Diagnostic::new("unknown-input", message).help(help));
                 }
             }
         }
     }
 
-    /// Evaluates a `when` table: `Some(true)` if every key matches. Unknown keys are errors.
+    /// Evaluates a `when` table: `true` if every key matches. Unknown keys are errors.
     fn when_matches(&mut self, node: &str, when: &SpannedTable) -> bool {
         let mut all = true;
         for (k, v) in when {
@@ -369,19 +337,15 @@ impl<'a> Builder<'a> {
                     }
                 }
                 None => {
-                    let names: Vec<String> = self.config.keys().cloned().collect();
-                    let help = did_you_mean(&closest(k.get_ref(), names.iter().map(String::as_str)))
-                        .unwrap_or_else(|| format!("add `{}` to [config]", k.get_ref()));
-                    let d = Diagnostic::new(
-                        "unknown-config-key",
-                        format!(
-                            "node `{node}`: `when` reads config key `{}`, which [config] does not have",
-                            k.get_ref()
-                        ),
-                    )
-                    .node(node)
-                    .at(self.label(k.span(), "not in [config]"))
-                    .help(Some(help));
+                    let key = k.get_ref();
+                    let help = did_you_mean(&closest(key, self.config.keys().map(String::as_str)))
+                        .unwrap_or_else(|| format!("add `{key}` to [config]"));
+                    let message =
+                        format!("node `{node}`: `when` reads config key `{key}`, which [config] does not have");
+                    let d = Diagnostic::new("unknown-config-key", message)
+                        .node(node)
+                        .at(self.label(k.span(), "not in [config]"))
+                        .help(help);
                     self.error(d);
                     all = false;
                 }
@@ -402,7 +366,6 @@ impl<'a> Builder<'a> {
                 continue;
             }
             let Some(variant) = self.choose_variant(name, span.clone(), n) else { continue };
-            let variant = variant.map(|i| n.variants[i].get_ref());
             if n.parameterize.is_empty() {
                 self.add_decl(Decl::new((name, span), key, n, variant, None));
             }
@@ -431,23 +394,17 @@ impl<'a> Builder<'a> {
     }
 
     /// The variant of node `name` the config selects (`Some(None)`: it has none); `None` after an error.
-    fn choose_variant(&mut self, name: &str, span: Range<usize>, n: &'a RawNode) -> Option<Option<usize>> {
+    fn choose_variant(&mut self, name: &str, span: Range<usize>, n: &'a RawNode) -> Option<Option<&'a RawVariant>> {
         if n.variants.is_empty() {
             return Some(None);
         }
-        let mut matched = Vec::new();
-        let mut fallback = Vec::new();
-        for (i, v) in n.variants.iter().enumerate() {
-            match &v.get_ref().when {
-                Some(when) => {
-                    if self.when_matches(name, when) {
-                        matched.push(i);
-                    }
-                }
-                None => fallback.push(i),
-            }
-        }
-        let describe = |v: &Spanned<RawVariant>| -> String {
+        let matched: Vec<_> = n
+            .variants
+            .iter()
+            .filter(|v| v.get_ref().when.as_ref().is_some_and(|w| self.when_matches(name, w)))
+            .collect();
+        let fallback: Vec<_> = n.variants.iter().filter(|v| v.get_ref().when.is_none()).collect();
+        let describe = |v: &&Spanned<RawVariant>| -> String {
             let v = v.get_ref();
             let when = v
                 .when
@@ -459,49 +416,39 @@ impl<'a> Builder<'a> {
                         .join(", ")
                 })
                 .unwrap_or_else(|| "fallback".to_string());
-            let f = v.function.as_ref().map(|f| f.get_ref().clone()).unwrap_or_else(|| "sql".into());
+            let f = v.function.as_ref().map_or("sql", |f| f.get_ref());
             format!("{f} (when {when})")
         };
-        let chosen = match (matched.as_slice(), fallback.as_slice()) {
-            ([one], _) => *one,
-            ([], [one]) => *one,
+        let d = match (matched.as_slice(), fallback.as_slice()) {
+            ([one], _) | ([], [one]) => return Some(Some(one.get_ref())),
             ([], []) => {
-                let options: Vec<String> = n.variants.iter().map(describe).collect();
+                let options: Vec<String> = n.variants.iter().map(|v| describe(&v)).collect();
                 let current: Vec<String> = self.config.iter().map(|(k, e)| format!("{k} = {}", e.value)).collect();
-                let d = Diagnostic::new("no-variant", format!("no variant of node `{name}` matches the config"))
-                    .node(name)
+                Diagnostic::new("no-variant", format!("no variant of node `{name}` matches the config"))
                     .at(self.label(span, "variants declared here"))
-                    .help(Some(format!(
+                    .help(format!(
                         "variants: {}; config: {}; add a variant without `when` as the fallback",
                         options.join("; "),
                         if current.is_empty() { "(empty)".to_string() } else { current.join(", ") }
-                    )));
-                self.error(d);
-                return None;
+                    ))
             }
             (many, _) if many.len() > 1 => {
-                let options: Vec<String> = many.iter().map(|&i| describe(&n.variants[i])).collect();
-                let d = Diagnostic::new(
+                let options: Vec<String> = many.iter().map(describe).collect();
+                Diagnostic::new(
                     "ambiguous-variant",
                     format!("{} variants of node `{name}` match the config", many.len()),
                 )
-                .node(name)
-                .at(self.label(n.variants[many[1]].span(), "this variant matches too"))
-                .help(Some(format!("matching: {}; make their `when` tables exclusive", options.join("; "))));
-                self.error(d);
-                return None;
+                .at(self.label(many[1].span(), "this variant matches too"))
+                .help(format!("matching: {}; make their `when` tables exclusive", options.join("; ")))
             }
             (_, many) => {
-                let d =
-                    Diagnostic::new("ambiguous-variant", format!("node `{name}` has {} fallback variants", many.len()))
-                        .node(name)
-                        .at(self.label(n.variants[many[1]].span(), "second variant without `when`"))
-                        .help(Some("only one variant may omit `when`".to_string()));
-                self.error(d);
-                return None;
+                Diagnostic::new("ambiguous-variant", format!("node `{name}` has {} fallback variants", many.len()))
+                    .at(self.label(many[1].span(), "second variant without `when`"))
+                    .help("only one variant may omit `when`".to_string())
             }
         };
-        Some(Some(chosen))
+        self.error(d.node(name));
+        None
     }
 
     /// Adds a declaration, or reports it when another has its name.
@@ -516,7 +463,7 @@ impl<'a> Builder<'a> {
             .node(&d.name)
             .at(self.label(d.span.clone(), "second node with this name"))
             .also(self.label(first, "first defined here"))
-            .help(Some("node names must be unique; rename one of the parameterized instances".to_string()));
+            .help("node names must be unique; rename one of the parameterized instances".to_string());
         self.error(diag);
     }
 
@@ -554,7 +501,6 @@ impl<'a> Builder<'a> {
 
     fn resolve(&mut self, id: NodeId, decl: &Decl<'a>) -> Option<FlowNode> {
         if let Some((sql_text, sql_span)) = decl.sql.clone() {
-            let sql_text = sql_text.to_string();
             if let Some((_, fspan)) = &decl.function {
                 let d = Diagnostic::new("bad-value", format!("node `{}` has both `fn` and `sql`", decl.name))
                     .node(&decl.name)
@@ -564,10 +510,7 @@ impl<'a> Builder<'a> {
             }
             return Some(self.resolve_sql(id, decl, sql_text, sql_span));
         }
-        let (fname, fspan): (&str, Range<usize>) = match &decl.function {
-            Some((f, span)) => (*f, span.clone()),
-            None => (&decl.name, decl.span.clone()),
-        };
+        let (fname, fspan) = decl.function.clone().unwrap_or((&decl.name, decl.span.clone()));
         let def = match self.opts.registry.lookup(fname, &self.scope) {
             Lookup::Found(def) => def,
             Lookup::Ambiguous(defs) => {
@@ -578,7 +521,7 @@ impl<'a> Builder<'a> {
                 )
                 .node(&decl.name)
                 .at(self.label(fspan, "ambiguous"))
-                .help(Some(format!(
+                .help(format!(
                     "write the module too, e.g. fn = \"{}\" (candidates: {})",
                     defs[0]
                         .path()
@@ -586,27 +529,27 @@ impl<'a> Builder<'a> {
                         .map(|(m, n)| format!("{}::{n}", m.rsplit("::").next().unwrap_or(m)))
                         .unwrap_or_default(),
                     paths.join(", ")
-                )));
+                ));
                 self.error(d);
                 return None;
             }
             Lookup::NotFound(suggestions) => {
                 // registered, but outside the flow's `modules`?
                 let outside: Vec<String> = match self.opts.registry.lookup(fname, &[]) {
-                    Lookup::Found(def) => vec![def.module.to_string()],
-                    Lookup::Ambiguous(defs) => defs.iter().map(|d| d.module.to_string()).collect(),
+                    Lookup::Found(def) => vec![format!("`{}`", def.module)],
+                    Lookup::Ambiguous(defs) => defs.iter().map(|d| format!("`{}`", d.module)).collect(),
                     Lookup::NotFound(_) => Vec::new(),
                 };
-                let help = if !outside.is_empty() {
-                    format!(
-                        "`{fname}` is in module {}, which [flow] modules does not list: add it there, or write                          fn = \"<module>::{fname}\"",
-                        outside.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
-                    )
-                } else {
+                let help = if outside.is_empty() {
                     did_you_mean(&suggestions).unwrap_or_else(|| {
                         "`flowrun nodes` lists the registered functions; a new one needs #[node] and its crate linked"
                             .to_string()
                     })
+                } else {
+                    format!(
+                        "`{fname}` is in module {}, which [flow] modules does not list: add it there, or write fn = \"<module>::{fname}\"",
+                        outside.join(", ")
+                    )
                 };
                 let what = if decl.declared { "node" } else { "name" };
                 let d = Diagnostic::new(
@@ -615,7 +558,7 @@ impl<'a> Builder<'a> {
                 )
                 .node(&decl.name)
                 .at(self.label(fspan, "unknown function"))
-                .help(Some(help));
+                .help(help);
                 self.error(d);
                 return None;
             }
@@ -633,40 +576,47 @@ impl<'a> Builder<'a> {
                 )
                 .node(&decl.name)
                 .at(self.label(span.clone(), "no such parameter"))
-                .help(Some(help));
+                .help(help);
                 self.error(d);
             }
         }
-        let mut args = Vec::with_capacity(def.params.len());
-        for (i, p) in def.params.iter().enumerate() {
-            let binding = match p.kind {
-                ParamKind::Value(t) => self.bind(id, decl, i, p.name, t, false),
-                ParamKind::Collect(t) => self.bind(id, decl, i, p.name, t, true),
-            };
-            args.push(Arg { param: p.name.into(), binding: binding.unwrap_or_else(placeholder) });
-        }
-        let file_tags = decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        self.check_checks(decl, def.output);
+        let args = (def.params.iter().enumerate())
+            .map(|(i, p)| Arg {
+                param: p.name.into(),
+                binding: self.bind(id, decl, i, p.name, p.kind).unwrap_or_else(placeholder),
+            })
+            .collect();
         let collects = def.params.iter().any(|p| matches!(p.kind, ParamKind::Collect(_)));
-        self.check_on_item_error(decl, collects);
-        Some(FlowNode {
+        let code_digest = CacheKey::code_digest(def.path(), def.code_version, def.output_type().name());
+        Some(self.node(decl, NodeImpl::Function(def), args, def.doc, collects, code_digest))
+    }
+
+    /// The node `decl` resolves to, once its data checks are checked against what it returns, and its
+    /// `on_item_error` against whether it `collects` a fan-out. `doc` is used when the file gives none.
+    fn node(
+        &mut self,
+        decl: &Decl<'a>,
+        imp: NodeImpl,
+        args: Vec<Arg>,
+        doc: &'static str,
+        collects: bool,
+        code_digest: blake3::Hash,
+    ) -> FlowNode {
+        let node = FlowNode {
             name: decl.name.clone(),
-            imp: NodeImpl::Function(def),
+            imp,
             args,
             cache: decl.cache,
-            file_tags,
-            doc: decl.doc.map(|d| Cow::Owned(d.to_string())).unwrap_or(Cow::Borrowed(def.doc)),
+            file_tags: decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            doc: decl.doc.map_or(Cow::Borrowed(doc), |d| Cow::Owned(d.to_string())),
             checks: decl.checks.iter().map(|(c, _)| (*c).clone()).collect(),
             on_item_error: decl.on_item_error.as_ref().map(|(o, _)| *o).unwrap_or_default(),
             span: decl.span.clone(),
             block: 0,
             declared: decl.declared,
-            code_digest: CacheKey::code_digest(def.path(), def.code_version, def.output_type().name()),
-        })
-    }
-
-    /// `on_item_error` belongs on a node that collects a fan-out.
-    fn check_on_item_error(&mut self, decl: &Decl<'a>, collects: bool) {
+            code_digest,
+        };
+        self.check_checks(decl, node.output());
         if let Some((_, span)) = &decl.on_item_error
             && !collects
         {
@@ -676,70 +626,63 @@ impl<'a> Builder<'a> {
             )
             .node(&decl.name)
             .at(self.label(span.clone(), "only for a node with a Collect<T> parameter"))
-            .help(Some("put on_item_error on the node that gathers the fan-out's items (its fan-in)".into()));
+            .help("put on_item_error on the node that gathers the fan-out's items (its fan-in)".to_string());
             self.error(d);
         }
+        node
     }
 
-    fn resolve_sql(&mut self, id: NodeId, decl: &Decl<'a>, sql_text: String, sql_span: Range<usize>) -> FlowNode {
-        let mut tables: Vec<(String, String, Range<usize>)> = Vec::new(); // (table name, source, span)
-        for (alias, (source, span)) in decl.inputs.iter() {
-            tables.push((alias.to_string(), source.to_string(), span.clone()));
-        }
+    fn resolve_sql(&mut self, id: NodeId, decl: &Decl<'a>, sql_text: &str, sql_span: Range<usize>) -> FlowNode {
+        // its tables: those `inputs` binds (alias -> node), then the nodes the query names
         let known =
             |n: &str| self.id_of(n).is_some() || matches!(self.opts.registry.lookup(n, &self.scope), Lookup::Found(_));
-        for t in sql::referenced_tables(&sql_text, known) {
-            if !tables.iter().any(|(alias, _, _)| *alias == t) {
-                tables.push((t.clone(), t, sql_span.clone()));
+        let named = sql::referenced_tables(sql_text, known);
+        let mut tables: Vec<(&str, &str, Range<usize>)> =
+            decl.inputs.iter().map(|(alias, (source, span))| (*alias, *source, span.clone())).collect();
+        for t in &named {
+            if !tables.iter().any(|(alias, ..)| *alias == t.as_str()) {
+                tables.push((t, t, sql_span.clone()));
             }
         }
         if let Some((k, (_, span))) = decl.params.first() {
             let d = Diagnostic::new("unknown-parameter", format!("SQL node `{}` takes no `params` (`{k}`)", decl.name))
                 .node(&decl.name)
                 .at(self.label(span.clone(), "not used by SQL"))
-                .help(Some("write literals into the query, or bind tables with inputs = { alias = \"node\" }".into()));
+                .help("write literals into the query, or bind tables with inputs = { alias = \"node\" }".to_string());
             self.error(d);
         }
-        let mut args = Vec::new();
-        for (i, (table, source, span)) in tables.into_iter().enumerate() {
-            let producer = self.node_ref(&source, span.clone());
-            let binding = match producer {
-                Some(p) => {
-                    self.edges.push(PendingEdge { consumer: id, arg: i, producer: p, span });
-                    Binding::Node { node: p, mode: EdgeMode::Direct }
-                }
-                None => {
-                    let d = Diagnostic::new(
-                        "missing-input",
-                        format!("SQL node `{}` binds table `{table}` to `{source}`, which is not a node", decl.name),
-                    )
-                    .node(&decl.name)
-                    .at(self.label(span, "unknown node"))
-                    .help(did_you_mean(&closest(&source, self.all_names())));
-                    self.error(d);
-                    placeholder()
-                }
-            };
-            args.push(Arg { param: table.into(), binding });
-        }
-        self.check_checks(decl, OutputKind::Value(TypeDesc::of::<Table>()));
-        self.check_on_item_error(decl, false);
-        let code_version = blake3::hash(sql::normalize(&sql_text).as_bytes()).to_hex()[..32].to_string();
+        let args = (tables.into_iter().enumerate())
+            .map(|(i, (table, source, span))| {
+                let binding = match self.node_ref(source, span.clone()) {
+                    Some(producer) => self.edge(id, i, producer, span),
+                    None => {
+                        let d = Diagnostic::new(
+                            "missing-input",
+                            format!(
+                                "SQL node `{}` binds table `{table}` to `{source}`, which is not a node",
+                                decl.name
+                            ),
+                        )
+                        .node(&decl.name)
+                        .at(self.label(span, "unknown node"))
+                        .help(did_you_mean(&closest(source, self.all_names())));
+                        self.error(d);
+                        placeholder()
+                    }
+                };
+                Arg { param: table.into(), binding }
+            })
+            .collect();
+        let code_version = blake3::hash(sql::normalize(sql_text).as_bytes()).to_hex()[..32].to_string();
         let code_digest = CacheKey::code_digest("sql", &code_version, TypeDesc::of::<Table>().name());
-        FlowNode {
-            name: decl.name.clone(),
-            imp: NodeImpl::Sql(SqlQuery { sql: sql_text, code_version }),
-            args,
-            cache: decl.cache,
-            file_tags: decl.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            doc: Cow::Owned(decl.doc.unwrap_or_default().to_string()),
-            checks: decl.checks.iter().map(|(c, _)| (*c).clone()).collect(),
-            on_item_error: OnItemError::Fail,
-            span: decl.span.clone(),
-            block: 0,
-            declared: decl.declared,
-            code_digest,
-        }
+        let query = SqlQuery { sql: sql_text.to_string(), code_version };
+        self.node(decl, NodeImpl::Sql(query), args, "", false, code_digest)
+    }
+
+    /// A binding to `producer`'s result, whose type is checked once every node is resolved.
+    fn edge(&mut self, consumer: NodeId, arg: usize, producer: NodeId, span: Range<usize>) -> Binding {
+        self.edges.push(PendingEdge { consumer, arg, producer, span });
+        Binding::Node { node: producer, mode: EdgeMode::Direct }
     }
 
     /// The node called `name`: declared, already pulled in, or a registered function pulled in now.
@@ -771,6 +714,7 @@ impl<'a> Builder<'a> {
         table.iter().find(|(k, _)| k.get_ref() == entry.as_str()).map(|(k, _)| k.span())
     }
 
+    /// `value` as the literal of parameter `param` (of type `ty`) of `node`; an error points at `span`.
     fn literal(
         &mut self,
         node: &str,
@@ -778,53 +722,50 @@ impl<'a> Builder<'a> {
         ty: TypeDesc,
         value: &toml::Value,
         span: Option<Range<usize>>,
-        origin: &str,
-    ) -> Option<(AnyValue, blake3::Hash)> {
+        source: LiteralSource,
+    ) -> Option<Binding> {
         let value = match ty.from_toml(value, &self.cx) {
             Ok(v) => v,
             Err(e) => {
-                let mut d = Diagnostic::new(
+                let (origin, entry) = match &source {
+                    // a config table whose entry the error names (`dataset `b`: ...`): point at that entry
+                    LiteralSource::Config(k) => (format!("config `{k}`"), self.entry_span(k, value, &e.to_string())),
+                    LiteralSource::Input(k) => (format!("input `{k}`"), None),
+                    _ => ("the literal".to_string(), None),
+                };
+                let short = ty.short_name();
+                let d = Diagnostic::new(
                     "bad-value",
                     format!(
-                        "node `{node}`: parameter `{param}` is a `{}`, but {origin} is {} ({e})",
-                        ty.short_name(),
+                        "node `{node}`: parameter `{param}` is a `{short}`, but {origin} is {} ({e})",
                         describe_toml(value)
                     ),
                 )
                 .node(node)
-                .help(Some(format!("write a value of type `{}`", ty.short_name())));
-                // a config table whose entry the error names (`dataset `b`: ...`): point at that entry
-                let config_key = origin.strip_prefix("config `").and_then(|k| k.strip_suffix('`'));
-                let span = config_key.and_then(|k| self.entry_span(k, value, &e.to_string())).or(span);
-                if let Some(span) = span {
-                    d = d.at(self.label(span, format!("expected `{}`", ty.short_name())));
-                }
+                .at(entry.or(span).map(|span| self.label(span, format!("expected `{short}`"))))
+                .help(format!("write a value of type `{short}`"));
                 self.error(d);
                 return None;
             }
         };
         match identity_of(&*value) {
-            Ok(identity) => Some((value, identity)),
+            Ok(identity) => Some(Binding::literal(value, identity, source)),
             Err(e) => {
-                let mut d = Diagnostic::new("bad-value", format!("node `{node}`: parameter `{param}`: {e}")).node(node);
-                if let Some(span) = span {
-                    d = d.at(self.label(span, "here"));
-                }
+                let d = Diagnostic::new("bad-value", format!("node `{node}`: parameter `{param}`: {e}"))
+                    .node(node)
+                    .at(span.map(|span| self.label(span, "here")));
                 self.error(d);
                 None
             }
         }
     }
 
-    fn bind(
-        &mut self,
-        id: NodeId,
-        decl: &Decl<'a>,
-        index: usize,
-        param: &str,
-        ty: TypeDesc,
-        collect: bool,
-    ) -> Option<Binding> {
+    /// Binds parameter `index` (`param`) of `decl`: to its literal, else to what `inputs` names or (without
+    /// one) to what has the parameter's name, a node before a config value or an input, else to the type's
+    /// default.
+    fn bind(&mut self, id: NodeId, decl: &Decl<'a>, index: usize, param: &str, kind: ParamKind) -> Option<Binding> {
+        let (ParamKind::Value(ty) | ParamKind::Collect(ty)) = kind;
+        let collect = matches!(kind, ParamKind::Collect(_));
         if let Some((value, span)) = decl.params.get(param) {
             if collect {
                 let d = Diagnostic::new(
@@ -836,24 +777,20 @@ impl<'a> Builder<'a> {
                 self.error(d);
                 return None;
             }
-            let (value, identity) = self.literal(&decl.name, param, ty, value, Some(span.clone()), "the literal")?;
-            return Some(Binding::literal(value, identity, LiteralSource::Param));
+            return self.literal(&decl.name, param, ty, value, Some(span.clone()), LiteralSource::Param);
         }
         let (source, span, explicit): (&str, _, _) = match decl.inputs.get(param) {
             Some((s, span)) => (s, span.clone(), true),
             None => (param, decl.span.clone(), false),
         };
         if let Some(producer) = self.id_of(source) {
-            self.edges.push(PendingEdge { consumer: id, arg: index, producer, span });
-            return Some(Binding::Node { node: producer, mode: EdgeMode::Direct });
+            return Some(self.edge(id, index, producer, span));
         }
         if !collect {
             if let Some(entry) = self.config.get_mut(source) {
                 entry.used = true;
                 let (value, cspan) = (entry.value.clone(), entry.span.clone());
-                let origin = format!("config `{source}`");
-                let (value, identity) = self.literal(&decl.name, param, ty, &value, cspan, &origin)?;
-                return Some(Binding::literal(value, identity, LiteralSource::Config(source.to_string())));
+                return self.literal(&decl.name, param, ty, &value, cspan, LiteralSource::Config(source.to_string()));
             }
             if let Some(entry) = self.inputs.get(source) {
                 let ispan = entry.span.clone();
@@ -864,18 +801,16 @@ impl<'a> Builder<'a> {
                     )
                     .node(&decl.name)
                     .at(self.label(ispan, "declared without a default"))
-                    .help(Some(format!("pass --input {source}=VALUE, or give it a default")));
+                    .help(format!("pass --input {source}=VALUE, or give it a default"));
                     self.error(d);
                     return None;
                 };
-                let origin = format!("input `{source}`");
-                let (value, identity) = self.literal(&decl.name, param, ty, &value, vspan.or(Some(ispan)), &origin)?;
-                return Some(Binding::literal(value, identity, LiteralSource::Input(source.to_string())));
+                let input = LiteralSource::Input(source.to_string());
+                return self.literal(&decl.name, param, ty, &value, vspan.or(Some(ispan)), input);
             }
         }
         if let Some(producer) = self.node_ref(source, span.clone()) {
-            self.edges.push(PendingEdge { consumer: id, arg: index, producer, span });
-            return Some(Binding::Node { node: producer, mode: EdgeMode::Direct });
+            return Some(self.edge(id, index, producer, span));
         }
         if !explicit
             && !collect
@@ -884,21 +819,17 @@ impl<'a> Builder<'a> {
             let identity = identity_of(&*value).ok()?;
             return Some(Binding::literal(value, identity, LiteralSource::Default));
         }
-        let mut names: Vec<&str> = self.all_names().collect();
-        names.extend(self.config.keys().map(String::as_str));
-        names.extend(self.inputs.keys().map(String::as_str));
-        let mut help = did_you_mean(&closest(source, names.iter().copied()));
-        if help.is_none() {
-            let producers: Vec<String> = self
-                .opts
-                .registry
-                .all()
-                .iter()
+        let names = self
+            .all_names()
+            .chain(self.config.keys().map(String::as_str))
+            .chain(self.inputs.keys().map(String::as_str));
+        let help = did_you_mean(&closest(source, names)).unwrap_or_else(|| {
+            let producers: Vec<String> = (self.opts.registry.all().iter())
                 .filter(|d| d.output_type() == ty && crate::registry::in_scope(d.module, &self.scope))
                 .map(|d| format!("`{}`", d.name))
                 .take(5)
                 .collect();
-            help = Some(if producers.is_empty() {
+            if producers.is_empty() {
                 format!(
                     "add `{source}` to [config] or [inputs], declare a node called `{source}`, or bind `{param}` with inputs = {{ {param} = \"...\" }}"
                 )
@@ -908,8 +839,8 @@ impl<'a> Builder<'a> {
                     ty.short_name(),
                     producers.join(", ")
                 )
-            });
-        }
+            }
+        });
         let what = if explicit { format!("is bound to `{source}`, which") } else { "needs a value, but".to_string() };
         let d = Diagnostic::new(
             "missing-input",
@@ -949,228 +880,23 @@ impl<'a> Builder<'a> {
     // -- steps 5 and 6 ------------------------------------------------------------------------------------
 
     fn finish(mut self, raw: &'a RawFlow) -> Result<Flow, Diagnostics> {
-        // type-check edges
-        let edges = std::mem::take(&mut self.edges);
-        let mut modes: Vec<(NodeId, usize, EdgeMode)> = Vec::new();
-        for e in &edges {
-            let (Some(consumer), Some(producer)) = (&self.nodes[e.consumer], &self.nodes[e.producer]) else { continue };
-            let expected = match &consumer.imp {
-                NodeImpl::Function(def) => def.params[e.arg].kind,
-                NodeImpl::Sql(_) => ParamKind::Value(TypeDesc::of::<Table>()),
-            };
-            let produced = producer.output();
-            let mode = match (expected, produced) {
-                (ParamKind::Value(t), OutputKind::Value(u)) if t == u => Some(EdgeMode::Direct),
-                (ParamKind::Value(t), OutputKind::Parallel { item, .. }) if t == item => Some(EdgeMode::Item),
-                (ParamKind::Value(t), OutputKind::Parallel { list, .. }) if t == list => Some(EdgeMode::Direct),
-                (ParamKind::Collect(t), OutputKind::Value(u)) if t == u => Some(EdgeMode::Collect),
-                _ => None,
-            };
-            match mode {
-                Some(m) => modes.push((e.consumer, e.arg, m)),
-                None => {
-                    let (want, hint) = match expected {
-                        ParamKind::Value(t) => (t.short_name(), String::new()),
-                        ParamKind::Collect(t) => (
-                            format!("Collect<{}>", t.short_name()),
-                            if matches!(produced, OutputKind::Parallel { .. }) {
-                                " (collect the results of a node inside the fan-out, not the fan-out node itself)"
-                                    .to_string()
-                            } else {
-                                String::new()
-                            },
-                        ),
-                    };
-                    let got = match produced {
-                        OutputKind::Value(u) => u.short_name(),
-                        OutputKind::Parallel { list, .. } => list.short_name(),
-                    };
-                    let param = &consumer.args[e.arg].param;
-                    let d = Diagnostic::new(
-                        "type-mismatch",
-                        format!(
-                            "type mismatch: node `{}` parameter `{param}` expects `{want}`, but node `{}` returns `{got}`{hint}",
-                            consumer.name, producer.name
-                        ),
-                    )
-                    .node(&*consumer.name)
-                    .at(self.label(e.span.clone(), format!("expects `{want}`")))
-                    .also(self.label(producer.span.clone(), format!("`{}` returns `{got}`", producer.name)))
-                    .help(Some(format!(
-                        "change one of the two types, or bind `{param}` to another node with inputs = {{ {param} = \"...\" }}"
-                    )));
-                    self.error(d);
-                }
-            }
-        }
-        for (consumer, arg, mode) in modes {
-            if let Some(node) = self.nodes[consumer].as_mut()
-                && let Binding::Node { mode: m, .. } = &mut node.args[arg].binding
-            {
-                *m = mode;
-            }
-        }
-
-        // unused config keys (not reported when functions could not be resolved: that cascades)
-        let unresolved = self.errors.iter().any(|e| matches!(e.code, "unknown-function" | "ambiguous-function"));
-        let known_params =
-            if !unresolved && self.config.values().any(|e| !e.used) { self.known_params(raw) } else { HashSet::new() };
-        let unused: Vec<(String, Option<Range<usize>>)> = self
-            .config
-            .iter()
-            .filter(|(k, e)| !unresolved && !e.used && !known_params.contains(k.as_str()))
-            .map(|(k, e)| (k.clone(), e.span.clone()))
-            .collect();
-        for (key, span) in unused {
-            let mut params: Vec<&str> = known_params.iter().copied().collect();
-            params.sort();
-            let help = did_you_mean(&closest(&key, params.iter().copied()))
-                .map(|h| format!("{h} (a config key is read by the parameters with its name)"))
-                .unwrap_or_else(|| "remove it, or add a node parameter with this name".to_string());
-            let mut d = Diagnostic::new("unknown-config-key", format!("config key `{key}` is not read by any node"))
-                .help(Some(help));
-            if let Some(span) = span {
-                d = d.at(self.label(span, "unused"));
-            }
-            self.error(d);
-        }
-
-        // materialize sections
+        self.type_check_edges();
+        self.report_unused_config(raw);
         let mut materialize = self.materialize_decls(raw);
-
-        // targets
         let targets = self.targets(raw, &materialize);
         if self.selects() {
             materialize.retain(|m| targets.contains(&m.node));
         }
-
-        if self.nodes.iter().any(Option::is_none) || !self.errors.is_empty() {
+        let nodes: Option<Vec<FlowNode>> = self.nodes.into_iter().collect();
+        let (Some(mut nodes), true) = (nodes, self.errors.is_empty()) else {
             if self.errors.is_empty() {
                 self.errors.push(Diagnostic::new("internal", "a node could not be resolved (flowrun bug)"));
             }
             return Err(Diagnostics(self.errors));
-        }
-        let mut nodes: Vec<FlowNode> = self.nodes.into_iter().map(Option::unwrap).collect();
-
-        // order, cycles: the file's order when every node comes after what it reads (so a run follows the
-        // file), else petgraph's topological sort
-        let graph = super::dag(&nodes);
-        let forward = nodes
-            .iter()
-            .enumerate()
-            .all(|(i, n)| n.args.iter().all(|a| !matches!(a.binding, Binding::Node { node, .. } if node >= i)));
-        let sorted = if forward { Ok((0..nodes.len()).collect()) } else { topological_order(&graph) };
-        let order: Vec<NodeId> = match sorted {
-            Ok(order) => order,
-            Err(cycles) => {
-                let mut errors = Vec::new();
-                for cycle in cycles {
-                    let names: Vec<&str> = cycle.iter().map(|&i| &*nodes[i].name).collect();
-                    let path = format!("{} -> {}", names.join(" -> "), names[0]);
-                    let first = &nodes[cycle[0]];
-                    let mut d = Diagnostic::new("cycle", format!("cycle: {path} (each node feeds the next)"))
-                        .node(&*first.name)
-                        .at(Label::new(&self.src, first.span.clone(), format!("`{}` is part of the cycle", first.name)))
-                        .help(Some(
-                            "a node cannot depend on itself; rename a parameter or bind it elsewhere with inputs = { .. }"
-                                .to_string(),
-                        ));
-                    for &i in cycle.iter().skip(1) {
-                        d = d.also(Label::new(&self.src, nodes[i].span.clone(), format!("`{}`", nodes[i].name)));
-                    }
-                    errors.push(d);
-                }
-                return Err(Diagnostics(errors));
-            }
         };
-
-        // fan-out scopes
-        let mut blocks = vec![Block { parent: None, expand: None }];
-        let mut child_of: HashMap<NodeId, usize> = HashMap::new();
-        let mut errors = Vec::new();
-        for &n in &order {
-            // (scope, producer) per argument
-            let mut candidates = Vec::new();
-            for a in &nodes[n].args {
-                let Binding::Node { node: m, mode } = a.binding else { continue };
-                let b = match mode {
-                    EdgeMode::Direct => nodes[m].block,
-                    EdgeMode::Item => *child_of.entry(m).or_insert_with(|| {
-                        blocks.push(Block { parent: Some(nodes[m].block), expand: Some(m) });
-                        blocks.len() - 1
-                    }),
-                    EdgeMode::Collect => match blocks[nodes[m].block].parent {
-                        Some(p) => p,
-                        None => {
-                            errors.push(
-                                Diagnostic::new(
-                                    "fanout",
-                                    format!(
-                                        "node `{}` collects `{}`, but `{}` is not inside a fan-out",
-                                        nodes[n].name, nodes[m].name, nodes[m].name
-                                    ),
-                                )
-                                .node(&*nodes[n].name)
-                                .at(Label::new(&self.src, nodes[n].span.clone(), "collects here"))
-                                .help(Some(format!(
-                                    "take `{}` as a plain parameter, or make it depend on a node returning Parallel<T>",
-                                    a.param
-                                ))),
-                            );
-                            continue;
-                        }
-                    },
-                };
-                candidates.push((b, m));
-            }
-            let mut deepest = 0;
-            let mut from = None;
-            for &(b, m) in &candidates {
-                if within(&blocks, b, deepest) {
-                    deepest = b;
-                    from = Some(m);
-                } else if !within(&blocks, deepest, b) {
-                    let other = from.map(|f| nodes[f].name.clone()).unwrap_or_default();
-                    errors.push(
-                        Diagnostic::new(
-                            "fanout",
-                            format!(
-                                "node `{}` combines items of two different fan-outs (through `{}` and `{}`)",
-                                nodes[n].name, other, nodes[m].name
-                            ),
-                        )
-                        .node(&*nodes[n].name)
-                        .at(Label::new(&self.src, nodes[n].span.clone(), "mixes fan-outs"))
-                        .help(Some(
-                            "collect one of them first (a Collect<T> parameter), or nest one fan-out in the other"
-                                .into(),
-                        )),
-                    );
-                }
-            }
-            nodes[n].block = deepest;
-            for a in &nodes[n].args {
-                if let Binding::Node { node: m, mode: EdgeMode::Collect } = a.binding
-                    && blocks[nodes[m].block].parent.is_some()
-                    && blocks[nodes[m].block].parent != Some(deepest)
-                {
-                    errors.push(
-                        Diagnostic::new(
-                            "fanout",
-                            format!(
-                                "node `{}` collects `{}` but also uses values from inside that fan-out",
-                                nodes[n].name, nodes[m].name
-                            ),
-                        )
-                        .node(&*nodes[n].name)
-                        .at(Label::new(&self.src, nodes[n].span.clone(), "here")),
-                    );
-                }
-            }
-        }
-        if !errors.is_empty() {
-            return Err(Diagnostics(errors));
-        }
+        let graph = super::dag(&nodes);
+        let order = order(&self.src, &nodes, &graph)?;
+        let blocks = scopes(&self.src, &mut nodes, &order)?;
         Ok(Flow {
             name: raw.flow.get_ref().name.get_ref().clone(),
             description: raw.flow.get_ref().description.clone(),
@@ -1199,67 +925,122 @@ impl<'a> Builder<'a> {
         })
     }
 
+    /// The type of every node-to-node binding, which gives its mode (a fan-out's items, a fan-in).
+    fn type_check_edges(&mut self) {
+        for e in std::mem::take(&mut self.edges) {
+            let (Some(consumer), Some(producer)) = (&self.nodes[e.consumer], &self.nodes[e.producer]) else { continue };
+            let expected = match &consumer.imp {
+                NodeImpl::Function(def) => def.params[e.arg].kind,
+                NodeImpl::Sql(_) => ParamKind::Value(TypeDesc::of::<Table>()),
+            };
+            let produced = producer.output();
+            let mode = match (expected, produced) {
+                (ParamKind::Value(t), OutputKind::Value(u)) if t == u => Some(EdgeMode::Direct),
+                (ParamKind::Value(t), OutputKind::Parallel { item, .. }) if t == item => Some(EdgeMode::Item),
+                (ParamKind::Value(t), OutputKind::Parallel { list, .. }) if t == list => Some(EdgeMode::Direct),
+                (ParamKind::Collect(t), OutputKind::Value(u)) if t == u => Some(EdgeMode::Collect),
+                _ => None,
+            };
+            if let Some(mode) = mode {
+                if let Some(consumer) = &mut self.nodes[e.consumer] {
+                    consumer.args[e.arg].binding = Binding::Node { node: e.producer, mode };
+                }
+                continue;
+            }
+            let (want, hint) = match expected {
+                ParamKind::Value(t) => (t.short_name(), ""),
+                ParamKind::Collect(t) => (
+                    format!("Collect<{}>", t.short_name()),
+                    match produced {
+                        OutputKind::Parallel { .. } => {
+                            " (collect the results of a node inside the fan-out, not the fan-out node itself)"
+                        }
+                        OutputKind::Value(_) => "",
+                    },
+                ),
+            };
+            let (OutputKind::Value(got) | OutputKind::Parallel { list: got, .. }) = produced;
+            let got = got.short_name();
+            let param = &consumer.args[e.arg].param;
+            let d = Diagnostic::new(
+                "type-mismatch",
+                format!(
+                    "type mismatch: node `{}` parameter `{param}` expects `{want}`, but node `{}` returns `{got}`{hint}",
+                    consumer.name, producer.name
+                ),
+            )
+            .node(&*consumer.name)
+            .at(self.label(e.span.clone(), format!("expects `{want}`")))
+            .also(self.label(producer.span.clone(), format!("`{}` returns `{got}`", producer.name)))
+            .help(format!(
+                "change one of the two types, or bind `{param}` to another node with inputs = {{ {param} = \"...\" }}"
+            ));
+            self.error(d);
+        }
+    }
+
+    /// Config keys no parameter reads (not reported when functions could not be resolved: that cascades).
+    fn report_unused_config(&mut self, raw: &'a RawFlow) {
+        let unresolved = self.errors.iter().any(|e| matches!(e.code, "unknown-function" | "ambiguous-function"));
+        if unresolved || self.config.values().all(|e| e.used) {
+            return;
+        }
+        let known_params = self.known_params(raw);
+        let unused: Vec<Diagnostic> = (self.config.iter())
+            .filter(|(k, e)| !e.used && !known_params.contains(k.as_str()))
+            .map(|(key, e)| {
+                let help = did_you_mean(&closest(key, known_params.iter().copied()))
+                    .map(|h| format!("{h} (a config key is read by the parameters with its name)"))
+                    .unwrap_or_else(|| "remove it, or add a node parameter with this name".to_string());
+                Diagnostic::new("unknown-config-key", format!("config key `{key}` is not read by any node"))
+                    .at(e.span.clone().map(|span| self.label(span, "unused")))
+                    .help(help)
+            })
+            .collect();
+        self.errors.extend(unused);
+    }
+
     fn materialize_decls(&mut self, raw: &'a RawFlow) -> Vec<MaterializeDecl> {
         let mut out = Vec::new();
         for (name, section) in &raw.materialize {
-            let mut options: IndexMap<String, (toml::Value, Range<usize>)> = section
-                .get_ref()
-                .iter()
-                .map(|(k, v)| (k.get_ref().to_string(), (v.get_ref().clone(), v.span())))
-                .collect();
-            let sspan = name.span();
-            let node = options.shift_remove("node");
-            let kind = options.shift_remove("kind");
-            let node_id = match &node {
-                Some((toml::Value::String(n), span)) => match self.id_of(n) {
-                    Some(id) => Some(id),
-                    None => {
-                        let d = Diagnostic::new(
-                            "unknown-node",
-                            format!("materialize `{}`: no node is called `{n}`", name.get_ref()),
-                        )
-                        .at(self.label(span.clone(), "unknown node"))
-                        .help(did_you_mean(&closest(n, self.all_names())));
-                        self.error(d);
-                        None
-                    }
-                },
-                _ => {
-                    let d = Diagnostic::new(
-                        "bad-value",
-                        format!("materialize `{}` needs `node = \"<node name>\"`", name.get_ref()),
-                    )
-                    .at(self.label(sspan.clone(), "no `node`"));
+            let (name, span) = (name.get_ref(), name.span());
+            let mut options = settings(section.get_ref());
+            let node = match options.shift_remove("node") {
+                Some((toml::Value::String(n), nspan)) => self.id_of(&n).or_else(|| {
+                    let d = Diagnostic::new("unknown-node", format!("materialize `{name}`: no node is called `{n}`"))
+                        .at(self.label(nspan, "unknown node"))
+                        .help(did_you_mean(&closest(&n, self.all_names())));
                     self.error(d);
+                    None
+                }),
+                _ => {
+                    let message = format!("materialize `{name}` needs `node = \"<node name>\"`");
+                    self.error(Diagnostic::new("bad-value", message).at(self.label(span.clone(), "no `node`")));
                     None
                 }
             };
-            let kind = match kind {
-                Some((toml::Value::String(k), span)) => {
+            let kind = match options.shift_remove("kind") {
+                Some((toml::Value::String(k), kspan)) => {
                     let kinds = &self.opts.materializer_kinds;
                     if !kinds.is_empty() && !kinds.contains(&k) {
                         let d = Diagnostic::new(
                             "unknown-materializer",
-                            format!("materialize `{}`: unknown kind `{k}`", name.get_ref()),
+                            format!("materialize `{name}`: unknown kind `{k}`"),
                         )
-                        .at(self.label(span, "unknown kind"))
-                        .help(Some(format!("kinds: {}", kinds.join(", "))));
+                        .at(self.label(kspan, "unknown kind"))
+                        .help(format!("kinds: {}", kinds.join(", ")));
                         self.error(d);
                     }
                     k
                 }
                 _ => {
-                    let d = Diagnostic::new(
-                        "bad-value",
-                        format!("materialize `{}` needs `kind = \"ducklake\"` (or another kind)", name.get_ref()),
-                    )
-                    .at(self.label(sspan.clone(), "no `kind`"));
-                    self.error(d);
+                    let message = format!("materialize `{name}` needs `kind = \"ducklake\"` (or another kind)");
+                    self.error(Diagnostic::new("bad-value", message).at(self.label(span.clone(), "no `kind`")));
                     String::new()
                 }
             };
-            if let Some(node) = node_id {
-                out.push(MaterializeDecl { name: name.get_ref().clone(), node, kind, options, span: sspan });
+            if let Some(node) = node {
+                out.push(MaterializeDecl { name: name.clone(), node, kind, options, span });
             }
         }
         out
@@ -1270,37 +1051,37 @@ impl<'a> Builder<'a> {
         self.opts.outputs.is_some() || !self.opts.tags.is_empty()
     }
 
+    /// What to build: the requested outputs (or every declared node), the tagged nodes, and (unless the
+    /// command line selects) the materialized ones.
     fn targets(&mut self, raw: &'a RawFlow, materialize: &[MaterializeDecl]) -> Vec<NodeId> {
-        let requested: Option<Vec<(String, Range<usize>)>> = match &self.opts.outputs {
-            Some(outs) => Some(outs.iter().map(|o| (o.clone(), 0..0)).collect()),
+        let opts = self.opts;
+        let requested: Option<Vec<(&str, Range<usize>)>> = match &opts.outputs {
+            Some(outs) => Some(outs.iter().map(|o| (o.as_str(), 0..0)).collect()),
             None if self.selects() => Some(Vec::new()),
-            None => {
-                raw.flow.get_ref().outputs.as_ref().map(|o| o.iter().map(|s| (s.get_ref().clone(), s.span())).collect())
-            }
+            None => raw
+                .flow
+                .get_ref()
+                .outputs
+                .as_ref()
+                .map(|o| o.iter().map(|s| (s.get_ref().as_str(), s.span())).collect()),
         };
-        let mut targets = Vec::new();
-        match requested {
-            Some(list) => {
-                for (name, span) in list {
-                    match self.id_of(&name) {
-                        Some(id) => targets.push(id),
-                        None => {
-                            let mut d =
-                                Diagnostic::new("unknown-node", format!("output `{name}` is not a node of this flow"))
-                                    .help(did_you_mean(&closest(&name, self.all_names())));
-                            if !self.selects() {
-                                d = d.at(self.label(span, "unknown node"));
-                            }
-                            self.error(d);
-                        }
-                    }
-                }
-            }
-            None => {
-                targets.extend((0..self.nodes.len()).filter(|&i| self.nodes[i].as_ref().is_some_and(|n| n.declared)))
-            }
-        }
-        if !self.opts.tags.is_empty() {
+        let mut targets: Vec<NodeId> = match requested {
+            None => (0..self.nodes.len()).filter(|&i| self.nodes[i].as_ref().is_some_and(|n| n.declared)).collect(),
+            Some(list) => (list.into_iter())
+                .filter_map(|(name, span)| {
+                    self.id_of(name).or_else(|| {
+                        // a name given on the command line has no place in the file
+                        let at = (!self.selects()).then(|| self.label(span, "unknown node"));
+                        let d = Diagnostic::new("unknown-node", format!("output `{name}` is not a node of this flow"))
+                            .at(at)
+                            .help(did_you_mean(&closest(name, self.all_names())));
+                        self.error(d);
+                        None
+                    })
+                })
+                .collect(),
+        };
+        if !opts.tags.is_empty() {
             targets.extend(self.tagged());
         }
         if !self.selects() {
@@ -1338,18 +1119,6 @@ impl<'a> Builder<'a> {
 
 fn placeholder() -> Binding {
     Binding::literal(Arc::new(()), blake3::hash(b""), LiteralSource::Default)
-}
-
-fn within(blocks: &[Block], mut b: usize, ancestor: usize) -> bool {
-    loop {
-        if b == ancestor {
-            return true;
-        }
-        match blocks[b].parent {
-            Some(p) => b = p,
-            None => return false,
-        }
-    }
 }
 
 fn describe_toml(v: &toml::Value) -> String {
@@ -1399,44 +1168,131 @@ pub(crate) fn identity_of(value: &dyn crate::value::DynValue) -> Result<blake3::
     }
 }
 
-/// The nodes, producers first; else the graph's cycles ([`find_cycles`]).
-fn topological_order(graph: &DiGraph<NodeId, EdgeMode>) -> Result<Vec<NodeId>, Vec<Vec<NodeId>>> {
-    match petgraph::algo::toposort(graph, None) {
-        Ok(order) => Ok(order.into_iter().map(NodeIndex::index).collect()),
-        Err(_) => Err(find_cycles(graph)),
+/// Every node, producers first: the file's order when every node comes after what it reads (so a run
+/// follows the file), else a topological order; an error per cycle (printed as `a -> b -> a`).
+fn order(
+    src: &Arc<SourceFile>,
+    nodes: &[FlowNode],
+    graph: &DiGraph<NodeId, EdgeMode>,
+) -> Result<Vec<NodeId>, Diagnostics> {
+    let reads_later = |(i, n): (usize, &FlowNode)| {
+        n.args.iter().any(|a| matches!(a.binding, Binding::Node { node, .. } if node >= i))
+    };
+    if !nodes.iter().enumerate().any(reads_later) {
+        return Ok((0..nodes.len()).collect());
     }
+    if let Ok(order) = petgraph::algo::toposort(graph, None) {
+        return Ok(order.into_iter().map(NodeIndex::index).collect());
+    }
+    let errors = cycles(graph).into_iter().map(|cycle| {
+        let names: Vec<&str> = cycle.iter().map(|&i| &*nodes[i].name).collect();
+        let first = &nodes[cycle[0]];
+        let mut d = Diagnostic::new(
+            "cycle",
+            format!("cycle: {} -> {} (each node feeds the next)", names.join(" -> "), names[0]),
+        )
+        .node(&*first.name)
+        .at(Label::new(src, first.span.clone(), format!("`{}` is part of the cycle", first.name)))
+        .help(
+            "a node cannot depend on itself; rename a parameter or bind it elsewhere with inputs = { .. }".to_string(),
+        );
+        for &i in &cycle[1..] {
+            d = d.also(Label::new(src, nodes[i].span.clone(), format!("`{}`", nodes[i].name)));
+        }
+        d
+    });
+    Err(Diagnostics(errors.collect()))
 }
 
-/// One cycle per strongly connected component that has one, as node ids in path order.
-fn find_cycles(graph: &DiGraph<NodeId, EdgeMode>) -> Vec<Vec<NodeId>> {
+/// One cycle per strongly connected component that has one, as node ids in path order: from the
+/// component's first node, the shortest way back to it through its first successor in the component.
+fn cycles(graph: &DiGraph<NodeId, EdgeMode>) -> Vec<Vec<NodeId>> {
     let mut cycles = Vec::new();
     for scc in petgraph::algo::tarjan_scc(graph) {
-        let self_loop = scc.len() == 1 && graph.contains_edge(scc[0], scc[0]);
-        if scc.len() < 2 && !self_loop {
-            continue;
-        }
         let members: HashSet<NodeIndex> = scc.iter().copied().collect();
-        let start = *scc.iter().min().unwrap();
-        // iterative DFS for a path back to `start` inside the component
-        let mut path = vec![start];
-        let mut iters = vec![graph.neighbors(start).filter(|n| members.contains(n)).collect::<Vec<_>>()];
-        let mut visited: HashSet<NodeIndex> = [start].into_iter().collect();
-        'search: while let Some(next) = iters.last_mut().and_then(Vec::pop) {
-            if next == start {
-                break 'search;
-            }
-            if visited.insert(next) {
-                path.push(next);
-                iters.push(graph.neighbors(next).filter(|n| members.contains(n)).collect());
-            }
-            while iters.last().is_some_and(Vec::is_empty) {
-                iters.pop();
-                path.pop();
-            }
-        }
-        cycles.push(path.into_iter().map(|n| n.index()).collect());
+        let start = *scc.iter().min().expect("a component has a node");
+        // none in a component of one node that does not read itself
+        let Some(next) = graph.neighbors(start).find(|n| members.contains(n)) else { continue };
+        let component = NodeFiltered::from_fn(graph, |n| members.contains(&n));
+        let (_, path) = petgraph::algo::astar(&component, next, |n| n == start, |_| 1, |_| 0)
+            .expect("the nodes of a component reach each other");
+        let mut cycle: Vec<NodeId> = std::iter::once(start).chain(path).map(NodeIndex::index).collect();
+        cycle.pop(); // `start` again
+        cycles.push(cycle);
     }
     cycles
+}
+
+/// Places every node in its fan-out scope: the deepest of its inputs' (a fan-out's items open a scope, a
+/// fan-in closes one). The scopes, `[0]` the whole flow.
+fn scopes(src: &Arc<SourceFile>, nodes: &mut [FlowNode], order: &[NodeId]) -> Result<Vec<Block>, Diagnostics> {
+    let mut blocks = vec![Block { parent: None, expand: None }];
+    let mut child_of: HashMap<NodeId, usize> = HashMap::new();
+    let mut errors = Vec::new();
+    let error = |n: &FlowNode, message: String, label: &str| {
+        Diagnostic::new("fanout", message).node(&*n.name).at(Label::new(src, n.span.clone(), label))
+    };
+    for &n in order {
+        let (node, mut deepest, mut from) = (&nodes[n], 0, None);
+        for a in &node.args {
+            let Binding::Node { node: m, mode } = a.binding else { continue };
+            let b = match mode {
+                EdgeMode::Direct => nodes[m].block,
+                EdgeMode::Item => *child_of.entry(m).or_insert_with(|| {
+                    blocks.push(Block { parent: Some(nodes[m].block), expand: Some(m) });
+                    blocks.len() - 1
+                }),
+                EdgeMode::Collect => match blocks[nodes[m].block].parent {
+                    Some(p) => p,
+                    None => {
+                        let (name, other) = (&node.name, &nodes[m].name);
+                        let message =
+                            format!("node `{name}` collects `{other}`, but `{other}` is not inside a fan-out");
+                        errors.push(error(node, message, "collects here").help(format!(
+                            "take `{}` as a plain parameter, or make it depend on a node returning Parallel<T>",
+                            a.param
+                        )));
+                        continue;
+                    }
+                },
+            };
+            if within(&blocks, b, deepest) {
+                (deepest, from) = (b, Some(m));
+            } else if !within(&blocks, deepest, b) {
+                let other = from.map(|f| nodes[f].name.clone()).unwrap_or_default();
+                let message = format!(
+                    "node `{}` combines items of two different fan-outs (through `{other}` and `{}`)",
+                    node.name, nodes[m].name
+                );
+                errors.push(error(node, message, "mixes fan-outs").help(
+                    "collect one of them first (a Collect<T> parameter), or nest one fan-out in the other".to_string(),
+                ));
+            }
+        }
+        for a in &node.args {
+            if let Binding::Node { node: m, mode: EdgeMode::Collect } = a.binding
+                && let Some(parent) = blocks[nodes[m].block].parent
+                && parent != deepest
+            {
+                let (name, other) = (&node.name, &nodes[m].name);
+                let message = format!("node `{name}` collects `{other}` but also uses values from inside that fan-out");
+                errors.push(error(node, message, "here"));
+            }
+        }
+        nodes[n].block = deepest;
+    }
+    if errors.is_empty() { Ok(blocks) } else { Err(Diagnostics(errors)) }
+}
+
+/// Is scope `b` equal to or nested inside `ancestor`?
+fn within(blocks: &[Block], mut b: usize, ancestor: usize) -> bool {
+    while b != ancestor {
+        match blocks[b].parent {
+            Some(p) => b = p,
+            None => return false,
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -92,9 +92,9 @@ impl Diagnostic {
         Diagnostic { code, message: message.into(), node: None, primary: None, secondary: Vec::new(), help: None }
     }
 
-    /// Sets the primary location.
-    pub fn at(mut self, label: Label) -> Self {
-        self.primary = Some(label);
+    /// Sets the primary location, if any.
+    pub fn at(mut self, label: impl Into<Option<Label>>) -> Self {
+        self.primary = label.into();
         self
     }
 
