@@ -266,6 +266,18 @@ impl<'a> Builder<'a> {
         self.errors.push(d);
     }
 
+    /// An error about node `node`, pointing at `span` of the file.
+    fn node_error(
+        &self,
+        node: &str,
+        code: &'static str,
+        message: String,
+        span: Range<usize>,
+        label: impl Into<String>,
+    ) -> Diagnostic {
+        Diagnostic::new(code, message).node(node).at(self.label(span, label))
+    }
+
     fn run(&mut self, raw: &'a RawFlow) {
         self.load_config(raw);
         self.load_inputs(raw);
@@ -342,11 +354,8 @@ impl<'a> Builder<'a> {
                         .unwrap_or_else(|| format!("add `{key}` to [config]"));
                     let message =
                         format!("node `{node}`: `when` reads config key `{key}`, which [config] does not have");
-                    let d = Diagnostic::new("unknown-config-key", message)
-                        .node(node)
-                        .at(self.label(k.span(), "not in [config]"))
-                        .help(help);
-                    self.error(d);
+                    let d = self.node_error(node, "unknown-config-key", message, k.span(), "not in [config]");
+                    self.error(d.help(help));
                     all = false;
                 }
             }
@@ -502,10 +511,8 @@ impl<'a> Builder<'a> {
     fn resolve(&mut self, id: NodeId, decl: &Decl<'a>) -> Option<FlowNode> {
         if let Some((sql_text, sql_span)) = decl.sql.clone() {
             if let Some((_, fspan)) = &decl.function {
-                let d = Diagnostic::new("bad-value", format!("node `{}` has both `fn` and `sql`", decl.name))
-                    .node(&decl.name)
-                    .at(self.label(fspan.clone(), "remove `fn` or `sql`"));
-                self.error(d);
+                let message = format!("node `{}` has both `fn` and `sql`", decl.name);
+                self.error(self.node_error(&decl.name, "bad-value", message, fspan.clone(), "remove `fn` or `sql`"));
                 return None;
             }
             return Some(self.resolve_sql(id, decl, sql_text, sql_span));
@@ -515,13 +522,8 @@ impl<'a> Builder<'a> {
             Lookup::Found(def) => def,
             Lookup::Ambiguous(defs) => {
                 let paths: Vec<String> = defs.iter().map(|d| format!("`{}`", d.path())).collect();
-                let d = Diagnostic::new(
-                    "ambiguous-function",
-                    format!("node `{}`: several registered functions are called `{fname}`", decl.name),
-                )
-                .node(&decl.name)
-                .at(self.label(fspan, "ambiguous"))
-                .help(format!(
+                let message = format!("node `{}`: several registered functions are called `{fname}`", decl.name);
+                let d = self.node_error(&decl.name, "ambiguous-function", message, fspan, "ambiguous").help(format!(
                     "write the module too, e.g. fn = \"{}\" (candidates: {})",
                     defs[0]
                         .path()
@@ -552,14 +554,10 @@ impl<'a> Builder<'a> {
                     )
                 };
                 let what = if decl.declared { "node" } else { "name" };
-                let d = Diagnostic::new(
-                    "unknown-function",
-                    format!("{what} `{}` uses function `{fname}`, which is not a registered node", decl.name),
-                )
-                .node(&decl.name)
-                .at(self.label(fspan, "unknown function"))
-                .help(help);
-                self.error(d);
+                let message = format!("{what} `{}` uses function `{fname}`, which is not a registered node", decl.name);
+                self.error(
+                    self.node_error(&decl.name, "unknown-function", message, fspan, "unknown function").help(help),
+                );
                 return None;
             }
         };
@@ -570,14 +568,9 @@ impl<'a> Builder<'a> {
             if !def.params.iter().any(|p| p.name == *key) {
                 let help = did_you_mean(&closest(key, def.params.iter().map(|p| p.name)))
                     .unwrap_or_else(|| format!("its parameters are: {}", def.signature()));
-                let d = Diagnostic::new(
-                    "unknown-parameter",
-                    format!("node `{}`: function `{}` has no parameter `{key}`", decl.name, def.name),
-                )
-                .node(&decl.name)
-                .at(self.label(span.clone(), "no such parameter"))
-                .help(help);
-                self.error(d);
+                let message = format!("node `{}`: function `{}` has no parameter `{key}`", decl.name, def.name);
+                let d = self.node_error(&decl.name, "unknown-parameter", message, span.clone(), "no such parameter");
+                self.error(d.help(help));
             }
         }
         let args = (def.params.iter().enumerate())
@@ -620,14 +613,12 @@ impl<'a> Builder<'a> {
         if let Some((_, span)) = &decl.on_item_error
             && !collects
         {
-            let d = Diagnostic::new(
-                "on-item-error",
-                format!("node `{}` collects no fan-out, so `on_item_error` has nothing to do", decl.name),
-            )
-            .node(&decl.name)
-            .at(self.label(span.clone(), "only for a node with a Collect<T> parameter"))
-            .help("put on_item_error on the node that gathers the fan-out's items (its fan-in)".to_string());
-            self.error(d);
+            let message = format!("node `{}` collects no fan-out, so `on_item_error` has nothing to do", decl.name);
+            let label = "only for a node with a Collect<T> parameter";
+            let d = self.node_error(&decl.name, "on-item-error", message, span.clone(), label);
+            self.error(
+                d.help("put on_item_error on the node that gathers the fan-out's items (its fan-in)".to_string()),
+            );
         }
         node
     }
@@ -645,28 +636,23 @@ impl<'a> Builder<'a> {
             }
         }
         if let Some((k, (_, span))) = decl.params.first() {
-            let d = Diagnostic::new("unknown-parameter", format!("SQL node `{}` takes no `params` (`{k}`)", decl.name))
-                .node(&decl.name)
-                .at(self.label(span.clone(), "not used by SQL"))
-                .help("write literals into the query, or bind tables with inputs = { alias = \"node\" }".to_string());
-            self.error(d);
+            let message = format!("SQL node `{}` takes no `params` (`{k}`)", decl.name);
+            let d = self.node_error(&decl.name, "unknown-parameter", message, span.clone(), "not used by SQL");
+            self.error(
+                d.help("write literals into the query, or bind tables with inputs = { alias = \"node\" }".to_string()),
+            );
         }
         let args = (tables.into_iter().enumerate())
             .map(|(i, (table, source, span))| {
                 let binding = match self.node_ref(source, span.clone()) {
                     Some(producer) => self.edge(id, i, producer, span),
                     None => {
-                        let d = Diagnostic::new(
-                            "missing-input",
-                            format!(
-                                "SQL node `{}` binds table `{table}` to `{source}`, which is not a node",
-                                decl.name
-                            ),
-                        )
-                        .node(&decl.name)
-                        .at(self.label(span, "unknown node"))
-                        .help(did_you_mean(&closest(source, self.all_names())));
-                        self.error(d);
+                        let message = format!(
+                            "SQL node `{}` binds table `{table}` to `{source}`, which is not a node",
+                            decl.name
+                        );
+                        let d = self.node_error(&decl.name, "missing-input", message, span, "unknown node");
+                        self.error(d.help(did_you_mean(&closest(source, self.all_names()))));
                         placeholder()
                     }
                 };
@@ -768,13 +754,10 @@ impl<'a> Builder<'a> {
         let collect = matches!(kind, ParamKind::Collect(_));
         if let Some((value, span)) = decl.params.get(param) {
             if collect {
-                let d = Diagnostic::new(
-                    "bad-value",
-                    format!("node `{}`: parameter `{param}` collects a fan-out and cannot be a literal", decl.name),
-                )
-                .node(&decl.name)
-                .at(self.label(span.clone(), "literal for a Collect parameter"));
-                self.error(d);
+                let message =
+                    format!("node `{}`: parameter `{param}` collects a fan-out and cannot be a literal", decl.name);
+                let label = "literal for a Collect parameter";
+                self.error(self.node_error(&decl.name, "bad-value", message, span.clone(), label));
                 return None;
             }
             return self.literal(&decl.name, param, ty, value, Some(span.clone()), LiteralSource::Param);
@@ -795,14 +778,9 @@ impl<'a> Builder<'a> {
             if let Some(entry) = self.inputs.get(source) {
                 let ispan = entry.span.clone();
                 let Some((value, vspan)) = entry.value.clone() else {
-                    let d = Diagnostic::new(
-                        "missing-input",
-                        format!("node `{}` reads input `{source}`, which has no value", decl.name),
-                    )
-                    .node(&decl.name)
-                    .at(self.label(ispan, "declared without a default"))
-                    .help(format!("pass --input {source}=VALUE, or give it a default"));
-                    self.error(d);
+                    let message = format!("node `{}` reads input `{source}`, which has no value", decl.name);
+                    let d = self.node_error(&decl.name, "missing-input", message, ispan, "declared without a default");
+                    self.error(d.help(format!("pass --input {source}=VALUE, or give it a default")));
                     return None;
                 };
                 let input = LiteralSource::Input(source.to_string());
@@ -842,18 +820,13 @@ impl<'a> Builder<'a> {
             }
         });
         let what = if explicit { format!("is bound to `{source}`, which") } else { "needs a value, but".to_string() };
-        let d = Diagnostic::new(
-            "missing-input",
-            format!(
-                "node `{}`: parameter `{param}` ({}) {what} no node, config value or input is called `{source}`",
-                decl.name,
-                ty.short_name()
-            ),
-        )
-        .node(&decl.name)
-        .at(self.label(span, format!("`{source}` is not defined")))
-        .help(help);
-        self.error(d);
+        let message = format!(
+            "node `{}`: parameter `{param}` ({}) {what} no node, config value or input is called `{source}`",
+            decl.name,
+            ty.short_name()
+        );
+        let d = self.node_error(&decl.name, "missing-input", message, span, format!("`{source}` is not defined"));
+        self.error(d.help(help));
         None
     }
 
@@ -869,10 +842,8 @@ impl<'a> Builder<'a> {
                 crate::checks::validate(check).err()
             };
             if let Some(problem) = problem {
-                let d = Diagnostic::new("bad-check", format!("node `{}`: {problem}", decl.name))
-                    .node(&decl.name)
-                    .at(self.label(span.clone(), "this check"));
-                self.error(d);
+                let message = format!("node `{}`: {problem}", decl.name);
+                self.error(self.node_error(&decl.name, "bad-check", message, span.clone(), "this check"));
             }
         }
     }
@@ -962,20 +933,17 @@ impl<'a> Builder<'a> {
             let (OutputKind::Value(got) | OutputKind::Parallel { list: got, .. }) = produced;
             let got = got.short_name();
             let param = &consumer.args[e.arg].param;
-            let d = Diagnostic::new(
-                "type-mismatch",
-                format!(
-                    "type mismatch: node `{}` parameter `{param}` expects `{want}`, but node `{}` returns `{got}`{hint}",
-                    consumer.name, producer.name
-                ),
-            )
-            .node(&*consumer.name)
-            .at(self.label(e.span.clone(), format!("expects `{want}`")))
-            .also(self.label(producer.span.clone(), format!("`{}` returns `{got}`", producer.name)))
-            .help(format!(
+            let message = format!(
+                "type mismatch: node `{}` parameter `{param}` expects `{want}`, but node `{}` returns `{got}`{hint}",
+                consumer.name, producer.name
+            );
+            let expects = format!("expects `{want}`");
+            let returns = self.label(producer.span.clone(), format!("`{}` returns `{got}`", producer.name));
+            let help = format!(
                 "change one of the two types, or bind `{param}` to another node with inputs = {{ {param} = \"...\" }}"
-            ));
-            self.error(d);
+            );
+            let d = self.node_error(&consumer.name, "type-mismatch", message, e.span.clone(), expects).also(returns);
+            self.error(d.help(help));
         }
     }
 
@@ -1187,15 +1155,12 @@ fn order(
     let errors = cycles(graph).into_iter().map(|cycle| {
         let names: Vec<&str> = cycle.iter().map(|&i| &*nodes[i].name).collect();
         let first = &nodes[cycle[0]];
-        let mut d = Diagnostic::new(
-            "cycle",
-            format!("cycle: {} -> {} (each node feeds the next)", names.join(" -> "), names[0]),
-        )
-        .node(&*first.name)
-        .at(Label::new(src, first.span.clone(), format!("`{}` is part of the cycle", first.name)))
-        .help(
-            "a node cannot depend on itself; rename a parameter or bind it elsewhere with inputs = { .. }".to_string(),
-        );
+        let message = format!("cycle: {} -> {} (each node feeds the next)", names.join(" -> "), names[0]);
+        let help = "a node cannot depend on itself; rename a parameter or bind it elsewhere with inputs = { .. }";
+        let mut d = Diagnostic::new("cycle", message)
+            .node(&*first.name)
+            .at(Label::new(src, first.span.clone(), format!("`{}` is part of the cycle", first.name)))
+            .help(help.to_string());
         for &i in &cycle[1..] {
             d = d.also(Label::new(src, nodes[i].span.clone(), format!("`{}`", nodes[i].name)));
         }
