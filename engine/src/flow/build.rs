@@ -486,22 +486,21 @@ impl<'a> Builder<'a> {
 
     /// `[flow] outputs` and materialize targets may name registered functions that are not declared.
     fn resolve_targets_early(&mut self, raw: &'a RawFlow) {
-        let mut names: Vec<(String, Range<usize>)> = match &self.opts.outputs {
-            Some(outs) => outs.iter().map(|o| (o.clone(), raw.flow.span())).collect(),
-            None => raw.flow.get_ref().outputs.iter().flatten().map(|o| (o.get_ref().clone(), o.span())).collect(),
+        let opts = self.opts;
+        let mut names: Vec<(&str, Range<usize>)> = match &opts.outputs {
+            Some(outs) => outs.iter().map(|o| (o.as_str(), raw.flow.span())).collect(),
+            None => raw.flow.get_ref().outputs.iter().flatten().map(|o| (o.get_ref().as_str(), o.span())).collect(),
         };
         for (_, section) in &raw.materialize {
             if let Some((_, node)) = section.get_ref().iter().find(|(k, _)| k.get_ref() == "node")
                 && let toml::Value::String(s) = node.get_ref()
             {
-                names.push((s.clone(), node.span()));
+                names.push((s, node.span()));
             }
         }
         for (name, span) in names {
-            if self.id_of(&name).is_none()
-                && let Lookup::Found(_) = self.opts.registry.lookup(&name, &self.scope)
-            {
-                self.push_decl(Decl::auto(&name, span));
+            if self.id_of(name).is_none() && self.registered(name) {
+                self.push_decl(Decl::auto(name, span));
             }
         }
     }
@@ -625,9 +624,7 @@ impl<'a> Builder<'a> {
 
     fn resolve_sql(&mut self, id: NodeId, decl: &Decl<'a>, sql_text: &str, sql_span: Range<usize>) -> FlowNode {
         // its tables: those `inputs` binds (alias -> node), then the nodes the query names
-        let known =
-            |n: &str| self.id_of(n).is_some() || matches!(self.opts.registry.lookup(n, &self.scope), Lookup::Found(_));
-        let named = sql::referenced_tables(sql_text, known);
+        let named = sql::referenced_tables(sql_text, |n| self.id_of(n).is_some() || self.registered(n));
         let mut tables: Vec<(&str, &str, Range<usize>)> =
             decl.inputs.iter().map(|(alias, (source, span))| (*alias, *source, span.clone())).collect();
         for t in &named {
@@ -676,13 +673,13 @@ impl<'a> Builder<'a> {
         if let Some(id) = self.id_of(name) {
             return Some(id);
         }
-        if self.config.contains_key(name) || self.inputs.contains_key(name) {
-            return None;
-        }
-        match self.opts.registry.lookup(name, &self.scope) {
-            Lookup::Found(_) => Some(self.push_decl(Decl::auto(name, span))),
-            _ => None,
-        }
+        let config_or_input = self.config.contains_key(name) || self.inputs.contains_key(name);
+        (!config_or_input && self.registered(name)).then(|| self.push_decl(Decl::auto(name, span)))
+    }
+
+    /// Is `name` a registered function in the flow's modules?
+    fn registered(&self, name: &str) -> bool {
+        matches!(self.opts.registry.lookup(name, &self.scope), Lookup::Found(_))
     }
 
     /// The place in the file of the entry of config table `key` that `message` names first in backticks, for
@@ -1089,14 +1086,15 @@ fn placeholder() -> Binding {
     Binding::literal(Arc::new(()), blake3::hash(b""), LiteralSource::Default)
 }
 
+/// A TOML value for an error message, e.g. `a string "ten"` (long values cut after 40 bytes).
 fn describe_toml(v: &toml::Value) -> String {
-    let shown = v.to_string();
-    let shown = if shown.len() > 40 { format!("{}...", &shown[..40]) } else { shown };
-    format!("{} {shown}", article(v.type_str()))
-}
-
-fn article(t: &str) -> String {
-    if t.starts_with(['a', 'e', 'i', 'o', 'u']) { format!("an {t}") } else { format!("a {t}") }
+    let mut shown = v.to_string();
+    if shown.len() > 40 {
+        shown.truncate((0..=40).rev().find(|&i| shown.is_char_boundary(i)).unwrap_or(0));
+        shown.push_str("...");
+    }
+    let t = v.type_str();
+    format!("{} {t} {shown}", if t.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" })
 }
 
 fn cli_input_value(raw: &str) -> toml::Value {
@@ -1250,14 +1248,8 @@ fn scopes(src: &Arc<SourceFile>, nodes: &mut [FlowNode], order: &[NodeId]) -> Re
 }
 
 /// Is scope `b` equal to or nested inside `ancestor`?
-fn within(blocks: &[Block], mut b: usize, ancestor: usize) -> bool {
-    while b != ancestor {
-        match blocks[b].parent {
-            Some(p) => b = p,
-            None => return false,
-        }
-    }
-    true
+fn within(blocks: &[Block], b: usize, ancestor: usize) -> bool {
+    std::iter::successors(Some(b), |&b| blocks[b].parent).any(|b| b == ancestor)
 }
 
 #[cfg(test)]
