@@ -662,4 +662,9 @@ mode = "append"
     let overwritten = s.run(&["--json", "run", "flow.toml", "--mirror", &only_india.display().to_string()]).ok();
     assert_eq!(statuses(&overwritten), ["pv unchanged", "counts written, version 3"]);
     assert_eq!(read("counts.lance")["at"], serde_json::json!({"1": 2, "2": 3, "3": 1}));
+    // and back to append: the row appended in version 2 went with the overwrite, so it is appended again
+    s.write("flow.toml", &flow);
+    let appended = s.run(&["--json", "run", "flow.toml", "--mirror", &only_india.display().to_string()]).ok();
+    assert_eq!(statuses(&appended), ["pv unchanged", "counts written, version 4"]);
+    assert_eq!(read("counts.lance")["at"], serde_json::json!({"1": 2, "2": 3, "3": 1, "4": 2}));
 }

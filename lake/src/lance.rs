@@ -41,7 +41,7 @@ impl LanceMode {
 
 /// Commits `table` to the Lance dataset at `dest` (a local directory or `s3://bucket/key.lance`) as one
 /// new version; returns that version.
-pub fn write(table: &Table, dest: &str, mode: LanceMode, storage: &StorageConfig) -> Result<u64> {
+fn write(table: &Table, dest: &str, mode: LanceMode, storage: &StorageConfig) -> Result<u64> {
     let duck = Duck::in_memory()?;
     extensions::ensure(&duck, "lance", &ExtensionSources::from_env())?;
     if flowrun_storage::is_remote(dest) {
@@ -73,31 +73,63 @@ pub fn latest_version(dest: &str, storage: &StorageConfig) -> Result<Option<u64>
     Ok(names.iter().filter_map(|n| version_of(n)).max())
 }
 
-/// The version the commit of value `identity` in `mode` made, as the dataset records it, if it does.
+/// The version the commit of value `identity` in `mode` made, as the dataset records it, if that commit's
+/// rows are still in the dataset's newest version `latest`.
 ///
 /// flowrun keeps this record in the dataset itself, `_flowrun/<mode>/<identity>` beside Lance's own
 /// directories (Lance ignores it), written right after the commit: so any machine, working directory or
-/// cache that writes the dataset sees what was committed, as DuckLake's ledger does for lake tables. (The
-/// record is not in Lance's commit: a run killed between the two appends its value again on its rerun.)
-pub fn recorded(dest: &str, mode: LanceMode, identity: &str, storage: &StorageConfig) -> Result<Option<u64>> {
-    let key = record_key(mode, identity);
+/// cache that writes the dataset sees what was committed, as DuckLake's ledger does for lake tables. An
+/// overwrite holds only while it is the newest version; an append until flowrun overwrites the dataset
+/// (`_flowrun/overwritten`, written before an overwrite commits). The records are not in Lance's commit:
+/// a run killed between commit and record appends its value again on its rerun, and a run killed between
+/// `_flowrun/overwritten` and the overwrite appends again what was appended before. A dataset overwritten
+/// by another tool is seen by `overwrite` (its newest version moved) but not by `append`.
+pub fn recorded(
+    dest: &str,
+    mode: LanceMode,
+    identity: &str,
+    latest: u64,
+    storage: &StorageConfig,
+) -> Result<Option<u64>> {
+    let Some(made) = read_record(dest, &record_key(mode, identity), storage)? else { return Ok(None) };
+    let holds = match mode {
+        LanceMode::Overwrite => latest == made,
+        LanceMode::Append => latest >= made && made >= read_record(dest, OVERWRITTEN, storage)?.unwrap_or(0),
+    };
+    Ok(holds.then_some(made))
+}
+
+/// Commits `table` (see [`write`]) and records the commit (see [`recorded`]); returns the new version.
+pub fn commit(table: &Table, dest: &str, mode: LanceMode, identity: &str, storage: &StorageConfig) -> Result<u64> {
+    if mode == LanceMode::Overwrite {
+        // the version this overwrite makes (versions count up by one): every append before it is gone
+        let next = latest_version(dest, storage)?.map_or(1, |v| v + 1);
+        write_record(dest, OVERWRITTEN, next, storage)?;
+    }
+    let version = write(table, dest, mode, storage)?;
+    write_record(dest, &record_key(mode, identity), version, storage)?;
+    Ok(version)
+}
+
+/// The record of the last overwrite flowrun made (see [`recorded`]).
+const OVERWRITTEN: &str = "_flowrun/overwritten";
+
+fn read_record(dest: &str, key: &str, storage: &StorageConfig) -> Result<Option<u64>> {
     let text = if flowrun_storage::is_remote(dest) {
         let (bucket, path) = bucket_of(dest, storage)?;
         bucket.get(&format!("{path}/{key}"))?.map(|b| String::from_utf8_lossy(&b).into_owned())
     } else {
-        std::fs::read_to_string(std::path::Path::new(dest).join(&key)).ok()
+        std::fs::read_to_string(std::path::Path::new(dest).join(key)).ok()
     };
     Ok(text.and_then(|t| t.trim().parse().ok()))
 }
 
-/// Records that the commit of `identity` in `mode` made `version` (see [`recorded`]).
-pub fn record(dest: &str, mode: LanceMode, identity: &str, version: u64, storage: &StorageConfig) -> Result<()> {
-    let key = record_key(mode, identity);
+fn write_record(dest: &str, key: &str, version: u64, storage: &StorageConfig) -> Result<()> {
     if flowrun_storage::is_remote(dest) {
         let (bucket, path) = bucket_of(dest, storage)?;
         bucket.put(&format!("{path}/{key}"), version.to_string().into_bytes())
     } else {
-        let file = std::path::Path::new(dest).join(&key);
+        let file = std::path::Path::new(dest).join(key);
         std::fs::create_dir_all(file.parent().unwrap_or(std::path::Path::new(dest)))?;
         std::fs::write(&file, version.to_string()).with_context(|| format!("cannot write {}", file.display()))
     }

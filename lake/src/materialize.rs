@@ -605,23 +605,17 @@ pub fn materialize(
         let in_dataset = |what: &str| format!("materialization `{section}` ({what} {where_})");
         let latest = lance::latest_version(&where_, &storage).with_context(|| in_dataset("listing"))?;
         let made = match latest {
-            Some(_) => lance::recorded(&where_, mode, &identity, &storage).with_context(|| in_dataset("reading"))?,
+            Some(latest) => {
+                lance::recorded(&where_, mode, &identity, latest, &storage).with_context(|| in_dataset("reading"))?
+            }
             None => None,
         };
-        // overwrite: the dataset is still at the version this value made; append: it still has that version
-        let unchanged = match (made, latest) {
-            (Some(made), Some(latest)) => match mode {
-                LanceMode::Overwrite => latest == made,
-                LanceMode::Append => latest >= made,
-            },
-            _ => false,
-        };
-        let status = if unchanged {
+        let status = if made.is_some() {
             "unchanged".to_string()
         } else {
             let value = table_of(o, &section)?;
-            let version = lance::write(&value, &where_, mode, &storage).with_context(|| in_dataset("writing"))?;
-            lance::record(&where_, mode, &identity, version, &storage).with_context(|| in_dataset("recording"))?;
+            let version =
+                lance::commit(&value, &where_, mode, &identity, &storage).with_context(|| in_dataset("writing"))?;
             format!("written, version {version}")
         };
         out.targets.push(TargetReport { section, kind: "lance".into(), destination: where_, rows: rows_of(o), status });
