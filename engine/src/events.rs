@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::flow::CacheMode;
 
 /// What happened to one node run (one per fan-out item for nodes inside a fan-out).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// The node ran.
@@ -20,6 +20,7 @@ pub enum Status {
     /// It ran and failed (or its checks failed).
     Failed,
     /// Not run: something upstream failed.
+    #[default]
     Skipped,
     /// Not run: `--fail-fast` stopped the run.
     Cancelled,
@@ -118,7 +119,7 @@ impl fmt::Display for Reason {
 }
 
 /// The outcome of one node run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct NodeReport {
     /// Display name: `node`, or `node[item]` inside a fan-out.
     #[serde(serialize_with = "ser_str")]
@@ -160,21 +161,7 @@ pub struct NodeReport {
 impl NodeReport {
     /// A report of node `node` run as `name`, with nothing more to say yet.
     pub fn new(name: Arc<str>, node: Arc<str>, item: Option<Arc<str>>, status: Status) -> NodeReport {
-        NodeReport {
-            name,
-            node,
-            item,
-            status,
-            reasons: Vec::new(),
-            duration: Duration::ZERO,
-            rows: None,
-            key: None,
-            inputs: Vec::new(),
-            error: Vec::new(),
-            warnings: Vec::new(),
-            left_out: Vec::new(),
-            notes: Vec::new(),
-        }
+        NodeReport { name, node, item, status, ..NodeReport::default() }
     }
 }
 

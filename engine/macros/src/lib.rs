@@ -7,9 +7,10 @@ mod code;
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
 use syn::{
-    Expr, ExprLit, FnArg, GenericArgument, ItemFn, Lit, Meta, Pat, PathArguments, ReturnType, Type, parse_macro_input,
+    Expr, ExprLit, FnArg, GenericArgument, ItemFn, Lit, Pat, PathArguments, ReturnType, Type, parse_macro_input,
 };
 
 const NODE_OPTIONS: &str = "name, version, tags, code";
@@ -17,9 +18,11 @@ const NODE_OPTIONS: &str = "name, version, tags, code";
 /// Registers a plain function as a flowrun node. See `flowrun_engine::node` for the full documentation.
 #[proc_macro_attribute]
 pub fn node(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut options = NodeOptions::default();
+    let parser = syn::meta::parser(|meta| options.parse(meta));
+    parse_macro_input!(attr with parser);
     let func = parse_macro_input!(item as ItemFn);
-    let expanded = NodeOptions::parse(attr.into()).and_then(|options| expand_node(func, options));
-    expanded.unwrap_or_else(|e| e.to_compile_error()).into()
+    expand_node(func, options).unwrap_or_else(|e| e.to_compile_error()).into()
 }
 
 #[derive(Default)]
@@ -32,69 +35,55 @@ struct NodeOptions {
 }
 
 impl NodeOptions {
-    fn parse(attr: TokenStream2) -> syn::Result<Self> {
-        let mut out = NodeOptions::default();
-        if attr.is_empty() {
-            return Ok(out);
-        }
-        let metas =
-            syn::parse::Parser::parse2(syn::punctuated::Punctuated::<Meta, syn::Token![,]>::parse_terminated, attr)?;
-        for meta in metas {
-            let ident = meta.path().get_ident().map(|i| i.to_string()).unwrap_or_default();
-            match (ident.as_str(), &meta) {
-                ("name", Meta::NameValue(nv)) => out.name = Some(lit_str(&nv.value)?),
-                ("version", Meta::NameValue(nv)) => match &nv.value {
-                    Expr::Lit(ExprLit { lit: Lit::Int(i), .. }) => out.version = Some(i.base10_parse()?),
-                    other => return Err(syn::Error::new(other.span(), "`version` takes an integer, e.g. version = 2")),
-                },
-                ("tags", Meta::List(list)) => {
-                    let pairs = list.parse_args_with(
-                        syn::punctuated::Punctuated::<syn::MetaNameValue, syn::Token![,]>::parse_terminated,
-                    )?;
-                    for pair in pairs {
-                        let key = pair
-                            .path
-                            .get_ident()
-                            .ok_or_else(|| syn::Error::new(pair.path.span(), "tag names are plain identifiers"))?
-                            .to_string();
-                        out.tags.push((key, lit_str(&pair.value)?));
-                    }
-                }
-                ("code", Meta::NameValue(nv)) => match lit_str(&nv.value)?.as_str() {
-                    "crate" => out.fn_only = false,
-                    "fn" => out.fn_only = true,
+    /// One option of `#[node(...)]`.
+    fn parse(&mut self, meta: ParseNestedMeta) -> syn::Result<()> {
+        let ident = meta.path.get_ident().map(|i| i.to_string()).unwrap_or_default();
+        let malformed = |e: syn::Error| {
+            let write = "write name = \"x\", version = 2, tags(layer = \"raw\"), code = \"fn\"";
+            syn::Error::new(e.span(), format!("malformed `{ident}` ({e}); {write}"))
+        };
+        match ident.as_str() {
+            "name" => self.name = Some(lit_str(&meta.value().map_err(malformed)?.parse()?)?),
+            "version" => match meta.value().map_err(malformed)?.parse()? {
+                Expr::Lit(ExprLit { lit: Lit::Int(i), .. }) => self.version = Some(i.base10_parse()?),
+                other => return error(other, "`version` takes an integer, e.g. version = 2"),
+            },
+            "tags" => meta
+                .parse_nested_meta(|tag| {
+                    let key = tag.path.get_ident().ok_or_else(|| tag.error("tag names are plain identifiers"))?;
+                    self.tags.push((key.to_string(), lit_str(&tag.value()?.parse()?)?));
+                    Ok(())
+                })
+                .map_err(malformed)?,
+            "code" => {
+                let value: Expr = meta.value().map_err(malformed)?.parse()?;
+                self.fn_only = match lit_str(&value)?.as_str() {
+                    "crate" => false,
+                    "fn" => true,
                     _ => {
-                        return Err(syn::Error::new(
-                            nv.value.span(),
+                        return error(
+                            value,
                             "`code` is \"crate\" (the default: the function, its crate's code and dependencies) \
                              or \"fn\" (the function's own tokens only)",
-                        ));
+                        );
                     }
-                },
-                ("name" | "version" | "tags" | "code", _) => {
-                    return Err(syn::Error::new(
-                        meta.span(),
-                        format!(
-                            "malformed `{ident}`; write name = \"x\", version = 2, tags(layer = \"raw\"), code = \"fn\""
-                        ),
-                    ));
-                }
-                _ => {
-                    return Err(syn::Error::new(
-                        meta.path().span(),
-                        format!("unknown #[node] option `{ident}`; expected one of: {NODE_OPTIONS}"),
-                    ));
                 }
             }
+            _ => return Err(meta.error(format!("unknown #[node] option `{ident}`; expected one of: {NODE_OPTIONS}"))),
         }
-        Ok(out)
+        Ok(())
     }
+}
+
+/// An error at `at`.
+fn error<T>(at: impl ToTokens, message: impl std::fmt::Display) -> syn::Result<T> {
+    Err(syn::Error::new_spanned(at, message))
 }
 
 fn lit_str(expr: &Expr) -> syn::Result<String> {
     match expr {
         Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Ok(s.value()),
-        other => Err(syn::Error::new(other.span(), "expected a string literal")),
+        other => error(other, "expected a string literal"),
     }
 }
 
@@ -114,33 +103,22 @@ fn wrapper<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
 }
 
 fn doc_of(attrs: &[syn::Attribute]) -> String {
-    let lines: Vec<String> = attrs
-        .iter()
-        .filter_map(|attr| match &attr.meta {
-            Meta::NameValue(nv) if nv.path.is_ident("doc") => lit_str(&nv.value).ok(),
-            _ => None,
-        })
-        .map(|line| line.trim().to_string())
-        .collect();
-    lines.join("\n").trim().to_string()
+    let doc = attrs.iter().filter(|a| a.path().is_ident("doc"));
+    let lines: Vec<String> = doc.filter_map(|a| lit_str(&a.meta.require_name_value().ok()?.value).ok()).collect();
+    lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join("\n").trim().to_string()
 }
 
 fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> {
     let sig = &func.sig;
     if let Some(a) = &sig.asyncness {
-        return Err(syn::Error::new(
-            a.span(),
-            "a node is a plain synchronous function; flowrun runs nodes on its own threads",
-        ));
+        return error(a, "a node is a plain synchronous function; flowrun runs nodes on its own threads");
     }
     if !sig.generics.params.is_empty() {
-        return Err(syn::Error::new(
-            sig.generics.span(),
-            "a node cannot be generic: its parameter and output types are checked against the flow before it runs",
-        ));
+        let why = "its parameter and output types are checked against the flow before it runs";
+        return error(&sig.generics, format!("a node cannot be generic: {why}"));
     }
     if let Some(v) = &sig.variadic {
-        return Err(syn::Error::new(v.span(), "a node cannot be variadic"));
+        return error(v, "a node cannot be variadic");
     }
     let p = quote!(::flowrun_engine::__private);
     let fn_ident = &sig.ident;
@@ -152,16 +130,13 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
     let mut call_args = Vec::new();
     for (i, input) in sig.inputs.iter().enumerate() {
         let FnArg::Typed(pt) = input else {
-            return Err(syn::Error::new(
-                input.span(),
-                "a node is a free function; `self` parameters are not supported",
-            ));
+            return error(input, "a node is a free function; `self` parameters are not supported");
         };
         let Pat::Ident(pat) = &*pt.pat else {
-            return Err(syn::Error::new(
-                pt.pat.span(),
+            return error(
+                &pt.pat,
                 "node parameters must be plain names: the name is the edge (the node or value it reads)",
-            ));
+            );
         };
         let pname = pat.ident.to_string();
         let pname = pname.strip_prefix("r#").unwrap_or(&pname).to_string();
@@ -171,15 +146,15 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
         let ty = &*pt.ty;
         let span = ty.span();
         if let Type::ImplTrait(_) = ty {
-            return Err(syn::Error::new(span, "`impl Trait` parameters are not supported; name a concrete type"));
+            return error(ty, "`impl Trait` parameters are not supported; name a concrete type");
         }
         // the parameter's kind, the value type it reads, and how the generated call takes it
         let (kind, value_ty, take, arg) = if let Type::Reference(r) = ty {
             if r.mutability.is_some() {
-                return Err(syn::Error::new(span, "a node cannot take `&mut`: its inputs are shared with other nodes"));
+                return error(ty, "a node cannot take `&mut`: its inputs are shared with other nodes");
             }
             if wrapper(&r.elem, "Collect").is_some() {
-                return Err(syn::Error::new(span, "take `Collect<T>` by value, not by reference"));
+                return error(ty, "take `Collect<T>` by value, not by reference");
             }
             (quote!(Value), &*r.elem, quote!(arg_ref), quote!(&#local))
         } else if let Some(item) = wrapper(ty, "Collect") {
@@ -269,7 +244,7 @@ pub fn derive_value(item: TokenStream) -> TokenStream {
 
 fn expand_value(input: syn::DeriveInput) -> syn::Result<TokenStream2> {
     if !input.generics.params.is_empty() {
-        return Err(syn::Error::new(input.generics.span(), "#[derive(Value)] supports types without generics"));
+        return error(&input.generics, "#[derive(Value)] supports types without generics");
     }
     let mut label: Option<syn::Ident> = None;
     for attr in &input.attrs {
