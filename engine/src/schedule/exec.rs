@@ -25,9 +25,9 @@ use flowrun_cache::{
     StoredKey,
 };
 
-use super::RunOptions;
 use super::lazy::{Lazy, LoadError};
 use super::plan::{PNode, Plan};
+use super::{OutputItem, RunOptions};
 use crate::Table;
 use crate::ctx::{self, NodeCx};
 use crate::events::{CodeChange, Event, NodeReport, Reason, Status};
@@ -102,14 +102,6 @@ impl Child {
     }
 }
 
-/// A pinned result, reported to the caller.
-pub(crate) struct Output {
-    pub node: usize,
-    pub path: Vec<u32>,
-    pub label: Option<Arc<str>>,
-    pub done: Done,
-}
-
 pub(crate) struct Exec<'p, 'f> {
     plan: &'p Plan<'f>,
     opts: &'p RunOptions,
@@ -119,7 +111,8 @@ pub(crate) struct Exec<'p, 'f> {
     pub progressed: AtomicBool,
     pub failed: AtomicBool,
     pub reports: Mutex<Vec<NodeReport>>,
-    pub outputs: Mutex<Vec<Output>>,
+    /// The pinned results, with their flow node and item path (to be sorted by).
+    pub outputs: Mutex<Vec<(usize, Vec<u32>, OutputItem)>>,
     /// Node states after the flow's last run, by display name (empty without a cache).
     states: HashMap<String, NodeState>,
 }
@@ -202,20 +195,16 @@ impl<'p, 'f> Exec<'p, 'f> {
         ready
     }
 
-    fn instance_of<'a>(&self, mut inst: &'a Arc<Instance>, block: usize) -> &'a Arc<Instance> {
-        while inst.block != block {
-            inst = inst.parent.as_ref().expect("enclosing instance exists");
-        }
-        inst
+    /// The instance of block `block` that encloses `inst` (or is it).
+    fn instance_of<'a>(&self, inst: &'a Arc<Instance>, block: usize) -> &'a Arc<Instance> {
+        std::iter::successors(Some(inst), |i| i.parent.as_ref()).find(|i| i.block == block).expect("enclosing instance")
     }
 
-    fn item_of<'a>(&self, mut inst: &'a Arc<Instance>, expand: usize) -> &'a Done {
-        loop {
-            if self.plan.blocks[inst.block].expand == Some(expand) {
-                return inst.item.as_ref().expect("fan-out instances have an item");
-            }
-            inst = inst.parent.as_ref().expect("enclosing fan-out instance exists");
-        }
+    /// The item of the instance of `expand`'s child block that encloses `inst` (or is it).
+    fn item_of<'a>(&self, inst: &'a Arc<Instance>, expand: usize) -> &'a Done {
+        let mut enclosing = std::iter::successors(Some(inst), |i| i.parent.as_ref());
+        let owner = enclosing.find(|i| self.plan.blocks[i.block].expand == Some(expand)).expect("enclosing instance");
+        owner.item.as_ref().expect("fan-out instances have an item")
     }
 
     fn node_name(&self, pid: usize) -> &'p Arc<str> {
@@ -358,8 +347,10 @@ impl<'p, 'f> Exec<'p, 'f> {
         };
         report.duration = start.elapsed();
         if let (Slot::Ok(done), true) = (&outcome, pn.pinned) {
-            let (path, label, done) = (inst.path.clone(), inst.label.clone(), done.clone());
-            self.outputs.lock().unwrap().push(Output { node: pn.id, path, label, done });
+            let item = inst.label.as_deref().map(String::from);
+            let output =
+                OutputItem { node: fnode.name.clone(), item, value: done.value.clone(), identity: done.identity };
+            self.outputs.lock().unwrap().push((pn.id, inst.path.clone(), output));
         }
         self.report(report);
         self.finish(&inst, local, outcome, ready);

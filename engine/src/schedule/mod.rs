@@ -224,24 +224,16 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
     let mut outputs = exec.outputs.into_inner().unwrap();
     // outputs in the order the targets were asked for, items in item order
     let mut rank = vec![usize::MAX; flow.nodes.len()];
-    for (i, &t) in targets.iter().enumerate() {
-        rank[t] = rank[t].min(i);
+    for (i, &t) in targets.iter().enumerate().rev() {
+        rank[t] = i;
     }
-    outputs.sort_by(|a, b| rank[a.node].cmp(&rank[b.node]).then_with(|| a.path.cmp(&b.path)));
+    outputs.sort_by(|a, b| (rank[a.0], &a.1).cmp(&(rank[b.0], &b.1)));
     let report = RunReport {
         run_id,
         flow: flow.name.clone(),
         status,
         nodes,
-        outputs: outputs
-            .into_iter()
-            .map(|o| OutputItem {
-                node: flow.nodes[o.node].name.clone(),
-                item: o.label.map(|l| l.to_string()),
-                value: o.done.value,
-                identity: o.done.identity,
-            })
-            .collect(),
+        outputs: outputs.into_iter().map(|(_, _, o)| o).collect(),
         started_ms,
         finished_ms: now_ms(),
         jobs,
@@ -312,11 +304,8 @@ pub fn run_record(report: &RunReport, flow_path: &str) -> RunRecord {
         flow_path: flow_path.to_string(),
         started_ms: report.started_ms,
         finished_ms: report.finished_ms,
-        status: match report.status {
-            RunStatus::Ok => "ok".into(),
-            RunStatus::Partial => "partial".into(),
-            RunStatus::Failed => "failed".into(),
-        },
+        // "ok", "partial", "failed"
+        status: format!("{:?}", report.status).to_lowercase(),
         nodes: report.nodes.len() as u64,
         executed: report.count(Status::Executed) as u64,
         reused: report.count(Status::Reused) as u64,
