@@ -129,22 +129,20 @@ pub mod __private {
         value.ok_or_else(|| wrong(param, std::any::type_name::<T>()))
     }
 
-    fn owned<T: Value + Clone>(v: AnyValue, param: &str) -> Result<T, anyhow::Error> {
-        let any = v.into_any_arc();
-        let arc = any.downcast::<T>().map_err(|_| wrong(param, std::any::type_name::<T>()))?;
-        Ok(Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone()))
-    }
-
     /// Takes an argument as `T` (moved when no one else holds it, else cloned).
     pub fn arg_owned<T: Value + Clone>(arg: ArgValue, param: &str) -> Result<T, anyhow::Error> {
-        let ArgValue::One(v) = arg else { return Err(wrong(param, std::any::type_name::<T>())) };
-        owned(v, param)
+        let arc = match arg {
+            ArgValue::One(v) => v.into_any_arc().downcast::<T>().ok(),
+            ArgValue::Many(_) => None,
+        };
+        let arc = arc.ok_or_else(|| wrong(param, std::any::type_name::<T>()))?;
+        Ok(Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone()))
     }
 
     /// Takes a fan-in argument as `Collect<T>`.
     pub fn arg_collect<T: Value + Clone>(arg: ArgValue, param: &str) -> Result<Collect<T>, anyhow::Error> {
         let ArgValue::Many(vs) = arg else { return Err(wrong(param, "Collect")) };
-        vs.into_iter().map(|v| owned(v, param)).collect::<Result<_, _>>().map(Collect)
+        vs.into_iter().map(|v| arg_owned(ArgValue::One(v), param)).collect::<Result<_, _>>().map(Collect)
     }
 
     /// Wraps an infallible node's output.

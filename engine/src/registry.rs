@@ -8,7 +8,6 @@
 //! A crate whose nodes should be available must be linked into the binary: depending on it is enough as
 //! long as the binary uses at least one item of it (the `flowrun` binary calls `flowrun_nodes::link()`).
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use crate::value::{AnyValue, TypeDesc};
@@ -147,8 +146,8 @@ impl Args {
 
 /// Looks up node functions by name.
 pub struct Registry {
+    /// Sorted by name, then module.
     defs: Vec<&'static NodeDef>,
-    by_name: HashMap<&'static str, Vec<&'static NodeDef>>,
 }
 
 /// The result of a registry lookup.
@@ -170,12 +169,8 @@ impl Registry {
 
     /// A registry of the given definitions.
     pub fn from_defs(mut defs: Vec<&'static NodeDef>) -> Registry {
-        defs.sort_by(|a, b| (a.name, a.module).cmp(&(b.name, b.module)));
-        let mut by_name: HashMap<&'static str, Vec<&'static NodeDef>> = HashMap::new();
-        for d in &defs {
-            by_name.entry(d.name).or_default().push(d);
-        }
-        Registry { defs, by_name }
+        defs.sort_by_key(|d| (d.name, d.module));
+        Registry { defs }
     }
 
     /// All definitions, sorted by name.
@@ -192,8 +187,8 @@ impl Registry {
             Some(tail) => d.module == tail || d.module.strip_suffix(tail).is_some_and(|m| m.ends_with("::")),
             None => in_scope(d.module, scope),
         };
-        let all = self.by_name.get(base).map(Vec::as_slice).unwrap_or(&[]);
-        let candidates: Vec<&'static NodeDef> = all.iter().filter(matches).copied().collect();
+        let named = self.defs[self.defs.partition_point(|d| d.name < base)..].iter().take_while(|d| d.name == base);
+        let candidates: Vec<&'static NodeDef> = named.filter(matches).copied().collect();
         match candidates.len() {
             1 => Lookup::Found(candidates[0]),
             0 => Lookup::NotFound(crate::suggest::closest(base, self.defs.iter().map(|d| d.name))),

@@ -323,12 +323,7 @@ impl<T: Value> Value for Vec<T> {
         self.iter().try_for_each(|item| put_item(out, item))
     }
     fn decode(mut bytes: &[u8]) -> Result<Self, CodecError> {
-        let n = take_len(&mut bytes)?;
-        let mut v = Vec::with_capacity(n.min(1 << 20));
-        for _ in 0..n {
-            v.push(T::decode(take_bytes(&mut bytes)?)?);
-        }
-        Ok(v)
+        (0..take_len(&mut bytes)?).map(|_| T::decode(take_bytes(&mut bytes)?)).collect()
     }
     fn from_toml(value: &toml::Value, cx: &LiteralCx) -> Result<Self, String> {
         match value {
@@ -382,12 +377,9 @@ impl<T: Value> Value for BTreeMap<String, T> {
         Ok(())
     }
     fn decode(mut bytes: &[u8]) -> Result<Self, CodecError> {
-        let n = take_len(&mut bytes)?;
-        let mut map = BTreeMap::new();
-        for _ in 0..n {
-            map.insert(String::decode(take_bytes(&mut bytes)?)?, T::decode(take_bytes(&mut bytes)?)?);
-        }
-        Ok(map)
+        (0..take_len(&mut bytes)?)
+            .map(|_| Ok((String::decode(take_bytes(&mut bytes)?)?, T::decode(take_bytes(&mut bytes)?)?)))
+            .collect()
     }
     fn from_toml(value: &toml::Value, cx: &LiteralCx) -> Result<Self, String> {
         match value {
