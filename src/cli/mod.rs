@@ -6,6 +6,7 @@ mod interrupt;
 mod progress;
 mod report;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,9 +16,9 @@ use clap::Parser;
 use flowrun_cache::Store;
 use flowrun_engine::flow::{BuildOptions, Diagnostic, Diagnostics};
 use flowrun_engine::schedule::{self, RunOptions, RunStatus};
-use flowrun_engine::{Flow, Registry};
+use flowrun_engine::{Flow, Registry, Status};
 
-use args::{CacheCommand, Cli, Command, FlowArgs, LakeCommand};
+use args::{CacheCommand, Cli, Command, FlowArgs, LakeCommand, RunArgs};
 
 /// How a command ended.
 pub enum Outcome {
@@ -53,12 +54,8 @@ pub fn main() -> ExitCode {
     // a wrong command line exits 2 (--help and --version 0)
     let cli = Cli::parse_from(args::with_default_command(std::env::args().collect()));
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let ui = Ui {
-        verbose: cli.verbose,
-        quiet: cli.quiet,
-        json: cli.json,
-        color: !no_color && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    };
+    let color = !no_color && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ui = Ui { verbose: cli.verbose, quiet: cli.quiet, json: cli.json, color };
     match dispatch(&cli, &ui) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(1),
@@ -94,8 +91,10 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: &Cli, ui: &Ui) -> Result<Outcome, CliError> {
     match &cli.command {
-        Command::Run(a) => return run(cli, ui, &a.flow, a.jobs, a.fail_fast, a.dry_run),
-        Command::Explain(f) => return run(cli, ui, f, Some(1), false, true),
+        Command::Run(a) => return run(cli, ui, a),
+        Command::Explain(f) => {
+            return run(cli, ui, &RunArgs { flow: f.clone(), jobs: Some(1), fail_fast: false, dry_run: true });
+        }
         Command::Graph(g) => {
             let (flow, _) = build(&g.flow)?;
             let overlay = g.last_run.then(|| last_run_overlay(cli, &flow)).transpose()?;
@@ -125,12 +124,9 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<Outcome, CliError> {
         Command::Lake(LakeCommand::Gc { flow, older_than_hours, dry_run }) => {
             let (flow_def, lake) = build(flow)?;
             let lake = lake.ok_or_else(|| bad_argument(format!("{} has no [lake] section", flow.flow.display())))?;
-            let files = flowrun_lake::ducklake::delete_orphaned_files(
-                &lake,
-                Duration::from_secs(older_than_hours * 3600),
-                *dry_run,
-            )
-            .map_err(|e| in_target(&flow_def, e, "lake gc failed"))?;
+            let older = Duration::from_secs(older_than_hours * 3600);
+            let files = flowrun_lake::ducklake::delete_orphaned_files(&lake, older, *dry_run)
+                .map_err(|e| in_target(&flow_def, e, "lake gc failed"))?;
             report::print_orphans(&files, *dry_run, ui);
         }
         Command::Runs(r) => {
@@ -159,9 +155,7 @@ fn split_kv(items: &[String], what: &str) -> Result<Vec<(String, String)>, CliEr
 /// `--lake` overrides: the run uses what comes back).
 pub fn build(f: &FlowArgs) -> Result<(Flow, Option<flowrun_lake::LakeConfig>), CliError> {
     let mut set_inputs = split_kv(&f.input, "--input")?;
-    if let Some(m) = &f.mirror {
-        set_inputs.push(("mirror".to_string(), m.clone()));
-    }
+    set_inputs.extend(f.mirror.iter().map(|m| ("mirror".to_string(), m.clone())));
     let opts = BuildOptions {
         registry: Registry::global(),
         set_config: split_kv(&f.set, "--set")?,
@@ -174,14 +168,11 @@ pub fn build(f: &FlowArgs) -> Result<(Flow, Option<flowrun_lake::LakeConfig>), C
     if let Some(target) = &f.target {
         flow.apply_target(target).map_err(bad_argument)?;
     }
-    let lake_overrides = split_kv(&f.lake, "--lake")?;
-    let lake = flowrun_lake::check(&flow, &lake_overrides).map_err(CliError::Invalid)?;
+    let lake = flowrun_lake::check(&flow, &split_kv(&f.lake, "--lake")?).map_err(CliError::Invalid)?;
     // nodes that read s3:// locations (an S3 mirror) reach them as the flow's [storage] says
     flowrun_storage::set_process_config(flowrun_lake::storage_config(&flow)?);
-    for name in &f.recompute {
-        if flow.node(name).is_none() {
-            return Err(bad_argument(format!("--recompute {name}: the flow has no node `{name}`")));
-        }
+    if let Some(name) = f.recompute.iter().find(|name| flow.node(name).is_none()) {
+        return Err(bad_argument(format!("--recompute {name}: the flow has no node `{name}`")));
     }
     Ok((flow, lake))
 }
@@ -193,30 +184,21 @@ fn bad_argument(message: String) -> CliError {
 
 /// The shared cache to use: `--remote-cache`, else the flow's `[cache] remote`.
 fn remote_cache_url(f: &FlowArgs, flow: &Flow) -> Result<Option<String>, CliError> {
-    match &f.remote_cache {
-        Some(url) => {
-            flowrun_storage::Bucket::parse_url(url).map_err(|e| bad_argument(format!("--remote-cache: {e:#}")))?;
-            Ok(Some(url.clone()))
-        }
-        None => Ok(flowrun_lake::remote_cache_url(flow)?),
-    }
+    let Some(url) = &f.remote_cache else { return Ok(flowrun_lake::remote_cache_url(flow)?) };
+    flowrun_storage::Bucket::parse_url(url).map_err(|e| bad_argument(format!("--remote-cache: {e:#}")))?;
+    Ok(Some(url.clone()))
 }
 
 /// The local cache in `dir`, read-through and write-through to `remote` when there is one. A remote that
 /// cannot be opened (no credentials) is a warning of the run, like one that fails later: the run goes on
 /// with the local cache.
-fn open_store_with_remote(
-    dir: &Path,
-    remote: Option<&str>,
-    flow: &Flow,
-    read_only: bool,
-) -> Result<Arc<Store>, CliError> {
+fn open_store(dir: &Path, remote: Option<&str>, flow: &Flow, read_only: bool) -> Result<Arc<Store>, CliError> {
     let store = Store::open(dir)?;
     let Some(url) = remote else { return Ok(Arc::new(store)) };
     let opened = flowrun_lake::storage_config(flow).and_then(|cfg| flowrun_storage::Bucket::open(url, &cfg));
-    Ok(Arc::new(match opened {
-        Ok(bucket) if read_only => store.with_remote_read_only(Arc::new(flowrun_storage::RemoteCache(bucket))),
-        Ok(bucket) => store.with_remote(Arc::new(flowrun_storage::RemoteCache(bucket))),
+    Ok(Arc::new(match opened.map(|bucket| Arc::new(flowrun_storage::RemoteCache(bucket))) {
+        Ok(remote) if read_only => store.with_remote_read_only(remote),
+        Ok(remote) => store.with_remote(remote),
         Err(e) => {
             store.warn(format!("the remote cache {url} cannot be used, this run uses the local cache only: {e:#}"));
             store
@@ -235,14 +217,7 @@ fn parse_shard(text: &str) -> Result<(usize, usize), CliError> {
     }
 }
 
-fn run(
-    cli: &Cli,
-    ui: &Ui,
-    f: &FlowArgs,
-    jobs: Option<usize>,
-    fail_fast: bool,
-    dry_run: bool,
-) -> Result<Outcome, CliError> {
+fn run(cli: &Cli, ui: &Ui, &RunArgs { flow: ref f, jobs, fail_fast, dry_run }: &RunArgs) -> Result<Outcome, CliError> {
     // watched from the start: a Ctrl-C while the flow is read still ends the run with 130, before any node
     let interrupt = interrupt::watch();
     flowrun_cache::lock::stop_waiting_when(interrupt);
@@ -267,8 +242,7 @@ fn run(
     let run_id = schedule::new_run_id();
     let holder = format!("run {run_id} (`flowrun run {}`, pid {})", f.flow.display(), std::process::id());
     let _turn = if dry_run || f.no_cache { None } else { Some(lock_cache(cli, holder)?) };
-    let store =
-        (!f.no_cache).then(|| open_store_with_remote(&cli.cache_dir, remote.as_deref(), &flow, dry_run)).transpose()?;
+    let store = (!f.no_cache).then(|| open_store(&cli.cache_dir, remote.as_deref(), &flow, dry_run)).transpose()?;
     // with the cache's lock held, a file in its tmp/ is a killed run's
     if let (Some(s), Some(_)) = (&store, &_turn) {
         s.remove_temporaries(Duration::ZERO)?;
@@ -304,36 +278,28 @@ fn run(
         if !ui.json {
             report::print_run(&flow, &result, None, ui);
         }
-        return Err(in_target(
-            &flow,
-            anyhow::anyhow!(
-                "--shard: the remote cache failed (see the warning), so this worker's results were not shared; \
-                 they are in its local cache: run it again"
-            ),
-            "a worker could not share its results",
-        ));
+        let e = anyhow::anyhow!(
+            "--shard: the remote cache failed (see the warning), so this worker's results were not shared; \
+             they are in its local cache: run it again"
+        );
+        return Err(in_target(&flow, e, "a worker could not share its results"));
     }
     // a partial run (items left out by on_item_error = "skip") writes what succeeded, and still exits 1
     // a shard run leaves the fan-ins, and so the lake, to the run without --shard
-    let materialized = if writes_lake && result.status != RunStatus::Failed {
-        match flowrun_lake::materialize(&flow, &result, store.as_deref(), lake.as_ref(), &opts.flow_path) {
-            Ok(m) => Some(m),
-            // a first Ctrl-C while the lake was being written: what was not committed is not
-            // (the error says whether the lake's commit happened)
-            Err(e) if opts.interrupted() => {
-                report::print_interrupted(&flow, &result, &format!("{e:#}"), ui);
-                return Ok(Outcome::Interrupted);
-            }
-            Err(e) => return Err(in_target(&flow, e, "writing the run's results failed")),
+    let materialize = || flowrun_lake::materialize(&flow, &result, store.as_deref(), lake.as_ref(), &opts.flow_path);
+    let materialized = match (writes_lake && result.status != RunStatus::Failed).then(materialize).transpose() {
+        Ok(m) => m,
+        // a first Ctrl-C while the lake was being written: what was not committed is not
+        // (the error says whether the lake's commit happened)
+        Err(e) if opts.interrupted() => {
+            report::print_interrupted(&flow, &result, &format!("{e:#}"), ui);
+            return Ok(Outcome::Interrupted);
         }
-    } else {
-        None
+        Err(e) => return Err(in_target(&flow, e, "writing the run's results failed")),
     };
     if dry_run {
         let mut destinations = flowrun_lake::destinations(&flow, lake.as_ref());
-        if let Some(url) = &remote {
-            destinations.push(("remote cache".to_string(), url.clone()));
-        }
+        destinations.extend(remote.iter().map(|url| ("remote cache".to_string(), url.clone())));
         report::print_explain(&flow, &result, &destinations, ui);
     } else {
         report::print_run(&flow, &result, materialized.as_ref(), ui);
@@ -358,19 +324,11 @@ fn in_target(flow: &Flow, e: anyhow::Error, what: &str) -> CliError {
     })
 }
 
-fn last_run_overlay(
-    cli: &Cli,
-    flow: &Flow,
-) -> Result<std::collections::HashMap<String, flowrun_engine::Status>, CliError> {
+fn last_run_overlay(cli: &Cli, flow: &Flow) -> Result<HashMap<String, Status>, CliError> {
     let store = Store::open(&cli.cache_dir)?;
-    let runs = store.runs(1000)?;
-    let Some(last) = runs.iter().find(|r| r.flow == flow.name) else {
-        return Err(CliError::Other(anyhow::anyhow!(
-            "flow `{}` has no recorded run in {}; run it first",
-            flow.name,
-            cli.cache_dir.display()
-        )));
-    };
+    let (name, dir) = (&flow.name, cli.cache_dir.display());
+    let last = store.runs(1000)?.into_iter().find(|r| &r.flow == name);
+    let last = last.ok_or_else(|| anyhow::anyhow!("flow `{name}` has no recorded run in {dir}; run it first"))?;
     use flowrun_engine::Status::{Cancelled, Executed, Failed, Reused, Skipped};
     let mut reports = Vec::new();
     for n in store.node_runs(&last.run_id)? {
