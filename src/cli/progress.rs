@@ -31,9 +31,7 @@ impl Progress {
     }
 
     pub fn finish(&self) {
-        for (_, bar) in self.bytes.lock().unwrap().drain() {
-            bar.finish_and_clear();
-        }
+        self.bytes.lock().unwrap().drain().for_each(|(_, bar)| bar.finish_and_clear());
         self.main.finish_and_clear();
     }
 

@@ -4,6 +4,7 @@ use flowrun_cache::{EntryInfo, GcReport, NodeRunRecord, RunRecord};
 use flowrun_engine::flow::Diagnostics;
 use flowrun_engine::schedule::{RunReport, RunStatus};
 use flowrun_engine::{Flow, NodeReport, Registry, Status};
+use flowrun_lake::MaterializeReport;
 use serde_json::json;
 
 use super::Ui;
@@ -18,36 +19,20 @@ pub fn paint(ui: &Ui, code: &str, text: &str) -> String {
 }
 
 pub fn diagnostics_json(d: &Diagnostics) -> String {
-    let errors: Vec<_> =
-        d.0.iter()
-            .map(|e| {
-                json!({
-                    "code": e.code,
-                    "message": e.message,
-                    "node": e.node,
-                    "location": e.location(),
-                    "help": e.help,
-                })
-            })
-            .collect();
+    let errors: Vec<_> = (d.0.iter())
+        .map(
+            |e| json!({"code": e.code, "message": e.message, "node": e.node, "location": e.location(), "help": e.help}),
+        )
+        .collect();
     json!({ "status": "invalid", "errors": errors }).to_string()
 }
 
-fn report_json(
-    flow: &Flow,
-    r: &RunReport,
-    materialized: Option<&flowrun_lake::MaterializeReport>,
-) -> serde_json::Value {
-    let outputs: Vec<_> = r
-        .outputs
-        .iter()
+fn report_json(flow: &Flow, r: &RunReport, materialized: Option<&MaterializeReport>) -> serde_json::Value {
+    let outputs: Vec<_> = (r.outputs.iter())
         .map(|o| {
-            json!({
-                "node": &*o.node,
-                "item": o.item,
-                "rows": o.value.as_ref().and_then(|v| v.rows()),
-                "identity": o.identity.map(|h| h.to_hex().to_string()),
-            })
+            let rows = o.value.as_ref().and_then(|v| v.rows());
+            let identity = o.identity.map(|h| h.to_hex().to_string());
+            json!({"node": &*o.node, "item": o.item, "rows": rows, "identity": identity})
         })
         .collect();
     use Status::*;
@@ -70,7 +55,8 @@ fn report_json(
     })
 }
 
-fn node_line(ui: &Ui, n: &NodeReport) -> String {
+/// A node's line, with `-vv` its cache key and input identities below it.
+fn print_node(ui: &Ui, n: &NodeReport) {
     let (word, code) = match n.status {
         Status::Executed => ("ran", "32"),
         Status::Reused => ("cached", "90"),
@@ -92,12 +78,7 @@ fn node_line(ui: &Ui, n: &NodeReport) -> String {
         let reasons: Vec<String> = n.reasons.iter().map(|r| r.to_string()).collect();
         line.push_str(&format!("  ({})", reasons.join("; ")));
     }
-    line
-}
-
-/// A node's line, with `-vv` its cache key and input identities below it.
-fn print_node(ui: &Ui, n: &NodeReport) {
-    println!("{}", node_line(ui, n));
+    println!("{line}");
     if ui.verbose > 1 {
         if let Some(k) = &n.key {
             println!("      key {k}");
@@ -127,7 +108,7 @@ pub fn print_interrupted(flow: &Flow, r: &RunReport, what: &str, ui: &Ui) {
     eprintln!("interrupted: {what}; run again to go on");
 }
 
-pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&flowrun_lake::MaterializeReport>, ui: &Ui) {
+pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&MaterializeReport>, ui: &Ui) {
     if ui.json {
         println!("{}", report_json(flow, r, materialized));
         return;
@@ -150,9 +131,8 @@ pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&flowrun_lake:
     }
     let skipped = r.names(Status::Skipped);
     if !skipped.is_empty() {
-        let shown: Vec<&str> = skipped.iter().take(10).map(String::as_str).collect();
         let more = if skipped.len() > 10 { format!(" and {} more", skipped.len() - 10) } else { String::new() };
-        eprintln!("skipped (upstream failed): {}{more}", shown.join(", "));
+        eprintln!("skipped (upstream failed): {}{more}", skipped[..skipped.len().min(10)].join(", "));
     }
     if ui.quiet {
         return;
