@@ -87,16 +87,12 @@ fn print_stages(m: &Measured) {
 /// The repository's flow, copied under `<dir>/flows/` so its outputs land in `<dir>`; with `manifest`, the
 /// dataset manifest is replaced.
 pub(crate) fn flow_copy(dir: &Path, manifest: Option<&str>) {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/doi_pv.toml")).unwrap();
-    let text = match manifest {
-        None => text,
-        Some(m) => {
-            let start = text.find("[config.manifest.").unwrap();
-            let end = text.find("# Nodes.").unwrap();
-            let end = text[..end].rfind("# ----").unwrap();
-            format!("{}{m}\n{}", &text[..start], &text[end..])
-        }
-    };
+    let mut text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/doi_pv.toml")).unwrap();
+    if let Some(m) = manifest {
+        let start = text.find("[config.manifest.").unwrap();
+        let end = text[..text.find("# Nodes.").unwrap()].rfind("# ----").unwrap();
+        text.replace_range(start..end, &format!("{m}\n"));
+    }
     std::fs::create_dir_all(dir.join("flows")).unwrap();
     std::fs::write(dir.join("flows/doi_pv.toml"), text).unwrap();
 }
@@ -127,8 +123,7 @@ pub fn run_all(sizes: &[usize]) {
         flowrun_pv::synthetic::write_mirror(&mirror, n, 2, 42).unwrap();
         std::os::unix::fs::symlink(shared.join("natural_earth_admin0"), mirror.join("natural_earth_admin0")).unwrap();
         let generated = t.elapsed();
-        let manifest = flowrun_pv::synthetic::manifest(2);
-        flow_copy(dir.path(), Some(&manifest));
+        flow_copy(dir.path(), Some(&flowrun_pv::synthetic::manifest(2)));
         let mirror_s = mirror.display().to_string();
         let m = run(dir.path(), &["flows/doi_pv.toml", "--mirror", &mirror_s]);
         print(&format!("synthetic {n} polygons: cold run"), &m);

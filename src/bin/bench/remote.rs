@@ -100,7 +100,7 @@ pub fn run_all(n: usize) {
         let remote = format!("s3://bench/workers-{workers}");
         let cache = |name: &str| dir.path().join(name).display().to_string();
         let started = Instant::now();
-        let shard_phase = if workers > 1 {
+        let shard_phase = (workers > 1).then(|| {
             let t = Instant::now();
             let shards: Vec<(String, String)> =
                 (0..workers).map(|i| (cache(&format!("cache-{i}")), format!("{i}/{workers}"))).collect();
@@ -112,10 +112,8 @@ pub fn run_all(n: usize) {
                     s.spawn(move || run(here, &args));
                 }
             });
-            Some(t.elapsed())
-        } else {
-            None
-        };
+            t.elapsed()
+        });
         let last = cache("cache-final");
         let fin = run(
             dir.path(),
