@@ -24,7 +24,7 @@ use crate::events::{Event, Observer};
 /// The context of a running node: what it may use, and what it records.
 pub(crate) struct NodeCx {
     pub store: Option<Arc<Store>>,
-    pub observer: Option<Arc<dyn Observer>>,
+    pub observer: Arc<dyn Observer>,
     /// Display name (`node[item]`).
     pub node: Arc<str>,
     pub deps: Vec<FileDep>,
@@ -32,20 +32,20 @@ pub(crate) struct NodeCx {
     pub notes: Vec<String>,
 }
 
-impl NodeCx {
-    pub fn new(store: Option<Arc<Store>>, observer: Option<Arc<dyn Observer>>, node: Arc<str>) -> Self {
-        NodeCx { store, observer, node, deps: Vec::new(), warnings: Vec::new(), notes: Vec::new() }
-    }
-}
-
 thread_local! {
     /// The context of the node running on this thread, set by [`enter`] for the length of its call.
     static CURRENT: RefCell<Option<NodeCx>> = const { RefCell::new(None) };
 }
 
-/// Runs a node's call `f` with `cx` as this thread's context; gives back the call's result (`Err` if it
-/// panicked) and the context, with what the node recorded.
-pub(crate) fn enter<R>(cx: NodeCx, f: impl FnOnce() -> R) -> (std::thread::Result<R>, NodeCx) {
+/// Runs a node's call `f` with a context for node `node` (its display name) as this thread's; gives back
+/// the call's result (`Err` if it panicked) and the context, with what the node recorded.
+pub(crate) fn enter<R>(
+    store: Option<Arc<Store>>,
+    observer: Arc<dyn Observer>,
+    node: Arc<str>,
+    f: impl FnOnce() -> R,
+) -> (std::thread::Result<R>, NodeCx) {
+    let cx = NodeCx { store, observer, node, deps: Vec::new(), warnings: Vec::new(), notes: Vec::new() };
     let previous = CURRENT.replace(Some(cx));
     let out = std::panic::catch_unwind(AssertUnwindSafe(f));
     // contexts nest: while a node waits for its own rayon work, the thread may run another node's call
@@ -59,7 +59,7 @@ fn with_current<R>(f: impl FnOnce(Option<&mut NodeCx>) -> R) -> R {
 
 /// The running node's observer and display name, if any (taken out, so the observer runs unborrowed).
 fn observer() -> Option<(Arc<dyn Observer>, Arc<str>)> {
-    with_current(|cx| cx.and_then(|cx| Some((cx.observer.clone()?, cx.node.clone()))))
+    with_current(|cx| cx.map(|cx| (cx.observer.clone(), cx.node.clone())))
 }
 
 /// Content hash of a file (fast path when a run's cache is available). Does not record a dependency.

@@ -29,7 +29,7 @@ use super::lazy::{Lazy, LoadError};
 use super::plan::{PNode, Plan};
 use super::{OutputItem, RunOptions};
 use crate::Table;
-use crate::ctx::{self, NodeCx};
+use crate::ctx;
 use crate::events::{CodeChange, Event, NodeReport, Reason, Status};
 use crate::flow::{Binding, CacheMode, EdgeMode, FlowNode, LiteralSource, NodeImpl, OnItemError};
 use crate::registry::{ArgValue, Args};
@@ -115,14 +115,6 @@ pub(crate) struct Exec<'p, 'f> {
     pub outputs: Mutex<Vec<(usize, Vec<u32>, OutputItem)>>,
     /// Node states after the flow's last run, by display name (empty without a cache).
     states: HashMap<String, NodeState>,
-}
-
-enum Gathered<'a> {
-    /// The arguments, and the items a collector with `on_item_error = "skip"` left out.
-    Ready(Vec<GArg<'a>>, Vec<String>),
-    UpstreamFailed(String),
-    /// An input was deferred (a sharded run leaves fan-ins to the final run).
-    Deferred,
 }
 
 struct GArg<'a> {
@@ -216,9 +208,15 @@ impl<'p, 'f> Exec<'p, 'f> {
         &inst.children[self.plan.blocks[self.plan.nodes[pid].block].index_in_parent]
     }
 
-    /// Step 1: the values of node `pid`'s arguments in instance `inst`.
-    fn gather(&self, inst: &Arc<Instance>, pid: usize) -> Gathered<'p> {
+    /// Step 1: the values of node `pid`'s arguments in instance `inst`, and the items a collector with
+    /// `on_item_error = "skip"` left out. `Err(Some(up))`: upstream `up` failed; `Err(None)`: an input is
+    /// deferred (a sharded run leaves fan-ins, and what depends on them, to the final run).
+    fn gather(&self, inst: &Arc<Instance>, pid: usize) -> Result<(Vec<GArg<'p>>, Vec<String>), Option<String>> {
         let fnode = &self.plan.flow.nodes[self.plan.nodes[pid].id];
+        let collects = fnode.args.iter().any(|a| matches!(a.binding, Binding::Node { mode: EdgeMode::Collect, .. }));
+        if collects && self.opts.shard.is_some() {
+            return Err(None);
+        }
         let skip_failed = fnode.on_item_error == OnItemError::Skip;
         let mut left_out = Vec::new();
         let mut out = Vec::new();
@@ -241,21 +239,21 @@ impl<'p, 'f> Exec<'p, 'f> {
                             let owner = self.instance_of(inst, self.plan.nodes[node].block);
                             match owner.members[self.plan.nodes[node].local].slot.lock().unwrap().clone() {
                                 Slot::Ok(done) => (InputSource::Node(name), known(done, name)),
-                                Slot::Deferred => return Gathered::Deferred,
-                                _ => return Gathered::UpstreamFailed(name.to_string()),
+                                Slot::Deferred => return Err(None),
+                                _ => return Err(Some(name.to_string())),
                             }
                         }
                         EdgeMode::Item => (InputSource::Item(name), known(self.item_of(inst, node).clone(), name)),
                         EdgeMode::Collect => match self.collected(inst, node, skip_failed, &mut left_out) {
                             Ok(value) => (InputSource::Collect(name), value),
-                            Err(failed) => return Gathered::UpstreamFailed(failed),
+                            Err(failed) => return Err(Some(failed)),
                         },
                     }
                 }
             };
             out.push(GArg { source, value });
         }
-        Gathered::Ready(out, left_out)
+        Ok((out, left_out))
     }
 
     /// The results of `node` in every instance of its block inside `inst`, for a collector; the failed
@@ -307,30 +305,23 @@ impl<'p, 'f> Exec<'p, 'f> {
         let pid = self.plan.blocks[inst.block].members[local];
         let pn = &self.plan.nodes[pid];
         let fnode: &FlowNode = &self.plan.flow.nodes[pn.id];
-        let display: Arc<str> = match &inst.label {
-            Some(l) => format!("{}[{l}]", fnode.name).into(),
-            None => fnode.name.clone(),
-        };
+        let display = inst.label.as_ref().map_or_else(|| fnode.name.clone(), |l| format!("{}[{l}]", fnode.name).into());
         let mut report = NodeReport::new(display, fnode.name.clone(), inst.label.clone(), Status::Skipped);
-        let collects = fnode.args.iter().any(|a| matches!(a.binding, Binding::Node { mode: EdgeMode::Collect, .. }));
         let outcome = if self.abort.load(Ordering::Relaxed) || self.opts.interrupted() {
             report.status = Status::Cancelled;
             Slot::Failed
-        } else if collects && self.opts.shard.is_some() {
-            report.status = Status::Deferred;
-            Slot::Deferred
         } else {
             // 1. gather
             match self.gather(&inst, pid) {
-                Gathered::UpstreamFailed(up) => {
+                Err(Some(up)) => {
                     report.error.push(format!("skipped: upstream `{up}` failed"));
                     Slot::Failed
                 }
-                Gathered::Deferred => {
+                Err(None) => {
                     report.status = Status::Deferred;
                     Slot::Deferred
                 }
-                Gathered::Ready(args, left_out) => {
+                Ok((args, left_out)) => {
                     let slot = self.evaluate(pn, fnode, args, &mut report);
                     // after `evaluate`: said of this run, not stored with the result
                     if !left_out.is_empty() {
@@ -540,8 +531,8 @@ impl<'p, 'f> Exec<'p, 'f> {
         report: &mut NodeReport,
     ) -> (anyhow::Result<AnyValue>, Vec<FileDep>) {
         self.opts.observer.event(&Event::NodeStarted(&report.name));
-        let cx = NodeCx::new(self.opts.store.clone(), Some(self.opts.observer.clone()), report.name.clone());
-        let (result, cx) = ctx::enter(cx, || self.call(fnode, values));
+        let (store, observer) = (self.opts.store.clone(), self.opts.observer.clone());
+        let (result, cx) = ctx::enter(store, observer, report.name.clone(), || self.call(fnode, values));
         let result = result.unwrap_or_else(|panic| Err(anyhow::anyhow!("node panicked: {}", panic_message(&panic))));
         report.warnings.extend(cx.warnings);
         report.notes.extend(cx.notes);
@@ -567,10 +558,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         // a value type's own code (identity, encoding) runs under a guard: its panic leaves the result
         // uncached, with a warning naming the node, and the run goes on
         let own_identity = ask(report, "the result's identity", || value.dyn_identity()).and_then(Result::ok);
-        let store = match (pn.cache, &self.opts.store) {
-            (CacheMode::Disable, _) | (_, None) => return key,
-            (_, Some(store)) => store,
-        };
+        let Some(store) = self.opts.store.as_ref().filter(|_| pn.cache != CacheMode::Disable) else { return key };
         let encoded = guarded("encoding it", || encode_value(&**value));
         let bytes = match encoded.and_then(|r| r.map_err(|e| format!("cannot encode it: {e}"))) {
             Ok(bytes) => bytes,
@@ -793,10 +781,9 @@ impl<'p, 'f> Exec<'p, 'f> {
         // a sharded run takes every n-th item of the outermost fan-outs, from its own index on
         let mine = |i: usize| inst.parent.is_some() || self.opts.shard.is_none_or(|(k, n)| i % n == k);
         for (i, item) in items.into_iter().enumerate().filter(|(i, _)| mine(*i)) {
-            let identity = match guarded("an item's identity", || crate::flow::build::identity_of(&*item)) {
-                Ok(Ok(h)) => h,
-                _ => blake3::hash(format!("{expand_name}#{i}").as_bytes()),
-            };
+            let identity = guarded("an item's identity", || crate::flow::build::identity_of(&*item)).ok();
+            let identity =
+                identity.and_then(Result::ok).unwrap_or_else(|| blake3::hash(format!("{expand_name}#{i}").as_bytes()));
             let own = guarded("an item's label", || item.dyn_label()).ok().flatten().unwrap_or_else(|| i.to_string());
             let label: Arc<str> = match &inst.label {
                 Some(outer) => format!("{outer}/{own}").into(),
