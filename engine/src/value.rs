@@ -237,16 +237,18 @@ pub fn serde_from_toml<T: serde::de::DeserializeOwned>(value: &toml::Value) -> R
     T::deserialize(value.clone()).map_err(|e| e.message().to_string())
 }
 
+/// Serde-encoded values, built from a literal by `$from_toml(value, cx)`.
 macro_rules! serde_values {
-    ($($t:ty),*) => {$(
+    ($($t:ty),* => $from_toml:expr) => {$(
         impl Value for $t {
             fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> { serde_encode(self, out) }
             fn decode(bytes: &[u8]) -> Result<Self, CodecError> { serde_decode(bytes) }
-            fn from_toml(value: &toml::Value, _cx: &LiteralCx) -> Result<Self, String> { serde_from_toml(value) }
+            fn from_toml(value: &toml::Value, cx: &LiteralCx) -> Result<Self, String> { ($from_toml)(value, cx) }
         }
     )*};
 }
-serde_values!(bool, i8, i16, i32, i64, u8, u16, u32, u64, usize, isize, f32, f64, ());
+serde_values!(bool, i8, i16, i32, i64, u8, u16, u32, u64, usize, isize, f32, f64, () => |v, _| serde_from_toml(v));
+serde_values!(PathBuf => |v, cx: &LiteralCx| serde_from_toml(v).map(|s: String| cx.resolve(&s)));
 
 impl Value for String {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
@@ -261,18 +263,6 @@ impl Value for String {
     }
     fn label(&self) -> Option<String> {
         Some(self.clone())
-    }
-}
-
-impl Value for PathBuf {
-    fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        serde_encode(self, out)
-    }
-    fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        serde_decode(bytes)
-    }
-    fn from_toml(value: &toml::Value, cx: &LiteralCx) -> Result<Self, String> {
-        serde_from_toml(value).map(|s: String| cx.resolve(&s))
     }
 }
 

@@ -44,10 +44,8 @@ pub fn digest(dir: &Path, name: &str) -> String {
     }
     if let Some(lock) = find_up(dir, "Cargo.lock") {
         let lock = read_toml(&lock).unwrap_or_default();
-        let packages: Vec<toml::Table> = match lock.get("package") {
-            Some(toml::Value::Array(list)) => list.iter().filter_map(|p| p.as_table().cloned()).collect(),
-            _ => Vec::new(),
-        };
+        let listed = lock.get("package").and_then(|p| p.as_array()).into_iter().flatten();
+        let packages: Vec<toml::Table> = listed.filter_map(|p| p.as_table().cloned()).collect();
         let paths = path_packages(dir);
         for pkg in closure(&packages, name) {
             let (n, v) = (text(pkg, "name"), text(pkg, "version"));

@@ -247,18 +247,13 @@ fn expand_value(input: syn::DeriveInput) -> syn::Result<TokenStream2> {
         return error(&input.generics, "#[derive(Value)] supports types without generics");
     }
     let mut label: Option<syn::Ident> = None;
-    for attr in &input.attrs {
-        if !attr.path().is_ident("value") {
-            continue;
-        }
+    for attr in input.attrs.iter().filter(|a| a.path().is_ident("value")) {
         attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("label") {
-                let s: syn::LitStr = meta.value()?.parse()?;
-                label = Some(syn::Ident::new(&s.value(), s.span()));
-                Ok(())
-            } else {
-                Err(meta.error("unknown #[value] option; expected `label = \"field\"`"))
+            if !meta.path.is_ident("label") {
+                return Err(meta.error("unknown #[value] option; expected `label = \"field\"`"));
             }
+            label = Some(meta.value()?.parse::<syn::LitStr>()?.parse()?);
+            Ok(())
         })?;
     }
     let ident = &input.ident;
