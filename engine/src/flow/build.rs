@@ -27,7 +27,7 @@ use toml::Spanned;
 use super::diagnostic::{Diagnostic, Diagnostics, Label, SourceFile, read_source};
 use super::raw::{Bindings, CacheMode, OnItemError, RawCheck, RawFlow, RawInstance, RawNode, RawVariant, SpannedTable};
 use super::{
-    Arg, Binding, Block, EdgeMode, Flow, FlowNode, LiteralSource, MaterializeDecl, NodeId, NodeImpl, SqlQuery,
+    Arg, Binding, Block, EdgeMode, Flow, FlowNode, Literal, LiteralSource, MaterializeDecl, NodeId, NodeImpl, SqlQuery,
 };
 use crate::registry::{Lookup, OutputKind, ParamKind, Registry};
 use crate::suggest::{closest, did_you_mean};
@@ -71,11 +71,8 @@ pub fn load(path: &Path, opts: &BuildOptions<'_>) -> Result<Flow, Diagnostics> {
 
 /// Parses a command-line value: TOML if it parses (`3`, `true`, `[1, 2]`, `"x"`), else a plain string.
 pub fn parse_cli_value(raw: &str) -> toml::Value {
-    #[derive(serde::Deserialize)]
-    struct V {
-        v: toml::Value,
-    }
-    toml::from_str::<V>(&format!("v = {raw}")).map(|v| v.v).unwrap_or_else(|_| toml::Value::String(raw.to_string()))
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}")).ok().and_then(|mut t| t.remove("v"));
+    parsed.unwrap_or_else(|| toml::Value::String(raw.to_string()))
 }
 
 /// Builds a flow from its source text: [`parse`], then [`resolve`].
@@ -102,7 +99,20 @@ pub fn parse(src: &Arc<SourceFile>) -> Result<RawFlow, Diagnostics> {
 
 /// Steps 2 to 6: resolution and validation of a parsed flow file (`src` is where `raw` came from).
 pub fn resolve(src: Arc<SourceFile>, raw: &RawFlow, opts: &BuildOptions<'_>) -> Result<Flow, Diagnostics> {
-    let mut b = Builder::new(src, opts, raw);
+    let mut b = Builder {
+        cx: LiteralCx { base_dir: src.path.parent().map(Path::to_path_buf).unwrap_or_default() },
+        scope: raw.flow.get_ref().modules.iter().map(|m| m.get_ref().clone()).collect(),
+        src,
+        opts,
+        errors: Vec::new(),
+        config: IndexMap::new(),
+        inputs: IndexMap::new(),
+        decls: Vec::new(),
+        nodes: Vec::new(),
+        by_name: HashMap::new(),
+        edges: Vec::new(),
+        disabled: Vec::new(),
+    };
     b.run(raw);
     b.finish(raw)
 }
@@ -229,25 +239,6 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    fn new(src: Arc<SourceFile>, opts: &'a BuildOptions<'a>, raw: &'a RawFlow) -> Self {
-        let cx = LiteralCx { base_dir: src.path.parent().map(Path::to_path_buf).unwrap_or_default() };
-        let scope = raw.flow.get_ref().modules.iter().map(|m| m.get_ref().clone()).collect();
-        Builder {
-            src,
-            opts,
-            cx,
-            scope,
-            errors: Vec::new(),
-            config: IndexMap::new(),
-            inputs: IndexMap::new(),
-            decls: Vec::new(),
-            nodes: Vec::new(),
-            by_name: HashMap::new(),
-            edges: Vec::new(),
-            disabled: Vec::new(),
-        }
-    }
-
     /// The declaration called `name`.
     fn id_of(&self, name: &str) -> Option<NodeId> {
         self.by_name.get(name).copied()
@@ -262,20 +253,18 @@ impl<'a> Builder<'a> {
         Label::new(&self.src, span, text)
     }
 
-    fn error(&mut self, d: Diagnostic) {
-        self.errors.push(d);
-    }
-
-    /// An error about node `node`, pointing at `span` of the file.
+    /// Reports an error about node `node`, pointing at `span` of the file, with a help line if any.
     fn node_error(
-        &self,
+        &mut self,
         node: &str,
         code: &'static str,
         message: String,
         span: Range<usize>,
         label: impl Into<String>,
-    ) -> Diagnostic {
-        Diagnostic::new(code, message).node(node).at(self.label(span, label))
+        help: Option<String>,
+    ) {
+        let d = Diagnostic::new(code, message).node(node).at(self.label(span, label));
+        self.errors.push(d.help(help));
     }
 
     fn run(&mut self, raw: &'a RawFlow) {
@@ -304,15 +293,12 @@ impl<'a> Builder<'a> {
         }
         for (k, v) in &self.opts.set_config {
             match self.config.get_mut(k) {
-                Some(entry) => {
-                    entry.value = parse_cli_value(v);
-                    entry.span = None;
-                }
+                Some(entry) => (entry.value, entry.span) = (parse_cli_value(v), None),
                 None => {
                     let help = did_you_mean(&closest(k, self.config.keys().map(String::as_str)))
                         .unwrap_or_else(|| format!("declare it in [config] of {} first", self.src.path.display()));
                     let message = format!("--set {k}={v}: the flow has no config key `{k}`");
-                    self.error(Diagnostic::new("unknown-config-key", message).help(help));
+                    self.errors.push(Diagnostic::new("unknown-config-key", message).help(help));
                 }
             }
         }
@@ -331,7 +317,7 @@ impl<'a> Builder<'a> {
                     let help = did_you_mean(&closest(k, self.inputs.keys().map(String::as_str)))
                         .unwrap_or_else(|| "declare it in [inputs] of the flow file".to_string());
                     let message = format!("--input {k}={v}: the flow has no input `{k}`");
-                    self.error(Diagnostic::new("unknown-input", message).help(help));
+                    self.errors.push(Diagnostic::new("unknown-input", message).help(help));
                 }
             }
         }
@@ -344,9 +330,7 @@ impl<'a> Builder<'a> {
             match self.config.get_mut(k.get_ref().as_str()) {
                 Some(entry) => {
                     entry.used = true;
-                    if entry.value != *v.get_ref() {
-                        all = false;
-                    }
+                    all &= entry.value == *v.get_ref();
                 }
                 None => {
                     let key = k.get_ref();
@@ -354,8 +338,7 @@ impl<'a> Builder<'a> {
                         .unwrap_or_else(|| format!("add `{key}` to [config]"));
                     let message =
                         format!("node `{node}`: `when` reads config key `{key}`, which [config] does not have");
-                    let d = self.node_error(node, "unknown-config-key", message, k.span(), "not in [config]");
-                    self.error(d.help(help));
+                    self.node_error(node, "unknown-config-key", message, k.span(), "not in [config]", Some(help));
                     all = false;
                 }
             }
@@ -413,20 +396,12 @@ impl<'a> Builder<'a> {
             .filter(|v| v.get_ref().when.as_ref().is_some_and(|w| self.when_matches(name, w)))
             .collect();
         let fallback: Vec<_> = n.variants.iter().filter(|v| v.get_ref().when.is_none()).collect();
-        let describe = |v: &&Spanned<RawVariant>| -> String {
+        let describe = |v: &&Spanned<RawVariant>| {
             let v = v.get_ref();
-            let when = v
-                .when
-                .as_ref()
-                .map(|w| {
-                    w.iter()
-                        .map(|(k, val)| format!("{} = {}", k.get_ref(), val.get_ref()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .unwrap_or_else(|| "fallback".to_string());
-            let f = v.function.as_ref().map_or("sql", |f| f.get_ref());
-            format!("{f} (when {when})")
+            let when: Vec<String> =
+                v.when.iter().flatten().map(|(k, x)| format!("{} = {}", k.get_ref(), x.get_ref())).collect();
+            let when = if v.when.is_some() { when.join(", ") } else { "fallback".to_string() };
+            format!("{} (when {when})", v.function.as_ref().map_or("sql", |f| f.get_ref()))
         };
         let d = match (matched.as_slice(), fallback.as_slice()) {
             ([one], _) | ([], [one]) => return Some(Some(one.get_ref())),
@@ -456,7 +431,7 @@ impl<'a> Builder<'a> {
                     .help("only one variant may omit `when`".to_string())
             }
         };
-        self.error(d.node(name));
+        self.errors.push(d.node(name));
         None
     }
 
@@ -473,7 +448,7 @@ impl<'a> Builder<'a> {
             .at(self.label(d.span.clone(), "second node with this name"))
             .also(self.label(first, "first defined here"))
             .help("node names must be unique; rename one of the parameterized instances".to_string());
-        self.error(diag);
+        self.errors.push(diag);
     }
 
     /// Adds a declaration whose name is new, giving its id.
@@ -486,11 +461,7 @@ impl<'a> Builder<'a> {
 
     /// `[flow] outputs` and materialize targets may name registered functions that are not declared.
     fn resolve_targets_early(&mut self, raw: &'a RawFlow) {
-        let opts = self.opts;
-        let mut names: Vec<(&str, Range<usize>)> = match &opts.outputs {
-            Some(outs) => outs.iter().map(|o| (o.as_str(), raw.flow.span())).collect(),
-            None => raw.flow.get_ref().outputs.iter().flatten().map(|o| (o.get_ref().as_str(), o.span())).collect(),
-        };
+        let mut names = self.outputs(raw).unwrap_or_default();
         for (_, section) in &raw.materialize {
             if let Some((_, node)) = section.get_ref().iter().find(|(k, _)| k.get_ref() == "node")
                 && let toml::Value::String(s) = node.get_ref()
@@ -511,7 +482,7 @@ impl<'a> Builder<'a> {
         if let Some((sql_text, sql_span)) = decl.sql.clone() {
             if let Some((_, fspan)) = &decl.function {
                 let message = format!("node `{}` has both `fn` and `sql`", decl.name);
-                self.error(self.node_error(&decl.name, "bad-value", message, fspan.clone(), "remove `fn` or `sql`"));
+                self.node_error(&decl.name, "bad-value", message, fspan.clone(), "remove `fn` or `sql`", None);
                 return None;
             }
             return Some(self.resolve_sql(id, decl, sql_text, sql_span));
@@ -522,16 +493,14 @@ impl<'a> Builder<'a> {
             Lookup::Ambiguous(defs) => {
                 let paths: Vec<String> = defs.iter().map(|d| format!("`{}`", d.path())).collect();
                 let message = format!("node `{}`: several registered functions are called `{fname}`", decl.name);
-                let d = self.node_error(&decl.name, "ambiguous-function", message, fspan, "ambiguous").help(format!(
+                let path = defs[0].path().rsplit_once("::");
+                let example = path.map(|(m, n)| format!("{}::{n}", m.rsplit("::").next().unwrap_or(m)));
+                let help = format!(
                     "write the module too, e.g. fn = \"{}\" (candidates: {})",
-                    defs[0]
-                        .path()
-                        .rsplit_once("::")
-                        .map(|(m, n)| format!("{}::{n}", m.rsplit("::").next().unwrap_or(m)))
-                        .unwrap_or_default(),
+                    example.unwrap_or_default(),
                     paths.join(", ")
-                ));
-                self.error(d);
+                );
+                self.node_error(&decl.name, "ambiguous-function", message, fspan, "ambiguous", Some(help));
                 return None;
             }
             Lookup::NotFound(suggestions) => {
@@ -554,9 +523,7 @@ impl<'a> Builder<'a> {
                 };
                 let what = if decl.declared { "node" } else { "name" };
                 let message = format!("{what} `{}` uses function `{fname}`, which is not a registered node", decl.name);
-                self.error(
-                    self.node_error(&decl.name, "unknown-function", message, fspan, "unknown function").help(help),
-                );
+                self.node_error(&decl.name, "unknown-function", message, fspan, "unknown function", Some(help));
                 return None;
             }
         };
@@ -568,8 +535,8 @@ impl<'a> Builder<'a> {
                 let help = did_you_mean(&closest(key, def.params.iter().map(|p| p.name)))
                     .unwrap_or_else(|| format!("its parameters are: {}", def.signature()));
                 let message = format!("node `{}`: function `{}` has no parameter `{key}`", decl.name, def.name);
-                let d = self.node_error(&decl.name, "unknown-parameter", message, span.clone(), "no such parameter");
-                self.error(d.help(help));
+                let (span, label) = (span.clone(), "no such parameter");
+                self.node_error(&decl.name, "unknown-parameter", message, span, label, Some(help));
             }
         }
         let args = (def.params.iter().enumerate())
@@ -613,11 +580,11 @@ impl<'a> Builder<'a> {
             && !collects
         {
             let message = format!("node `{}` collects no fan-out, so `on_item_error` has nothing to do", decl.name);
-            let label = "only for a node with a Collect<T> parameter";
-            let d = self.node_error(&decl.name, "on-item-error", message, span.clone(), label);
-            self.error(
-                d.help("put on_item_error on the node that gathers the fan-out's items (its fan-in)".to_string()),
+            let (label, help) = (
+                "only for a node with a Collect<T> parameter",
+                "put on_item_error on the node that gathers the fan-out's items (its fan-in)".to_string(),
             );
+            self.node_error(&decl.name, "on-item-error", message, span.clone(), label, Some(help));
         }
         node
     }
@@ -634,10 +601,8 @@ impl<'a> Builder<'a> {
         }
         if let Some((k, (_, span))) = decl.params.first() {
             let message = format!("SQL node `{}` takes no `params` (`{k}`)", decl.name);
-            let d = self.node_error(&decl.name, "unknown-parameter", message, span.clone(), "not used by SQL");
-            self.error(
-                d.help("write literals into the query, or bind tables with inputs = { alias = \"node\" }".to_string()),
-            );
+            let help = "write literals into the query, or bind tables with inputs = { alias = \"node\" }".to_string();
+            self.node_error(&decl.name, "unknown-parameter", message, span.clone(), "not used by SQL", Some(help));
         }
         let args = (tables.into_iter().enumerate())
             .map(|(i, (table, source, span))| {
@@ -648,8 +613,8 @@ impl<'a> Builder<'a> {
                             "SQL node `{}` binds table `{table}` to `{source}`, which is not a node",
                             decl.name
                         );
-                        let d = self.node_error(&decl.name, "missing-input", message, span, "unknown node");
-                        self.error(d.help(did_you_mean(&closest(source, self.all_names()))));
+                        let help = did_you_mean(&closest(source, self.all_names()));
+                        self.node_error(&decl.name, "missing-input", message, span, "unknown node", help);
                         placeholder()
                     }
                 };
@@ -727,17 +692,17 @@ impl<'a> Builder<'a> {
                 .node(node)
                 .at(entry.or(span).map(|span| self.label(span, format!("expected `{short}`"))))
                 .help(format!("write a value of type `{short}`"));
-                self.error(d);
+                self.errors.push(d);
                 return None;
             }
         };
         match identity_of(&*value) {
-            Ok(identity) => Some(Binding::literal(value, identity, source)),
+            Ok(identity) => Some(Binding::Literal(Literal { value, identity, source })),
             Err(e) => {
                 let d = Diagnostic::new("bad-value", format!("node `{node}`: parameter `{param}`: {e}"))
                     .node(node)
                     .at(span.map(|span| self.label(span, "here")));
-                self.error(d);
+                self.errors.push(d);
                 None
             }
         }
@@ -754,7 +719,7 @@ impl<'a> Builder<'a> {
                 let message =
                     format!("node `{}`: parameter `{param}` collects a fan-out and cannot be a literal", decl.name);
                 let label = "literal for a Collect parameter";
-                self.error(self.node_error(&decl.name, "bad-value", message, span.clone(), label));
+                self.node_error(&decl.name, "bad-value", message, span.clone(), label, None);
                 return None;
             }
             return self.literal(&decl.name, param, ty, value, Some(span.clone()), LiteralSource::Param);
@@ -776,8 +741,9 @@ impl<'a> Builder<'a> {
                 let ispan = entry.span.clone();
                 let Some((value, vspan)) = entry.value.clone() else {
                     let message = format!("node `{}` reads input `{source}`, which has no value", decl.name);
-                    let d = self.node_error(&decl.name, "missing-input", message, ispan, "declared without a default");
-                    self.error(d.help(format!("pass --input {source}=VALUE, or give it a default")));
+                    let help = format!("pass --input {source}=VALUE, or give it a default");
+                    let label = "declared without a default";
+                    self.node_error(&decl.name, "missing-input", message, ispan, label, Some(help));
                     return None;
                 };
                 let input = LiteralSource::Input(source.to_string());
@@ -792,7 +758,7 @@ impl<'a> Builder<'a> {
             && let Some(value) = ty.default_value()
         {
             let identity = identity_of(&*value).ok()?;
-            return Some(Binding::literal(value, identity, LiteralSource::Default));
+            return Some(Binding::Literal(Literal { value, identity, source: LiteralSource::Default }));
         }
         let names = self
             .all_names()
@@ -822,8 +788,8 @@ impl<'a> Builder<'a> {
             decl.name,
             ty.short_name()
         );
-        let d = self.node_error(&decl.name, "missing-input", message, span, format!("`{source}` is not defined"));
-        self.error(d.help(help));
+        let label = format!("`{source}` is not defined");
+        self.node_error(&decl.name, "missing-input", message, span, label, Some(help));
         None
     }
 
@@ -840,7 +806,7 @@ impl<'a> Builder<'a> {
             };
             if let Some(problem) = problem {
                 let message = format!("node `{}`: {problem}", decl.name);
-                self.error(self.node_error(&decl.name, "bad-check", message, span.clone(), "this check"));
+                self.node_error(&decl.name, "bad-check", message, span.clone(), "this check", None);
             }
         }
     }
@@ -880,13 +846,8 @@ impl<'a> Builder<'a> {
             lake: settings(&raw.lake),
             storage: settings(&raw.storage),
             cache: settings(&raw.cache),
-            targets_declared: raw
-                .targets
-                .iter()
-                .map(|(k, t)| {
-                    let t = t.get_ref();
-                    (k.get_ref().clone(), [settings(&t.lake), settings(&t.storage), settings(&t.cache)])
-                })
+            targets_declared: (raw.targets.iter().map(|(k, t)| (k, t.get_ref())))
+                .map(|(k, t)| (k.get_ref().clone(), [&t.lake, &t.storage, &t.cache].map(settings)))
                 .collect(),
             target: None,
             disabled: self.disabled,
@@ -897,10 +858,8 @@ impl<'a> Builder<'a> {
     fn type_check_edges(&mut self) {
         for e in std::mem::take(&mut self.edges) {
             let (Some(consumer), Some(producer)) = (&self.nodes[e.consumer], &self.nodes[e.producer]) else { continue };
-            let expected = match &consumer.imp {
-                NodeImpl::Function(def) => def.params[e.arg].kind,
-                NodeImpl::Sql(_) => ParamKind::Value(TypeDesc::of::<Table>()),
-            };
+            let expected =
+                consumer.def().map_or(ParamKind::Value(TypeDesc::of::<Table>()), |def| def.params[e.arg].kind);
             let produced = producer.output();
             let mode = match (expected, produced) {
                 (ParamKind::Value(t), OutputKind::Value(u)) if t == u => Some(EdgeMode::Direct),
@@ -915,17 +874,13 @@ impl<'a> Builder<'a> {
                 }
                 continue;
             }
-            let (want, hint) = match expected {
-                ParamKind::Value(t) => (t.short_name(), ""),
-                ParamKind::Collect(t) => (
+            let (want, hint) = match (expected, produced) {
+                (ParamKind::Value(t), _) => (t.short_name(), ""),
+                (ParamKind::Collect(t), OutputKind::Parallel { .. }) => (
                     format!("Collect<{}>", t.short_name()),
-                    match produced {
-                        OutputKind::Parallel { .. } => {
-                            " (collect the results of a node inside the fan-out, not the fan-out node itself)"
-                        }
-                        OutputKind::Value(_) => "",
-                    },
+                    " (collect the results of a node inside the fan-out, not the fan-out node itself)",
                 ),
+                (ParamKind::Collect(t), OutputKind::Value(_)) => (format!("Collect<{}>", t.short_name()), ""),
             };
             let (OutputKind::Value(got) | OutputKind::Parallel { list: got, .. }) = produced;
             let got = got.short_name();
@@ -939,8 +894,9 @@ impl<'a> Builder<'a> {
             let help = format!(
                 "change one of the two types, or bind `{param}` to another node with inputs = {{ {param} = \"...\" }}"
             );
-            let d = self.node_error(&consumer.name, "type-mismatch", message, e.span.clone(), expects).also(returns);
-            self.error(d.help(help));
+            let d =
+                Diagnostic::new("type-mismatch", message).node(&*consumer.name).at(self.label(e.span.clone(), expects));
+            self.errors.push(d.also(returns).help(help));
         }
     }
 
@@ -975,12 +931,12 @@ impl<'a> Builder<'a> {
                     let d = Diagnostic::new("unknown-node", format!("materialize `{name}`: no node is called `{n}`"))
                         .at(self.label(nspan, "unknown node"))
                         .help(did_you_mean(&closest(&n, self.all_names())));
-                    self.error(d);
+                    self.errors.push(d);
                     None
                 }),
                 _ => {
                     let message = format!("materialize `{name}` needs `node = \"<node name>\"`");
-                    self.error(Diagnostic::new("bad-value", message).at(self.label(span.clone(), "no `node`")));
+                    self.errors.push(Diagnostic::new("bad-value", message).at(self.label(span.clone(), "no `node`")));
                     None
                 }
             };
@@ -994,13 +950,13 @@ impl<'a> Builder<'a> {
                         )
                         .at(self.label(kspan, "unknown kind"))
                         .help(format!("kinds: {}", kinds.join(", ")));
-                        self.error(d);
+                        self.errors.push(d);
                     }
                     k
                 }
                 _ => {
                     let message = format!("materialize `{name}` needs `kind = \"ducklake\"` (or another kind)");
-                    self.error(Diagnostic::new("bad-value", message).at(self.label(span.clone(), "no `kind`")));
+                    self.errors.push(Diagnostic::new("bad-value", message).at(self.label(span.clone(), "no `kind`")));
                     String::new()
                 }
             };
@@ -1016,20 +972,21 @@ impl<'a> Builder<'a> {
         self.opts.outputs.is_some() || !self.opts.tags.is_empty()
     }
 
+    /// The outputs the command line or `[flow] outputs` asks for (a name given on the command line is placed
+    /// at `[flow]`); `None` when neither does.
+    fn outputs(&self, raw: &'a RawFlow) -> Option<Vec<(&'a str, Range<usize>)>> {
+        let in_file = raw.flow.get_ref().outputs.as_ref();
+        match &self.opts.outputs {
+            Some(outs) => Some(outs.iter().map(|o| (o.as_str(), raw.flow.span())).collect()),
+            None => in_file.map(|o| o.iter().map(|s| (s.get_ref().as_str(), s.span())).collect()),
+        }
+    }
+
     /// What to build: the requested outputs (or every declared node), the tagged nodes, and (unless the
     /// command line selects) the materialized ones.
     fn targets(&mut self, raw: &'a RawFlow, materialize: &[MaterializeDecl]) -> Vec<NodeId> {
-        let opts = self.opts;
-        let requested: Option<Vec<(&str, Range<usize>)>> = match &opts.outputs {
-            Some(outs) => Some(outs.iter().map(|o| (o.as_str(), 0..0)).collect()),
-            None if self.selects() => Some(Vec::new()),
-            None => raw
-                .flow
-                .get_ref()
-                .outputs
-                .as_ref()
-                .map(|o| o.iter().map(|s| (s.get_ref().as_str(), s.span())).collect()),
-        };
+        let only_tags = self.opts.outputs.is_none() && self.selects();
+        let requested = if only_tags { Some(Vec::new()) } else { self.outputs(raw) };
         let mut targets: Vec<NodeId> = match requested {
             None => (0..self.nodes.len()).filter(|&i| self.nodes[i].as_ref().is_some_and(|n| n.declared)).collect(),
             Some(list) => (list.into_iter())
@@ -1040,13 +997,13 @@ impl<'a> Builder<'a> {
                         let d = Diagnostic::new("unknown-node", format!("output `{name}` is not a node of this flow"))
                             .at(at)
                             .help(did_you_mean(&closest(name, self.all_names())));
-                        self.error(d);
+                        self.errors.push(d);
                         None
                     })
                 })
                 .collect(),
         };
-        if !opts.tags.is_empty() {
+        if !self.opts.tags.is_empty() {
             targets.extend(self.tagged());
         }
         if !self.selects() {
@@ -1076,14 +1033,14 @@ impl<'a> Builder<'a> {
             let have = if present.is_empty() { "none".to_string() } else { present.join(", ") };
             let message =
                 format!("--tag {}: no node of the flow has it (its nodes' tags: {have})", asked.join(", --tag "));
-            self.error(Diagnostic::new("bad-argument", message));
+            self.errors.push(Diagnostic::new("bad-argument", message));
         }
         ids
     }
 }
 
 fn placeholder() -> Binding {
-    Binding::literal(Arc::new(()), blake3::hash(b""), LiteralSource::Default)
+    Binding::Literal(Literal { value: Arc::new(()), identity: blake3::hash(b""), source: LiteralSource::Default })
 }
 
 /// A TOML value for an error message, e.g. `a string "ten"` (long values cut after 40 bytes).
@@ -1097,27 +1054,21 @@ fn describe_toml(v: &toml::Value) -> String {
     format!("{} {t} {shown}", if t.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" })
 }
 
+/// A command-line `--input` value: relative paths are relative to the current directory (URLs are not paths).
 fn cli_input_value(raw: &str) -> toml::Value {
-    match parse_cli_value(raw) {
-        toml::Value::String(s) => {
-            // Relative paths given on the command line are relative to the current directory (URLs are not
-            // paths).
-            let p = Path::new(&s);
-            // a scheme as RFC 3986 has it: a letter, then letters, digits, `+`, `-`, `.` (`s3://`, `http://`)
-            let url = s.split_once("://").is_some_and(|(scheme, _)| {
-                scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-                    && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-            });
-            if p.is_relative()
-                && !url
-                && (p.exists() || s.contains('/'))
-                && let Ok(cwd) = std::env::current_dir()
-            {
-                return toml::Value::String(cwd.join(p).to_string_lossy().into_owned());
-            }
-            toml::Value::String(s)
+    let value = parse_cli_value(raw);
+    let Some(s) = value.as_str() else { return value };
+    let p = Path::new(s);
+    // a scheme as RFC 3986 has it: a letter, then letters, digits, `+`, `-`, `.` (`s3://`, `http://`)
+    let url = s.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    });
+    match std::env::current_dir() {
+        Ok(cwd) if p.is_relative() && !url && (p.exists() || s.contains('/')) => {
+            toml::Value::String(cwd.join(p).to_string_lossy().into_owned())
         }
-        other => other,
+        _ => value,
     }
 }
 

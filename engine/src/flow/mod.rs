@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::{Dfs, Reversed};
 
 use crate::registry::{NodeDef, OutputKind};
 use crate::value::AnyValue;
@@ -98,25 +99,15 @@ impl Flow {
         self.source.path.parent().map(|p| p.to_path_buf()).unwrap_or_default()
     }
 
-    /// Nodes that `targets` need (themselves and everything upstream), as a mask over `nodes`.
+    /// Nodes that `targets` need (themselves and everything upstream), as a mask over `nodes`. (A node
+    /// inside a fan-out is downstream of the fan-out node that makes its items: a scope is entered through
+    /// an item edge only.)
     pub fn needed(&self, targets: &[NodeId]) -> Vec<bool> {
         let mut needed = vec![false; self.nodes.len()];
-        let mut stack: Vec<NodeId> = targets.to_vec();
-        while let Some(n) = stack.pop() {
-            if std::mem::replace(&mut needed[n], true) {
-                continue;
-            }
-            for arg in &self.nodes[n].args {
-                if let Binding::Node { node, .. } = arg.binding {
-                    stack.push(node);
-                }
-            }
-            // a node inside a fan-out needs the fan-out node that makes its items
-            let mut b = self.nodes[n].block;
-            while let Some(e) = self.blocks[b].expand {
-                stack.push(e);
-                b = self.blocks[b].parent.unwrap_or(0);
-            }
+        let mut upstream = Dfs::empty(&self.graph);
+        upstream.stack.extend(targets.iter().map(|&t| NodeIndex::new(t)));
+        while let Some(n) = upstream.next(Reversed(&self.graph)) {
+            needed[n.index()] = true;
         }
         needed
     }
@@ -180,12 +171,14 @@ pub struct FlowNode {
 }
 
 impl FlowNode {
+    /// The registered function it runs (`None` for a SQL node).
+    pub fn def(&self) -> Option<&'static NodeDef> {
+        if let NodeImpl::Function(def) = self.imp { Some(def) } else { None }
+    }
+
     /// What the node returns.
     pub fn output(&self) -> OutputKind {
-        match &self.imp {
-            NodeImpl::Function(def) => def.output,
-            NodeImpl::Sql(_) => OutputKind::Value(crate::value::TypeDesc::of::<crate::Table>()),
-        }
+        self.def().map_or(OutputKind::Value(crate::value::TypeDesc::of::<crate::Table>()), |def| def.output)
     }
 
     /// Its tags: the function's (`#[node(tags(...))]`), then the flow file's (a key may appear in both; the
@@ -199,10 +192,7 @@ impl FlowNode {
     /// # }
     /// ```
     pub fn tags(&self) -> impl Iterator<Item = (&str, &str)> {
-        let own: &[(&str, &str)] = match &self.imp {
-            NodeImpl::Function(def) => def.tags,
-            NodeImpl::Sql(_) => &[],
-        };
+        let own: &[(&str, &str)] = self.def().map_or(&[], |def| def.tags);
         own.iter().copied().chain(self.file_tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 
@@ -213,10 +203,7 @@ impl FlowNode {
 
     /// `module::name` of the function, or `sql`.
     pub fn function_path(&self) -> &'static str {
-        match &self.imp {
-            NodeImpl::Function(def) => def.path(),
-            NodeImpl::Sql(_) => "sql",
-        }
+        self.def().map_or("sql", NodeDef::path)
     }
 
     /// Code version (function token hash, or normalized-SQL hash).
@@ -286,13 +273,6 @@ pub struct Literal {
     pub identity: blake3::Hash,
     /// Where it came from.
     pub source: LiteralSource,
-}
-
-impl Binding {
-    /// A literal binding.
-    pub fn literal(value: AnyValue, identity: blake3::Hash, source: LiteralSource) -> Binding {
-        Binding::Literal(Literal { value, identity, source })
-    }
 }
 
 /// How a consumer uses a producer's result.
