@@ -37,12 +37,8 @@ pub(crate) fn run(dir: &Path, args: &[&str]) -> Measured {
     let status_path = format!("/proc/{}/status", child.id());
     let mut peak_kb = 0u64;
     // read stdout on a thread so a large JSON report cannot block the child
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
-        s
-    });
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
     loop {
         if let Ok(s) = std::fs::read_to_string(&status_path)
             && let Some(line) = s.lines().find(|l| l.starts_with("VmHWM:"))

@@ -10,13 +10,9 @@ use flowrun_engine::Table;
 
 /// N squares of ~100 m spread over the globe, in batches of 64K, geometry as geoarrow.wkb.
 pub fn polygons(n: usize) -> Table {
-    let geom = Field::new("geometry", DataType::Binary, false).with_metadata(
-        [
-            ("ARROW:extension:name".to_string(), "geoarrow.wkb".to_string()),
-            ("ARROW:extension:metadata".to_string(), "{}".to_string()),
-        ]
-        .into(),
-    );
+    let extension = [("ARROW:extension:name", "geoarrow.wkb"), ("ARROW:extension:metadata", "{}")];
+    let geom = Field::new("geometry", DataType::Binary, false)
+        .with_metadata(extension.map(|(k, v)| (k.to_string(), v.to_string())).into());
     let schema = Arc::new(Schema::new(vec![
         Field::new("unified_id", DataType::Int64, false),
         Field::new("dataset_name", DataType::Utf8, false),
@@ -31,8 +27,7 @@ pub fn polygons(n: usize) -> Table {
         state ^= state << 17;
         (state >> 11) as f64 / (1u64 << 53) as f64
     };
-    let mut start = 0;
-    while start < n {
+    for start in (0..n).step_by(65_536) {
         let len = (n - start).min(65_536);
         let mut wkb: Vec<Vec<u8>> = Vec::with_capacity(len);
         let mut area = Vec::with_capacity(len);
@@ -61,7 +56,6 @@ pub fn polygons(n: usize) -> Table {
             )
             .unwrap(),
         );
-        start += len;
     }
     Table::try_new(schema, batches).unwrap()
 }

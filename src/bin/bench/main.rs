@@ -69,15 +69,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> Duration {
-    median(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(f());
-                t.elapsed()
-            })
-            .collect(),
-    )
+    let mut once = || {
+        let t = Instant::now();
+        std::hint::black_box(f());
+        t.elapsed()
+    };
+    median((0..reps).map(|_| once()).collect())
 }
 
 #[derive(serde::Serialize)]
