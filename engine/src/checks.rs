@@ -92,10 +92,7 @@ pub fn run(c: &RawCheck, table: &Table) -> Result<(), String> {
         let allowed: Option<HashSet<&str>> = c.values.as_ref().map(|v| v.iter().map(String::as_str).collect());
         let mut seen: HashSet<String> = HashSet::new();
         for a in &arrays {
-            for i in 0..a.len() {
-                if a.is_null(i) {
-                    continue;
-                }
+            for i in (0..a.len()).filter(|&i| a.is_valid(i)) {
                 let s = arrow_cast::display::array_value_to_string(a, i).map_err(|e| e.to_string())?;
                 if let Some(allowed) = &allowed
                     && !allowed.contains(s.as_str())

@@ -77,11 +77,7 @@ pub fn fingerprint_dir(path: &Path) -> io::Result<blake3::Hash> {
 pub fn track_file(path: &Path) -> io::Result<blake3::Hash> {
     let hash = fingerprint_file(path)?;
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    with_current(|cx| {
-        if let Some(cx) = cx {
-            cx.deps.push(FileDep { path: abs, hash: hash.to_hex().to_string() });
-        }
-    });
+    with_current(|cx| cx.map(|cx| cx.deps.push(FileDep { path: abs, hash: hash.to_hex().to_string() })));
     Ok(hash)
 }
 

@@ -62,7 +62,8 @@ enum Step<'f> {
 }
 
 /// The nodes of scope `b`, each child scope nested after them.
-fn steps<'f>(flow: &'f Flow, b: usize, depth: usize, out: &mut Vec<(usize, Step<'f>)>) {
+fn steps(flow: &Flow, b: usize, depth: usize) -> Vec<(usize, Step<'_>)> {
+    let mut out = Vec::new();
     if b != 0 {
         let expand = flow.blocks[b].expand.map(|e| &*flow.nodes[e].name).unwrap_or("");
         out.push((depth, Step::Open(b, expand)));
@@ -70,12 +71,13 @@ fn steps<'f>(flow: &'f Flow, b: usize, depth: usize, out: &mut Vec<(usize, Step<
     out.extend(flow.nodes.iter().enumerate().filter(|(_, n)| n.block == b).map(|(i, _)| (depth, Step::Node(i))));
     for (c, blk) in flow.blocks.iter().enumerate() {
         if blk.parent == Some(b) {
-            steps(flow, c, depth + 1, out);
+            out.extend(steps(flow, c, depth + 1));
         }
     }
     if b != 0 {
         out.push((depth, Step::Close));
     }
+    out
 }
 
 /// Every node-to-node edge: (producer, consumer, mode).
@@ -98,9 +100,7 @@ pub fn dot(flow: &Flow, run: Option<&HashMap<String, Status>>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", esc(&flow.name));
     out.push_str("  rankdir=LR;\n  node [fontname=\"Helvetica\", fontsize=11, style=filled];\n  edge [fontname=\"Helvetica\", fontsize=9];\n");
-    let mut nesting = Vec::new();
-    steps(flow, 0, 0, &mut nesting);
-    for (depth, step) in nesting {
+    for (depth, step) in steps(flow, 0, 0) {
         let pad = "  ".repeat(depth);
         let _ = match step {
             Step::Open(b, expand) => writeln!(
@@ -147,9 +147,7 @@ pub fn dot(flow: &Flow, run: Option<&HashMap<String, Status>>) -> String {
 /// Mermaid `flowchart`.
 pub fn mermaid(flow: &Flow, run: Option<&HashMap<String, Status>>) -> String {
     let mut out = String::from("flowchart LR\n");
-    let mut nesting = Vec::new();
-    steps(flow, 0, 0, &mut nesting);
-    for (depth, step) in nesting {
+    for (depth, step) in steps(flow, 0, 0) {
         let pad = "    ".repeat(depth);
         let _ = match step {
             Step::Open(b, expand) => writeln!(out, "{pad}subgraph b{b}[\"each item of {expand}\"]"),

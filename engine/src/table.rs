@@ -92,9 +92,7 @@ impl Table {
     /// Writes the table as an Arrow IPC stream.
     pub fn write_ipc(&self, out: &mut Vec<u8>) -> Result<(), ArrowError> {
         let mut w = arrow_ipc::writer::StreamWriter::try_new(out, &self.schema)?;
-        for b in self.batches.iter() {
-            w.write(b)?;
-        }
+        self.batches.iter().try_for_each(|b| w.write(b))?;
         w.finish()
     }
 

@@ -49,8 +49,8 @@ pub struct LiteralCx {
 impl LiteralCx {
     /// Resolves `path` against the flow file's directory (absolute paths are kept).
     pub fn resolve(&self, path: &str) -> PathBuf {
-        let p = Path::new(path);
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        // an absolute path replaces the base
+        self.base_dir.join(path)
     }
 }
 

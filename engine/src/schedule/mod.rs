@@ -12,6 +12,7 @@ mod exec;
 mod lazy;
 mod plan;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -144,10 +145,8 @@ impl RunReport {
 
     /// The items collecting nodes left out (`on_item_error = "skip"`), by display name, sorted.
     pub fn left_out(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.nodes.iter().flat_map(|n| n.left_out.iter().cloned()).collect();
-        v.sort();
-        v.dedup();
-        v
+        let v: BTreeSet<&String> = self.nodes.iter().flat_map(|n| &n.left_out).collect();
+        v.into_iter().cloned().collect()
     }
 
     /// Why each left-out item is missing: `<item>: <node>[<item>] failed: <its error>` (or was cancelled), one
