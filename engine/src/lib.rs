@@ -145,13 +145,8 @@ pub mod __private {
         vs.into_iter().map(|v| arg_owned(ArgValue::One(v), param)).collect::<Result<_, _>>().map(Collect)
     }
 
-    /// Wraps an infallible node's output.
-    pub fn finish<T: Value>(out: T) -> NodeResult {
-        Ok(Arc::new(out))
-    }
-
-    /// Wraps a fallible node's output.
-    pub fn finish_fallible<T: Value, E: Into<anyhow::Error>>(out: Result<T, E>) -> NodeResult {
+    /// Wraps a node's output (an infallible node's in `Result<T, Infallible>`).
+    pub fn finish<T: Value, E: Into<anyhow::Error>>(out: Result<T, E>) -> NodeResult {
         out.map(|v| Arc::new(v) as AnyValue).map_err(Into::into)
     }
 }

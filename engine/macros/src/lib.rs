@@ -7,6 +7,7 @@ mod code;
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
 use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
 use syn::{
@@ -96,10 +97,7 @@ fn wrapper<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
         return None;
     }
     let PathArguments::AngleBracketed(args) = &seg.arguments else { return None };
-    args.args.iter().find_map(|a| match a {
-        GenericArgument::Type(t) => Some(t),
-        _ => None,
-    })
+    args.args.iter().find_map(|a| if let GenericArgument::Type(t) = a { Some(t) } else { None })
 }
 
 fn doc_of(attrs: &[syn::Attribute]) -> String {
@@ -138,8 +136,7 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
                 "node parameters must be plain names: the name is the edge (the node or value it reads)",
             );
         };
-        let pname = pat.ident.to_string();
-        let pname = pname.strip_prefix("r#").unwrap_or(&pname).to_string();
+        let pname = pat.ident.unraw().to_string();
         let local = format_ident!("__flowrun_arg{}", i);
         // bound to a generated name: a parameter may share the function's name
         let ident = format_ident!("__flowrun_val{}", i);
@@ -184,7 +181,9 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
             #p::OutputKind::Parallel { list: #p::TypeDesc::of::<#out_ty>(), item: #p::TypeDesc::of::<#item>() }),
         None => quote_spanned!(out_span=> #p::OutputKind::Value(#p::TypeDesc::of::<#out_ty>())),
     };
-    let finish = if fallible { quote!(finish_fallible) } else { quote!(finish) };
+    let call = quote!(#fn_ident(#(#call_args),*));
+    let result =
+        if fallible { call } else { quote!(::core::result::Result::<_, ::core::convert::Infallible>::Ok(#call)) };
 
     // The code version: a hash of the function's own tokens (signature and body, not its attributes or
     // doc comment) and the explicit version bump, then `+` and the digest of the code it can call (its
@@ -213,7 +212,7 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
         #[allow(non_snake_case, clippy::needless_question_mark)]
         fn #call_ident(__args: &mut #p::Args) -> #p::NodeResult {
             #(#bindings)*
-            #p::#finish(#fn_ident(#(#call_args),*))
+            #p::finish(#result)
         }
 
         #p::inventory::submit! {
