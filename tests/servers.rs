@@ -189,6 +189,11 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn start(upstream: &str, per_second: u32) -> RateLimiter {
+        RateLimiter::with_locations(upstream, per_second, "")
+    }
+
+    /// The gateway with more nginx `location` blocks of the test's own (`{port}` in them is the gateway's).
+    pub fn with_locations(upstream: &str, per_second: u32, locations: &str) -> RateLimiter {
         assert!(
             Path::new("/usr/sbin/nginx").exists(),
             "nginx is not installed (apt-get install nginx-light); .ci/run installs it"
@@ -204,7 +209,8 @@ impl RateLimiter {
              location / {{\n      limit_req zone=api;\n      limit_req_status 429;\n      error_page 429 = @slow_down;\n\
              proxy_pass {upstream};\n      proxy_set_header Host $http_host;\n    }}\n\
              location @slow_down {{\n      add_header Retry-After 1 always;\n      return 429 \"too many requests\\n\";\n    }}\n\
-             }}\n}}\n"
+             {}\n}}\n}}\n",
+            locations.replace("{port}", &port.to_string())
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
         let child = Command::new("/usr/sbin/nginx")

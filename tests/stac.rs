@@ -182,6 +182,62 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     assert_eq!(gateway.statuses().len(), statuses.len(), "no request: {}", again.stdout);
     drop(gateway);
 
+    // servers that misbehave, answered for by a gateway in front of the real one (nginx `return`; the landing
+    // page and collections still come from the real one): `next` links that never end (a new token on every
+    // page) fail at max_pages, naming the query and the page; an empty page ends a search whatever link it
+    // carries; a server that ignores the cloud filter has its cloudy items left out as they arrive
+    let item = |id: &str, cloud: f64| {
+        let ring = [[60.0, 0.0], [100.0, 0.0], [100.0, 40.0], [60.0, 40.0], [60.0, 0.0]];
+        serde_json::json!({"type": "Feature", "stac_version": "1.0.0", "id": id, "collection": "s2-test",
+            "geometry": {"type": "Polygon", "coordinates": [ring]}, "bbox": [60.0, 0.0, 100.0, 40.0],
+            "properties": {"datetime": "2023-06-01T05:30:00Z", "eo:cloud_cover": cloud, "platform": "sentinel-2b"},
+            "assets": {"visual": {"href": format!("https://example.invalid/{id}.tif")}}, "links": []})
+    };
+    let page = |features: Vec<serde_json::Value>, next: &str| {
+        let links: Vec<_> =
+            [next].iter().filter(|n| !n.is_empty()).map(|n| serde_json::json!({"rel": "next", "href": n})).collect();
+        serde_json::json!({"type": "FeatureCollection", "features": features, "links": links}).to_string()
+    };
+    let answer = |name: &str, body: String| {
+        format!("location = /{name}/search {{ default_type application/json; return 200 '{body}'; }}\n")
+    };
+    let locations = [
+        answer(
+            "endless",
+            page(vec![item("gateway-900", 5.0)], "http://127.0.0.1:{port}/endless/search?token=$request_id"),
+        ),
+        answer("hollow", page(vec![], "http://127.0.0.1:{port}/hollow/search?token=$request_id")),
+        answer("cloudy", page(vec![item("gateway-901", 5.0), item("gateway-902", 50.0)], "")),
+        format!(
+            "location ~ ^/(endless|hollow|cloudy) {{ rewrite ^/[a-z]+/?(.*)$ /$1 break; proxy_pass {}; }}",
+            server.url()
+        ),
+    ]
+    .concat();
+    let gateway = RateLimiter::with_locations(&server.url(), 1000, &locations);
+    imagery_flow(&s, &server, Some(5), "");
+    let flow = std::fs::read_to_string(s.path().join("flows/pv_imagery.toml")).unwrap();
+    let flow = flow.replace("LIMIT 300\"", "LIMIT 8\"").replace("concurrency = 4 ", "max_pages = 5\nconcurrency = 4 ");
+    let at = |name: &str| flow.replace(&server.url(), &format!("{}/{name}", gateway.url()));
+    s.write("flows/pv_imagery.toml", &at("endless"));
+    let out = s.run(&["run", "flows/pv_imagery.toml"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(said.contains("STAC search `H3 cell ") && said.contains("page 6"), "{said}");
+    assert!(said.contains("more than 5 pages") && said.contains("max_pages"), "{said}");
+    s.write("flows/pv_imagery.toml", &at("hollow"));
+    let hollow = s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
+    let (before, after) = hollow.stdout.split_once(" queries, ").expect("the search's note");
+    let queries = before.rsplit(|c: char| !c.is_ascii_digit()).next().unwrap();
+    let pages = after.split(' ').next().unwrap();
+    assert_eq!(queries, pages, "one page a query: {}", hollow.stdout);
+    assert!(after.split('"').next().unwrap().contains(", 0 distinct items"), "{}", hollow.stdout);
+    s.write("flows/pv_imagery.toml", &at("cloudy"));
+    let cloudy = s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
+    assert!(cloudy.stdout.contains("1 items at or over max_cloud_cover left out"), "{}", cloudy.stdout);
+    assert_eq!(oracle_of(&eight)["item_ids"], serde_json::json!(["gateway-901"]));
+    drop(gateway);
+
     // the server stopped after page 2 of a search (one request at a time, one item a page): the run fails
     // naming the query and page 3, the lake keeps its snapshot, and the rerun asks only for the pages it lacks
     let snapshots = oracle(&s)["snapshots"].clone();
@@ -189,8 +245,10 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     let flow = std::fs::read_to_string(s.path().join("flows/pv_imagery.toml")).unwrap();
     let flow = flow.replace("limit = 10 ", "limit = 1 ").replace("concurrency = 4 ", "concurrency = 1 ");
     s.write("flows/pv_imagery.toml", &flow);
-    let child = spawn(&s, &["--json", "run", "flows/pv_imagery.toml"], &[("FLOWRUN_TEST_STAC_PAUSE", "2:4000".into())]);
+    // (without the pages the endless search above left)
     let pages = s.path().join(".flowrun/cache/stac");
+    std::fs::remove_dir_all(&pages).unwrap();
+    let child = spawn(&s, &["--json", "run", "flows/pv_imagery.toml"], &[("FLOWRUN_TEST_STAC_PAUSE", "2:4000".into())]);
     let started = std::time::Instant::now();
     // a search paused after its page 2 (which links to a page 3)
     let second_page = || {
@@ -252,7 +310,7 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     assert_eq!((empty["pairs"].as_u64(), empty["pyarrow_rows"].as_u64()), (Some(0), Some(0)), "{empty}");
     let snapshots = empty["snapshots"].clone();
 
-    // an asset the items do not have, and a server nobody answers at: errors naming the query and the page
+    // an asset the items do not have (an error naming the query and the page), and a server nobody answers at
     imagery_flow(&s, &server, Some(5), "");
     let flow = std::fs::read_to_string(s.path().join("flows/pv_imagery.toml")).unwrap();
     s.write("flows/pv_imagery.toml", &flow.replace("assets = [\"visual\"]", "assets = [\"visual\", \"nir\"]"));
@@ -269,6 +327,8 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     let out = s.run(&["run", "flows/pv_imagery.toml"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     let said = format!("{}{}", out.stdout, out.stderr);
-    assert!(said.contains("page 1") && said.contains("cannot reach the server"), "{said}");
+    // (the first request asks the server what it conforms to)
+    let first = format!("STAC API {nobody} (what it conforms to)");
+    assert!(said.contains(&first) && said.contains("cannot reach the server"), "{said}");
     assert_eq!(oracle(&s)["snapshots"], snapshots, "nor did these");
 }

@@ -1,26 +1,32 @@
 //! Imagery per installation from a STAC API (SpatioTemporal Asset Catalog: Sentinel-2, Landsat, NAIP).
 //!
 //! `[config.stac]` says what to look for ([`StacQuery`]); two nodes:
-//! - [`stac_search`] asks the API's `/search` (POST, `intersects`, `collections`, `datetime`, and
-//!   `eo:cloud_cover < max_cloud_cover` and any other CQL2 `filter`, or a `query`) once per installation,
-//!   or once per H3 cell
-//!   holding installations (`h3_resolution`: one query per area), and follows each answer's `next` link to
-//!   the last page. Its table is the distinct items found in the stac-geoparquet layout (`type`,
-//!   `stac_version`, `id`, `geometry`, `collection`, the properties as columns, `assets`, `links`; the
-//!   GeoParquet writer adds `bbox`; the file's `stac-geoparquet` metadata gives the version and the items'
-//!   collections, fetched from `/collections/{id}`), so a
-//!   `geoparquet` materialization of it is a stac-geoparquet file `rustac` and pyarrow read.
+//! - [`stac_search`] first asks the API what it conforms to (its landing page's `conformsTo`), then asks
+//!   its `/search` (POST, `intersects`, `collections`, `datetime`, a CQL2 `filter` and/or a `query`) once
+//!   per installation (its bounding box), or once per H3 cell holding installations (`h3_resolution`: the
+//!   box around the cell and its installations' boxes), and follows each answer's `next` link to the last
+//!   page. `max_cloud_cover` goes as CQL2 where the server has the filter extension, else in `query`
+//!   where it has that, and every item that arrives is checked against it again (a server may ignore
+//!   both); a `filter` or `query` the server does not say it applies is an error. Its table is the
+//!   distinct items found in the stac-geoparquet layout (`type`, `stac_version`, `id`, `geometry`,
+//!   `collection`, the properties as columns, `assets`, `links`; the GeoParquet writer adds `bbox`; the
+//!   file's `stac-geoparquet` metadata gives the version and the items' collections, fetched from
+//!   `/collections/{id}`), so a `geoparquet` materialization of it is a stac-geoparquet file `rustac` and
+//!   pyarrow read.
 //! - [`stac_items`] joins items to installations: one row per (installation, item whose geometry meets
 //!   the installation's bounding box), with the item's id, collection, datetime, cloud cover, geometry and
 //!   one `asset_<key>` href column per asset the flow asks for.
 //!
 //! Requests run `concurrency` at a time (at most `--jobs`); a 429, a 5xx or a failed connection is retried
-//! four times with backoff (0.25, 0.5, 1, 2 s, or the `Retry-After` the server sends, up to 30 s). Every page is kept on disk (`<cache>/stac/`, by its query)
-//! until all of the node's searches have ended, and for a day at most: a rerun after a failure asks only
-//! for the pages it does not have; once the node succeeds its result is cached as any node's, and a run
-//! that must run it again asks the API again. A page holding an item the flow cannot use (no id, a
-//! geometry or datetime that does not parse, a missing asset) is not kept. A `next` link back to a page
-//! already read is an error. Errors name the query (the installation or the cell) and the page.
+//! four times with backoff (0.25, 0.5, 1, 2 s, or the `Retry-After` the server sends, up to 30 s). Every
+//! page is kept on disk (`<cache>/stac/`, by its query) until the node's table is made, and for a day at
+//! most: a rerun after a failure asks only for the pages it does not have; once the node succeeds its
+//! result is cached as any node's, and a run that must run it again asks the API again. A page holding an
+//! item the flow cannot use (no id, a geometry or datetime that does not parse, a missing asset) is not
+//! kept. A search ends at a page without `next` link or without items; a `next` link back to a page
+//! already read, or a search over `max_pages` pages, is an error. Errors name the query (the installation
+//! or the cell) and the page. The node's note counts installations without a geometry (not searched) and
+//! items left out for their cloud cover.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
@@ -73,6 +79,9 @@ pub struct StacQuery {
     /// Requests at a time.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Pages one search may take before it is an error (a server whose `next` links never end).
+    #[serde(default = "default_max_pages")]
+    pub max_pages: usize,
 }
 
 fn default_limit() -> u32 {
@@ -81,6 +90,10 @@ fn default_limit() -> u32 {
 
 fn default_concurrency() -> usize {
     4
+}
+
+fn default_max_pages() -> usize {
+    1000
 }
 
 impl Value for StacQuery {
@@ -98,15 +111,16 @@ impl Value for StacQuery {
         if q.h3_resolution.is_some_and(|r| r > 15) {
             return Err("stac h3_resolution is 0 to 15".into());
         }
-        if q.limit == 0 || q.concurrency == 0 {
-            return Err("stac limit and concurrency are at least 1".into());
+        if q.limit == 0 || q.concurrency == 0 || q.max_pages == 0 {
+            return Err("stac limit, concurrency and max_pages are at least 1".into());
         }
         Ok(q)
     }
-    /// Everything but `concurrency`, which says how to ask, not what: changing it re-runs no search.
+    /// Everything but `concurrency` and `max_pages`, which say how to ask, not what (a search over
+    /// `max_pages` fails, it is never cut short): changing them re-runs no search.
     fn identity(&self) -> Option<Result<blake3::Hash, String>> {
         let mut out = Vec::new();
-        let what = StacQuery { concurrency: 0, ..self.clone() };
+        let what = StacQuery { concurrency: 0, max_pages: 0, ..self.clone() };
         Some(
             flowrun_engine::value::serde_encode(&what, &mut out)
                 .map(|()| blake3::hash(&out))
@@ -132,26 +146,32 @@ pub fn stac_search(installations: &Table, stac: StacQuery) -> Result<Table> {
         .timeout(Duration::from_secs(60))
         .build()
         .context("cannot build an HTTP client")?;
+    let mut retried = 0;
+    let dialect = Dialect::of(&client, &stac, &mut retried)?;
     // `--jobs N` bounds every thread of a run: requests too
     let at_once = stac.concurrency.min(rayon::current_num_threads().max(1));
-    let results = run_bounded(&queries, at_once, |q| search(&client, &stac, q, &dir));
+    let results = run_bounded(&queries, at_once, |q| search(&client, &stac, dialect, q, &dir));
     // the first failure in query order; a search is left out (`None`) only after another failed, so without a
     // failure every search ran
     let results: Vec<Found> = results.into_iter().flatten().collect::<Result<_>>()?;
-    let mut items: BTreeMap<(String, String), J> = BTreeMap::new();
-    let (mut pages, mut fetched, mut retried) = (0, 0, 0);
+    let mut items: BTreeMap<(String, String), (J, String)> = BTreeMap::new();
+    let (mut pages, mut fetched, mut cloudy) = (0, 0, BTreeSet::new());
     for found in results {
         pages += found.pages;
         fetched += found.fetched;
         retried += found.retried;
-        for item in found.items {
+        for (item, at) in found.items {
+            // the server may not apply `max_cloud_cover` (no CQL2 nor query extension, or one it ignores)
+            if stac
+                .max_cloud_cover
+                .is_some_and(|max| item["properties"]["eo:cloud_cover"].as_f64().is_none_or(|c| c >= max))
+            {
+                cloudy.insert(text(&item["id"]).to_string());
+                continue;
+            }
             let key = (text(&item["collection"]).to_string(), text(&item["id"]).to_string());
-            items.entry(key).or_insert(item);
+            items.entry(key).or_insert((item, at));
         }
-    }
-    // every search of the node ended: their pages are not needed again
-    for q in &queries {
-        let _ = std::fs::remove_dir_all(dir.join(query_dir(&stac, q)));
     }
     // the collections the items belong to, for the file's metadata
     let mut collections = serde_json::Map::new();
@@ -162,13 +182,29 @@ pub fn stac_search(installations: &Table, stac: StacQuery) -> Result<Table> {
         let collection: J = serde_json::from_str(&text).with_context(|| format!("STAC collection `{id}` ({url})"))?;
         collections.insert(id.clone(), collection);
     }
+    let table = stac_geoparquet(items.into_values().collect(), collections)?;
+    // every search of the node ended and its table is made: their pages are not needed again
+    for q in &queries {
+        let _ = std::fs::remove_dir_all(dir.join(query_dir(&stac, dialect, q)));
+    }
+    let no_geometry = boxes.iter().filter(|(_, b)| b.is_none()).count();
     ctx::note(format!(
         "{} queries, {pages} pages ({fetched} fetched, the others kept from an earlier run or an identical query; \
-         {retried} requests retried), {} distinct items",
+         {retried} requests retried), {} distinct items{}{}",
         queries.len(),
-        items.len()
+        table.num_rows(),
+        if !cloudy.is_empty() {
+            format!("; {} items at or over max_cloud_cover left out (the server did not apply it)", cloudy.len())
+        } else {
+            String::new()
+        },
+        if no_geometry > 0 {
+            format!("; {no_geometry} installations without a geometry not searched")
+        } else {
+            String::new()
+        },
     ));
-    stac_geoparquet(items.into_values().collect(), collections)
+    Ok(table)
 }
 
 /// One row per (installation, item whose geometry meets its bounding box); see the module documentation.
@@ -266,20 +302,25 @@ fn queries(boxes: &[(String, Option<Rect<f64>>)], resolution: Option<u8>) -> Res
             .collect());
     };
     let res = h3o::Resolution::try_from(r).map_err(|e| anyhow!("h3_resolution {r}: {e}"))?;
-    let cells: BTreeSet<h3o::CellIndex> = boxes
-        .iter()
-        .filter_map(|(_, b)| {
-            let c = (*b)?.center();
-            h3o::LatLng::new(c.y, c.x).ok().map(|p| p.to_cell(res))
-        })
-        .collect();
+    // each cell's area covers the cell and the whole box of every installation in it, so an item meeting
+    // an installation only outside its cell is still found
+    let mut cells: BTreeMap<h3o::CellIndex, Rect<f64>> = BTreeMap::new();
+    for b in boxes.iter().filter_map(|(_, b)| *b) {
+        let Ok(p) = h3o::LatLng::new(b.center().y, b.center().x) else { continue };
+        let cell = p.to_cell(res);
+        let area = cells.entry(cell).or_insert_with(|| {
+            let ring: Vec<geo::Coord<f64>> =
+                cell.boundary().iter().map(|p| geo::coord! { x: p.lng(), y: p.lat() }).collect();
+            Polygon::new(ring.into(), vec![]).bounding_rect().unwrap_or(b)
+        });
+        *area = Rect::new(
+            geo::coord! { x: area.min().x.min(b.min().x), y: area.min().y.min(b.min().y) },
+            geo::coord! { x: area.max().x.max(b.max().x), y: area.max().y.max(b.max().y) },
+        );
+    }
     Ok(cells
         .into_iter()
-        .map(|c| {
-            let ring: Vec<geo::Coord<f64>> =
-                c.boundary().iter().map(|p| geo::coord! { x: p.lng(), y: p.lat() }).collect();
-            Query { label: format!("H3 cell {c}"), area: Geometry::Polygon(Polygon::new(ring.into(), vec![])) }
-        })
+        .map(|(c, area)| Query { label: format!("H3 cell {c}"), area: Geometry::Polygon(area.to_polygon()) })
         .collect())
 }
 
@@ -317,7 +358,8 @@ fn run_bounded<T: Sync, R: Send>(items: &[T], n: usize, f: impl Fn(&T) -> Result
 
 /// What one search found.
 struct Found {
-    items: Vec<J>,
+    /// Each item and where it came from (the search and the page), for messages.
+    items: Vec<(J, String)>,
     pages: usize,
     fetched: usize,
     /// Requests that failed and were sent again.
@@ -325,12 +367,56 @@ struct Found {
 }
 
 /// The directory of a search's pages.
-fn query_dir(stac: &StacQuery, q: &Query) -> String {
-    let key = json!({"url": stac.url, "body": first_body(stac, q)});
+fn query_dir(stac: &StacQuery, dialect: Dialect, q: &Query) -> String {
+    let key = json!({"url": stac.url, "body": first_body(stac, dialect, q)});
     blake3::hash(key.to_string().as_bytes()).to_hex()[..24].to_string()
 }
 
-fn first_body(stac: &StacQuery, q: &Query) -> J {
+/// What the server says it understands: its landing page's (or `/conformance`'s) `conformsTo`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Dialect {
+    /// The filter extension: CQL2 `filter`.
+    cql2: bool,
+    /// The query extension: `query`.
+    query: bool,
+}
+
+impl Dialect {
+    /// Asks the server; a `filter` or `query` of the flow the server does not say it applies is an error
+    /// (it would be ignored, and every item returned).
+    fn of(client: &reqwest::blocking::Client, stac: &StacQuery, retried: &mut usize) -> Result<Dialect> {
+        let root = stac.url.trim_end_matches('/');
+        let mut classes = Vec::new();
+        for url in [root.to_string(), format!("{root}/conformance")] {
+            let at = || format!("STAC API {url} (what it conforms to)");
+            let page: J =
+                serde_json::from_str(&fetch(client, &url, None, retried).with_context(at)?).with_context(at)?;
+            classes = page["conformsTo"].as_array().cloned().unwrap_or_default();
+            if !classes.is_empty() {
+                break;
+            }
+        }
+        let has = |class: &str| classes.iter().any(|c| c.as_str().is_some_and(|c| c.ends_with(class)));
+        let dialect = Dialect { cql2: has("item-search#filter"), query: has("item-search#query") };
+        if stac.filter.is_some() && !dialect.cql2 {
+            bail!(
+                "the STAC API at {root} does not conform to item-search#filter, so it would ignore [config.stac] \
+                 filter; use `query` if it has the query extension ({}), or filter in a SQL node",
+                if dialect.query { "it has" } else { "it has not either" }
+            );
+        }
+        if stac.query.is_some() && !dialect.query {
+            bail!(
+                "the STAC API at {root} does not conform to item-search#query, so it would ignore [config.stac] query; use a CQL2 `filter`"
+            );
+        }
+        Ok(dialect)
+    }
+}
+
+/// The first page's request body. `max_cloud_cover` goes as CQL2 when the server has the filter extension,
+/// else in `query` when it has that; the items are checked against it again when they arrive.
+fn first_body(stac: &StacQuery, dialect: Dialect, q: &Query) -> J {
     let mut body = json!({ "limit": stac.limit, "intersects": geojson::Geometry::from(&q.area) });
     if !stac.collections.is_empty() {
         body["collections"] = json!(stac.collections);
@@ -338,7 +424,8 @@ fn first_body(stac: &StacQuery, q: &Query) -> J {
     if let Some(d) = &stac.datetime {
         body["datetime"] = json!(d);
     }
-    let cloud = stac.max_cloud_cover.map(|max| json!({"op": "<", "args": [{"property": "eo:cloud_cover"}, max]}));
+    let cloud = stac.max_cloud_cover.filter(|_| dialect.cql2);
+    let cloud = cloud.map(|max| json!({"op": "<", "args": [{"property": "eo:cloud_cover"}, max]}));
     let filter = match (cloud, stac.filter.clone()) {
         (Some(a), Some(b)) => Some(json!({"op": "and", "args": [a, b]})),
         (a, b) => a.or(b),
@@ -350,13 +437,23 @@ fn first_body(stac: &StacQuery, q: &Query) -> J {
     if let Some(q) = &stac.query {
         body["query"] = q.clone();
     }
+    if let Some(max) = stac.max_cloud_cover.filter(|_| dialect.query && !dialect.cql2) {
+        body["query"]["eo:cloud_cover"]["lt"] = json!(max);
+    }
     body
 }
 
 /// One search, page after page (see the module documentation).
-fn search(client: &reqwest::blocking::Client, stac: &StacQuery, q: &Query, cache: &Path) -> Result<Found> {
-    let dir = cache.join(query_dir(stac, q));
-    let mut request: Request = (format!("{}/search", stac.url.trim_end_matches('/')), Some(first_body(stac, q)));
+fn search(
+    client: &reqwest::blocking::Client,
+    stac: &StacQuery,
+    dialect: Dialect,
+    q: &Query,
+    cache: &Path,
+) -> Result<Found> {
+    let dir = cache.join(query_dir(stac, dialect, q));
+    let mut request: Request =
+        (format!("{}/search", stac.url.trim_end_matches('/')), Some(first_body(stac, dialect, q)));
     let mut found = Found { items: Vec::new(), pages: 0, fetched: 0, retried: 0 };
     let mut asked = std::collections::HashSet::new();
     loop {
@@ -365,6 +462,14 @@ fn search(client: &reqwest::blocking::Client, stac: &StacQuery, q: &Query, cache
         }
         let page = found.pages + 1;
         let at = || format!("STAC search `{}` page {page} ({})", q.label, request.0);
+        if page > stac.max_pages {
+            return Err(anyhow!(
+                "the search has more than {} pages (a server whose `next` links never end?); raise [config.stac] \
+                 max_pages or narrow the search",
+                stac.max_pages
+            ))
+            .with_context(at);
+        }
         let file = dir.join(format!("{page}.json"));
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
@@ -395,9 +500,10 @@ fn search(client: &reqwest::blocking::Client, stac: &StacQuery, q: &Query, cache
                 })
                 .with_context(at)?;
         }
-        found.items.extend(features.iter().cloned());
+        found.items.extend(features.iter().map(|f| (f.clone(), format!("STAC search `{}` page {page}", q.label))));
+        // an empty page ends the search, whatever link it carries
         let next = answer["links"].as_array().and_then(|l| l.iter().find(|l| l["rel"] == "next"));
-        let Some(next) = next else { return Ok(found) };
+        let Some(next) = next.filter(|_| !features.is_empty()) else { return Ok(found) };
         request = next_request(next, &request).with_context(at)?;
     }
 }
@@ -527,8 +633,10 @@ fn abbreviated(v: &J) -> String {
 
 /// Items -> the stac-geoparquet layout: properties and the item's top-level members as columns (arrow-json
 /// infers their types, objects as structs), `geometry` as WKB, `datetime` as a timestamp. The `bbox`
-/// struct column (`xmin`, `ymin`, `xmax`, `ymax`) is the GeoParquet writer's covering column.
-fn stac_geoparquet(items: Vec<J>, collections: serde_json::Map<String, J>) -> Result<Table> {
+/// struct column (`xmin`, `ymin`, `xmax`, `ymax`) is the GeoParquet writer's covering column. Each item
+/// comes with where it was found; a property whose type differs between items (beyond numbers and text,
+/// which become text) is an error naming the first item that does not fit, and where it came from.
+fn stac_geoparquet(items: Vec<(J, String)>, collections: serde_json::Map<String, J>) -> Result<Table> {
     if items.is_empty() {
         // nothing found: the columns every item has, without rows
         let text = |n: &str| Field::new(n, DataType::Utf8, true);
@@ -540,6 +648,7 @@ fn stac_geoparquet(items: Vec<J>, collections: serde_json::Map<String, J>) -> Re
         return Ok(Table::from_batch(RecordBatch::new_empty(Arc::new(stac_schema(schema_fields, collections)))));
     }
     let mut geoms = Vec::with_capacity(items.len());
+    let (items, found_at): (Vec<J>, Vec<String>) = items.into_iter().unzip();
     let rows: Vec<J> = items
         .into_iter()
         .map(|item| {
@@ -556,10 +665,34 @@ fn stac_geoparquet(items: Vec<J>, collections: serde_json::Map<String, J>) -> Re
             J::Object(row)
         })
         .collect();
-    let schema = arrow_json::reader::infer_json_schema_from_iterator(rows.iter().map(Ok))?;
-    let mut decoder = arrow_json::ReaderBuilder::new(Arc::new(schema.clone())).build_decoder()?;
-    decoder.serialize(&rows).context("the items' properties do not have one type each")?;
-    let batch = decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(Arc::new(schema.clone())));
+    let infer = |rows: &[J]| arrow_json::reader::infer_json_schema_from_iterator(rows.iter().map(Ok));
+    let decoder =
+        |schema: &Schema| arrow_json::ReaderBuilder::new(Arc::new(schema.clone())).with_coerce_primitive(true);
+    let decode = |schema: &Schema, rows: &[J]| -> Result<Option<RecordBatch>, arrow_schema::ArrowError> {
+        let mut d = decoder(schema).build_decoder()?;
+        d.serialize(rows)?;
+        d.flush()
+    };
+    // the first item that does not fit the others: the shortest failing prefix (inferring), or the first
+    // item that fails alone (decoding)
+    let misfit = |e: arrow_schema::ArrowError, i: usize| {
+        anyhow!("{}: item `{}`: {e}", found_at[i], text(&rows[i]["id"]))
+            .context("the STAC items' properties do not have one type each")
+    };
+    let schema = match infer(&rows) {
+        Ok(schema) => schema,
+        Err(e) => {
+            let i = (1..=rows.len()).collect::<Vec<_>>().partition_point(|&n| infer(&rows[..n]).is_ok());
+            return Err(misfit(e, i.min(rows.len() - 1)));
+        }
+    };
+    let batch = match decode(&schema, &rows) {
+        Ok(batch) => batch.unwrap_or_else(|| RecordBatch::new_empty(Arc::new(schema.clone()))),
+        Err(e) => {
+            let i = (0..rows.len()).find(|&i| decode(&schema, &rows[i..=i]).is_err()).unwrap_or(0);
+            return Err(misfit(e, i));
+        }
+    };
     let mut fields: Vec<Field> = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     for (f, c) in schema.fields().iter().zip(batch.columns()) {
@@ -626,7 +759,8 @@ mod tests {
         .unwrap();
         let stac = StacQuery::from_toml(&toml, &flowrun_engine::LiteralCx::default()).unwrap();
         let q = Query { label: "x".into(), area: Geometry::Point(geo::Point::new(1.0, 2.0)) };
-        let body = first_body(&stac, &q);
+        let both = Dialect { cql2: true, query: true };
+        let body = first_body(&stac, both, &q);
         assert_eq!(body["limit"], 7);
         assert_eq!(body["collections"], json!(["s2"]));
         assert_eq!(body["intersects"], json!({"type": "Point", "coordinates": [1.0, 2.0]}));
@@ -634,6 +768,15 @@ mod tests {
         assert_eq!(body["filter"]["op"], "and");
         assert_eq!(body["filter"]["args"][1], json!({"op": "=", "args": [{"property": "platform"}, "sentinel-2b"]}));
         assert_eq!(body["query"], json!({"eo:cloud_cover": {"lt": 20}}));
+        // max_cloud_cover where the server can take it: CQL2, else the query extension, else nowhere (the
+        // items are checked when they arrive)
+        let stac = StacQuery { filter: None, query: None, ..stac };
+        let cloud = json!({"op": "<", "args": [{"property": "eo:cloud_cover"}, 20.0]});
+        assert_eq!(first_body(&stac, both, &q)["filter"], cloud);
+        let query_only = first_body(&stac, Dialect { cql2: false, query: true }, &q);
+        assert_eq!((query_only.get("filter"), &query_only["query"]), (None, &json!({"eo:cloud_cover": {"lt": 20.0}})));
+        let neither = first_body(&stac, Dialect { cql2: false, query: false }, &q);
+        assert_eq!((neither.get("filter"), neither.get("query")), (None, None));
     }
 
     #[test]
@@ -672,9 +815,9 @@ mod tests {
     fn the_stac_geoparquet_layout() {
         let c = json!({"type": "Collection", "id": "c"});
         let collections = serde_json::Map::from_iter([("c".to_string(), c.clone())]);
-        let t =
-            stac_geoparquet(vec![item("a", "2023-01-01T05:30:00Z"), item("b", "2023-02-01T00:00:00Z")], collections)
-                .unwrap();
+        let at = |i: J| (i, "STAC search `x` page 1".to_string());
+        let items = vec![at(item("a", "2023-01-01T05:30:00Z")), at(item("b", "2023-02-01T00:00:00Z"))];
+        let t = stac_geoparquet(items, collections).unwrap();
         let b = t.concat().unwrap();
         let schema = b.schema();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -684,8 +827,22 @@ mod tests {
         assert!(matches!(b.schema().field_with_name("datetime").unwrap().data_type(), DataType::Timestamp(..)));
         let meta: J = serde_json::from_str(&schema.metadata()["stac-geoparquet"]).unwrap();
         assert_eq!(meta, json!({"version": "1.0.0", "collections": {"c": c}}));
-        let err = stac_geoparquet(vec![item("c", "yesterday")], Default::default()).unwrap_err().to_string();
+        let err = stac_geoparquet(vec![at(item("c", "yesterday"))], Default::default()).unwrap_err().to_string();
         assert!(err.contains("datetime is not an RFC 3339 instant"), "{err}");
+        // a property that is a number in one item and text in another becomes text; an object in one and a
+        // number in another is an error naming the item and where it was found
+        let mut text_cloud = item("t", "2023-01-01T00:00:00Z");
+        text_cloud["properties"]["eo:cloud_cover"] = json!("low");
+        let t = stac_geoparquet(vec![at(item("n", "2023-01-01T00:00:00Z")), at(text_cloud)], Default::default());
+        let b = t.unwrap().concat().unwrap();
+        assert_eq!(b.schema().field_with_name("eo:cloud_cover").unwrap().data_type(), &DataType::Utf8);
+        let mut odd = item("odd", "2023-01-01T00:00:00Z");
+        odd["properties"]["eo:cloud_cover"] = json!({"value": 3});
+        let found = (odd, "STAC search `installation 7` page 3".to_string());
+        let items = vec![at(item("a", "2023-01-01T00:00:00Z")), at(item("b", "2023-01-01T00:00:00Z")), found];
+        let err = format!("{:#}", stac_geoparquet(items, Default::default()).unwrap_err());
+        assert!(err.contains("STAC search `installation 7` page 3: item `odd`"), "{err}");
+        assert!(err.contains("do not have one type each"), "{err}");
         // nothing found: the columns without rows
         let empty = stac_geoparquet(Vec::new(), Default::default()).unwrap();
         assert_eq!((empty.num_rows(), empty.schema().fields().len()), (0, 6));
