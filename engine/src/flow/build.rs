@@ -164,13 +164,11 @@ impl<'r> Decl<'r> {
         };
         d.merge(&n.params, &n.inputs);
         if let Some(v) = variant {
-            if let Some(f) = &v.function {
-                d.function = Some(str_span(f));
-                d.sql = None;
-            }
-            if let Some(s) = &v.sql {
-                d.sql = Some(str_span(s));
-                d.function = None;
+            // a variant's `sql` replaces the node's function, its `fn` the node's query
+            match (&v.function, &v.sql) {
+                (_, Some(s)) => (d.function, d.sql) = (None, Some(str_span(s))),
+                (Some(f), None) => (d.function, d.sql) = (Some(str_span(f)), None),
+                (None, None) => {}
             }
             d.merge(&v.params, &v.inputs);
         }
@@ -273,12 +271,9 @@ impl<'a> Builder<'a> {
         self.declare(raw);
         self.resolve_targets_early(raw);
         // resolving a node may pull in registered functions its parameters name: they are resolved in turn
-        let mut id = 0;
-        while id < self.decls.len() {
-            let decl = self.decls[id].take().expect("each declaration is resolved once");
-            let node = self.resolve(id, &decl);
+        while let Some(decl) = self.decls.get_mut(self.nodes.len()).and_then(Option::take) {
+            let node = self.resolve(self.nodes.len(), &decl);
             self.nodes.push(node);
-            id += 1;
         }
     }
 
@@ -403,35 +398,32 @@ impl<'a> Builder<'a> {
             let when = if v.when.is_some() { when.join(", ") } else { "fallback".to_string() };
             format!("{} (when {when})", v.function.as_ref().map_or("sql", |f| f.get_ref()))
         };
-        let d = match (matched.as_slice(), fallback.as_slice()) {
+        let (code, message, span, label, help) = match (matched.as_slice(), fallback.as_slice()) {
             ([one], _) | ([], [one]) => return Some(Some(one.get_ref())),
             ([], []) => {
                 let options: Vec<String> = n.variants.iter().map(|v| describe(&v)).collect();
                 let current: Vec<String> = self.config.iter().map(|(k, e)| format!("{k} = {}", e.value)).collect();
-                Diagnostic::new("no-variant", format!("no variant of node `{name}` matches the config"))
-                    .at(self.label(span, "variants declared here"))
-                    .help(format!(
-                        "variants: {}; config: {}; add a variant without `when` as the fallback",
-                        options.join("; "),
-                        if current.is_empty() { "(empty)".to_string() } else { current.join(", ") }
-                    ))
+                let help = format!(
+                    "variants: {}; config: {}; add a variant without `when` as the fallback",
+                    options.join("; "),
+                    if current.is_empty() { "(empty)".to_string() } else { current.join(", ") }
+                );
+                let message = format!("no variant of node `{name}` matches the config");
+                ("no-variant", message, span, "variants declared here", help)
             }
             (many, _) if many.len() > 1 => {
                 let options: Vec<String> = many.iter().map(describe).collect();
-                Diagnostic::new(
-                    "ambiguous-variant",
-                    format!("{} variants of node `{name}` match the config", many.len()),
-                )
-                .at(self.label(many[1].span(), "this variant matches too"))
-                .help(format!("matching: {}; make their `when` tables exclusive", options.join("; ")))
+                let message = format!("{} variants of node `{name}` match the config", many.len());
+                let help = format!("matching: {}; make their `when` tables exclusive", options.join("; "));
+                ("ambiguous-variant", message, many[1].span(), "this variant matches too", help)
             }
             (_, many) => {
-                Diagnostic::new("ambiguous-variant", format!("node `{name}` has {} fallback variants", many.len()))
-                    .at(self.label(many[1].span(), "second variant without `when`"))
-                    .help("only one variant may omit `when`".to_string())
+                let message = format!("node `{name}` has {} fallback variants", many.len());
+                let help = "only one variant may omit `when`".to_string();
+                ("ambiguous-variant", message, many[1].span(), "second variant without `when`", help)
             }
         };
-        self.errors.push(d.node(name));
+        self.node_error(name, code, message, span, label, Some(help));
         None
     }
 
@@ -794,9 +786,6 @@ impl<'a> Builder<'a> {
     }
 
     fn check_checks(&mut self, decl: &Decl<'a>, output: OutputKind) {
-        if decl.checks.is_empty() {
-            return;
-        }
         let is_table = matches!(output, OutputKind::Value(t) if t == TypeDesc::of::<Table>());
         for (check, span) in &decl.checks {
             let problem = if !is_table {
@@ -944,13 +933,9 @@ impl<'a> Builder<'a> {
                 Some((toml::Value::String(k), kspan)) => {
                     let kinds = &self.opts.materializer_kinds;
                     if !kinds.is_empty() && !kinds.contains(&k) {
-                        let d = Diagnostic::new(
-                            "unknown-materializer",
-                            format!("materialize `{name}`: unknown kind `{k}`"),
-                        )
-                        .at(self.label(kspan, "unknown kind"))
-                        .help(format!("kinds: {}", kinds.join(", ")));
-                        self.errors.push(d);
+                        let message = format!("materialize `{name}`: unknown kind `{k}`");
+                        let d = Diagnostic::new("unknown-materializer", message).at(self.label(kspan, "unknown kind"));
+                        self.errors.push(d.help(format!("kinds: {}", kinds.join(", "))));
                     }
                     k
                 }
@@ -1092,10 +1077,7 @@ fn order(
     nodes: &[FlowNode],
     graph: &DiGraph<NodeId, EdgeMode>,
 ) -> Result<Vec<NodeId>, Diagnostics> {
-    let reads_later = |(i, n): (usize, &FlowNode)| {
-        n.args.iter().any(|a| matches!(a.binding, Binding::Node { node, .. } if node >= i))
-    };
-    if !nodes.iter().enumerate().any(reads_later) {
+    if graph.raw_edges().iter().all(|e| e.source() < e.target()) {
         return Ok((0..nodes.len()).collect());
     }
     if let Ok(order) = petgraph::algo::toposort(graph, None) {

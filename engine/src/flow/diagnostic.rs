@@ -37,12 +37,6 @@ impl SourceFile {
         let col = self.text.get(start..offset).map(|s| s.chars().count()).unwrap_or(offset - start);
         (line + 1, col + 1)
     }
-
-    fn line_text(&self, line: usize) -> &str {
-        let start = self.line_starts[line - 1];
-        let end = self.line_starts.get(line).copied().unwrap_or(self.text.len());
-        self.text[start..end].trim_end_matches(['\n', '\r'])
-    }
 }
 
 /// A place in a flow file, with what it says about the error.
@@ -129,7 +123,7 @@ impl Diagnostic {
         let labels = self.primary.iter().map(|l| (l, true)).chain(self.secondary.iter().map(|l| (l, false)));
         for (label, primary) in labels {
             let (line, col) = label.file.line_col(label.span.start);
-            let text = label.file.line_text(line);
+            let text = label.file.text.lines().nth(line - 1).unwrap_or_default().trim_end_matches('\r');
             let pad = " ".repeat(line.to_string().len());
             let (arrow, mark, caret) = if primary { ("-->", red, "^") } else { (":::", blue, "-") };
             // under the span, at least one caret, at most to the end of the line
