@@ -149,6 +149,13 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     let note = run.stdout.split("queries, ").nth(1).unwrap_or_default().split('"').next().unwrap().to_string();
     assert!(note.contains("pages (") && note.contains("fetched"), "{note}");
 
+    // another asset: the same searches, every page read from disk (pages are kept a day), one more column
+    let flow = std::fs::read_to_string(s.path().join("flows/pv_imagery.toml")).unwrap();
+    s.write("flows/pv_imagery.toml", &flow.replace("assets = [\"visual\"]", "assets = [\"visual\", \"B04\"]"));
+    let more = s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
+    assert!(more.stdout.contains(" pages (0 fetched"), "{}", more.stdout);
+    assert_eq!(oracle(&s)["found"], o["found"]);
+
     // one query per H3 cell (the flow's default): the same pairs, with fewer queries
     imagery_flow(&s, &server, Some(5), "");
     s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();

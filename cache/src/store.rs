@@ -779,7 +779,7 @@ impl Store {
     }
 
     /// Removes every entry, blob, fingerprint, node state and run record, and the nodes' own directories
-    /// (downloads, unpacked archives).
+    /// (downloads, unpacked archives, STAC pages).
     pub fn clear(&self) -> Result<()> {
         *self.pending.lock().unwrap() = Pending::default();
         self.with_conn(|conn| {
@@ -790,7 +790,7 @@ impl Store {
         })?;
         // the nodes' own directories (`flowrun_engine::ctx::cache_dir`), only those: the cache's root may
         // be a directory the user also keeps other things in
-        for dir in ["downloads", "unpacked"] {
+        for dir in ["downloads", "unpacked", "stac"] {
             let path = self.root.join(dir);
             if path.exists() {
                 fs::remove_dir_all(&path).map_err(|source| CacheError::Io { path: path.clone(), source })?;

@@ -19,9 +19,10 @@
 //!
 //! Requests run `concurrency` at a time (at most `--jobs`); a 429, a 5xx or a failed connection is retried
 //! four times with backoff (0.25, 0.5, 1, 2 s, or the `Retry-After` the server sends, up to 30 s). Every
-//! page is kept on disk (`<cache>/stac/`, by its query) until the node's table is made, and for a day at
-//! most: a rerun after a failure asks only for the pages it does not have; once the node succeeds its
-//! result is cached as any node's, and a run that must run it again asks the API again. A page holding an
+//! page is kept on disk (`<cache>/stac/`, by the search's first request) for a day after its search last
+//! fetched one, as downloads are kept: a rerun after a failure, with other `assets`, or with installations
+//! of which only some changed asks only for the pages it does not have (`flowrun cache clear` forgets
+//! them). A page holding an
 //! item the flow cannot use (no id, a geometry or datetime that does not parse, a missing asset) is not
 //! kept. A search ends at a page without `next` link or without items; a `next` link back to a page
 //! already read, or a search over `max_pages` pages, is an error. Errors name the query (the installation
@@ -183,10 +184,6 @@ pub fn stac_search(installations: &Table, stac: StacQuery) -> Result<Table> {
         collections.insert(id.clone(), collection);
     }
     let table = stac_geoparquet(items.into_values().collect(), collections)?;
-    // every search of the node ended and its table is made: their pages are not needed again
-    for q in &queries {
-        let _ = std::fs::remove_dir_all(dir.join(query_dir(&stac, dialect, q)));
-    }
     let no_geometry = boxes.iter().filter(|(_, b)| b.is_none()).count();
     ctx::note(format!(
         "{} queries, {pages} pages ({fetched} fetched, the others kept from an earlier run or an identical query; \
@@ -565,7 +562,7 @@ fn fetch(client: &reqwest::blocking::Client, url: &str, body: Option<&J>, retrie
     }
 }
 
-/// Removes the pages of searches left unfinished more than a day ago (their answers may have changed).
+/// Removes the pages of searches that fetched nothing for more than a day (their answers may have changed).
 fn remove_old_pages(dir: &Path) {
     let day = Duration::from_secs(24 * 3600);
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
