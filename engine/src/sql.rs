@@ -53,11 +53,6 @@ fn is_word(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
 }
 
-/// Words (names, keywords) and single punctuation characters.
-fn word_or_punct(rest: &[u8]) -> usize {
-    if is_word(rest[0]) { rest.iter().position(|&c| !is_word(c)).unwrap_or(rest.len()) } else { 1 }
-}
-
 /// Keywords that end a `FROM` list.
 const END_OF_FROM: &str = "WHERE GROUP ORDER LIMIT HAVING ON USING UNION EXCEPT INTERSECT SELECT QUALIFY WINDOW";
 
@@ -75,7 +70,8 @@ pub fn referenced_tables(sql: &str, is_node: impl Fn(&str) -> bool) -> Vec<Strin
     let mut in_from = false; // inside a FROM list, where commas separate tables
     let mut expect_table = false;
     let mut in_from_outside: Vec<bool> = Vec::new(); // per open parenthesis
-    for tok in lex(sql, word_or_punct) {
+    // tokens: words (names, keywords) and single punctuation characters
+    for tok in lex(sql, |rest| rest.iter().position(|&c| !is_word(c)).unwrap_or(rest.len()).max(1)) {
         let first = tok.as_bytes()[0];
         if tok.eq_ignore_ascii_case("FROM") || tok.eq_ignore_ascii_case("JOIN") {
             (in_from, expect_table) = (true, true);
@@ -91,10 +87,8 @@ pub fn referenced_tables(sql: &str, is_node: impl Fn(&str) -> bool) -> Vec<Strin
             expect_table = false;
         } else if expect_table && (first == b'"' || is_word(first)) {
             expect_table = false;
-            let name = match tok.strip_prefix('"') {
-                Some(quoted) => quoted.strip_suffix('"').unwrap_or(quoted).replace("\"\"", "\""),
-                None => tok.to_string(),
-            };
+            let unquote = |q: &str| q.strip_suffix('"').unwrap_or(q).replace("\"\"", "\"");
+            let name = tok.strip_prefix('"').map_or(tok.to_string(), unquote);
             if is_node(&name) && !out.contains(&name) {
                 out.push(name);
             }

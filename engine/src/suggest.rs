@@ -24,10 +24,7 @@ pub fn did_you_mean(options: &[String]) -> Option<String> {
     match options {
         [] => None,
         [one] => Some(format!("did you mean `{one}`?")),
-        many => Some(format!(
-            "did you mean one of {}?",
-            many.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
-        )),
+        many => Some(format!("did you mean one of `{}`?", many.join("`, `"))),
     }
 }
 

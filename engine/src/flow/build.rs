@@ -266,8 +266,7 @@ impl<'a> Builder<'a> {
     }
 
     fn run(&mut self, raw: &'a RawFlow) {
-        self.load_config(raw);
-        self.load_inputs(raw);
+        self.load_config_and_inputs(raw);
         self.declare(raw);
         self.resolve_targets_early(raw);
         // resolving a node may pull in registered functions its parameters name: they are resolved in turn
@@ -279,12 +278,15 @@ impl<'a> Builder<'a> {
 
     // -- step 2: config and inputs ------------------------------------------------------------------------
 
-    fn load_config(&mut self, raw: &'a RawFlow) {
+    /// `[config]` and `[inputs]`, with the command line's `--set` and `--input` values over the file's.
+    fn load_config_and_inputs(&mut self, raw: &'a RawFlow) {
         for (k, v) in &raw.config {
-            self.config.insert(
-                k.get_ref().to_string(),
-                ConfigEntry { value: v.get_ref().clone(), span: Some(v.span()), used: false },
-            );
+            let entry = ConfigEntry { value: v.get_ref().clone(), span: Some(v.span()), used: false };
+            self.config.insert(k.get_ref().to_string(), entry);
+        }
+        for (k, v) in &raw.inputs {
+            let value = v.get_ref().default.as_ref().map(|d| (d.get_ref().clone(), Some(d.span())));
+            self.inputs.insert(k.get_ref().clone(), InputEntry { value, span: k.span() });
         }
         for (k, v) in &self.opts.set_config {
             match self.config.get_mut(k) {
@@ -296,13 +298,6 @@ impl<'a> Builder<'a> {
                     self.errors.push(Diagnostic::new("unknown-config-key", message).help(help));
                 }
             }
-        }
-    }
-
-    fn load_inputs(&mut self, raw: &'a RawFlow) {
-        for (k, v) in &raw.inputs {
-            let value = v.get_ref().default.as_ref().map(|d| (d.get_ref().clone(), Some(d.span())));
-            self.inputs.insert(k.get_ref().clone(), InputEntry { value, span: k.span() });
         }
         for (k, v) in &self.opts.set_inputs {
             match self.inputs.get_mut(k) {
@@ -674,30 +669,19 @@ impl<'a> Builder<'a> {
                     _ => ("the literal".to_string(), None),
                 };
                 let short = ty.short_name();
-                let d = Diagnostic::new(
-                    "bad-value",
-                    format!(
-                        "node `{node}`: parameter `{param}` is a `{short}`, but {origin} is {} ({e})",
-                        describe_toml(value)
-                    ),
-                )
-                .node(node)
-                .at(entry.or(span).map(|span| self.label(span, format!("expected `{short}`"))))
-                .help(format!("write a value of type `{short}`"));
-                self.errors.push(d);
+                let (value, help) = (describe_toml(value), format!("write a value of type `{short}`"));
+                let message =
+                    format!("node `{node}`: parameter `{param}` is a `{short}`, but {origin} is {value} ({e})");
+                let at = entry.or(span).map(|span| self.label(span, format!("expected `{short}`")));
+                self.errors.push(Diagnostic::new("bad-value", message).node(node).at(at).help(help));
                 return None;
             }
         };
-        match identity_of(&*value) {
-            Ok(identity) => Some(Binding::Literal(Literal { value, identity, source })),
-            Err(e) => {
-                let d = Diagnostic::new("bad-value", format!("node `{node}`: parameter `{param}`: {e}"))
-                    .node(node)
-                    .at(span.map(|span| self.label(span, "here")));
-                self.errors.push(d);
-                None
-            }
-        }
+        let identity = identity_of(&*value).map_err(|e| {
+            let d = Diagnostic::new("bad-value", format!("node `{node}`: parameter `{param}`: {e}")).node(node);
+            self.errors.push(d.at(span.map(|span| self.label(span, "here"))));
+        });
+        Some(Binding::Literal(Literal { value, identity: identity.ok()?, source }))
     }
 
     /// Binds parameter `index` (`param`) of `decl`: to its literal, else to what `inputs` names or (without
@@ -1064,10 +1048,9 @@ fn settings(table: &SpannedTable) -> super::Settings {
 
 /// The identity of a literal: its content fingerprint for files, else the hash of its encoding.
 pub(crate) fn identity_of(value: &dyn crate::value::DynValue) -> Result<blake3::Hash, String> {
-    match value.dyn_identity() {
-        Some(id) => id,
-        None => encode_value(value).map(|bytes| blake3::hash(&bytes)).map_err(|e| e.to_string()),
-    }
+    value
+        .dyn_identity()
+        .unwrap_or_else(|| encode_value(value).map(|bytes| blake3::hash(&bytes)).map_err(|e| e.to_string()))
 }
 
 /// Every node, producers first: the file's order when every node comes after what it reads (so a run
@@ -1083,7 +1066,7 @@ fn order(
     if let Ok(order) = petgraph::algo::toposort(graph, None) {
         return Ok(order.into_iter().map(NodeIndex::index).collect());
     }
-    let errors = cycles(graph).into_iter().map(|cycle| {
+    let errors = cycles(graph).map(|cycle| {
         let names: Vec<&str> = cycle.iter().map(|&i| &*nodes[i].name).collect();
         let first = &nodes[cycle[0]];
         let message = format!("cycle: {} -> {} (each node feeds the next)", names.join(" -> "), names[0]);
@@ -1102,21 +1085,19 @@ fn order(
 
 /// One cycle per strongly connected component that has one, as node ids in path order: from the
 /// component's first node, the shortest way back to it through its first successor in the component.
-fn cycles(graph: &DiGraph<NodeId, EdgeMode>) -> Vec<Vec<NodeId>> {
-    let mut cycles = Vec::new();
-    for scc in petgraph::algo::tarjan_scc(graph) {
+fn cycles(graph: &DiGraph<NodeId, EdgeMode>) -> impl Iterator<Item = Vec<NodeId>> {
+    petgraph::algo::tarjan_scc(graph).into_iter().filter_map(move |scc| {
         let members: HashSet<NodeIndex> = scc.iter().copied().collect();
         let start = *scc.iter().min().expect("a component has a node");
         // none in a component of one node that does not read itself
-        let Some(next) = graph.neighbors(start).find(|n| members.contains(n)) else { continue };
+        let next = graph.neighbors(start).find(|n| members.contains(n))?;
         let component = NodeFiltered::from_fn(graph, |n| members.contains(&n));
         let (_, path) = petgraph::algo::astar(&component, next, |n| n == start, |_| 1, |_| 0)
             .expect("the nodes of a component reach each other");
         let mut cycle: Vec<NodeId> = std::iter::once(start).chain(path).map(NodeIndex::index).collect();
         cycle.pop(); // `start` again
-        cycles.push(cycle);
-    }
-    cycles
+        Some(cycle)
+    })
 }
 
 /// Places every node in its fan-out scope: the deepest of its inputs' (a fan-out's items open a scope, a
