@@ -18,7 +18,7 @@
 //!   one `asset_<key>` href column per asset the flow asks for.
 //!
 //! Requests run `concurrency` at a time (at most `--jobs`); a 429, a 5xx or a failed connection is retried
-//! four times with backoff (0.25, 0.5, 1, 2 s, or the `Retry-After` the server sends, up to 30 s). Every
+//! four times with backoff (0.25, 0.5, 1, 2 s, or the `Retry-After` the server sends, in seconds or as a date, up to 30 s). Every
 //! page is kept on disk (`<cache>/stac/`, by the search's first request) for a day after its search last
 //! fetched one, as downloads are kept: a rerun after a failure, with other `assets`, or with installations
 //! of which only some changed asks only for the pages it does not have (`flowrun cache clear` forgets
@@ -543,8 +543,7 @@ fn fetch(client: &reqwest::blocking::Client, url: &str, body: Option<&J>, retrie
             }
             Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
                 // a server that says when to come back is believed, up to 30 s
-                let after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-                wait = after.map(|s| Duration::from_secs(s.min(30)));
+                wait = r.headers().get("retry-after").and_then(|v| retry_after(v.to_str().ok()?));
                 format!("HTTP {}: {}", r.status(), r.text().unwrap_or_default().chars().take(200).collect::<String>())
             }
             Ok(r) => {
@@ -560,6 +559,18 @@ fn fetch(client: &reqwest::blocking::Client, url: &str, body: Option<&J>, retrie
         *retried += 1;
         std::thread::sleep(wait.unwrap_or(Duration::from_millis(250 << (attempt - 1))));
     }
+}
+
+/// A `Retry-After` header's wait, in seconds or as an HTTP date, at most 30 s.
+fn retry_after(header: &str) -> Option<Duration> {
+    let header = header.trim();
+    let wait = match header.parse::<u64>() {
+        Ok(s) => Duration::from_secs(s),
+        Err(_) => {
+            httpdate::parse_http_date(header).ok()?.duration_since(std::time::SystemTime::now()).unwrap_or_default()
+        }
+    };
+    Some(wait.min(Duration::from_secs(30)))
 }
 
 /// Removes the pages of searches that fetched nothing for more than a day (their answers may have changed).
@@ -794,6 +805,16 @@ mod tests {
         assert!(err.contains("a `next` link without href"), "{err}");
         let err = next_request(&json!({"href": "http://x", "method": "PUT"}), &previous).unwrap_err().to_string();
         assert!(err.contains("method \"PUT\""), "{err}");
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(retry_after(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after("3600"), Some(Duration::from_secs(30)));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(10));
+        assert!(retry_after(&soon).is_some_and(|w| w > Duration::from_secs(8) && w <= Duration::from_secs(10)));
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "a date gone by");
+        assert_eq!(retry_after("soon"), None);
     }
 
     #[test]
