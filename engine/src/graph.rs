@@ -132,12 +132,9 @@ pub fn dot(flow: &Flow, run: Option<&HashMap<String, Status>>) -> String {
         let _ = writeln!(out, "  \"{}\" -> \"{}\"{style};", esc(&flow.nodes[from].name), esc(&flow.nodes[to].name));
     }
     for m in &flow.materialize {
-        let (name, node) = (esc(&m.name), esc(&flow.nodes[m.node].name));
-        let _ = writeln!(
-            out,
-            "  \"materialize:{name}\" [shape=folder, fillcolor=\"#d0e0e3\", label=\"{name}\\n{}\"];",
-            esc(&m.kind)
-        );
+        let (name, node, kind) = (esc(&m.name), esc(&flow.nodes[m.node].name), esc(&m.kind));
+        let _ =
+            writeln!(out, "  \"materialize:{name}\" [shape=folder, fillcolor=\"#d0e0e3\", label=\"{name}\\n{kind}\"];");
         let _ = writeln!(out, "  \"{node}\" -> \"materialize:{name}\" [style=dotted];");
     }
     out.push_str("}\n");

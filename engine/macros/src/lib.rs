@@ -123,9 +123,7 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
     let node_name = options.name.clone().unwrap_or_else(|| fn_ident.to_string());
     let call_ident = format_ident!("__flowrun_call_{}", fn_ident);
 
-    let mut param_defs = Vec::new();
-    let mut bindings = Vec::new();
-    let mut call_args = Vec::new();
+    let (mut param_defs, mut bindings, mut call_args) = (Vec::new(), Vec::new(), Vec::new());
     for (i, input) in sig.inputs.iter().enumerate() {
         let FnArg::Typed(pt) = input else {
             return error(input, "a node is a free function; `self` parameters are not supported");
