@@ -162,10 +162,10 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     let cells = oracle(&s);
     assert_eq!((cells["missing"].clone(), cells["extra"].clone()), (serde_json::json!([]), serde_json::json!([])));
 
-    // behind a gateway that lets 5 requests a second through and answers the others 429 with `Retry-After: 1`
+    // behind a gateway that lets 2 requests a second through and answers the others 429 with `Retry-After: 1`
     // (nginx), one request at a time, 8 installations: every 429 is retried after the second the gateway asks,
     // and the run finds what pystac-client finds (directly); a change of concurrency alone re-runs no search
-    let gateway = RateLimiter::start(&server.url(), 5);
+    let gateway = RateLimiter::start(&server.url(), 2);
     imagery_flow(&s, &server, None, "");
     let flow = std::fs::read_to_string(s.path().join("flows/pv_imagery.toml")).unwrap();
     let flow = flow.replace(&server.url(), &gateway.url()).replace("LIMIT 300\"", "LIMIT 8\"");
