@@ -449,13 +449,8 @@ impl<'a> Builder<'a> {
     /// `[flow] outputs` and materialize targets may name registered functions that are not declared.
     fn resolve_targets_early(&mut self, raw: &'a RawFlow) {
         let mut names = self.outputs(raw).unwrap_or_default();
-        for (_, section) in &raw.materialize {
-            if let Some((_, node)) = section.get_ref().iter().find(|(k, _)| k.get_ref() == "node")
-                && let toml::Value::String(s) = node.get_ref()
-            {
-                names.push((s, node.span()));
-            }
-        }
+        let nodes = raw.materialize.values().filter_map(|s| s.get_ref().iter().find(|(k, _)| k.get_ref() == "node"));
+        names.extend(nodes.filter_map(|(_, node)| Some((node.get_ref().as_str()?, node.span()))));
         for (name, span) in names {
             if self.id_of(name).is_none() && self.registered(name) {
                 self.push_decl(Decl::auto(name, span));
@@ -567,10 +562,8 @@ impl<'a> Builder<'a> {
             && !collects
         {
             let message = format!("node `{}` collects no fan-out, so `on_item_error` has nothing to do", decl.name);
-            let (label, help) = (
-                "only for a node with a Collect<T> parameter",
-                "put on_item_error on the node that gathers the fan-out's items (its fan-in)".to_string(),
-            );
+            let label = "only for a node with a Collect<T> parameter";
+            let help = "put on_item_error on the node that gathers the fan-out's items (its fan-in)".to_string();
             self.node_error(&decl.name, "on-item-error", message, span.clone(), label, Some(help));
         }
         node
@@ -771,13 +764,10 @@ impl<'a> Builder<'a> {
 
     fn check_checks(&mut self, decl: &Decl<'a>, output: OutputKind) {
         let is_table = matches!(output, OutputKind::Value(t) if t == TypeDesc::of::<Table>());
+        let not_table = (!is_table)
+            .then(|| format!("checks need a table result; `{}` returns `{}`", decl.name, output.short_name()));
         for (check, span) in &decl.checks {
-            let problem = if !is_table {
-                Some(format!("checks need a table result; `{}` returns `{}`", decl.name, output.short_name()))
-            } else {
-                crate::checks::validate(check).err()
-            };
-            if let Some(problem) = problem {
+            if let Some(problem) = not_table.clone().or_else(|| crate::checks::validate(check).err()) {
                 let message = format!("node `{}`: {problem}", decl.name);
                 self.node_error(&decl.name, "bad-check", message, span.clone(), "this check", None);
             }
