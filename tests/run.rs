@@ -69,6 +69,11 @@ params = { a = 7, b = 7 }
         "{}",
         none.stderr
     );
+    // a variant with both `fn` and `sql` says so; neither silently wins
+    s.write("flow.toml", &flow.replace("fn = \"square\"", "fn = \"square\"\nsql = \"SELECT 49 AS x\""));
+    let both = s.run(&["run", "flow.toml"]);
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    assert!(both.stderr.contains("node `result` has both `fn` and `sql`"), "{}", both.stderr);
 }
 
 #[test]

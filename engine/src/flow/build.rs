@@ -164,9 +164,9 @@ impl<'r> Decl<'r> {
         };
         d.merge(&n.params, &n.inputs);
         if let Some(v) = variant {
-            // a variant's `sql` replaces the node's function, its `fn` the node's query
+            // a variant's `sql` replaces the node's function, its `fn` the node's query (both: an error)
             match (&v.function, &v.sql) {
-                (_, Some(s)) => (d.function, d.sql) = (None, Some(str_span(s))),
+                (f, Some(s)) => (d.function, d.sql) = (f.as_ref().map(str_span), Some(str_span(s))),
                 (Some(f), None) => (d.function, d.sql) = (Some(str_span(f)), None),
                 (None, None) => {}
             }
