@@ -187,16 +187,25 @@ pub fn stac_search(installations: &Table, stac: StacQuery) -> Result<Table> {
     let no_geometry = boxes.iter().filter(|(_, b)| b.is_none()).count();
     ctx::note(format!(
         "{} queries, {pages} pages ({fetched} fetched, the others kept from an earlier run or an identical query; \
-         {retried} requests retried), {} distinct items{}{}",
+         {retried} requests retried), {} distinct items{}{}{}",
         queries.len(),
         table.num_rows(),
         if !cloudy.is_empty() {
-            format!("; {} items at or over max_cloud_cover left out (the server did not apply it)", cloudy.len())
+            format!(
+                "; {} items at or over max_cloud_cover (or without eo:cloud_cover) left out (the server did not apply \
+                 it)",
+                cloudy.len()
+            )
         } else {
             String::new()
         },
         if no_geometry > 0 {
             format!("; {no_geometry} installations without a geometry not searched")
+        } else {
+            String::new()
+        },
+        if at_once < stac.concurrency {
+            format!("; {at_once} requests at a time (concurrency = {}, bounded by --jobs)", stac.concurrency)
         } else {
             String::new()
         },
@@ -302,8 +311,11 @@ fn queries(boxes: &[(String, Option<Rect<f64>>)], resolution: Option<u8>) -> Res
     // each cell's area covers the cell and the whole box of every installation in it, so an item meeting
     // an installation only outside its cell is still found
     let mut cells: BTreeMap<h3o::CellIndex, Rect<f64>> = BTreeMap::new();
-    for b in boxes.iter().filter_map(|(_, b)| *b) {
-        let Ok(p) = h3o::LatLng::new(b.center().y, b.center().x) else { continue };
+    for (id, b) in boxes.iter().filter_map(|(id, b)| Some((id, (*b)?))) {
+        let (x, y) = b.center().x_y();
+        let p = h3o::LatLng::new(y, x).map_err(|_| {
+            anyhow!("installation {id}: the centre of its box ({x}, {y}) is not a longitude/latitude (EPSG:4326)")
+        })?;
         let cell = p.to_cell(res);
         let area = cells.entry(cell).or_insert_with(|| {
             let ring: Vec<geo::Coord<f64>> =
@@ -479,23 +491,16 @@ fn search(
             }
         };
         found.pages = page;
-        let answer: J = serde_json::from_str(&text)
-            .map_err(|e| {
+        // a page the server broke (not JSON, no `features`, an item without an id, a geometry or a valid
+        // datetime) is not kept: a fixed server is asked again; a missing asset is the flow's to fix, the page stays
+        let answer = well_formed(&text)
+            .inspect_err(|_| {
                 let _ = std::fs::remove_file(&file);
-                anyhow!("the answer is not JSON ({e}): {}", text.chars().take(200).collect::<String>())
             })
             .with_context(at)?;
-        let features = answer["features"]
-            .as_array()
-            .ok_or_else(|| anyhow!("the answer has no `features` list"))
-            .with_context(at)?;
-        // a page with an item the flow cannot use is not kept: a fixed server is asked again
+        let features = answer["features"].as_array().map_or(&[][..], Vec::as_slice);
         for item in features {
-            check_item(item, &stac.assets)
-                .inspect_err(|_| {
-                    let _ = std::fs::remove_file(&file);
-                })
-                .with_context(at)?;
+            has_assets(item, &stac.assets).with_context(at)?;
         }
         found.items.extend(features.iter().map(|f| (f.clone(), format!("STAC search `{}` page {page}", q.label))));
         // an empty page ends the search, whatever link it carries
@@ -609,8 +614,17 @@ fn text(v: &J) -> &str {
     v.as_str().unwrap_or_default()
 }
 
-/// An item has an id, a geometry and every asset the flow asks for.
-fn check_item(item: &J, assets: &[String]) -> Result<()> {
+/// A page as a server should send it: JSON with a `features` list of items that each have an id, a GeoJSON
+/// geometry and RFC 3339 instants.
+fn well_formed(text: &str) -> Result<J> {
+    let answer: J = serde_json::from_str(text)
+        .map_err(|e| anyhow!("the answer is not JSON ({e}): {}", text.chars().take(200).collect::<String>()))?;
+    let features = answer["features"].as_array().ok_or_else(|| anyhow!("the answer has no `features` list"))?;
+    features.iter().try_for_each(check_item)?;
+    Ok(answer)
+}
+
+fn check_item(item: &J) -> Result<()> {
     let id = item["id"].as_str().ok_or_else(|| anyhow!("an item without an `id`: {}", abbreviated(item)))?;
     if !item["geometry"].is_object() {
         bail!("item `{id}` has no geometry");
@@ -625,11 +639,20 @@ fn check_item(item: &J, assets: &[String]) -> Result<()> {
                 .map_err(|_| anyhow!("item `{id}` has a {key} that is not an RFC 3339 instant: `{d}`"))?;
         }
     }
+    Ok(())
+}
+
+/// Every asset the flow asks for has an href in `item`.
+fn has_assets(item: &J, assets: &[String]) -> Result<()> {
     for k in assets {
         if item["assets"].get(k).and_then(|a| a["href"].as_str()).is_none() {
             let has: Vec<&str> =
                 item["assets"].as_object().map(|a| a.keys().map(String::as_str).collect()).unwrap_or_default();
-            bail!("item `{id}` has no asset `{k}` (it has: {}); fix [config.stac] assets", has.join(", "));
+            bail!(
+                "item `{}` has no asset `{k}` (it has: {}); fix [config.stac] assets",
+                text(&item["id"]),
+                has.join(", ")
+            );
         }
     }
     Ok(())
@@ -742,19 +765,24 @@ mod tests {
 
     #[test]
     fn items_the_flow_cannot_use_are_named() {
-        assert!(check_item(&item("a", "2023-01-01T00:00:00Z"), &["visual".into()]).is_ok());
-        let err = check_item(&item("a", "2023-01-01T00:00:00Z"), &["nir".into()]).unwrap_err().to_string();
+        assert!(has_assets(&item("a", "2023-01-01T00:00:00Z"), &["visual".into()]).is_ok());
+        let err = has_assets(&item("a", "2023-01-01T00:00:00Z"), &["nir".into()]).unwrap_err().to_string();
         assert!(err.contains("item `a` has no asset `nir` (it has: visual)"), "{err}");
-        let err = check_item(&json!({"geometry": null}), &[]).unwrap_err().to_string();
+        assert!(check_item(&item("a", "2023-01-01T00:00:00Z")).is_ok());
+        let err = check_item(&json!({"geometry": null})).unwrap_err().to_string();
         assert!(err.contains("an item without an `id`"), "{err}");
-        let err = check_item(&json!({"id": "b", "geometry": null}), &[]).unwrap_err().to_string();
+        let err = check_item(&json!({"id": "b", "geometry": null})).unwrap_err().to_string();
         assert!(err.contains("item `b` has no geometry"), "{err}");
         let mut bad = item("c", "2023-01-01T00:00:00Z");
         bad["geometry"] = json!({"type": "Polygon", "coordinates": "nonsense"});
-        let err = check_item(&bad, &[]).unwrap_err().to_string();
+        let err = check_item(&bad).unwrap_err().to_string();
         assert!(err.contains("item `c` has a geometry that is not GeoJSON"), "{err}");
-        let err = check_item(&item("d", "yesterday"), &[]).unwrap_err().to_string();
+        let err = check_item(&item("d", "yesterday")).unwrap_err().to_string();
         assert!(err.contains("item `d` has a datetime that is not an RFC 3339 instant: `yesterday`"), "{err}");
+        let err = well_formed("{\"features\": [{").unwrap_err().to_string();
+        assert!(err.starts_with("the answer is not JSON"), "{err}");
+        let err = well_formed("{\"type\": \"FeatureCollection\"}").unwrap_err().to_string();
+        assert!(err.contains("no `features` list"), "{err}");
     }
 
     #[test]
