@@ -299,10 +299,17 @@ impl LakeConfig {
         if let Some(ext) = self.catalog.extension() {
             extensions::ensure(duck, ext, &self.extensions)?;
         }
-        if let Catalog::DuckDb(p) | Catalog::Sqlite(p) = &self.catalog
-            && let Some(dir) = p.parent()
-        {
-            std::fs::create_dir_all(dir).map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
+        if let Catalog::DuckDb(p) | Catalog::Sqlite(p) = &self.catalog {
+            if read_only && !p.exists() {
+                bail!(
+                    "the lake's catalog {} does not exist yet: run the flow that writes this lake first (or fix \
+                     [lake] catalog)",
+                    p.display()
+                );
+            }
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
+            }
         }
         match &self.data_path {
             DataPath::Local(dir) if !read_only => std::fs::create_dir_all(dir)

@@ -1,4 +1,4 @@
-//! DuckDB extensions (`ducklake`, `spatial`, `sqlite`, `postgres`, `httpfs`), provisioned without help.
+//! DuckDB extensions (`ducklake`, `spatial`, `sqlite`, `postgres`, `httpfs`, `lance`), provisioned without help.
 //!
 //! DuckDB normally downloads extensions from extensions.duckdb.org; many research machines cannot reach
 //! it. [`ensure`] tries, in order, and stops at the first that loads:
