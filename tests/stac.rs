@@ -13,15 +13,15 @@ use crate::util::{Scratch, finish, flowrun_extension_dir, pv_data, python_json, 
 /// platform sentinel-2a or -2b, assets `visual` and `B04`) plus 20 of collection `other`, from a fixed seed.
 /// The flow asks for 2023, cloud cover below 20 and (a CQL2 filter of its own) sentinel-2b.
 const MAKE_ITEMS: &str = r#"
-import duckdb, json, os, random, sys
+import duckdb, json, os, random, shapely, sys
 catalog, data_path, ext_dir = sys.argv[1:4]
 con = duckdb.connect()
-for name in ['ducklake', 'spatial']:
-    con.execute(f"LOAD '{os.path.join(ext_dir, name + '.duckdb_extension')}'")
+con.execute(f"LOAD '{os.path.join(ext_dir, 'ducklake.duckdb_extension')}'")
 con.execute(f"ATTACH 'ducklake:{catalog}' AS lake (DATA_PATH '{data_path}/', READ_ONLY)")
-rows = con.execute("""SELECT unified_id, ST_XMin(geometry), ST_YMin(geometry), ST_XMax(geometry), ST_YMax(geometry),
-                      centroid_lon, centroid_lat FROM lake.prepared.prepared_pv_dedup WHERE country_code = 'IND'
-                      ORDER BY unified_id LIMIT 300""").fetchall()
+# (DuckDB's core GEOMETRY comes to Python as WKB: the boxes from shapely, no spatial extension needed)
+rows = [(u, *shapely.from_wkb(g).bounds, x, y) for u, g, x, y in con.execute(
+    """SELECT unified_id, geometry, centroid_lon, centroid_lat FROM lake.prepared.prepared_pv_dedup
+       WHERE country_code = 'IND' ORDER BY unified_id LIMIT 300""").fetchall()]
 rng = random.Random(7)
 def item(i, collection):
     r = rows[rng.randrange(len(rows))]
@@ -46,12 +46,12 @@ print(json.dumps({"installations": [[r[0], r[1:5]] for r in rows],
 /// pystac-client, per installation, the query flowrun makes (intersects its bounding box, or its point);
 /// flowrun's (installation, item) pairs from the lake; the stac-geoparquet file read back by rustac.
 const ORACLE: &str = r#"
-import asyncio, duckdb, json, os, sys
+import asyncio, duckdb, json, os, shapely, sys
 import pyarrow.parquet as pq, pystac_client, rustac
 url, catalog, data_path, ext_dir, parquet, installations = sys.argv[1:7]
 installations = json.load(open(installations))
 client = pystac_client.Client.open(url)
-expected = set()
+expected, shapes = set(), {}
 for uid, (x0, y0, x1, y1) in installations:
     area = ({"type": "Point", "coordinates": [x0, y0]} if x0 == x1 and y0 == y1 else
             {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]})
@@ -59,11 +59,14 @@ for uid, (x0, y0, x1, y1) in installations:
                            datetime="2023-01-01T00:00:00Z/2023-12-31T23:59:59Z",
                            filter={"op": "and", "args": [{"op": "<", "args": [{"property": "eo:cloud_cover"}, 20.0]},
                                    {"op": "=", "args": [{"property": "platform"}, "sentinel-2b"]}]}, filter_lang="cql2-json")
-    expected |= {(uid, i.id) for i in search.items()}
+    for i in search.items():
+        expected.add((uid, i.id))
+        shapes[i.id] = (i.collection_id, shapely.geometry.shape(i.geometry))
 con = duckdb.connect()
 con.execute(f"LOAD '{os.path.join(ext_dir, 'ducklake.duckdb_extension')}'")
 con.execute(f"ATTACH 'ducklake:{catalog}' AS lake (DATA_PATH '{data_path}/', READ_ONLY)")
-ours = con.execute("SELECT unified_id, item_id, asset_visual, cloud_cover, CAST(datetime AS VARCHAR) FROM lake.imagery.pv_stac_items").fetchall()
+ours = con.execute("""SELECT unified_id, item_id, asset_visual, cloud_cover, CAST(datetime AS VARCHAR), collection,
+                      geometry FROM lake.imagery.pv_stac_items""").fetchall()
 found = {(u, i) for u, i, *_ in ours}
 async def read():
     return await rustac.read(parquet)
@@ -71,9 +74,12 @@ items = asyncio.run(read())["features"]
 print(json.dumps({
     "expected": len(expected), "found": len(found), "pairs": len(ours),
     "missing": sorted(expected - found)[:5], "extra": sorted(found - expected)[:5],
-    "hrefs_ok": all(h == f"https://example.invalid/s2-test/{int(i.split('-')[-1])}/TCI.tif" for _, i, h, _, _ in ours),
-    "cloud_max": max((c for *_, c, _ in ours), default=None),
-    "years": sorted({str(d)[:4] for *_, d in ours}),
+    "hrefs_ok": all(r[2] == f"https://example.invalid/s2-test/{int(r[1].split('-')[-1])}/TCI.tif" for r in ours),
+    "cloud_max": max((r[3] for r in ours), default=None),
+    "years": sorted({str(r[4])[:4] for r in ours}),
+    # each row's collection and geometry are its item's, as pystac-client got it (where it asked for it)
+    "items_as_served": all(shapes[r[1]][0] == r[5] and shapes[r[1]][1].equals_exact(shapely.from_wkb(r[6]), 1e-12)
+                           for r in ours if r[1] in shapes),
     "parquet_items": sorted(i["id"] for i in items),
     "parquet_assets": sorted({k for i in items for k in i["assets"]}),
     "every_item_has_both": all(sorted(i["assets"]) == ["B04", "visual"] for i in items),
@@ -104,8 +110,13 @@ fn imagery_flow(s: &Scratch, server: &StacServer, h3: Option<u8>, extra: &str) {
 fn imagery_per_installation_is_what_pystac_client_finds() {
     // the lake of doi_pv.toml, then items over India's installations, served by a STAC API
     let s = Scratch::new();
-    let doi = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/doi_pv.toml")).unwrap();
-    s.write("flows/doi_pv.toml", &doi);
+    let flows = Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    // before the lake exists: the imagery flow says which flow to run first
+    s.write("flows/pv_imagery.toml", &std::fs::read_to_string(flows.join("pv_imagery.toml")).unwrap());
+    let early = s.run(&["run", "flows/pv_imagery.toml"]);
+    let said = format!("{}{}", early.stdout, early.stderr);
+    assert!(early.code != 0 && said.contains("does not exist yet: run the flow that writes this lake first"), "{said}");
+    s.write("flows/doi_pv.toml", &std::fs::read_to_string(flows.join("doi_pv.toml")).unwrap());
     s.run(&["run", "flows/doi_pv.toml", "--mirror", &pv_data().display().to_string()]).ok();
     let lake = s.path().join(".flowrun/lake");
     let (catalog, data) = (lake.join("doi_pv.ducklake"), lake.join("doi_pv_data"));
@@ -133,6 +144,7 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     assert_eq!(o["expected"], o["found"]);
     assert_eq!(o["pairs"], o["found"], "no pair twice");
     assert_eq!(o["hrefs_ok"], true, "{o}");
+    assert_eq!(o["items_as_served"], true, "{o}");
     assert!(o["cloud_max"].as_f64().unwrap() < 20.0, "{o}");
     assert_eq!(o["years"], serde_json::json!(["2023"]), "{o}");
     // the stac-geoparquet file: rustac reads every distinct item back, assets and all
@@ -158,7 +170,10 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
 
     // one query per H3 cell (the flow's default): the same pairs, with fewer queries
     imagery_flow(&s, &server, Some(5), "");
-    s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
+    let by_cell = s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
+    let queries = by_cell.stdout.split(" queries, ").next().unwrap().rsplit(|c: char| !c.is_ascii_digit()).next();
+    let queries: usize = queries.unwrap().parse().expect("the search's note");
+    assert!(queries > 1 && queries < 300, "one query per cell, fewer than the 300 installations: {queries}");
     let cells = oracle(&s);
     assert_eq!((cells["missing"].clone(), cells["extra"].clone()), (serde_json::json!([]), serde_json::json!([])));
 
@@ -192,7 +207,9 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     // servers that misbehave, answered for by a gateway in front of the real one (nginx `return`; the landing
     // page and collections still come from the real one): `next` links that never end (a new token on every
     // page) fail at max_pages, naming the query and the page; an empty page ends a search whatever link it
-    // carries; a server that ignores the cloud filter has its cloudy items left out as they arrive
+    // carries; a server that ignores the cloud filter has its cloudy items left out as they arrive; a page 2
+    // that is not JSON, and a 500 on page 7 (every time), fail naming the query and the page, and keep the
+    // pages before it (not the broken one)
     let item = |id: &str, cloud: f64| {
         let ring = [[60.0, 0.0], [100.0, 0.0], [100.0, 40.0], [60.0, 40.0], [60.0, 0.0]];
         serde_json::json!({"type": "Feature", "stac_version": "1.0.0", "id": id, "collection": "s2-test",
@@ -215,8 +232,13 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
         ),
         answer("hollow", page(vec![], "http://127.0.0.1:{port}/hollow/search?token=$request_id")),
         answer("cloudy", page(vec![item("gateway-901", 5.0), item("gateway-902", 50.0)], "")),
+        answer("broken", page(vec![item("gateway-903", 5.0)], "http://127.0.0.1:{port}/broken/search?page=2"))
+            .replace("{ default_type application/json;", "{ default_type application/json; if ($arg_page = 2) { return 200 '{\"features\": [{'; }"),
+        // page n links to page n + 1 as `?p=` and n `x`s; page 7 answers 500
+        answer("failing", page(vec![item("gateway-904", 5.0)], "http://127.0.0.1:{port}/failing/search?p=${arg_p}x"))
+            .replace("{ default_type application/json;", "{ default_type application/json; if ($arg_p = xxxxxx) { return 500; }"),
         format!(
-            "location ~ ^/(endless|hollow|cloudy) {{ rewrite ^/[a-z]+/?(.*)$ /$1 break; proxy_pass {}; }}",
+            "location ~ ^/(endless|hollow|cloudy|broken|failing) {{ rewrite ^/[a-z]+/?(.*)$ /$1 break; proxy_pass {}; }}",
             server.url()
         ),
     ]
@@ -241,8 +263,41 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     assert!(after.split('"').next().unwrap().contains(", 0 distinct items"), "{}", hollow.stdout);
     s.write("flows/pv_imagery.toml", &at("cloudy"));
     let cloudy = s.run(&["--json", "run", "flows/pv_imagery.toml"]).ok();
-    assert!(cloudy.stdout.contains("1 items at or over max_cloud_cover left out"), "{}", cloudy.stdout);
+    assert!(cloudy.stdout.contains("1 items at or over max_cloud_cover (or without"), "{}", cloudy.stdout);
     assert_eq!(oracle_of(&eight)["item_ids"], serde_json::json!(["gateway-901"]));
+    let pages = s.path().join(".flowrun/cache/stac");
+    let kept = || -> std::collections::BTreeSet<String> {
+        let files = std::fs::read_dir(&pages).into_iter().flatten().flatten().flat_map(|d| {
+            let dir = d.file_name().to_string_lossy().into_owned();
+            std::fs::read_dir(d.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(move |f| format!("{dir}/{}", f.file_name().to_string_lossy()))
+        });
+        files.collect()
+    };
+    let new_pages = |before: &std::collections::BTreeSet<String>| -> Vec<String> {
+        let mut names: Vec<String> =
+            kept().difference(before).map(|p| p.rsplit('/').next().unwrap().to_string()).collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let before = kept();
+    s.write("flows/pv_imagery.toml", &at("broken"));
+    let out = s.run(&["run", "flows/pv_imagery.toml"]);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(out.code == 1 && said.contains("page 2") && said.contains("the answer is not JSON"), "{said}");
+    assert!(said.contains("STAC search `H3 cell "), "{said}");
+    assert_eq!(new_pages(&before), ["1.json"], "page 1 kept, the broken page 2 not");
+    let before = kept();
+    s.write("flows/pv_imagery.toml", &at("failing").replace("max_pages = 5", "max_pages = 50"));
+    let out = s.run(&["run", "flows/pv_imagery.toml"]);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(out.code == 1 && said.contains("page 7") && said.contains("HTTP 500"), "{said}");
+    assert!(said.contains("STAC search `H3 cell ") && said.contains("after 4 retries"), "{said}");
+    assert_eq!(new_pages(&before), ["1.json", "2.json", "3.json", "4.json", "5.json", "6.json"], "pages 1-6 kept");
     drop(gateway);
 
     // the server stopped after page 2 of a search (one request at a time, one item a page): the run fails
@@ -253,7 +308,6 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     let flow = flow.replace("limit = 10 ", "limit = 1 ").replace("concurrency = 4 ", "concurrency = 1 ");
     s.write("flows/pv_imagery.toml", &flow);
     // (without the pages the endless search above left)
-    let pages = s.path().join(".flowrun/cache/stac");
     std::fs::remove_dir_all(&pages).unwrap();
     let child = spawn(&s, &["--json", "run", "flows/pv_imagery.toml"], &[("FLOWRUN_TEST_STAC_PAUSE", "2:4000".into())]);
     let started = std::time::Instant::now();
@@ -321,7 +375,9 @@ fn imagery_per_installation_is_what_pystac_client_finds() {
     imagery_flow(&s, &server, Some(5), "");
     let flow = std::fs::read_to_string(s.path().join("flows/pv_imagery.toml")).unwrap();
     s.write("flows/pv_imagery.toml", &flow.replace("assets = [\"visual\"]", "assets = [\"visual\", \"nir\"]"));
+    let before = kept();
     let out = s.run(&["run", "flows/pv_imagery.toml"]);
+    assert!(!new_pages(&before).is_empty(), "the pages whose items lack the asset are kept (the flow's mistake)");
     assert_eq!(out.code, 1, "{}", out.stderr);
     let said = format!("{}{}", out.stdout, out.stderr);
     assert!(

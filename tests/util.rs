@@ -192,7 +192,7 @@ pub fn python() -> PathBuf {
                 assert!(ok, "python3 -m venv {} failed", dir.display());
                 let out = Command::new(&py)
                     .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-                    .args(["duckdb==1.5.5", "geopandas", "pyarrow", "geoparquet-validator==0.2.*", "boto3", "moto[server]==5.*", "pylance", "pypgstac[psycopg]", "rustac", "pystac-client"])
+                    .args(["duckdb==1.5.5", "geopandas", "pyarrow", "geoparquet-validator==0.2.*", "boto3", "moto[server]==5.*", "pylance==14.*", "pypgstac[psycopg]==0.10.*", "rustac==0.9.*", "pystac-client==0.9.*"])
                     .output()
                     .expect("pip runs");
                 assert!(out.status.success(), "pip install failed: {}", String::from_utf8_lossy(&out.stderr));
