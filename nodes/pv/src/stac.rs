@@ -786,6 +786,25 @@ mod tests {
     }
 
     #[test]
+    fn searches_run_n_at_a_time_and_stop_after_a_failure() {
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let items: Vec<usize> = (0..12).collect();
+        let out = run_bounded(&items, 3, |&i| {
+            most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20));
+            now.fetch_sub(1, Ordering::SeqCst);
+            Ok(i * 2)
+        });
+        assert_eq!(most.load(Ordering::SeqCst), 3, "three at a time, never more");
+        let doubled: Vec<usize> = out.into_iter().map(|r| r.unwrap().unwrap()).collect();
+        assert_eq!(doubled, (0..12).map(|i| i * 2).collect::<Vec<_>>(), "results in item order");
+        // one at a time: after item 4 fails, nothing else starts
+        let out = run_bounded(&items, 1, |&i| if i == 4 { Err(anyhow!("no")) } else { Ok(i) });
+        assert!(out[..4].iter().all(|r| r.as_ref().is_some_and(|r| r.is_ok())) && out[4].as_ref().unwrap().is_err());
+        assert!(out[5..].iter().all(Option::is_none));
+    }
+
+    #[test]
     fn a_search_body_says_everything_the_flow_asks() {
         let toml: toml::Value = toml::from_str(
             "url = \"http://x\"\ncollections = [\"s2\"]\ndatetime = \"2023-01-01T00:00:00Z/..\"\nmax_cloud_cover = 20.0\n\
