@@ -126,9 +126,13 @@ impl Value for Table {
         let project = || -> Result<blake3::Hash, ArrowError> {
             let schema = Arc::new(self.schema.project(&stable)?);
             let batches = self.batches.iter().map(|b| b.project(&stable)).collect::<Result<Vec<_>, _>>()?;
-            let mut out = Vec::new();
-            Table::try_new(schema, batches)?.write_ipc(&mut out)?;
-            Ok(blake3::hash(&out))
+            // the stream goes straight into the hasher: no second copy of the table in memory
+            let mut hasher = blake3::Hasher::new();
+            let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut hasher, &schema)?;
+            batches.iter().try_for_each(|b| w.write(b))?;
+            w.finish()?;
+            drop(w);
+            Ok(hasher.finalize())
         };
         Some(project().map_err(|e| e.to_string()))
     }
