@@ -125,6 +125,11 @@ fn read_lake(attach: &str, data_path: &str, s3: Option<&S3Server>) -> serde_json
     let s3 = s3.map(|s| {
         serde_json::json!({"key": s.key_id, "secret": s.secret, "host": format!("127.0.0.1:{}", s.port)}).to_string()
     });
+    // (flowrun's prebuilt DuckDB has httpfs built in, so a run caches no file of it: the client needs one)
+    for name in ["httpfs", "ducklake", "postgres"] {
+        let sources = flowrun_lake::extensions::ExtensionSources::from_env();
+        flowrun_lake::extensions::provision(name, &sources).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    }
     let ext = flowrun_extension_dir().display().to_string();
     python_json(READ_LAKE, &[attach, data_path, &ext, s3.as_deref().unwrap_or("null")])
 }

@@ -180,6 +180,28 @@ pub fn ensure(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()>
     ))
 }
 
+/// The file of extension `name` in flowrun's cache, fetched from PyPI (step 5) if it is not there yet, for
+/// another DuckDB that must load the very same file (the tests' Python client): [`ensure`] caches nothing
+/// for an extension the library has built in (the prebuilt one has `httpfs`).
+///
+/// ```no_run
+/// use flowrun_lake::extensions::{ExtensionSources, provision};
+/// let file = provision("httpfs", &ExtensionSources::from_env())?;
+/// assert!(file.ends_with("httpfs.duckdb_extension"));
+/// # anyhow::Ok(())
+/// ```
+pub fn provision(name: &str, sources: &ExtensionSources) -> Result<PathBuf> {
+    let platform: String = Duck::in_memory()?.scalar("PRAGMA platform")?;
+    let file = format!("{}.duckdb_extension", canonical(name));
+    let cached = sources.cache_dir.join(DUCKDB_VERSION).join(&platform).join(file);
+    let _guard = provisioning_lock().lock().unwrap();
+    if !cached.is_file() {
+        pip_fetch(name, &platform, &cached, sources.timeout)
+            .with_context(|| format!("pip download duckdb-extension-{name}=={}", &DUCKDB_VERSION[1..]))?;
+    }
+    Ok(cached)
+}
+
 /// The name DuckDB loads an extension by (`LOAD sqlite` loads `sqlite_scanner`).
 fn canonical(name: &str) -> &str {
     match name {
