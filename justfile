@@ -16,7 +16,7 @@ test *ARGS:
 bench:
     cargo run --release --bin bench -- engine
 
-# 1M synthetic polygons written three ways: DuckLake, GeoParquet (crate), GeoParquet (DuckDB COPY)
+# a lake commit's fixed cost, then 1M synthetic polygons written three ways: DuckLake, GeoParquet (crate), DuckDB COPY
 bench-lake N="1000000":
     cargo run --release --bin bench -- lake --sizes {{N}}
 

@@ -94,6 +94,12 @@ pub fn run(n: usize) {
     let mb = table.batches().iter().map(|b| b.get_array_memory_size()).sum::<usize>() as f64 / 1e6;
     println!("{n} synthetic polygons, {mb:.1} MB of Arrow data (generated in {:.2} s)", t.elapsed().as_secs_f64());
     let dir = tempfile::tempdir().unwrap();
+    // a run's fixed cost of a lake commit, first in the process as in a run: DuckDB opened, its extensions
+    // loaded, the lake attached, a one-row table committed
+    let fixed = dir.path().join("fixed");
+    let t = Instant::now();
+    ducklake_write(&polygons(1), &fixed, flowrun_lake::DataPath::Local(fixed.join("data")));
+    println!("  fixed cost of a lake commit (open, load, attach, 1 row) {:>6.0} ms", t.elapsed().as_secs_f64() * 1e3);
     let line = |what: &str, secs: f64, out_bytes: u64| {
         println!(
             "  {what:<36} {secs:>7.2} s {:>12.0} rows/s {:>8.1} MB/s (Arrow in) {:>8.1} MB on disk",
