@@ -282,13 +282,32 @@ pub fn stac_items(installations: &Table, stac_search: &Table, stac: StacQuery) -
 }
 
 /// `unified_id` and bounding box of every installation.
+/// A box outside longitude/latitude (a table in a projected CRS) is an error naming the installation.
 fn installation_boxes(t: &Table) -> Result<Vec<(String, Option<Rect<f64>>)>> {
     let batch = t.concat()?;
     let ids: StringArray = column(&batch, "unified_id")?;
     let geoms = geometries(batch.column(geom::geometry_index(t)?))?;
-    Ok((0..batch.num_rows())
-        .map(|i| (ids.value(i).to_string(), geoms[i].as_ref().and_then(|g| g.bounding_rect())))
-        .collect())
+    (0..batch.num_rows())
+        .map(|i| {
+            let b = geoms[i].as_ref().and_then(|g| g.bounding_rect());
+            if let Some(b) = b
+                && !(lon_lat(b.min()) && lon_lat(b.max()))
+            {
+                bail!(
+                    "installation {}: its box ({:?}, {:?}) is not in longitude/latitude; the installations must be \
+                     in EPSG:4326",
+                    ids.value(i),
+                    b.min().x_y(),
+                    b.max().x_y()
+                );
+            }
+            Ok((ids.value(i).to_string(), b))
+        })
+        .collect()
+}
+
+fn lon_lat(c: geo::Coord<f64>) -> bool {
+    (-180.0..=180.0).contains(&c.x) && (-90.0..=90.0).contains(&c.y)
 }
 
 /// One query per installation (its bounding box), or per H3 cell holding installations' box centres.
@@ -313,9 +332,8 @@ fn queries(boxes: &[(String, Option<Rect<f64>>)], resolution: Option<u8>) -> Res
     let mut cells: BTreeMap<h3o::CellIndex, Rect<f64>> = BTreeMap::new();
     for (id, b) in boxes.iter().filter_map(|(id, b)| Some((id, (*b)?))) {
         let (x, y) = b.center().x_y();
-        let p = h3o::LatLng::new(y, x).map_err(|_| {
-            anyhow!("installation {id}: the centre of its box ({x}, {y}) is not a longitude/latitude (EPSG:4326)")
-        })?;
+        // (every box is in longitude/latitude, see `installation_boxes`)
+        let p = h3o::LatLng::new(y, x).map_err(|e| anyhow!("installation {id}: its box centre ({x}, {y}): {e}"))?;
         let cell = p.to_cell(res);
         let area = cells.entry(cell).or_insert_with(|| {
             let ring: Vec<geo::Coord<f64>> =
@@ -783,6 +801,22 @@ mod tests {
         assert!(err.starts_with("the answer is not JSON"), "{err}");
         let err = well_formed("{\"type\": \"FeatureCollection\"}").unwrap_err().to_string();
         assert!(err.contains("no `features` list"), "{err}");
+    }
+
+    #[test]
+    fn installations_outside_longitude_latitude_are_named() {
+        let table = |x: f64, y: f64| {
+            let schema =
+                Schema::new(vec![Field::new("unified_id", DataType::Utf8, false), wkb_field("geometry", true, None)]);
+            let geometry = wkb_array(&[Some(Geometry::Point(geo::Point::new(x, y)))]);
+            let batch =
+                RecordBatch::try_new(Arc::new(schema), vec![Arc::new(StringArray::from(vec!["a:1"])), geometry])
+                    .unwrap();
+            Table::from_batch(batch)
+        };
+        assert_eq!(installation_boxes(&table(77.5, 12.9)).unwrap().len(), 1);
+        let err = installation_boxes(&table(500000.0, 5000000.0)).unwrap_err().to_string();
+        assert!(err.contains("installation a:1") && err.contains("not in longitude/latitude"), "{err}");
     }
 
     #[test]
