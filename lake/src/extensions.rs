@@ -191,6 +191,7 @@ pub fn ensure(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()>
 /// # anyhow::Ok(())
 /// ```
 pub fn provision(name: &str, sources: &ExtensionSources) -> Result<PathBuf> {
+    anyhow::ensure!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "invalid extension name `{name}`");
     let platform: String = Duck::in_memory()?.scalar("PRAGMA platform")?;
     let file = format!("{}.duckdb_extension", canonical(name));
     let cached = sources.cache_dir.join(DUCKDB_VERSION).join(&platform).join(file);

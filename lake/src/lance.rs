@@ -83,7 +83,7 @@ pub fn latest_version(dest: &str, storage: &StorageConfig) -> Result<Option<u64>
 /// (`_flowrun/overwritten`, written before an overwrite commits). The records are not in Lance's commit:
 /// a run killed between commit and record appends its value again on its rerun, and a run killed between
 /// `_flowrun/overwritten` and the overwrite appends again what was appended before (an overwrite that fails
-/// puts the record back as it was). A dataset overwritten
+/// before committing puts the record back as it was). A dataset overwritten
 /// by another tool is seen by `overwrite` (its newest version moved) but not by `append`.
 pub fn recorded(
     dest: &str,
@@ -102,18 +102,23 @@ pub fn recorded(
 
 /// Commits `table` (see [`write`]) and records the commit (see [`recorded`]); returns the new version.
 pub fn commit(table: &Table, dest: &str, mode: LanceMode, identity: &str, storage: &StorageConfig) -> Result<u64> {
+    // (the record before this overwrite, and the newest version then)
     let overwritten_before = if mode == LanceMode::Overwrite {
         // the version this overwrite makes (versions count up by one): every append before it is gone
         let before = read_record(dest, OVERWRITTEN, storage)?.unwrap_or(0);
-        let next = latest_version(dest, storage)?.map_or(1, |v| v + 1);
-        write_record(dest, OVERWRITTEN, next, storage)?;
-        Some(before)
+        let latest = latest_version(dest, storage)?;
+        write_record(dest, OVERWRITTEN, latest.map_or(1, |v| v + 1), storage)?;
+        Some((before, latest))
     } else {
         None
     };
     let version = write(table, dest, mode, storage).inspect_err(|_| {
-        // an overwrite that failed left every append in place: the record says so again
-        if let Some(before) = overwritten_before {
+        // an overwrite that provably did not commit (the newest version has not moved) left every append in
+        // place: the record says so again; if it may have committed, the record stays (at worst an append
+        // is made again, never one lost)
+        if let Some((before, latest)) = overwritten_before
+            && latest_version(dest, storage).ok() == Some(latest)
+        {
             let _ = write_record(dest, OVERWRITTEN, before, storage);
         }
     })?;
