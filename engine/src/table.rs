@@ -90,7 +90,7 @@ impl Table {
     }
 
     /// Writes the table as an Arrow IPC stream.
-    pub fn write_ipc(&self, out: &mut Vec<u8>) -> Result<(), ArrowError> {
+    pub fn write_ipc(&self, out: impl std::io::Write) -> Result<(), ArrowError> {
         let mut w = arrow_ipc::writer::StreamWriter::try_new(out, &self.schema)?;
         self.batches.iter().try_for_each(|b| w.write(b))?;
         w.finish()
@@ -128,10 +128,7 @@ impl Value for Table {
             let batches = self.batches.iter().map(|b| b.project(&stable)).collect::<Result<Vec<_>, _>>()?;
             // the stream goes straight into the hasher: no second copy of the table in memory
             let mut hasher = blake3::Hasher::new();
-            let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut hasher, &schema)?;
-            batches.iter().try_for_each(|b| w.write(b))?;
-            w.finish()?;
-            drop(w);
+            Table::try_new(schema, batches)?.write_ipc(&mut hasher)?;
             Ok(hasher.finalize())
         };
         Some(project().map_err(|e| e.to_string()))

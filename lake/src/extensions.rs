@@ -87,9 +87,7 @@ fn provisioning_lock() -> &'static Mutex<()> {
 
 /// Makes extension `name` loaded in `duck`, provisioning it if needed (see the module documentation).
 pub fn ensure(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()> {
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(anyhow!("invalid extension name `{name}`"));
-    }
+    check_name(name)?;
     if let Some(path) = remembered().lock().unwrap().get(name).cloned()
         && load_file(duck, &path, sources).is_ok()
     {
@@ -120,7 +118,7 @@ pub fn ensure(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()>
                     let loadable = if p.file_name() == Some(file.as_ref()) {
                         Ok(p.clone())
                     } else {
-                        let cached = sources.cache_dir.join(DUCKDB_VERSION).join(&platform).join(&file);
+                        let cached = cached_path(sources, &platform, name);
                         std::fs::File::open(&p)
                             .map_err(anyhow::Error::from)
                             .and_then(|mut f| write_atomically(&cached, &mut f))
@@ -137,7 +135,7 @@ pub fn ensure(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()>
         None => tried.push("FLOWRUN_DUCKDB_EXTENSIONS: not set".to_string()),
     }
     // 3. flowrun's cache
-    let cached = sources.cache_dir.join(DUCKDB_VERSION).join(&platform).join(&file);
+    let cached = cached_path(sources, &platform, name);
     if cached.is_file() {
         match load_file(duck, &cached, sources) {
             Ok(()) => return remember(name, &cached),
@@ -191,16 +189,26 @@ pub fn ensure(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()>
 /// # anyhow::Ok(())
 /// ```
 pub fn provision(name: &str, sources: &ExtensionSources) -> Result<PathBuf> {
-    anyhow::ensure!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "invalid extension name `{name}`");
+    check_name(name)?;
     let platform: String = Duck::in_memory()?.scalar("PRAGMA platform")?;
-    let file = format!("{}.duckdb_extension", canonical(name));
-    let cached = sources.cache_dir.join(DUCKDB_VERSION).join(&platform).join(file);
+    let cached = cached_path(sources, &platform, name);
     let _guard = provisioning_lock().lock().unwrap();
     if !cached.is_file() {
         pip_fetch(name, &platform, &cached, sources.timeout)
             .with_context(|| format!("pip download duckdb-extension-{name}=={}", &DUCKDB_VERSION[1..]))?;
     }
     Ok(cached)
+}
+
+/// An extension's name is a word: it goes into a path and a pip requirement.
+fn check_name(name: &str) -> Result<()> {
+    anyhow::ensure!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "invalid extension name `{name}`");
+    Ok(())
+}
+
+/// Where flowrun's cache keeps extension `name` (steps 3 and 5), under its canonical name.
+fn cached_path(sources: &ExtensionSources, platform: &str, name: &str) -> PathBuf {
+    sources.cache_dir.join(DUCKDB_VERSION).join(platform).join(format!("{}.duckdb_extension", canonical(name)))
 }
 
 /// The name DuckDB loads an extension by (`LOAD sqlite` loads `sqlite_scanner`).

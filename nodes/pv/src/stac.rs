@@ -18,13 +18,14 @@
 //!   one `asset_<key>` href column per asset the flow asks for.
 //!
 //! Requests run `concurrency` at a time (at most `--jobs`); a 429, a 5xx or a failed connection is retried
-//! four times with backoff (0.25, 0.5, 1, 2 s, or the `Retry-After` the server sends, in seconds or as a date, up to 30 s). Every
-//! page is kept on disk (`<cache>/stac/`, by the search's first request) for a day after its search last
-//! fetched one, as downloads are kept: a rerun after a failure, with other `assets`, or with installations
-//! of which only some changed asks only for the pages it does not have (`flowrun cache clear` forgets
-//! them). A page holding an
-//! item the flow cannot use (no id, a geometry or datetime that does not parse, a missing asset) is not
-//! kept. A search ends at a page without `next` link or without items; a `next` link back to a page
+//! four times with backoff (0.25, 0.5, 1, 2 s, or the `Retry-After` the server sends, in seconds or as a
+//! date, up to 30 s). Every page is kept on disk (`<cache>/stac/`, by the search's first request) for a day
+//! after its search last fetched one, as downloads are kept: a rerun after a failure, with other `assets`,
+//! or with installations of which only some changed asks only for the pages it does not have (`flowrun
+//! cache clear` forgets them). A page the server broke (not JSON, no `features`, an item without an id or
+//! with a geometry or datetime that does not parse) is not kept; one whose items lack an asset the flow
+//! asks for is (the flow's to fix). A search ends at a page without `next` link or without items; a `next`
+//! link back to a page
 //! already read, or a search over `max_pages` pages, is an error. Errors name the query (the installation
 //! or the cell) and the page. The node's note counts installations without a geometry (not searched) and
 //! items left out for their cloud cover.
