@@ -122,25 +122,26 @@ impl Column {
         }
     }
 
-    /// Infers a column from text cells (CSV): see the module documentation.
-    fn from_text(values: Vec<Option<String>>, thousands: Option<&str>) -> Column {
-        let cells = || values.iter().flatten();
+    /// Infers a column from text cells (CSV; `cells` gives them in row order, `None` for an empty one): see
+    /// the module documentation. Each cell is parsed once per type tried, and no `String` is made unless
+    /// the column is text.
+    fn from_text<'a, I: Iterator<Item = Option<&'a str>>>(cells: impl Fn() -> I, thousands: Option<&str>) -> Column {
         let leading_zero = |s: &str| {
             let digits = s.strip_prefix('-').unwrap_or(s);
             digits.len() > 1 && digits.starts_with('0') && !digits.starts_with("0.")
         };
-        if cells().any(|s| leading_zero(s)) {
-            return Column::Text(values);
+        let text = || Column::Text(cells().map(|c| c.map(str::to_string)).collect());
+        if cells().flatten().any(leading_zero) {
+            return text();
         }
-        if cells().all(|s| s.parse::<i64>().is_ok()) {
-            return Column::Int(values.iter().map(|v| v.as_ref().and_then(|s| s.parse().ok())).collect());
+        // every cell that is there parses, or the column is not of that type (`None` ends the collect)
+        let ints: Option<Vec<_>> = cells().map(|c| c.map_or(Some(None), |s| s.parse::<i64>().ok().map(Some))).collect();
+        if let Some(ints) = ints {
+            return Column::Int(ints);
         }
-        if cells().all(|s| parse_number(s, thousands).is_some()) {
-            return Column::Float(
-                values.iter().map(|v| v.as_deref().and_then(|s| parse_number(s, thousands))).collect(),
-            );
-        }
-        Column::Text(values)
+        let floats: Option<Vec<_>> =
+            cells().map(|c| c.map_or(Some(None), |s| parse_number(s, thousands).map(Some))).collect();
+        floats.map_or_else(text, Column::Float)
     }
 }
 
@@ -974,12 +975,17 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
     };
     let (ix, iy) = (find(xcol)?, find(ycol)?);
     let thousands = d.thousands.as_deref();
-    let mut raw: Vec<Vec<Option<String>>> = vec![Vec::new(); headers.len()];
+    // the records are kept whole (one allocation per row, not one per cell) and typed column by column after
+    let mut records = Vec::new();
     let mut geoms = Vec::new();
     // coordinates that are there but not numbers: how many, and the first
     let (mut unreadable, mut example) = (0, None);
-    for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.with_context(|| format!("data row {i} (counting from 0)"))?;
+    // one record read into again and again (its buffers grown once), kept as an exact-size copy
+    let mut rec = csv::StringRecord::new();
+    for i in 0.. {
+        if !rdr.read_record(&mut rec).with_context(|| format!("data row {i} (counting from 0)"))? {
+            break;
+        }
         let mut num = |j: usize| {
             let cell = rec.get(j).map(str::trim).filter(|s| !s.is_empty())?;
             let v = parse_number(cell, thousands);
@@ -994,9 +1000,7 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
             (Some(x), Some(y)) => Some(to_wkb(&Geometry::Point(Point::new(x, y)))),
             _ => None,
         });
-        for (j, col) in raw.iter_mut().enumerate() {
-            col.push(rec.get(j).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string));
-        }
+        records.push(rec.clone());
     }
     if let Some(example) = example {
         let hint = if thousands.is_none() { " (if they use a thousands separator, set `thousands`)" } else { "" };
@@ -1007,10 +1011,14 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
     }
     let attrs = headers
         .into_iter()
-        .zip(raw)
-        .map(|(h, values)| {
-            let col =
-                if Some(&h) == d.id.as_ref() { Column::Text(values) } else { Column::from_text(values, thousands) };
+        .enumerate()
+        .map(|(j, h)| {
+            let cells = || records.iter().map(move |r| r.get(j).map(str::trim).filter(|s| !s.is_empty()));
+            let col = if Some(&h) == d.id.as_ref() {
+                Column::Text(cells().map(|c| c.map(str::to_string)).collect())
+            } else {
+                Column::from_text(cells, thousands)
+            };
             (h, col)
         })
         .collect();
@@ -1226,13 +1234,22 @@ mod tests {
         assert!(matches!(c, Column::Float(ref v) if v == &vec![Some(1.0), Some(2.5)]));
         let t = Column::Int(vec![Some(1)]).append(Column::Text(vec![Some("a".into())]));
         assert!(matches!(t, Column::Text(ref v) if v == &vec![Some("1".to_string()), Some("a".to_string())]));
-        let s = |v: &[&str]| v.iter().map(|x| Some(x.to_string())).collect::<Vec<_>>();
-        assert!(matches!(Column::from_text(s(&["00123", "7"]), None), Column::Text(_)), "leading zeros stay text");
-        assert!(matches!(Column::from_text(s(&["0", "-7"]), None), Column::Int(_)));
+        fn infer(cells: &[Option<&str>], thousands: Option<&str>) -> Column {
+            Column::from_text(|| cells.iter().copied(), thousands)
+        }
+        assert!(matches!(infer(&[Some("00123"), Some("7")], None), Column::Text(_)), "leading zeros stay text");
         assert!(
-            matches!(Column::from_text(s(&["537,585", "1.5"]), Some(",")), Column::Float(ref v) if v[0] == Some(537585.0))
+            matches!(infer(&[Some("0"), None, Some("-7")], None), Column::Int(ref v) if v == &[Some(0), None, Some(-7)])
         );
-        assert!(matches!(Column::from_text(s(&["537,585"]), None), Column::Text(_)));
+        assert!(matches!(
+            infer(&[Some("537,585"), None, Some("1.5")], Some(",")),
+            Column::Float(ref v) if v == &[Some(537585.0), None, Some(1.5)]
+        ));
+        assert!(matches!(infer(&[Some("1"), Some("2.5")], None), Column::Float(ref v) if v == &[Some(1.0), Some(2.5)]));
+        assert!(matches!(
+            infer(&[Some("537,585"), None], None),
+            Column::Text(ref v) if v == &[Some("537,585".to_string()), None]
+        ));
     }
 
     #[test]
