@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use arrow_array::builder::BinaryBuilder;
 use arrow_array::{Array, ArrayRef, BinaryArray, BooleanArray, RecordBatch};
 use arrow_schema::{DataType, Field};
 use flowrun_engine::Table;
@@ -34,9 +35,13 @@ pub fn wkb_field(name: &str, nullable: bool, crs: Option<&str>) -> Field {
 /// Encodes a geometry as little-endian WKB.
 pub fn to_wkb(g: &Geometry<f64>) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
-    wkb::writer::write_geometry(&mut out, g, &wkb::writer::WriteOptions { endianness: wkb::Endianness::LittleEndian })
-        .expect("writing WKB to memory does not fail");
+    write_wkb(&mut out, g);
     out
+}
+
+fn write_wkb(out: &mut impl std::io::Write, g: &Geometry<f64>) {
+    wkb::writer::write_geometry(out, g, &wkb::writer::WriteOptions { endianness: wkb::Endianness::LittleEndian })
+        .expect("writing WKB to memory does not fail");
 }
 
 /// Decodes WKB; Z and M are dropped. `None` for an empty geometry.
@@ -62,9 +67,20 @@ pub fn geometries(column: &ArrayRef) -> Result<Vec<Option<Geometry<f64>>>> {
     (0..arr.len()).map(|i| if arr.is_null(i) { Ok(None) } else { from_wkb(arr.value(i)) }).collect()
 }
 
-/// A WKB column from geometries.
+/// A WKB column from geometries (each written straight into the column's buffer).
 pub fn wkb_array(geoms: &[Option<Geometry<f64>>]) -> ArrayRef {
-    Arc::new(geoms.iter().map(|g| g.as_ref().map(to_wkb)).collect::<BinaryArray>())
+    // a polygon of 5 vertices is 93 bytes
+    let mut column = BinaryBuilder::with_capacity(geoms.len(), geoms.len() * 96);
+    for g in geoms {
+        match g {
+            Some(g) => {
+                write_wkb(&mut column, g);
+                column.append_value(b"");
+            }
+            None => column.append_null(),
+        }
+    }
+    Arc::new(column.finish())
 }
 
 /// Geodesic area on the WGS84 ellipsoid, m² (0 for points and lines). Coordinates are lon/lat degrees.

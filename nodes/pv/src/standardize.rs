@@ -22,9 +22,11 @@
 //! changes nothing else does not re-run what is downstream, nor rewrite the lake.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
+use arrow_array::builder::StringBuilder;
 use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::{DataType, Field, Schema};
@@ -36,13 +38,26 @@ use super::geom::{self, Repair, geometries, geometry_index, wkb_array, wkb_field
 use super::manifest::{AxisOrder, Dataset, Format};
 use super::read::{SOURCE_CRS, parse_number};
 
-fn text_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
+/// A column as text: itself when it is text (shared, not copied), else each value as Arrow displays it.
+fn text_column(batch: &RecordBatch, name: &str) -> Result<StringArray> {
     let col = batch.column_by_name(name).ok_or_else(|| {
         let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
         anyhow!("no column `{name}` (columns: {})", names.join(", "))
     })?;
+    if let Some(text) = col.as_any().downcast_ref::<StringArray>() {
+        return Ok(text.clone());
+    }
     let fmt = ArrayFormatter::try_new(col.as_ref(), &FormatOptions::default())?;
-    Ok((0..col.len()).map(|i| if col.is_null(i) { None } else { Some(fmt.value(i).to_string()) }).collect())
+    let mut text = StringBuilder::with_capacity(col.len(), col.len() * 8);
+    for i in 0..col.len() {
+        if col.is_null(i) {
+            text.append_null();
+        } else {
+            write!(text, "{}", fmt.value(i))?;
+            text.append_value("");
+        }
+    }
+    Ok(text.finish())
 }
 
 /// A number column (`area`, `capacity`) times `factor`. Text cells are parsed (with the manifest's
@@ -67,7 +82,7 @@ fn number_column(
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let t = t.as_deref()?.trim();
+            let t = t?.trim();
             let v = parse_number(t, d.thousands.as_deref());
             if v.is_none() && !t.is_empty() {
                 bad.0 += 1;
@@ -118,34 +133,49 @@ fn stem(label: &str) -> String {
 /// `unified_id` per row (see the module documentation). `rows` are the rows' positions in their files.
 fn unified_ids(
     dataset: &str,
-    source_ids: &[Option<String>],
-    files: &[Option<String>],
+    source_ids: &StringArray,
+    files: &StringArray,
     rows: &[i64],
     several_files: bool,
-) -> Vec<String> {
-    let mut ids: Vec<String> = (0..source_ids.len())
-        .map(|i| {
-            let own = source_ids[i].clone().unwrap_or_else(|| format!("row{}", rows[i]));
-            match several_files {
-                true => format!("{dataset}:{}:{own}", stem(files[i].as_deref().unwrap_or(""))),
-                false => format!("{dataset}:{own}"),
+) -> StringArray {
+    // a file's stem once per file, not per row
+    let mut stems: HashMap<&str, String> = HashMap::new();
+    let mut write_ids = |suffix: &dyn Fn(usize) -> bool| -> StringArray {
+        let mut ids = StringBuilder::with_capacity(rows.len(), rows.len() * (dataset.len() + 12));
+        for (i, row) in rows.iter().enumerate() {
+            let _ = write!(ids, "{dataset}:");
+            if several_files {
+                let file = text(files, i).unwrap_or("");
+                let _ = write!(ids, "{}:", stems.entry(file).or_insert_with(|| stem(file)));
             }
-        })
-        .collect();
-    let mut seen = HashMap::<String, usize>::new();
-    for id in &ids {
-        *seen.entry(id.clone()).or_default() += 1;
-    }
-    let repeated = ids.iter().filter(|id| seen[*id] > 1).count();
-    if repeated > 0 {
-        ctx::warn(format!("dataset `{dataset}`: {repeated} rows share a source id; they get `@row<n>` appended"));
-        for (i, id) in ids.iter_mut().enumerate() {
-            if seen[id.as_str()] > 1 {
-                id.push_str(&format!("@row{}", rows[i]));
+            let _ = match text(source_ids, i) {
+                Some(own) => write!(ids, "{own}"),
+                None => write!(ids, "row{row}"),
+            };
+            if suffix(i) {
+                let _ = write!(ids, "@row{row}");
             }
+            ids.append_value("");
         }
+        ids.finish()
+    };
+    let ids = write_ids(&|_| false);
+    let mut seen = HashMap::<&str, u32>::with_capacity(ids.len());
+    for id in ids.iter().flatten() {
+        *seen.entry(id).or_default() += 1;
     }
-    ids
+    let repeated: Vec<bool> = ids.iter().map(|id| id.is_some_and(|id| seen[id] > 1)).collect();
+    let n = repeated.iter().filter(|r| **r).count();
+    if n == 0 {
+        return ids;
+    }
+    ctx::warn(format!("dataset `{dataset}`: {n} rows share a source id; they get `@row<n>` appended"));
+    write_ids(&|i| repeated[i])
+}
+
+/// The text at `i`, `None` when null.
+fn text(a: &StringArray, i: usize) -> Option<&str> {
+    a.is_valid(i).then(|| a.value(i))
 }
 
 /// Which rows of `batch` to keep, and how many were dropped for which reason.
@@ -155,10 +185,10 @@ fn kept_rows(batch: &RecordBatch, d: &Dataset, has_geometry: &[bool]) -> Result<
     let mut dropped = BTreeMap::new();
     for (column, allowed) in &d.filter {
         let values = text_column(batch, column).with_context(|| format!("dataset `{}`: `filter`", d.key))?;
-        for i in 0..n {
-            let ok = values[i].as_ref().is_some_and(|v| allowed.values().iter().any(|a| a == v));
-            if keep[i] && !ok {
-                keep[i] = false;
+        for (kept, value) in keep.iter_mut().zip(values.iter()) {
+            let ok = value.is_some_and(|v| allowed.values().iter().any(|a| a == v));
+            if *kept && !ok {
+                *kept = false;
                 *dropped.entry(format!("not kept by the filter on `{column}`")).or_default() += 1;
             }
         }
@@ -216,7 +246,7 @@ fn crs_text(crs_of: &HashMap<String, (Crs, String)>) -> String {
 /// WGS84 position fails the dataset, naming the file, the row, the CRS used and the fix.
 fn reproject_and_repair(
     geoms: &mut [Option<geo::Geometry<f64>>],
-    files: &[Option<String>],
+    files: &StringArray,
     crs_of: &HashMap<String, (Crs, String)>,
     d: &Dataset,
     at: &(dyn Fn(usize) -> String + Sync),
@@ -229,14 +259,14 @@ fn reproject_and_repair(
         .enumerate()
         .map(|(i, g)| {
             let Some(mut geo) = g.take() else { return Ok(Repair::Valid) };
-            let (crs, origin) = match files[i].as_ref().and_then(|f| crs_of.get(f)) {
+            let (crs, origin) = match text(files, i).and_then(|f| crs_of.get(f)) {
                 Some(known) => known,
                 None if crs_of.is_empty() => &wgs84,
                 None => bail!(
                     "dataset `{}`, {}: the raw table records no CRS for file {}; give the dataset crs = \"EPSG:<code>\"",
                     d.key,
                     at(i),
-                    files[i].as_deref().unwrap_or("(none)")
+                    text(files, i).unwrap_or("(none)")
                 ),
             };
             let crs = crs.clone().with_lat_lon_order(d.axis_order == AxisOrder::LatLon);
@@ -257,7 +287,7 @@ fn reproject_and_repair(
 }
 
 /// Warns about the repaired geometries, and names those that could not be repaired.
-fn report_repairs(d: &Dataset, repairs: &[Repair], ids: &[String]) {
+fn report_repairs(d: &Dataset, repairs: &[Repair], ids: &StringArray) {
     let repaired = repairs.iter().filter(|r| **r == Repair::Repaired).count();
     if repaired > 0 {
         ctx::warn(format!(
@@ -266,7 +296,7 @@ fn report_repairs(d: &Dataset, repairs: &[Repair], ids: &[String]) {
         ));
     }
     let unrepairable: Vec<&str> =
-        repairs.iter().zip(ids).filter(|(r, _)| **r == Repair::Unrepairable).map(|(_, id)| id.as_str()).collect();
+        repairs.iter().zip(ids).filter(|(r, _)| **r == Repair::Unrepairable).filter_map(|(_, id)| id).collect();
     if !unrepairable.is_empty() {
         let shown: Vec<&str> = unrepairable.iter().take(10).copied().collect();
         ctx::warn(format!(
@@ -289,7 +319,7 @@ pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result
     let has_geometry: Vec<bool> = (0..all.num_rows()).map(|i| !all.column(gi).is_null(i)).collect();
     let several_files = {
         let files = text_column(&all, "source_file")?;
-        files.iter().any(|f| f != &files[0])
+        files.iter().any(|f| f != files.iter().next().flatten())
     };
     let (keep, dropped) = kept_rows(&all, d, &has_geometry)?;
     let read = all.num_rows();
@@ -301,15 +331,15 @@ pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result
         Some(r) => r.values().to_vec(),
         None => (0..n as i64).collect(),
     };
-    let at = |i: usize| format!("file {}, row {} (counting from 0)", files[i].as_deref().unwrap_or("?"), rows[i]);
+    let at = |i: usize| format!("file {}, row {} (counting from 0)", text(&files, i).unwrap_or("?"), rows[i]);
 
     let mut geoms = geometries(batch.column(gi)).with_context(|| format!("dataset `{}`", d.key))?;
     let repairs = reproject_and_repair(&mut geoms, &files, &crs_of, d, &at)?;
-    let source_ids: Vec<Option<String>> = match &d.id {
+    let source_ids = match &d.id {
         Some(col) => text_column(&batch, col).with_context(|| format!("dataset `{}`: `id`", d.key))?,
-        None => vec![None; n],
+        None => StringArray::new_null(n),
     };
-    let missing_ids = source_ids.iter().filter(|s| s.is_none()).count();
+    let missing_ids = source_ids.null_count();
     if let (Some(col), true) = (&d.id, missing_ids > 0) {
         ctx::warn(format!("dataset `{}`: {missing_ids} rows have no `{col}`; their id is `row<n>`", d.key));
     }
@@ -326,7 +356,7 @@ pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result
     let capacity = numbers(&d.capacity, d.capacity_factor, "capacity")?;
     let install = match &d.install_date {
         Some(c) => text_column(&batch, c).with_context(|| format!("dataset `{}`: `install_date`", d.key))?,
-        None => vec![None; n],
+        None => StringArray::new_null(n),
     };
 
     let dropped_text: String = dropped.iter().map(|(why, k)| format!(", {k} dropped ({why})")).collect();
@@ -348,13 +378,13 @@ pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result
     ];
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![d.key.as_str(); n])),
-        Arc::new(StringArray::from(unified)),
-        Arc::new(source_ids.iter().map(|s| s.as_deref()).collect::<StringArray>()),
+        Arc::new(unified),
+        Arc::new(source_ids),
         wkb_array(&geoms),
         Arc::new(Float64Array::from(area)),
         Arc::new(Float64Array::from(capacity)),
-        Arc::new(install.iter().map(|s| s.as_deref()).collect::<StringArray>()),
-        Arc::new(files.iter().map(|s| s.as_deref()).collect::<StringArray>()),
+        Arc::new(install),
+        Arc::new(files),
         Arc::new(Int64Array::from(rows)),
         Arc::new(repairs.iter().map(|r| Some(*r == Repair::Repaired)).collect::<BooleanArray>()),
         Arc::new(StringArray::from(vec![processed_at; n])),
@@ -414,27 +444,28 @@ mod tests {
 
     #[test]
     fn unified_ids_are_unique_and_say_where_they_come_from() {
-        let s = |v: &str| Some(v.to_string());
+        let texts = |v: &[Option<&str>]| StringArray::from(v.to_vec());
+        let strings = |a: StringArray| a.iter().map(|s| s.unwrap().to_string()).collect::<Vec<_>>();
         // one file: <dataset>:<id>; a missing id: <dataset>:row<n>, n its row in the file
-        let ids = unified_ids("d", &[s("00123"), None], &[s("x.csv"), s("x.csv")], &[0, 5], false);
-        assert_eq!(ids, ["d:00123", "d:row5"]);
+        let ids = unified_ids("d", &texts(&[Some("00123"), None]), &texts(&[Some("x.csv"); 2]), &[0, 5], false);
+        assert_eq!(strings(ids), ["d:00123", "d:row5"]);
         // several files numbering from 0 each: the file stem in between; a repeat gets @row<n>
         let ids = unified_ids(
             "c",
-            &[s("0"), s("0"), s("0"), None, s("1"), s("1")],
-            &[
-                s("PV_Test.shp"),
-                s("PV_Train.shp"),
-                s("PV_Train.shp"),
-                s("x.gpkg#farms"),
-                s("2019/a.csv"),
-                s("2020/a.csv"),
-            ],
+            &texts(&[Some("0"), Some("0"), Some("0"), None, Some("1"), Some("1")]),
+            &texts(&[
+                Some("PV_Test.shp"),
+                Some("PV_Train.shp"),
+                Some("PV_Train.shp"),
+                Some("x.gpkg#farms"),
+                Some("2019/a.csv"),
+                Some("2020/a.csv"),
+            ]),
             &[0, 0, 1, 7, 0, 0],
             true,
         );
         assert_eq!(
-            ids,
+            strings(ids),
             ["c:PV_Test:0", "c:PV_Train:0@row0", "c:PV_Train:0@row1", "c:x#farms:row7", "c:2019/a:1", "c:2020/a:1"]
         );
     }
