@@ -428,26 +428,68 @@ impl Store {
         }
     }
 
-    /// Stores `bytes` as the result for `key` and returns their content hash. The blob is written now (a file
-    /// for large values); the index entry is buffered until [`Store::commit`].
+    /// Stores `bytes` as the result for `key` and returns their content hash (see [`Store::put_with`]).
     pub fn put(&self, key: Key, bytes: &[u8], meta: EntryMeta) -> Result<Hash> {
-        let content = content_hash(bytes);
-        self.put_blob(content, bytes)?;
+        self.put_with(key, meta, |w| w.write_all(bytes))
+    }
+
+    /// Stores what `write` writes as the result for `key` and returns its content hash. The bytes are
+    /// hashed as they come and never held whole in memory past the inline limit: a large value (a table of
+    /// a million rows) streams into its blob file. The blob is complete when this returns; the index entry
+    /// is buffered until [`Store::commit`]. When `write` fails, nothing is stored and its error comes back
+    /// as [`CacheError::Io`] on the temporary file.
+    pub fn put_with(
+        &self,
+        key: Key,
+        meta: EntryMeta,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<Hash> {
+        let mut spill = Spill { store: self, hasher: blake3::Hasher::new(), memory: Vec::new(), file: None, size: 0 };
+        let tmp = self.root.join("tmp");
+        write(&mut spill).map_err(|source| CacheError::Io { path: tmp.clone(), source })?;
+        let Spill { hasher, memory, file, size, .. } = spill;
+        let content = hasher.finalize();
+        match file {
+            None => {
+                self.pending.lock().unwrap().inline.entry(content).or_insert_with(|| memory.clone());
+            }
+            Some(file) => {
+                let file =
+                    file.into_inner().map_err(|e| CacheError::Io { path: tmp.clone(), source: e.into_error() })?;
+                let path = self.object_path(&content);
+                // the same bytes stored before: the new copy goes
+                if !path.exists() {
+                    let parent = path.parent().expect("object paths have a parent");
+                    fs::create_dir_all(parent)
+                        .map_err(|source| CacheError::Io { path: parent.to_path_buf(), source })?;
+                    file.persist(&path).map_err(|e| CacheError::Io { path: path.clone(), source: e.error })?;
+                    self.pending.lock().unwrap().file_blobs.push((content, size));
+                }
+            }
+        }
         let entry = Entry {
             content,
             type_name: meta.type_name,
             node: meta.node,
-            size: bytes.len() as u64,
+            size,
             rows: meta.rows,
             deps: meta.deps,
             identity: meta.identity.filter(|i| *i != content),
             messages: meta.messages,
         };
-        self.put_remote(&key, &entry, bytes);
+        if self.remote().is_some() && !self.remote_read_only {
+            let bytes = match memory.is_empty() && size > 0 {
+                true => fs::read(self.object_path(&content))
+                    .map_err(|source| CacheError::Io { path: self.object_path(&content), source })?,
+                false => memory,
+            };
+            self.put_remote(&key, &entry, &bytes);
+        }
         self.pending.lock().unwrap().entries.insert(key, (entry, now_ms()));
         Ok(content)
     }
 
+    /// Writes a blob fetched from the remote (already verified against `content`).
     fn put_blob(&self, content: Hash, bytes: &[u8]) -> Result<()> {
         if bytes.len() <= self.inline_limit {
             self.pending.lock().unwrap().inline.entry(content).or_insert_with(|| bytes.to_vec());
@@ -805,13 +847,42 @@ impl Store {
     }
 }
 
-/// The blake3 of a result's bytes; a large one (a table of many rows) hashed on every thread of the run's
-/// pool (blake3's `update_rayon`: below about 128 KiB one thread is faster).
-fn content_hash(bytes: &[u8]) -> Hash {
-    if bytes.len() < 1 << 20 {
-        return blake3::hash(bytes);
+/// A result's bytes on their way into the store ([`Store::put_with`]): hashed as they come, kept in memory
+/// up to the inline limit, then written to a temporary file of the cache. A large write (a column of a
+/// table) is hashed on every thread of the run's pool (blake3's `update_rayon`: below about 128 KiB one
+/// thread is faster).
+struct Spill<'a> {
+    store: &'a Store,
+    hasher: blake3::Hasher,
+    memory: Vec<u8>,
+    file: Option<std::io::BufWriter<tempfile::NamedTempFile>>,
+    size: u64,
+}
+
+impl Write for Spill<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() < 1 << 20 {
+            self.hasher.update(buf);
+        } else {
+            self.hasher.update_rayon(buf);
+        }
+        self.size += buf.len() as u64;
+        if self.file.is_none() && self.memory.len() + buf.len() > self.store.inline_limit {
+            let tmp = tempfile::NamedTempFile::new_in(self.store.root.join("tmp"))?;
+            let mut file = std::io::BufWriter::with_capacity(1 << 20, tmp);
+            file.write_all(&std::mem::take(&mut self.memory))?;
+            self.file = Some(file);
+        }
+        match &mut self.file {
+            Some(file) => file.write_all(buf)?,
+            None => self.memory.extend_from_slice(buf),
+        }
+        Ok(buf.len())
     }
-    blake3::Hasher::new().update_rayon(bytes).finalize()
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), Write::flush)
+    }
 }
 
 fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -982,6 +1053,43 @@ mod tests {
         assert_eq!(entry.content, content);
         assert_eq!(entry.node, "a");
         assert!(matches!(store.blob(&content).unwrap(), Blob::Found(b) if b == b"value"));
+    }
+
+    #[test]
+    fn a_streamed_value_is_hashed_and_stored_as_its_bytes_and_a_failed_one_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // 3 MiB in pieces of every size: some under the inline limit, one over 1 MiB (hashed on the pool)
+        let bytes: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let key = blake3::hash(b"streamed");
+        let content = store
+            .put_with(key, meta("a"), |w| {
+                let (a, rest) = bytes.split_at(10);
+                let (b, c) = rest.split_at(2 << 20);
+                w.write_all(a)?;
+                w.write_all(b)?;
+                w.write_all(c)
+            })
+            .unwrap();
+        assert_eq!(content, blake3::hash(&bytes));
+        assert_eq!(store.lookup(&key).unwrap().unwrap().size, bytes.len() as u64);
+        assert!(matches!(store.blob(&content).unwrap(), Blob::Found(b) if b == bytes));
+        // a writer that fails half-way: no entry, no blob, no temporary file
+        let failed = blake3::hash(b"failed");
+        let err = store
+            .put_with(failed, meta("b"), |w| {
+                w.write_all(&bytes)?;
+                Err(std::io::Error::other("the encoder gave up"))
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("the encoder gave up"), "{err}");
+        assert!(store.lookup(&failed).unwrap().is_none());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        let objects: usize = fs::read_dir(dir.path().join("objects"))
+            .unwrap()
+            .map(|d| fs::read_dir(d.unwrap().path()).unwrap().count())
+            .sum();
+        assert_eq!(objects, 1, "only the first value's blob is there");
     }
 
     #[test]

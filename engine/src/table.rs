@@ -109,6 +109,9 @@ impl Value for Table {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
         self.write_ipc(out).map_err(CodecError::new)
     }
+    fn encode_to(&self, out: &mut dyn std::io::Write) -> Result<(), CodecError> {
+        self.write_ipc(out).map_err(CodecError::new)
+    }
     fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         Table::read_ipc(bytes).map_err(CodecError::new)
     }

@@ -60,6 +60,14 @@ pub trait Value: Send + Sync + Sized + 'static {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError>;
     /// Decodes what [`Value::encode`] wrote.
     fn decode(bytes: &[u8]) -> Result<Self, CodecError>;
+    /// Writes the same bytes as [`Value::encode`] to `out`, as they are made: the cache streams a large
+    /// value (a table) into its file this way instead of holding a copy in memory. The default encodes into
+    /// a buffer and writes that.
+    fn encode_to(&self, out: &mut dyn std::io::Write) -> Result<(), CodecError> {
+        let mut bytes = Vec::new();
+        self.encode(&mut bytes)?;
+        out.write_all(&bytes).map_err(CodecError::new)
+    }
     /// Builds the value from a flow-file literal. The default refuses.
     fn from_toml(value: &toml::Value, cx: &LiteralCx) -> Result<Self, String> {
         let _ = (value, cx);
@@ -95,6 +103,8 @@ pub trait DynValue: Send + Sync + 'static {
     fn into_any_arc(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     /// See [`Value::encode`].
     fn dyn_encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError>;
+    /// See [`Value::encode_to`].
+    fn dyn_encode_to(&self, out: &mut dyn std::io::Write) -> Result<(), CodecError>;
     /// See [`Value::rows`].
     fn dyn_rows(&self) -> Option<u64>;
     /// See [`Value::label`].
@@ -116,6 +126,9 @@ impl<T: Value> DynValue for T {
     }
     fn dyn_encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
         self.encode(out)
+    }
+    fn dyn_encode_to(&self, out: &mut dyn std::io::Write) -> Result<(), CodecError> {
+        self.encode_to(out)
     }
     fn dyn_rows(&self) -> Option<u64> {
         self.rows()

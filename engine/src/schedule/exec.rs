@@ -33,7 +33,7 @@ use crate::ctx;
 use crate::events::{CodeChange, Event, NodeReport, Reason, Status};
 use crate::flow::{Binding, CacheMode, EdgeMode, FlowNode, LiteralSource, NodeImpl, OnItemError};
 use crate::registry::{ArgValue, Args};
-use crate::value::{AnyValue, encode_value};
+use crate::value::AnyValue;
 
 pub(crate) type Task = (Arc<Instance>, usize);
 
@@ -559,14 +559,6 @@ impl<'p, 'f> Exec<'p, 'f> {
         // uncached, with a warning naming the node, and the run goes on
         let own_identity = ask(report, "the result's identity", || value.dyn_identity()).and_then(Result::ok);
         let Some(store) = self.opts.store.as_ref().filter(|_| pn.cache != CacheMode::Disable) else { return key };
-        let encoded = guarded("encoding it", || encode_value(&**value));
-        let bytes = match encoded.and_then(|r| r.map_err(|e| format!("cannot encode it: {e}"))) {
-            Ok(bytes) => bytes,
-            Err(why) => {
-                report.warnings.push(format!("result not cached ({why})"));
-                return key;
-            }
-        };
         let meta = EntryMeta {
             type_name: fnode.output().value_type().name().to_string(),
             node: report.name.to_string(),
@@ -575,13 +567,32 @@ impl<'p, 'f> Exec<'p, 'f> {
             identity: own_identity,
             messages: Messages { warnings: report.warnings.clone(), notes: report.notes.clone() },
         };
-        match store.put(key, &bytes, meta) {
-            Ok(content) => own_identity.unwrap_or(content),
-            Err(e) => {
-                report.warnings.push(format!("result not cached: {e}"));
-                own_identity.unwrap_or_else(|| blake3::hash(&bytes))
+        // the encoding streams into the store (a large table into its blob file, hashed on the way)
+        let mut codec = None;
+        let put = guarded("encoding it", || {
+            store.put_with(key, meta, |out| {
+                value.dyn_encode_to(out).map_err(|e| {
+                    let io = std::io::Error::other(e.to_string());
+                    codec = Some(e);
+                    io
+                })
+            })
+        });
+        let why = match (put, codec) {
+            (Ok(Ok(content)), _) => return own_identity.unwrap_or(content),
+            (Err(panic), _) => panic,
+            (Ok(Err(_)), Some(e)) => format!("cannot encode it: {e}"),
+            (Ok(Err(e)), None) => e.to_string(),
+        };
+        report.warnings.push(format!("result not cached ({why})"));
+        // the identity a stored result would have had: its encoding's hash
+        own_identity.unwrap_or_else(|| {
+            let mut hasher = blake3::Hasher::new();
+            match guarded("encoding it", || value.dyn_encode_to(&mut hasher)) {
+                Ok(Ok(())) => hasher.finalize(),
+                _ => key,
             }
-        }
+        })
     }
 
     fn call(&self, fnode: &FlowNode, values: Vec<ArgValue>) -> anyhow::Result<AnyValue> {
