@@ -115,6 +115,19 @@ impl Value for Table {
     fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         Table::read_ipc(bytes).map_err(CodecError::new)
     }
+    /// Zero-copy: the columns point into `bytes` (arrow's stream decoder copies only a buffer that is not
+    /// aligned for its type).
+    fn decode_owned(bytes: Vec<u8>) -> Result<Self, CodecError> {
+        let mut bytes = arrow_buffer::Buffer::from_vec(bytes);
+        let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+        let mut batches = Vec::new();
+        while !bytes.is_empty() {
+            batches.extend(decoder.decode(&mut bytes).map_err(CodecError::new)?);
+        }
+        decoder.finish().map_err(CodecError::new)?;
+        let schema = decoder.schema().ok_or_else(|| CodecError::new("an Arrow IPC stream without a schema"))?;
+        Table::try_new(schema, batches).map_err(CodecError::new)
+    }
     fn rows(&self) -> Option<u64> {
         Some(self.num_rows() as u64)
     }
@@ -160,6 +173,7 @@ mod tests {
         t.encode(&mut bytes).unwrap();
         let back = Table::decode(&bytes).unwrap();
         assert_eq!(back, t);
+        assert_eq!(Table::decode_owned(bytes.clone()).unwrap(), t, "zero-copy from an owned buffer");
         assert_eq!(back.batches().len(), 2);
         assert_eq!(back.schema().field(1).metadata()["ARROW:extension:name"], "geoarrow.wkb");
         assert_eq!(back.rows(), Some(2));

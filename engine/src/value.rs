@@ -60,6 +60,11 @@ pub trait Value: Send + Sync + Sized + 'static {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError>;
     /// Decodes what [`Value::encode`] wrote.
     fn decode(bytes: &[u8]) -> Result<Self, CodecError>;
+    /// [`Value::decode`] of bytes the value may keep (the cache reads a blob into a buffer it gives away):
+    /// a table's columns then point into that buffer instead of being copied out of it.
+    fn decode_owned(bytes: Vec<u8>) -> Result<Self, CodecError> {
+        Self::decode(&bytes)
+    }
     /// Writes the same bytes as [`Value::encode`] to `out`, as they are made: the cache streams a large
     /// value (a table) into its file this way instead of holding a copy in memory. The default encodes into
     /// a buffer and writes that.
@@ -167,7 +172,7 @@ pub fn encode_value(value: &dyn DynValue) -> Result<Vec<u8>, CodecError> {
 pub struct TypeDesc {
     name: fn() -> &'static str,
     id: fn() -> TypeId,
-    decode: fn(&[u8]) -> Result<AnyValue, CodecError>,
+    decode: fn(Vec<u8>) -> Result<AnyValue, CodecError>,
     from_toml: fn(&toml::Value, &LiteralCx) -> Result<AnyValue, String>,
     default: fn() -> Option<AnyValue>,
 }
@@ -178,7 +183,7 @@ impl TypeDesc {
         TypeDesc {
             name: std::any::type_name::<T>,
             id: TypeId::of::<T>,
-            decode: |bytes| Ok(Arc::new(T::decode(bytes)?)),
+            decode: |bytes| Ok(Arc::new(T::decode_owned(bytes)?)),
             from_toml: |v, cx| Ok(Arc::new(T::from_toml(v, cx)?)),
             default: || T::default_value().map(|v| Arc::new(v) as AnyValue),
         }
@@ -195,8 +200,8 @@ impl TypeDesc {
     pub fn id(&self) -> TypeId {
         (self.id)()
     }
-    /// Decodes a cached value of this type.
-    pub fn decode(&self, bytes: &[u8]) -> Result<AnyValue, CodecError> {
+    /// Decodes a cached value of this type (see [`Value::decode_owned`]).
+    pub fn decode(&self, bytes: Vec<u8>) -> Result<AnyValue, CodecError> {
         (self.decode)(bytes)
     }
     /// Builds a value of this type from a flow-file literal.

@@ -174,6 +174,28 @@ fn labelled_items_and_struct_values() {
 }
 
 #[test]
+fn a_stored_target_is_handed_on_from_the_store_and_one_without_a_store_from_memory() {
+    // `square` is a target that `offset` reads: its results, once stored, are pointers into the store (the
+    // memory goes with the consumers), loaded back when asked for
+    let src = FANOUT.replace(r#"outputs = ["total"]"#, r#"outputs = ["square", "total"]"#);
+    let f = build(&src, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let r = run(&f, 2, Some(store.clone()));
+    let squares = r.output("square");
+    assert_eq!(squares.len(), 10);
+    let third = squares[2].value.as_ref().unwrap();
+    assert_eq!(*third.load().unwrap().downcast_ref::<i64>().unwrap(), 9);
+    // the proof that it is read from the store: gone from there, it cannot be loaded
+    let content = store.lookup(&r.nodes.iter().find(|n| &*n.name == "square[2]").unwrap().key.unwrap()).unwrap();
+    store.evict(&content.unwrap().content).unwrap();
+    assert!(third.load().is_err(), "a pointer into the store, not a copy in memory");
+    // without a store, the value is kept in memory
+    let r = run(&f, 2, None);
+    assert_eq!(*r.output("square")[2].value.as_ref().unwrap().load().unwrap().downcast_ref::<i64>().unwrap(), 9);
+}
+
+#[test]
 fn second_run_executes_nothing_and_changes_rerun_exactly_downstream() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());

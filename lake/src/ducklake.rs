@@ -37,7 +37,7 @@ pub enum Mode {
 }
 
 /// One table to write.
-pub struct LakeTarget<V = Table> {
+pub struct LakeTarget {
     /// `[materialize.NAME]`.
     pub section: String,
     /// DuckLake schema.
@@ -46,8 +46,6 @@ pub struct LakeTarget<V = Table> {
     pub table: String,
     /// How.
     pub mode: Mode,
-    /// The rows (`()` while it is not known yet whether the target changed).
-    pub value: V,
     /// The rows' identity (hex), recorded in the lake's ledger.
     pub identity: String,
     /// The lake holds this value by a record from before the ledger (a cache state an older flowrun
@@ -65,6 +63,8 @@ pub struct LakeWrite {
     pub written: Vec<bool>,
     /// How many times the transaction was planned again after a conflict with another writer.
     pub replans: u32,
+    /// Per target, in order: its rows.
+    pub rows: Vec<usize>,
 }
 
 const TYPE_FAMILIES: &[&[&str]] = &[
@@ -339,7 +339,7 @@ fn take_turn(duck: &Duck, lake: &str) -> Result<()> {
 fn ledger<'a>(
     duck: &Duck,
     lake: &str,
-    targets: impl Iterator<Item = &'a LakeTarget>,
+    targets: impl Iterator<Item = (&'a LakeTarget, usize)>,
     report: &RunReport,
 ) -> Result<()> {
     let l = quoted(lake, "lake alias")?;
@@ -347,7 +347,7 @@ fn ledger<'a>(
         "CREATE TABLE IF NOT EXISTS {l}.main.flowrun_materializations (destination VARCHAR, mode VARCHAR, \
            identity VARCHAR, rows BIGINT, run_id VARCHAR)"
     ))?;
-    for t in targets {
+    for (t, rows) in targets {
         let mode = match &t.mode {
             Mode::Replace => "replace",
             Mode::Append => "append",
@@ -358,7 +358,7 @@ fn ledger<'a>(
              VALUES ({}, '{mode}', {}, {}, {})",
             literal(&format!("{}.{}", t.schema, t.table)),
             literal(&t.identity),
-            t.value.num_rows(),
+            rows,
             literal(&report.run_id)
         ))?;
     }
@@ -408,15 +408,20 @@ pub fn write(
     duck: &Duck,
     lake: &LakeConfig,
     targets: &[LakeTarget],
+    load: impl Fn(usize) -> Result<Table>,
     flow: &str,
     flow_path: &str,
     report: &RunReport,
 ) -> Result<LakeWrite> {
     let alias = &lake.alias;
-    // stage every table first: the transaction then only moves data inside DuckDB
+    // stage every table first, one after the other (`load(i)` gives target i's rows; they are dropped once
+    // DuckDB has its copy): the transaction then only moves data inside DuckDB
+    let mut rows = Vec::with_capacity(targets.len());
     for (i, t) in targets.iter().enumerate() {
-        duck.load_table(&format!("memory.main.\"__stage_{i}\""), &t.value)
+        let table = load(i)?;
+        duck.load_table(&format!("memory.main.\"__stage_{i}\""), &table)
             .with_context(|| format!("staging materialization `{}`", t.section))?;
+        rows.push(table.num_rows());
     }
     stage_node_runs(duck, report).context("staging the run's node records")?;
     // DuckLake itself retries a commit whose changes do not overlap another writer's; one that does (two
@@ -439,13 +444,13 @@ pub fn write(
         Ok(true)
     };
     loop {
-        match transaction(duck, alias, targets, flow, flow_path, report).and_then(|w| {
+        match transaction(duck, alias, targets, &rows, flow, flow_path, report).and_then(|w| {
             lake.stop_if_interrupted()?;
             Ok(w)
         }) {
             Ok(None) => {
                 duck.execute("ROLLBACK")?;
-                return Ok(LakeWrite { snapshot: None, written: vec![false; targets.len()], replans: attempt });
+                return Ok(LakeWrite { snapshot: None, written: vec![false; targets.len()], replans: attempt, rows });
             }
             Ok(Some(written)) => match duck.execute("COMMIT") {
                 Ok(()) => {
@@ -454,7 +459,7 @@ pub fn write(
                     let snapshot = duck
                         .scalar(&format!("SELECT id FROM {}.last_committed_snapshot()", quoted(alias, "lake alias")?))
                         .context("reading back the committed snapshot")?;
-                    return Ok(LakeWrite { snapshot: Some(snapshot), written, replans: attempt });
+                    return Ok(LakeWrite { snapshot: Some(snapshot), written, replans: attempt, rows });
                 }
                 Err(e) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
                     let _ = duck.execute("ROLLBACK");
@@ -479,7 +484,7 @@ pub fn write(
 
 /// Whether the lake has `t`'s table, and for `replace` with `t`'s number of rows (what an older flowrun's
 /// record says the lake holds).
-fn holds(duck: &Duck, alias: &str, t: &LakeTarget) -> Result<bool> {
+fn holds(duck: &Duck, alias: &str, t: &LakeTarget, expected: usize) -> Result<bool> {
     if !table_exists(duck, alias, &t.schema, &t.table)? {
         return Ok(false);
     }
@@ -492,7 +497,7 @@ fn holds(duck: &Duck, alias: &str, t: &LakeTarget) -> Result<bool> {
         quoted(&t.schema, "schema")?,
         quoted(&t.table, "table")?
     ))?;
-    Ok(rows as usize == t.value.num_rows())
+    Ok(rows as usize == expected)
 }
 
 /// Deletes (or with `dry_run` lists) the data files in the lake's data path that no snapshot references
@@ -540,6 +545,7 @@ fn transaction(
     duck: &Duck,
     alias: &str,
     targets: &[LakeTarget],
+    rows: &[usize],
     flow: &str,
     flow_path: &str,
     report: &RunReport,
@@ -550,7 +556,7 @@ fn transaction(
     for (i, t) in targets.iter().enumerate() {
         let destination = format!("{}.{}", t.schema, t.table);
         let fresh = !already_written(duck, alias, &destination, &t.mode, &t.identity)?;
-        let write = fresh && !(t.adopt && holds(duck, alias, t)?);
+        let write = fresh && !(t.adopt && holds(duck, alias, t, rows[i])?);
         if write {
             write_target(duck, alias, t, &format!("__stage_{i}"))
                 .with_context(|| format!("materialization `{}` (lake table {destination})", t.section))?;
@@ -562,7 +568,7 @@ fn transaction(
         return Ok(None);
     }
     history(duck, alias, flow_path, report).context("recording the run in flowrun_runs")?;
-    let fresh = targets.iter().zip(&recorded).filter(|(_, r)| **r).map(|(t, _)| t);
+    let fresh = targets.iter().zip(rows.iter().copied()).zip(&recorded).filter(|(_, r)| **r).map(|(t, _)| t);
     ledger(duck, alias, fresh, report).context("recording the run in flowrun_materializations")?;
     duck.execute(&format!(
         "CALL {}.set_commit_message('flowrun', {})",

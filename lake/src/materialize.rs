@@ -402,7 +402,8 @@ fn rows_of(o: &OutputItem) -> u64 {
 fn table_of(o: &OutputItem, section: &str) -> Result<Table> {
     let value =
         o.value.as_ref().ok_or_else(|| anyhow!("materialization `{section}`: node `{}` has no value", o.node))?;
-    let v = value.get().with_context(|| format!("loading the result of `{}`", o.node))?;
+    // loaded for this write only: a run's tables are written one at a time, not all held at once
+    let v = value.load().with_context(|| format!("loading the result of `{}`", o.node))?;
     v.downcast_ref::<Table>().cloned().ok_or_else(|| {
         anyhow!("materialization `{section}`: node `{}` returns a `{}`, not a table", o.node, v.dyn_type_name())
     })
@@ -433,7 +434,7 @@ pub fn materialize(
     let started = Instant::now();
     let mut out = MaterializeReport { lake: lake.map(|l| l.describe()), ..Default::default() };
     // values are loaded from the cache only for targets that changed: an unchanged rerun reads no table
-    let mut lake_targets: Vec<(LakeTarget<()>, &OutputItem, String, blake3::Hash)> = Vec::new();
+    let mut lake_targets: Vec<(LakeTarget, &OutputItem, String, blake3::Hash)> = Vec::new();
     // (section, path, geometry column, value, destination, identity)
     type FileTarget<'a> = (String, FileDest, Option<String>, &'a OutputItem, String, blake3::Hash);
     let mut files: Vec<FileTarget> = Vec::new();
@@ -462,7 +463,6 @@ pub fn materialize(
                         schema: schema.clone(),
                         table,
                         mode: mode.clone(),
-                        value: (),
                         identity: identity.to_hex().to_string(),
                         adopt: false,
                     };
@@ -548,22 +548,21 @@ pub fn materialize(
         lake.attach(&duck, false)?;
         // the lake's own ledger answers (inside the transaction) for what another machine, working directory
         // or a cleared cache wrote
-        let mut targets = Vec::new();
-        let mut places = Vec::new();
+        let (mut targets, mut values, mut places) = (Vec::new(), Vec::new(), Vec::new());
         for (t, o, where_) in changed {
-            let value = table_of(o, &t.section)?;
-            let LakeTarget { section, schema, table, mode, identity, adopt, .. } = t;
-            targets.push(LakeTarget { section, schema, table, mode, value, identity, adopt });
+            targets.push(t);
+            values.push(o);
             places.push(where_);
         }
-        let done = ducklake::write(&duck, lake, &targets, &flow.name, flow_path, report)?;
+        let load = |i: usize| table_of(values[i], &targets[i].section);
+        let done = ducklake::write(&duck, lake, &targets, load, &flow.name, flow_path, report)?;
         (out.snapshot, out.replans) = (done.snapshot, done.replans);
-        for ((t, where_), written) in targets.iter().zip(places).zip(done.written) {
+        for (((t, where_), written), rows) in targets.iter().zip(places).zip(done.written).zip(done.rows) {
             out.targets.push(TargetReport {
                 section: t.section.clone(),
                 kind: "ducklake".into(),
                 destination: format!("{}.{}", t.schema, t.table),
-                rows: t.value.num_rows() as u64,
+                rows: rows as u64,
                 status: match (written, done.snapshot) {
                     (true, Some(snapshot)) => format!("written, snapshot {snapshot}"),
                     _ => "unchanged".into(),

@@ -46,6 +46,9 @@ pub(crate) struct Done {
     pub value: Option<Lazy>,
     /// `None` in a dry run when the node would run.
     pub identity: Option<Hash>,
+    /// The content hash of the value when this run wrote it to the store: a target's result is then
+    /// handed on as a pointer into the store, and its memory freed with its consumers.
+    pub stored: Option<Hash>,
 }
 
 #[derive(Clone)]
@@ -228,7 +231,11 @@ impl<'p, 'f> Exec<'p, 'f> {
                         LiteralSource::Input(i) => InputSource::Input(i),
                         LiteralSource::Param | LiteralSource::Default => InputSource::Literal,
                     };
-                    let value = Done { value: Some(Lazy::ready(lit.value.clone())), identity: Some(lit.identity) };
+                    let value = Done {
+                        value: Some(Lazy::ready(lit.value.clone())),
+                        identity: Some(lit.identity),
+                        stored: None,
+                    };
                     (source, GValue::One(value))
                 }
                 &Binding::Node { node, mode } => {
@@ -339,8 +346,15 @@ impl<'p, 'f> Exec<'p, 'f> {
         report.duration = start.elapsed();
         if let (Slot::Ok(done), true) = (&outcome, pn.pinned) {
             let item = inst.label.as_deref().map(String::from);
-            let output =
-                OutputItem { node: fnode.name.clone(), item, value: done.value.clone(), identity: done.identity };
+            // a result this run stored is handed on from the store (a materializer loads it when it writes
+            // it), so its memory goes when its consumers are done, not at the end of the run
+            let value = match (done.stored, &self.opts.store) {
+                (Some(content), Some(store)) => {
+                    Some(Lazy::cached(content, fnode.output().value_type(), store.clone(), report.rows))
+                }
+                _ => done.value.clone(),
+            };
+            let output = OutputItem { node: fnode.name.clone(), item, value, identity: done.identity };
             self.outputs.lock().unwrap().push((pn.id, inst.path.clone(), output));
         }
         self.report(report);
@@ -360,7 +374,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             Err(upstream) => {
                 report.status = Status::WouldRun;
                 report.reasons = vec![Reason::UpstreamWillRun(upstream)];
-                return Slot::Ok(Done { value: None, identity: None });
+                return Slot::Ok(Done { value: None, identity: None, stored: None });
             }
         };
         let cache_key = CacheKey {
@@ -379,7 +393,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         }
         if self.opts.dry_run {
             report.status = Status::WouldRun;
-            return Slot::Ok(Done { value: None, identity: None });
+            return Slot::Ok(Done { value: None, identity: None, stored: None });
         }
         let Some(values) = self.load_args(&args, report) else { return Slot::Failed };
         let (result, deps) = self.execute(fnode, values, report);
@@ -387,8 +401,8 @@ impl<'p, 'f> Exec<'p, 'f> {
             Ok(value) => {
                 report.status = Status::Executed;
                 report.rows = ask(report, "counting the result's rows", || value.dyn_rows());
-                let identity = self.store(pn, fnode, key, &value, deps, report);
-                Slot::Ok(Done { value: Some(Lazy::ready(value)), identity: Some(identity) })
+                let (identity, stored) = self.store(pn, fnode, key, &value, deps, report);
+                Slot::Ok(Done { value: Some(Lazy::ready(value)), identity: Some(identity), stored })
             }
             Err(e) => {
                 report.status = Status::Failed;
@@ -479,7 +493,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         self.record_state(&report.name, key, cache_key);
         let identity = entry.identity();
         let value = Lazy::cached(entry.content, fnode.output().value_type(), store.clone(), entry.rows);
-        Some(Done { value: Some(value), identity: Some(identity) })
+        Some(Done { value: Some(value), identity: Some(identity), stored: None })
     }
 
     /// Step 4, the inputs: loaded from the cache where they are still there; `None` when a reused result
@@ -545,7 +559,7 @@ impl<'p, 'f> Exec<'p, 'f> {
 
     /// Step 4, the result: stored (unless the node's cache is disabled), with the identity its consumers
     /// see: the value's own (a table without its volatile columns), else the hash of its bytes (so a re-run
-    /// that makes the same bytes does not re-run them), else the key.
+    /// that makes the same bytes does not re-run them), else the key; and the stored bytes' hash.
     fn store(
         &self,
         pn: &PNode,
@@ -554,11 +568,13 @@ impl<'p, 'f> Exec<'p, 'f> {
         value: &AnyValue,
         deps: Vec<FileDep>,
         report: &mut NodeReport,
-    ) -> Hash {
+    ) -> (Hash, Option<Hash>) {
         // a value type's own code (identity, encoding) runs under a guard: its panic leaves the result
         // uncached, with a warning naming the node, and the run goes on
         let own_identity = ask(report, "the result's identity", || value.dyn_identity()).and_then(Result::ok);
-        let Some(store) = self.opts.store.as_ref().filter(|_| pn.cache != CacheMode::Disable) else { return key };
+        let Some(store) = self.opts.store.as_ref().filter(|_| pn.cache != CacheMode::Disable) else {
+            return (key, None);
+        };
         let meta = EntryMeta {
             type_name: fnode.output().value_type().name().to_string(),
             node: report.name.to_string(),
@@ -579,20 +595,21 @@ impl<'p, 'f> Exec<'p, 'f> {
             })
         });
         let why = match (put, codec) {
-            (Ok(Ok(content)), _) => return own_identity.unwrap_or(content),
+            (Ok(Ok(content)), _) => return (own_identity.unwrap_or(content), Some(content)),
             (Err(panic), _) => panic,
             (Ok(Err(_)), Some(e)) => format!("cannot encode it: {e}"),
             (Ok(Err(e)), None) => e.to_string(),
         };
         report.warnings.push(format!("result not cached ({why})"));
         // the identity a stored result would have had: its encoding's hash
-        own_identity.unwrap_or_else(|| {
+        let identity = own_identity.unwrap_or_else(|| {
             let mut hasher = blake3::Hasher::new();
             match guarded("encoding it", || value.dyn_encode_to(&mut hasher)) {
                 Ok(Ok(())) => hasher.finalize(),
                 _ => key,
             }
-        })
+        });
+        (identity, None)
     }
 
     fn call(&self, fnode: &FlowNode, values: Vec<ArgValue>) -> anyhow::Result<AnyValue> {
@@ -716,8 +733,8 @@ impl<'p, 'f> Exec<'p, 'f> {
     fn release(&self, inst: &Instance, local: usize) {
         if inst.members[local].uses.fetch_sub(1, Ordering::AcqRel) == 1 {
             let pid = self.plan.blocks[inst.block].members[local];
-            if !self.plan.nodes[pid].pinned
-                && let Slot::Ok(done) = &mut *inst.members[local].slot.lock().unwrap()
+            if let Slot::Ok(done) = &mut *inst.members[local].slot.lock().unwrap()
+                && (!self.plan.nodes[pid].pinned || done.stored.is_some())
             {
                 done.value = None;
             }
@@ -754,7 +771,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         let slot = inst.members[self.plan.nodes[expand].local].slot.lock().unwrap().clone();
         let expand_name = self.node_name(expand).to_string();
         let items: Result<Vec<AnyValue>, String> = match slot {
-            Slot::Ok(Done { value: Some(lazy), identity: Some(_) }) => match lazy.get() {
+            Slot::Ok(Done { value: Some(lazy), identity: Some(_), .. }) => match lazy.get() {
                 Ok(v) => guarded(&format!("listing the items of `{expand_name}`"), || v.dyn_items())
                     .and_then(|items| items.ok_or_else(|| format!("`{expand_name}` did not return a Parallel list"))),
                 Err(e) => {
@@ -802,7 +819,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             };
             let mut path = inst.path.clone();
             path.push(i as u32);
-            let done = Done { value: Some(Lazy::ready(item)), identity: Some(identity) };
+            let done = Done { value: Some(Lazy::ready(item)), identity: Some(identity), stored: None };
             instances.push(self.new_instance(block, Some(inst.clone()), Some(done), Some(label), path));
         }
         let n = instances.len();

@@ -65,15 +65,30 @@ impl Lazy {
         }
     }
 
-    /// The value, loading and verifying it if needed.
+    /// The value, loading and verifying it if needed; once loaded, it stays in memory with this `Lazy`.
     pub fn get(&self) -> Result<AnyValue, LoadError> {
-        let c = match &self.0 {
-            Repr::Ready(v) => return Ok(v.clone()),
-            Repr::Cached(c) => c,
-        };
-        if let Some(v) = c.value.get() {
-            return Ok(v.clone());
+        match &self.0 {
+            Repr::Ready(v) => Ok(v.clone()),
+            Repr::Cached(c) => {
+                if let Some(v) = c.value.get() {
+                    return Ok(v.clone());
+                }
+                let value = Self::load_value(c)?;
+                Ok(c.value.get_or_init(|| value).clone())
+            }
         }
+    }
+
+    /// The value, as [`Lazy::get`], but one still in the store is loaded for this caller only and not kept:
+    /// a materializer that writes a run's tables one after the other holds one at a time.
+    pub fn load(&self) -> Result<AnyValue, LoadError> {
+        match &self.0 {
+            Repr::Ready(v) => Ok(v.clone()),
+            Repr::Cached(c) => c.value.get().cloned().map_or_else(|| Self::load_value(c), Ok),
+        }
+    }
+
+    fn load_value(c: &Cached) -> Result<AnyValue, LoadError> {
         let hex = c.content.to_hex().to_string();
         let bytes = match c.store.blob(&c.content).map_err(|e| LoadError::Cache(e.to_string()))? {
             Blob::Found(bytes) => bytes,
@@ -81,9 +96,9 @@ impl Lazy {
             Blob::Corrupt => return Err(LoadError::Corrupt(hex)),
         };
         // a decoder's panic (bytes it does not expect) is a decode error: the entry is evicted and recomputed
-        let value = super::exec::guarded("decoding", || c.ty.decode(&bytes))
+        let value = super::exec::guarded("decoding", || c.ty.decode(bytes))
             .map_err(|w| LoadError::Decode(hex.clone(), w))?
             .map_err(|e| LoadError::Decode(hex, e.to_string()))?;
-        Ok(c.value.get_or_init(|| value).clone())
+        Ok(value)
     }
 }
