@@ -457,12 +457,13 @@ impl Store {
                 let file =
                     file.into_inner().map_err(|e| CacheError::Io { path: tmp.clone(), source: e.into_error() })?;
                 let path = self.object_path(&content);
-                // the same bytes stored before: the new copy goes
-                if !path.exists() {
-                    let parent = path.parent().expect("object paths have a parent");
-                    fs::create_dir_all(parent)
-                        .map_err(|source| CacheError::Io { path: parent.to_path_buf(), source })?;
-                    file.persist(&path).map_err(|e| CacheError::Io { path: path.clone(), source: e.error })?;
+                // the same bytes stored before are replaced all the same (atomically): a copy torn by a crash
+                // must not outlive the good one just written
+                let new = !path.exists();
+                let parent = path.parent().expect("object paths have a parent");
+                fs::create_dir_all(parent).map_err(|source| CacheError::Io { path: parent.to_path_buf(), source })?;
+                file.persist(&path).map_err(|e| CacheError::Io { path: path.clone(), source: e.error })?;
+                if new {
                     self.pending.lock().unwrap().file_blobs.push((content, size));
                 }
             }
@@ -477,13 +478,15 @@ impl Store {
             identity: meta.identity.filter(|i| *i != content),
             messages: meta.messages,
         };
-        if self.remote().is_some() && !self.remote_read_only {
-            let bytes = match memory.is_empty() && size > 0 {
-                true => fs::read(self.object_path(&content))
-                    .map_err(|source| CacheError::Io { path: self.object_path(&content), source })?,
-                false => memory,
-            };
-            self.put_remote(&key, &entry, &bytes);
+        if let Some(remote) = self.remote().filter(|_| !self.remote_read_only) {
+            // a file blob is read back for the upload; failing that is the remote's failure, not the store's
+            match memory.is_empty() && size > 0 {
+                true => match fs::read(self.object_path(&content)) {
+                    Ok(bytes) => self.put_remote(&key, &entry, &bytes),
+                    Err(e) => self.remote_failed(remote.as_ref(), format!("reading the blob to upload: {e}")),
+                },
+                false => self.put_remote(&key, &entry, &memory),
+            }
         }
         self.pending.lock().unwrap().entries.insert(key, (entry, now_ms()));
         Ok(content)
@@ -861,12 +864,6 @@ struct Spill<'a> {
 
 impl Write for Spill<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if buf.len() < 1 << 20 {
-            self.hasher.update(buf);
-        } else {
-            self.hasher.update_rayon(buf);
-        }
-        self.size += buf.len() as u64;
         if self.file.is_none() && self.memory.len() + buf.len() > self.store.inline_limit {
             let tmp = tempfile::NamedTempFile::new_in(self.store.root.join("tmp"))?;
             let mut file = std::io::BufWriter::with_capacity(1 << 20, tmp);
@@ -877,6 +874,13 @@ impl Write for Spill<'_> {
             Some(file) => file.write_all(buf)?,
             None => self.memory.extend_from_slice(buf),
         }
+        // hashed once stored (a write that fails is not hashed, so a retried one is hashed once)
+        if buf.len() < 1 << 20 {
+            self.hasher.update(buf);
+        } else {
+            self.hasher.update_rayon(buf);
+        }
+        self.size += buf.len() as u64;
         Ok(buf.len())
     }
 
@@ -1090,6 +1094,18 @@ mod tests {
             .map(|d| fs::read_dir(d.unwrap().path()).unwrap().count())
             .sum();
         assert_eq!(objects, 1, "only the first value's blob is there");
+    }
+
+    #[test]
+    fn storing_bytes_again_replaces_a_torn_copy_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), 0).unwrap();
+        let content = store.put(blake3::hash(b"k1"), b"a value in a file", meta("a")).unwrap();
+        // a crash tore the file (no fsync): the next run computes the same bytes
+        let path = store.object_path(&content);
+        fs::write(&path, b"a value").unwrap();
+        assert_eq!(store.put(blake3::hash(b"k2"), b"a value in a file", meta("b")).unwrap(), content);
+        assert!(matches!(store.blob(&content).unwrap(), Blob::Found(b) if b == b"a value in a file"));
     }
 
     #[test]

@@ -190,6 +190,11 @@ fn a_stored_target_is_handed_on_from_the_store_and_one_without_a_store_from_memo
     let content = store.lookup(&r.nodes.iter().find(|n| &*n.name == "square[2]").unwrap().key.unwrap()).unwrap();
     store.evict(&content.unwrap().content).unwrap();
     assert!(third.load().is_err(), "a pointer into the store, not a copy in memory");
+    // a rerun reuses every target but the evicted one: each output is a pointer of its own, and loads
+    let again = run(&f, 2, Some(store.clone()));
+    assert_eq!(again.names(Status::Executed), ["square[2]"]);
+    assert_eq!(out::<i64>(&again, "total"), out::<i64>(&r, "total"));
+    assert_eq!(*again.output("square")[3].value.as_ref().unwrap().load().unwrap().downcast_ref::<i64>().unwrap(), 16);
     // without a store, the value is kept in memory
     let r = run(&f, 2, None);
     assert_eq!(*r.output("square")[2].value.as_ref().unwrap().load().unwrap().downcast_ref::<i64>().unwrap(), 9);

@@ -46,8 +46,9 @@ pub(crate) struct Done {
     pub value: Option<Lazy>,
     /// `None` in a dry run when the node would run.
     pub identity: Option<Hash>,
-    /// The content hash of the value when this run wrote it to the store: a target's result is then
-    /// handed on as a pointer into the store, and its memory freed with its consumers.
+    /// The content hash of the value when it is in the store (this run wrote it, or reused it): a target's
+    /// result is then handed on as a pointer of its own into the store, and its memory freed with its
+    /// consumers.
     pub stored: Option<Hash>,
 }
 
@@ -493,7 +494,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         self.record_state(&report.name, key, cache_key);
         let identity = entry.identity();
         let value = Lazy::cached(entry.content, fnode.output().value_type(), store.clone(), entry.rows);
-        Some(Done { value: Some(value), identity: Some(identity), stored: None })
+        Some(Done { value: Some(value), identity: Some(identity), stored: Some(entry.content) })
     }
 
     /// Step 4, the inputs: loaded from the cache where they are still there; `None` when a reused result
@@ -706,6 +707,14 @@ impl<'p, 'f> Exec<'p, 'f> {
     fn finish(&self, inst: &Arc<Instance>, local: usize, outcome: Slot, ready: &mut Vec<Task>) {
         let pid = self.plan.blocks[inst.block].members[local];
         let pn = &self.plan.nodes[pid];
+        // a stored target nobody reads (nor spawns items from) is handed on by its output pointer alone
+        let outcome = match outcome {
+            Slot::Ok(mut done) if done.stored.is_some() && pn.n_uses == 0 && pn.spawn_for.is_empty() => {
+                done.value = None;
+                Slot::Ok(done)
+            }
+            other => other,
+        };
         *inst.members[local].slot.lock().unwrap() = outcome;
         one_less_to_wait_for(inst, &pn.consumers, ready);
         for &child in &pn.spawn_for {

@@ -102,7 +102,9 @@ pub struct OutputItem {
     pub node: Arc<str>,
     /// Item label inside a fan-out.
     pub item: Option<String>,
-    /// The value (`None` only in a dry run when it would be computed).
+    /// The value (`None` only in a dry run when it would be computed). With a cache, a pointer into it
+    /// (loaded on [`Lazy::get`] or [`Lazy::load`], so the run need not hold every target's result in
+    /// memory): valid while the cache holds the blob; without one, the value itself.
     pub value: Option<Lazy>,
     /// Its identity (content hash when cached).
     pub identity: Option<blake3::Hash>,

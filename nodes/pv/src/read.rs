@@ -980,12 +980,9 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
     let mut geoms = Vec::new();
     // coordinates that are there but not numbers: how many, and the first
     let (mut unreadable, mut example) = (0, None);
-    // one record read into again and again (its buffers grown once), kept as an exact-size copy
-    let mut rec = csv::StringRecord::new();
-    for i in 0.. {
-        if !rdr.read_record(&mut rec).with_context(|| format!("data row {i} (counting from 0)"))? {
-            break;
-        }
+    for (i, rec) in rdr.records().enumerate() {
+        // each record its own exact-size copy (the iterator's; one long row does not widen every other)
+        let rec = rec.with_context(|| format!("data row {i} (counting from 0)"))?;
         let mut num = |j: usize| {
             let cell = rec.get(j).map(str::trim).filter(|s| !s.is_empty())?;
             let v = parse_number(cell, thousands);
@@ -1000,7 +997,7 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
             (Some(x), Some(y)) => Some(to_wkb(&Geometry::Point(Point::new(x, y)))),
             _ => None,
         });
-        records.push(rec.clone());
+        records.push(rec);
     }
     if let Some(example) = example {
         let hint = if thousands.is_none() { " (if they use a thousands separator, set `thousands`)" } else { "" };
