@@ -24,6 +24,10 @@ bench-lake N="1000000":
 bench-doi-pv:
     cargo run --release --bin bench -- doi-pv
 
+# one core: the readers' MB/s (GeoJSON, shapefile, CSV) and each per-row stage against the bare library call
+bench-stages N="200000":
+    cargo run --release --bin bench -- stages --sizes {{N}}
+
 # flowrun vs Apache Hamilton on the same synthetic flows, side by side (installs sf-hamilton in a venv)
 bench-vs-hamilton:
     cargo build --release --bin bench

@@ -1,7 +1,9 @@
 //! Values that flow between nodes: the [`Value`] contract and its implementations for std types.
 //!
 //! Every parameter and output type of a node implements [`Value`]. The trait says how a value is
-//! 1. encoded for the cache and decoded back ([`Value::encode`], [`Value::decode`]: required);
+//! 1. encoded for the cache and decoded back ([`Value::encode`], [`Value::decode`]: required; a large
+//!    value can also stream its encoding, [`Value::encode_to`], and keep the bytes it is decoded from,
+//!    [`Value::decode_owned`], as [`Table`](crate::Table) does);
 //! 2. written in a flow file, for `params`, `[config]` and `[inputs]` ([`Value::from_toml`]: optional);
 //! 3. counted ([`Value::rows`], shown in run records), labelled as a fan-out item ([`Value::label`]),
 //!    defaulted when nothing binds the parameter ([`Value::default_value`], `Option<T>` is `None`), and
