@@ -187,34 +187,13 @@ fn per_row(synthetic: &Path, shared: &Path) -> Result<()> {
         "stage, per row (us)", "flowrun", "bare", "ratio"
     );
     // both sides reproject a fresh copy of their input each time; the copy's own time is taken off
-    let copy = |t: Duration, copying: Duration| t.saturating_sub(copying);
-    let mut fresh = coords.clone();
-    let coords_copy = measure(|| {
-        fresh.clone_from(&coords);
+    let proj4rs_bare = on_a_copy(&coords, |fresh| {
+        for c in fresh.iter_mut() {
+            proj4rs::transform::transform(&mercator, &wgs84, c.as_mut_slice())?;
+        }
         Ok(())
     })?;
-    let proj4rs_bare = copy(
-        measure(|| {
-            fresh.clone_from(&coords);
-            for c in fresh.iter_mut() {
-                proj4rs::transform::transform(&mercator, &wgs84, c.as_mut_slice())?;
-            }
-            Ok(())
-        })?,
-        coords_copy,
-    );
-    let mut copies = projected.clone();
-    let geoms_copy = measure(|| {
-        copies.clone_from(&projected);
-        Ok(())
-    })?;
-    let ours = copy(
-        measure(|| {
-            copies.clone_from(&projected);
-            copies.iter_mut().flatten().try_for_each(|g| crs.to_wgs84(g))
-        })?,
-        geoms_copy,
-    );
+    let ours = on_a_copy(&projected, |fresh| fresh.iter_mut().flatten().try_for_each(|g| crs.to_wgs84(g)))?;
     stage("reproject (Crs::to_wgs84, EPSG:3857)", ours, proj4rs_bare, rows, "proj4rs::transform on the coordinates");
     let polygons: Vec<geo::Polygon<f64>> =
         lonlat.iter().flatten().filter_map(|g| geo::Polygon::try_from(g.clone()).ok()).collect();
@@ -293,6 +272,20 @@ fn per_row(synthetic: &Path, shared: &Path) -> Result<()> {
 fn stage(what: &str, ours: Duration, bare: Duration, rows: usize, call: &str) {
     let us = |d: Duration| d.as_secs_f64() * 1e6 / rows as f64;
     println!("{what:<46} {:>8.3} {:>8.3} {:>6.1}  {call}", us(ours), us(bare), ours.as_secs_f64() / bare.as_secs_f64());
+}
+
+/// The time of `f` on a fresh copy of `input`, without the copy's own time.
+fn on_a_copy<T: Clone>(input: &T, mut f: impl FnMut(&mut T) -> Result<()>) -> Result<Duration> {
+    let mut fresh = input.clone();
+    let copying = measure(|| {
+        fresh.clone_from(input);
+        Ok(())
+    })?;
+    let both = measure(|| {
+        fresh.clone_from(input);
+        f(&mut fresh)
+    })?;
+    Ok(both.saturating_sub(copying))
 }
 
 /// The median of 3 to 15 runs of `f`: as many as fit in about a second.
