@@ -975,14 +975,17 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
     };
     let (ix, iy) = (find(xcol)?, find(ycol)?);
     let thousands = d.thousands.as_deref();
-    // the records are kept whole (one allocation per row, not one per cell) and typed column by column after
-    let mut records = Vec::new();
+    // each column's cells (trimmed; empty = missing) end to end in one string, typed column by column after:
+    // no allocation per row or per cell
+    let mut columns: Vec<(String, Vec<usize>)> = vec![(String::new(), Vec::new()); headers.len()];
     let mut geoms = Vec::new();
     // coordinates that are there but not numbers: how many, and the first
     let (mut unreadable, mut example) = (0, None);
-    for (i, rec) in rdr.records().enumerate() {
-        // each record its own exact-size copy (the iterator's; one long row does not widen every other)
-        let rec = rec.with_context(|| format!("data row {i} (counting from 0)"))?;
+    let mut rec = csv::StringRecord::new();
+    for i in 0.. {
+        if !rdr.read_record(&mut rec).with_context(|| format!("data row {i} (counting from 0)"))? {
+            break;
+        }
         let mut num = |j: usize| {
             let cell = rec.get(j).map(str::trim).filter(|s| !s.is_empty())?;
             let v = parse_number(cell, thousands);
@@ -997,7 +1000,10 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
             (Some(x), Some(y)) => Some(to_wkb(&Geometry::Point(Point::new(x, y)))),
             _ => None,
         });
-        records.push(rec);
+        for (j, (text, ends)) in columns.iter_mut().enumerate() {
+            text.push_str(rec.get(j).map_or("", str::trim));
+            ends.push(text.len());
+        }
     }
     if let Some(example) = example {
         let hint = if thousands.is_none() { " (if they use a thousands separator, set `thousands`)" } else { "" };
@@ -1008,9 +1014,12 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
     }
     let attrs = headers
         .into_iter()
-        .enumerate()
-        .map(|(j, h)| {
-            let cells = || records.iter().map(move |r| r.get(j).map(str::trim).filter(|s| !s.is_empty()));
+        .zip(&columns)
+        .map(|(h, (text, ends))| {
+            let cells = || {
+                let starts = std::iter::once(0).chain(ends.iter().copied());
+                starts.zip(ends).map(|(a, &b)| (a < b).then(|| &text[a..b]))
+            };
             let col = if Some(&h) == d.id.as_ref() {
                 Column::Text(cells().map(|c| c.map(str::to_string)).collect())
             } else {
