@@ -26,7 +26,7 @@ bench-doi-pv:
 
 # one core: the readers' MB/s (GeoJSON, shapefile, CSV) and each per-row stage against the bare library call
 bench-stages N="200000":
-    cargo run --release --bin bench -- stages --sizes {{N}}
+    cargo bench --workspace --bench stages -- --sizes {{N}}
 
 # flowrun vs Apache Hamilton on the same synthetic flows, side by side (installs sf-hamilton in a venv)
 bench-vs-hamilton:

@@ -6,7 +6,6 @@
 //! cargo run --release --bin bench -- lake              # 1M polygons: DuckLake vs GeoParquet (crate) vs DuckDB COPY
 //! cargo run --release --bin bench -- doi-pv            # the PV flow: cold, cached, one parameter; synthetic 100K, 1M
 //! cargo run --release --bin bench -- remote            # loopback S3: remote-cache rerun, 1/2/4 workers, DuckLake on S3
-//! cargo run --release --bin bench -- stages            # readers (MB/s) and per-row stages vs the bare library call, one core
 //! ```
 //! Every figure is a median of a few repetitions, measured in this process, side by side.
 
@@ -35,9 +34,8 @@ fn main() {
         Some("lake") => lake::run(sizes.and_then(|s| s.first().copied()).unwrap_or(1_000_000)),
         Some("doi-pv") => doi_pv::run_all(&sizes.unwrap_or_else(|| vec![100_000, 1_000_000])),
         Some("remote") => remote::run_all(sizes.and_then(|s| s.first().copied()).unwrap_or(400_000)),
-        Some("stages") => stages::run(sizes.and_then(|s| s.first().copied()).unwrap_or(200_000)),
         Some(other) => {
-            eprintln!("unknown benchmark `{other}`; benchmarks: engine, lake, doi-pv, remote, stages");
+            eprintln!("unknown benchmark `{other}`; benchmarks: engine, lake, doi-pv, remote");
             std::process::exit(2);
         }
     }
@@ -216,4 +214,3 @@ fn profile_phase(phase: &str, sizes: &[usize]) {
 mod doi_pv;
 mod lake;
 mod remote;
-mod stages;

@@ -1,4 +1,4 @@
-//! `bench stages`: the PV readers' throughput, and each per-row stage against the bare library call it is
+//! The PV readers' throughput, and each per-row stage against the bare library call it is
 //! built on, all on one core (a one-thread rayon pool: the nodes' parallel loops run on it), so every
 //! figure is per core.
 //!
@@ -11,6 +11,11 @@
 //!   h3o for the cell, rstar + geo `Contains` for the country.
 //!
 //! Each figure is the median of 3 to 15 repetitions (as many as fit in about a second, at least 3).
+//!
+//! ```text
+//! cargo bench --workspace --bench stages                      # 200,000 synthetic polygons
+//! cargo bench --workspace --bench stages -- --sizes 1000000
+//! ```
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -27,8 +32,14 @@ use flowrun_pv::{crs::Crs, geom, h3, read, standardize};
 use geo::{Centroid, Contains, GeodesicArea, Geometry, MapCoordsInPlace, Point, Validation};
 use proj4rs::Proj;
 
-/// Runs the benchmark on `n` synthetic polygons.
-pub fn run(n: usize) {
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` adds `--bench`; `--sizes N` picks the number of synthetic polygons
+    let n = args
+        .iter()
+        .position(|a| a == "--sizes")
+        .and_then(|i| args.get(i + 1))
+        .map_or(200_000, |n| n.parse().expect("--sizes takes a number"));
     let one_core = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool");
     if let Err(e) = one_core.install(|| stages(n)) {
         eprintln!("bench stages: {e:#}");
@@ -37,7 +48,7 @@ pub fn run(n: usize) {
 }
 
 fn stages(n: usize) -> Result<()> {
-    let shared = fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pv"))
+    let shared = fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/pv"))
         .context("../shared/data/pv is there")?;
     let dir = tempfile::tempdir()?;
     flowrun_pv::synthetic::write_mirror(dir.path(), n, 1, 7)?;
