@@ -95,25 +95,17 @@ impl Table {
         self.batches.iter().try_for_each(|b| w.write(b))?;
         w.finish()
     }
-
-    /// Reads an Arrow IPC stream.
-    pub fn read_ipc(bytes: &[u8]) -> Result<Table, ArrowError> {
-        let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
-        let schema = reader.schema();
-        let batches = reader.collect::<Result<Vec<_>, _>>()?;
-        Table::try_new(schema, batches)
-    }
 }
 
 impl Value for Table {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        self.write_ipc(out).map_err(CodecError::new)
+        self.encode_to(out)
     }
     fn encode_to(&self, out: &mut dyn std::io::Write) -> Result<(), CodecError> {
         self.write_ipc(out).map_err(CodecError::new)
     }
     fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        Table::read_ipc(bytes).map_err(CodecError::new)
+        Table::decode_owned(bytes.to_vec())
     }
     /// Zero-copy: the columns point into `bytes` (arrow's stream decoder copies only a buffer that is not
     /// aligned for its type).

@@ -560,7 +560,7 @@ impl<'p, 'f> Exec<'p, 'f> {
 
     /// Step 4, the result: stored (unless the node's cache is disabled), with the identity its consumers
     /// see: the value's own (a table without its volatile columns), else the hash of its bytes (so a re-run
-    /// that makes the same bytes does not re-run them), else the key; and the stored bytes' hash.
+    /// that makes the same bytes does not re-run them), else (not stored) the key; and the stored bytes' hash.
     fn store(
         &self,
         pn: &PNode,
@@ -602,15 +602,8 @@ impl<'p, 'f> Exec<'p, 'f> {
             (Ok(Err(e)), None) => e.to_string(),
         };
         report.warnings.push(format!("result not cached ({why})"));
-        // the identity a stored result would have had: its encoding's hash
-        let identity = own_identity.unwrap_or_else(|| {
-            let mut hasher = blake3::Hasher::new();
-            match guarded("encoding it", || value.dyn_encode_to(&mut hasher)) {
-                Ok(Ok(())) => hasher.finalize(),
-                _ => key,
-            }
-        });
-        (identity, None)
+        // as for a node whose cache is disabled: its consumers see the key
+        (own_identity.unwrap_or(key), None)
     }
 
     fn call(&self, fnode: &FlowNode, values: Vec<ArgValue>) -> anyhow::Result<AnyValue> {

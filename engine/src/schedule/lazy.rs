@@ -68,14 +68,11 @@ impl Lazy {
     /// The value, loading and verifying it if needed; once loaded, it stays in memory with this `Lazy`.
     pub fn get(&self) -> Result<AnyValue, LoadError> {
         match &self.0 {
-            Repr::Ready(v) => Ok(v.clone()),
-            Repr::Cached(c) => {
-                if let Some(v) = c.value.get() {
-                    return Ok(v.clone());
-                }
+            Repr::Cached(c) if c.value.get().is_none() => {
                 let value = Self::load_value(c)?;
                 Ok(c.value.get_or_init(|| value).clone())
             }
+            _ => self.load(),
         }
     }
 
