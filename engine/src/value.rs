@@ -108,8 +108,6 @@ pub trait DynValue: Send + Sync + 'static {
     fn as_any(&self) -> &dyn Any;
     /// As an `Arc<dyn Any>`, for downcasting without a copy.
     fn into_any_arc(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
-    /// See [`Value::encode`].
-    fn dyn_encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError>;
     /// See [`Value::encode_to`].
     fn dyn_encode_to(&self, out: &mut dyn std::io::Write) -> Result<(), CodecError>;
     /// See [`Value::rows`].
@@ -130,9 +128,6 @@ impl<T: Value> DynValue for T {
     }
     fn into_any_arc(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
         self
-    }
-    fn dyn_encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        self.encode(out)
     }
     fn dyn_encode_to(&self, out: &mut dyn std::io::Write) -> Result<(), CodecError> {
         self.encode_to(out)
@@ -164,7 +159,7 @@ impl dyn DynValue {
 /// Encodes a value into a fresh buffer.
 pub fn encode_value(value: &dyn DynValue) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::new();
-    value.dyn_encode(&mut out)?;
+    value.dyn_encode_to(&mut out)?;
     Ok(out)
 }
 
