@@ -518,20 +518,37 @@ impl Store {
         self.root.join("objects").join(&hex[..2]).join(&hex[2..])
     }
 
+    /// A small blob kept in the index (or not written out yet), if `content` is one.
+    fn inline_blob(&self, content: &Hash) -> Result<Option<Vec<u8>>> {
+        if let Some(bytes) = self.pending.lock().unwrap().inline.get(content) {
+            return Ok(Some(bytes.clone()));
+        }
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare_cached("SELECT data FROM blobs WHERE content = ?1").map_err(|e| self.db_err(e))?;
+        let data: Option<Option<Vec<u8>>> =
+            stmt.query_row([content.as_bytes().as_slice()], |r| r.get(0)).optional().map_err(|e| self.db_err(e))?;
+        Ok(data.flatten())
+    }
+
+    /// A blob's bytes as a reader, **not verified**: for a look at a header (a table's schema) before
+    /// [`Store::blob`] reads and verifies the whole. `None` when the blob is not on this machine.
+    pub fn blob_reader(&self, content: &Hash) -> Result<Option<Box<dyn std::io::Read>>> {
+        if let Some(bytes) = self.inline_blob(content)? {
+            return Ok(Some(Box::new(std::io::Cursor::new(bytes))));
+        }
+        let path = self.object_path(content);
+        match fs::File::open(&path) {
+            Ok(f) => Ok(Some(Box::new(std::io::BufReader::new(f)))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CacheError::Io { path, source }),
+        }
+    }
+
     /// Reads a blob and verifies it against its hash.
     pub fn blob(&self, content: &Hash) -> Result<Blob> {
-        if let Some(bytes) = self.pending.lock().unwrap().inline.get(content) {
-            return Ok(Blob::Found(bytes.clone()));
-        }
-        let inline: Option<Option<Vec<u8>>> = {
-            let conn = self.conn.lock().unwrap();
-            let mut stmt =
-                conn.prepare_cached("SELECT data FROM blobs WHERE content = ?1").map_err(|e| self.db_err(e))?;
-            stmt.query_row([content.as_bytes().as_slice()], |r| r.get(0)).optional().map_err(|e| self.db_err(e))?
-        };
-        let bytes = match inline {
-            Some(Some(data)) => data,
-            _ => {
+        let bytes = match self.inline_blob(content)? {
+            Some(data) => data,
+            None => {
                 let path = self.object_path(content);
                 match fs::read(&path) {
                     Ok(bytes) => bytes,

@@ -5,9 +5,11 @@
 //! `GEOMETRY` (with their CRS). Nothing is converted row by row. Results come **out** with
 //! `query_arrow`, DuckDB's Arrow export, which writes `GEOMETRY` as `geoarrow.wkb`.
 //!
-//! The scanner needs a raw C-API connection; everything else uses the safe `duckdb::Connection` on the
-//! same database. Tables created through the raw connection live in the in-memory `memory.main` schema,
-//! visible to both.
+//! The scanner needs a raw C-API connection, and SQL runs there too ([`Duck::execute`], [`Duck::scalar`],
+//! [`Duck::rows`]), so that a transaction reads the scanner's views on the connection that made them. Only
+//! [`Duck::query`] uses the safe `duckdb::Connection` on the same database (duckdb-rs has the Arrow
+//! export): it sees the same tables, attached databases, secrets and extensions, not the other
+//! connection's open transaction.
 
 use std::ffi::{CStr, CString};
 use std::mem::ManuallyDrop;
@@ -16,7 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
 use arrow::ffi_stream::FFI_ArrowArrayStream;
-use arrow_array::{RecordBatch, RecordBatchIterator};
+use arrow_array::{RecordBatch, RecordBatchReader};
+use arrow_schema::{ArrowError, SchemaRef};
 use duckdb::{Connection, ffi};
 use flowrun_engine::Table;
 
@@ -28,7 +31,7 @@ pub fn limit_threads(n: usize) {
     THREADS.store(n, Ordering::Relaxed);
 }
 
-/// An owned DuckDB database with one safe connection and one raw connection for Arrow scans.
+/// An owned DuckDB database with a raw connection for SQL and Arrow scans, and a safe one for Arrow results.
 pub struct Duck {
     conn: ManuallyDrop<Connection>,
     raw: ffi::duckdb_connection,
@@ -126,69 +129,114 @@ impl Duck {
         }
     }
 
-    /// The safe connection.
-    pub fn conn(&self) -> &Connection {
-        &self.conn
-    }
-
     /// Runs statements that return nothing.
     pub fn execute(&self, sql: &str) -> Result<()> {
-        self.conn.execute_batch(sql).with_context(|| format!("DuckDB failed on: {}", abbreviate(sql)))
+        self.raw_result(sql, |_| ()).with_context(|| format!("DuckDB failed on: {}", abbreviate(sql)))
     }
 
     /// Runs statements that hold a credential: the error names neither the statement nor a password.
     pub fn execute_quiet(&self, sql: &str) -> Result<()> {
-        self.conn.execute_batch(sql).map_err(|e| anyhow::anyhow!("{}", redact(&e.to_string())))
+        self.raw_result(sql, |_| ()).map_err(|e| anyhow::anyhow!("{}", redact(&e.to_string())))
     }
 
-    fn raw_query(&self, sql: &str) -> Result<()> {
+    /// One value of the first row, parsed from its text (`i64`, `String`...); NULL or no row is an error.
+    pub fn scalar<T: std::str::FromStr>(&self, sql: &str) -> Result<T> {
+        let text = self.rows(sql)?.into_iter().next().and_then(|row| row.into_iter().next().flatten());
+        let text = text.with_context(|| format!("DuckDB gave no value for: {}", abbreviate(sql)))?;
+        text.parse()
+            .map_err(|_| anyhow::anyhow!("DuckDB gave `{text}`, not the expected type, for: {}", abbreviate(sql)))
+    }
+
+    /// Every row of a (small) result as text, NULL as `None`.
+    pub fn rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        self.raw_result(sql, |res| {
+            // SAFETY: `res` is a live materialized result; every index is below its counts, and each string
+            // DuckDB allocates is copied, then freed with `duckdb_free`.
+            unsafe {
+                let (cols, rows) = (ffi::duckdb_column_count(res), ffi::duckdb_row_count(res));
+                (0..rows)
+                    .map(|r| {
+                        (0..cols)
+                            .map(|c| {
+                                let p = ffi::duckdb_value_varchar(res, c, r);
+                                if p.is_null() || ffi::duckdb_value_is_null(res, c, r) {
+                                    if !p.is_null() {
+                                        ffi::duckdb_free(p as *mut _);
+                                    }
+                                    return None;
+                                }
+                                let text = CStr::from_ptr(p).to_string_lossy().into_owned();
+                                ffi::duckdb_free(p as *mut _);
+                                Some(text)
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+        })
+        .with_context(|| format!("DuckDB failed on: {}", abbreviate(sql)))
+    }
+
+    /// Runs `sql` on the connection that scans Arrow tables (so SQL, views and one transaction all live on
+    /// one connection) and hands its result to `read`.
+    fn raw_result<R>(&self, sql: &str, read: impl FnOnce(&mut ffi::duckdb_result) -> R) -> Result<R> {
         let c = CString::new(sql)?;
         // SAFETY: `self.raw` is a live connection; the result is destroyed on every path.
         unsafe {
             let mut res: ffi::duckdb_result = std::mem::zeroed();
-            let rc = ffi::duckdb_query(self.raw, c.as_ptr(), &mut res);
-            let err = if rc != ffi::DuckDBSuccess {
-                let p = ffi::duckdb_result_error(&mut res);
-                Some(if p.is_null() {
-                    "unknown error".into()
-                } else {
-                    CStr::from_ptr(p).to_string_lossy().into_owned()
-                })
+            let out = if ffi::duckdb_query(self.raw, c.as_ptr(), &mut res) == ffi::DuckDBSuccess {
+                Ok(read(&mut res))
             } else {
-                None
+                let p = ffi::duckdb_result_error(&mut res);
+                Err(if p.is_null() { "unknown error".into() } else { CStr::from_ptr(p).to_string_lossy().into_owned() })
             };
             ffi::duckdb_destroy_result(&mut res);
-            match err {
-                Some(e) => bail!("{e}"),
-                None => Ok(()),
-            }
+            out.map_err(|e: String| anyhow::anyhow!("{e}"))
         }
     }
 
     /// Copies `table` into DuckDB as `target` (an already quoted, possibly qualified name), replacing it.
-    /// Columnar: DuckDB scans the Arrow buffers directly.
     pub fn load_table(&self, target: &str, table: &Table) -> Result<()> {
-        let view = format!("__flowrun_arrow_{}", self.scans.fetch_add(1, Ordering::Relaxed));
-        let batches: Vec<Result<RecordBatch, arrow_schema::ArrowError>> =
-            table.batches().iter().cloned().map(Ok).collect();
-        let reader = RecordBatchIterator::new(batches, table.schema().clone());
-        let mut stream = FFI_ArrowArrayStream::new(Box::new(reader));
-        let view_c = CString::new(view.clone())?;
-        // SAFETY: the stream outlives the view, which is dropped below before the stream goes out of scope.
-        let rc = unsafe {
-            ffi::duckdb_arrow_scan(
-                self.raw,
-                view_c.as_ptr(),
-                &mut stream as *mut FFI_ArrowArrayStream as ffi::duckdb_arrow_stream,
-            )
-        };
-        if rc != ffi::DuckDBSuccess {
-            bail!("DuckDB could not scan the Arrow table for {target}");
+        self.with_views(vec![ArrowSource::from(table.clone())], |views| {
+            self.execute(&format!("CREATE OR REPLACE TABLE {target} AS SELECT * FROM {}", views[0]))
+        })
+        .with_context(|| format!("cannot load an Arrow table into DuckDB as {target}"))
+    }
+
+    /// Runs `f` with each source readable as a view, whose quoted names `f` gets in order. Columnar: a
+    /// statement that reads a view makes DuckDB scan the Arrow buffers directly, with no copy. Each view can
+    /// be read **once** (the scan consumes it). The views are made before `f` runs, so a transaction `f`
+    /// opens can read them (DuckDB makes them in the default database, and a transaction may write to one
+    /// database only); they are dropped when `f` returns.
+    pub fn with_views<R>(&self, sources: Vec<ArrowSource>, f: impl FnOnce(&[String]) -> Result<R>) -> Result<R> {
+        let mut streams = Vec::with_capacity(sources.len());
+        let mut views = Vec::with_capacity(sources.len());
+        let mut made = Ok(());
+        for source in sources {
+            let view = format!("__flowrun_arrow_{}", self.scans.fetch_add(1, Ordering::Relaxed));
+            let mut stream = Box::new(FFI_ArrowArrayStream::new(Box::new(source)));
+            let view_c = CString::new(view.clone())?;
+            // SAFETY: the stream (boxed, so it does not move) outlives the view, which is dropped below first.
+            let rc = unsafe {
+                ffi::duckdb_arrow_scan(
+                    self.raw,
+                    view_c.as_ptr(),
+                    stream.as_mut() as *mut FFI_ArrowArrayStream as ffi::duckdb_arrow_stream,
+                )
+            };
+            streams.push(stream);
+            if rc != ffi::DuckDBSuccess {
+                made = Err(anyhow::anyhow!("DuckDB could not scan an Arrow table"));
+                break;
+            }
+            views.push(format!("\"{view}\""));
         }
-        let result = self.raw_query(&format!("CREATE OR REPLACE TABLE {target} AS SELECT * FROM \"{view}\""));
-        let _ = self.raw_query(&format!("DROP VIEW IF EXISTS \"{view}\""));
-        drop(stream);
-        result.with_context(|| format!("cannot load an Arrow table into DuckDB as {target}"))
+        let out = made.and_then(|()| f(&views));
+        for view in &views {
+            let _ = self.execute(&format!("DROP VIEW IF EXISTS {view}"));
+        }
+        drop(streams);
+        out
     }
 
     /// Runs a query and returns its result as a table (geometry as `geoarrow.wkb`).
@@ -198,11 +246,6 @@ impl Duck {
         let schema = arrow.get_schema();
         let batches: Vec<RecordBatch> = arrow.collect();
         Ok(Table::try_new(schema, batches)?)
-    }
-
-    /// One value of the first row.
-    pub fn scalar<T: duckdb::types::FromSql>(&self, sql: &str) -> Result<T> {
-        self.conn.query_row(sql, [], |r| r.get(0)).with_context(|| format!("DuckDB failed on: {}", abbreviate(sql)))
     }
 }
 
@@ -214,6 +257,50 @@ impl Drop for Duck {
             ffi::duckdb_disconnect(&mut self.raw);
             ffi::duckdb_close(&mut self.db);
         }
+    }
+}
+
+/// A table for [`Duck::with_views`], loaded only when DuckDB starts reading it, and released batch by batch
+/// as DuckDB goes: views over many tables hold one table in memory at a time.
+pub struct ArrowSource {
+    schema: SchemaRef,
+    load: Option<Box<dyn FnOnce() -> Result<Table> + Send>>,
+    batches: std::vec::IntoIter<RecordBatch>,
+}
+
+impl ArrowSource {
+    /// A table of `schema` that `load` gives when it is read (a table of another schema is an error there).
+    pub fn deferred(schema: SchemaRef, load: impl FnOnce() -> Result<Table> + Send + 'static) -> ArrowSource {
+        ArrowSource { schema, load: Some(Box::new(load)), batches: Vec::new().into_iter() }
+    }
+}
+
+impl From<Table> for ArrowSource {
+    fn from(table: Table) -> ArrowSource {
+        ArrowSource { schema: table.schema().clone(), load: None, batches: table.batches().to_vec().into_iter() }
+    }
+}
+
+impl Iterator for ArrowSource {
+    type Item = Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(load) = self.load.take() {
+            match load() {
+                Ok(t) if t.schema().fields() == self.schema.fields() => self.batches = t.batches().to_vec().into_iter(),
+                Ok(_) => {
+                    return Some(Err(ArrowError::SchemaError("the table's columns changed since its view".into())));
+                }
+                Err(e) => return Some(Err(ArrowError::ExternalError(e.into()))),
+            }
+        }
+        self.batches.next().map(Ok)
+    }
+}
+
+impl RecordBatchReader for ArrowSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 }
 
@@ -307,6 +394,43 @@ pub(crate) mod tests {
         let field = back.schema().field(1);
         assert_eq!(field.metadata().get("ARROW:extension:name").map(String::as_str), Some("geoarrow.wkb"), "{field:?}");
         assert_eq!(back.concat().unwrap().column(1), point_table().concat().unwrap().column(1));
+    }
+
+    #[test]
+    fn a_deferred_table_is_loaded_when_read_inside_a_transaction_writing_another_database() {
+        use std::sync::atomic::AtomicBool;
+        static LOADED: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+        let duck = Duck::in_memory().unwrap();
+        duck.execute("ATTACH ':memory:' AS other").unwrap();
+        let schema = point_table().schema().clone();
+        let sources = (0..2)
+            .map(|i| {
+                ArrowSource::deferred(schema.clone(), move || {
+                    LOADED[i].store(true, Ordering::SeqCst);
+                    Ok(point_table())
+                })
+            })
+            .collect();
+        duck.with_views(sources, |views| {
+            assert!(!LOADED[0].load(Ordering::SeqCst), "not loaded before it is read");
+            duck.execute(&format!("BEGIN; CREATE TABLE other.t AS SELECT * FROM {}; COMMIT", views[0]))
+        })
+        .unwrap();
+        assert!(LOADED[0].load(Ordering::SeqCst));
+        assert!(!LOADED[1].load(Ordering::SeqCst), "a view nobody reads loads nothing");
+        let wkt: String = duck.scalar("SELECT ST_AsText(geometry) FROM other.t").unwrap();
+        assert_eq!(wkt, "POINT (1 2)");
+        // a table that is not what its view promised fails the statement that reads it
+        let wrong = ArrowSource::deferred(schema, || {
+            let batch = RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![1])) as _)]).unwrap();
+            Ok(Table::from_batch(batch))
+        });
+        let err = duck
+            .with_views(vec![wrong], |views| {
+                duck.execute(&format!("CREATE TABLE other.u AS SELECT * FROM {}", views[0]))
+            })
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("columns changed"), "{err:#}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Where DuckLake is written: every table of a run in **one** transaction, so one run is one snapshot.
 //!
-//! For each target the node's Arrow table is first copied into DuckDB's memory through the Arrow scanner
-//! (outside the transaction). Then, inside `BEGIN ... COMMIT`:
+//! Each target's table is a view over its Arrow data, read from the cache only when DuckDB starts reading
+//! it (see [`Duck::with_views`]). Inside `BEGIN ... COMMIT` DuckDB scans each straight into the lake: no
+//! copy is staged in DuckDB, and a commit holds one table in memory, not all of them. Per target:
 //! - **replace**: create the table, or empty and refill it when its columns are unchanged, or drop and
 //!   re-create it when they changed;
 //! - **append**: add new columns, widen column types DuckLake can widen (int8 -> int64, float -> double...),
@@ -21,7 +22,7 @@ use flowrun_engine::schedule::{RunReport, node_records, run_record};
 use serde::Serialize;
 
 use crate::config::LakeConfig;
-use crate::duck::{Duck, literal};
+use crate::duck::{ArrowSource, Duck, literal};
 use crate::ident::quoted;
 
 /// How a node result lands in its table.
@@ -48,6 +49,8 @@ pub struct LakeTarget {
     pub mode: Mode,
     /// The rows' identity (hex), recorded in the lake's ledger.
     pub identity: String,
+    /// Its rows (recorded in the ledger).
+    pub rows: usize,
     /// The lake holds this value by a record from before the ledger (a cache state an older flowrun
     /// wrote): if its table is there, only the ledger is told; otherwise it is written.
     pub adopt: bool,
@@ -63,8 +66,6 @@ pub struct LakeWrite {
     pub written: Vec<bool>,
     /// How many times the transaction was planned again after a conflict with another writer.
     pub replans: u32,
-    /// Per target, in order: its rows.
-    pub rows: Vec<usize>,
 }
 
 const TYPE_FAMILIES: &[&[&str]] = &[
@@ -91,24 +92,16 @@ fn widening(from: &str, to: &str) -> Option<bool> {
     None
 }
 
-fn columns(duck: &Duck, db: &str, schema: &str, table: &str) -> Result<Vec<(String, String)>> {
-    let sql = format!(
-        "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = {} AND schema_name = {} \
-         AND table_name = {} ORDER BY column_index",
-        literal(db),
-        literal(schema),
-        literal(table)
-    );
-    let mut stmt = duck.conn().prepare(&sql)?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+/// The names and types of a relation's columns (a table, or a view read only as far as its schema).
+fn columns(duck: &Duck, relation: &str) -> Result<Vec<(String, String)>> {
+    let rows = duck.rows(&format!("DESCRIBE SELECT * FROM {relation}"))?;
+    Ok(rows.into_iter().map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default())).collect())
 }
 
-/// Brings an existing lake table's columns in line with the stage before an append or merge.
-fn evolve(duck: &Duck, lake: &str, t: &LakeTarget, target: &str, stage: &str) -> Result<()> {
-    let existing = columns(duck, lake, &t.schema, &t.table)?;
-    let incoming = columns(duck, "memory", "main", stage)?;
-    for (name, ty) in &incoming {
+/// Brings an existing lake table's columns in line with the incoming ones before an append or merge.
+fn evolve(duck: &Duck, t: &LakeTarget, target: &str, incoming: &[(String, String)]) -> Result<()> {
+    let existing = columns(duck, target)?;
+    for (name, ty) in incoming {
         match existing.iter().find(|(n, _)| n == name) {
             None => duck
                 .execute(&format!("ALTER TABLE {target} ADD COLUMN {} {ty}", quoted(name, "column")?))
@@ -152,44 +145,47 @@ fn table_exists(duck: &Duck, lake: &str, schema: &str, table: &str) -> Result<bo
     Ok(n > 0)
 }
 
-fn write_target(duck: &Duck, lake: &str, t: &LakeTarget, stage: &str) -> Result<()> {
+/// Writes the rows of `view` (read once) into `t`'s lake table, inside the open transaction.
+fn write_target(duck: &Duck, lake: &str, t: &LakeTarget, view: &str) -> Result<()> {
     let lake_q = quoted(lake, "lake alias")?;
     let schema_q = quoted(&t.schema, "schema")?;
     let target = format!("{lake_q}.{schema_q}.{}", quoted(&t.table, "table")?);
-    let stage_q = format!("memory.main.{}", quoted(stage, "table")?);
     if t.schema != "main" {
         duck.execute(&format!("CREATE SCHEMA IF NOT EXISTS {lake_q}.{schema_q}"))?;
     }
     if !table_exists(duck, lake, &t.schema, &t.table)? {
-        return duck.execute(&format!("CREATE TABLE {target} AS SELECT * FROM {stage_q}"));
+        return duck.execute(&format!("CREATE TABLE {target} AS SELECT * FROM {view}"));
     }
+    let incoming = columns(duck, view)?;
     match &t.mode {
         Mode::Replace => {
-            let old: Vec<(String, String)> =
-                columns(duck, lake, &t.schema, &t.table)?.into_iter().map(|(n, ty)| (n, base_type(&ty))).collect();
-            let new: Vec<(String, String)> =
-                columns(duck, "memory", "main", stage)?.into_iter().map(|(n, ty)| (n, base_type(&ty))).collect();
-            if old == new {
-                duck.execute(&format!("DELETE FROM {target}; INSERT INTO {target} SELECT * FROM {stage_q}"))
+            let same = columns(duck, &target)?
+                .into_iter()
+                .map(|(n, ty)| (n, base_type(&ty)))
+                .eq(incoming.iter().map(|(n, ty)| (n.clone(), base_type(ty))));
+            if same {
+                duck.execute(&format!("DELETE FROM {target}; INSERT INTO {target} SELECT * FROM {view}"))
             } else {
-                duck.execute(&format!("DROP TABLE {target}; CREATE TABLE {target} AS SELECT * FROM {stage_q}"))
+                duck.execute(&format!("DROP TABLE {target}; CREATE TABLE {target} AS SELECT * FROM {view}"))
             }
         }
         Mode::Append => {
-            evolve(duck, lake, t, &target, stage)?;
-            duck.execute(&format!("INSERT INTO {target} BY NAME SELECT * FROM {stage_q}"))
+            evolve(duck, t, &target, &incoming)?;
+            duck.execute(&format!("INSERT INTO {target} BY NAME SELECT * FROM {view}"))
         }
         Mode::Merge(keys) => {
-            evolve(duck, lake, t, &target, stage)?;
-            let incoming = columns(duck, "memory", "main", stage)?;
+            evolve(duck, t, &target, &incoming)?;
             for k in keys {
                 if !incoming.iter().any(|(n, _)| n == k) {
                     bail!("merge key `{k}` of materialization `{}` is not a column of the node's result", t.section);
                 }
             }
+            // read twice (the key check, then the merge): copied once into a temporary table
+            duck.execute(&format!("CREATE OR REPLACE TEMP TABLE __flowrun_merge AS SELECT * FROM {view}"))?;
+            let source = "temp.main.__flowrun_merge";
             let key_list = keys.iter().map(|k| quoted(k, "column")).collect::<Result<Vec<_>>>()?.join(", ");
             let dups: i64 = duck.scalar(&format!(
-                "SELECT count(*) FROM (SELECT {key_list} FROM {stage_q} GROUP BY ALL HAVING count(*) > 1)"
+                "SELECT count(*) FROM (SELECT {key_list} FROM {source} GROUP BY ALL HAVING count(*) > 1)"
             ))?;
             if dups > 0 {
                 bail!(
@@ -206,9 +202,9 @@ fn write_target(duck: &Duck, lake: &str, t: &LakeTarget, stage: &str) -> Result<
             let set = cols.iter().map(|c| format!("{c} = s.{c}")).collect::<Vec<_>>().join(", ");
             let values = cols.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
             duck.execute(&format!(
-                "MERGE INTO {target} AS t USING {stage_q} AS s ON ({on}) \
+                "MERGE INTO {target} AS t USING {source} AS s ON ({on}) \
                  WHEN MATCHED THEN UPDATE SET {set} \
-                 WHEN NOT MATCHED THEN INSERT ({}) VALUES ({values})",
+                 WHEN NOT MATCHED THEN INSERT ({}) VALUES ({values}); DROP TABLE {source}",
                 cols.join(", ")
             ))
         }
@@ -230,7 +226,7 @@ fn commit_message(flow: &str, report: &RunReport) -> String {
 /// actually committed, even when a concurrent writer took the id this transaction saw next. Lakes created
 /// by earlier versions have a real `snapshot_id` column, which hides the virtual one: it is kept (older
 /// flowruns still write into it) and filled with the id this transaction expects, as before.
-fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport) -> Result<()> {
+fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport, node_runs: &str) -> Result<()> {
     let l = quoted(lake, "lake alias")?;
     duck.execute(&format!(
         "CREATE TABLE IF NOT EXISTS {l}.main.flowrun_runs (run_id VARCHAR, flow VARCHAR, flow_path VARCHAR, \
@@ -268,10 +264,7 @@ fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport) -> Resu
         r.skipped,
         r.jobs
     ))?;
-    // node records were staged before the transaction (see `stage_node_runs`)
-    duck.execute(&format!(
-        "INSERT INTO {l}.main.flowrun_node_runs SELECT *{nodes_extra} FROM memory.main.__flowrun_node_runs"
-    ))
+    duck.execute(&format!("INSERT INTO {l}.main.flowrun_node_runs SELECT *{nodes_extra} FROM {node_runs}"))
 }
 
 /// Whether the lake's ledger (`flowrun_materializations`) shows `identity` already in `destination`
@@ -339,7 +332,7 @@ fn take_turn(duck: &Duck, lake: &str) -> Result<()> {
 fn ledger<'a>(
     duck: &Duck,
     lake: &str,
-    targets: impl Iterator<Item = (&'a LakeTarget, usize)>,
+    targets: impl Iterator<Item = &'a LakeTarget>,
     report: &RunReport,
 ) -> Result<()> {
     let l = quoted(lake, "lake alias")?;
@@ -347,7 +340,7 @@ fn ledger<'a>(
         "CREATE TABLE IF NOT EXISTS {l}.main.flowrun_materializations (destination VARCHAR, mode VARCHAR, \
            identity VARCHAR, rows BIGINT, run_id VARCHAR)"
     ))?;
-    for (t, rows) in targets {
+    for t in targets {
         let mode = match &t.mode {
             Mode::Replace => "replace",
             Mode::Append => "append",
@@ -358,17 +351,15 @@ fn ledger<'a>(
              VALUES ({}, '{mode}', {}, {}, {})",
             literal(&format!("{}.{}", t.schema, t.table)),
             literal(&t.identity),
-            rows,
+            t.rows,
             literal(&report.run_id)
         ))?;
     }
     Ok(())
 }
 
-/// Copies the run's node records into DuckDB's memory as one Arrow table (not row by row). This happens
-/// before the lake transaction starts: tables created by the Arrow scanner's connection are not visible
-/// inside a transaction that began earlier.
-fn stage_node_runs(duck: &Duck, report: &RunReport) -> Result<()> {
+/// The run's node records as one Arrow table (DuckDB scans it; not inserted row by row).
+fn node_runs(report: &RunReport) -> Result<Table> {
     let nodes = node_records(report);
     use arrow_array::{BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
     use arrow_schema::{DataType, Field, Schema};
@@ -398,7 +389,7 @@ fn stage_node_runs(duck: &Duck, report: &RunReport) -> Result<()> {
             Arc::new(StringArray::from(nodes.iter().map(|n| n.error.clone()).collect::<Vec<_>>())),
         ],
     )?;
-    duck.load_table("memory.main.__flowrun_node_runs", &Table::from_batch(batch))
+    Ok(Table::from_batch(batch))
 }
 
 /// Writes `targets` and the run's records to the lake in one transaction (one snapshot), leaving out the
@@ -408,22 +399,12 @@ pub fn write(
     duck: &Duck,
     lake: &LakeConfig,
     targets: &[LakeTarget],
-    load: impl Fn(usize) -> Result<Table>,
+    source: impl Fn(usize) -> Result<ArrowSource>,
     flow: &str,
     flow_path: &str,
     report: &RunReport,
 ) -> Result<LakeWrite> {
     let alias = &lake.alias;
-    // stage every table first, one after the other (`load(i)` gives target i's rows; they are dropped once
-    // DuckDB has its copy): the transaction then only moves data inside DuckDB
-    let mut rows = Vec::with_capacity(targets.len());
-    for (i, t) in targets.iter().enumerate() {
-        let table = load(i)?;
-        duck.load_table(&format!("memory.main.\"__stage_{i}\""), &table)
-            .with_context(|| format!("staging materialization `{}`", t.section))?;
-        rows.push(table.num_rows());
-    }
-    stage_node_runs(duck, report).context("staging the run's node records")?;
     // DuckLake itself retries a commit whose changes do not overlap another writer's; one that does (two
     // runs creating the same table in a new lake) is planned again here, on the snapshot that won
     let (max_replans, wait_ms, backoff) = lake.retries;
@@ -444,47 +425,60 @@ pub fn write(
         Ok(true)
     };
     loop {
-        match transaction(duck, alias, targets, &rows, flow, flow_path, report).and_then(|w| {
-            lake.stop_if_interrupted()?;
-            Ok(w)
-        }) {
-            Ok(None) => {
-                duck.execute("ROLLBACK")?;
-                return Ok(LakeWrite { snapshot: None, written: vec![false; targets.len()], replans: attempt, rows });
-            }
-            Ok(Some(written)) => match duck.execute("COMMIT") {
-                Ok(()) => {
-                    // the snapshot this connection committed (a concurrent writer may have taken the next id),
-                    // from DuckLake's bookkeeping: no table scan
-                    let snapshot = duck
-                        .scalar(&format!("SELECT id FROM {}.last_committed_snapshot()", quoted(alias, "lake alias")?))
-                        .context("reading back the committed snapshot")?;
-                    return Ok(LakeWrite { snapshot: Some(snapshot), written, replans: attempt, rows });
+        // views made afresh for each attempt (a view is read once); the run's node records last
+        let mut sources = (0..targets.len()).map(&source).collect::<Result<Vec<_>>>()?;
+        sources.push(ArrowSource::from(node_runs(report).context("the run's node records")?));
+        let done = duck.with_views(sources, |views| {
+            let tried = transaction(duck, alias, targets, views, flow, flow_path, report).and_then(|w| {
+                lake.stop_if_interrupted()?;
+                Ok(w)
+            });
+            match tried {
+                Ok(None) => {
+                    duck.execute("ROLLBACK")?;
+                    Ok(Some(LakeWrite { snapshot: None, written: vec![false; targets.len()], replans: attempt }))
                 }
-                Err(e) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
+                Ok(Some(written)) => match duck.execute("COMMIT") {
+                    Ok(()) => {
+                        // the snapshot this connection committed (a concurrent writer may have taken the next
+                        // id), from DuckLake's bookkeeping: no table scan
+                        let snapshot = duck
+                            .scalar(&format!(
+                                "SELECT id FROM {}.last_committed_snapshot()",
+                                quoted(alias, "lake alias")?
+                            ))
+                            .context("reading back the committed snapshot")?;
+                        Ok(Some(LakeWrite { snapshot: Some(snapshot), written, replans: attempt }))
+                    }
+                    Err(e) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
+                        let _ = duck.execute("ROLLBACK");
+                        attempt += 1;
+                        let wait = f64::from(wait_ms) * backoff.max(1.0).powi(attempt as i32 - 1);
+                        std::thread::sleep(std::time::Duration::from_millis(wait as u64));
+                        Ok(None)
+                    }
+                    Err(e) if wait_for_sqlite(&e)? => Ok(None),
+                    Err(e) => bail!("the lake transaction could not commit (nothing was written): {e:#}"),
+                },
+                Err(e) if wait_for_sqlite(&e)? => Ok(None),
+                Err(e) => {
                     let _ = duck.execute("ROLLBACK");
-                    attempt += 1;
-                    let wait = f64::from(wait_ms) * backoff.max(1.0).powi(attempt as i32 - 1);
-                    std::thread::sleep(std::time::Duration::from_millis(wait as u64));
+                    Err(e.context(format!(
+                        "nothing was written to the lake {}; it stays at its previous snapshot",
+                        lake.describe()
+                    )))
                 }
-                Err(e) if wait_for_sqlite(&e)? => {}
-                Err(e) => bail!("the lake transaction could not commit (nothing was written): {e:#}"),
-            },
-            Err(e) if wait_for_sqlite(&e)? => {}
-            Err(e) => {
-                let _ = duck.execute("ROLLBACK");
-                return Err(e.context(format!(
-                    "nothing was written to the lake {}; it stays at its previous snapshot",
-                    lake.describe()
-                )));
             }
+        })?;
+        if let Some(done) = done {
+            return Ok(done);
         }
     }
 }
 
 /// Whether the lake has `t`'s table, and for `replace` with `t`'s number of rows (what an older flowrun's
 /// record says the lake holds).
-fn holds(duck: &Duck, alias: &str, t: &LakeTarget, expected: usize) -> Result<bool> {
+fn holds(duck: &Duck, alias: &str, t: &LakeTarget) -> Result<bool> {
     if !table_exists(duck, alias, &t.schema, &t.table)? {
         return Ok(false);
     }
@@ -497,7 +491,7 @@ fn holds(duck: &Duck, alias: &str, t: &LakeTarget, expected: usize) -> Result<bo
         quoted(&t.schema, "schema")?,
         quoted(&t.table, "table")?
     ))?;
-    Ok(rows as usize == expected)
+    Ok(rows as usize == t.rows)
 }
 
 /// Deletes (or with `dry_run` lists) the data files in the lake's data path that no snapshot references
@@ -538,14 +532,14 @@ fn hold_commit() {
     }
 }
 
-/// Opens the transaction and writes into it (not committed) every target whose value the ledger, read at
+/// Opens the transaction and writes into it (`views`: one per target, then the run's node records) (not committed) every target whose value the ledger, read at
 /// this transaction's snapshot, does not show in the lake yet, and the run's records. Says which it wrote,
 /// or `None` when the ledger already shows every target (nothing to commit).
 fn transaction(
     duck: &Duck,
     alias: &str,
     targets: &[LakeTarget],
-    rows: &[usize],
+    views: &[String],
     flow: &str,
     flow_path: &str,
     report: &RunReport,
@@ -556,9 +550,9 @@ fn transaction(
     for (i, t) in targets.iter().enumerate() {
         let destination = format!("{}.{}", t.schema, t.table);
         let fresh = !already_written(duck, alias, &destination, &t.mode, &t.identity)?;
-        let write = fresh && !(t.adopt && holds(duck, alias, t, rows[i])?);
+        let write = fresh && !(t.adopt && holds(duck, alias, t)?);
         if write {
-            write_target(duck, alias, t, &format!("__stage_{i}"))
+            write_target(duck, alias, t, &views[i])
                 .with_context(|| format!("materialization `{}` (lake table {destination})", t.section))?;
         }
         recorded.push(fresh);
@@ -567,8 +561,8 @@ fn transaction(
     if !recorded.contains(&true) {
         return Ok(None);
     }
-    history(duck, alias, flow_path, report).context("recording the run in flowrun_runs")?;
-    let fresh = targets.iter().zip(rows.iter().copied()).zip(&recorded).filter(|(_, r)| **r).map(|(t, _)| t);
+    history(duck, alias, flow_path, report, &views[targets.len()]).context("recording the run in flowrun_runs")?;
+    let fresh = targets.iter().zip(&recorded).filter(|(_, r)| **r).map(|(t, _)| t);
     ledger(duck, alias, fresh, report).context("recording the run in flowrun_materializations")?;
     duck.execute(&format!(
         "CALL {}.set_commit_message('flowrun', {})",

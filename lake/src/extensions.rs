@@ -239,12 +239,13 @@ fn first_line(e: &anyhow::Error) -> String {
 /// Loads `name` as DuckDB has it: from the file in DuckDB's own extension directory (through
 /// [`load_file`]), or a built-in one with `LOAD name` (which also says when it is not installed).
 fn load_installed(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result<()> {
+    // NULL (not installed) is an error of `scalar`, so `None`
     let path: Option<String> = duck
         .scalar(&format!(
             "SELECT any_value(install_path) FROM duckdb_extensions() WHERE extension_name = {}",
             literal(canonical(name))
         ))
-        .unwrap_or(None);
+        .ok();
     match path.filter(|p| !p.is_empty() && !p.starts_with('(')).map(PathBuf::from) {
         Some(p) => load_file(duck, &p, sources).and_then(|()| remember(name, &p)),
         None => duck.execute(&format!("LOAD {name}")),

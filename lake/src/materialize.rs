@@ -32,7 +32,7 @@ use flowrun_engine::{Flow, Table};
 use serde::Serialize;
 
 use crate::config::{DataPath, LakeConfig};
-use crate::duck::Duck;
+use crate::duck::{ArrowSource, Duck};
 use crate::ducklake::{self, LakeTarget, Mode};
 use crate::geoparquet;
 use crate::ident;
@@ -464,6 +464,7 @@ pub fn materialize(
                         table,
                         mode: mode.clone(),
                         identity: identity.to_hex().to_string(),
+                        rows: rows_of(o) as usize,
                         adopt: false,
                     };
                     lake_targets.push((t, o, where_, identity));
@@ -554,15 +555,24 @@ pub fn materialize(
             values.push(o);
             places.push(where_);
         }
-        let load = |i: usize| table_of(values[i], &targets[i].section);
-        let done = ducklake::write(&duck, lake, &targets, load, &flow.name, flow_path, report)?;
+        // each table is read from the cache only when DuckDB starts writing it, one at a time
+        let source = |i: usize| -> Result<ArrowSource> {
+            let (o, section) = (values[i], &targets[i].section);
+            let schema = match o.value.as_ref().and_then(|v| v.table_schema()) {
+                Some(schema) => schema,
+                None => return Ok(ArrowSource::from(table_of(o, section)?)),
+            };
+            let (o, section) = (o.clone(), section.clone());
+            Ok(ArrowSource::deferred(schema, move || table_of(&o, &section)))
+        };
+        let done = ducklake::write(&duck, lake, &targets, source, &flow.name, flow_path, report)?;
         (out.snapshot, out.replans) = (done.snapshot, done.replans);
-        for (((t, where_), written), rows) in targets.iter().zip(places).zip(done.written).zip(done.rows) {
+        for ((t, where_), written) in targets.iter().zip(places).zip(done.written) {
             out.targets.push(TargetReport {
                 section: t.section.clone(),
                 kind: "ducklake".into(),
                 destination: format!("{}.{}", t.schema, t.table),
-                rows: rows as u64,
+                rows: t.rows as u64,
                 status: match (written, done.snapshot) {
                     (true, Some(snapshot)) => format!("written, snapshot {snapshot}"),
                     _ => "unchanged".into(),

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use flowrun_cache::{Blob, Hash, Store};
 
+use crate::Table;
 use crate::value::{AnyValue, TypeDesc};
 
 /// A node result, loaded or still in the cache. Cloning it clones an `Arc`.
@@ -65,6 +66,23 @@ impl Lazy {
         }
     }
 
+    /// A table result's Arrow schema without loading its rows: read from the head of its blob. `None` for
+    /// another type, or a blob not on this machine (then [`Lazy::load`] tells).
+    pub fn table_schema(&self) -> Option<arrow_schema::SchemaRef> {
+        let table_schema = |v: &AnyValue| v.downcast_ref::<Table>().map(|t| t.schema().clone());
+        match &self.0 {
+            Repr::Ready(v) => table_schema(v),
+            Repr::Cached(c) => match c.value.get() {
+                Some(v) => table_schema(v),
+                None if c.ty.name() == TypeDesc::of::<Table>().name() => {
+                    let head = c.store.blob_reader(&c.content).ok()??;
+                    Some(arrow_ipc::reader::StreamReader::try_new(head, None).ok()?.schema())
+                }
+                None => None,
+            },
+        }
+    }
+
     /// The value, loading and verifying it if needed; once loaded, it stays in memory with this `Lazy`.
     pub fn get(&self) -> Result<AnyValue, LoadError> {
         match &self.0 {
@@ -97,5 +115,32 @@ impl Lazy {
             .map_err(|w| LoadError::Decode(hex.clone(), w))?
             .map_err(|e| LoadError::Decode(hex, e.to_string()))?;
         Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Value;
+    use arrow_array::{Int64Array, RecordBatch};
+    use flowrun_cache::EntryMeta;
+
+    #[test]
+    fn a_stored_tables_schema_is_read_without_loading_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        // inline limit 0: every blob in a file of its own
+        let store = Arc::new(Store::open_with(dir.path(), 0).unwrap());
+        let batch = RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from(vec![1, 2, 3])) as _)]).unwrap();
+        let table = Table::from_batch(batch);
+        let mut bytes = Vec::new();
+        table.encode(&mut bytes).unwrap();
+        let content = store.put(blake3::hash(b"t"), &bytes, EntryMeta::default()).unwrap();
+        store.commit().unwrap();
+        let lazy = Lazy::cached(content, TypeDesc::of::<Table>(), store.clone(), Some(3));
+        assert_eq!(lazy.table_schema().unwrap(), table.schema().clone());
+        assert_eq!(lazy.load().unwrap().downcast_ref::<Table>().unwrap().num_rows(), 3);
+        // another type has no table schema, in memory or stored
+        assert!(Lazy::ready(Arc::new(7i64)).table_schema().is_none());
+        assert!(Lazy::cached(content, TypeDesc::of::<i64>(), store, None).table_schema().is_none());
     }
 }
