@@ -16,11 +16,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
 use flowrun_engine::Table;
 use geoparquet::writer::{GeoParquetRecordBatchEncoder, GeoParquetWriterEncoding, GeoParquetWriterOptionsBuilder};
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::duck::{Duck, literal};
@@ -90,6 +94,57 @@ pub fn remove_dead_temporaries(beside: &Path) {
     }
 }
 
+/// Rows per row group.
+const ROW_GROUP_ROWS: usize = 64 * 1024;
+
+/// `batches` cut into row groups of `rows` rows (the last may be shorter), each a list of slices.
+fn row_groups(batches: &[RecordBatch], rows: usize) -> Vec<Vec<RecordBatch>> {
+    let mut groups: Vec<Vec<RecordBatch>> = Vec::new();
+    let mut room = 0;
+    for batch in batches {
+        let mut at = 0;
+        while at < batch.num_rows() {
+            if room == 0 {
+                groups.push(Vec::new());
+                room = rows;
+            }
+            let n = room.min(batch.num_rows() - at);
+            groups.last_mut().expect("a group was started").push(batch.slice(at, n));
+            (at, room) = (at + n, room - n);
+        }
+    }
+    groups
+}
+
+/// Encodes row group `index` (its slices), each column chunk a parallel task.
+fn encode_row_group(
+    groups: &ArrowRowGroupWriterFactory,
+    index: usize,
+    schema: &SchemaRef,
+    slices: &[RecordBatch],
+) -> Result<Vec<ArrowColumnChunk>> {
+    let writers = groups.create_column_writers(index)?;
+    let mut leaves: Vec<Vec<ArrowLeafColumn>> = writers.iter().map(|_| Vec::new()).collect();
+    for slice in slices {
+        // a struct column (the bbox covering) has a leaf, and a writer, per field
+        let mut k = 0;
+        for (field, column) in schema.fields().iter().zip(slice.columns()) {
+            for leaf in compute_leaves(field, column)? {
+                leaves[k].push(leaf);
+                k += 1;
+            }
+        }
+    }
+    writers
+        .into_par_iter()
+        .zip(leaves)
+        .map(|(mut writer, leaves)| {
+            leaves.iter().try_for_each(|leaf| writer.write(leaf))?;
+            Ok(writer.close()?)
+        })
+        .collect()
+}
+
 /// Writes `table` as GeoParquet 1.1 to a temporary file beside `path`; [`commit`] renames it into place.
 pub fn write_pending(
     table: &Table,
@@ -116,13 +171,38 @@ pub fn write_pending(
     let tmp = temp_beside(path)?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_max_row_group_row_count(Some(64 * 1024))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build();
     let file: File = tmp.reopen()?;
-    let mut writer = ArrowWriter::try_new(file, encoder.target_schema(), Some(props))?;
-    for batch in table.batches() {
-        let encoded = encoder.encode_record_batch(batch).map_err(|e| anyhow!("cannot encode a batch: {e}"))?;
-        writer.write(&encoded)?;
+    let schema = encoder.target_schema();
+    // ArrowWriter for the file's layout and its Arrow schema metadata; row groups are encoded below
+    let (mut writer, groups) = ArrowWriter::try_new(file, schema.clone(), Some(props))?.into_serialized_writer()?;
+    let encoded = table
+        .batches()
+        .iter()
+        .map(|b| encoder.encode_record_batch(b).map_err(|e| anyhow!("cannot encode a batch: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    let slices = row_groups(&encoded, ROW_GROUP_ROWS);
+    // as many row groups at a time as there are threads, every column chunk of them a task of its own (the
+    // geometry column is most of the work, so one row group's columns alone would not keep two cores busy);
+    // the chunks are appended in order, so the file is the same whatever the number of threads
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(crate::duck::threads()).build()?;
+    for (w, window) in slices.chunks(pool.current_num_threads()).enumerate() {
+        let first = w * pool.current_num_threads();
+        let chunks: Vec<Vec<ArrowColumnChunk>> = pool.install(|| {
+            window
+                .par_iter()
+                .enumerate()
+                .map(|(i, group)| encode_row_group(&groups, first + i, &schema, group))
+                .collect::<Result<_>>()
+        })?;
+        for group in chunks {
+            let mut rg = writer.next_row_group()?;
+            for chunk in group {
+                chunk.append_to_row_group(&mut rg)?;
+            }
+            rg.close()?;
+        }
     }
     let mut geo = encoder.into_keyvalue().map_err(|e| anyhow!("GeoParquet metadata: {e}"))?;
     // a table without rows has no extent: its columns' `bbox` is left out (the crate writes nulls, which
