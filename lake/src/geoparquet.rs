@@ -279,6 +279,7 @@ pub fn write_with_duckdb(table: &Table, path: &Path) -> Result<GeoParquetWrite> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn the_temporaries_of_ended_processes_are_removed() {
@@ -326,6 +327,48 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["points.parquet"], "no temporary file is left behind");
+    }
+
+    #[test]
+    fn row_groups_across_batches_keep_every_row_in_order() {
+        use arrow_array::{BinaryArray, Int64Array};
+        let geometry = crate::duck::tests::point_table().schema().field(1).clone();
+        let schema = Arc::new(arrow_schema::Schema::new(vec![
+            arrow_schema::Field::new("id", arrow_schema::DataType::Int64, false),
+            geometry,
+        ]));
+        let (mut batches, mut next) = (Vec::new(), 0i64);
+        for len in [50_000, 70_001, 30_000] {
+            let ids: Vec<i64> = (next..next + len).collect();
+            let wkb: Vec<Vec<u8>> = ids
+                .iter()
+                .map(|&i| {
+                    [1u8, 1, 0, 0, 0].into_iter().chain((i as f64).to_le_bytes()).chain(0f64.to_le_bytes()).collect()
+                })
+                .collect();
+            let columns: Vec<arrow_array::ArrayRef> =
+                vec![Arc::new(Int64Array::from(ids)), Arc::new(BinaryArray::from_iter_values(wkb.iter()))];
+            batches.push(RecordBatch::try_new(schema.clone(), columns).unwrap());
+            next += len;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("points.parquet");
+        write(&Table::try_new(schema, batches).unwrap(), &path, None).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
+        let sizes: Vec<i64> = reader.metadata().row_groups().iter().map(|g| g.num_rows()).collect();
+        assert_eq!(sizes, [65_536, 65_536, 150_001 - 2 * 65_536]);
+        let mut ids = Vec::new();
+        for batch in reader.build().unwrap() {
+            let batch = batch.unwrap();
+            let column = batch.column_by_name("id").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+            ids.extend(column.values().iter().copied());
+            let bbox = batch.column_by_name("bbox").unwrap().as_any().downcast_ref::<arrow_array::StructArray>();
+            let xmin = bbox.unwrap().column(0).as_any().downcast_ref::<arrow_array::Float64Array>().unwrap();
+            // the covering column lines up with its rows
+            assert!(column.values().iter().zip(xmin.values()).all(|(&id, &x)| (id as f64 - x).abs() < 1.0));
+        }
+        assert_eq!(ids, (0..150_001).collect::<Vec<i64>>());
     }
 
     #[test]

@@ -83,8 +83,12 @@ pub fn ducklake_write(table: &Table, dir: &std::path::Path, data: flowrun_lake::
     let duck = flowrun_lake::duck::Duck::in_memory().unwrap();
     cfg.attach(&duck, false).unwrap();
     let t = Instant::now();
-    duck.load_table("memory.main.stage", table).unwrap();
-    duck.execute("BEGIN; CREATE TABLE lake.main.polygons AS SELECT * FROM memory.main.stage; COMMIT").unwrap();
+    // as a run's commit does: DuckDB scans the Arrow table straight into the lake (no staged copy)
+    let source = flowrun_lake::duck::ArrowSource::from(table.clone());
+    duck.with_views(vec![source], |views| {
+        duck.execute(&format!("BEGIN; CREATE TABLE lake.main.polygons AS SELECT * FROM {}; COMMIT", views[0]))
+    })
+    .unwrap();
     t.elapsed().as_secs_f64()
 }
 
