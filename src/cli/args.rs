@@ -127,7 +127,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub flow: FlowArgs,
     /// Worker threads (default: the number of CPUs; 1 runs sequentially). The nodes' own parallel loops run
-    /// on the same threads; DuckDB (SQL nodes, the lake commit) keeps its own thread pool.
+    /// on the same threads; DuckDB (SQL nodes, the lake commit) and the GeoParquet writer get as many.
     #[arg(short, long)]
     pub jobs: Option<usize>,
     /// Stop starting nodes after the first failure.

@@ -88,8 +88,8 @@ fn candidates(
     datasets: &[u32],
     mode: Mode,
     res: i64,
-) -> Result<Vec<(usize, usize)>> {
-    let mut pairs: Vec<(usize, usize)> = Vec::new();
+) -> Result<Vec<(u32, u32)>> {
+    let mut pairs: Vec<(u32, u32)> = Vec::new();
     match mode {
         Mode::Overlap => {
             let tree = geom::bbox_tree(geoms.iter().map(Option::as_ref));
@@ -102,7 +102,7 @@ fn candidates(
                     tree.locate_in_envelope_intersecting(&env)
                         .map(|o| o.data)
                         .filter(move |&j| j > i && datasets[j] != datasets[i])
-                        .map(move |j| (i, j))
+                        .map(move |j| (i as u32, j as u32))
                         .collect::<Vec<_>>()
                 })
                 .collect();
@@ -117,13 +117,17 @@ fn candidates(
             for members in groups.values() {
                 for (a, &i) in members.iter().enumerate() {
                     pairs.extend(
-                        members[a + 1..].iter().filter(|&&j| datasets[i] != datasets[j]).map(|&j| (i.min(j), i.max(j))),
+                        members[a + 1..]
+                            .iter()
+                            .filter(|&&j| datasets[i] != datasets[j])
+                            .map(|&j| (i.min(j) as u32, i.max(j) as u32)),
                     );
                 }
             }
         }
     }
     pairs.sort_unstable();
+    pairs.dedup();
     Ok(pairs)
 }
 
@@ -140,36 +144,76 @@ fn dataset_numbers(datasets: &StringArray) -> Vec<u32> {
 
 /// The candidate pairs of `modes` and each one's overlap ratio (see [`dedup_pairs`]).
 fn pairs_of(t: &Table, modes: &[Mode], res: i64) -> Result<Table> {
-    let geoms = geometries(&geom::whole_column(t, t.schema().field(geometry_index(t)?).name())?)?;
+    // rows are numbered in u32 (half the memory of the pair lists, the bulk of this node's at 10M rows)
+    if u32::try_from(t.num_rows()).is_err() {
+        anyhow::bail!("dedup handles at most {} rows, the table has {}", u32::MAX, t.num_rows());
+    }
+    // decoded batch by batch (no copy of the whole WKB column)
+    let gi = geometry_index(t)?;
+    let mut geoms = Vec::with_capacity(t.num_rows());
+    for batch in t.batches() {
+        geoms.extend(geometries(batch.column(gi))?);
+    }
     let areas: Float64Array = geom::table_column(t, "area_m2").context("run `measured` first")?;
     let datasets = dataset_numbers(&geom::table_column(t, "dataset_name")?);
-    let of_mode: Vec<Vec<(usize, usize)>> =
+    let of_mode: Vec<Vec<(u32, u32)>> =
         modes.iter().map(|&m| candidates(t, &geoms, &datasets, m, res)).collect::<Result<_>>()?;
-    let mut all: Vec<(usize, usize)> = of_mode.concat();
-    all.sort_unstable();
-    all.dedup();
-    // a pair both modes find is intersected once
+    // the union of the modes' sorted lists, each pair once, with which modes found it
+    let (all, found) = union_of_sorted(&of_mode);
+    drop(of_mode);
     let area = |i: usize| if areas.is_null(i) { 0.0 } else { areas.value(i) };
-    let ratios: Float64Array = all
+    let ratios: Vec<f64> = all
         .par_iter()
-        .map(|&(i, j)| match (&geoms[i], &geoms[j]) {
-            (Some(a), Some(b)) => overlap_ratio(a, area(i), b, area(j)),
-            _ => Some(0.0),
+        .map(|&(i, j)| match (&geoms[i as usize], &geoms[j as usize]) {
+            (Some(a), Some(b)) => overlap_ratio(a, area(i as usize), b, area(j as usize)).unwrap_or(f64::NAN),
+            _ => 0.0,
         })
-        .collect::<Vec<_>>()
-        .into();
+        .collect();
+    drop(geoms);
+    // the decoded geometries were millions of small allocations, which glibc keeps for reuse rather than
+    // give back: without this their gigabytes stay resident under the output built next (at 10M rows the
+    // node's end was 1.5-2 GB higher)
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the OS.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let mut fields = vec![Field::new("i", DataType::UInt64, false), Field::new("j", DataType::UInt64, false)];
     let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt64Array::from_iter_values(all.iter().map(|p| p.0 as u64))),
-        Arc::new(UInt64Array::from_iter_values(all.iter().map(|p| p.1 as u64))),
+        Arc::new(UInt64Array::from_iter_values(all.iter().map(|p| u64::from(p.0)))),
+        Arc::new(UInt64Array::from_iter_values(all.iter().map(|p| u64::from(p.1)))),
     ];
-    for (mode, pairs) in modes.iter().zip(&of_mode) {
+    drop(all);
+    for (m, mode) in modes.iter().enumerate() {
         fields.push(Field::new(mode.column(), DataType::Boolean, false));
-        columns.push(Arc::new(all.iter().map(|p| Some(pairs.binary_search(p).is_ok())).collect::<BooleanArray>()));
+        columns.push(Arc::new(BooleanArray::from_iter(found.iter().map(|f| Some(f & (1 << m) != 0)))));
     }
     fields.push(Field::new("ratio", DataType::Float64, true));
-    columns.push(Arc::new(ratios));
+    // NaN marks a pair whose intersection could not be computed (a ratio is never NaN): null
+    columns.push(Arc::new(ratios.into_iter().map(|r| (!r.is_nan()).then_some(r)).collect::<Float64Array>()));
     Ok(Table::from_batch(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?))
+}
+
+/// The union of sorted, duplicate-free lists, sorted, and per pair a bit mask of the lists that hold it.
+fn union_of_sorted(lists: &[Vec<(u32, u32)>]) -> (Vec<(u32, u32)>, Vec<u8>) {
+    let mut all: Vec<(u32, u32)> = lists.concat();
+    all.sort_unstable();
+    all.dedup();
+    let mut at = vec![0usize; lists.len()];
+    let found = all
+        .iter()
+        .map(|p| {
+            let mut mask = 0u8;
+            for (m, list) in lists.iter().enumerate() {
+                if list.get(at[m]) == Some(p) {
+                    mask |= 1 << m;
+                    at[m] += 1;
+                }
+            }
+            mask
+        })
+        .collect();
+    (all, found)
 }
 
 impl Mode {
@@ -307,6 +351,15 @@ pub fn dedup_comparison(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_union_of_sorted_pair_lists_says_which_list_holds_each_pair() {
+        let a = vec![(0, 1), (0, 3), (2, 5)];
+        let b = vec![(0, 3), (1, 2), (2, 5), (4, 9)];
+        let (all, found) = union_of_sorted(&[a, b]);
+        assert_eq!(all, [(0, 1), (0, 3), (1, 2), (2, 5), (4, 9)]);
+        assert_eq!(found, [0b01, 0b11, 0b10, 0b11, 0b10]);
+    }
     use crate::testing::{measured, square, square as sq};
     use geo::Point;
 
