@@ -9,7 +9,8 @@
 //! [`Duck::rows`]), so that a transaction reads the scanner's views on the connection that made them. Only
 //! [`Duck::query`] uses the safe `duckdb::Connection` on the same database (duckdb-rs has the Arrow
 //! export): it sees the same tables, attached databases, secrets and extensions, not the other
-//! connection's open transaction.
+//! connection's open transaction nor its session settings (the `SET`s of the lake's attach and of extension
+//! installs apply where they are used: on the raw connection).
 
 use std::ffi::{CStr, CString};
 use std::mem::ManuallyDrop;
@@ -218,14 +219,12 @@ impl Duck {
     /// opens can read them (DuckDB makes them in the default database, and a transaction may write to one
     /// database only); they are dropped when `f` returns.
     pub fn with_views<R>(&self, sources: Vec<ArrowSource>, f: impl FnOnce(&[String]) -> Result<R>) -> Result<R> {
-        let mut streams = Vec::with_capacity(sources.len());
-        let mut views = Vec::with_capacity(sources.len());
-        let mut made = Ok(());
+        let mut views = Views { duck: self, names: Vec::new(), streams: Vec::new() };
         for source in sources {
             let view = format!("__flowrun_arrow_{}", self.scans.fetch_add(1, Ordering::Relaxed));
-            let mut stream = Box::new(FFI_ArrowArrayStream::new(Box::new(source)));
             let view_c = CString::new(view.clone())?;
-            // SAFETY: the stream (boxed, so it does not move) outlives the view, which is dropped below first.
+            let mut stream = Box::new(FFI_ArrowArrayStream::new(Box::new(source)));
+            // SAFETY: the stream (boxed, so it does not move) outlives the view: `Views` drops the views first
             let rc = unsafe {
                 ffi::duckdb_arrow_scan(
                     self.raw,
@@ -233,19 +232,13 @@ impl Duck {
                     stream.as_mut() as *mut FFI_ArrowArrayStream as ffi::duckdb_arrow_stream,
                 )
             };
-            streams.push(stream);
+            views.streams.push(stream);
             if rc != ffi::DuckDBSuccess {
-                made = Err(anyhow::anyhow!("DuckDB could not scan an Arrow table"));
-                break;
+                bail!("DuckDB could not scan an Arrow table");
             }
-            views.push(format!("\"{view}\""));
+            views.names.push(format!("\"{view}\""));
         }
-        let out = made.and_then(|()| f(&views));
-        for view in &views {
-            let _ = self.execute(&format!("DROP VIEW IF EXISTS {view}"));
-        }
-        drop(streams);
-        out
+        f(&views.names)
     }
 
     /// Runs a query and returns its result as a table (geometry as `geoarrow.wkb`).
@@ -265,6 +258,29 @@ impl Drop for Duck {
             ManuallyDrop::drop(&mut self.conn);
             ffi::duckdb_disconnect(&mut self.raw);
             ffi::duckdb_close(&mut self.db);
+        }
+    }
+}
+
+/// The views of [`Duck::with_views`] and the streams they read: the views are dropped first, then the
+/// streams, however `with_views` ends (an error or a panic in its closure included).
+struct Views<'d> {
+    duck: &'d Duck,
+    names: Vec<String>,
+    // boxed: DuckDB holds each stream's address, which must not move when the vector grows
+    #[allow(clippy::vec_box)]
+    streams: Vec<Box<FFI_ArrowArrayStream>>,
+}
+
+impl Drop for Views<'_> {
+    fn drop(&mut self) {
+        for view in &self.names {
+            let drop_view = format!("DROP VIEW IF EXISTS {view}");
+            // a transaction left open (a panic before its COMMIT) cannot drop them: it is rolled back first
+            if self.duck.execute(&drop_view).is_err() {
+                let _ = self.duck.execute("ROLLBACK");
+                let _ = self.duck.execute(&drop_view);
+            }
         }
     }
 }
@@ -300,7 +316,8 @@ impl Iterator for ArrowSource {
                 Ok(_) => {
                     return Some(Err(ArrowError::SchemaError("the table's columns changed since its view".into())));
                 }
-                Err(e) => return Some(Err(ArrowError::ExternalError(e.into()))),
+                // the whole chain: the cause (a blob missing or corrupt) says what to do
+                Err(e) => return Some(Err(ArrowError::ExternalError(format!("{e:#}").into()))),
             }
         }
         self.batches.next().map(Ok)
@@ -440,6 +457,16 @@ pub(crate) mod tests {
             })
             .unwrap_err();
         assert!(format!("{err:#}").contains("columns changed"), "{err:#}");
+        // a table that cannot be loaded fails the statement with the whole reason
+        let failing = ArrowSource::deferred(point_table().schema().clone(), || {
+            Err(anyhow::anyhow!("cached result 1234 is missing from the cache")).context("loading the result of `x`")
+        });
+        let err = duck
+            .with_views(vec![failing], |views| {
+                duck.execute(&format!("CREATE TABLE other.v AS SELECT * FROM {}", views[0]))
+            })
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("is missing from the cache"), "{err:#}");
     }
 
     #[test]

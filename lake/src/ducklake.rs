@@ -2,13 +2,15 @@
 //!
 //! Each target's table is a view over its Arrow data, read from the cache only when DuckDB starts reading
 //! it (see [`Duck::with_views`]). Inside `BEGIN ... COMMIT` DuckDB scans each straight into the lake: no
-//! copy is staged in DuckDB, and a commit holds one table in memory, not all of them. Per target:
+//! copy is staged in DuckDB (but for `merge`, below), and a commit holds one table in memory, not all of
+//! them. Per target:
 //! - **replace**: create the table, or empty and refill it when its columns are unchanged, or drop and
 //!   re-create it when they changed;
 //! - **append**: add new columns, widen column types DuckLake can widen (int8 -> int64, float -> double...),
 //!   refuse other type changes with a message naming the column; then `INSERT ... BY NAME`;
 //! - **merge**: the same schema evolution, then `MERGE INTO ... ON (key columns)`: matching rows are
-//!   updated, new rows inserted. The key must be unique in the node's result.
+//!   updated, new rows inserted. The key must be unique in the node's result. The table is read twice (the
+//!   key check, then the merge), so it is copied once into a temporary table.
 //!
 //! The run's records are appended to `flowrun_runs` and `flowrun_node_runs` in the same transaction, with
 //! the lake's ledger `flowrun_materializations` (destination, mode, value identity, rows, run id): what the

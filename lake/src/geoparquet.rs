@@ -151,6 +151,16 @@ pub fn write_pending(
     path: &Path,
     primary: Option<&str>,
 ) -> Result<(tempfile::NamedTempFile, GeoParquetWrite)> {
+    write_pending_on(table, path, primary, crate::duck::threads())
+}
+
+/// [`write_pending`], its row groups encoded on `threads` threads (the file is the same for any number).
+fn write_pending_on(
+    table: &Table,
+    path: &Path,
+    primary: Option<&str>,
+    threads: usize,
+) -> Result<(tempfile::NamedTempFile, GeoParquetWrite)> {
     let started = Instant::now();
     let geoms = geometry_columns(table);
     if geoms.is_empty() {
@@ -186,7 +196,7 @@ pub fn write_pending(
     // as many row groups at a time as there are threads, every column chunk of them a task of its own (the
     // geometry column is most of the work, so one row group's columns alone would not keep two cores busy);
     // the chunks are appended in order, so the file is the same whatever the number of threads
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(crate::duck::threads()).build()?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     for (w, window) in slices.chunks(pool.current_num_threads()).enumerate() {
         let first = w * pool.current_num_threads();
         let chunks: Vec<Vec<ArrowColumnChunk>> = pool.install(|| {
@@ -330,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn row_groups_across_batches_keep_every_row_in_order() {
+    fn row_groups_across_batches_keep_every_row_in_order_on_any_number_of_threads() {
         use arrow_array::{BinaryArray, Int64Array};
         let geometry = crate::duck::tests::point_table().schema().field(1).clone();
         let schema = Arc::new(arrow_schema::Schema::new(vec![
@@ -353,7 +363,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("points.parquet");
-        write(&Table::try_new(schema, batches).unwrap(), &path, None).unwrap();
+        write(&Table::try_new(schema.clone(), batches.clone()).unwrap(), &path, None).unwrap();
         let reader =
             parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
         let sizes: Vec<i64> = reader.metadata().row_groups().iter().map(|g| g.num_rows()).collect();
@@ -369,6 +379,13 @@ mod tests {
             assert!(column.values().iter().zip(xmin.values()).all(|(&id, &x)| (id as f64 - x).abs() < 1.0));
         }
         assert_eq!(ids, (0..150_001).collect::<Vec<i64>>());
+        // the same bytes on one thread and on three
+        let table = Table::try_new(schema.clone(), batches.clone()).unwrap();
+        let bytes = |threads| {
+            let (tmp, _) = write_pending_on(&table, &path, None, threads).unwrap();
+            std::fs::read(tmp.path()).unwrap()
+        };
+        assert_eq!(bytes(1), bytes(3));
     }
 
     #[test]

@@ -464,7 +464,11 @@ pub fn materialize(
                         table,
                         mode: mode.clone(),
                         identity: identity.to_hex().to_string(),
-                        rows: rows_of(o) as usize,
+                        // a cache entry that does not record its rows (an older one): counted by loading it
+                        rows: match o.value.as_ref().and_then(|v| v.rows()) {
+                            Some(rows) => rows as usize,
+                            None => table_of(o, &d.name)?.num_rows(),
+                        },
                         adopt: false,
                     };
                     lake_targets.push((t, o, where_, identity));

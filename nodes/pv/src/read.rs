@@ -476,7 +476,8 @@ impl<'de> serde::de::Visitor<'de> for GeometrySeed<'_> {
                     nodes.clear();
                     coordinates = map.next_value_seed(CoordinatesSeed(&mut *nodes))?;
                 }
-                GeometryMember::Geometries => members = map.next_value_seed(MembersSeed(&mut *nodes, row))?,
+                // its own list: a foreign `geometries` member beside `coordinates` leaves them alone
+                GeometryMember::Geometries => members = map.next_value_seed(MembersSeed(&mut Vec::new(), row))?,
                 GeometryMember::Other => drop(map.next_value::<serde::de::IgnoredAny>()?),
             }
         }
@@ -644,7 +645,7 @@ struct Wkb<'a> {
     out: &'a mut Vec<u8>,
 }
 
-impl Wkb<'_> {
+impl<'a> Wkb<'a> {
     fn geometry(&mut self, kind: &str) -> Option<()> {
         match kind {
             "Point" => {
@@ -705,16 +706,24 @@ impl Wkb<'_> {
         Some(n)
     }
 
-    /// A list of positions: their count and coordinates; `close` repeats the first at the end if the last
-    /// is not it (geo's `Polygon::new` closes its rings).
-    fn positions(&mut self, close: bool) -> Option<()> {
+    /// The positions of the list at the cursor, which moves past them (`None`: not a list of positions).
+    fn take_positions(&mut self) -> Option<&'a [Node]> {
         let n = self.list()? as usize;
-        let points = self.nodes.get(self.at..self.at + n)?;
-        let xy = |p: &Node| if let Node::At(x, y) = *p { (x, y) } else { (f64::NAN, f64::NAN) };
+        let nodes: &'a [Node] = self.nodes;
+        let points = nodes.get(self.at..self.at + n)?;
         if !points.iter().all(|p| matches!(p, Node::At(..))) {
             return None;
         }
         self.at += n;
+        Some(points)
+    }
+
+    /// A list of positions: their count and coordinates; `close` repeats the first at the end if the last
+    /// is not it (geo's `Polygon::new` closes its rings).
+    fn positions(&mut self, close: bool) -> Option<()> {
+        let points = self.take_positions()?;
+        let xy = |p: &Node| if let Node::At(x, y) = *p { (x, y) } else { (f64::NAN, f64::NAN) };
+        let n = points.len();
         let open = close && n > 0 && xy(&points[0]) != xy(&points[n - 1]);
         self.out.extend((n as u32 + u32::from(open)).to_le_bytes());
         for p in points.iter().chain(points.first().filter(|_| open)) {
@@ -724,17 +733,17 @@ impl Wkb<'_> {
         Some(())
     }
 
+    /// A polygon; one whose exterior ring has no positions is empty, its holes (inside nothing) dropped.
     fn polygon(&mut self) -> Option<()> {
         let rings = self.list()?;
-        // the exterior's position count, when it has positions: with none, the polygon counts no ring
-        let empty_exterior = rings == 0 || matches!(self.nodes.get(self.at), Some(Node::List(0)));
-        header(self.out, 3, if empty_exterior { 0 } else { rings });
-        for ring in 0..rings {
-            if ring == 0 && empty_exterior {
-                self.list()?;
-                continue;
+        let empty = rings == 0 || matches!(self.nodes.get(self.at), Some(Node::List(0)));
+        header(self.out, 3, if empty { 0 } else { rings });
+        for _ in 0..rings {
+            if empty {
+                self.take_positions()?;
+            } else {
+                self.positions(true)?;
             }
-            self.positions(true)?;
         }
         Some(())
     }
@@ -1355,6 +1364,14 @@ mod tests {
         for (bad, says) in [
             (r#"{"type": "Point", "coordinates": [[1, 2]]}"#, "feature 0: unsupported geometry: a Point"),
             (r#"{"type": "Circle", "coordinates": [1, 2]}"#, "feature 0: unsupported geometry: a Circle"),
+            (r#"{"coordinates": [1, 2]}"#, "feature 0: a geometry without a type"),
+            (r#"{"type": "LineString", "coordinates": [[1, 2], [3]]}"#, "feature 0: a position with fewer than two"),
+            (r#"{"type": "GeometryCollection", "geometries": [null]}"#, "feature 0: a null in a GeometryCollection"),
+            (
+                r#"{"type": "GeometryCollection", "geometries": [{"type": "Point", "coordinates": [7]}]}"#,
+                "feature 0: a position with fewer than two",
+            ),
+            (r#"{"type": "LineString", "coordinates": [[1, 2], 3]}"#, "coordinates that mix numbers and arrays"),
         ] {
             let text =
                 format!(r#"{{"type": "FeatureCollection", "features": [{{"type": "Feature", "geometry": {bad}}}]}}"#);
@@ -1380,7 +1397,6 @@ mod tests {
             r#"{"type": "Polygon", "bbox": [0, 0, 4, 4], "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]],
                 [[1, 1], [2, 1], [2, 2]], [[3, 3], [3.5, 3], [3.5, 3.5], [3, 3]]]}"#,
             r#"{"type": "Polygon", "coordinates": [[]]}"#,
-            r#"{"type": "Polygon", "coordinates": [[], [[1, 1], [2, 1], [2, 2]]]}"#,
             r#"{"type": "MultiPoint", "coordinates": [[1, 2], [3, 4, 5]]}"#,
             r#"{"type": "MultiPoint", "coordinates": []}"#,
             r#"{"type": "MultiLineString", "coordinates": [[[0, 0], [1, 1]], [], [[2, 2], [3, 3], [4, 4]]]}"#,
@@ -1402,6 +1418,27 @@ mod tests {
             let read = read_geojson(&p, None).unwrap();
             assert_eq!(read.geoms[0].as_deref(), Some(expected.as_slice()), "{case}");
         }
+        // a polygon with holes but no exterior is empty (the wkb crate would count no ring, then write the
+        // holes); the other polygon of its multipolygon stays whole; a foreign `geometries` member is ignored
+        let read = |geometry: &str| {
+            let text = format!(
+                r#"{{"type": "FeatureCollection", "features": [{{"type": "Feature", "geometry": {geometry}}}]}}"#
+            );
+            std::fs::write(&p, text).unwrap();
+            let wkb = read_geojson(&p, None).unwrap().geoms[0].clone().unwrap();
+            crate::geom::from_wkb(&wkb).unwrap()
+        };
+        let square = || Polygon::new(LineString::from(vec![(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 0.0)]), vec![]);
+        let hole_only = r#"[[], [[0.2, 0.2], [0.4, 0.2], [0.4, 0.4], [0.2, 0.2]]]"#;
+        let empty = read(&format!(r#"{{"type": "Polygon", "coordinates": {hole_only}}}"#));
+        assert!(matches!(&empty, Some(Geometry::Polygon(p)) if p.exterior().0.is_empty() && p.interiors().is_empty()));
+        let multi =
+            format!(r#"{{"type": "MultiPolygon", "coordinates": [{hole_only}, [[[0, 0], [1, 0], [1, 1], [0, 0]]]]}}"#);
+        let Some(Geometry::MultiPolygon(m)) = read(&multi) else { panic!("a multipolygon") };
+        assert_eq!(m.0.last(), Some(&square()));
+        let point =
+            r#"{"type": "Point", "coordinates": [1, 2], "geometries": [{"type": "Point", "coordinates": [5, 6]}]}"#;
+        assert_eq!(read(point), Some(Geometry::Point(Point::new(1.0, 2.0))));
     }
 
     #[test]
