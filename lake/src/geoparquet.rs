@@ -187,17 +187,18 @@ fn write_pending_on(
     let schema = encoder.target_schema();
     // ArrowWriter for the file's layout and its Arrow schema metadata; row groups are encoded below
     let (mut writer, groups) = ArrowWriter::try_new(file, schema.clone(), Some(props))?.into_serialized_writer()?;
-    let encoded = table
-        .batches()
-        .iter()
-        .map(|b| encoder.encode_record_batch(b).map_err(|e| anyhow!("cannot encode a batch: {e}")))
-        .collect::<Result<Vec<_>>>()?;
-    let slices = row_groups(&encoded, ROW_GROUP_ROWS);
+    let slices = row_groups(table.batches(), ROW_GROUP_ROWS);
     // as many row groups at a time as there are threads, every column chunk of them a task of its own (the
     // geometry column is most of the work, so one row group's columns alone would not keep two cores busy);
     // the chunks are appended in order, so the file is the same whatever the number of threads
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     for (w, window) in slices.chunks(pool.current_num_threads()).enumerate() {
+        // the bbox covering column added a window at a time, not to the whole table at once
+        let window = window
+            .iter()
+            .map(|group| group.iter().map(|b| encoder.encode_record_batch(b)).collect::<Result<Vec<_>, _>>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("cannot encode a batch: {e}"))?;
         let first = w * pool.current_num_threads();
         let chunks: Vec<Vec<ArrowColumnChunk>> = pool.install(|| {
             window
