@@ -263,7 +263,7 @@ fn per_row(synthetic: &Path, shared: &Path) -> Result<()> {
         country::country_polygons(&files(&ne, &shared.join("natural_earth_admin0/ne_50m_admin_0_countries.json"))?)?;
     let cb = countries.concat()?;
     let shapes = geom::geometries(cb.column(geom::geometry_index(&countries)?))?;
-    let tree = geom::bbox_tree(shapes.iter().map(Option::as_ref));
+    let tree = geom::bbox_tree(geom::boxes(&shapes));
     let points: Vec<Point<f64>> = (0..lat.len()).map(|i| Point::new(lon.value(i), lat.value(i))).collect();
     let country_bare = measure(|| {
         for p in &points {

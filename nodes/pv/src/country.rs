@@ -80,7 +80,7 @@ pub fn locate(t: &Table, countries: &Table, method: CountryMethod, max_distance_
     let cgeoms = geometries(cb.column(geometry_index(countries)?))?;
     let codes: StringArray = column(&cb, "country_code")?;
     let names: StringArray = column(&cb, "country_name")?;
-    let tree = geom::bbox_tree(cgeoms.iter().map(Option::as_ref));
+    let tree = geom::bbox_tree(geom::boxes(&cgeoms));
     // each country's edges in an interval tree on y (geo's `IntervalTreeMultiPolygon`): a point is tested
     // against the edges at its latitude only, not every vertex of the country; rings are oriented first
     // (exteriors counter-clockwise, holes clockwise) so that the winding number puts a hole's points outside
@@ -94,8 +94,6 @@ pub fn locate(t: &Table, countries: &Table, method: CountryMethod, max_distance_
             _ => None,
         })
         .collect();
-    let batch = t.concat()?;
-    let (lat, lon): (Float64Array, Float64Array) = (column(&batch, "centroid_lat")?, column(&batch, "centroid_lon")?);
     let within = |p: &Point<f64>| {
         tree.locate_in_envelope_intersecting(&AABB::from_point([p.x(), p.y()]))
             .map(|c| c.data)
@@ -118,44 +116,54 @@ pub fn locate(t: &Table, countries: &Table, method: CountryMethod, max_distance_
             .filter(|(_, d)| *d <= max_distance_km * 1000.0)
             .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
     };
-    // (country index, method, distance in m)
-    let found: Vec<Option<(usize, &str, f64)>> = (0..batch.num_rows())
-        .into_par_iter()
-        .map(|i| {
-            if lat.is_null(i) || lon.is_null(i) {
-                return None;
-            }
-            let p = Point::new(lon.value(i), lat.value(i));
-            match (within(&p), method) {
-                (Some(c), _) => Some((c, "within", 0.0)),
-                (None, CountryMethod::Nearest) => nearest(&p).map(|(c, d)| (c, "nearest", d)),
-                (None, CountryMethod::Within) => None,
-            }
-        })
-        .collect();
     fn text(a: &StringArray, c: usize) -> Option<&str> {
         (!a.is_null(c)).then(|| a.value(c))
     }
-    let code: StringArray = found.iter().map(|f| f.and_then(|(c, _, _)| text(&codes, c))).collect();
-    let name: StringArray = found.iter().map(|f| f.and_then(|(c, _, _)| text(&names, c))).collect();
-    let how: StringArray = found.iter().map(|f| f.map(|(_, m, _)| m)).collect();
-    let distance: Float64Array = found.iter().map(|f| f.map(|(_, _, d)| d)).collect();
-    let by = |m: &str| found.iter().flatten().filter(|f| f.1 == m).count();
-    let farthest = found.iter().flatten().map(|f| f.2).fold(0.0, f64::max);
+    // batch by batch: the output shares the input's columns and adds four (no copy of the table)
+    let empty = [RecordBatch::new_empty(t.schema().clone())];
+    let batches = if t.batches().is_empty() { &empty[..] } else { t.batches() };
+    let (mut out, mut counts, mut farthest) = (Vec::with_capacity(batches.len()), BTreeMap::new(), 0.0f64);
+    for batch in batches {
+        let (lat, lon): (Float64Array, Float64Array) = (column(batch, "centroid_lat")?, column(batch, "centroid_lon")?);
+        // (country index, method, distance in m)
+        let found: Vec<Option<(usize, &str, f64)>> = (0..batch.num_rows())
+            .into_par_iter()
+            .map(|i| {
+                if lat.is_null(i) || lon.is_null(i) {
+                    return None;
+                }
+                let p = Point::new(lon.value(i), lat.value(i));
+                match (within(&p), method) {
+                    (Some(c), _) => Some((c, "within", 0.0)),
+                    (None, CountryMethod::Nearest) => nearest(&p).map(|(c, d)| (c, "nearest", d)),
+                    (None, CountryMethod::Within) => None,
+                }
+            })
+            .collect();
+        for f in &found {
+            *counts.entry(f.map(|f| f.1)).or_insert(0usize) += 1;
+            farthest = f.map_or(farthest, |f| farthest.max(f.2));
+        }
+        let code: StringArray = found.iter().map(|f| f.and_then(|(c, _, _)| text(&codes, c))).collect();
+        let name: StringArray = found.iter().map(|f| f.and_then(|(c, _, _)| text(&names, c))).collect();
+        let how: StringArray = found.iter().map(|f| f.map(|(_, m, _)| m)).collect();
+        let distance: Float64Array = found.iter().map(|f| f.map(|(_, _, d)| d)).collect();
+        let b = with_column(batch, Field::new("country_code", DataType::Utf8, true), Arc::new(code))?;
+        let b = with_column(&b, Field::new("country_name", DataType::Utf8, true), Arc::new(name))?;
+        let b = with_column(&b, Field::new("country_method", DataType::Utf8, true), Arc::new(how))?;
+        out.push(with_column(&b, Field::new("country_distance_m", DataType::Float64, true), Arc::new(distance))?);
+    }
+    let by = |m: Option<&str>| counts.get(&m).copied().unwrap_or(0);
     let nearest_note = match method {
-        CountryMethod::Nearest => format!(", {} by the nearest border (at most {farthest:.0} m)", by("nearest")),
+        CountryMethod::Nearest => format!(", {} by the nearest border (at most {farthest:.0} m)", by(Some("nearest"))),
         CountryMethod::Within => String::new(),
     };
     ctx::note(format!(
         "countries: {} rows within a country{nearest_note}, {} without a country",
-        by("within"),
-        found.iter().filter(|f| f.is_none()).count()
+        by(Some("within")),
+        by(None)
     ));
-    let batch = with_column(&batch, Field::new("country_code", DataType::Utf8, true), Arc::new(code))?;
-    let batch = with_column(&batch, Field::new("country_name", DataType::Utf8, true), Arc::new(name))?;
-    let batch = with_column(&batch, Field::new("country_method", DataType::Utf8, true), Arc::new(how))?;
-    let batch = with_column(&batch, Field::new("country_distance_m", DataType::Float64, true), Arc::new(distance))?;
-    Ok(Table::from_batch(batch))
+    Ok(Table::try_new(out[0].schema(), out)?)
 }
 
 /// The deduplicated installations with their country: the `prepared_pv_dedup` table.
@@ -178,11 +186,6 @@ pub fn located(
 /// and `rows_without_area` counts the installations that add nothing.
 #[node(tags(stage = "prepared"))]
 pub fn country_stats(located: &Table) -> Result<Table> {
-    let batch = located.concat()?;
-    let s = |n: &str| column::<StringArray>(&batch, n);
-    let (country, dataset, name) = (s("country_code")?, s("dataset_name")?, s("country_name")?);
-    let geodesic: Float64Array = column(&batch, "area_m2")?;
-    let source: Float64Array = column(&batch, "area_m2_source")?;
     #[derive(Default)]
     struct Group {
         name: Option<String>,
@@ -195,28 +198,35 @@ pub fn country_stats(located: &Table) -> Result<Table> {
         from_source: i64,
     }
     let mut groups: BTreeMap<(Option<String>, String), Group> = BTreeMap::new();
-    for i in 0..batch.num_rows() {
-        let key = ((!country.is_null(i)).then(|| country.value(i).to_string()), dataset.value(i).to_string());
-        let g = groups.entry(key).or_default();
-        if g.name.is_none() && !name.is_null(i) {
-            g.name = Some(name.value(i).to_string());
-        }
-        g.installations += 1;
-        let a = (!geodesic.is_null(i)).then(|| geodesic.value(i)).filter(|a| *a > 0.0);
-        let src = (!source.is_null(i)).then(|| source.value(i));
-        g.source += src.unwrap_or(0.0);
-        match (a, src) {
-            (Some(a), _) => {
-                g.polygons += 1;
-                g.geodesic += a;
-                g.total += a;
-                g.from_geodesic += 1;
+    // batch by batch (no concatenated copy of the table)
+    for batch in located.batches() {
+        let s = |n: &str| column::<StringArray>(batch, n);
+        let (country, dataset, name) = (s("country_code")?, s("dataset_name")?, s("country_name")?);
+        let geodesic: Float64Array = column(batch, "area_m2")?;
+        let source: Float64Array = column(batch, "area_m2_source")?;
+        for i in 0..batch.num_rows() {
+            let key = ((!country.is_null(i)).then(|| country.value(i).to_string()), dataset.value(i).to_string());
+            let g = groups.entry(key).or_default();
+            if g.name.is_none() && !name.is_null(i) {
+                g.name = Some(name.value(i).to_string());
             }
-            (None, Some(src)) => {
-                g.total += src;
-                g.from_source += 1;
+            g.installations += 1;
+            let a = (!geodesic.is_null(i)).then(|| geodesic.value(i)).filter(|a| *a > 0.0);
+            let src = (!source.is_null(i)).then(|| source.value(i));
+            g.source += src.unwrap_or(0.0);
+            match (a, src) {
+                (Some(a), _) => {
+                    g.polygons += 1;
+                    g.geodesic += a;
+                    g.total += a;
+                    g.from_geodesic += 1;
+                }
+                (None, Some(src)) => {
+                    g.total += src;
+                    g.from_source += 1;
+                }
+                (None, None) => {}
             }
-            (None, None) => {}
         }
     }
     let rows: Vec<_> = groups.into_iter().collect();

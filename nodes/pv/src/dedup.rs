@@ -21,14 +21,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
+use arrow_array::builder::NullBufferBuilder;
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt32Array,
+};
 use arrow_schema::{DataType, Field, Schema};
 use flowrun_engine::{Table, ctx, node};
-use geo::{BooleanOps, Contains, Geometry, MultiPolygon};
+use geo::{BooleanOps, Contains, Geometry, MultiPolygon, Rect};
 use rayon::prelude::*;
 use rstar::AABB;
 
-use super::geom::{self, geometries, geometry_index, polygonal};
+use super::geom::{self, geometry_index, polygonal};
 use super::h3::h3_column;
 
 /// How candidate pairs are found.
@@ -82,17 +85,19 @@ pub struct Dedup {
 }
 
 /// The candidate pairs `(i, j)`, `i < j`, of records of different datasets, sorted, for one mode.
-fn candidates(
-    t: &Table,
-    geoms: &[Option<Geometry<f64>>],
-    datasets: &[u32],
-    mode: Mode,
-    res: i64,
-) -> Result<Vec<(u32, u32)>> {
+fn candidates(t: &Table, rows: &WkbRows, datasets: &[u32], mode: Mode, res: i64) -> Result<Vec<(u32, u32)>> {
     let mut pairs: Vec<(u32, u32)> = Vec::new();
     match mode {
         Mode::Overlap => {
-            let tree = geom::bbox_tree(geoms.iter().map(Option::as_ref));
+            // bounding boxes straight from each row's WKB, in parallel: no decoded copy of the table is kept
+            let boxes: Vec<(usize, Rect<f64>)> = (0..t.num_rows())
+                .into_par_iter()
+                .filter_map(|i| match rows.geometry(i) {
+                    Ok(g) => Some(Ok((i, g.as_ref().and_then(geom::bbox)?))),
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<_>>()?;
+            let tree = geom::bbox_tree(boxes);
             let boxes: Vec<_> = tree.iter().collect();
             pairs = boxes
                 .par_iter()
@@ -108,80 +113,125 @@ fn candidates(
                 .collect();
         }
         Mode::SameCell => {
-            let cells: StringArray = geom::table_column(t, &h3_column(res))
+            let cells: Vec<StringArray> = (t.batches().iter())
+                .map(|b| geom::column(b, &h3_column(res)))
+                .collect::<Result<_>>()
                 .context("the same_cell mode needs `indexed` at this resolution")?;
-            let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
-            for i in (0..cells.len()).filter(|&i| cells.is_valid(i)) {
-                groups.entry(cells.value(i)).or_default().push(i);
+            let mut groups: HashMap<&str, Vec<u32>> = HashMap::new();
+            let rows = cells.iter().flat_map(|c| (0..c.len()).map(move |k| c.is_valid(k).then(|| c.value(k))));
+            for (i, cell) in rows.enumerate() {
+                if let Some(cell) = cell {
+                    groups.entry(cell).or_default().push(i as u32);
+                }
             }
             for members in groups.values() {
                 for (a, &i) in members.iter().enumerate() {
                     pairs.extend(
                         members[a + 1..]
                             .iter()
-                            .filter(|&&j| datasets[i] != datasets[j])
-                            .map(|&j| (i.min(j) as u32, i.max(j) as u32)),
+                            .filter(|&&j| datasets[i as usize] != datasets[j as usize])
+                            .map(|&j| (i.min(j), i.max(j))),
                     );
                 }
             }
         }
     }
-    pairs.sort_unstable();
+    pairs.par_sort_unstable();
     pairs.dedup();
     Ok(pairs)
 }
 
-/// The dataset of each row as a small number (rows of one dataset share it).
-fn dataset_numbers(datasets: &StringArray) -> Vec<u32> {
-    let mut numbers: HashMap<&str, u32> = HashMap::new();
-    (0..datasets.len())
-        .map(|i| {
-            let n = numbers.len() as u32;
-            *numbers.entry(datasets.value(i)).or_insert(n)
-        })
-        .collect()
+/// The geometry column of a table, row by row across its batches, decoded on demand.
+struct WkbRows<'a> {
+    arrays: Vec<&'a BinaryArray>,
+    at: geom::RowIndex,
+}
+
+impl<'a> WkbRows<'a> {
+    fn of(t: &'a Table) -> Result<Self> {
+        let gi = geometry_index(t)?;
+        let arrays = (t.batches().iter())
+            .map(|b| b.column(gi).as_any().downcast_ref::<BinaryArray>())
+            .collect::<Option<_>>()
+            .context("the geometry column is not Binary (WKB)")?;
+        Ok(WkbRows { arrays, at: geom::RowIndex::of(t) })
+    }
+
+    /// Row `i`'s geometry (`None`: null or empty).
+    fn geometry(&self, i: usize) -> Result<Option<Geometry<f64>>> {
+        let (b, k) = self.at.locate(i);
+        let a = self.arrays[b];
+        if a.is_null(k) { Ok(None) } else { geom::from_wkb(a.value(k)).with_context(|| format!("row {i}")) }
+    }
+}
+
+/// The dataset of each row as a small number (rows of one dataset share it), and the datasets' names by
+/// number; read batch by batch (no copy of the column).
+fn dataset_numbers(t: &Table) -> Result<(Vec<u32>, Vec<String>)> {
+    let mut numbers: HashMap<String, u32> = HashMap::new();
+    let mut of_row = Vec::with_capacity(t.num_rows());
+    for b in t.batches() {
+        let names: StringArray = geom::column(b, "dataset_name")?;
+        for name in names.iter() {
+            let name = name.unwrap_or_default();
+            let n = match numbers.get(name) {
+                Some(&n) => n,
+                None => {
+                    let n = numbers.len() as u32;
+                    numbers.insert(name.to_string(), n);
+                    n
+                }
+            };
+            of_row.push(n);
+        }
+    }
+    let mut names = vec![String::new(); numbers.len()];
+    numbers.into_iter().for_each(|(name, n)| names[n as usize] = name);
+    Ok((of_row, names))
 }
 
 /// The candidate pairs of `modes` and each one's overlap ratio (see [`dedup_pairs`]).
+///
+/// Memory: the geometries are decoded from the table's WKB where they are needed (a row's box for the
+/// R-tree, the two rows of a pair for its ratio) and dropped at once, so besides the input table the node
+/// holds the tree and the pair lists, not a decoded copy of every geometry (at 10M rows that copy was
+/// 1.5-2.5 GB). The price is a decode per pair (its `j`; its `i` is reused across the row's pairs), small
+/// beside the pair's intersection.
 fn pairs_of(t: &Table, modes: &[Mode], res: i64) -> Result<Table> {
     // rows are numbered in u32 (half the memory of the pair lists, the bulk of this node's at 10M rows)
     if u32::try_from(t.num_rows()).is_err() {
         anyhow::bail!("dedup handles at most {} rows, the table has {}", u32::MAX, t.num_rows());
     }
-    // decoded batch by batch (no copy of the whole WKB column)
-    let gi = geometry_index(t)?;
-    let mut geoms = Vec::with_capacity(t.num_rows());
-    for batch in t.batches() {
-        geoms.extend(geometries(batch.column(gi))?);
-    }
+    let rows = WkbRows::of(t)?;
     let areas: Float64Array = geom::table_column(t, "area_m2").context("run `measured` first")?;
-    let datasets = dataset_numbers(&geom::table_column(t, "dataset_name")?);
+    let (datasets, _) = dataset_numbers(t)?;
     let of_mode: Vec<Vec<(u32, u32)>> =
-        modes.iter().map(|&m| candidates(t, &geoms, &datasets, m, res)).collect::<Result<_>>()?;
+        modes.iter().map(|&m| candidates(t, &rows, &datasets, m, res)).collect::<Result<_>>()?;
     // the union of the modes' sorted lists, each pair once, with which modes found it
     let (all, found) = union_of_sorted(&of_mode);
     drop(of_mode);
-    let area = |i: usize| if areas.is_null(i) { 0.0 } else { areas.value(i) };
+    let area = |i: u32| if areas.is_null(i as usize) { 0.0 } else { areas.value(i as usize) };
+    let rows = &rows;
+    // pairs are sorted by `i`: a chunk decodes its `i` once for all of that row's pairs
     let ratios: Vec<f64> = all
-        .par_iter()
-        .map(|&(i, j)| match (&geoms[i as usize], &geoms[j as usize]) {
-            (Some(a), Some(b)) => overlap_ratio(a, area(i as usize), b, area(j as usize)).unwrap_or(f64::NAN),
-            _ => 0.0,
+        .par_chunks(1 << 12)
+        .flat_map_iter(|chunk| {
+            let mut last: Option<(u32, Option<Geometry<f64>>)> = None;
+            chunk.iter().map(move |&(i, j)| {
+                if last.as_ref().is_none_or(|(r, _)| *r != i) {
+                    last = Some((i, rows.geometry(i as usize)?));
+                }
+                Ok(match (&last.as_ref().expect("set above").1, rows.geometry(j as usize)?) {
+                    (Some(a), Some(b)) => overlap_ratio(a, area(i), &b, area(j)).unwrap_or(f64::NAN),
+                    _ => 0.0,
+                })
+            })
         })
-        .collect();
-    drop(geoms);
-    // the decoded geometries were millions of small allocations, which glibc keeps for reuse rather than
-    // give back: without this their gigabytes stay resident under the output built next (at 10M rows the
-    // node's end was 1.5-2 GB higher)
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap memory to the OS.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    let mut fields = vec![Field::new("i", DataType::UInt64, false), Field::new("j", DataType::UInt64, false)];
+        .collect::<Result<_>>()?;
+    let mut fields = vec![Field::new("i", DataType::UInt32, false), Field::new("j", DataType::UInt32, false)];
     let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt64Array::from_iter_values(all.iter().map(|p| u64::from(p.0)))),
-        Arc::new(UInt64Array::from_iter_values(all.iter().map(|p| u64::from(p.1)))),
+        Arc::new(UInt32Array::from_iter_values(all.iter().map(|p| p.0))),
+        Arc::new(UInt32Array::from_iter_values(all.iter().map(|p| p.1))),
     ];
     drop(all);
     for (m, mode) in modes.iter().enumerate() {
@@ -189,30 +239,31 @@ fn pairs_of(t: &Table, modes: &[Mode], res: i64) -> Result<Table> {
         columns.push(Arc::new(BooleanArray::from_iter(found.iter().map(|f| Some(f & (1 << m) != 0)))));
     }
     fields.push(Field::new("ratio", DataType::Float64, true));
-    // NaN marks a pair whose intersection could not be computed (a ratio is never NaN): null
-    columns.push(Arc::new(ratios.into_iter().map(|r| (!r.is_nan()).then_some(r)).collect::<Float64Array>()));
+    // NaN marks a pair whose intersection could not be computed (a ratio is never NaN): null; the values
+    // become the column without a copy
+    let mut valid = NullBufferBuilder::new(ratios.len());
+    ratios.iter().for_each(|r| valid.append(!r.is_nan()));
+    columns.push(Arc::new(Float64Array::new(ratios.into(), valid.finish())));
     Ok(Table::from_batch(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?))
 }
 
-/// The union of sorted, duplicate-free lists, sorted, and per pair a bit mask of the lists that hold it.
+/// The union of sorted, duplicate-free lists, sorted, and per pair a bit mask of the lists that hold it
+/// (merged in one pass, without a concatenated copy of the lists).
 fn union_of_sorted(lists: &[Vec<(u32, u32)>]) -> (Vec<(u32, u32)>, Vec<u8>) {
-    let mut all: Vec<(u32, u32)> = lists.concat();
-    all.sort_unstable();
-    all.dedup();
+    let capacity = lists.iter().map(Vec::len).max().unwrap_or(0);
+    let (mut all, mut found) = (Vec::with_capacity(capacity), Vec::with_capacity(capacity));
     let mut at = vec![0usize; lists.len()];
-    let found = all
-        .iter()
-        .map(|p| {
-            let mut mask = 0u8;
-            for (m, list) in lists.iter().enumerate() {
-                if list.get(at[m]) == Some(p) {
-                    mask |= 1 << m;
-                    at[m] += 1;
-                }
+    while let Some(&p) = lists.iter().zip(&at).filter_map(|(list, &a)| list.get(a)).min() {
+        let mut mask = 0u8;
+        for (m, list) in lists.iter().enumerate() {
+            if list.get(at[m]) == Some(&p) {
+                mask |= 1 << m;
+                at[m] += 1;
             }
-            mask
-        })
-        .collect();
+        }
+        all.push(p);
+        found.push(mask);
+    }
     (all, found)
 }
 
@@ -229,21 +280,28 @@ impl Mode {
 /// Which rows of `t` to keep, given the candidate pairs and ratios of [`dedup_pairs`] (pairs in order; the
 /// first duplicate pair of a row decides).
 pub fn decide(t: &Table, pairs: &Table, mode: Mode, threshold: f64, priority: &[String]) -> Result<Dedup> {
-    let datasets: StringArray = geom::table_column(t, "dataset_name")?;
+    let (datasets, names) = dataset_numbers(t)?;
+    let ranks: Vec<usize> = names.iter().map(|n| priority.iter().position(|p| p == n).unwrap_or(usize::MAX)).collect();
     let areas: Float64Array = geom::table_column(t, "area_m2").context("run `measured` first")?;
-    let ids: StringArray = geom::table_column(t, "unified_id")?;
+    // ids are only read for a pair that cannot be intersected: row by row, not as a copy of the column
+    let ids: Vec<StringArray> = t.batches().iter().map(|b| geom::column(b, "unified_id")).collect::<Result<_>>()?;
+    let at = geom::RowIndex::of(t);
+    let id = |r: usize| {
+        let (b, k) = at.locate(r);
+        ids[b].value(k).to_string()
+    };
     let p = pairs.concat()?;
-    let (i, j): (UInt64Array, UInt64Array) = (geom::column(&p, "i")?, geom::column(&p, "j")?);
+    let (i, j): (UInt32Array, UInt32Array) = (geom::column(&p, "i")?, geom::column(&p, "j")?);
     let of_mode: BooleanArray = geom::column(&p, mode.column())?;
     let ratio: Float64Array = geom::column(&p, "ratio")?;
-    let rank = |r: usize| priority.iter().position(|p| p == datasets.value(r)).unwrap_or(usize::MAX);
+    let rank = |r: usize| ranks[datasets[r] as usize];
     let area = |r: usize| if areas.is_null(r) { 0.0 } else { areas.value(r) };
     let mut d = Dedup { keep: vec![true; t.num_rows()], pairs: 0, errors: Vec::new() };
     for k in (0..p.num_rows()).filter(|&k| of_mode.value(k)) {
         let (a, b) = (i.value(k) as usize, j.value(k) as usize);
         d.pairs += 1;
         if ratio.is_null(k) {
-            d.errors.push((ids.value(a).to_string(), ids.value(b).to_string()));
+            d.errors.push((id(a), id(b)));
         } else if ratio.value(k) > threshold && d.keep[a] && d.keep[b] {
             // the larger record stays; on equal areas, the dataset first in the priority
             let loser = if area(a) > area(b) {
@@ -429,6 +487,54 @@ mod tests {
         let cmp = dedup_comparison(&t, &pairs, 0.5, &priority.to_vec()).unwrap().concat().unwrap();
         let removed: Int64Array = geom::column(&cmp, "removed").unwrap();
         assert_eq!(removed.values().to_vec(), vec![2, 1]);
+    }
+
+    #[test]
+    fn ratios_decoded_on_demand_match_the_geometries_over_many_batches_and_chunks() {
+        // 3,000 squares of two datasets, two at each of 1,500 places of a 50 x 30 grid, each overlapping its
+        // neighbours: more pairs than one chunk of the ratio loop (4,096), rows in batches of 7 (and an empty
+        // batch) so a pair's rows are often in different batches, and every 97th row without a geometry
+        let rows: Vec<(String, Option<Geometry<f64>>)> = (0..3000)
+            .map(|k| {
+                let (x, y) = ((k % 50) as f64 * 0.006 + (k % 3) as f64 * 0.002, (k / 100) as f64 * 0.006);
+                let d = if k % 2 == 0 { "a" } else { "b" };
+                (d.to_string(), (k % 97 != 5).then(|| square(x, y, 0.01)))
+            })
+            .collect();
+        let named: Vec<(&str, &str, Geometry<f64>)> =
+            rows.iter().map(|r| (&*r.0, "x", r.1.clone().unwrap_or_else(|| square(0.0, 0.0, 0.0)))).collect();
+        let whole = measured(&named).concat().unwrap();
+        let geometries: Vec<Option<Geometry<f64>>> = rows.iter().map(|r| r.1.clone()).collect();
+        let field = geom::wkb_field("geometry", true, None);
+        let whole = geom::with_column(&whole, field, geom::wkb_array(&geometries)).unwrap();
+        let mut parts: Vec<RecordBatch> = (0..3000).step_by(7).map(|o| whole.slice(o, 7.min(3000 - o))).collect();
+        parts.insert(3, whole.slice(0, 0));
+        let t = Table::try_new(whole.schema(), parts).unwrap();
+        let pairs = pairs_of(&t, &[Mode::Overlap], 0).unwrap().concat().unwrap();
+        assert!(pairs.num_rows() > 4096, "{} pairs", pairs.num_rows());
+        let (i, j): (UInt32Array, UInt32Array) =
+            (geom::column(&pairs, "i").unwrap(), geom::column(&pairs, "j").unwrap());
+        let ratio: Float64Array = geom::column(&pairs, "ratio").unwrap();
+        let geometry = |r: usize| rows[r].1.as_ref().unwrap();
+        let area = |r: usize| geom::geodesic_area(geometry(r));
+        for k in 0..pairs.num_rows() {
+            let (a, b) = (i.value(k) as usize, j.value(k) as usize);
+            let expected = overlap_ratio(geometry(a), area(a), geometry(b), area(b));
+            assert_eq!(Some(ratio.value(k)), expected, "pair {a}, {b}");
+        }
+        // and the pairs are every pair of rows of different datasets whose boxes meet (brute force)
+        let boxes: Vec<Option<Rect<f64>>> = rows.iter().map(|r| r.1.as_ref().and_then(geom::bbox)).collect();
+        let meet = |p: &Rect<f64>, q: &Rect<f64>| {
+            p.min().x <= q.max().x && q.min().x <= p.max().x && p.min().y <= q.max().y && q.min().y <= p.max().y
+        };
+        let expected: Vec<(u32, u32)> = (0..3000)
+            .flat_map(|a| (a + 1..3000).map(move |b| (a, b)))
+            .filter(|&(a, b)| rows[a].0 != rows[b].0)
+            .filter(|&(a, b)| matches!((&boxes[a], &boxes[b]), (Some(p), Some(q)) if meet(p, q)))
+            .map(|(a, b)| (a as u32, b as u32))
+            .collect();
+        let found: Vec<(u32, u32)> = (0..pairs.num_rows()).map(|k| (i.value(k), j.value(k))).collect();
+        assert_eq!(found, expected);
     }
 
     #[test]

@@ -270,6 +270,35 @@ fn downcast<T: Array + Clone + 'static>(col: &ArrayRef, name: &str) -> Result<T>
     })
 }
 
+/// Where each row of a table is among its batches, for reading a row by its number without a concatenated
+/// copy of the column.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use arrow_array::{Int64Array, RecordBatch};
+/// let batch = RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![1, 2, 3])) as _)]).unwrap();
+/// let t = flowrun_engine::Table::try_new(batch.schema(), vec![batch.slice(0, 2), batch.slice(2, 1)]).unwrap();
+/// assert_eq!(flowrun_pv::geom::RowIndex::of(&t).locate(2), (1, 0)); // row 2: the second batch's first
+/// ```
+pub struct RowIndex {
+    /// The first row of each batch.
+    starts: Vec<usize>,
+}
+
+impl RowIndex {
+    /// The batches of `t`.
+    pub fn of(t: &Table) -> Self {
+        let starts = t.batches().iter().scan(0, |next, b| Some(std::mem::replace(next, *next + b.num_rows())));
+        RowIndex { starts: starts.collect() }
+    }
+
+    /// Row `i` of the table as (batch, row within that batch).
+    pub fn locate(&self, i: usize) -> (usize, usize) {
+        let b = self.starts.partition_point(|&s| s <= i) - 1;
+        (b, i - self.starts[b])
+    }
+}
+
 /// The rows of `t` whose `keep` is true, batch by batch (`keep` has one entry per row, in order); `t`
 /// itself when every row is kept.
 pub fn filter_rows(t: &Table, keep: &[bool]) -> Result<Table> {
@@ -286,18 +315,28 @@ pub fn filter_rows(t: &Table, keep: &[bool]) -> Result<Table> {
     Ok(Table::try_new(t.schema().clone(), out)?)
 }
 
-/// An R-tree of the geometries' bounding boxes, each with its index (empty geometries left out).
-pub fn bbox_tree<'a>(
-    geoms: impl Iterator<Item = Option<&'a Geometry<f64>>>,
+/// An R-tree of bounding boxes, each with its row.
+///
+/// ```
+/// use geo::{Rect, coord};
+/// let tree = flowrun_pv::geom::bbox_tree([(7, Rect::new(coord! { x: 0.0, y: 0.0 }, coord! { x: 1.0, y: 1.0 }))]);
+/// assert_eq!(tree.locate_at_point(&[0.5, 0.5]).map(|b| b.data), Some(7));
+/// ```
+pub fn bbox_tree(
+    boxes: impl IntoIterator<Item = (usize, Rect<f64>)>,
 ) -> RTree<GeomWithData<Rectangle<[f64; 2]>, usize>> {
-    let boxes = geoms
-        .enumerate()
-        .filter_map(|(i, g)| {
-            let b = bbox(g?)?;
-            Some(GeomWithData::new(Rectangle::from_corners([b.min().x, b.min().y], [b.max().x, b.max().y]), i))
-        })
+    let boxes = boxes
+        .into_iter()
+        .map(|(i, b)| GeomWithData::new(Rectangle::from_corners([b.min().x, b.min().y], [b.max().x, b.max().y]), i))
         .collect();
     RTree::bulk_load(boxes)
+}
+
+/// The bounding box of each geometry, with its index (empty geometries left out): what [`bbox_tree`] takes.
+pub fn boxes<'a>(
+    geoms: impl IntoIterator<Item = &'a Option<Geometry<f64>>>,
+) -> impl Iterator<Item = (usize, Rect<f64>)> {
+    geoms.into_iter().enumerate().filter_map(|(i, g)| Some((i, bbox(g.as_ref()?)?)))
 }
 
 /// Replaces (or appends) column `name` of `batch`.
@@ -321,6 +360,15 @@ pub fn with_column(batch: &RecordBatch, field: Field, array: ArrayRef) -> Result
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_row_is_found_in_its_batch_past_empty_ones() {
+        let b = RecordBatch::try_from_iter([("x", Arc::new(arrow_array::Int64Array::from(vec![1, 2, 3])) as ArrayRef)])
+            .unwrap();
+        let parts = vec![b.slice(0, 0), b.slice(0, 0), b.slice(0, 2), b.slice(0, 0), b.slice(2, 1), b.slice(0, 0)];
+        let at = RowIndex::of(&Table::try_new(b.schema(), parts).unwrap());
+        assert_eq!([0, 1, 2].map(|i| at.locate(i)), [(2, 0), (2, 1), (4, 0)]);
+    }
     use super::*;
     use geo::polygon;
 

@@ -221,7 +221,7 @@ pub fn stac_items(installations: &Table, stac_search: &Table, stac: StacQuery) -
     let items = stac_search.concat()?;
     let geometry = items.column(geom::geometry_index(stac_search)?);
     let geoms = geometries(geometry)?;
-    let tree = geom::bbox_tree(geoms.iter().map(Option::as_ref));
+    let tree = geom::bbox_tree(geom::boxes(&geoms));
     let ids: StringArray = column(&items, "id")?;
     let collections: StringArray = column(&items, "collection")?;
     let cloud = items

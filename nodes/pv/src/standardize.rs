@@ -242,10 +242,12 @@ fn crs_text(crs_of: &HashMap<String, (Crs, String)>) -> String {
     }
 }
 
-/// Reprojects every geometry to WGS84 with its file's CRS and repairs it. A coordinate that cannot be a
-/// WGS84 position fails the dataset, naming the file, the row, the CRS used and the fix.
+/// Reprojects every geometry to WGS84 with its file's CRS and repairs it (`geoms` are the rows from `first`
+/// on). A coordinate that cannot be a WGS84 position fails the dataset, naming the file, the row, the CRS used
+/// and the fix.
 fn reproject_and_repair(
     geoms: &mut [Option<geo::Geometry<f64>>],
+    first: usize,
     files: &StringArray,
     crs_of: &HashMap<String, (Crs, String)>,
     d: &Dataset,
@@ -257,7 +259,8 @@ fn reproject_and_repair(
     geoms
         .par_iter_mut()
         .enumerate()
-        .map(|(i, g)| {
+        .map(|(k, g)| {
+            let i = first + k;
             let Some(mut geo) = g.take() else { return Ok(Repair::Valid) };
             let (crs, origin) = match text(files, i).and_then(|f| crs_of.get(f)) {
                 Some(known) => known,
@@ -323,7 +326,10 @@ pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result
     };
     let (keep, dropped) = kept_rows(&all, d, &has_geometry)?;
     let read = all.num_rows();
-    let batch = arrow_select::filter::filter_record_batch(&all, &BooleanArray::from(keep))?;
+    let batch = match keep.iter().all(|k| *k) {
+        true => all,
+        false => arrow_select::filter::filter_record_batch(&all, &BooleanArray::from(keep))?,
+    };
     let n = batch.num_rows();
     let files = text_column(&batch, "source_file")?;
     let rows: Vec<i64> = match batch.column_by_name("source_row").and_then(|c| c.as_any().downcast_ref::<Int64Array>())
@@ -333,8 +339,16 @@ pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result
     };
     let at = |i: usize| format!("file {}, row {} (counting from 0)", text(&files, i).unwrap_or("?"), rows[i]);
 
-    let mut geoms = geometries(batch.column(gi)).with_context(|| format!("dataset `{}`", d.key))?;
-    let repairs = reproject_and_repair(&mut geoms, &files, &crs_of, d, &at)?;
+    // decoded, reprojected, repaired and written back as WKB a chunk of rows at a time: the dataset's
+    // geometries are never all decoded at once (at 5M rows they were about 1 GB)
+    let mut repairs = Vec::with_capacity(n);
+    let mut wkb = Vec::new();
+    for first in (0..n).step_by(CHUNK) {
+        let mut geoms = geometries(&batch.column(gi).slice(first, CHUNK.min(n - first)))
+            .with_context(|| format!("dataset `{}`", d.key))?;
+        repairs.extend(reproject_and_repair(&mut geoms, first, &files, &crs_of, d, &at)?);
+        wkb.push(wkb_array(&geoms));
+    }
     let source_ids = match &d.id {
         Some(col) => text_column(&batch, col).with_context(|| format!("dataset `{}`: `id`", d.key))?,
         None => StringArray::new_null(n),
@@ -380,7 +394,7 @@ pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result
         Arc::new(StringArray::from(vec![d.key.as_str(); n])),
         Arc::new(unified),
         Arc::new(source_ids),
-        wkb_array(&geoms),
+        arrow_array::new_null_array(&DataType::Binary, n), // the chunks' WKB, below
         Arc::new(Float64Array::from(area)),
         Arc::new(Float64Array::from(capacity)),
         Arc::new(install),
@@ -389,8 +403,15 @@ pub fn standardize_table(raw: &Table, d: &Dataset, processed_at: &str) -> Result
         Arc::new(repairs.iter().map(|r| Some(*r == Repair::Repaired)).collect::<BooleanArray>()),
         Arc::new(StringArray::from(vec![processed_at; n])),
     ];
-    Ok(Table::from_batch(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?))
+    let whole = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    // one batch per chunk: the other columns sliced (shared, not copied), the chunk's WKB put in
+    let chunks = (wkb.into_iter().enumerate())
+        .map(|(c, w)| geom::with_column(&whole.slice(c * CHUNK, w.len()), wkb_field("geometry", true, None), w));
+    Ok(Table::try_new(whole.schema(), chunks.collect::<Result<_>>()?)?)
 }
+
+/// Rows per chunk of [`standardize_table`]: how many geometries are decoded at once.
+const CHUNK: usize = 1 << 16;
 
 /// Keeps the dataset's rows that have a geometry and pass its `filter`, reprojects them to EPSG:4326,
 /// drops Z, repairs invalid polygons and maps the columns to the unified schema.
@@ -399,37 +420,32 @@ pub fn standardized(raw: &Table, datasets: &Dataset) -> Result<Table> {
     standardize_table(raw, datasets, &now_utc())
 }
 
-/// Adds geodesic area (m², WGS84 ellipsoid; 0 for points) and centroid (degrees) to a standardized table.
+/// Adds geodesic area (m², WGS84 ellipsoid; 0 for points) and centroid (degrees) to a standardized table,
+/// batch by batch (the columns are shared, not copied; geometries are decoded a batch at a time).
 pub fn measure_table(t: &Table) -> Result<Table> {
-    let batch = t.concat()?;
     let gi = geometry_index(t)?;
-    let geoms = geometries(batch.column(gi))?;
-    let stats: Vec<(Option<f64>, Option<f64>, Option<f64>)> = geoms
-        .par_iter()
-        .map(|g| match g {
-            Some(g) => {
-                let c = geom::centroid(g);
-                (Some(geom::geodesic_area(g)), c.map(|p| p.y()), c.map(|p| p.x()))
-            }
-            None => (None, None, None),
-        })
-        .collect();
-    let batch = geom::with_column(
-        &batch,
-        Field::new("area_m2", DataType::Float64, true),
-        Arc::new(stats.iter().map(|s| s.0).collect::<Float64Array>()),
-    )?;
-    let batch = geom::with_column(
-        &batch,
-        Field::new("centroid_lat", DataType::Float64, true),
-        Arc::new(stats.iter().map(|s| s.1).collect::<Float64Array>()),
-    )?;
-    let batch = geom::with_column(
-        &batch,
-        Field::new("centroid_lon", DataType::Float64, true),
-        Arc::new(stats.iter().map(|s| s.2).collect::<Float64Array>()),
-    )?;
-    Ok(Table::from_batch(batch))
+    let empty = [RecordBatch::new_empty(t.schema().clone())];
+    let batches = if t.batches().is_empty() { &empty[..] } else { t.batches() };
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let geoms = geometries(batch.column(gi))?;
+        // per row: area, centroid latitude, centroid longitude
+        let stats: Vec<[Option<f64>; 3]> = geoms
+            .par_iter()
+            .map(|g| match g {
+                Some(g) => {
+                    let c = geom::centroid(g);
+                    [Some(geom::geodesic_area(g)), c.map(|p| p.y()), c.map(|p| p.x())]
+                }
+                None => [None; 3],
+            })
+            .collect();
+        let column = |k: usize| -> ArrayRef { Arc::new(stats.iter().map(|s| s[k]).collect::<Float64Array>()) };
+        let b = geom::with_column(batch, Field::new("area_m2", DataType::Float64, true), column(0))?;
+        let b = geom::with_column(&b, Field::new("centroid_lat", DataType::Float64, true), column(1))?;
+        out.push(geom::with_column(&b, Field::new("centroid_lon", DataType::Float64, true), column(2))?);
+    }
+    Ok(Table::try_new(out[0].schema(), out)?)
 }
 
 /// Geometry statistics: geodesic area and centroid.
