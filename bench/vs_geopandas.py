@@ -111,8 +111,9 @@ class XorShift:
         return (s >> 11) / float(1 << 53)
 
 
-def synthetic_polygon(rng: XorShift) -> list:
+def synthetic_polygon(rng: XorShift, scale: float) -> list:
     lon0, lat0, spread = REGIONS[int(rng.next() * len(REGIONS)) % len(REGIONS)]
+    spread = spread * scale
     cx = lon0 + (rng.next() - 0.5) * spread
     cy = lat0 + (rng.next() - 0.5) * spread
     w, h = 50.0 + rng.next() * 1450.0, 50.0 + rng.next() * 800.0
@@ -136,6 +137,8 @@ def write_synthetic_mirror(mirror: Path, n: int, datasets: int = 2, seed: int = 
     """`<mirror>/synthetic_<x>/pv.geojson`: n polygons in all; every dataset after the first repeats, shifted
     by about 2 m, a tenth of the first's."""
     rng, shared = XorShift(seed), []
+    # regions grow above 1M polygons so the density stays that of 1M (nodes/pv/src/synthetic.rs says why)
+    scale = max(math.sqrt(n / 1e6), 1.0)
     names = synthetic_names(datasets)
     for d, name in enumerate(names):
         count = n - n // len(names) * (len(names) - 1) if d + 1 == len(names) else n // len(names)
@@ -146,7 +149,7 @@ def write_synthetic_mirror(mirror: Path, n: int, datasets: int = 2, seed: int = 
                 if d > 0 and i < len(shared):
                     ring = [(x + 0.00002, y + 0.00001) for x, y in shared[i]]
                 else:
-                    ring = synthetic_polygon(rng)
+                    ring = synthetic_polygon(rng, scale)
                     if d == 0 and i % 10 == 0:
                         shared.append(ring)
                 coords = ",".join(f"[{x:.7f},{y:.7f}]" for x, y in ring)

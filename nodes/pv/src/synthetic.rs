@@ -1,6 +1,13 @@
 //! Synthetic PV datasets for benchmarks: N polygons shaped like solar farms (rotated rectangles of 50 m to
 //! 1.5 km), clustered around real PV regions, in two datasets that overlap by about 10% (so dedup has
 //! work to do). Deterministic for a given N and seed.
+//!
+//! Up to 1M polygons the regions have a fixed size. Above that they grow with N (their sides by
+//! `sqrt(N / 1M)`), so the density, and with it the neighbours of each polygon, stays that of 1M: with
+//! fixed regions 10M polygons would cover Japan's about nine times over, and the candidate pairs of the
+//! dedup would grow with the square of N, which measures the data rather than the code. The datasets of
+//! N <= 1M are the same as before regions grew. This holds up to about 11M polygons: beyond that regions
+//! start to overlap one another (Spain and Germany first), and past about 140M Australia's reaches the pole.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -30,8 +37,10 @@ impl Rng {
     }
 }
 
-fn polygon(rng: &mut Rng) -> (f64, f64, Vec<(f64, f64)>) {
+/// A polygon in a region whose sides are scaled by `scale`.
+fn polygon(rng: &mut Rng, scale: f64) -> (f64, f64, Vec<(f64, f64)>) {
     let (lon0, lat0, spread) = REGIONS[(rng.next() * REGIONS.len() as f64) as usize % REGIONS.len()];
+    let spread = spread * scale;
     let (cx, cy) = (lon0 + (rng.next() - 0.5) * spread, lat0 + (rng.next() - 0.5) * spread);
     let (w, h) = (50.0 + rng.next() * 1450.0, 50.0 + rng.next() * 800.0);
     let angle = rng.next() * std::f64::consts::PI;
@@ -71,6 +80,7 @@ pub fn manifest(datasets: usize) -> String {
 /// `n` polygons in all; every dataset after the first repeats, slightly shifted, a tenth of the first's.
 pub fn write_mirror(mirror: &Path, n: usize, datasets: usize, seed: u64) -> Result<()> {
     let mut rng = Rng(seed | 1);
+    let scale = (n as f64 / 1e6).sqrt().max(1.0);
     let mut shared = Vec::new();
     let names = dataset_names(datasets);
     let k = names.len();
@@ -85,7 +95,7 @@ pub fn write_mirror(mirror: &Path, n: usize, datasets: usize, seed: u64) -> Resu
                 let r: &Vec<(f64, f64)> = &shared[i];
                 r.iter().map(|(x, y)| (x + 0.00002, y + 0.00001)).collect()
             } else {
-                let (_, _, ring) = polygon(&mut rng);
+                let (_, _, ring) = polygon(&mut rng, scale);
                 if d == 0 && i % 10 == 0 {
                     shared.push(ring.clone());
                 }
