@@ -120,10 +120,8 @@ pub fn locate(t: &Table, countries: &Table, method: CountryMethod, max_distance_
         (!a.is_null(c)).then(|| a.value(c))
     }
     // batch by batch: the output shares the input's columns and adds four (no copy of the table)
-    let empty = [RecordBatch::new_empty(t.schema().clone())];
-    let batches = if t.batches().is_empty() { &empty[..] } else { t.batches() };
-    let (mut out, mut counts, mut farthest) = (Vec::with_capacity(batches.len()), BTreeMap::new(), 0.0f64);
-    for batch in batches {
+    let (mut counts, mut farthest) = (BTreeMap::new(), 0.0f64);
+    let out = geom::map_batches(t, |batch| {
         let (lat, lon): (Float64Array, Float64Array) = (column(batch, "centroid_lat")?, column(batch, "centroid_lon")?);
         // (country index, method, distance in m)
         let found: Vec<Option<(usize, &str, f64)>> = (0..batch.num_rows())
@@ -151,8 +149,8 @@ pub fn locate(t: &Table, countries: &Table, method: CountryMethod, max_distance_
         let b = with_column(batch, Field::new("country_code", DataType::Utf8, true), Arc::new(code))?;
         let b = with_column(&b, Field::new("country_name", DataType::Utf8, true), Arc::new(name))?;
         let b = with_column(&b, Field::new("country_method", DataType::Utf8, true), Arc::new(how))?;
-        out.push(with_column(&b, Field::new("country_distance_m", DataType::Float64, true), Arc::new(distance))?);
-    }
+        with_column(&b, Field::new("country_distance_m", DataType::Float64, true), Arc::new(distance))
+    })?;
     let by = |m: Option<&str>| counts.get(&m).copied().unwrap_or(0);
     let nearest_note = match method {
         CountryMethod::Nearest => format!(", {} by the nearest border (at most {farthest:.0} m)", by(Some("nearest"))),
@@ -163,7 +161,7 @@ pub fn locate(t: &Table, countries: &Table, method: CountryMethod, max_distance_
         by(Some("within")),
         by(None)
     ));
-    Ok(Table::try_new(out[0].schema(), out)?)
+    Ok(out)
 }
 
 /// The deduplicated installations with their country: the `prepared_pv_dedup` table.

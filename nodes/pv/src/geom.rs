@@ -339,6 +339,15 @@ pub fn boxes<'a>(
     geoms.into_iter().enumerate().filter_map(|(i, g)| Some((i, bbox(g.as_ref()?)?)))
 }
 
+/// A table made batch by batch from `t`'s: `f` gets each batch in order (a table without batches gives it
+/// one empty batch, so the result has `f`'s columns all the same).
+pub fn map_batches(t: &Table, mut f: impl FnMut(&RecordBatch) -> Result<RecordBatch>) -> Result<Table> {
+    let empty = [RecordBatch::new_empty(t.schema().clone())];
+    let batches = if t.batches().is_empty() { &empty[..] } else { t.batches() };
+    let out = batches.iter().map(&mut f).collect::<Result<Vec<_>>>()?;
+    Ok(Table::try_new(out[0].schema(), out)?)
+}
+
 /// Replaces (or appends) column `name` of `batch`.
 pub fn with_column(batch: &RecordBatch, field: Field, array: ArrayRef) -> Result<RecordBatch> {
     let schema = batch.schema();
@@ -360,6 +369,18 @@ pub fn with_column(batch: &RecordBatch, field: Field, array: ArrayRef) -> Result
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use geo::polygon;
+
+    #[test]
+    fn a_table_without_batches_is_mapped_to_the_new_columns() {
+        let t = Table::try_new(Arc::new(arrow_schema::Schema::new(vec![wkb_field("g", true, None)])), vec![]).unwrap();
+        let added = Field::new("n", DataType::Float64, true);
+        let out =
+            map_batches(&t, |b| with_column(b, added.clone(), arrow_array::new_null_array(&DataType::Float64, 0)));
+        let out = out.unwrap();
+        assert_eq!((out.num_rows(), out.schema().fields().len()), (0, 2));
+    }
 
     #[test]
     fn a_row_is_found_in_its_batch_past_empty_ones() {
@@ -369,8 +390,6 @@ mod tests {
         let at = RowIndex::of(&Table::try_new(b.schema(), parts).unwrap());
         assert_eq!([0, 1, 2].map(|i| at.locate(i)), [(2, 0), (2, 1), (4, 0)]);
     }
-    use super::*;
-    use geo::polygon;
 
     use crate::testing::square as cell;
 

@@ -6,13 +6,13 @@ use anyhow::{Result, bail};
 use std::fmt::Write as _;
 
 use arrow_array::builder::StringBuilder;
-use arrow_array::{Array, Float64Array, RecordBatch};
+use arrow_array::{Array, Float64Array};
 use arrow_schema::{DataType, Field};
 use flowrun_engine::{Table, node};
 use h3o::{CellIndex, LatLng, Resolution};
 use rayon::prelude::*;
 
-use super::geom::with_column;
+use super::geom::{map_batches, with_column};
 
 /// Name of the H3 column at `res`.
 pub fn h3_column(res: i64) -> String {
@@ -31,35 +31,29 @@ pub fn resolution(res: i64) -> Result<Resolution> {
 pub fn index_table(t: &Table, res: i64) -> Result<Table> {
     let r = resolution(res)?;
     let field = Field::new(h3_column(res), DataType::Utf8, true);
-    // a table without batches gets its column all the same
-    let none = [RecordBatch::new_empty(t.schema().clone())];
-    let batches = if t.batches().is_empty() { &none[..] } else { t.batches() }
-        .iter()
-        .map(|batch| {
-            let col = |n: &str| super::geom::column::<Float64Array>(batch, n);
-            let (lat, lon) = (col("centroid_lat")?, col("centroid_lon")?);
-            let cells: Vec<Option<CellIndex>> = (0..batch.num_rows())
-                .into_par_iter()
-                .map(|i| {
-                    let ll = (lat.is_valid(i) && lon.is_valid(i)).then(|| LatLng::new(lat.value(i), lon.value(i)));
-                    Some(ll?.ok()?.to_cell(r))
-                })
-                .collect();
-            // a cell's string is its index in lower-case hex (15 characters), written straight into the column
-            let mut hex = StringBuilder::with_capacity(cells.len(), cells.len() * 15);
-            for c in &cells {
-                match c {
-                    Some(c) => {
-                        write!(hex, "{c}")?;
-                        hex.append_value("");
-                    }
-                    None => hex.append_null(),
+    map_batches(t, |batch| {
+        let col = |n: &str| super::geom::column::<Float64Array>(batch, n);
+        let (lat, lon) = (col("centroid_lat")?, col("centroid_lon")?);
+        let cells: Vec<Option<CellIndex>> = (0..batch.num_rows())
+            .into_par_iter()
+            .map(|i| {
+                let ll = (lat.is_valid(i) && lon.is_valid(i)).then(|| LatLng::new(lat.value(i), lon.value(i)));
+                Some(ll?.ok()?.to_cell(r))
+            })
+            .collect();
+        // a cell's string is its index in lower-case hex (15 characters), written straight into the column
+        let mut hex = StringBuilder::with_capacity(cells.len(), cells.len() * 15);
+        for c in &cells {
+            match c {
+                Some(c) => {
+                    write!(hex, "{c}")?;
+                    hex.append_value("");
                 }
+                None => hex.append_null(),
             }
-            with_column(batch, field.clone(), Arc::new(hex.finish()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Table::try_new(batches[0].schema(), batches)?)
+        }
+        with_column(batch, field.clone(), Arc::new(hex.finish()))
+    })
 }
 
 /// Indexes every installation with the H3 cell of its centroid at `h3_resolution` (default 12).

@@ -424,10 +424,7 @@ pub fn standardized(raw: &Table, datasets: &Dataset) -> Result<Table> {
 /// batch by batch (the columns are shared, not copied; geometries are decoded a batch at a time).
 pub fn measure_table(t: &Table) -> Result<Table> {
     let gi = geometry_index(t)?;
-    let empty = [RecordBatch::new_empty(t.schema().clone())];
-    let batches = if t.batches().is_empty() { &empty[..] } else { t.batches() };
-    let mut out = Vec::with_capacity(batches.len());
-    for batch in batches {
+    geom::map_batches(t, |batch| {
         let geoms = geometries(batch.column(gi))?;
         // per row: area, centroid latitude, centroid longitude
         let stats: Vec<[Option<f64>; 3]> = geoms
@@ -443,9 +440,8 @@ pub fn measure_table(t: &Table) -> Result<Table> {
         let column = |k: usize| -> ArrayRef { Arc::new(stats.iter().map(|s| s[k]).collect::<Float64Array>()) };
         let b = geom::with_column(batch, Field::new("area_m2", DataType::Float64, true), column(0))?;
         let b = geom::with_column(&b, Field::new("centroid_lat", DataType::Float64, true), column(1))?;
-        out.push(geom::with_column(&b, Field::new("centroid_lon", DataType::Float64, true), column(2))?);
-    }
-    Ok(Table::try_new(out[0].schema(), out)?)
+        geom::with_column(&b, Field::new("centroid_lon", DataType::Float64, true), column(2))
+    })
 }
 
 /// Geometry statistics: geodesic area and centroid.
