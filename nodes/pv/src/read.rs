@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::builder::{ArrayBuilder, BinaryBuilder, StringBuilder};
+use arrow_array::{Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use flowrun_engine::{Table, ctx, node};
 use geo::{Contains, Coord, Geometry, LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon};
@@ -176,8 +177,9 @@ pub fn parse_number(s: &str, thousands: Option<&str>) -> Option<f64> {
 pub struct FileTable {
     /// Attribute columns, in file order.
     pub attrs: IndexMap<String, Column>,
-    /// WKB in the file's CRS, one per row (`None`: no geometry).
-    pub geoms: Vec<Option<Vec<u8>>>,
+    /// WKB in the file's CRS, one per row (null: no geometry), end to end in one buffer (not one allocation
+    /// per row: at millions of rows that was most of the reader's memory).
+    pub geoms: BinaryArray,
     /// The CRS the file declares (GeoJSON `crs` member, `.prj`, GeoPackage SRS) and where it says so.
     pub declared_crs: Option<(String, &'static str)>,
 }
@@ -241,7 +243,7 @@ impl JsonColumns {
 /// What a GeoJSON file's features go into, one at a time as the parser reaches them.
 struct GeoJsonSink<'a> {
     columns: JsonColumns,
-    geoms: Vec<Option<Vec<u8>>>,
+    geoms: BinaryBuilder,
     /// The top-level `crs` member, wherever it stands in the file.
     crs: Option<J>,
     /// The manifest's id column: kept as the text the file writes (a 20-digit OSM id is not an i64).
@@ -368,7 +370,7 @@ impl<'de> serde::de::Visitor<'de> for FeatureSeed<'_, '_> {
                 FeatureMember::Other => drop(map.next_value::<serde::de::IgnoredAny>()?),
             }
         }
-        sink.geoms.push(wkb);
+        sink.geoms.append_option(wkb);
         sink.columns.end_row(row + 1);
         Ok(())
     }
@@ -763,7 +765,8 @@ fn read_geojson_up_to(path: &Path, id: Option<&str>, in_memory: u64) -> Result<F
     use serde::de::DeserializeSeed;
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).ok();
-    let mut sink = GeoJsonSink { columns: JsonColumns::default(), geoms: Vec::new(), crs: None, id, nodes: Vec::new() };
+    let mut sink =
+        GeoJsonSink { columns: JsonColumns::default(), geoms: BinaryBuilder::new(), crs: None, id, nodes: Vec::new() };
     let mut progress = ProgressReader { inner: file, done: 0, total: size };
     let parsed = if size.is_some_and(|s| s <= in_memory) {
         // serde_json parses a slice faster than a reader (1.3x less CPU on a synthetic 18 MB file)
@@ -778,7 +781,7 @@ fn read_geojson_up_to(path: &Path, id: Option<&str>, in_memory: u64) -> Result<F
     };
     parsed.map_err(|e| anyhow!("{e} (truncated or invalid GeoJSON?)"))?;
     let declared_crs = sink.declared_crs()?.map(|c| (c, "the GeoJSON `crs` member"));
-    Ok(FileTable { attrs: sink.columns.into_columns(), geoms: sink.geoms, declared_crs })
+    Ok(FileTable { attrs: sink.columns.into_columns(), geoms: finish(sink.geoms), declared_crs })
 }
 
 struct ProgressReader<R> {
@@ -951,7 +954,7 @@ pub fn read_shapefile(path: &Path, encoding: Option<&str>) -> Result<FileTable> 
     let shape_reader = shapefile::ShapeReader::new(shp).map_err(|e| anyhow!("{e}"))?;
     let mut reader = shapefile::Reader::new(shape_reader, dbf_reader);
     let mut columns = JsonColumns::with_names(&field_names);
-    let mut geoms = Vec::new();
+    let mut geoms = BinaryBuilder::new();
     let (mut orphans, mut orphan_records) = (0, Vec::new());
     // per column: unreadable cells, and the first one
     let mut unreadable: Vec<(usize, Option<String>)> = vec![(0, None); field_names.len()];
@@ -959,7 +962,7 @@ pub fn read_shapefile(path: &Path, encoding: Option<&str>) -> Result<FileTable> 
     for (i, item) in reader.iter_shapes_and_records_as::<shapefile::Shape, LenientRecord>().enumerate() {
         let (shape, LenientRecord(values)) = item.map_err(|e| anyhow!("record {i}: {e}"))?;
         let before = orphans;
-        geoms.push(shape_to_geo(shape, &mut orphans).map(|g| to_wkb(&g)));
+        geoms.append_option(shape_to_geo(shape, &mut orphans).map(|g| to_wkb(&g)));
         if orphans > before && orphan_records.len() < 5 {
             orphan_records.push(i.to_string());
         }
@@ -1007,7 +1010,7 @@ pub fn read_shapefile(path: &Path, encoding: Option<&str>) -> Result<FileTable> 
             if orphans > orphan_records.len() { ", ..." } else { "" }
         ));
     }
-    Ok(FileTable { attrs: columns.into_columns(), geoms, declared_crs })
+    Ok(FileTable { attrs: columns.into_columns(), geoms: finish(geoms), declared_crs })
 }
 
 /// The feature layers of a GeoPackage: (table, geometry column, srs id).
@@ -1067,7 +1070,7 @@ fn read_gpkg_layer(conn: &rusqlite::Connection, table: &str, column: &str, srs_i
     let geom_idx = names.iter().position(|n| n == column).context("geometry column missing")?;
     let attr_names: Vec<String> = names.iter().filter(|n| *n != column).cloned().collect();
     let mut columns = JsonColumns::with_names(&attr_names);
-    let mut geoms = Vec::new();
+    let mut geoms = BinaryBuilder::new();
     let mut rows = stmt.query([])?;
     let mut row_no = 0;
     while let Some(row) = rows.next()? {
@@ -1075,7 +1078,7 @@ fn read_gpkg_layer(conn: &rusqlite::Connection, table: &str, column: &str, srs_i
             use rusqlite::types::ValueRef as V;
             let v = row.get_ref(i)?;
             if i == geom_idx {
-                geoms.push(match v {
+                geoms.append_option(match v {
                     V::Blob(b) => Some(gpkg_to_wkb(b).with_context(|| format!("layer `{table}`, row {row_no}"))?),
                     _ => None,
                 });
@@ -1091,6 +1094,7 @@ fn read_gpkg_layer(conn: &rusqlite::Connection, table: &str, column: &str, srs_i
         }
         row_no += 1;
     }
+    let geoms = finish(geoms);
     Ok(FileTable { attrs: columns.into_columns(), geoms, declared_crs: Some((crs, "the GeoPackage layer's SRS")) })
 }
 
@@ -1160,7 +1164,7 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
     // each column's cells (trimmed; empty = missing) end to end in one string, typed column by column after:
     // no allocation per row or per cell
     let mut columns: Vec<(String, Vec<usize>)> = vec![(String::new(), Vec::new()); headers.len()];
-    let mut geoms = Vec::new();
+    let mut geoms = BinaryBuilder::new();
     // coordinates that are there but not numbers: how many, and the first
     let (mut unreadable, mut example) = (0, None);
     let mut rec = csv::StringRecord::new();
@@ -1178,7 +1182,7 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
             v
         };
         let (x, y) = (num(ix), num(iy));
-        geoms.push(match (x, y) {
+        geoms.append_option(match (x, y) {
             (Some(x), Some(y)) => Some(to_wkb(&Geometry::Point(Point::new(x, y)))),
             _ => None,
         });
@@ -1210,7 +1214,14 @@ pub fn read_csv_points(path: &Path, d: &Dataset) -> Result<FileTable> {
             (h, col)
         })
         .collect();
-    Ok(FileTable { attrs, geoms, declared_crs: None })
+    Ok(FileTable { attrs, geoms: finish(geoms), declared_crs: None })
+}
+
+/// A reader's geometries as one array, without the builder's spare capacity (up to half of it).
+fn finish(mut geoms: BinaryBuilder) -> BinaryArray {
+    let mut geoms = geoms.finish();
+    geoms.shrink_to_fit();
+    geoms
 }
 
 /// Reads one file of a dataset: one table, or one per GeoPackage layer (with the layer's name).
@@ -1252,8 +1263,9 @@ fn file_crs(d: &Dataset, declared: Option<(String, &'static str)>) -> Result<(St
 pub fn raw_table(files: &DatasetFiles) -> Result<Table> {
     let d = &files.dataset;
     let mut attrs: IndexMap<String, Column> = IndexMap::new();
-    let mut geoms: Vec<Option<Vec<u8>>> = Vec::new();
-    let mut sources: Vec<String> = Vec::new();
+    // each file's geometries as read (one file, the usual case, is not copied again), the file's name per row
+    let mut geoms: Vec<BinaryArray> = Vec::new();
+    let mut sources = StringBuilder::new();
     let mut rows: Vec<i64> = Vec::new();
     let mut crs: BTreeMap<String, (String, String)> = BTreeMap::new(); // file -> (spec, origin)
     for f in &files.files {
@@ -1268,7 +1280,7 @@ pub fn raw_table(files: &DatasetFiles) -> Result<Table> {
             Crs::parse(&spec)
                 .with_context(|| format!("dataset `{}`, file {name}: its CRS (from {origin}) cannot be used", d.key))?;
             crs.insert(name.clone(), (spec, origin));
-            let before = geoms.len();
+            let before = rows.len();
             let n = t.geoms.len();
             for (col_name, col) in t.attrs {
                 let col_name = match col_name.as_str() {
@@ -1287,8 +1299,8 @@ pub fn raw_table(files: &DatasetFiles) -> Result<Table> {
                     col.push_nulls(before + n - len);
                 }
             }
-            geoms.extend(t.geoms);
-            sources.extend(std::iter::repeat_n(name, n));
+            geoms.push(t.geoms);
+            (0..n).for_each(|_| sources.append_value(&name));
             rows.extend(0..n as i64);
         }
     }
@@ -1300,11 +1312,19 @@ pub fn raw_table(files: &DatasetFiles) -> Result<Table> {
         columns.push(arr);
     }
     fields.push(wkb_field("geometry", true, None));
-    columns.push(Arc::new(geoms.iter().map(|g| g.as_deref()).collect::<arrow_array::BinaryArray>()));
+    columns.push(match geoms.len() {
+        0 => Arc::new(BinaryArray::new_null(0)),
+        1 => Arc::new(geoms.remove(0)),
+        _ => arrow_select::concat::concat(&geoms.iter().map(|g| g as &dyn Array).collect::<Vec<_>>())
+            .with_context(|| format!("dataset `{}`: its geometries do not fit one column (2 GiB of WKB)", d.key))?,
+    });
     fields.push(Field::new("source_file", DataType::Utf8, false));
-    columns.push(Arc::new(StringArray::from(sources)));
+    columns.push(Arc::new(sources.finish()));
     fields.push(Field::new("source_row", DataType::Int64, false));
     columns.push(Arc::new(Int64Array::from(rows)));
+    // the table's columns are sliced, not copied, all the way to the lake: no builder's spare capacity
+    // rides along
+    columns.iter_mut().for_each(Array::shrink_to_fit);
     let meta = HashMap::from([
         (SOURCE_CRS.to_string(), serde_json::to_string(&crs)?),
         ("flowrun.dataset".to_string(), d.key.clone()),
@@ -1355,7 +1375,7 @@ mod tests {
         assert!(matches!(&memory.attrs["name"], Column::Text(v) if v[0].as_deref() == Some("a\u{e9}")));
         assert!(matches!(&memory.attrs["new"], Column::Bool(v) if v[..] == [None, None, Some(true), None]));
         let geoms: Vec<Option<Geometry<f64>>> =
-            memory.geoms.iter().map(|g| g.as_ref().map(|w| crate::geom::from_wkb(w).unwrap().unwrap())).collect();
+            memory.geoms.iter().map(|g| g.map(|w| crate::geom::from_wkb(w).unwrap().unwrap())).collect();
         let square = Polygon::new(LineString::from(vec![(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 0.0)]), vec![]);
         assert_eq!(geoms[0], Some(Geometry::Polygon(square)), "z dropped");
         assert!(matches!(&geoms[1], Some(Geometry::GeometryCollection(c)) if c.0.len() == 2));
@@ -1416,7 +1436,7 @@ mod tests {
                 format!(r#"{{"type": "FeatureCollection", "features": [{{"type": "Feature", "geometry": {case}}}]}}"#);
             std::fs::write(&p, text).unwrap();
             let read = read_geojson(&p, None).unwrap();
-            assert_eq!(read.geoms[0].as_deref(), Some(expected.as_slice()), "{case}");
+            assert_eq!(read.geoms.value(0), expected.as_slice(), "{case}");
         }
         // a polygon with holes but no exterior is empty (the wkb crate would count no ring, then write the
         // holes); the other polygon of its multipolygon stays whole; a foreign `geometries` member is ignored
@@ -1425,7 +1445,7 @@ mod tests {
                 r#"{{"type": "FeatureCollection", "features": [{{"type": "Feature", "geometry": {geometry}}}]}}"#
             );
             std::fs::write(&p, text).unwrap();
-            let wkb = read_geojson(&p, None).unwrap().geoms[0].clone().unwrap();
+            let wkb = read_geojson(&p, None).unwrap().geoms.value(0).to_vec();
             crate::geom::from_wkb(&wkb).unwrap()
         };
         let square = || Polygon::new(LineString::from(vec![(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 0.0)]), vec![]);
@@ -1517,9 +1537,9 @@ mod tests {
         );
         let t = read_csv_points(&p, &d).unwrap();
         assert_eq!(t.geoms.len(), 2, "every row is kept; the second has no coordinates");
-        assert!(t.geoms[1].is_none());
+        assert!(t.geoms.is_null(1));
         assert_eq!(
-            crate::geom::from_wkb(t.geoms[0].as_ref().unwrap()).unwrap(),
+            crate::geom::from_wkb(t.geoms.value(0)).unwrap(),
             Some(Geometry::Point(Point::new(651410.0, 313177.0)))
         );
         assert!(matches!(&t.attrs["Ref ID"], Column::Text(v) if v[0].as_deref() == Some("00123")));
