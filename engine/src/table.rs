@@ -79,6 +79,17 @@ impl Table {
         &self.batches
     }
 
+    /// The batches, each handed over once: a table nobody else holds gives them away, so that the memory of
+    /// each goes when the caller drops it (a node that takes its input by value can filter or transform it
+    /// batch by batch in place of holding it whole beside its result); a shared table's are cloned.
+    pub fn into_batches(mut self) -> impl Iterator<Item = RecordBatch> {
+        let empty = RecordBatch::new_empty(self.schema.clone());
+        (0..self.batches.len()).map(move |k| match Arc::get_mut(&mut self.batches) {
+            Some(batches) => std::mem::replace(&mut batches[k], empty.clone()),
+            None => self.batches[k].clone(),
+        })
+    }
+
     /// Total row count.
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(|b| b.num_rows()).sum()

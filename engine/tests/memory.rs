@@ -10,9 +10,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use arrow_array::{ArrayRef, Int64Array, RecordBatch};
+use flowrun_cache::Store;
 use flowrun_engine::flow::{self, BuildOptions, SourceFile};
 use flowrun_engine::schedule::{self, RunOptions, RunStatus};
-use flowrun_engine::{Collect, Parallel, node};
+use flowrun_engine::{Collect, Parallel, Table, node};
 
 struct Counting;
 
@@ -114,4 +116,38 @@ fn a_fan_out_item_stays_within_its_memory_budget() {
     assert_eq!(runs, 10_002);
     eprintln!("bytes per fan-out item run: {run:.0}");
     assert!(run < ITEM_BUDGET, "bytes per fan-out item run: {run:.0}");
+}
+
+#[node]
+fn numbers_table(n: i64) -> Table {
+    let column: ArrayRef = std::sync::Arc::new(Int64Array::from_iter_values(0..n));
+    Table::from_batch(RecordBatch::try_from_iter([("x", column)]).unwrap())
+}
+
+#[node]
+fn rows(numbers_table: &Table) -> i64 {
+    numbers_table.num_rows() as i64
+}
+
+/// The most references any column of the table has once its batches are taken: 1 when the engine handed
+/// the table over (its slot and the first reader no longer hold it).
+#[node]
+fn owners(numbers_table: Table, rows: i64) -> i64 {
+    assert_eq!(rows, 10);
+    numbers_table.into_batches().map(|b| std::sync::Arc::strong_count(b.column(0)) as i64).max().unwrap()
+}
+
+#[test]
+fn the_last_reader_of_a_table_is_given_it() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let text = "[flow]\nname = \"owned\"\noutputs = [\"owners\"]\n[config]\nn = 10\n[nodes.numbers_table]\n\
+                [nodes.rows]\n[nodes.owners]\n";
+    let f = flow::build(SourceFile::new("owned.toml", text.to_string()), &BuildOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (jobs, store) in [(1, None), (2, None), (2, Some(std::sync::Arc::new(Store::open(dir.path()).unwrap())))] {
+        let report = schedule::run(&f, &RunOptions { jobs, store, ..RunOptions::default() }).unwrap();
+        assert_eq!(report.status, RunStatus::Ok);
+        let owners = report.output("owners")[0].value.as_ref().unwrap().load().unwrap();
+        assert_eq!(owners.downcast_ref::<i64>(), Some(&1), "jobs {jobs}: the table was not handed over");
+    }
 }

@@ -432,13 +432,8 @@ pub fn materialize(
     flow_path: &str,
 ) -> Result<MaterializeReport> {
     let started = Instant::now();
-    // the nodes' freed memory goes back to the system before tables are loaded again: glibc keeps freed
-    // blocks below its (dynamic) mmap threshold for reuse, gigabytes of them after 10M rows
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap memory to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    // the nodes' freed memory goes back to the system before tables are loaded again
+    flowrun_engine::schedule::return_free_memory();
     let mut out = MaterializeReport { lake: lake.map(|l| l.describe()), ..Default::default() };
     // values are loaded from the cache only for targets that changed: an unchanged rerun reads no table
     let mut lake_targets: Vec<(LakeTarget, &OutputItem, String, blake3::Hash)> = Vec::new();

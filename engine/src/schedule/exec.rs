@@ -245,10 +245,24 @@ impl<'p, 'f> Exec<'p, 'f> {
                     match mode {
                         EdgeMode::Direct => {
                             let owner = self.instance_of(inst, self.plan.nodes[node].block);
-                            match owner.members[self.plan.nodes[node].local].slot.lock().unwrap().clone() {
-                                Slot::Ok(done) => (InputSource::Node(name), known(done, name)),
-                                Slot::Deferred => return Err(None),
-                                _ => return Err(Some(name.to_string())),
+                            let member = &owner.members[self.plan.nodes[node].local];
+                            let mut slot = member.slot.lock().unwrap();
+                            // its last reader takes the value out of the slot (every other use is over): a
+                            // node that takes it by value then holds the only reference, and can free it
+                            // batch by batch while it makes its result
+                            if let Slot::Ok(done) = &mut *slot
+                                && owner.block == inst.block
+                                && member.uses.load(Ordering::Acquire) == 1
+                                && (!self.plan.nodes[node].pinned || done.stored.is_some())
+                            {
+                                let value = done.value.take();
+                                (InputSource::Node(name), known(Done { value, ..done.clone() }, name))
+                            } else {
+                                match slot.clone() {
+                                    Slot::Ok(done) => (InputSource::Node(name), known(done, name)),
+                                    Slot::Deferred => return Err(None),
+                                    _ => return Err(Some(name.to_string())),
+                                }
                             }
                         }
                         EdgeMode::Item => (InputSource::Item(name), known(self.item_of(inst, node).clone(), name)),
@@ -358,8 +372,12 @@ impl<'p, 'f> Exec<'p, 'f> {
             let output = OutputItem { node: fnode.name.clone(), item, value, identity: done.identity };
             self.outputs.lock().unwrap().push((pn.id, inst.path.clone(), output));
         }
+        let long = report.status == Status::Executed && report.duration >= super::LONG_NODE;
         self.report(report);
         self.finish(&inst, local, outcome, ready);
+        if long {
+            super::return_free_memory();
+        }
     }
 
     /// A node run is over: the observer hears of it, the run's report keeps it.
@@ -397,6 +415,8 @@ impl<'p, 'f> Exec<'p, 'f> {
             return Slot::Ok(Done { value: None, identity: None, stored: None });
         }
         let Some(values) = self.load_args(&args, report) else { return Slot::Failed };
+        // the call holds the only references it was given (see `gather`)
+        drop(args);
         let (result, deps) = self.execute(fnode, values, report);
         let outcome = match result {
             Ok(value) => {

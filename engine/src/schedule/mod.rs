@@ -15,7 +15,7 @@ mod plan;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flowrun_cache::{NodeRunRecord, RunRecord, Store};
 use serde::Serialize;
@@ -364,6 +364,23 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// A node that ran at least this long is followed by [`return_free_memory`]: such a node allocates and frees
+/// in bulk, and the call costs nothing beside it.
+const LONG_NODE: Duration = Duration::from_millis(500);
+
+/// Hands the free memory of the process's heap back to the system (glibc's `malloc_trim`; elsewhere
+/// nothing). glibc keeps freed blocks for reuse when they are smaller than its (dynamic) mmap threshold, and
+/// a node that works batch by batch or decodes row by row frees gigabytes of them: kept, they count in the
+/// process's memory through every later node. The run calls it after each long node, and the lake before
+/// it loads the run's tables again.
+pub fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]
