@@ -5,18 +5,10 @@
 use std::sync::Arc;
 
 use flowrun_engine::flow::{self, BuildOptions, Diagnostics, SourceFile};
-use flowrun_engine::{Collect, Parallel, node};
+use flowrun_engine::{Collect, node};
 use proptest::prelude::*;
 
-#[node]
-fn numbers(n: i64) -> Parallel<i64> {
-    (1..=n).collect()
-}
-
-#[node]
-fn square(numbers: i64) -> i64 {
-    numbers * numbers
-}
+mod common;
 
 #[node]
 fn total(square: Collect<i64>) -> i64 {

@@ -9,17 +9,9 @@ use flowrun_engine::flow::{self, BuildOptions, SourceFile};
 use flowrun_engine::schedule::{self, RunOptions, RunReport, RunStatus};
 use flowrun_engine::{Collect, Parallel, Reason, Status, Value, node};
 
+mod common;
+
 static SLOW_CALLS: AtomicUsize = AtomicUsize::new(0);
-
-#[node]
-fn numbers(n: i64) -> Parallel<i64> {
-    (1..=n).collect()
-}
-
-#[node]
-fn square(numbers: i64) -> i64 {
-    numbers * numbers
-}
 
 #[node]
 fn offset(square: i64, shift: i64) -> anyhow::Result<i64> {
@@ -102,14 +94,19 @@ fn sizes(site_size: Collect<i64>) -> Vec<i64> {
 }
 
 fn build(src: &str, set: &[(&str, &str)]) -> flowrun_engine::Flow {
-    let opts = BuildOptions {
-        set_config: set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ..BuildOptions::default()
-    };
-    match flow::build(SourceFile::new("test.toml", src), &opts) {
-        Ok(f) => f,
-        Err(d) => panic!("{}", d.render(false)),
-    }
+    let set_config = set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    build_with(src, BuildOptions { set_config, ..BuildOptions::default() })
+}
+
+fn build_with(src: &str, opts: BuildOptions<'_>) -> flowrun_engine::Flow {
+    flow::build(SourceFile::new("test.toml", src), &opts).unwrap_or_else(|d| panic!("{}", d.render(false)))
+}
+
+/// A store in a directory of its own, removed when the directory is dropped.
+fn store() -> (tempfile::TempDir, Arc<Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    (dir, store)
 }
 
 fn run(f: &flowrun_engine::Flow, jobs: usize, store: Option<Arc<Store>>) -> RunReport {
@@ -179,8 +176,7 @@ fn a_stored_target_is_handed_on_from_the_store_and_one_without_a_store_from_memo
     // memory goes with the consumers), loaded back when asked for
     let src = FANOUT.replace(r#"outputs = ["total"]"#, r#"outputs = ["square", "total"]"#);
     let f = build(&src, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let (_dir, store) = store();
     let r = run(&f, 2, Some(store.clone()));
     let squares = r.output("square");
     assert_eq!(squares.len(), 10);
@@ -202,8 +198,7 @@ fn a_stored_target_is_handed_on_from_the_store_and_one_without_a_store_from_memo
 
 #[test]
 fn second_run_executes_nothing_and_changes_rerun_exactly_downstream() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let (_dir, store) = store();
     let f = build(FANOUT, &[]);
     let first = run(&f, 2, Some(store.clone()));
     assert_eq!(first.count(Status::Reused), 0);
@@ -230,51 +225,32 @@ fn second_run_executes_nothing_and_changes_rerun_exactly_downstream() {
 }
 
 #[test]
-fn early_cutoff_skips_consumers_of_unchanged_results() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    let src = r#"
+fn forced_nodes_run_every_time_but_downstream_of_the_same_result_is_reused() {
+    for (mode, forced) in [("recompute", flow::CacheMode::Recompute), ("disable", flow::CacheMode::Disable)] {
+        let (_dir, store) = store();
+        let src = format!(
+            r#"
 [flow]
-name = "cutoff"
+name = "{mode}"
 outputs = ["independent"]
 [nodes.independent]
-inputs = { x = "slow_double" }
+inputs = {{ x = "slow_double" }}
 [nodes.slow_double]
-cache = "recompute"
-params = { x = 4 }
-"#;
-    let f = build(src, &[]);
-    run(&f, 1, Some(store.clone()));
-    let r = run(&f, 1, Some(store.clone()));
-    // slow_double is forced to run, produces the same bytes, so its consumer is reused
-    assert_eq!(r.names(Status::Executed), vec!["slow_double"]);
-    assert_eq!(
-        r.nodes.iter().find(|n| &*n.name == "slow_double").unwrap().reasons[..],
-        [Reason::Forced(flow::CacheMode::Recompute)]
-    );
-    assert_eq!(r.names(Status::Reused), vec!["independent"]);
-}
-
-#[test]
-fn disabled_cache_runs_every_time_but_downstream_is_reused() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    let src = r#"
-[flow]
-name = "disabled"
-outputs = ["independent"]
-[nodes.independent]
-inputs = { x = "slow_double" }
-[nodes.slow_double]
-cache = "disable"
-params = { x = 4 }
-"#;
-    let f = build(src, &[]);
-    run(&f, 1, Some(store.clone()));
-    let r = run(&f, 1, Some(store.clone()));
-    assert_eq!(r.names(Status::Executed), vec!["slow_double"]);
-    assert_eq!(r.names(Status::Reused), vec!["independent"]);
-    assert!(store.entries().unwrap().iter().all(|e| e.entry.node != "slow_double"), "disabled results are not stored");
+cache = "{mode}"
+params = {{ x = 4 }}
+"#
+        );
+        let f = build(&src, &[]);
+        run(&f, 1, Some(store.clone()));
+        let r = run(&f, 1, Some(store.clone()));
+        // slow_double is forced to run, produces the same bytes, so its consumer is reused (early cutoff)
+        assert_eq!(r.names(Status::Executed), vec!["slow_double"]);
+        assert_eq!(r.nodes.iter().find(|n| &*n.name == "slow_double").unwrap().reasons[..], [Reason::Forced(forced)]);
+        assert_eq!(r.names(Status::Reused), vec!["independent"]);
+        // recomputed results are stored, disabled ones are not
+        let stored = store.entries().unwrap().iter().any(|e| e.entry.node == "slow_double");
+        assert_eq!(stored, mode == "recompute", "{mode}");
+    }
 }
 
 #[test]
@@ -306,19 +282,9 @@ params = { x = 1 }
 
 #[test]
 fn a_collector_with_on_item_error_skip_takes_the_items_that_succeeded() {
-    let src = r#"
-[flow]
-name = "partial"
-outputs = ["total"]
-[config]
-n = 8
-shift = 666
-[nodes.total]
-on_item_error = "skip"
-"#;
-    let f = build(src, &[]);
-    let store_dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(store_dir.path()).unwrap());
+    let src = format!("{FANOUT}[nodes.total]\non_item_error = \"skip\"\n");
+    let f = build(&src, &[("n", "8"), ("shift", "666")]);
+    let (_dir, store) = store();
     for jobs in [1, 2] {
         let r = run(&f, jobs, Some(store.clone()));
         assert_eq!(r.status, RunStatus::Partial, "{:?}", r.names(Status::Failed));
@@ -379,8 +345,7 @@ fn jobs_bound_the_threads_of_the_nodes_own_parallel_loops() {
 #[test]
 fn shards_compute_every_item_once_and_the_final_run_only_the_fan_in() {
     let f = build(FANOUT, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let (_dir, store) = store();
     let shard = |k| {
         let opts = RunOptions { jobs: 2, store: Some(store.clone()), shard: Some((k, 2)), ..RunOptions::default() };
         schedule::run(&f, &opts).unwrap()
@@ -436,8 +401,7 @@ fn fragile(x: i64) -> Fragile {
 #[test]
 fn a_panic_in_a_value_types_own_code_is_a_warning_of_its_node() {
     let src = "[flow]\nname = \"v\"\noutputs = [\"fragile\"]\n[config]\nx = 3\n";
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let (_dir, store) = store();
     let r = run(&build(src, &[]), 1, Some(store));
     assert_eq!(r.status, RunStatus::Ok, "the run goes on");
     let w = &r.nodes[0].warnings;
@@ -476,8 +440,7 @@ fn unbrittle(brittle: Brittle) -> i64 {
 fn a_decoder_that_panics_is_a_decode_error_and_the_result_is_recomputed() {
     let src =
         "[flow]\nname = \"b\"\noutputs = [\"unbrittle\"]\n[config]\nx = 3\n[nodes.unbrittle]\ncache = \"recompute\"\n";
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let (_dir, store) = store();
     let first = run(&build(src, &[]), 1, Some(store.clone()));
     assert_eq!(first.status, RunStatus::Ok);
     let w = &first.nodes.iter().find(|n| &*n.name == "brittle").unwrap().warnings;
@@ -491,15 +454,7 @@ fn a_decoder_that_panics_is_a_decode_error_and_the_result_is_recomputed() {
 
 #[test]
 fn fail_fast_cancels_what_has_not_started() {
-    let src = r#"
-[flow]
-name = "ff"
-outputs = ["total"]
-[config]
-n = 20
-shift = 666
-"#;
-    let f = build(src, &[]);
+    let f = build(FANOUT, &[("n", "20"), ("shift", "666")]);
     let r = schedule::run(&f, &RunOptions { fail_fast: true, ..RunOptions::default() }).unwrap();
     assert_eq!(r.status, RunStatus::Failed);
     assert!(r.count(Status::Cancelled) > 0);
@@ -523,8 +478,7 @@ fn hundred_thousand_node_chain_runs() {
 
 #[test]
 fn dry_run_says_what_would_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let (_dir, store) = store();
     let f = build(FANOUT, &[]);
     run(&f, 1, Some(store.clone()));
     let f2 = build(FANOUT, &[("n", "3")]);
@@ -555,21 +509,7 @@ fn registry_with_edited(name: &str) -> &'static flowrun_engine::Registry {
             if d.name != name {
                 return *d;
             }
-            let edited = NodeDef {
-                name: d.name,
-                module: d.module,
-                path: d.path,
-                doc: d.doc,
-                params: d.params,
-                output: d.output,
-                code_version: "an-edited-body",
-                version: d.version,
-                tags: d.tags,
-                call: d.call,
-                file: d.file,
-                line: d.line,
-            };
-            &*Box::leak(Box::new(edited))
+            &*Box::leak(Box::new(NodeDef { code_version: "an-edited-body", ..**d }))
         })
         .collect();
     Box::leak(Box::new(flowrun_engine::Registry::from_defs(defs)))
@@ -577,13 +517,10 @@ fn registry_with_edited(name: &str) -> &'static flowrun_engine::Registry {
 
 #[test]
 fn a_code_version_change_reruns_that_node_and_its_downstream_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let (_dir, store) = store();
     run(&build(FANOUT, &[]), 2, Some(store.clone()));
     let opts = BuildOptions { registry: registry_with_edited("square"), ..BuildOptions::default() };
-    let edited =
-        flow::build(SourceFile::new("test.toml", FANOUT), &opts).unwrap_or_else(|d| panic!("{}", d.render(false)));
-    let report = run(&edited, 2, Some(store.clone()));
+    let report = run(&build_with(FANOUT, opts), 2, Some(store.clone()));
     let executed = report.names(Status::Executed);
     // every square re-runs; their results are equal, so early cutoff spares `offset` and `total`
     assert_eq!(executed.len(), 10, "{executed:?}");
@@ -627,7 +564,7 @@ fn selected_outputs_keep_only_their_materializations() {
     assert_eq!(all.materialize.len(), 2);
     // `--output a` (or `--tag`): that node and its section only, like dbt's --select
     let opts = BuildOptions { outputs: Some(vec!["a".into()]), ..BuildOptions::default() };
-    let one = flow::build(SourceFile::new("test.toml", src), &opts).unwrap_or_else(|d| panic!("{}", d.render(false)));
+    let one = build_with(src, opts);
     assert_eq!(names(&one, &one.targets), ["a"]);
     let kept: Vec<&str> = one.materialize.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(kept, ["a_out"]);
