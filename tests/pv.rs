@@ -238,7 +238,15 @@ fn rerun_runs_nothing_and_h3_resolution_reruns_exactly_its_downstream() {
     let changed = run_pv(&s, &["--set", "h3_resolution=9"]).ok();
     assert_eq!(
         changed.nodes("executed"),
-        vec!["country_stats", "dedup_comparison", "dedup_pairs", "deduplicated", "indexed", "located"],
+        vec![
+            "country_stats",
+            "dedup_comparison",
+            "dedup_decisions",
+            "dedup_pairs",
+            "deduplicated",
+            "indexed",
+            "located"
+        ],
         "only the H3 node and what is downstream of it"
     );
 }

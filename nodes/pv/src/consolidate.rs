@@ -66,7 +66,7 @@ pub fn drop_exact_duplicates(t: &Table, priority: &[String]) -> Result<(Table, B
     for (_, d) in keep.iter().zip(datasets).filter(|(k, _)| !**k) {
         *removed.entry(d.to_string()).or_default() += 1;
     }
-    Ok((super::geom::filter_rows(t, &keep)?, removed))
+    Ok((super::geom::filter_rows(t.clone(), &arrow_array::BooleanArray::from(keep))?, removed))
 }
 
 /// The union of all datasets (by column name) without exact duplicates (same geometry bytes; the record of

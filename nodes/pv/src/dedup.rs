@@ -11,7 +11,8 @@
 //! - `same_cell`: the thesis's original rule, only pairs whose centroids share an H3 cell (`h3_<res>`),
 //!   which misses overlaps that straddle a cell border.
 //!
-//! `dedup_comparison` runs both and reports how many records each removes.
+//! `dedup_decisions` decides both from one list of candidate pairs (`dedup_pairs`), `deduplicated` keeps
+//! the rows of the flow's mode, and `dedup_comparison` reports how many records each removes.
 //!
 //! A candidate pair whose intersection cannot be computed (the boolean operation fails on its geometry) is
 //! counted and reported, with both ids, and both records are kept: it is never taken as "no overlap"
@@ -89,48 +90,57 @@ fn candidates(t: &Table, rows: &WkbRows, datasets: &[u32], mode: Mode, res: i64)
     let mut pairs: Vec<(u32, u32)> = Vec::new();
     match mode {
         Mode::Overlap => {
-            // bounding boxes straight from each row's WKB, in parallel: no decoded copy of the table is kept
-            let boxes: Vec<(usize, Rect<f64>)> = (0..t.num_rows())
-                .into_par_iter()
-                .filter_map(|i| match rows.geometry(i) {
-                    Ok(g) => Some(Ok((i, g.as_ref().and_then(geom::bbox)?))),
-                    Err(e) => Some(Err(e)),
-                })
-                .collect::<Result<_>>()?;
-            let tree = geom::bbox_tree(boxes);
-            let boxes: Vec<_> = tree.iter().collect();
-            pairs = boxes
-                .par_iter()
-                .flat_map_iter(|item| {
-                    let i = item.data;
-                    let env = AABB::from_corners(item.geom().lower(), item.geom().upper());
-                    tree.locate_in_envelope_intersecting(&env)
-                        .map(|o| o.data)
-                        .filter(move |&j| j > i && datasets[j] != datasets[i])
-                        .map(move |j| (i as u32, j as u32))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            // the R-tree of one dataset at a time (the largest first), queried with the boxes of the datasets
+            // after it: each cross-dataset pair is found once, and one dataset's tree is in memory, not the
+            // whole table's (at 10M rows that tree and its bulk load were 1.7 GB beside the table). Boxes come
+            // straight from each row's WKB, in parallel; no decoded copy of the table is kept.
+            let bbox = |i: usize| -> Result<Option<Rect<f64>>> { Ok(rows.geometry(i)?.as_ref().and_then(geom::bbox)) };
+            let mut size = vec![0usize; datasets.iter().max().map_or(0, |&m| m as usize + 1)];
+            datasets.iter().for_each(|&d| size[d as usize] += 1);
+            let mut order: Vec<usize> = (0..size.len()).collect();
+            order.sort_by_key(|&d| std::cmp::Reverse(size[d]));
+            let mut rank = vec![0; size.len()];
+            order.iter().enumerate().for_each(|(r, &d)| rank[d] = r);
+            for (r, &d) in order.iter().enumerate().take(size.len().saturating_sub(1)) {
+                let boxes: Vec<(usize, Rect<f64>)> = (0..t.num_rows())
+                    .into_par_iter()
+                    .filter(|&i| datasets[i] as usize == d)
+                    .filter_map(|i| bbox(i).transpose().map(|b| b.map(|b| (i, b))))
+                    .collect::<Result<_>>()?;
+                let tree = geom::bbox_tree(boxes);
+                let later = (0..t.num_rows()).into_par_iter().filter(|&j| rank[datasets[j] as usize] > r);
+                let found: Vec<(u32, u32)> = later
+                    .flat_map_iter(|j| match bbox(j) {
+                        Ok(Some(b)) => {
+                            let env = AABB::from_corners([b.min().x, b.min().y], [b.max().x, b.max().y]);
+                            let pair = |i: usize| Ok((i.min(j) as u32, i.max(j) as u32));
+                            tree.locate_in_envelope_intersecting(&env).map(|o| pair(o.data)).collect()
+                        }
+                        Ok(None) => Vec::new(),
+                        Err(e) => vec![Err(e)],
+                    })
+                    .collect::<Result<_>>()?;
+                pairs.extend(found);
+            }
         }
         Mode::SameCell => {
             let cells: Vec<StringArray> = (t.batches().iter())
                 .map(|b| geom::column(b, &h3_column(res)))
                 .collect::<Result<_>>()
                 .context("the same_cell mode needs `indexed` at this resolution")?;
-            let mut groups: HashMap<&str, Vec<u32>> = HashMap::new();
+            // the rows sorted by cell, each cell's rows side by side (a map of cells to row lists was a small
+            // allocation per cell: most rows have a cell of their own, so nearly 1 GB at 10M rows)
             let rows = cells.iter().flat_map(|c| (0..c.len()).map(move |k| c.is_valid(k).then(|| c.value(k))));
-            for (i, cell) in rows.enumerate() {
-                if let Some(cell) = cell {
-                    groups.entry(cell).or_default().push(i as u32);
-                }
-            }
-            for members in groups.values() {
-                for (a, &i) in members.iter().enumerate() {
+            let mut by_cell: Vec<(&str, u32)> =
+                rows.enumerate().filter_map(|(i, cell)| Some((cell?, i as u32))).collect();
+            by_cell.par_sort_unstable();
+            for members in by_cell.chunk_by(|a, b| a.0 == b.0) {
+                for (a, &(_, i)) in members.iter().enumerate() {
                     pairs.extend(
                         members[a + 1..]
                             .iter()
-                            .filter(|&&j| datasets[i as usize] != datasets[j as usize])
-                            .map(|&j| (i.min(j), i.max(j))),
+                            .filter(|&&(_, j)| datasets[i as usize] != datasets[j as usize])
+                            .map(|&(_, j)| (i.min(j), i.max(j))),
                     );
                 }
             }
@@ -324,25 +334,17 @@ pub fn dedup_rows(t: &Table, mode: Mode, threshold: f64, priority: &[String], h3
     decide(t, &pairs_of(t, &[mode], h3_res)?, mode, threshold, priority)
 }
 
-fn run(t: &Table, pairs: &Table, mode: Mode, threshold: f64, priority: &[String]) -> Result<Table> {
-    let d = decide(t, pairs, mode, threshold, priority)?;
-    let removed = d.keep.iter().filter(|k| !**k).count();
-    ctx::note(format!("{mode:?} dedup: {removed} cross-dataset duplicates removed ({} candidate pairs)", d.pairs));
-    if !d.errors.is_empty() {
-        let shown: Vec<String> = d.errors.iter().take(5).map(|(a, b)| format!("{a} / {b}")).collect();
-        ctx::warn(format!(
-            "{mode:?} dedup: {} candidate pairs could not be intersected (a geometry error); both records of each \
-             are kept: {}{}",
-            d.errors.len(),
-            shown.join(", "),
-            if d.errors.len() > shown.len() { ", ..." } else { "" }
-        ));
-    }
-    geom::filter_rows(t, &d.keep)
+/// `indexed` without the rows `mode` removes (its column of [`dedup_decisions`]). The table is taken by value:
+/// when the run hands it over (this is its last reader), each batch's memory goes as soon as its kept rows
+/// are copied, so the input and the result are never both held whole.
+fn run(indexed: Table, decisions: &Table, mode: Mode) -> Result<Table> {
+    let keep: BooleanArray = geom::table_column(decisions, mode.column())?;
+    ctx::note(format!("{mode:?} dedup: {} cross-dataset duplicates removed", keep.false_count()));
+    geom::filter_rows(indexed, &keep)
 }
 
-/// The candidate pairs of both modes and the overlap ratio of each, computed once for `deduplicated` and
-/// `dedup_comparison` (and not again when only `overlap_threshold` or `dataset_priority` change). Columns:
+/// The candidate pairs of both modes and the overlap ratio of each, computed once for [`dedup_decisions`]
+/// (and not again when only `overlap_threshold` or `dataset_priority` change). Columns:
 /// `i`, `j` (rows of `indexed`, `i < j`), `overlap` (bounding boxes intersect), `same_cell` (centroids in
 /// one H3 cell), `ratio` (null: the intersection could not be computed).
 #[node(tags(stage = "prepared"))]
@@ -350,60 +352,71 @@ pub fn dedup_pairs(indexed: &Table, h3_resolution: i64) -> Result<Table> {
     pairs_of(indexed, &[Mode::Overlap, Mode::SameCell], h3_resolution)
 }
 
-/// Cross-dataset dedup, candidates from an R-tree of bounding boxes (`dedup_mode = "overlap"`).
+/// Which rows each mode keeps: columns `overlap` and `same_cell`, one boolean per row of `indexed` (in its
+/// order), decided once for `deduplicated` and `dedup_comparison` (and not again when only `dedup_mode`
+/// changes). A candidate pair that could not be intersected is warned of here, with both ids.
 #[node(tags(stage = "prepared"))]
-pub fn dedup_overlap(
+pub fn dedup_decisions(
     indexed: &Table,
     dedup_pairs: &Table,
     overlap_threshold: f64,
     dataset_priority: &Vec<String>,
 ) -> Result<Table> {
-    run(indexed, dedup_pairs, Mode::Overlap, overlap_threshold, dataset_priority)
+    let mut errors = Vec::new();
+    let mut columns: Vec<(&str, ArrayRef)> = Vec::new();
+    for mode in [Mode::Overlap, Mode::SameCell] {
+        let d = decide(indexed, dedup_pairs, mode, overlap_threshold, dataset_priority)?;
+        ctx::note(format!("{mode:?}: {} candidate pairs", d.pairs));
+        errors.extend(d.errors);
+        columns.push((mode.column(), Arc::new(BooleanArray::from(d.keep))));
+    }
+    // a pair of both modes is one pair
+    errors.sort();
+    errors.dedup();
+    if !errors.is_empty() {
+        let shown: Vec<String> = errors.iter().take(5).map(|(a, b)| format!("{a} / {b}")).collect();
+        ctx::warn(format!(
+            "{} candidate pairs could not be intersected (a geometry error); both records of each are kept: {}{}",
+            errors.len(),
+            shown.join(", "),
+            if errors.len() > shown.len() { ", ..." } else { "" }
+        ));
+    }
+    Ok(Table::from_batch(RecordBatch::try_from_iter(columns)?))
+}
+
+/// Cross-dataset dedup, candidates from an R-tree of bounding boxes (`dedup_mode = "overlap"`).
+#[node(tags(stage = "prepared"))]
+pub fn dedup_overlap(indexed: Table, dedup_decisions: &Table) -> Result<Table> {
+    run(indexed, dedup_decisions, Mode::Overlap)
 }
 
 /// Cross-dataset dedup, candidates only within an H3 cell (`dedup_mode = "same_cell"`, the thesis rule).
 #[node(tags(stage = "prepared"))]
-pub fn dedup_same_cell(
-    indexed: &Table,
-    dedup_pairs: &Table,
-    overlap_threshold: f64,
-    dataset_priority: &Vec<String>,
-) -> Result<Table> {
-    run(indexed, dedup_pairs, Mode::SameCell, overlap_threshold, dataset_priority)
+pub fn dedup_same_cell(indexed: Table, dedup_decisions: &Table) -> Result<Table> {
+    run(indexed, dedup_decisions, Mode::SameCell)
 }
 
 /// How many records each mode removes, side by side.
 #[node(tags(stage = "prepared"))]
-pub fn dedup_comparison(
-    indexed: &Table,
-    dedup_pairs: &Table,
-    overlap_threshold: f64,
-    dataset_priority: &Vec<String>,
-) -> Result<Table> {
+pub fn dedup_comparison(dedup_decisions: &Table, dedup_pairs: &Table) -> Result<Table> {
     let modes = [Mode::Overlap, Mode::SameCell];
-    let decided: Vec<Dedup> = modes
-        .iter()
-        .map(|&m| decide(indexed, dedup_pairs, m, overlap_threshold, dataset_priority))
-        .collect::<Result<_>>()?;
-    let count = |f: &dyn Fn(&Dedup) -> usize| Int64Array::from_iter_values(decided.iter().map(|d| f(d) as i64));
-    let removed = |d: &Dedup| d.keep.iter().filter(|k| !**k).count();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("mode", DataType::Utf8, false),
-        Field::new("candidate_pairs", DataType::Int64, false),
-        Field::new("removed", DataType::Int64, false),
-        Field::new("kept", DataType::Int64, false),
-        Field::new("geometry_errors", DataType::Int64, false),
-    ]));
-    Ok(Table::from_batch(RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(StringArray::from_iter_values(modes.map(Mode::column))),
-            Arc::new(count(&|d| d.pairs)),
-            Arc::new(count(&removed)),
-            Arc::new(count(&|d| d.keep.len() - removed(d))),
-            Arc::new(count(&|d| d.errors.len())),
-        ],
-    )?))
+    let p = dedup_pairs.concat()?;
+    let ratio: Float64Array = geom::column(&p, "ratio")?;
+    // per mode: candidate pairs, rows removed, rows kept, pairs without a ratio
+    let mut counts: [Vec<i64>; 4] = Default::default();
+    for m in modes {
+        let of_mode: BooleanArray = geom::column(&p, m.column())?;
+        let keep: BooleanArray = geom::table_column(dedup_decisions, m.column())?;
+        let errors = (0..p.num_rows()).filter(|&k| of_mode.value(k) && ratio.is_null(k)).count();
+        let row = [of_mode.true_count(), keep.false_count(), keep.true_count(), errors];
+        counts.iter_mut().zip(row).for_each(|(c, n)| c.push(n as i64));
+    }
+    let names = ["candidate_pairs", "removed", "kept", "geometry_errors"];
+    let mut columns: Vec<(&str, ArrayRef)> =
+        vec![("mode", Arc::new(StringArray::from_iter_values(modes.map(Mode::column))))];
+    columns.extend(names.into_iter().zip(counts).map(|(n, c)| (n, Arc::new(Int64Array::from(c)) as ArrayRef)));
+    Ok(Table::from_batch(RecordBatch::try_from_iter(columns)?))
 }
 
 #[cfg(test)]
@@ -478,26 +491,30 @@ mod tests {
         assert_eq!((overlap.keep, overlap.pairs), (vec![true, false, false, true, true], 2));
         let same_cell = decide(&t, &pairs, Mode::SameCell, 0.5, &priority).unwrap();
         assert_eq!((same_cell.keep.clone(), same_cell.pairs), (vec![true, true, false, true, true], 2));
-        // the kept rows, batch by batch
-        let kept = geom::filter_rows(&t, &same_cell.keep).unwrap();
-        assert_eq!(
-            crate::testing::strings(&kept, "unified_id"),
-            ["a:big", "b:in", "b:twin", "b:far"].map(|s| Some(s.into()))
-        );
-        let cmp = dedup_comparison(&t, &pairs, 0.5, &priority.to_vec()).unwrap().concat().unwrap();
+        // the nodes: both modes decided once, each mode's rows kept batch by batch, and the comparison
+        let decisions = dedup_decisions(&t, &pairs, 0.5, &priority.to_vec()).unwrap();
+        let ids = |kept: Table| crate::testing::strings(&kept, "unified_id");
+        let some = |ids: &[&str]| ids.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        assert_eq!(ids(dedup_same_cell(t.clone(), &decisions).unwrap()), some(&["a:big", "b:in", "b:twin", "b:far"]));
+        assert_eq!(ids(dedup_overlap(t.clone(), &decisions).unwrap()), some(&["a:big", "b:twin", "b:far"]));
+        let cmp = dedup_comparison(&decisions, &pairs).unwrap().concat().unwrap();
         let removed: Int64Array = geom::column(&cmp, "removed").unwrap();
         assert_eq!(removed.values().to_vec(), vec![2, 1]);
+        let kept: Int64Array = geom::column(&cmp, "kept").unwrap();
+        assert_eq!(kept.values().to_vec(), vec![3, 4]);
+        let candidates: Int64Array = geom::column(&cmp, "candidate_pairs").unwrap();
+        assert_eq!(candidates.values().to_vec(), vec![2, 2]);
     }
 
     #[test]
     fn ratios_decoded_on_demand_match_the_geometries_over_many_batches_and_chunks() {
-        // 3,000 squares of two datasets, two at each of 1,500 places of a 50 x 30 grid, each overlapping its
+        // 3,000 squares of three datasets, two at each of 1,500 places of a 50 x 30 grid, each overlapping its
         // neighbours: more pairs than one chunk of the ratio loop (4,096), rows in batches of 7 (and an empty
         // batch) so a pair's rows are often in different batches, and every 97th row without a geometry
         let rows: Vec<(String, Option<Geometry<f64>>)> = (0..3000)
             .map(|k| {
                 let (x, y) = ((k % 50) as f64 * 0.006 + (k % 3) as f64 * 0.002, (k / 100) as f64 * 0.006);
-                let d = if k % 2 == 0 { "a" } else { "b" };
+                let d = ["a", "b", "c"][k % 3];
                 (d.to_string(), (k % 97 != 5).then(|| square(x, y, 0.01)))
             })
             .collect();
@@ -557,5 +574,13 @@ mod tests {
         let d = dedup_rows(&t, Mode::Overlap, 0.5, &[], 0).unwrap();
         assert_eq!(d.errors, vec![("a:ok".to_string(), "b:odd".to_string())]);
         assert_eq!(d.keep, vec![true, true]);
+        // the nodes: one pair of both modes (one cell), counted as a geometry error of each
+        let cells = Arc::new(StringArray::from(vec!["c", "c"]));
+        let t = geom::with_column(&t.concat().unwrap(), Field::new("h3_9", DataType::Utf8, true), cells).unwrap();
+        let t = Table::from_batch(t);
+        let pairs = dedup_pairs(&t, 9).unwrap();
+        let cmp = dedup_comparison(&dedup_decisions(&t, &pairs, 0.5, &Vec::new()).unwrap(), &pairs).unwrap();
+        let errors: Int64Array = geom::table_column(&cmp, "geometry_errors").unwrap();
+        assert_eq!(errors.values().to_vec(), vec![1, 1]);
     }
 }

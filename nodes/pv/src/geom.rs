@@ -300,19 +300,19 @@ impl RowIndex {
 }
 
 /// The rows of `t` whose `keep` is true, batch by batch (`keep` has one entry per row, in order); `t`
-/// itself when every row is kept.
-pub fn filter_rows(t: &Table, keep: &[bool]) -> Result<Table> {
-    if keep.iter().all(|&k| k) {
-        return Ok(t.clone());
+/// itself when every row is kept. Taken by value: a table nobody else holds frees each batch once its kept
+/// rows are copied ([`Table::into_batches`]), so the input and the result are not both held whole.
+pub fn filter_rows(t: Table, keep: &BooleanArray) -> Result<Table> {
+    if keep.false_count() == 0 {
+        return Ok(t);
     }
-    let mut start = 0;
+    let (schema, mut start) = (t.schema().clone(), 0);
     let mut out = Vec::with_capacity(t.batches().len());
-    for b in t.batches() {
-        let mask = BooleanArray::from(keep[start..start + b.num_rows()].to_vec());
-        out.push(arrow_select::filter::filter_record_batch(b, &mask)?);
+    for b in t.into_batches() {
+        out.push(arrow_select::filter::filter_record_batch(&b, &keep.slice(start, b.num_rows()))?);
         start += b.num_rows();
     }
-    Ok(Table::try_new(t.schema().clone(), out)?)
+    Ok(Table::try_new(schema, out)?)
 }
 
 /// An R-tree of bounding boxes, each with its row.

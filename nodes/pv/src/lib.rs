@@ -10,9 +10,10 @@
 //! 6. [`consolidate::consolidated`]: all datasets in one table, exact duplicates removed
 //!    (`stg_pv_consolidated`);
 //! 7. [`h3::indexed`]: the H3 cell of each centroid;
-//! 8. [`dedup::dedup_pairs`]: the candidate pairs of both modes and their overlap ratios; then
-//!    [`dedup::dedup_overlap`] / [`dedup::dedup_same_cell`]: cross-dataset dedup (the flow's
-//!    `dedup_mode` picks one), and [`dedup::dedup_comparison`];
+//! 8. [`dedup::dedup_pairs`]: the candidate pairs of both modes and their overlap ratios;
+//!    [`dedup::dedup_decisions`]: the rows each mode keeps; then [`dedup::dedup_overlap`] /
+//!    [`dedup::dedup_same_cell`]: cross-dataset dedup (the flow's `dedup_mode` picks one), and
+//!    [`dedup::dedup_comparison`];
 //! 9. [`country::country_files`], [`country::country_polygons`], [`country::located`]: the country of each
 //!    installation (`prepared_pv_dedup`), and [`country::country_stats`] (`prepared_country_pv_stats`).
 //!
