@@ -32,9 +32,7 @@ pub fn overlay(reports: &[crate::NodeReport]) -> HashMap<String, Status> {
     let mut out: HashMap<String, Status> = HashMap::new();
     for r in reports {
         let e = out.entry(r.node.to_string()).or_insert(r.status);
-        if shown(r.status) > shown(*e) {
-            *e = r.status;
-        }
+        *e = std::cmp::max_by_key(r.status, *e, |s| shown(*s));
     }
     out
 }

@@ -131,10 +131,7 @@ pub mod __private {
 
     /// Takes an argument as `T` (moved when no one else holds it, else cloned).
     pub fn arg_owned<T: Value + Clone>(arg: ArgValue, param: &str) -> Result<T, anyhow::Error> {
-        let arc = match arg {
-            ArgValue::One(v) => v.into_any_arc().downcast::<T>().ok(),
-            ArgValue::Many(_) => None,
-        };
+        let arc = if let ArgValue::One(v) = arg { v.into_any_arc().downcast::<T>().ok() } else { None };
         let arc = arc.ok_or_else(|| wrong(param, std::any::type_name::<T>()))?;
         Ok(Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone()))
     }

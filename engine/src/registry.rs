@@ -43,11 +43,6 @@ pub struct NodeDef {
 inventory::collect!(NodeDef);
 
 impl NodeDef {
-    /// `module::name`, the node's identity in cache keys.
-    pub fn path(&self) -> &'static str {
-        self.path
-    }
-
     /// A one-line signature: `name(a: i64, b: &Table) -> Table`.
     pub fn signature(&self) -> String {
         let params: Vec<String> = self
@@ -59,11 +54,6 @@ impl NodeDef {
             })
             .collect();
         format!("{}({}) -> {}", self.name, params.join(", "), self.output.short_name())
-    }
-
-    /// The output value's type (the list type, for fan-out nodes).
-    pub fn output_type(&self) -> TypeDesc {
-        self.output.value_type()
     }
 }
 

@@ -110,8 +110,7 @@ pub fn print_interrupted(flow: &Flow, r: &RunReport, what: &str, ui: &Ui) {
 
 pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&MaterializeReport>, ui: &Ui) {
     if ui.json {
-        println!("{}", report_json(flow, r, materialized));
-        return;
+        return print_json(&report_json(flow, r, materialized));
     }
     if ui.verbose > 0 {
         r.nodes.iter().for_each(|n| print_node(ui, n));
@@ -184,8 +183,7 @@ pub fn print_explain(flow: &Flow, r: &RunReport, destinations: &[(String, String
         let mut v = report_json(flow, r, None);
         v["target"] = json!(flow.target);
         v["destinations"] = destinations.iter().map(|(what, at)| json!({"what": what, "where": at})).collect();
-        println!("{v}");
-        return;
+        return print_json(&v);
     }
     let target = flow.target.as_deref().map(|t| format!(" (target `{t}`)")).unwrap_or_default();
     println!(

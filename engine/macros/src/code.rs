@@ -132,9 +132,7 @@ fn path_packages(dir: &Path) -> BTreeMap<String, PathBuf> {
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
         let Some(manifest) = read_toml(&d.join("Cargo.toml")) else { continue };
-        let Some(name) = manifest.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()) else {
-            continue;
-        };
+        let Some(name) = manifest.get("package").and_then(|p| p.get("name")?.as_str()) else { continue };
         if out.insert(name.to_string(), d.clone()).is_some() {
             continue;
         }

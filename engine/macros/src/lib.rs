@@ -92,10 +92,7 @@ fn lit_str(expr: &Expr) -> syn::Result<String> {
 /// `Result<T, E>` detection.
 fn wrapper<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
     let Type::Path(tp) = ty else { return None };
-    let seg = tp.path.segments.last()?;
-    if seg.ident != name {
-        return None;
-    }
+    let seg = tp.path.segments.last().filter(|seg| seg.ident == name)?;
     let PathArguments::AngleBracketed(args) = &seg.arguments else { return None };
     args.args.iter().find_map(|a| if let GenericArgument::Type(t) = a { Some(t) } else { None })
 }
@@ -143,21 +140,20 @@ fn expand_node(func: ItemFn, options: NodeOptions) -> syn::Result<TokenStream2> 
         if let Type::ImplTrait(_) = ty {
             return error(ty, "`impl Trait` parameters are not supported; name a concrete type");
         }
-        // the parameter's kind, the value type it reads, and how the generated call takes it
-        let (kind, value_ty, take, arg) = if let Type::Reference(r) = ty {
+        // the parameter's kind, the value type it reads, how the generated call takes it, and whether by `&`
+        let (kind, value_ty, take, arg, by_ref) = if let Type::Reference(r) = ty {
             if r.mutability.is_some() {
                 return error(ty, "a node cannot take `&mut`: its inputs are shared with other nodes");
             }
             if wrapper(&r.elem, "Collect").is_some() {
                 return error(ty, "take `Collect<T>` by value, not by reference");
             }
-            (quote!(Value), &*r.elem, quote!(arg_ref), quote!(&#local))
+            (quote!(Value), &*r.elem, quote!(arg_ref), quote!(&#local), true)
         } else if let Some(item) = wrapper(ty, "Collect") {
-            (quote!(Collect), item, quote!(arg_collect), quote!(#local))
+            (quote!(Collect), item, quote!(arg_collect), quote!(#local), false)
         } else {
-            (quote!(Value), ty, quote!(arg_owned), quote!(#local))
+            (quote!(Value), ty, quote!(arg_owned), quote!(#local), false)
         };
-        let by_ref = matches!(ty, Type::Reference(_));
         param_defs.push(quote_spanned! {span=>
             #p::ParamDef { name: #pname, kind: #p::ParamKind::#kind(#p::TypeDesc::of::<#value_ty>()), by_ref: #by_ref }
         });

@@ -13,7 +13,7 @@
 //! Errors do not stop the steps that can still run, so one pass reports them all.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -165,10 +165,8 @@ impl<'r> Decl<'r> {
         d.merge(&n.params, &n.inputs);
         if let Some(v) = variant {
             // a variant's `sql` replaces the node's function, its `fn` the node's query (both: an error)
-            match (&v.function, &v.sql) {
-                (f, Some(s)) => (d.function, d.sql) = (f.as_ref().map(str_span), Some(str_span(s))),
-                (Some(f), None) => (d.function, d.sql) = (Some(str_span(f)), None),
-                (None, None) => {}
+            if v.function.is_some() || v.sql.is_some() {
+                (d.function, d.sql) = (v.function.as_ref().map(str_span), v.sql.as_ref().map(str_span));
             }
             d.merge(&v.params, &v.inputs);
         }
@@ -473,9 +471,9 @@ impl<'a> Builder<'a> {
         let def = match self.opts.registry.lookup(fname, &self.scope) {
             Lookup::Found(def) => def,
             Lookup::Ambiguous(defs) => {
-                let paths: Vec<String> = defs.iter().map(|d| format!("`{}`", d.path())).collect();
+                let paths: Vec<String> = defs.iter().map(|d| format!("`{}`", d.path)).collect();
                 let message = format!("node `{}`: several registered functions are called `{fname}`", decl.name);
-                let path = defs[0].path().rsplit_once("::");
+                let path = defs[0].path.rsplit_once("::");
                 let example = path.map(|(m, n)| format!("{}::{n}", m.rsplit("::").next().unwrap_or(m)));
                 let help = format!(
                     "write the module too, e.g. fn = \"{}\" (candidates: {})",
@@ -528,7 +526,7 @@ impl<'a> Builder<'a> {
             })
             .collect();
         let collects = def.params.iter().any(|p| matches!(p.kind, ParamKind::Collect(_)));
-        let code_digest = CacheKey::code_digest(def.path(), def.code_version, def.output_type().name());
+        let code_digest = CacheKey::code_digest(def.path, def.code_version, def.output.value_type().name());
         Some(self.node(decl, NodeImpl::Function(def), args, def.doc, collects, code_digest))
     }
 
@@ -735,7 +733,7 @@ impl<'a> Builder<'a> {
             .chain(self.inputs.keys().map(String::as_str));
         let help = did_you_mean(&closest(source, names)).unwrap_or_else(|| {
             let producers: Vec<String> = (self.opts.registry.all().iter())
-                .filter(|d| d.output_type() == ty && crate::registry::in_scope(d.module, &self.scope))
+                .filter(|d| d.output.value_type() == ty && crate::registry::in_scope(d.module, &self.scope))
                 .map(|d| format!("`{}`", d.name))
                 .take(5)
                 .collect();
@@ -983,13 +981,11 @@ impl<'a> Builder<'a> {
         let ids: Vec<NodeId> =
             nodes().filter(|(_, n)| wanted.iter().any(|(k, v)| n.tag(k) == Some(v.as_str()))).map(|(i, _)| i).collect();
         if ids.is_empty() {
-            let mut present: Vec<String> = nodes()
+            let present: BTreeSet<String> = nodes()
                 .flat_map(|(_, n)| n.tags().map(move |(k, _)| format!("{k}={}", n.tag(k).unwrap_or_default())))
                 .collect();
-            present.sort();
-            present.dedup();
             let asked: Vec<String> = wanted.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let have = if present.is_empty() { "none".to_string() } else { present.join(", ") };
+            let have = if present.is_empty() { "none".to_string() } else { Vec::from_iter(present).join(", ") };
             let message =
                 format!("--tag {}: no node of the flow has it (its nodes' tags: {have})", asked.join(", --tag "));
             self.errors.push(Diagnostic::new("bad-argument", message));

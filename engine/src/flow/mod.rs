@@ -203,7 +203,7 @@ impl FlowNode {
 
     /// `module::name` of the function, or `sql`.
     pub fn function_path(&self) -> &'static str {
-        self.def().map_or("sql", NodeDef::path)
+        self.def().map_or("sql", |def| def.path)
     }
 
     /// Code version (function token hash, or normalized-SQL hash).
