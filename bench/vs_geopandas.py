@@ -697,12 +697,22 @@ def run_flowrun(flowrun: str, workdir: Path, mirror: Path) -> dict:
         raise SystemExit(f"flowrun failed (exit {m['rc']}): {m['stderr'][-2000:]} {m['stdout'][-2000:]}")
     stages = dict.fromkeys(STAGES, 0.0)
     for n in report["nodes"]:
-        stages[n["node"]] = stages.get(n["node"], 0.0) + (n.get("duration") or 0.0)
-    note = next((x for n in report["nodes"] if n["node"] == "deduplicated" for x in n["notes"]), "")
-    found = re.search(r"(\d+) cross-dataset duplicates removed \((\d+) candidate pairs\)", note)
+        # flowrun decides both dedup modes once, in `dedup_decisions`: counted with `deduplicated`, the stage
+        # where the GeoPandas pipeline decides
+        stage = {"dedup_decisions": "deduplicated"}.get(n["node"], n["node"])
+        stages[stage] = stages.get(stage, 0.0) + (n.get("duration") or 0.0)
+
+    def note(node: str, pattern: str) -> int:
+        notes = [x for n in report["nodes"] if n["node"] == node for x in n["notes"]]
+        found = next((f for f in (re.search(pattern, x) for x in notes) if f), None)
+        if not found:
+            raise SystemExit(f"flowrun's `{node}` has no note matching {pattern!r} (its notes: {notes})")
+        return int(found[1])
+
+    dedup = {"removed": note("deduplicated", r"(\d+) cross-dataset duplicates removed"),
+             "pairs": note("dedup_decisions", r"Overlap: (\d+) candidate pairs")}  # the flow's dedup_mode
     return dict(m, stages_ms=stages, nodes_ms=report["duration_ms"], write_ms=report["materialized"]["seconds"] * 1000,
-                dedup={"removed": int(found[1]), "pairs": int(found[2])} if found else None,
-                result=workdir / ".flowrun/lake/prepared_pv_dedup.parquet")
+                dedup=dedup, result=workdir / ".flowrun/lake/prepared_pv_dedup.parquet")
 
 
 def run_geopandas(flow_path: Path, mirror: Path, out: Path) -> dict:
@@ -761,7 +771,7 @@ def print_block(label: str, f: dict, g: dict, checks: list) -> None:
           f"{fmt_ratio(g['wall_ms'], f['wall_ms'])}   (GeoPandas: {g['import_ms']:.0f} ms of imports)")
     print(f"{'peak RSS (MB)':<30}{f['rss_mb']:>12.1f}{g['rss_mb']:>12.1f}{fmt_ratio(g['rss_mb'], f['rss_mb'])}")
     fd, gd = f["dedup"], g["dedup"]
-    if fd:
+    if fd:  # flowrun's `deduplicated` row includes `dedup_decisions`
         print(f"deduplicated: flowrun removed {fd['removed']} of {fd['pairs']} candidate pairs, "
               f"GeoPandas {gd['removed']} of {gd['pairs']} ({gd['errors']} geometry errors)")
     for name, ok, detail in checks:
@@ -828,9 +838,9 @@ def main() -> None:
         print(f"{size:<10}{rows:>10,}{f['wall_ms'] / 1e3:>11.2f}{f['nodes_ms'] / 1e3:>9.2f}{g['wall_ms'] / 1e3:>13.2f}"
               f"{gp / 1e3:>10.2f}{g['wall_ms'] / f['wall_ms']:>12.1f}{gp / f['nodes_ms']:>16.1f}"
               f"{f['rss_mb']:>9.0f} / {g['rss_mb']:<5.0f}  {'yes' if ok else 'NO'}")
-    print("(flowrun: stage = sum of its node runs, per-dataset nodes in parallel on all CPUs; pipeline = the run's\n"
-          " duration_ms, nodes incl. cache writes, without the lake; GeoPandas: one process, stages one after the\n"
-          " other; both cold, inputs in the page cache)")
+    print("(flowrun: stage = sum of its node runs, per-dataset nodes in parallel on all CPUs, `deduplicated` with\n"
+          " `dedup_decisions`; pipeline = the run's duration_ms, nodes incl. cache writes, without the lake;\n"
+          " GeoPandas: one process, stages one after the other; both cold, inputs in the page cache)")
     sys.exit(1 if failed else 0)
 
 

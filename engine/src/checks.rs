@@ -96,9 +96,11 @@ pub fn run(c: &RawCheck, table: &Table) -> Result<(), String> {
         let mut seen: HashSet<Cow<str>> = HashSet::with_capacity(if c.unique { table.num_rows() } else { 0 });
         for a in &arrays {
             for i in (0..a.len()).filter(|&i| a.is_valid(i)) {
-                let s = match a.as_string_opt::<i32>() {
-                    Some(text) => Cow::Borrowed(text.value(i)),
-                    None => Cow::Owned(arrow_cast::display::array_value_to_string(a, i).map_err(|e| e.to_string())?),
+                let s = match a.data_type() {
+                    DataType::Utf8 => Cow::Borrowed(a.as_string::<i32>().value(i)),
+                    DataType::LargeUtf8 => Cow::Borrowed(a.as_string::<i64>().value(i)),
+                    DataType::Utf8View => Cow::Borrowed(a.as_string_view().value(i)),
+                    _ => Cow::Owned(arrow_cast::display::array_value_to_string(a, i).map_err(|e| e.to_string())?),
                 };
                 if let Some(allowed) = &allowed
                     && !allowed.contains(&*s)
@@ -160,6 +162,9 @@ mod tests {
         assert!(run(&uniq_area, &t).is_ok());
         let twice = Table::try_new(t.schema().clone(), [t.batches(), t.batches()].concat()).unwrap();
         assert_eq!(run(&uniq_area, &twice).unwrap_err(), "column `area` has duplicate value `1.0`");
+        let large: ArrayRef = Arc::new(arrow_array::LargeStringArray::from(vec!["x", "y", "x"]));
+        let large = Table::from_batch(RecordBatch::try_from_iter([("name", large)]).unwrap());
+        assert_eq!(run(&uniq, &large).unwrap_err(), "column `name` has duplicate value `x`");
         let values = RawCheck { values: Some(vec!["a".into(), "b".into()]), ..col("name") };
         assert!(run(&values, &t).is_ok());
         let ty = RawCheck { data_type: Some("Float64".into()), ..col("name") };

@@ -79,9 +79,13 @@ impl Table {
         &self.batches
     }
 
-    /// The batches, each handed over once: a table nobody else holds gives them away, so that the memory of
-    /// each goes when the caller drops it (a node that takes its input by value can filter or transform it
-    /// batch by batch in place of holding it whole beside its result); a shared table's are cloned.
+    /// The batches, each handed over once: a table nobody else holds gives them away, so that a batch's memory
+    /// can go when the caller drops it (a node that takes its input by value can filter or transform it
+    /// batch by batch in place of holding it whole beside its result); a shared table's are cloned. A column
+    /// buffer shared by several batches (one table sliced into batches, or a table loaded from the cache,
+    /// whose batches point into one buffer) goes with the last of them. The run hands a node its input when
+    /// the node is its last reader in the same fan-out scope, and it was not a run's output without a cache;
+    /// readers that run at the same time each get a clone.
     pub fn into_batches(mut self) -> impl Iterator<Item = RecordBatch> {
         let empty = RecordBatch::new_empty(self.schema.clone());
         (0..self.batches.len()).map(move |k| match Arc::get_mut(&mut self.batches) {

@@ -1,4 +1,5 @@
-//! Memory budgets of the engine's per-node bookkeeping, counted by a global allocator.
+//! Memory budgets of the engine's per-node bookkeeping, counted by a global allocator; and a table handed to
+//! its last reader, never before its other readers are done.
 //!
 //! Each budget is about twice what a node takes when it was set: the test fails on a change that makes
 //! every node much heavier (a copy of the flow per node, a table per edge), not on ordinary changes. The
@@ -149,5 +150,32 @@ fn the_last_reader_of_a_table_is_given_it() {
         assert_eq!(report.status, RunStatus::Ok);
         let owners = report.output("owners")[0].value.as_ref().unwrap().load().unwrap();
         assert_eq!(owners.downcast_ref::<i64>(), Some(&1), "jobs {jobs}: the table was not handed over");
+    }
+}
+
+/// Reads the root block's table from inside a fan-out branch.
+#[node]
+fn branch_rows(spread: i64, numbers_table: &Table) -> i64 {
+    spread + numbers_table.num_rows() as i64
+}
+
+#[node]
+fn branch_total(branch_rows: Collect<i64>) -> i64 {
+    branch_rows.iter().sum()
+}
+
+#[test]
+fn a_table_is_not_handed_over_while_a_fan_out_branch_still_reads_it() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let text = "[flow]\nname = \"branches\"\noutputs = [\"owners\", \"branch_total\"]\n[config]\nn = 10\n\
+                [nodes.numbers_table]\n[nodes.rows]\n[nodes.owners]\n[nodes.spread]\n[nodes.branch_rows]\n\
+                [nodes.branch_total]\n";
+    let f = flow::build(SourceFile::new("branches.toml", text.to_string()), &BuildOptions::default()).unwrap();
+    for jobs in [1, 2] {
+        let report = schedule::run(&f, &RunOptions { jobs, ..RunOptions::default() }).unwrap();
+        assert_eq!(report.status, RunStatus::Ok, "jobs {jobs}");
+        let total = report.output("branch_total")[0].value.as_ref().unwrap().load().unwrap();
+        // every branch read all 10 rows: (0 + ... + 9) + 10 * 10
+        assert_eq!(total.downcast_ref::<i64>(), Some(&145), "jobs {jobs}");
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A *task* is one member of one block instance. Running a task:
 //! 1. gather its inputs (same-block slots, enclosing instances' slots, the item, collected child slots);
-//!    if one failed, the task is skipped;
+//!    if one failed, the task is skipped; the last reader of a same-block value takes it out of its slot;
 //! 2. make its cache key from the identities of those inputs;
 //! 3. look the key up (`cache = "default"`): a hit whose file dependencies are unchanged is reused without
 //!    loading anything; a miss says why (see [`Reason`]);
@@ -10,7 +10,8 @@
 //!    store the encoded result; its identity is then the hash of those bytes (so a re-run that produces
 //!    the same bytes does not make its consumers run: early cut-off);
 //! 5. notify: decrement the consumers' counters, spawn child blocks whose fan-out node and inputs are
-//!    ready, release inputs nobody needs any more, complete the instance when all its members are done.
+//!    ready, release inputs nobody needs any more, complete the instance when all its members are done;
+//!    after a long node, hand the heap's free memory back to the system.
 //!
 //! Running a task returns the tasks it made ready, so the drivers (a loop for one thread, rayon for
 //! several) never recurse: a 100,000-node chain is 100,000 iterations, not 100,000 stack frames.
@@ -42,7 +43,7 @@ const CHECKS: &str = "#checks";
 
 #[derive(Clone)]
 pub(crate) struct Done {
-    /// `None` after the value was released, or in a dry run when it is not known.
+    /// `None` after the value was released or handed to its last reader, or in a dry run when it is not known.
     pub value: Option<Lazy>,
     /// `None` in a dry run when the node would run.
     pub identity: Option<Hash>,

@@ -367,7 +367,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// A node that ran at least this long is followed by [`return_free_memory`]: such a node allocates and frees
-/// in bulk, and the call costs nothing beside it.
+/// in bulk. The call runs on the node's thread before the tasks it made ready are handed out; it is not timed
+/// on its own, and the 10M-row runs with it were not slower (BENCHMARKS.md).
 const LONG_NODE: Duration = Duration::from_millis(500);
 
 /// Hands the free memory of the process's heap back to the system (glibc's `malloc_trim`; elsewhere

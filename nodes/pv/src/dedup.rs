@@ -93,7 +93,9 @@ fn candidates(t: &Table, rows: &WkbRows, datasets: &[u32], mode: Mode, res: i64)
             // the R-tree of one dataset at a time (the largest first), queried with the boxes of the datasets
             // after it: each cross-dataset pair is found once, and one dataset's tree is in memory, not the
             // whole table's (at 10M rows that tree and its bulk load were 1.7 GB beside the table). Boxes come
-            // straight from each row's WKB, in parallel; no decoded copy of the table is kept.
+            // straight from each row's WKB, in parallel; no decoded copy of the table is kept. The price: each
+            // dataset's turn scans every row, and a row is decoded once per tree it is queried against (the
+            // largest dataset, first, is decoded once).
             let bbox = |i: usize| -> Result<Option<Rect<f64>>> { Ok(rows.geometry(i)?.as_ref().and_then(geom::bbox)) };
             let mut size = vec![0usize; datasets.iter().max().map_or(0, |&m| m as usize + 1)];
             datasets.iter().for_each(|&d| size[d as usize] += 1);
@@ -362,13 +364,14 @@ pub fn dedup_decisions(
     overlap_threshold: f64,
     dataset_priority: &Vec<String>,
 ) -> Result<Table> {
-    let mut errors = Vec::new();
-    let mut columns: Vec<(&str, ArrayRef)> = Vec::new();
+    let (mut errors, mut per_mode) = (Vec::new(), Vec::new());
+    let mut columns: Vec<(&str, ArrayRef, bool)> = Vec::new();
     for mode in [Mode::Overlap, Mode::SameCell] {
         let d = decide(indexed, dedup_pairs, mode, overlap_threshold, dataset_priority)?;
         ctx::note(format!("{mode:?}: {} candidate pairs", d.pairs));
+        per_mode.push(format!("{} {}", mode.column(), d.errors.len()));
         errors.extend(d.errors);
-        columns.push((mode.column(), Arc::new(BooleanArray::from(d.keep))));
+        columns.push((mode.column(), Arc::new(BooleanArray::from(d.keep)), false));
     }
     // a pair of both modes is one pair
     errors.sort();
@@ -376,13 +379,15 @@ pub fn dedup_decisions(
     if !errors.is_empty() {
         let shown: Vec<String> = errors.iter().take(5).map(|(a, b)| format!("{a} / {b}")).collect();
         ctx::warn(format!(
-            "{} candidate pairs could not be intersected (a geometry error); both records of each are kept: {}{}",
+            "{} candidate pairs could not be intersected (a geometry error; of each mode: {}); both records of each \
+             are kept: {}{}",
             errors.len(),
+            per_mode.join(", "),
             shown.join(", "),
             if errors.len() > shown.len() { ", ..." } else { "" }
         ));
     }
-    Ok(Table::from_batch(RecordBatch::try_from_iter(columns)?))
+    Ok(Table::from_batch(RecordBatch::try_from_iter_with_nullable(columns)?))
 }
 
 /// Cross-dataset dedup, candidates from an R-tree of bounding boxes (`dedup_mode = "overlap"`).
@@ -413,10 +418,10 @@ pub fn dedup_comparison(dedup_decisions: &Table, dedup_pairs: &Table) -> Result<
         counts.iter_mut().zip(row).for_each(|(c, n)| c.push(n as i64));
     }
     let names = ["candidate_pairs", "removed", "kept", "geometry_errors"];
-    let mut columns: Vec<(&str, ArrayRef)> =
-        vec![("mode", Arc::new(StringArray::from_iter_values(modes.map(Mode::column))))];
-    columns.extend(names.into_iter().zip(counts).map(|(n, c)| (n, Arc::new(Int64Array::from(c)) as ArrayRef)));
-    Ok(Table::from_batch(RecordBatch::try_from_iter(columns)?))
+    let mode_names: ArrayRef = Arc::new(StringArray::from_iter_values(modes.map(Mode::column)));
+    let mut columns: Vec<(&str, ArrayRef, bool)> = vec![("mode", mode_names, false)];
+    columns.extend(names.into_iter().zip(counts).map(|(n, c)| (n, Arc::new(Int64Array::from(c)) as ArrayRef, false)));
+    Ok(Table::from_batch(RecordBatch::try_from_iter_with_nullable(columns)?))
 }
 
 #[cfg(test)]
