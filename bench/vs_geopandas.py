@@ -697,20 +697,23 @@ def run_flowrun(flowrun: str, workdir: Path, mirror: Path) -> dict:
         raise SystemExit(f"flowrun failed (exit {m['rc']}): {m['stderr'][-2000:]} {m['stdout'][-2000:]}")
     stages = dict.fromkeys(STAGES, 0.0)
     for n in report["nodes"]:
-        # flowrun decides both dedup modes once, in `dedup_decisions`: counted with `deduplicated`, the stage
-        # where the GeoPandas pipeline decides
+        # flowrun decides both dedup modes once, in `dedup_decisions`: counted with `deduplicated` (GeoPandas
+        # decides one mode there and both again in `dedup_comparison`, so those two rows compare different
+        # work; the pipeline's total does not)
         stage = {"dedup_decisions": "deduplicated"}.get(n["node"], n["node"])
         stages[stage] = stages.get(stage, 0.0) + (n.get("duration") or 0.0)
 
-    def note(node: str, pattern: str) -> int:
+    def note(node: str, pattern: str) -> re.Match:
         notes = [x for n in report["nodes"] if n["node"] == node for x in n["notes"]]
         found = next((f for f in (re.search(pattern, x) for x in notes) if f), None)
         if not found:
             raise SystemExit(f"flowrun's `{node}` has no note matching {pattern!r} (its notes: {notes})")
-        return int(found[1])
+        return found
 
-    dedup = {"removed": note("deduplicated", r"(\d+) cross-dataset duplicates removed"),
-             "pairs": note("dedup_decisions", r"Overlap: (\d+) candidate pairs")}  # the flow's dedup_mode
+    # the flow's mode (`Overlap dedup: ...`), then that mode's candidate pairs (`Overlap: N candidate pairs`)
+    removed = note("deduplicated", r"(\w+) dedup: (\d+) cross-dataset duplicates removed")
+    pairs = note("dedup_decisions", rf"{removed[1]}: (\d+) candidate pairs")
+    dedup = {"removed": int(removed[2]), "pairs": int(pairs[1])}
     return dict(m, stages_ms=stages, nodes_ms=report["duration_ms"], write_ms=report["materialized"]["seconds"] * 1000,
                 dedup=dedup, result=workdir / ".flowrun/lake/prepared_pv_dedup.parquet")
 
@@ -771,7 +774,7 @@ def print_block(label: str, f: dict, g: dict, checks: list) -> None:
           f"{fmt_ratio(g['wall_ms'], f['wall_ms'])}   (GeoPandas: {g['import_ms']:.0f} ms of imports)")
     print(f"{'peak RSS (MB)':<30}{f['rss_mb']:>12.1f}{g['rss_mb']:>12.1f}{fmt_ratio(g['rss_mb'], f['rss_mb'])}")
     fd, gd = f["dedup"], g["dedup"]
-    if fd:  # flowrun's `deduplicated` row includes `dedup_decisions`
+    if fd:
         print(f"deduplicated: flowrun removed {fd['removed']} of {fd['pairs']} candidate pairs, "
               f"GeoPandas {gd['removed']} of {gd['pairs']} ({gd['errors']} geometry errors)")
     for name, ok, detail in checks:

@@ -87,8 +87,9 @@ pub use value::{AnyValue, CodecError, Collect, DirPath, FilePath, LiteralCx, Par
 /// }
 /// ```
 ///
-/// - Parameters are taken by reference (`&T`, no copy) or by value (`T: Clone`; moved when this node is the
-///   last reader). `Option<T>` parameters are optional (`None` when nothing binds them).
+/// - Parameters are taken by reference (`&T`, no copy) or by value (`T: Clone`; moved when the run hands the
+///   value over, see [`Table::into_batches`], else cloned). `Option<T>` parameters are optional (`None` when
+///   nothing binds them).
 /// - `Collect<T>` parameters gather a node inside a fan-out; returning `Parallel<T>` fans out.
 /// - Return `T` or `Result<T, E>` with `E` convertible to `anyhow::Error`. Panics are caught and reported
 ///   as the node's failure.

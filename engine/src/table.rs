@@ -84,8 +84,9 @@ impl Table {
     /// batch by batch in place of holding it whole beside its result); a shared table's are cloned. A column
     /// buffer shared by several batches (one table sliced into batches, or a table loaded from the cache,
     /// whose batches point into one buffer) goes with the last of them. The run hands a node its input when
-    /// the node is its last reader in the same fan-out scope, and it was not a run's output without a cache;
-    /// readers that run at the same time each get a clone.
+    /// the node is the input's last reader, in the fan-out scope of the node that made it (not in a branch
+    /// below), and the input is not a run's output left unstored; readers that run at the same time each get
+    /// a clone.
     pub fn into_batches(mut self) -> impl Iterator<Item = RecordBatch> {
         let empty = RecordBatch::new_empty(self.schema.clone());
         (0..self.batches.len()).map(move |k| match Arc::get_mut(&mut self.batches) {

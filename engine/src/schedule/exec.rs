@@ -2,7 +2,8 @@
 //!
 //! A *task* is one member of one block instance. Running a task:
 //! 1. gather its inputs (same-block slots, enclosing instances' slots, the item, collected child slots);
-//!    if one failed, the task is skipped; the last reader of a same-block value takes it out of its slot;
+//!    if one failed, the task is skipped; the last reader of a same-block value (not an unstored output)
+//!    takes it out of its slot;
 //! 2. make its cache key from the identities of those inputs;
 //! 3. look the key up (`cache = "default"`): a hit whose file dependencies are unchanged is reused without
 //!    loading anything; a miss says why (see [`Reason`]);

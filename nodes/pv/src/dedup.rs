@@ -94,8 +94,8 @@ fn candidates(t: &Table, rows: &WkbRows, datasets: &[u32], mode: Mode, res: i64)
             // after it: each cross-dataset pair is found once, and one dataset's tree is in memory, not the
             // whole table's (at 10M rows that tree and its bulk load were 1.7 GB beside the table). Boxes come
             // straight from each row's WKB, in parallel; no decoded copy of the table is kept. The price: each
-            // dataset's turn scans every row, and a row is decoded once per tree it is queried against (the
-            // largest dataset, first, is decoded once).
+            // dataset's turn scans every row, and a row is decoded for its own tree and once per earlier tree
+            // it is queried against (the largest dataset, first, once; the last one, never for its own).
             let bbox = |i: usize| -> Result<Option<Rect<f64>>> { Ok(rows.geometry(i)?.as_ref().and_then(geom::bbox)) };
             let mut size = vec![0usize; datasets.iter().max().map_or(0, |&m| m as usize + 1)];
             datasets.iter().for_each(|&d| size[d as usize] += 1);
