@@ -289,9 +289,9 @@ impl Mode {
     }
 }
 
-/// Which rows of `t` to keep, given the candidate pairs and ratios of [`dedup_pairs`] (pairs in order; the
-/// first duplicate pair of a row decides).
-pub fn decide(t: &Table, pairs: &Table, mode: Mode, threshold: f64, priority: &[String]) -> Result<Dedup> {
+/// Which rows of `t` each of `modes` keeps, given the candidate pairs and ratios of [`dedup_pairs`] (pairs in
+/// order; the first duplicate pair of a row decides). What the modes share is read once.
+pub fn decide(t: &Table, pairs: &Table, modes: &[Mode], threshold: f64, priority: &[String]) -> Result<Vec<Dedup>> {
     let (datasets, names) = dataset_numbers(t)?;
     let ranks: Vec<usize> = names.iter().map(|n| priority.iter().position(|p| p == n).unwrap_or(usize::MAX)).collect();
     let areas: Float64Array = geom::table_column(t, "area_m2").context("run `measured` first")?;
@@ -302,43 +302,47 @@ pub fn decide(t: &Table, pairs: &Table, mode: Mode, threshold: f64, priority: &[
         let (b, k) = at.locate(r);
         ids[b].value(k).to_string()
     };
-    let p = pairs.concat()?;
-    let (i, j): (UInt32Array, UInt32Array) = (geom::column(&p, "i")?, geom::column(&p, "j")?);
-    let of_mode: BooleanArray = geom::column(&p, mode.column())?;
-    let ratio: Float64Array = geom::column(&p, "ratio")?;
+    let (i, j): (UInt32Array, UInt32Array) = (geom::table_column(pairs, "i")?, geom::table_column(pairs, "j")?);
+    let ratio: Float64Array = geom::table_column(pairs, "ratio")?;
     let rank = |r: usize| ranks[datasets[r] as usize];
     let area = |r: usize| if areas.is_null(r) { 0.0 } else { areas.value(r) };
-    let mut d = Dedup { keep: vec![true; t.num_rows()], pairs: 0, errors: Vec::new() };
-    for k in (0..p.num_rows()).filter(|&k| of_mode.value(k)) {
-        let (a, b) = (i.value(k) as usize, j.value(k) as usize);
-        d.pairs += 1;
-        if ratio.is_null(k) {
-            d.errors.push((id(a), id(b)));
-        } else if ratio.value(k) > threshold && d.keep[a] && d.keep[b] {
-            // the larger record stays; on equal areas, the dataset first in the priority
-            let loser = if area(a) > area(b) {
-                b
-            } else if area(b) > area(a) {
-                a
-            } else if rank(a) <= rank(b) {
-                b
-            } else {
-                a
-            };
-            d.keep[loser] = false;
+    let mut decided = Vec::with_capacity(modes.len());
+    for mode in modes {
+        let of_mode: BooleanArray = geom::table_column(pairs, mode.column())?;
+        let mut d = Dedup { keep: vec![true; t.num_rows()], pairs: 0, errors: Vec::new() };
+        for k in (0..of_mode.len()).filter(|&k| of_mode.value(k)) {
+            let (a, b) = (i.value(k) as usize, j.value(k) as usize);
+            d.pairs += 1;
+            if ratio.is_null(k) {
+                d.errors.push((id(a), id(b)));
+            } else if ratio.value(k) > threshold && d.keep[a] && d.keep[b] {
+                // the larger record stays; on equal areas, the dataset first in the priority
+                let loser = if area(a) > area(b) {
+                    b
+                } else if area(b) > area(a) {
+                    a
+                } else if rank(a) <= rank(b) {
+                    b
+                } else {
+                    a
+                };
+                d.keep[loser] = false;
+            }
         }
+        decided.push(d);
     }
-    Ok(d)
+    Ok(decided)
 }
 
 /// Decides which rows to keep (one mode's pairs, computed for this call).
 pub fn dedup_rows(t: &Table, mode: Mode, threshold: f64, priority: &[String], h3_res: i64) -> Result<Dedup> {
-    decide(t, &pairs_of(t, &[mode], h3_res)?, mode, threshold, priority)
+    let mut decided = decide(t, &pairs_of(t, &[mode], h3_res)?, &[mode], threshold, priority)?;
+    Ok(decided.remove(0))
 }
 
 /// `indexed` without the rows `mode` removes (its column of [`dedup_decisions`]). The table is taken by value:
-/// when the run hands it over (this is its last reader), each batch's memory goes as soon as its kept rows
-/// are copied, so the input and the result are never both held whole.
+/// when the run hands it over (this is its last reader), each batch's memory can go as soon as its kept rows
+/// are copied, so the input and the result need not both be held whole.
 fn run(indexed: Table, decisions: &Table, mode: Mode) -> Result<Table> {
     let keep: BooleanArray = geom::table_column(decisions, mode.column())?;
     ctx::note(format!("{mode:?} dedup: {} cross-dataset duplicates removed", keep.false_count()));
@@ -366,8 +370,8 @@ pub fn dedup_decisions(
 ) -> Result<Table> {
     let (mut errors, mut per_mode) = (Vec::new(), Vec::new());
     let mut columns: Vec<(&str, ArrayRef, bool)> = Vec::new();
-    for mode in [Mode::Overlap, Mode::SameCell] {
-        let d = decide(indexed, dedup_pairs, mode, overlap_threshold, dataset_priority)?;
+    let modes = [Mode::Overlap, Mode::SameCell];
+    for (mode, d) in modes.into_iter().zip(decide(indexed, dedup_pairs, &modes, overlap_threshold, dataset_priority)?) {
         ctx::note(format!("{mode:?}: {} candidate pairs", d.pairs));
         per_mode.push(format!("{} {}", mode.column(), d.errors.len()));
         errors.extend(d.errors);
@@ -406,14 +410,13 @@ pub fn dedup_same_cell(indexed: Table, dedup_decisions: &Table) -> Result<Table>
 #[node(tags(stage = "prepared"))]
 pub fn dedup_comparison(dedup_decisions: &Table, dedup_pairs: &Table) -> Result<Table> {
     let modes = [Mode::Overlap, Mode::SameCell];
-    let p = dedup_pairs.concat()?;
-    let ratio: Float64Array = geom::column(&p, "ratio")?;
+    let ratio: Float64Array = geom::table_column(dedup_pairs, "ratio")?;
     // per mode: candidate pairs, rows removed, rows kept, pairs without a ratio
     let mut counts: [Vec<i64>; 4] = Default::default();
     for m in modes {
-        let of_mode: BooleanArray = geom::column(&p, m.column())?;
+        let of_mode: BooleanArray = geom::table_column(dedup_pairs, m.column())?;
         let keep: BooleanArray = geom::table_column(dedup_decisions, m.column())?;
-        let errors = (0..p.num_rows()).filter(|&k| of_mode.value(k) && ratio.is_null(k)).count();
+        let errors = (0..of_mode.len()).filter(|&k| of_mode.value(k) && ratio.is_null(k)).count();
         let row = [of_mode.true_count(), keep.false_count(), keep.true_count(), errors];
         counts.iter_mut().zip(row).for_each(|(c, n)| c.push(n as i64));
     }
@@ -492,10 +495,12 @@ mod tests {
         assert!(col("same_cell").contains("false,\n  true,\n  true,"), "{}", col("same_cell"));
         let pairs = Table::from_batch(pairs);
         let priority = ["b".to_string()];
-        let overlap = decide(&t, &pairs, Mode::Overlap, 0.5, &priority).unwrap();
-        assert_eq!((overlap.keep, overlap.pairs), (vec![true, false, false, true, true], 2));
-        let same_cell = decide(&t, &pairs, Mode::SameCell, 0.5, &priority).unwrap();
-        assert_eq!((same_cell.keep.clone(), same_cell.pairs), (vec![true, true, false, true, true], 2));
+        let decided = decide(&t, &pairs, &[Mode::Overlap, Mode::SameCell], 0.5, &priority).unwrap();
+        let keep_and_pairs: Vec<_> = decided.into_iter().map(|d| (d.keep, d.pairs)).collect();
+        assert_eq!(
+            keep_and_pairs,
+            [(vec![true, false, false, true, true], 2), (vec![true, true, false, true, true], 2)]
+        );
         // the nodes: both modes decided once, each mode's rows kept batch by batch, and the comparison
         let decisions = dedup_decisions(&t, &pairs, 0.5, &priority.to_vec()).unwrap();
         let ids = |kept: Table| crate::testing::strings(&kept, "unified_id");

@@ -301,7 +301,7 @@ impl RowIndex {
 
 /// The rows of `t` whose `keep` is true, batch by batch (`keep` has one entry per row, in order); `t`
 /// itself when every row is kept. Taken by value: a table nobody else holds frees each batch once its kept
-/// rows are copied ([`Table::into_batches`]), so the input and the result are not both held whole.
+/// rows are copied ([`Table::into_batches`]), so the input and the result need not both be held whole.
 pub fn filter_rows(t: Table, keep: &BooleanArray) -> Result<Table> {
     if keep.false_count() == 0 {
         return Ok(t);
