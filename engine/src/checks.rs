@@ -67,11 +67,9 @@ pub fn run(c: &RawCheck, table: &Table) -> Result<(), String> {
     {
         return Err(format!("column `{col}` is {dt}, expected {want}"));
     }
-    if c.not_null {
-        let nulls: usize = arrays.iter().map(|a| a.null_count()).sum();
-        if nulls > 0 {
-            return Err(format!("column `{col}` has {nulls} null values"));
-        }
+    let nulls: usize = arrays.iter().map(|a| a.null_count()).sum();
+    if c.not_null && nulls > 0 {
+        return Err(format!("column `{col}` has {nulls} null values"));
     }
     if let Some([lo, hi]) = c.range {
         let (mut bad, mut example) = (0usize, None);
@@ -102,9 +100,7 @@ pub fn run(c: &RawCheck, table: &Table) -> Result<(), String> {
                     DataType::Utf8View => Cow::Borrowed(a.as_string_view().value(i)),
                     _ => Cow::Owned(arrow_cast::display::array_value_to_string(a, i).map_err(|e| e.to_string())?),
                 };
-                if let Some(allowed) = &allowed
-                    && !allowed.contains(&*s)
-                {
+                if allowed.as_ref().is_some_and(|allowed| !allowed.contains(&*s)) {
                     return Err(format!("column `{col}` has value `{s}`, which is not in `values`"));
                 }
                 if c.unique && !seen.insert(s.clone()) {

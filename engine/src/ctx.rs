@@ -49,8 +49,7 @@ pub(crate) fn enter<R>(
     let previous = CURRENT.replace(Some(cx));
     let out = std::panic::catch_unwind(AssertUnwindSafe(f));
     // contexts nest: while a node waits for its own rayon work, the thread may run another node's call
-    let cx = CURRENT.replace(previous).expect("the context set above");
-    (out, cx)
+    (out, CURRENT.replace(previous).expect("the context set above"))
 }
 
 fn with_current<R>(f: impl FnOnce(Option<&mut NodeCx>) -> R) -> R {

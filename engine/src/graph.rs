@@ -67,11 +67,8 @@ fn steps(flow: &Flow, b: usize, depth: usize) -> Vec<(usize, Step<'_>)> {
         out.push((depth, Step::Open(b, expand)));
     }
     out.extend(flow.nodes.iter().enumerate().filter(|(_, n)| n.block == b).map(|(i, _)| (depth, Step::Node(i))));
-    for (c, blk) in flow.blocks.iter().enumerate() {
-        if blk.parent == Some(b) {
-            out.extend(steps(flow, c, depth + 1));
-        }
-    }
+    let children = flow.blocks.iter().enumerate().filter(|(_, blk)| blk.parent == Some(b));
+    out.extend(children.flat_map(|(c, _)| steps(flow, c, depth + 1)));
     if b != 0 {
         out.push((depth, Step::Close));
     }
@@ -95,8 +92,7 @@ fn edges(flow: &Flow) -> impl Iterator<Item = (NodeId, NodeId, EdgeMode)> + '_ {
 /// assert!(dot.contains("\"one\" -> \"two\""));
 /// ```
 pub fn dot(flow: &Flow, run: Option<&HashMap<String, Status>>) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "digraph \"{}\" {{", esc(&flow.name));
+    let mut out = format!("digraph \"{}\" {{\n", esc(&flow.name));
     out.push_str("  rankdir=LR;\n  node [fontname=\"Helvetica\", fontsize=11, style=filled];\n  edge [fontname=\"Helvetica\", fontsize=9];\n");
     for (depth, step) in steps(flow, 0, 0) {
         let pad = "  ".repeat(depth);

@@ -45,9 +45,7 @@ inventory::collect!(NodeDef);
 impl NodeDef {
     /// A one-line signature: `name(a: i64, b: &Table) -> Table`.
     pub fn signature(&self) -> String {
-        let params: Vec<String> = self
-            .params
-            .iter()
+        let params: Vec<String> = (self.params.iter())
             .map(|p| match p.kind {
                 ParamKind::Value(t) => format!("{}: {}{}", p.name, if p.by_ref { "&" } else { "" }, t.short_name()),
                 ParamKind::Collect(t) => format!("{}: Collect<{}>", p.name, t.short_name()),

@@ -331,14 +331,8 @@ impl<T: Value> Value for Vec<T> {
         (0..take_len(&mut bytes)?).map(|_| T::decode(take_bytes(&mut bytes)?)).collect()
     }
     fn from_toml(value: &toml::Value, cx: &LiteralCx) -> Result<Self, String> {
-        match value {
-            toml::Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| T::from_toml(v, cx).map_err(|e| format!("item {i}: {e}")))
-                .collect(),
-            other => Err(format!("expected an array, found {}", other.type_str())),
-        }
+        let items = value.as_array().ok_or_else(|| format!("expected an array, found {}", value.type_str()))?;
+        items.iter().enumerate().map(|(i, v)| T::from_toml(v, cx).map_err(|e| format!("item {i}: {e}"))).collect()
     }
     fn rows(&self) -> Option<u64> {
         Some(self.len() as u64)
@@ -375,11 +369,7 @@ impl<T: Value> Value for Option<T> {
 impl<T: Value> Value for BTreeMap<String, T> {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
         put_len(out, self.len());
-        for (k, v) in self {
-            put_item(out, k)?;
-            put_item(out, v)?;
-        }
-        Ok(())
+        self.iter().try_for_each(|(k, v)| put_item(out, k).and_then(|()| put_item(out, v)))
     }
     fn decode(mut bytes: &[u8]) -> Result<Self, CodecError> {
         (0..take_len(&mut bytes)?)
@@ -387,12 +377,8 @@ impl<T: Value> Value for BTreeMap<String, T> {
             .collect()
     }
     fn from_toml(value: &toml::Value, cx: &LiteralCx) -> Result<Self, String> {
-        match value {
-            toml::Value::Table(t) => {
-                t.iter().map(|(k, v)| Ok((k.clone(), T::from_toml(v, cx).map_err(|e| format!("{k}: {e}"))?))).collect()
-            }
-            other => Err(format!("expected a table, found {}", other.type_str())),
-        }
+        let t = value.as_table().ok_or_else(|| format!("expected a table, found {}", value.type_str()))?;
+        t.iter().map(|(k, v)| Ok((k.clone(), T::from_toml(v, cx).map_err(|e| format!("{k}: {e}"))?))).collect()
     }
 }
 

@@ -141,8 +141,7 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<Outcome, CliError> {
 }
 
 fn split_kv(items: &[String], what: &str) -> Result<Vec<(String, String)>, CliError> {
-    items
-        .iter()
+    (items.iter())
         .map(|kv| {
             kv.split_once('=')
                 .map(|(k, v)| (k.trim().to_string(), v.to_string()))
@@ -318,10 +317,7 @@ fn lock_cache(cli: &Cli, holder: String) -> Result<flowrun_cache::lock::FileLock
 
 /// An error of the flow's `--target`, said with its name (exit 3).
 fn in_target(flow: &Flow, e: anyhow::Error, what: &str) -> CliError {
-    CliError::Other(match &flow.target {
-        Some(t) => e.context(format!("target `{t}`: {what}")),
-        None => e,
-    })
+    CliError::Other(if let Some(t) = &flow.target { e.context(format!("target `{t}`: {what}")) } else { e })
 }
 
 fn last_run_overlay(cli: &Cli, flow: &Flow) -> Result<HashMap<String, Status>, CliError> {

@@ -18,11 +18,8 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(enabled: bool, verbose: bool) -> Progress {
-        let target = if enabled && std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr_with_hz(10)
-        } else {
-            ProgressDrawTarget::hidden()
-        };
+        let visible = enabled && std::io::stderr().is_terminal();
+        let target = if visible { ProgressDrawTarget::stderr_with_hz(10) } else { ProgressDrawTarget::hidden() };
         let multi = MultiProgress::with_draw_target(target);
         let main = multi.add(ProgressBar::new(0));
         main.set_style(style("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} nodes  {wide_msg}"));

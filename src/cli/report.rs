@@ -59,13 +59,12 @@ fn report_json(flow: &Flow, r: &RunReport, materialized: Option<&MaterializeRepo
 fn print_node(ui: &Ui, n: &NodeReport) {
     let (word, code) = match n.status {
         Status::Executed => ("ran", "32"),
-        Status::Reused => ("cached", "90"),
+        Status::Reused | Status::WouldReuse => ("cached", "90"),
         Status::Failed => ("FAILED", "1;31"),
         Status::Skipped => ("skipped", "33"),
         Status::Cancelled => ("cancelled", "33"),
         Status::Deferred => ("deferred", "90"),
         Status::WouldRun => ("would run", "32"),
-        Status::WouldReuse => ("cached", "90"),
     };
     let mut line = format!("  {} {}", paint(ui, code, &format!("{word:<9}")), n.name);
     if matches!(n.status, Status::Executed | Status::Reused) {
@@ -147,10 +146,8 @@ pub fn print_run(flow: &Flow, r: &RunReport, materialized: Option<&MaterializeRe
     for w in &r.warnings {
         eprintln!("{}: {w}", paint(ui, "33", "warning"));
     }
-    if let Some(m) = materialized {
-        for t in &m.targets {
-            println!("  wrote {}", t.describe());
-        }
+    for t in materialized.iter().flat_map(|m| &m.targets) {
+        println!("  wrote {}", t.describe());
     }
     for cause in r.left_out_causes() {
         eprintln!(
@@ -186,12 +183,8 @@ pub fn print_explain(flow: &Flow, r: &RunReport, destinations: &[(String, String
         return print_json(&v);
     }
     let target = flow.target.as_deref().map(|t| format!(" (target `{t}`)")).unwrap_or_default();
-    println!(
-        "flow `{}`{target}: {} would run, {} cached",
-        flow.name,
-        r.count(Status::WouldRun),
-        r.count(Status::WouldReuse)
-    );
+    let (run, cached) = (r.count(Status::WouldRun), r.count(Status::WouldReuse));
+    println!("flow `{}`{target}: {run} would run, {cached} cached", flow.name);
     for (what, at) in destinations {
         println!("  writes {what}: {at}");
     }
@@ -207,8 +200,7 @@ pub fn print_nodes(reg: &Registry, filter: Option<&str>, ui: &Ui) {
     let defs: Vec<_> =
         reg.all().iter().filter(|d| filter.is_none_or(|f| d.name.contains(f) || d.module.contains(f))).collect();
     if ui.json {
-        let list: Vec<_> = defs
-            .iter()
+        let list: Vec<_> = (defs.iter())
             .map(|d| {
                 json!({
                     "name": d.name,

@@ -423,8 +423,7 @@ impl<'a> Builder<'a> {
     /// Adds a declaration, or reports it when another has its name.
     fn add_decl(&mut self, d: Decl<'a>) {
         // declarations are only added before any is resolved, so the first one is still there
-        let first = self.id_of(&d.name).and_then(|i| self.decls[i].as_ref()).map(|f| f.span.clone());
-        let Some(first) = first else {
+        let Some(first) = self.id_of(&d.name).and_then(|i| self.decls[i].as_ref()).map(|f| f.span.clone()) else {
             self.push_decl(d);
             return;
         };
@@ -471,15 +470,12 @@ impl<'a> Builder<'a> {
         let def = match self.opts.registry.lookup(fname, &self.scope) {
             Lookup::Found(def) => def,
             Lookup::Ambiguous(defs) => {
-                let paths: Vec<String> = defs.iter().map(|d| format!("`{}`", d.path)).collect();
+                let paths = defs.iter().map(|d| format!("`{}`", d.path)).collect::<Vec<_>>().join(", ");
                 let message = format!("node `{}`: several registered functions are called `{fname}`", decl.name);
                 let path = defs[0].path.rsplit_once("::");
-                let example = path.map(|(m, n)| format!("{}::{n}", m.rsplit("::").next().unwrap_or(m)));
-                let help = format!(
-                    "write the module too, e.g. fn = \"{}\" (candidates: {})",
-                    example.unwrap_or_default(),
-                    paths.join(", ")
-                );
+                let example =
+                    path.map(|(m, n)| format!("{}::{n}", m.rsplit("::").next().unwrap_or(m))).unwrap_or_default();
+                let help = format!("write the module too, e.g. fn = \"{example}\" (candidates: {paths})");
                 self.node_error(&decl.name, "ambiguous-function", message, fspan, "ambiguous", Some(help));
                 return None;
             }
@@ -508,16 +504,12 @@ impl<'a> Builder<'a> {
             }
         };
         // parameters named in the flow must exist
-        for (key, span) in
-            decl.params.iter().map(|(k, (_, s))| (k, s)).chain(decl.inputs.iter().map(|(k, (_, s))| (k, s)))
-        {
-            if !def.params.iter().any(|p| p.name == *key) {
-                let help = did_you_mean(&closest(key, def.params.iter().map(|p| p.name)))
-                    .unwrap_or_else(|| format!("its parameters are: {}", def.signature()));
-                let message = format!("node `{}`: function `{}` has no parameter `{key}`", decl.name, def.name);
-                let (span, label) = (span.clone(), "no such parameter");
-                self.node_error(&decl.name, "unknown-parameter", message, span, label, Some(help));
-            }
+        let given = decl.params.iter().map(|(k, (_, s))| (k, s)).chain(decl.inputs.iter().map(|(k, (_, s))| (k, s)));
+        for (key, span) in given.filter(|(key, _)| !def.params.iter().any(|p| p.name == **key)) {
+            let help = did_you_mean(&closest(key, def.params.iter().map(|p| p.name)))
+                .unwrap_or_else(|| format!("its parameters are: {}", def.signature()));
+            let message = format!("node `{}`: function `{}` has no parameter `{key}`", decl.name, def.name);
+            self.node_error(&decl.name, "unknown-parameter", message, span.clone(), "no such parameter", Some(help));
         }
         let args = (def.params.iter().enumerate())
             .map(|(i, p)| Arg {
@@ -843,8 +835,7 @@ impl<'a> Builder<'a> {
                 ),
                 (ParamKind::Collect(t), OutputKind::Value(_)) => (format!("Collect<{}>", t.short_name()), ""),
             };
-            let (OutputKind::Value(got) | OutputKind::Parallel { list: got, .. }) = produced;
-            let got = got.short_name();
+            let got = produced.short_name();
             let param = &consumer.args[e.arg].param;
             let message = format!(
                 "type mismatch: node `{}` parameter `{param}` expects `{want}`, but node `{}` returns `{got}`{hint}",
@@ -1057,14 +1048,13 @@ fn order(
         let first = &nodes[cycle[0]];
         let message = format!("cycle: {} -> {} (each node feeds the next)", names.join(" -> "), names[0]);
         let help = "a node cannot depend on itself; rename a parameter or bind it elsewhere with inputs = { .. }";
-        let mut d = Diagnostic::new("cycle", message)
+        let d = Diagnostic::new("cycle", message)
             .node(&*first.name)
             .at(Label::new(src, first.span.clone(), format!("`{}` is part of the cycle", first.name)))
             .help(help.to_string());
-        for &i in &cycle[1..] {
-            d = d.also(Label::new(src, nodes[i].span.clone(), format!("`{}`", nodes[i].name)));
-        }
-        d
+        cycle[1..]
+            .iter()
+            .fold(d, |d, &i| d.also(Label::new(src, nodes[i].span.clone(), format!("`{}`", nodes[i].name))))
     });
     Err(Diagnostics(errors.collect()))
 }

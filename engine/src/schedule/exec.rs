@@ -169,6 +169,8 @@ impl<'p, 'f> Exec<'p, 'f> {
             pending: AtomicU32::new(self.plan.nodes[p].n_deps),
             uses: AtomicU32::new(self.plan.nodes[p].n_uses),
         };
+        let child =
+            |&c: &usize| Child { spawn_pending: AtomicU32::new(self.plan.blocks[c].spawn_deps), ..Child::default() };
         Arc::new(Instance {
             block,
             parent,
@@ -176,11 +178,7 @@ impl<'p, 'f> Exec<'p, 'f> {
             label,
             path,
             members: b.members.iter().map(member).collect(),
-            children: b
-                .children
-                .iter()
-                .map(|&c| Child { spawn_pending: AtomicU32::new(self.plan.blocks[c].spawn_deps), ..Child::default() })
-                .collect(),
+            children: b.children.iter().map(child).collect(),
             remaining: AtomicUsize::new(b.members.len() + b.children.len()),
         })
     }
@@ -234,12 +232,8 @@ impl<'p, 'f> Exec<'p, 'f> {
                         LiteralSource::Input(i) => InputSource::Input(i),
                         LiteralSource::Param | LiteralSource::Default => InputSource::Literal,
                     };
-                    let value = Done {
-                        value: Some(Lazy::ready(lit.value.clone())),
-                        identity: Some(lit.identity),
-                        stored: None,
-                    };
-                    (source, GValue::One(value))
+                    let value = Some(Lazy::ready(lit.value.clone()));
+                    (source, GValue::One(Done { value, identity: Some(lit.identity), stored: None }))
                 }
                 &Binding::Node { node, mode } => {
                     let node = self.plan.pid(node);
@@ -252,20 +246,19 @@ impl<'p, 'f> Exec<'p, 'f> {
                             // its last reader takes the value out of the slot (every other use is over): a
                             // node that takes it by value then holds the only reference, and can free it
                             // batch by batch while it makes its result
-                            if let Slot::Ok(done) = &mut *slot
-                                && owner.block == inst.block
-                                && member.uses.load(Ordering::Acquire) == 1
-                                && (!self.plan.nodes[node].pinned || done.stored.is_some())
-                            {
-                                let value = done.value.take();
-                                (InputSource::Node(name), known(Done { value, ..done.clone() }, name))
-                            } else {
-                                match slot.clone() {
-                                    Slot::Ok(done) => (InputSource::Node(name), known(done, name)),
-                                    Slot::Deferred => return Err(None),
-                                    _ => return Err(Some(name.to_string())),
+                            let last_reader = owner.block == inst.block && member.uses.load(Ordering::Acquire) == 1;
+                            let done = match &mut *slot {
+                                Slot::Ok(done)
+                                    if last_reader && (!self.plan.nodes[node].pinned || done.stored.is_some()) =>
+                                {
+                                    let value = done.value.take();
+                                    Done { value, ..done.clone() }
                                 }
-                            }
+                                Slot::Ok(done) => done.clone(),
+                                Slot::Deferred => return Err(None),
+                                _ => return Err(Some(name.to_string())),
+                            };
+                            (InputSource::Node(name), known(done, name))
                         }
                         EdgeMode::Item => (InputSource::Item(name), known(self.item_of(inst, node).clone(), name)),
                         EdgeMode::Collect => match self.collected(inst, node, skip_failed, &mut left_out) {
@@ -300,13 +293,9 @@ impl<'p, 'f> Exec<'p, 'f> {
         let local = self.plan.nodes[node].local;
         let instances = child.instances();
         let mut all = Vec::new();
-        let mut unknown = false;
         for c in instances {
             match c.members[local].slot.lock().unwrap().clone() {
-                Slot::Ok(done) => {
-                    unknown |= done.identity.is_none();
-                    all.push(done);
-                }
+                Slot::Ok(done) => all.push(done),
                 _ => {
                     let failed = format!("{name}[{}]", c.label.as_deref().unwrap_or(""));
                     if !skip_failed {
@@ -319,6 +308,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         if all.is_empty() && !instances.is_empty() {
             return Err(format!("{name} (every item)"));
         }
+        let unknown = all.iter().any(|d| d.identity.is_none());
         Ok(if unknown { GValue::Unknown(name.to_string()) } else { GValue::Many(all) })
     }
 
@@ -349,11 +339,9 @@ impl<'p, 'f> Exec<'p, 'f> {
                     let slot = self.evaluate(pn, fnode, args, &mut report);
                     // after `evaluate`: said of this run, not stored with the result
                     if !left_out.is_empty() {
-                        report.warnings.push(format!(
-                            "on_item_error = \"skip\": left out {} failed item result(s): {}",
-                            left_out.len(),
-                            left_out.join(", ")
-                        ));
+                        let (n, items) = (left_out.len(), left_out.join(", "));
+                        let warning = format!("on_item_error = \"skip\": left out {n} failed item result(s): {items}");
+                        report.warnings.push(warning);
                         report.left_out = left_out;
                     }
                     slot
@@ -459,14 +447,8 @@ impl<'p, 'f> Exec<'p, 'f> {
         for (garg, arg) in args.iter().zip(&fnode.args) {
             let identity = match &garg.value {
                 GValue::One(d) => known(d),
-                GValue::Many(all) => {
-                    // the hash of the concatenated identities
-                    let mut h = blake3::Hasher::new();
-                    for d in all {
-                        h.update(known(d).as_bytes());
-                    }
-                    h.finalize()
-                }
+                // the hash of the concatenated identities
+                GValue::Many(all) => blake3::hash(&all.iter().flat_map(|d| *known(d).as_bytes()).collect::<Vec<u8>>()),
                 GValue::Unknown(up) => return Err(up.clone()),
             };
             inputs.push(KeyInput { param: &arg.param, source: garg.source, identity });
@@ -610,11 +592,7 @@ impl<'p, 'f> Exec<'p, 'f> {
         let mut codec = None;
         let put = guarded("encoding it", || {
             store.put_with(key, meta, |out| {
-                value.dyn_encode_to(out).map_err(|e| {
-                    let io = std::io::Error::other(e.to_string());
-                    codec = Some(e);
-                    io
-                })
+                value.dyn_encode_to(out).map_err(|e| std::io::Error::other(codec.insert(e).to_string()))
             })
         });
         let why = match (put, codec) {
@@ -719,17 +697,17 @@ impl<'p, 'f> Exec<'p, 'f> {
 
     // 5. notification ---------------------------------------------------------------------------------
 
-    fn finish(&self, inst: &Arc<Instance>, local: usize, outcome: Slot, ready: &mut Vec<Task>) {
+    fn finish(&self, inst: &Arc<Instance>, local: usize, mut outcome: Slot, ready: &mut Vec<Task>) {
         let pid = self.plan.blocks[inst.block].members[local];
         let pn = &self.plan.nodes[pid];
         // a stored target nobody reads (nor spawns items from) is handed on by its output pointer alone
-        let outcome = match outcome {
-            Slot::Ok(mut done) if done.stored.is_some() && pn.n_uses == 0 && pn.spawn_for.is_empty() => {
-                done.value = None;
-                Slot::Ok(done)
-            }
-            other => other,
-        };
+        if let Slot::Ok(done) = &mut outcome
+            && done.stored.is_some()
+            && pn.n_uses == 0
+            && pn.spawn_for.is_empty()
+        {
+            done.value = None;
+        }
         *inst.members[local].slot.lock().unwrap() = outcome;
         one_less_to_wait_for(inst, &pn.consumers, ready);
         for &child in &pn.spawn_for {
@@ -740,14 +718,11 @@ impl<'p, 'f> Exec<'p, 'f> {
         // release what this node read: same-block producers, and what it collected
         for arg in &self.plan.flow.nodes[pn.id].args {
             let Binding::Node { node, mode } = arg.binding else { continue };
-            let q = &self.plan.nodes[self.plan.pid(node)];
+            let pid = self.plan.pid(node);
+            let q = &self.plan.nodes[pid];
             match mode {
                 EdgeMode::Direct if q.block == inst.block => self.release(inst, q.local),
-                EdgeMode::Collect => {
-                    for c in self.child_of(inst, self.plan.pid(node)).instances() {
-                        self.release(c, q.local);
-                    }
-                }
+                EdgeMode::Collect => self.child_of(inst, pid).instances().iter().for_each(|c| self.release(c, q.local)),
                 _ => {}
             }
         }
@@ -795,14 +770,11 @@ impl<'p, 'f> Exec<'p, 'f> {
         let slot = inst.members[self.plan.nodes[expand].local].slot.lock().unwrap().clone();
         let expand_name = self.node_name(expand).to_string();
         let items: Result<Vec<AnyValue>, String> = match slot {
-            Slot::Ok(Done { value: Some(lazy), identity: Some(_), .. }) => match lazy.get() {
-                Ok(v) => guarded(&format!("listing the items of `{expand_name}`"), || v.dyn_items())
-                    .and_then(|items| items.ok_or_else(|| format!("`{expand_name}` did not return a Parallel list"))),
-                Err(e) => {
-                    self.restart_without(&e);
-                    Err(e.to_string())
-                }
-            },
+            Slot::Ok(Done { value: Some(lazy), identity: Some(_), .. }) => (lazy.get())
+                .inspect_err(|e| self.restart_without(e))
+                .map_err(|e| e.to_string())
+                .and_then(|v| guarded(&format!("listing the items of `{expand_name}`"), || v.dyn_items()))
+                .and_then(|items| items.ok_or_else(|| format!("`{expand_name}` did not return a Parallel list"))),
             Slot::Ok(_) => {
                 // dry run: the fan-out node would run, so its items are unknown
                 inst.children[child].unknown.store(true, Ordering::Release);
@@ -833,18 +805,13 @@ impl<'p, 'f> Exec<'p, 'f> {
         // a sharded run takes every n-th item of the outermost fan-outs, from its own index on
         let mine = |i: usize| inst.parent.is_some() || self.opts.shard.is_none_or(|(k, n)| i % n == k);
         for (i, item) in items.into_iter().enumerate().filter(|(i, _)| mine(*i)) {
-            let identity = guarded("an item's identity", || crate::flow::build::identity_of(&*item)).ok();
-            let identity =
-                identity.and_then(Result::ok).unwrap_or_else(|| blake3::hash(format!("{expand_name}#{i}").as_bytes()));
+            let identity = guarded("an item's identity", || crate::flow::build::identity_of(&*item)).and_then(|id| id);
+            let identity = identity.unwrap_or_else(|_| blake3::hash(format!("{expand_name}#{i}").as_bytes()));
             let own = guarded("an item's label", || item.dyn_label()).ok().flatten().unwrap_or_else(|| i.to_string());
-            let label: Arc<str> = match &inst.label {
-                Some(outer) => format!("{outer}/{own}").into(),
-                None => own.into(),
-            };
-            let mut path = inst.path.clone();
-            path.push(i as u32);
+            let label = inst.label.as_ref().map(|outer| format!("{outer}/{own}")).unwrap_or(own);
+            let path = [&inst.path[..], &[i as u32]].concat();
             let done = Done { value: Some(Lazy::ready(item)), identity: Some(identity), stored: None };
-            instances.push(self.new_instance(block, Some(inst.clone()), Some(done), Some(label), path));
+            instances.push(self.new_instance(block, Some(inst.clone()), Some(done), Some(label.into()), path));
         }
         let n = instances.len();
         self.opts.observer.event(&Event::TasksAdded(n * b.members.len()));

@@ -87,8 +87,7 @@ impl Lazy {
     pub fn get(&self) -> Result<AnyValue, LoadError> {
         match &self.0 {
             Repr::Cached(c) if c.value.get().is_none() => {
-                let value = Self::load_value(c)?;
-                Ok(c.value.get_or_init(|| value).clone())
+                Self::load_value(c).map(|v| c.value.get_or_init(|| v).clone())
             }
             _ => self.load(),
         }
@@ -111,10 +110,9 @@ impl Lazy {
             Blob::Corrupt => return Err(LoadError::Corrupt(hex)),
         };
         // a decoder's panic (bytes it does not expect) is a decode error: the entry is evicted and recomputed
-        let value = super::exec::guarded("decoding", || c.ty.decode(bytes))
+        super::exec::guarded("decoding", || c.ty.decode(bytes))
             .map_err(|w| LoadError::Decode(hex.clone(), w))?
-            .map_err(|e| LoadError::Decode(hex, e.to_string()))?;
-        Ok(value)
+            .map_err(|e| LoadError::Decode(hex, e.to_string()))
     }
 }
 

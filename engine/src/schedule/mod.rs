@@ -147,8 +147,7 @@ impl RunReport {
 
     /// The items collecting nodes left out (`on_item_error = "skip"`), by display name, sorted.
     pub fn left_out(&self) -> Vec<String> {
-        let v: BTreeSet<&String> = self.nodes.iter().flat_map(|n| &n.left_out).collect();
-        v.into_iter().cloned().collect()
+        self.nodes.iter().flat_map(|n| &n.left_out).collect::<BTreeSet<_>>().into_iter().cloned().collect()
     }
 
     /// Why each left-out item is missing: `<item>: <node>[<item>] failed: <its error>` (or was cancelled), one
@@ -183,6 +182,10 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
     let plan = plan::Plan::new(flow, &targets, &opts.recompute);
     let jobs = opts.jobs.max(1);
     let mut warnings = Vec::new();
+    let mut warn = |message: String| {
+        opts.observer.event(&Event::Warning { node: None, message: &message });
+        warnings.push(message);
+    };
     let mut attempt = 0;
     let exec = loop {
         attempt += 1;
@@ -195,11 +198,7 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
         // one job: the calling thread is the pool's one thread (no thread to start, nothing moves over)
         let pool = if jobs == 1 { pool.use_current_thread() } else { pool };
         match pool.build() {
-            Ok(pool) if jobs > 1 => pool.scope(|s| {
-                for task in initial {
-                    spawn(s, &exec, task);
-                }
-            }),
+            Ok(pool) if jobs > 1 => pool.scope(|s| initial.into_iter().for_each(|task| spawn(s, &exec, task))),
             Ok(pool) => pool.install(|| drive_sequential(&exec, initial)),
             Err(_) => drive_sequential(&exec, initial),
         }
@@ -209,19 +208,14 @@ pub fn run(flow: &Flow, opts: &RunOptions) -> Result<RunReport, flowrun_cache::C
         let progressed = exec.progressed.load(Ordering::Relaxed);
         match restart {
             Some(why) if (attempt < 4 || (progressed && attempt < 1000)) && !opts.interrupted() => {
-                let message = format!("{why} (attempt {attempt})");
-                opts.observer.event(&Event::Warning { node: None, message: &message });
-                warnings.push(message);
+                warn(format!("{why} (attempt {attempt})"))
             }
             _ => break exec,
         }
     };
     let nodes = exec.reports.into_inner().unwrap();
     let status = run_status(&nodes, exec.failed.load(Ordering::Relaxed));
-    for message in opts.store.iter().flat_map(|s| s.take_remote_warnings()) {
-        opts.observer.event(&Event::Warning { node: None, message: &message });
-        warnings.push(message);
-    }
+    opts.store.iter().flat_map(|s| s.take_remote_warnings()).for_each(warn);
     let mut outputs = exec.outputs.into_inner().unwrap();
     // outputs in the order the targets were asked for, items in item order
     let mut rank = vec![usize::MAX; flow.nodes.len()];
@@ -289,9 +283,7 @@ fn spawn<'s>(s: &rayon::Scope<'s>, exec: &'s exec::Exec<'_, '_>, task: exec::Tas
         exec.run_task(task, &mut ready);
         // keep one ready task on this thread (a chain never pays for a spawn), hand out the rest
         while let Some(next) = ready.pop() {
-            for other in ready.drain(..) {
-                spawn(s, exec, other);
-            }
+            ready.drain(..).for_each(|other| spawn(s, exec, other));
             exec.run_task(next, &mut ready);
         }
     });

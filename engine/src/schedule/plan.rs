@@ -63,9 +63,7 @@ impl<'f> Plan<'f> {
     pub fn new(flow: &'f Flow, targets: &[NodeId], recompute: &[String]) -> Plan<'f> {
         let needed = flow.needed(targets);
         let mut is_target = vec![false; flow.nodes.len()];
-        for &t in targets {
-            is_target[t] = true;
-        }
+        targets.iter().for_each(|&t| is_target[t] = true);
         let mut plan = Plan { flow, nodes: Vec::new(), blocks: Vec::new(), plan_of: vec![None; flow.nodes.len()] };
         // plan blocks: flow blocks that have needed members, root first
         let mut block_of = vec![None; flow.blocks.len()];
@@ -77,11 +75,8 @@ impl<'f> Plan<'f> {
             let pid = plan.nodes.len();
             plan.blocks[block].members.push(pid);
             plan.plan_of[id] = Some(pid);
-            let cache = if recompute.iter().any(|r| **r == *fnode.name) && fnode.cache == CacheMode::Default {
-                CacheMode::Recompute
-            } else {
-                fnode.cache
-            };
+            let forced = fnode.cache == CacheMode::Default && recompute.iter().any(|r| **r == *fnode.name);
+            let cache = if forced { CacheMode::Recompute } else { fnode.cache };
             let checks = (!fnode.checks.is_empty())
                 .then(|| blake3::hash(serde_json::to_string(&fnode.checks).unwrap_or_default().as_bytes()));
             plan.nodes.push(PNode { id, block, local, pinned: is_target[id], cache, checks, ..PNode::default() });
@@ -161,12 +156,11 @@ impl<'f> Plan<'f> {
 }
 
 fn add_release(blocks: &mut [PBlock], nodes: &mut [PNode], child_block: usize, q: usize) {
-    let ql = nodes[q].local;
-    if !blocks[child_block].releases.contains(&ql) {
-        blocks[child_block].releases.push(ql);
-        blocks[child_block].spawn_deps += 1;
-        let idx = blocks[child_block].index_in_parent;
-        nodes[q].spawn_for.push(idx);
+    let (ql, child) = (nodes[q].local, &mut blocks[child_block]);
+    if !child.releases.contains(&ql) {
+        child.releases.push(ql);
+        child.spawn_deps += 1;
+        nodes[q].spawn_for.push(child.index_in_parent);
         nodes[q].n_uses += 1;
     }
 }
