@@ -32,8 +32,8 @@ pub fn limit_threads(n: usize) {
     THREADS.store(n, Ordering::Relaxed);
 }
 
-/// The threads the lake's own parallel work (a GeoParquet file's encoding) may use: the limit of
-/// [`limit_threads`], else every core.
+/// The threads the lake's own parallel work (a GeoParquet file's encoding, an extension's hash) may use:
+/// the limit of [`limit_threads`], else every core.
 pub fn threads() -> usize {
     match THREADS.load(Ordering::Relaxed) {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -179,8 +179,9 @@ fn write_pending_on(
     let mut encoder = GeoParquetRecordBatchEncoder::try_new(table.schema(), &options)
         .map_err(|e| anyhow!("cannot prepare GeoParquet encoding: {e}"))?;
     let tmp = temp_beside(path)?;
+    // zstd level 1: a fifth less time than level 3 and nearly the same size (README, GeoParquet files)
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build();
     let file: File = tmp.reopen()?;
