@@ -20,9 +20,10 @@ bench:
 bench-lake N="1000000":
     cargo run --release --bin bench -- lake --sizes {{N}}
 
-# the PV flow: cold, cached, one-parameter rerun; then 100K and 1M synthetic rows
-bench-doi-pv:
-    cargo run --release --bin bench -- doi-pv
+# the PV flow: cold, cached, one-parameter rerun; then synthetic rows (100000,1000000,10000000 for the
+# scale case: about 4 minutes and 22 GB of temporary disk for 10M)
+bench-doi-pv SIZES="100000,1000000":
+    cargo run --release --bin bench -- doi-pv --sizes {{SIZES}}
 
 # one core: the readers' MB/s (GeoJSON, shapefile, CSV) and each per-row stage against the bare library call
 bench-stages N="200000":

@@ -66,7 +66,7 @@ pub(crate) fn run(dir: &Path, args: &[&str]) -> Measured {
 
 pub(crate) fn print(label: &str, m: &Measured) {
     println!(
-        "{label:<34} {:>9.3} s  peak RSS {:>7.1} MB  {:>3} node runs executed",
+        "{label:<34} {:>9.3} s  peak RSS {:>7.1} MiB  {:>3} node runs executed",
         m.wall.as_secs_f64(),
         m.peak_rss_mb,
         m.executed
