@@ -772,7 +772,7 @@ def print_block(label: str, f: dict, g: dict, checks: list) -> None:
           f"   (GeoPandas: {g['lake']})")
     print(f"{'whole process (wall)':<30}{f['wall_ms']:>12.1f}{g['wall_ms']:>12.1f}"
           f"{fmt_ratio(g['wall_ms'], f['wall_ms'])}   (GeoPandas: {g['import_ms']:.0f} ms of imports)")
-    print(f"{'peak RSS (MB)':<30}{f['rss_mb']:>12.1f}{g['rss_mb']:>12.1f}{fmt_ratio(g['rss_mb'], f['rss_mb'])}")
+    print(f"{'peak RSS (MiB)':<30}{f['rss_mb']:>12.1f}{g['rss_mb']:>12.1f}{fmt_ratio(g['rss_mb'], f['rss_mb'])}")
     fd, gd = f["dedup"], g["dedup"]
     if fd:
         print(f"deduplicated: flowrun removed {fd['removed']} of {fd['pairs']} candidate pairs, "
@@ -835,7 +835,7 @@ def main() -> None:
             else:
                 shutil.rmtree(base, ignore_errors=True)
     print(f"\n{'input':<10}{'rows':>10}{'flowrun s':>11}{'nodes s':>9}{'GeoPandas s':>13}{'stages s':>10}"
-          f"{'wall ratio':>12}{'pipeline ratio':>16}{'RSS MB f / g':>16}  same result")
+          f"{'wall ratio':>12}{'pipeline ratio':>16}{'RSS MiB f / g':>16}  same result")
     for size, rows, f, g, ok in summary:
         gp = sum(g["stages_ms"].values())
         print(f"{size:<10}{rows:>10,}{f['wall_ms'] / 1e3:>11.2f}{f['nodes_ms'] / 1e3:>9.2f}{g['wall_ms'] / 1e3:>13.2f}"
