@@ -19,9 +19,9 @@
 //! **Signatures, once per file's contents.** DuckDB checks an extension's signature on every `LOAD`: 0.1 s
 //! for `ducklake` and 0.2 s for `spatial` on every run, most of a lake commit's fixed cost. The databases
 //! flowrun opens for its own SQL (the lake's commit, exports) skip that check (`allow_unsigned_extensions`)
-//! and autoload nothing; instead every extension file flowrun loads into them is hashed (blake3, a few
-//! milliseconds) and loaded only if DuckDB, in a database that checks signatures, has once loaded a file
-//! with those contents (recorded under `<cache>/verified/<hash>`). A changed or tampered file is checked
+//! and autoload nothing; instead every extension file flowrun loads into them is hashed (blake3: 5-10 ms
+//! for `ducklake` on 2 cores) and loaded only if DuckDB, in a database that checks signatures, has once
+//! loaded a file with those contents (recorded under `<cache>/verified/<hash>`). A changed or tampered file is checked
 //! again, and refused as DuckDB would refuse it. SQL nodes, whose SQL the flow's author wrote, run in
 //! databases with DuckDB's own defaults (signatures checked on every `LOAD`).
 
@@ -258,10 +258,15 @@ fn load_installed(duck: &Duck, name: &str, sources: &ExtensionSources) -> Result
 fn load_file(duck: &Duck, path: &Path, sources: &ExtensionSources) -> Result<()> {
     let load = format!("LOAD {}", literal(&path.to_string_lossy()));
     if !duck.checks_signatures {
-        // 36 MB (ducklake) to 254 MB (lance) per run: memory-mapped, hashed on the run's threads
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(crate::duck::threads()).build()?;
-        let hash = pool.install(|| blake3::Hasher::new().update_mmap_rayon(path).map(|h| h.finalize()))?;
-        let contents = hash.to_hex().to_string();
+        // 36 MB (ducklake) to 254 MB (lance), on every database that loads one: memory-mapped (a file
+        // rewritten in place while it is hashed would stop the process, as it would while DuckDB maps it)
+        // and hashed on `duck::threads()` threads when there are several
+        let (mut hasher, threads) = (blake3::Hasher::new(), crate::duck::threads());
+        match (threads > 1).then(|| rayon::ThreadPoolBuilder::new().num_threads(threads).build().ok()).flatten() {
+            Some(pool) => pool.install(|| hasher.update_mmap_rayon(path))?,
+            None => hasher.update_mmap(path)?,
+        };
+        let contents = hasher.finalize().to_hex().to_string();
         let record = sources.cache_dir.join("verified").join(&contents[..32]);
         if std::fs::read_to_string(&record).ok().as_deref() != Some(contents.as_str()) {
             Duck::checking_signatures()?.execute(&load).context("DuckDB checked its signature")?;

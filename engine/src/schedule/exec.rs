@@ -447,8 +447,14 @@ impl<'p, 'f> Exec<'p, 'f> {
         for (garg, arg) in args.iter().zip(&fnode.args) {
             let identity = match &garg.value {
                 GValue::One(d) => known(d),
-                // the hash of the concatenated identities
-                GValue::Many(all) => blake3::hash(&all.iter().flat_map(|d| *known(d).as_bytes()).collect::<Vec<u8>>()),
+                GValue::Many(all) => {
+                    // the hash of the concatenated identities
+                    let mut h = blake3::Hasher::new();
+                    for d in all {
+                        h.update(known(d).as_bytes());
+                    }
+                    h.finalize()
+                }
                 GValue::Unknown(up) => return Err(up.clone()),
             };
             inputs.push(KeyInput { param: &arg.param, source: garg.source, identity });
@@ -592,7 +598,11 @@ impl<'p, 'f> Exec<'p, 'f> {
         let mut codec = None;
         let put = guarded("encoding it", || {
             store.put_with(key, meta, |out| {
-                value.dyn_encode_to(out).map_err(|e| std::io::Error::other(codec.insert(e).to_string()))
+                value.dyn_encode_to(out).map_err(|e| {
+                    let io = std::io::Error::other(e.to_string());
+                    codec = Some(e);
+                    io
+                })
             })
         });
         let why = match (put, codec) {
