@@ -23,6 +23,7 @@ bench-lake N="1000000":
 # the PV flow: cold, cached, one-parameter rerun; then synthetic rows (100000,1000000,10000000 for the
 # scale case: about 4 minutes and 22 GB of temporary disk for 10M)
 bench-doi-pv SIZES="100000,1000000":
+    cargo build --release --bin flowrun
     cargo run --release --bin bench -- doi-pv --sizes {{SIZES}}
 
 # one core: the readers' MB/s (GeoJSON, shapefile, CSV) and each per-row stage against the bare library call
@@ -60,6 +61,7 @@ ci:
 
 # past one machine on loopback S3 (moto): remote-cache rerun, 1/2/4 workers on N synthetic rows, DuckLake on S3
 bench-remote N="400000":
+    cargo build --release --bin flowrun
     cargo run --release --bin bench -- remote --sizes {{N}}
 
 # kill the PV datasets flow at 200 random moments (SIGKILL), rerunning to completion after each
