@@ -97,7 +97,7 @@ pub fn run_all(sizes: &[usize]) {
     let shared = std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pv"))
         .expect("../shared/data/pv is there");
     let mirror = shared.display().to_string();
-    println!("flowrun doi_pv benchmark (the flowrun binary, 2 cores)");
+    println!("flowrun doi_pv benchmark (the flowrun binary, {} cores)", cores());
     let dir = tempfile::tempdir().unwrap();
     flow_copy(dir.path(), None);
     let args = ["flows/doi_pv.toml", "--mirror", &mirror];
@@ -130,4 +130,9 @@ pub fn run_all(sizes: &[usize]) {
         );
         print_stages(&m);
     }
+}
+
+/// The cores this machine offers, for the benchmarks' headers.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

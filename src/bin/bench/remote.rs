@@ -73,7 +73,7 @@ pub fn run_all(n: usize) {
     let shared = std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pv"))
         .expect("../shared/data/pv is there");
     let shared_s = shared.display().to_string();
-    println!("flowrun past one machine (loopback S3: moto; 2 cores)");
+    println!("flowrun past one machine (loopback S3: moto; {} cores)", crate::doi_pv::cores());
 
     // 1. a fresh machine reruns the PV flow from the remote cache
     let dir = tempfile::tempdir().unwrap();
