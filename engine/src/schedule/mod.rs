@@ -359,8 +359,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// A node that ran at least this long is followed by [`return_free_memory`]: such a node allocates and frees
-/// in bulk. The call runs on the node's thread before the tasks it made ready are handed out; it is not timed
-/// on its own (one 10M-row run with it after every node took 213 s, against 209 s without: BENCHMARKS.md).
+/// in bulk. The call runs on the node's thread before the tasks it made ready are handed out; its own cost
+/// (a walk over the heap's free blocks) is not measured apart from the run's.
 const LONG_NODE: Duration = Duration::from_millis(500);
 
 /// Hands the free memory of the process's heap back to the system (glibc's `malloc_trim`; elsewhere
