@@ -390,6 +390,12 @@ impl LakeConfig {
         self.catalog.describe()
     }
 
+    /// Whether this lake's commits take turns by its lock file ([`LakeConfig::lock`]): a catalog file's do.
+    /// A PostgreSQL catalog's, from any machine, take turns inside DuckLake instead (`flowrun_commit_turn`).
+    pub fn has_lock(&self) -> bool {
+        !matches!(self.catalog, Catalog::Postgres(_))
+    }
+
     /// Takes this process's turn at writing a catalog file (DuckDB keeps one writer per file; SQLite would
     /// answer "busy"): flowrun processes queue on `<catalog>.lock`, saying whom they wait for. `None` for a
     /// PostgreSQL catalog, which takes concurrent writers itself.

@@ -56,6 +56,9 @@ pub struct LakeTarget {
     /// The lake holds this value by a record from before the ledger (a cache state an older flowrun
     /// wrote): if its table is there, only the ledger is told; otherwise it is written.
     pub adopt: bool,
+    /// The catalog file is as this cache left it when it last wrote this table, and this is another value:
+    /// for `replace` and `merge` the ledger (whose last value here is the one this cache wrote) is not read.
+    pub catalog_as_left: bool,
 }
 
 /// What a lake write did.
@@ -138,13 +141,7 @@ fn evolve(duck: &Duck, t: &LakeTarget, target: &str, incoming: &[(String, String
 }
 
 fn table_exists(duck: &Duck, lake: &str, schema: &str, table: &str) -> Result<bool> {
-    let n: i64 = duck.scalar(&format!(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = {} AND schema_name = {} AND table_name = {}",
-        literal(lake),
-        literal(schema),
-        literal(table)
-    ))?;
-    Ok(n > 0)
+    Ok(duck.table_columns(lake, schema, table)?.is_some())
 }
 
 /// Writes the rows of `view` (read once) into `t`'s lake table, inside the open transaction.
@@ -240,11 +237,7 @@ fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport, node_ru
     // lakes written before this version keep their `snapshot_id` column (older flowruns still write it):
     // it gets the snapshot this transaction expects to commit, as it always did
     let stored = |table: &str| -> Result<bool> {
-        Ok(duck.scalar::<i64>(&format!(
-            "SELECT count(*) FROM duckdb_columns() WHERE database_name = {} AND schema_name = 'main' \
-             AND table_name = '{table}' AND column_name = 'snapshot_id'",
-            literal(lake)
-        ))? > 0)
+        Ok(duck.table_columns(lake, "main", table)?.is_some_and(|c| c.iter().any(|c| c == "snapshot_id")))
     };
     let expected = || -> Result<i64> { Ok(duck.scalar::<i64>(&format!("SELECT id FROM {l}.current_snapshot()"))? + 1) };
     let runs_extra = if stored("flowrun_runs")? { format!(", {}", expected()?) } else { String::new() };
@@ -275,23 +268,9 @@ fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport, node_ru
 /// machine, adds nothing twice). A lake without a ledger has seen nothing.
 pub fn already_written(duck: &Duck, lake: &str, destination: &str, mode: &Mode, identity: &str) -> Result<bool> {
     let l = quoted(lake, "lake alias")?;
-    let has_ledger: i64 = duck.scalar(&format!(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = {} AND schema_name = 'main' \
-         AND table_name = 'flowrun_materializations'",
-        literal(lake)
-    ))?;
-    if has_ledger == 0 {
-        return Ok(false);
-    }
     // the table must still be there (someone may have dropped it outside flowrun)
     let (schema, table) = destination.split_once('.').unwrap_or(("main", destination));
-    let exists: i64 = duck.scalar(&format!(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = {} AND schema_name = {} AND table_name = {}",
-        literal(lake),
-        literal(schema),
-        literal(table)
-    ))?;
-    if exists == 0 {
+    if !table_exists(duck, lake, "main", "flowrun_materializations")? || !table_exists(duck, lake, schema, table)? {
         return Ok(false);
     }
     let (dest, id) = (literal(destination), literal(identity));
@@ -317,10 +296,11 @@ pub fn already_written(duck: &Duck, lake: &str, destination: &str, mode: &Mode, 
     Ok(duck.scalar::<i64>(&sql)? > 0)
 }
 
-/// Makes every flowrun commit into a lake update the one row of `flowrun_commit_turn`, so that two commits
-/// that overlap in time conflict in DuckLake (both delete from one table) and the one that loses is planned
-/// again on the snapshot that won, where the ledger shows what the other wrote. Without it, two runs
+/// Makes a flowrun commit into a PostgreSQL lake update the one row of `flowrun_commit_turn`, so that two
+/// commits that overlap in time conflict in DuckLake (both delete from one table) and the one that loses is
+/// planned again on the snapshot that won, where the ledger shows what the other wrote. Without it, two runs
 /// appending the same value at the same instant would both land: DuckLake commits concurrent inserts.
+/// Commits into a catalog file never overlap (they take turns by its lock), so they skip it (20 ms).
 fn take_turn(duck: &Duck, lake: &str) -> Result<()> {
     let turn = format!("{}.main.flowrun_commit_turn", quoted(lake, "lake alias")?);
     duck.execute(&format!(
@@ -431,7 +411,7 @@ pub fn write(
         let mut sources = (0..targets.len()).map(&source).collect::<Result<Vec<_>>>()?;
         sources.push(ArrowSource::from(node_runs(report).context("the run's node records")?));
         let done = duck.with_views(sources, |views| {
-            let tried = transaction(duck, alias, targets, views, flow, flow_path, report).and_then(|w| {
+            let tried = transaction(duck, lake, targets, views, flow, flow_path, report).and_then(|w| {
                 lake.stop_if_interrupted()?;
                 Ok(w)
             });
@@ -440,27 +420,30 @@ pub fn write(
                     duck.execute("ROLLBACK")?;
                     Ok(Some(LakeWrite { snapshot: None, written: vec![false; targets.len()], replans: attempt }))
                 }
-                Ok(Some(written)) => match duck.execute("COMMIT") {
-                    Ok(()) => {
-                        // the snapshot this connection committed (a concurrent writer may have taken the next
-                        // id), from DuckLake's bookkeeping: no table scan
-                        let snapshot = duck
-                            .scalar(&format!(
-                                "SELECT id FROM {}.last_committed_snapshot()",
-                                quoted(alias, "lake alias")?
-                            ))
-                            .context("reading back the committed snapshot")?;
+                Ok(Some(written)) => match (committed_next(duck, lake)?, duck.execute("COMMIT")) {
+                    (next, Ok(())) => {
+                        // else the snapshot this connection committed (a concurrent writer may have taken the
+                        // next id), from DuckLake's bookkeeping (which reloads a catalog whose tables changed)
+                        let snapshot = match next {
+                            Some(id) => id,
+                            None => duck
+                                .scalar(&format!(
+                                    "SELECT id FROM {}.last_committed_snapshot()",
+                                    quoted(alias, "lake alias")?
+                                ))
+                                .context("reading back the committed snapshot")?,
+                        };
                         Ok(Some(LakeWrite { snapshot: Some(snapshot), written, replans: attempt }))
                     }
-                    Err(e) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
+                    (_, Err(e)) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
                         let _ = duck.execute("ROLLBACK");
                         attempt += 1;
                         let wait = f64::from(wait_ms) * backoff.max(1.0).powi(attempt as i32 - 1);
                         std::thread::sleep(std::time::Duration::from_millis(wait as u64));
                         Ok(None)
                     }
-                    Err(e) if wait_for_sqlite(&e)? => Ok(None),
-                    Err(e) => bail!("the lake transaction could not commit (nothing was written): {e:#}"),
+                    (_, Err(e)) if wait_for_sqlite(&e)? => Ok(None),
+                    (_, Err(e)) => bail!("the lake transaction could not commit (nothing was written): {e:#}"),
                 },
                 Err(e) if wait_for_sqlite(&e)? => Ok(None),
                 Err(e) => {
@@ -476,6 +459,16 @@ pub fn write(
             return Ok(done);
         }
     }
+}
+
+/// The snapshot the open transaction will commit, when no other process can commit before it: a DuckDB
+/// catalog file is this process's alone while it is open. `None` for other catalogs.
+fn committed_next(duck: &Duck, lake: &LakeConfig) -> Result<Option<i64>> {
+    if !matches!(lake.catalog, crate::config::Catalog::DuckDb(_)) {
+        return Ok(None);
+    }
+    let sql = format!("SELECT id FROM {}.current_snapshot()", quoted(&lake.alias, "lake alias")?);
+    Ok(Some(duck.scalar::<i64>(&sql)? + 1))
 }
 
 /// Whether the lake has `t`'s table, and for `replace` with `t`'s number of rows (what an older flowrun's
@@ -539,19 +532,24 @@ fn hold_commit() {
 /// or `None` when the ledger already shows every target (nothing to commit).
 fn transaction(
     duck: &Duck,
-    alias: &str,
+    lake: &LakeConfig,
     targets: &[LakeTarget],
     views: &[String],
     flow: &str,
     flow_path: &str,
     report: &RunReport,
 ) -> Result<Option<Vec<bool>>> {
+    let alias = lake.alias.as_str();
     duck.execute("BEGIN TRANSACTION")?;
-    take_turn(duck, alias).context("taking the lake's commit turn (flowrun_commit_turn)")?;
+    // commits into a catalog file take turns by its lock already
+    if !lake.has_lock() {
+        take_turn(duck, alias).context("taking the lake's commit turn (flowrun_commit_turn)")?;
+    }
     let (mut written, mut recorded) = (Vec::new(), Vec::new());
     for (i, t) in targets.iter().enumerate() {
         let destination = format!("{}.{}", t.schema, t.table);
-        let fresh = !already_written(duck, alias, &destination, &t.mode, &t.identity)?;
+        let fresh = (t.catalog_as_left && t.mode != Mode::Append)
+            || !already_written(duck, alias, &destination, &t.mode, &t.identity)?;
         let write = fresh && !(t.adopt && holds(duck, alias, t)?);
         if write {
             write_target(duck, alias, t, &views[i])

@@ -472,6 +472,7 @@ pub fn materialize(
                             None => table_of(o, &d.name)?.num_rows(),
                         },
                         adopt: false,
+                        catalog_as_left: false,
                     };
                     lake_targets.push((t, o, where_, identity));
                 }
@@ -535,6 +536,9 @@ pub fn materialize(
         let recorded = store.and_then(|s| s.state(&state_key("ducklake", &where_)).ok().flatten());
         // a state from before the ledger (no `@`): the lake holds the value by that record; the ledger is told
         t.adopt = recorded.as_deref().is_some_and(|r| !r.contains('@') && r == t.identity);
+        // the catalog as this cache left it after writing this table: the ledger's last value there is known
+        t.catalog_as_left =
+            stamp.as_ref().is_some_and(|st| recorded.as_deref().is_some_and(|r| r.ends_with(&format!("@{st}"))));
         if t.adopt || recorded.is_none() || recorded != with_stamp(&t.identity) {
             changed.push((t, o, where_));
             continue;

@@ -67,9 +67,8 @@ fn dir_size(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// Seconds to write `table` as one new DuckLake table (catalog in `dir`, data files in `data`), one commit.
-pub fn ducklake_write(table: &Table, dir: &std::path::Path, data: flowrun_lake::DataPath) -> f64 {
-    let cfg = flowrun_lake::LakeConfig {
+fn lake_config(dir: &std::path::Path, data: flowrun_lake::DataPath) -> flowrun_lake::LakeConfig {
+    flowrun_lake::LakeConfig {
         catalog: flowrun_lake::config::Catalog::DuckDb(dir.join("bench.ducklake")),
         data_path: data,
         exports: None,
@@ -79,7 +78,12 @@ pub fn ducklake_write(table: &Table, dir: &std::path::Path, data: flowrun_lake::
         retries: (10, 100, 1.5),
         wait: true,
         interrupt: None,
-    };
+    }
+}
+
+/// Seconds to write `table` as one new DuckLake table (catalog in `dir`, data files in `data`), one commit.
+pub fn ducklake_write(table: &Table, dir: &std::path::Path, data: flowrun_lake::DataPath) -> f64 {
+    let cfg = lake_config(dir, data);
     let duck = flowrun_lake::duck::Duck::in_memory().unwrap();
     cfg.attach(&duck, false).unwrap();
     let t = Instant::now();
@@ -90,6 +94,52 @@ pub fn ducklake_write(table: &Table, dir: &std::path::Path, data: flowrun_lake::
     })
     .unwrap();
     t.elapsed().as_secs_f64()
+}
+
+/// Milliseconds of each of `k` runs' commits of a one-row table into a lake that already exists, as the
+/// materializer makes them: DuckDB opened, `ducklake` loaded, the lake attached, one transaction (the commit
+/// turn, the ledger, the table replaced, the run's records), the snapshot read back, DuckDB closed.
+fn run_commits(dir: &std::path::Path, k: usize) -> Vec<f64> {
+    use flowrun_engine::schedule::{RunReport, RunStatus};
+    use flowrun_lake::ducklake::{LakeTarget, Mode, write};
+    let cfg = lake_config(dir, flowrun_lake::DataPath::Local(dir.join("data")));
+    let one = polygons(1);
+    (0..=k)
+        .map(|i| {
+            let t = Instant::now();
+            let duck = flowrun_lake::duck::Duck::in_memory().unwrap();
+            cfg.attach(&duck, false).unwrap();
+            // a new identity each time: the ledger does not hold it, so the table is written
+            let target = LakeTarget {
+                section: "t".into(),
+                schema: "main".into(),
+                table: "t".into(),
+                mode: Mode::Replace,
+                identity: format!("{i:064x}"),
+                rows: 1,
+                adopt: false,
+                // as a run's materializer knows it, from its cache: this process made the last commit
+                catalog_as_left: i > 0,
+            };
+            let report = RunReport {
+                run_id: format!("bench-{i}"),
+                flow: "bench".into(),
+                status: RunStatus::Ok,
+                nodes: Vec::new(),
+                outputs: Vec::new(),
+                started_ms: 0,
+                finished_ms: 0,
+                jobs: 1,
+                warnings: Vec::new(),
+            };
+            let source = |_| Ok(flowrun_lake::duck::ArrowSource::from(one.clone()));
+            let done = write(&duck, &cfg, &[target], source, "bench", "bench.toml", &report).unwrap();
+            assert_eq!(done.written, [true]);
+            drop(duck);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .skip(1) // the first makes the lake and its tables
+        .collect()
 }
 
 pub fn run(n: usize) {
@@ -104,6 +154,14 @@ pub fn run(n: usize) {
     let t = Instant::now();
     ducklake_write(&polygons(1), &fixed, flowrun_lake::DataPath::Local(fixed.join("data")));
     println!("  fixed cost of a lake commit (open, load, attach, 1 row) {:>6.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    let mut ms = run_commits(&dir.path().join("runs"), 15);
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "  a run's commit into its lake (1 changed row, the run's records), 15 runs: median {:.0} ms, {:.0}-{:.0} ms",
+        ms[ms.len() / 2],
+        ms[0],
+        ms[ms.len() - 1]
+    );
     let line = |what: &str, secs: f64, out_bytes: u64| {
         println!(
             "  {what:<36} {secs:>7.2} s {:>12.0} rows/s {:>8.1} MB/s (Arrow in) {:>8.1} MB on disk",
