@@ -206,8 +206,9 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Where flowrun's cache keeps extension `name` (steps 3 and 5), under its canonical name.
-fn cached_path(sources: &ExtensionSources, platform: &str, name: &str) -> PathBuf {
+/// Where flowrun's cache keeps extension `name` for `platform` (`PRAGMA platform`), provisioned or not
+/// (steps 3 and 5), under its canonical name.
+pub fn cached_path(sources: &ExtensionSources, platform: &str, name: &str) -> PathBuf {
     sources.cache_dir.join(DUCKDB_VERSION).join(platform).join(format!("{}.duckdb_extension", canonical(name)))
 }
 

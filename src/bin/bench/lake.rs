@@ -96,50 +96,68 @@ pub fn ducklake_write(table: &Table, dir: &std::path::Path, data: flowrun_lake::
     t.elapsed().as_secs_f64()
 }
 
-/// Milliseconds of each of `k` runs' commits of a one-row table into a lake that already exists, as the
-/// materializer makes them: DuckDB opened, `ducklake` loaded, the lake attached, one transaction (the commit
-/// turn, the ledger, the table replaced, the run's records), the snapshot read back, DuckDB closed.
-fn run_commits(dir: &std::path::Path, k: usize) -> Vec<f64> {
+/// Milliseconds of run `i`'s commit of a one-row table into the lake of `cfg`, as the materializer makes it:
+/// DuckDB opened, `ducklake` loaded (its file's hash checked), the lake attached, one transaction (the table
+/// replaced, the run's records and the ledger's row), DuckDB closed. The first (`i == 0`) makes the lake.
+fn run_commit(cfg: &flowrun_lake::LakeConfig, one: &Table, i: usize) -> f64 {
     use flowrun_engine::schedule::{RunReport, RunStatus};
     use flowrun_lake::ducklake::{LakeTarget, Mode, write};
-    let cfg = lake_config(dir, flowrun_lake::DataPath::Local(dir.join("data")));
-    let one = polygons(1);
-    (0..=k)
-        .map(|i| {
-            let t = Instant::now();
-            let duck = flowrun_lake::duck::Duck::in_memory().unwrap();
-            cfg.attach(&duck, false).unwrap();
-            // a new identity each time: the ledger does not hold it, so the table is written
-            let target = LakeTarget {
-                section: "t".into(),
-                schema: "main".into(),
-                table: "t".into(),
-                mode: Mode::Replace,
-                identity: format!("{i:064x}"),
-                rows: 1,
-                adopt: false,
-                // as a run's materializer knows it, from its cache: this process made the last commit
-                catalog_as_left: i > 0,
-            };
-            let report = RunReport {
-                run_id: format!("bench-{i}"),
-                flow: "bench".into(),
-                status: RunStatus::Ok,
-                nodes: Vec::new(),
-                outputs: Vec::new(),
-                started_ms: 0,
-                finished_ms: 0,
-                jobs: 1,
-                warnings: Vec::new(),
-            };
-            let source = |_| Ok(flowrun_lake::duck::ArrowSource::from(one.clone()));
-            let done = write(&duck, &cfg, &[target], source, "bench", "bench.toml", &report).unwrap();
-            assert_eq!(done.written, [true]);
-            drop(duck);
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .skip(1) // the first makes the lake and its tables
-        .collect()
+    let t = Instant::now();
+    let duck = flowrun_lake::duck::Duck::in_memory().unwrap();
+    cfg.attach(&duck, false).unwrap();
+    // a new identity each time: the ledger does not hold it, so the table is written
+    let target = LakeTarget {
+        section: "t".into(),
+        schema: "main".into(),
+        table: "t".into(),
+        mode: Mode::Replace,
+        identity: format!("{i:064x}"),
+        rows: 1,
+        adopt: false,
+        // as a run's materializer knows it, from its cache: this process made the last commit
+        catalog_as_left: i > 0,
+    };
+    let report = RunReport {
+        run_id: format!("bench-{i}"),
+        flow: "bench".into(),
+        status: RunStatus::Ok,
+        nodes: Vec::new(),
+        outputs: Vec::new(),
+        started_ms: 0,
+        finished_ms: 0,
+        jobs: 1,
+        warnings: Vec::new(),
+    };
+    let source = |_| Ok(flowrun_lake::duck::ArrowSource::from(one.clone()));
+    let done = write(&duck, cfg, &[target], source, "bench", "bench.toml", &report).unwrap();
+    assert_eq!(done.written, [true]);
+    drop(duck);
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Milliseconds of one-row commit `i` into the lake in `dir` by DuckDB and DuckLake alone, as a minimal
+/// client makes it (open, `LOAD` the extension file, `ATTACH`, `DELETE` + `INSERT`, `COMMIT`, close): the
+/// floor under a run's commit. The first (`i == 0`) makes the lake.
+fn bare_commit(ducklake: &std::path::Path, dir: &std::path::Path, i: usize) -> f64 {
+    let t = Instant::now();
+    let duck = flowrun_lake::duck::Duck::in_memory().unwrap();
+    duck.execute(&format!("LOAD '{}'", ducklake.display())).unwrap();
+    let (catalog, data) = (dir.join("bare.ducklake"), dir.join("bare_data"));
+    duck.execute(&format!("ATTACH 'ducklake:{}' AS lake (DATA_PATH '{}/')", catalog.display(), data.display()))
+        .unwrap();
+    let write = match i {
+        0 => "CREATE TABLE lake.main.t AS SELECT 1 AS id, 'x' AS name",
+        _ => "DELETE FROM lake.main.t; INSERT INTO lake.main.t VALUES (2, 'y')",
+    };
+    duck.execute(&format!("BEGIN; {write}; COMMIT")).unwrap();
+    drop(duck);
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// `median, min-max` of `ms`.
+fn spread(mut ms: Vec<f64>) -> String {
+    ms.sort_by(f64::total_cmp);
+    format!("median {:.0} ms, {:.0}-{:.0} ms", ms[ms.len() / 2], ms[0], ms[ms.len() - 1])
 }
 
 pub fn run(n: usize) {
@@ -154,14 +172,26 @@ pub fn run(n: usize) {
     let t = Instant::now();
     ducklake_write(&polygons(1), &fixed, flowrun_lake::DataPath::Local(fixed.join("data")));
     println!("  fixed cost of a lake commit (open, load, attach, 1 row) {:>6.0} ms", t.elapsed().as_secs_f64() * 1e3);
-    let mut ms = run_commits(&dir.path().join("runs"), 15);
-    ms.sort_by(f64::total_cmp);
-    println!(
-        "  a run's commit into its lake (1 changed row, the run's records), 15 runs: median {:.0} ms, {:.0}-{:.0} ms",
-        ms[ms.len() / 2],
-        ms[0],
-        ms[ms.len() - 1]
-    );
+    // a run's commit into a lake that exists, and DuckLake's own floor, taking turns (15 each, after one
+    // each that makes its lake); the floor needs `ducklake` in flowrun's extension cache
+    let runs = dir.path().join("runs");
+    let cfg = lake_config(&runs, flowrun_lake::DataPath::Local(runs.join("data")));
+    let platform: String = flowrun_lake::duck::Duck::in_memory().unwrap().scalar("PRAGMA platform").unwrap();
+    let ducklake = flowrun_lake::extensions::cached_path(&cfg.extensions, &platform, "ducklake");
+    let (one, mut run_ms, mut bare_ms) = (polygons(1), Vec::new(), Vec::new());
+    for i in 0..=15 {
+        run_ms.push(run_commit(&cfg, &one, i));
+        if ducklake.is_file() {
+            bare_ms.push(bare_commit(&ducklake, dir.path(), i));
+        }
+    }
+    println!("  a run's commit into its lake (1 row changed, the run's records), 15: {}", spread(run_ms.split_off(1)));
+    if bare_ms.len() > 1 {
+        println!(
+            "  the same by DuckDB + DuckLake alone (LOAD, ATTACH, DELETE + INSERT), 15: {}",
+            spread(bare_ms.split_off(1))
+        );
+    }
     let line = |what: &str, secs: f64, out_bytes: u64| {
         println!(
             "  {what:<36} {secs:>7.2} s {:>12.0} rows/s {:>8.1} MB/s (Arrow in) {:>8.1} MB on disk",
