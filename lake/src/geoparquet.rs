@@ -11,19 +11,22 @@
 //! `bbox`, `covering.bbox` (pointing at the `<column>_bbox` struct column), and `crs`: omitted when the
 //! column's CRS is OGC:CRS84 / unspecified (which GeoParquet defines as OGC:CRS84), PROJJSON otherwise.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use arrow_array::RecordBatch;
-use arrow_schema::SchemaRef;
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, SchemaRef};
 use flowrun_engine::Table;
 use geoparquet::writer::{GeoParquetRecordBatchEncoder, GeoParquetWriterEncoding, GeoParquetWriterOptionsBuilder};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
+use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -116,6 +119,29 @@ fn row_groups(batches: &[RecordBatch], rows: usize) -> Vec<Vec<RecordBatch>> {
     groups
 }
 
+/// Parquet dictionaries only for the columns whose values repeat: Arrow dictionary columns, and text
+/// columns with at most one value in ten distinct among the first table batch's first 4,096 rows (a
+/// dataset's name, a country). For the others (ids, H3 cells, numbers, the WKB and its bbox) the writer
+/// would fill a dictionary for each column chunk only to fall back to plain pages: on the PV flow's
+/// 883K-row table that made the file 17% larger and its writing 20-35% slower (BENCHMARKS.md).
+fn dictionaries(props: WriterPropertiesBuilder, table: &Table) -> WriterPropertiesBuilder {
+    let Some(first) = table.batches().first() else { return props };
+    let repeats = |column: &ArrayRef| match column.data_type() {
+        DataType::Dictionary(..) => true,
+        DataType::Utf8 => {
+            let text = column.as_string::<i32>();
+            let n = text.len().min(4096);
+            let distinct: HashSet<Option<&str>> = (0..n).map(|i| text.is_valid(i).then(|| text.value(i))).collect();
+            distinct.len() * 10 <= n
+        }
+        _ => false,
+    };
+    let fields = table.schema().fields().iter().zip(first.columns());
+    fields.filter(|(_, column)| repeats(column)).fold(props.set_dictionary_enabled(false), |props, (field, _)| {
+        props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true)
+    })
+}
+
 /// Encodes row group `index` (its slices), each column chunk a parallel task.
 fn encode_row_group(
     groups: &ArrowRowGroupWriterFactory,
@@ -182,8 +208,8 @@ fn write_pending_on(
     // zstd level 1: 10-20% less time than level 3 for the same size (BENCHMARKS.md, lake writers)
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .build();
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    let props = dictionaries(props, table).build();
     let file: File = tmp.reopen()?;
     let schema = encoder.target_schema();
     // ArrowWriter for the file's layout and its Arrow schema metadata; row groups are encoded below
@@ -388,6 +414,41 @@ mod tests {
             std::fs::read(tmp.path()).unwrap()
         };
         assert_eq!(bytes(1), bytes(3));
+    }
+
+    #[test]
+    fn dictionaries_only_for_text_that_repeats() {
+        use arrow_array::{BinaryArray, StringArray};
+        let geometry = crate::duck::tests::point_table().schema().field(1).clone();
+        let text = |name: &str| arrow_schema::Field::new(name, arrow_schema::DataType::Utf8, false);
+        let schema = Arc::new(arrow_schema::Schema::new(vec![text("dataset"), text("id"), geometry]));
+        let n = 10_000;
+        let wkb: Vec<Vec<u8>> = (0..n)
+            .map(|i| [1u8, 1, 0, 0, 0].into_iter().chain((i as f64).to_le_bytes()).chain(0f64.to_le_bytes()).collect())
+            .collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values((0..n).map(|i| ["india", "china"][i % 2]))),
+            Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("id-{i}")))),
+            Arc::new(BinaryArray::from_iter_values(wkb.iter())),
+        ];
+        let table = Table::from_batch(RecordBatch::try_new(schema, columns).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        write(&table, &path, None).unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        use parquet::file::reader::FileReader;
+        let group = reader.metadata().row_group(0).clone();
+        let with_dictionary: Vec<String> = group
+            .columns()
+            .iter()
+            .filter(|c| c.dictionary_page_offset().is_some())
+            .map(|c| c.column_path().string())
+            .collect();
+        assert_eq!(with_dictionary, ["dataset"], "ids, the WKB and its bbox are written plain");
+        // and every value reads back
+        let back = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap());
+        let rows: usize = back.unwrap().build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, n);
     }
 
     #[test]
