@@ -26,7 +26,7 @@
 //! let content = store.put(key, b"42", EntryMeta::default()).unwrap();
 //! store.commit().unwrap();                                   // end of run: one transaction
 //! let hit = store.lookup(&key).unwrap().unwrap();            // next run: hit
-//! assert!(matches!(store.blob(&hit.content).unwrap(), Blob::Found(b) if b == b"42"));
+//! assert!(matches!(store.blob(&hit.content).unwrap(), Blob::Found(b) if b[..] == b"42"[..]));
 //! ```
 #![warn(missing_docs)]
 

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -124,8 +125,8 @@ pub struct NodeState {
 /// What a blob read found.
 #[derive(Debug)]
 pub enum Blob {
-    /// The bytes, verified against their hash.
-    Found(Vec<u8>),
+    /// The bytes, verified against their hash: a blob file's are mapped, not copied (see [`Store::blob`]).
+    Found(Bytes),
     /// No blob with that hash (never stored, or removed by `gc`).
     Missing,
     /// Stored bytes did not match their hash; the bad copy has been removed.
@@ -211,7 +212,7 @@ impl Pending {
 /// store.commit().unwrap();
 /// let entry = store.lookup(&key).unwrap().unwrap();
 /// assert_eq!(entry.content, content);
-/// assert!(matches!(store.blob(&content).unwrap(), Blob::Found(b) if b == b"42"));
+/// assert!(matches!(store.blob(&content).unwrap(), Blob::Found(b) if b[..] == b"42"[..]));
 /// ```
 pub struct Store {
     root: PathBuf,
@@ -544,16 +545,25 @@ impl Store {
         }
     }
 
-    /// Reads a blob and verifies it against its hash.
+    /// Reads a blob and verifies it against its hash. A blob file is memory-mapped, not read into a new
+    /// buffer: its pages are the page cache's, so a large table (a materializer's, a cached input's) costs
+    /// no fresh memory to zero and fill. Blob files are never written in place (a new one is renamed over
+    /// an old one, and `gc` unlinks): a mapping stays valid and unchanged while the value lives.
     pub fn blob(&self, content: &Hash) -> Result<Blob> {
         let bytes = match self.inline_blob(content)? {
-            Some(data) => data,
+            Some(data) => Bytes::from(data),
             None => {
                 let path = self.object_path(content);
-                match fs::read(&path) {
-                    Ok(bytes) => bytes,
+                let io = |source| CacheError::Io { path: path.clone(), source };
+                let file = match fs::File::open(&path) {
+                    Ok(file) => file,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self.blob_from_remote(content)),
-                    Err(source) => return Err(CacheError::Io { path, source }),
+                    Err(source) => return Err(io(source)),
+                };
+                match file.metadata().map_err(io)?.len() {
+                    0 => Bytes::new(),
+                    // SAFETY: see above: blob files are only ever replaced or unlinked, never changed in place
+                    _ => Bytes::from_owner(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?),
                 }
             }
         };
@@ -581,7 +591,7 @@ impl Store {
         let Some(remote) = self.remote().filter(|_| self.remote_read_only) else { return Blob::Missing };
         match remote.get(&remote::blob_path(content)) {
             Ok(Some(bytes)) if blake3::hash(&bytes) == *content && self.put_blob(*content, &bytes).is_ok() => {
-                Blob::Found(bytes)
+                Blob::Found(bytes.into())
             }
             Ok(Some(_)) => Blob::Corrupt,
             Ok(None) => Blob::Missing,
@@ -1073,7 +1083,7 @@ mod tests {
         let entry = store.lookup(&key).unwrap().unwrap();
         assert_eq!(entry.content, content);
         assert_eq!(entry.node, "a");
-        assert!(matches!(store.blob(&content).unwrap(), Blob::Found(b) if b == b"value"));
+        assert!(matches!(store.blob(&content).unwrap(), Blob::Found(b) if b[..] == b"value"[..]));
     }
 
     #[test]
@@ -1122,7 +1132,7 @@ mod tests {
         let path = store.object_path(&content);
         fs::write(&path, b"a value").unwrap();
         assert_eq!(store.put(blake3::hash(b"k2"), b"a value in a file", meta("b")).unwrap(), content);
-        assert!(matches!(store.blob(&content).unwrap(), Blob::Found(b) if b == b"a value in a file"));
+        assert!(matches!(store.blob(&content).unwrap(), Blob::Found(b) if b[..] == b"a value in a file"[..]));
     }
 
     #[test]

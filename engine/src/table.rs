@@ -121,12 +121,12 @@ impl Value for Table {
         self.write_ipc(out).map_err(CodecError::new)
     }
     fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        Table::decode_owned(bytes.to_vec())
+        Table::decode_owned(bytes::Bytes::copy_from_slice(bytes))
     }
     /// Zero-copy: the columns point into `bytes` (arrow's stream decoder copies only a buffer that is not
     /// aligned for its type).
-    fn decode_owned(bytes: Vec<u8>) -> Result<Self, CodecError> {
-        let mut bytes = arrow_buffer::Buffer::from_vec(bytes);
+    fn decode_owned(bytes: bytes::Bytes) -> Result<Self, CodecError> {
+        let mut bytes = arrow_buffer::Buffer::from(bytes);
         let mut decoder = arrow_ipc::reader::StreamDecoder::new();
         let mut batches = Vec::new();
         while !bytes.is_empty() {
@@ -181,7 +181,7 @@ mod tests {
         t.encode(&mut bytes).unwrap();
         let back = Table::decode(&bytes).unwrap();
         assert_eq!(back, t);
-        assert_eq!(Table::decode_owned(bytes.clone()).unwrap(), t, "zero-copy from an owned buffer");
+        assert_eq!(Table::decode_owned(bytes.clone().into()).unwrap(), t, "zero-copy from an owned buffer");
         assert_eq!(back.batches().len(), 2);
         assert_eq!(back.schema().field(1).metadata()["ARROW:extension:name"], "geoarrow.wkb");
         assert_eq!(back.rows(), Some(2));

@@ -62,9 +62,9 @@ pub trait Value: Send + Sync + Sized + 'static {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError>;
     /// Decodes what [`Value::encode`] wrote.
     fn decode(bytes: &[u8]) -> Result<Self, CodecError>;
-    /// [`Value::decode`] of bytes the value may keep (the cache reads a blob into a buffer it gives away):
-    /// a table's columns then point into that buffer instead of being copied out of it.
-    fn decode_owned(bytes: Vec<u8>) -> Result<Self, CodecError> {
+    /// [`Value::decode`] of bytes the value may keep (the cache maps a blob file and gives the mapping
+    /// away): a table's columns then point into it instead of being copied out of it.
+    fn decode_owned(bytes: bytes::Bytes) -> Result<Self, CodecError> {
         Self::decode(&bytes)
     }
     /// Writes the same bytes as [`Value::encode`] to `out`, as they are made: the cache streams a large
@@ -169,7 +169,7 @@ pub fn encode_value(value: &dyn DynValue) -> Result<Vec<u8>, CodecError> {
 pub struct TypeDesc {
     name: fn() -> &'static str,
     id: fn() -> TypeId,
-    decode: fn(Vec<u8>) -> Result<AnyValue, CodecError>,
+    decode: fn(bytes::Bytes) -> Result<AnyValue, CodecError>,
     from_toml: fn(&toml::Value, &LiteralCx) -> Result<AnyValue, String>,
     default: fn() -> Option<AnyValue>,
 }
@@ -198,7 +198,7 @@ impl TypeDesc {
         (self.id)()
     }
     /// Decodes a cached value of this type (see [`Value::decode_owned`]).
-    pub fn decode(&self, bytes: Vec<u8>) -> Result<AnyValue, CodecError> {
+    pub fn decode(&self, bytes: bytes::Bytes) -> Result<AnyValue, CodecError> {
         (self.decode)(bytes)
     }
     /// Builds a value of this type from a flow-file literal.
