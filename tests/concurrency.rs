@@ -118,6 +118,42 @@ fn two_caches_committing_into_one_catalog(file: &str, kind: &str) {
     assert_eq!(crate::util::python_json(script, &[&catalog, &data, &ext]), serde_json::json!([1, 1]));
 }
 
+/// Two working directories append the same value to one catalog file at the same moment (each commit held
+/// open for a while): their commits take turns by the catalog's lock, and the later one finds the value
+/// in the lake's ledger and adds nothing. Commits into a catalog file do not take `flowrun_commit_turn`.
+#[test]
+fn two_caches_appending_the_same_value_to_one_catalog_file_add_it_once() {
+    for (file, kind) in [("lake.ducklake", ""), ("lake.sqlite", "sqlite:")] {
+        let lake = Scratch::new();
+        let catalog = format!("{kind}{}", lake.path().join(file).display());
+        let data = lake.path().join("data").display().to_string();
+        let (a, b) = (Scratch::new(), Scratch::new());
+        for s in [&a, &b] {
+            s.write(
+                "flow.toml",
+                &flow(&catalog, &data)
+                    .replace("kind = \"ducklake\"", "kind = \"ducklake\"\ntable = \"same\"\nmode = \"append\""),
+            );
+        }
+        let hold = [("FLOWRUN_TEST_HOLD_COMMIT_MS", "1500".to_string())];
+        let runs =
+            [spawn(&a, &["--json", "run", "flow.toml"], &hold), spawn(&b, &["--json", "run", "flow.toml"], &hold)];
+        let mut snapshots: Vec<serde_json::Value> =
+            runs.map(finish).into_iter().map(|o| o.ok().json()["materialized"]["snapshot"].clone()).collect();
+        snapshots.sort_by_key(|s| s.is_null());
+        assert!(
+            snapshots[0].is_i64() && snapshots[1].is_null(),
+            "{catalog}: one commit, one with nothing to add: {snapshots:?}"
+        );
+        let script = "import duckdb, os, sys\ncon = duckdb.connect()\n\
+             for e in ['ducklake', 'sqlite_scanner']:\n    con.execute(f\"LOAD '{os.path.join(sys.argv[3], e + '.duckdb_extension')}'\")\n\
+             con.execute(f\"ATTACH 'ducklake:{sys.argv[1]}' AS lake (DATA_PATH '{sys.argv[2]}/', READ_ONLY)\")\n\
+             print(con.execute('SELECT count(*) FROM lake.main.same').fetchall()[0][0])";
+        let ext = crate::util::flowrun_extension_dir().display().to_string();
+        assert_eq!(crate::util::python_json(script, &[&catalog, &data, &ext]), serde_json::json!(1), "{catalog}");
+    }
+}
+
 /// A Python program holding something open (`script` prints `ready` once it does), killed on drop.
 struct Holder(Child);
 

@@ -485,8 +485,8 @@ fn the_lake_ledger_answers_for_every_directory() {
     let restored = a.run(&["--json", "run", "flow.toml"]).ok();
     assert!(restored.json()["materialized"]["snapshot"].is_i64(), "{}", restored.stdout);
     assert_eq!(count("pv"), full);
-    // `a` made the catalog's last change: its new value for the replaced table is written without asking
-    // the ledger; the appended one still asks it, and `b` appended these rows before
+    // `a` made the catalog's last change: its new value for the replaced table is written, and the
+    // appended one is not appended again (`b` appended these rows before: the ledger is asked for appends)
     let a_india = a.run(&["--json", "run", "flow.toml", "--mirror", &india]).ok();
     assert!(a_india.json()["materialized"]["snapshot"].is_i64(), "{}", a_india.stdout);
     assert_eq!((count("history"), count("pv")), (3, 1363), "{}", a_india.stdout);

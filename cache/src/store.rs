@@ -36,6 +36,9 @@ use crate::key::{Hash, Key};
 use crate::remote::{self, Remote};
 use crate::runlog::{NodeRunRecord, RunRecord};
 
+/// Blob files this large or larger are memory-mapped when read ([`Store::blob`]); smaller ones are read.
+pub const MAP_BLOBS_FROM: u64 = 1 << 20;
+
 /// Blobs up to this size live inside the index; larger ones are files under `objects/`.
 pub const DEFAULT_INLINE_LIMIT: usize = 16 * 1024;
 
@@ -545,25 +548,35 @@ impl Store {
         }
     }
 
-    /// Reads a blob and verifies it against its hash. A blob file is memory-mapped, not read into a new
-    /// buffer: its pages are the page cache's, so a large table (a materializer's, a cached input's) costs
-    /// no fresh memory to zero and fill. Blob files are never written in place (a new one is renamed over
-    /// an old one, and `gc` unlinks): a mapping stays valid and unchanged while the value lives.
+    /// Reads a blob and verifies it against its hash. A blob file of [`MAP_BLOBS_FROM`] bytes or more is
+    /// memory-mapped, not read into a new buffer: its pages are the page cache's, so a large table (a
+    /// materializer's, a cached input's) costs no fresh memory to zero and fill. flowrun never writes a
+    /// blob file in place (a new one is renamed over an old one; `gc` and eviction unlink), so a mapping
+    /// stays as it was verified while the value lives. A file changed in place by another program, or a
+    /// read error of the disk under a mapping, stops the process (SIGBUS) instead of failing the read.
     pub fn blob(&self, content: &Hash) -> Result<Blob> {
         let bytes = match self.inline_blob(content)? {
             Some(data) => Bytes::from(data),
             None => {
                 let path = self.object_path(content);
                 let io = |source| CacheError::Io { path: path.clone(), source };
-                let file = match fs::File::open(&path) {
+                let mut file = match fs::File::open(&path) {
                     Ok(file) => file,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self.blob_from_remote(content)),
                     Err(source) => return Err(io(source)),
                 };
-                match file.metadata().map_err(io)?.len() {
-                    0 => Bytes::new(),
-                    // SAFETY: see above: blob files are only ever replaced or unlinked, never changed in place
-                    _ => Bytes::from_owner(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?),
+                // SAFETY: see above: blob files are only ever replaced or unlinked, never changed in place
+                let mapped = (file.metadata().map_err(io)?.len() >= MAP_BLOBS_FROM)
+                    .then(|| unsafe { memmap2::Mmap::map(&file) }.ok())
+                    .flatten();
+                match mapped {
+                    Some(map) => Bytes::from_owner(map),
+                    // small, or not mappable (the process's mappings used up): read
+                    None => {
+                        let mut bytes = Vec::new();
+                        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io)?;
+                        Bytes::from(bytes)
+                    }
                 }
             }
         };
@@ -1133,6 +1146,21 @@ mod tests {
         fs::write(&path, b"a value").unwrap();
         assert_eq!(store.put(blake3::hash(b"k2"), b"a value in a file", meta("b")).unwrap(), content);
         assert!(matches!(store.blob(&content).unwrap(), Blob::Found(b) if b[..] == b"a value in a file"[..]));
+    }
+
+    #[test]
+    fn a_mapped_blob_keeps_its_bytes_when_the_file_is_replaced_or_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), 0).unwrap();
+        let value: Vec<u8> = (0..MAP_BLOBS_FROM as usize + 1000).map(|i| (i % 251) as u8).collect();
+        let content = store.put(blake3::hash(b"k1"), &value, meta("a")).unwrap();
+        let Blob::Found(mapped) = store.blob(&content).unwrap() else { panic!("stored above") };
+        // the same bytes stored again (a new file renamed over the mapped one), then the blob evicted
+        assert_eq!(store.put(blake3::hash(b"k2"), &value, meta("b")).unwrap(), content);
+        store.evict(&content).unwrap();
+        assert!(!store.object_path(&content).exists());
+        assert_eq!(mapped[..], value[..], "the mapping still holds what was verified");
+        assert!(matches!(store.blob(&content).unwrap(), Blob::Missing));
     }
 
     #[test]

@@ -256,6 +256,9 @@ impl Duck {
                 let names = (0..ffi::duckdb_table_description_get_column_count(desc))
                     .map(|i| {
                         let p = ffi::duckdb_table_description_get_column_name(desc, i);
+                        if p.is_null() {
+                            return String::new();
+                        }
                         let name = CStr::from_ptr(p).to_string_lossy().into_owned();
                         ffi::duckdb_free(p as *mut _);
                         name

@@ -64,8 +64,9 @@ pub struct LakeTarget {
 /// What a lake write did.
 #[derive(Debug, Clone, Serialize)]
 pub struct LakeWrite {
-    /// The snapshot the run committed (read back after the commit); `None` when the ledger showed every
-    /// target already in the lake, so nothing was committed.
+    /// The snapshot the run committed (for a DuckDB catalog file, the one after the transaction's; for
+    /// others, read back after the commit); `None` when the ledger showed every target already in the lake,
+    /// so nothing was committed.
     pub snapshot: Option<i64>,
     /// Per target, in order: whether this run wrote it (`false`: the ledger showed its value already there).
     pub written: Vec<bool>,
@@ -377,6 +378,10 @@ fn node_runs(report: &RunReport) -> Result<Table> {
 /// Writes `targets` and the run's records to the lake in one transaction (one snapshot), leaving out the
 /// targets the lake's ledger shows already written (checked inside the transaction, so a concurrent run that
 /// commits the same value first makes this one conflict, re-plan and leave it out).
+///
+/// For a catalog file (DuckDB, SQLite) the caller holds the lake's lock ([`LakeConfig::lock`]) from its
+/// first look at the lake to the end: commits into a catalog file take turns by it, not by
+/// `flowrun_commit_turn`.
 pub fn write(
     duck: &Duck,
     lake: &LakeConfig,
@@ -420,7 +425,7 @@ pub fn write(
                     duck.execute("ROLLBACK")?;
                     Ok(Some(LakeWrite { snapshot: None, written: vec![false; targets.len()], replans: attempt }))
                 }
-                Ok(Some(written)) => match (committed_next(duck, lake)?, duck.execute("COMMIT")) {
+                Ok(Some((written, next))) => match (next, duck.execute("COMMIT")) {
                     (next, Ok(())) => {
                         // else the snapshot this connection committed (a concurrent writer may have taken the
                         // next id), from DuckLake's bookkeeping (which reloads a catalog whose tables changed)
@@ -529,7 +534,8 @@ fn hold_commit() {
 
 /// Opens the transaction and writes into it (`views`: one per target, then the run's node records) (not committed) every target whose value the ledger, read at
 /// this transaction's snapshot, does not show in the lake yet, and the run's records. Says which it wrote,
-/// or `None` when the ledger already shows every target (nothing to commit).
+/// and the snapshot the commit will be if it is known ([`committed_next`]), or `None` when the ledger
+/// already shows every target (nothing to commit).
 fn transaction(
     duck: &Duck,
     lake: &LakeConfig,
@@ -538,7 +544,7 @@ fn transaction(
     flow: &str,
     flow_path: &str,
     report: &RunReport,
-) -> Result<Option<Vec<bool>>> {
+) -> Result<Option<(Vec<bool>, Option<i64>)>> {
     let alias = lake.alias.as_str();
     duck.execute("BEGIN TRANSACTION")?;
     // commits into a catalog file take turns by its lock already
@@ -570,12 +576,74 @@ fn transaction(
         literal(&commit_message(flow, report))
     ))?;
     hold_commit();
-    Ok(Some(written))
+    Ok(Some((written, committed_next(duck, lake)?)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `write` did, for a one-row `point_table` committed into a DuckDB-file lake as `t`.
+    fn commit(lake: &LakeConfig, mode: Mode, identity: &str, catalog_as_left: bool) -> LakeWrite {
+        use flowrun_engine::schedule::RunStatus;
+        let duck = Duck::in_memory().unwrap();
+        lake.attach(&duck, false).unwrap();
+        let _turn = lake.lock().unwrap();
+        let target = LakeTarget {
+            section: "t".into(),
+            schema: "main".into(),
+            table: "t".into(),
+            mode,
+            identity: identity.into(),
+            rows: 1,
+            adopt: false,
+            catalog_as_left,
+        };
+        let report = RunReport {
+            run_id: format!("run-{identity}"),
+            flow: "f".into(),
+            status: RunStatus::Ok,
+            nodes: Vec::new(),
+            outputs: Vec::new(),
+            started_ms: 0,
+            finished_ms: 0,
+            jobs: 1,
+            warnings: Vec::new(),
+        };
+        let source = |_| Ok(ArrowSource::from(crate::duck::tests::point_table()));
+        write(&duck, lake, &[target], source, "f", "f.toml", &report).unwrap()
+    }
+
+    #[test]
+    fn the_ledger_is_not_read_for_a_replaced_table_of_a_catalog_as_left_but_is_for_an_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = LakeConfig {
+            catalog: crate::config::Catalog::DuckDb(dir.path().join("lake.ducklake")),
+            data_path: crate::DataPath::Local(dir.path().join("data")),
+            exports: None,
+            storage: flowrun_storage::StorageConfig::from_table(None).unwrap(),
+            alias: "lake".into(),
+            extensions: crate::extensions::ExtensionSources::from_env(),
+            retries: (10, 100, 1.5),
+            wait: true,
+            interrupt: None,
+        };
+        let first = commit(&lake, Mode::Replace, "a", false);
+        assert_eq!(first.written, [true]);
+        assert_eq!(commit(&lake, Mode::Replace, "a", false).snapshot, None, "the ledger shows it: nothing to commit");
+        // told the catalog is as this cache left it (after another value): the ledger is not asked
+        let again = commit(&lake, Mode::Replace, "a", true);
+        assert_eq!(again.written, [true]);
+        // an append asks it all the same
+        assert_eq!(commit(&lake, Mode::Append, "b", false).written, [true]);
+        let appended = commit(&lake, Mode::Append, "b", true);
+        assert_eq!((appended.written, appended.snapshot), (vec![false], None));
+        // the snapshots said are the ones committed (for a DuckDB file: the transaction's next)
+        let duck = Duck::in_memory().unwrap();
+        lake.attach(&duck, true).unwrap();
+        let last: i64 = duck.scalar("SELECT max(snapshot_id) FROM lake.snapshots()").unwrap();
+        assert_eq!((first.snapshot, again.snapshot), (Some(last - 2), Some(last - 1)));
+    }
 
     #[test]
     fn widening_rules() {

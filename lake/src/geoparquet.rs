@@ -120,21 +120,22 @@ fn row_groups(batches: &[RecordBatch], rows: usize) -> Vec<Vec<RecordBatch>> {
 }
 
 /// Parquet dictionaries only for the columns whose values repeat: Arrow dictionary columns, and text
-/// columns with at most one value in ten distinct among the first table batch's first 4,096 rows (a
-/// dataset's name, a country). For the others (ids, H3 cells, numbers, the WKB and its bbox) the writer
-/// would fill a dictionary for each column chunk only to fall back to plain pages: on the PV flow's
-/// 883K-row table that made the file 17% larger and its writing 20-35% slower (BENCHMARKS.md).
+/// columns with at most one value in ten distinct among the first 4,096 rows of the first batch that has
+/// rows (a dataset's name, a country). For the others (ids, H3 cells, numbers, the WKB and its bbox) the
+/// writer would fill a dictionary for each column chunk only to fall back to plain pages: on the PV flow's
+/// 883K-row table that made the file 18% larger and its writing about 15% slower (BENCHMARKS.md).
 fn dictionaries(props: WriterPropertiesBuilder, table: &Table) -> WriterPropertiesBuilder {
-    let Some(first) = table.batches().first() else { return props };
-    let repeats = |column: &ArrayRef| match column.data_type() {
-        DataType::Dictionary(..) => true,
-        DataType::Utf8 => {
-            let text = column.as_string::<i32>();
-            let n = text.len().min(4096);
-            let distinct: HashSet<Option<&str>> = (0..n).map(|i| text.is_valid(i).then(|| text.value(i))).collect();
-            distinct.len() * 10 <= n
-        }
-        _ => false,
+    let Some(first) = table.batches().iter().find(|b| b.num_rows() > 0) else { return props };
+    let n = first.num_rows().min(4096);
+    let repeats = |column: &ArrayRef| {
+        let distinct: HashSet<Option<&str>> = match column.data_type() {
+            DataType::Dictionary(..) => return true,
+            DataType::Utf8 => column.as_string::<i32>().iter().take(n).collect(),
+            DataType::LargeUtf8 => column.as_string::<i64>().iter().take(n).collect(),
+            DataType::Utf8View => column.as_string_view().iter().take(n).collect(),
+            _ => return false,
+        };
+        distinct.len() * 10 <= n
     };
     let fields = table.schema().fields().iter().zip(first.columns());
     fields.filter(|(_, column)| repeats(column)).fold(props.set_dictionary_enabled(false), |props, (field, _)| {
@@ -418,20 +419,24 @@ mod tests {
 
     #[test]
     fn dictionaries_only_for_text_that_repeats() {
-        use arrow_array::{BinaryArray, StringArray};
+        use arrow_array::{BinaryArray, LargeStringArray, StringArray};
         let geometry = crate::duck::tests::point_table().schema().field(1).clone();
-        let text = |name: &str| arrow_schema::Field::new(name, arrow_schema::DataType::Utf8, false);
-        let schema = Arc::new(arrow_schema::Schema::new(vec![text("dataset"), text("id"), geometry]));
+        let text = |name: &str, ty| arrow_schema::Field::new(name, ty, false);
+        let (large, small) = (arrow_schema::DataType::LargeUtf8, arrow_schema::DataType::Utf8);
+        let schema = Arc::new(arrow_schema::Schema::new(vec![text("dataset", large), text("id", small), geometry]));
         let n = 10_000;
         let wkb: Vec<Vec<u8>> = (0..n)
             .map(|i| [1u8, 1, 0, 0, 0].into_iter().chain((i as f64).to_le_bytes()).chain(0f64.to_le_bytes()).collect())
             .collect();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values((0..n).map(|i| ["india", "china"][i % 2]))),
+            Arc::new(LargeStringArray::from_iter_values((0..n).map(|i| ["india", "china"][i % 2]))),
             Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("id-{i}")))),
             Arc::new(BinaryArray::from_iter_values(wkb.iter())),
         ];
-        let table = Table::from_batch(RecordBatch::try_new(schema, columns).unwrap());
+        // an empty first batch says nothing: the sample is taken from the first batch with rows
+        let batches =
+            vec![RecordBatch::new_empty(schema.clone()), RecordBatch::try_new(schema.clone(), columns).unwrap()];
+        let table = Table::try_new(schema, batches).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.parquet");
         write(&table, &path, None).unwrap();

@@ -96,13 +96,16 @@ pub fn ducklake_write(table: &Table, dir: &std::path::Path, data: flowrun_lake::
     t.elapsed().as_secs_f64()
 }
 
-/// Milliseconds of run `i`'s commit of a one-row table into the lake of `cfg`, as the materializer makes it:
-/// DuckDB opened, `ducklake` loaded (its file's hash checked), the lake attached, one transaction (the table
-/// replaced, the run's records and the ledger's row), DuckDB closed. The first (`i == 0`) makes the lake.
+/// Milliseconds of run `i`'s commit of a one-row table into the lake of `cfg`, as the materializer of a
+/// rerun in the same directory makes it: the lake's lock taken, DuckDB opened, `ducklake` loaded (its file's
+/// hash checked), the lake attached, one transaction (the table replaced without reading the ledger, as the
+/// catalog is as this process left it; the run's records and the ledger's row), DuckDB closed. The first
+/// (`i == 0`) makes the lake.
 fn run_commit(cfg: &flowrun_lake::LakeConfig, one: &Table, i: usize) -> f64 {
     use flowrun_engine::schedule::{RunReport, RunStatus};
     use flowrun_lake::ducklake::{LakeTarget, Mode, write};
     let t = Instant::now();
+    let _turn = cfg.lock().unwrap();
     let duck = flowrun_lake::duck::Duck::in_memory().unwrap();
     cfg.attach(&duck, false).unwrap();
     // a new identity each time: the ledger does not hold it, so the table is written
@@ -137,7 +140,8 @@ fn run_commit(cfg: &flowrun_lake::LakeConfig, one: &Table, i: usize) -> f64 {
 
 /// Milliseconds of one-row commit `i` into the lake in `dir` by DuckDB and DuckLake alone, as a minimal
 /// client makes it (open, `LOAD` the extension file, `ATTACH`, `DELETE` + `INSERT`, `COMMIT`, close): the
-/// floor under a run's commit. The first (`i == 0`) makes the lake.
+/// floor under a run's commit. Its table has two plain columns (an id and a name), where a run's has the
+/// four of [`polygons`] (a WKB geometry among them). The first (`i == 0`) makes the lake.
 fn bare_commit(ducklake: &std::path::Path, dir: &std::path::Path, i: usize) -> f64 {
     let t = Instant::now();
     let duck = flowrun_lake::duck::Duck::in_memory().unwrap();
