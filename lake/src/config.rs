@@ -39,6 +39,9 @@ pub enum Catalog {
     Postgres(String),
 }
 
+/// DuckLake's commit retries unless `[lake]` says otherwise: count, wait (ms), backoff factor.
+const RETRIES: (u32, u32, f64) = (10, 100, 1.5);
+
 /// A resolved `[lake]` section.
 #[derive(Debug, Clone)]
 pub struct LakeConfig {
@@ -261,10 +264,11 @@ impl LakeConfig {
                 }
             }
         };
+        let (tries, wait_ms, backoff) = RETRIES;
         let retries = (
-            number("commit_retries", 10.0, true, 0.0)? as u32,
-            number("commit_retry_wait_ms", 100.0, true, 0.0)? as u32,
-            number("commit_retry_backoff", 1.5, false, 1.0)?,
+            number("commit_retries", tries.into(), true, 0.0)? as u32,
+            number("commit_retry_wait_ms", wait_ms.into(), true, 0.0)? as u32,
+            number("commit_retry_backoff", backoff, false, 1.0)?,
         );
         let storage = crate::storage_config(flow)?;
         let alias = get("alias").map(|(a, _)| a).unwrap_or_else(|| "lake".to_string());
@@ -291,6 +295,22 @@ impl LakeConfig {
             wait: true,
             interrupt: None,
         }))
+    }
+
+    /// A lake with its catalog in the DuckDB file `catalog` and its data files under `data`, everything else
+    /// as a flow's `[lake]` with only those two keys has it (for benchmarks and tests that write by hand).
+    pub fn local(catalog: PathBuf, data: PathBuf) -> LakeConfig {
+        LakeConfig {
+            catalog: Catalog::DuckDb(catalog),
+            data_path: DataPath::Local(data),
+            exports: None,
+            storage: flowrun_storage::StorageConfig::from_table(None).expect("the default storage settings"),
+            alias: "lake".into(),
+            extensions: ExtensionSources::from_env(),
+            retries: RETRIES,
+            wait: true,
+            interrupt: None,
+        }
     }
 
     /// Loads the extensions this lake needs and attaches it to `duck` (read-only if asked).

@@ -585,7 +585,6 @@ mod tests {
 
     /// What `write` did, for a one-row `point_table` committed into a DuckDB-file lake as `t`.
     fn commit(lake: &LakeConfig, mode: Mode, identity: &str, catalog_as_left: bool) -> LakeWrite {
-        use flowrun_engine::schedule::RunStatus;
         let duck = Duck::in_memory().unwrap();
         lake.attach(&duck, false).unwrap();
         let _turn = lake.lock().unwrap();
@@ -599,17 +598,7 @@ mod tests {
             adopt: false,
             catalog_as_left,
         };
-        let report = RunReport {
-            run_id: format!("run-{identity}"),
-            flow: "f".into(),
-            status: RunStatus::Ok,
-            nodes: Vec::new(),
-            outputs: Vec::new(),
-            started_ms: 0,
-            finished_ms: 0,
-            jobs: 1,
-            warnings: Vec::new(),
-        };
+        let report = RunReport { run_id: format!("run-{identity}"), flow: "f".into(), jobs: 1, ..Default::default() };
         let source = |_| Ok(ArrowSource::from(crate::duck::tests::point_table()));
         write(&duck, lake, &[target], source, "f", "f.toml", &report).unwrap()
     }
@@ -617,17 +606,7 @@ mod tests {
     #[test]
     fn the_ledger_is_not_read_for_a_replaced_table_of_a_catalog_as_left_but_is_for_an_append() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = LakeConfig {
-            catalog: crate::config::Catalog::DuckDb(dir.path().join("lake.ducklake")),
-            data_path: crate::DataPath::Local(dir.path().join("data")),
-            exports: None,
-            storage: flowrun_storage::StorageConfig::from_table(None).unwrap(),
-            alias: "lake".into(),
-            extensions: crate::extensions::ExtensionSources::from_env(),
-            retries: (10, 100, 1.5),
-            wait: true,
-            interrupt: None,
-        };
+        let lake = LakeConfig::local(dir.path().join("lake.ducklake"), dir.path().join("data"));
         let first = commit(&lake, Mode::Replace, "a", false);
         assert_eq!(first.written, [true]);
         assert_eq!(commit(&lake, Mode::Replace, "a", false).snapshot, None, "the ledger shows it: nothing to commit");

@@ -82,10 +82,11 @@ impl Default for RunOptions {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Every node ran or was reused.
+    #[default]
     Ok,
     /// Some fan-out items failed, and every failure was left out by a collecting node with
     /// `on_item_error = "skip"`: the results are there, without those items (see
@@ -110,7 +111,8 @@ pub struct OutputItem {
     pub identity: Option<blake3::Hash>,
 }
 
-/// Everything a run did.
+/// Everything a run did (the default: an empty run that ended `Ok`, for writing records by hand).
+#[derive(Default)]
 pub struct RunReport {
     /// Time-ordered unique id.
     pub run_id: String,

@@ -67,17 +67,11 @@ fn dir_size(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// A lake with its catalog in `dir` and its data files in `data` (a directory or an object store).
 fn lake_config(dir: &std::path::Path, data: flowrun_lake::DataPath) -> flowrun_lake::LakeConfig {
     flowrun_lake::LakeConfig {
-        catalog: flowrun_lake::config::Catalog::DuckDb(dir.join("bench.ducklake")),
         data_path: data,
-        exports: None,
-        storage: flowrun_storage::StorageConfig::from_table(None).unwrap(),
-        alias: "lake".into(),
-        extensions: flowrun_lake::extensions::ExtensionSources::from_env(),
-        retries: (10, 100, 1.5),
-        wait: true,
-        interrupt: None,
+        ..flowrun_lake::LakeConfig::local(dir.join("bench.ducklake"), dir.into())
     }
 }
 
@@ -102,7 +96,7 @@ pub fn ducklake_write(table: &Table, dir: &std::path::Path, data: flowrun_lake::
 /// catalog is as this process left it; the run's records and the ledger's row), DuckDB closed. The first
 /// (`i == 0`) makes the lake.
 fn run_commit(cfg: &flowrun_lake::LakeConfig, one: &Table, i: usize) -> f64 {
-    use flowrun_engine::schedule::{RunReport, RunStatus};
+    use flowrun_engine::schedule::RunReport;
     use flowrun_lake::ducklake::{LakeTarget, Mode, write};
     let t = Instant::now();
     let _turn = cfg.lock().unwrap();
@@ -120,17 +114,7 @@ fn run_commit(cfg: &flowrun_lake::LakeConfig, one: &Table, i: usize) -> f64 {
         // as a run's materializer knows it, from its cache: this process made the last commit
         catalog_as_left: i > 0,
     };
-    let report = RunReport {
-        run_id: format!("bench-{i}"),
-        flow: "bench".into(),
-        status: RunStatus::Ok,
-        nodes: Vec::new(),
-        outputs: Vec::new(),
-        started_ms: 0,
-        finished_ms: 0,
-        jobs: 1,
-        warnings: Vec::new(),
-    };
+    let report = RunReport { run_id: format!("bench-{i}"), flow: "bench".into(), jobs: 1, ..Default::default() };
     let source = |_| Ok(flowrun_lake::duck::ArrowSource::from(one.clone()));
     let done = write(&duck, cfg, &[target], source, "bench", "bench.toml", &report).unwrap();
     assert_eq!(done.written, [true]);
