@@ -299,6 +299,7 @@ impl LakeConfig {
 
     /// A lake with its catalog in the DuckDB file `catalog` and its data files under `data`, everything else
     /// as a flow's `[lake]` with only those two keys has it (for benchmarks and tests that write by hand).
+    /// The paths are taken as they are (DuckLake records the data path in the catalog: give it absolute).
     pub fn local(catalog: PathBuf, data: PathBuf) -> LakeConfig {
         LakeConfig {
             catalog: Catalog::DuckDb(catalog),

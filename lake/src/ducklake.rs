@@ -585,9 +585,9 @@ mod tests {
 
     /// What `write` did, for a one-row `point_table` committed into a DuckDB-file lake as `t`.
     fn commit(lake: &LakeConfig, mode: Mode, identity: &str, catalog_as_left: bool) -> LakeWrite {
+        let _turn = lake.lock().unwrap();
         let duck = Duck::in_memory().unwrap();
         lake.attach(&duck, false).unwrap();
-        let _turn = lake.lock().unwrap();
         let target = LakeTarget {
             section: "t".into(),
             schema: "main".into(),
@@ -598,7 +598,7 @@ mod tests {
             adopt: false,
             catalog_as_left,
         };
-        let report = RunReport { run_id: format!("run-{identity}"), flow: "f".into(), jobs: 1, ..Default::default() };
+        let report = RunReport::empty("f");
         let source = |_| Ok(ArrowSource::from(crate::duck::tests::point_table()));
         write(&duck, lake, &[target], source, "f", "f.toml", &report).unwrap()
     }

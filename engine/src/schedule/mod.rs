@@ -82,11 +82,10 @@ impl Default for RunOptions {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Every node ran or was reused.
-    #[default]
     Ok,
     /// Some fan-out items failed, and every failure was left out by a collecting node with
     /// `on_item_error = "skip"`: the results are there, without those items (see
@@ -111,8 +110,7 @@ pub struct OutputItem {
     pub identity: Option<blake3::Hash>,
 }
 
-/// Everything a run did (the default: an empty run that ended `Ok`, for writing records by hand).
-#[derive(Default)]
+/// Everything a run did.
 pub struct RunReport {
     /// Time-ordered unique id.
     pub run_id: String,
@@ -135,6 +133,23 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// A run of `flow` on one thread that ran no node and ended now, with a new id: for records written
+    /// by hand (a benchmark's or a test's lake commits).
+    pub fn empty(flow: &str) -> RunReport {
+        let now = now_ms();
+        RunReport {
+            run_id: new_run_id(),
+            flow: flow.to_string(),
+            status: RunStatus::Ok,
+            nodes: Vec::new(),
+            outputs: Vec::new(),
+            started_ms: now,
+            finished_ms: now,
+            jobs: 1,
+            warnings: Vec::new(),
+        }
+    }
+
     /// How many node runs ended with `status`.
     pub fn count(&self, status: Status) -> usize {
         self.nodes.iter().filter(|n| n.status == status).count()

@@ -114,7 +114,7 @@ fn run_commit(cfg: &flowrun_lake::LakeConfig, one: &Table, i: usize) -> f64 {
         // as a run's materializer knows it, from its cache: this process made the last commit
         catalog_as_left: i > 0,
     };
-    let report = RunReport { run_id: format!("bench-{i}"), flow: "bench".into(), jobs: 1, ..Default::default() };
+    let report = RunReport::empty("bench");
     let source = |_| Ok(flowrun_lake::duck::ArrowSource::from(one.clone()));
     let done = write(&duck, cfg, &[target], source, "bench", "bench.toml", &report).unwrap();
     assert_eq!(done.written, [true]);
