@@ -428,8 +428,13 @@ pub(crate) mod tests {
     use arrow_schema::{DataType, Field, Schema};
     use std::sync::Arc;
 
+    /// Little-endian WKB of the point (x, y).
+    pub(crate) fn point_wkb(x: f64, y: f64) -> Vec<u8> {
+        [1u8, 1, 0, 0, 0].into_iter().chain(x.to_le_bytes()).chain(y.to_le_bytes()).collect()
+    }
+
     pub(crate) fn point_table() -> Table {
-        let wkb: Vec<u8> = [1u8, 1, 0, 0, 0].into_iter().chain(1f64.to_le_bytes()).chain(2f64.to_le_bytes()).collect();
+        let wkb = point_wkb(1.0, 2.0);
         let geom = Field::new("geometry", DataType::Binary, true).with_metadata(
             [
                 ("ARROW:extension:name".to_string(), "geoarrow.wkb".to_string()),

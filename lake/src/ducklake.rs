@@ -240,9 +240,9 @@ fn history(duck: &Duck, lake: &str, flow_path: &str, report: &RunReport, node_ru
     let stored = |table: &str| -> Result<bool> {
         Ok(duck.table_columns(lake, "main", table)?.is_some_and(|c| c.iter().any(|c| c == "snapshot_id")))
     };
-    let expected = || -> Result<i64> { Ok(duck.scalar::<i64>(&format!("SELECT id FROM {l}.current_snapshot()"))? + 1) };
-    let runs_extra = if stored("flowrun_runs")? { format!(", {}", expected()?) } else { String::new() };
-    let nodes_extra = if stored("flowrun_node_runs")? { format!(", {}", expected()?) } else { String::new() };
+    let runs_extra = if stored("flowrun_runs")? { format!(", {}", next_snapshot(duck, lake)?) } else { String::new() };
+    let nodes_extra =
+        if stored("flowrun_node_runs")? { format!(", {}", next_snapshot(duck, lake)?) } else { String::new() };
     let r = run_record(report, flow_path);
     duck.execute(&format!(
         "INSERT INTO {l}.main.flowrun_runs VALUES ({}, {}, {}, to_timestamp({}::BIGINT / 1000.0), \
@@ -425,8 +425,8 @@ pub fn write(
                     duck.execute("ROLLBACK")?;
                     Ok(Some(LakeWrite { snapshot: None, written: vec![false; targets.len()], replans: attempt }))
                 }
-                Ok(Some((written, next))) => match (next, duck.execute("COMMIT")) {
-                    (next, Ok(())) => {
+                Ok(Some((written, next))) => match duck.execute("COMMIT") {
+                    Ok(()) => {
                         // else the snapshot this connection committed (a concurrent writer may have taken the
                         // next id), from DuckLake's bookkeeping (which reloads a catalog whose tables changed)
                         let snapshot = match next {
@@ -440,15 +440,15 @@ pub fn write(
                         };
                         Ok(Some(LakeWrite { snapshot: Some(snapshot), written, replans: attempt }))
                     }
-                    (_, Err(e)) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
+                    Err(e) if attempt < max_replans && format!("{e:#}").contains("Transaction conflict") => {
                         let _ = duck.execute("ROLLBACK");
                         attempt += 1;
                         let wait = f64::from(wait_ms) * backoff.max(1.0).powi(attempt as i32 - 1);
                         std::thread::sleep(std::time::Duration::from_millis(wait as u64));
                         Ok(None)
                     }
-                    (_, Err(e)) if wait_for_sqlite(&e)? => Ok(None),
-                    (_, Err(e)) => bail!("the lake transaction could not commit (nothing was written): {e:#}"),
+                    Err(e) if wait_for_sqlite(&e)? => Ok(None),
+                    Err(e) => bail!("the lake transaction could not commit (nothing was written): {e:#}"),
                 },
                 Err(e) if wait_for_sqlite(&e)? => Ok(None),
                 Err(e) => {
@@ -466,14 +466,18 @@ pub fn write(
     }
 }
 
+/// The snapshot after the open transaction's: the one it commits unless another writer commits first.
+fn next_snapshot(duck: &Duck, lake: &str) -> Result<i64> {
+    Ok(duck.scalar::<i64>(&format!("SELECT id FROM {}.current_snapshot()", quoted(lake, "lake alias")?))? + 1)
+}
+
 /// The snapshot the open transaction will commit, when no other process can commit before it: a DuckDB
 /// catalog file is this process's alone while it is open. `None` for other catalogs.
 fn committed_next(duck: &Duck, lake: &LakeConfig) -> Result<Option<i64>> {
-    if !matches!(lake.catalog, crate::config::Catalog::DuckDb(_)) {
-        return Ok(None);
+    match lake.catalog {
+        crate::config::Catalog::DuckDb(_) => next_snapshot(duck, &lake.alias).map(Some),
+        _ => Ok(None),
     }
-    let sql = format!("SELECT id FROM {}.current_snapshot()", quoted(&lake.alias, "lake alias")?);
-    Ok(Some(duck.scalar::<i64>(&sql)? + 1))
 }
 
 /// Whether the lake has `t`'s table, and for `replace` with `t`'s number of rows (what an older flowrun's

@@ -379,12 +379,7 @@ mod tests {
         let (mut batches, mut next) = (Vec::new(), 0i64);
         for len in [50_000, 70_001, 30_000] {
             let ids: Vec<i64> = (next..next + len).collect();
-            let wkb: Vec<Vec<u8>> = ids
-                .iter()
-                .map(|&i| {
-                    [1u8, 1, 0, 0, 0].into_iter().chain((i as f64).to_le_bytes()).chain(0f64.to_le_bytes()).collect()
-                })
-                .collect();
+            let wkb: Vec<Vec<u8>> = ids.iter().map(|&i| crate::duck::tests::point_wkb(i as f64, 0.0)).collect();
             let columns: Vec<arrow_array::ArrayRef> =
                 vec![Arc::new(Int64Array::from(ids)), Arc::new(BinaryArray::from_iter_values(wkb.iter()))];
             batches.push(RecordBatch::try_new(schema.clone(), columns).unwrap());
@@ -425,9 +420,7 @@ mod tests {
         let (large, small) = (arrow_schema::DataType::LargeUtf8, arrow_schema::DataType::Utf8);
         let schema = Arc::new(arrow_schema::Schema::new(vec![text("dataset", large), text("id", small), geometry]));
         let n = 10_000;
-        let wkb: Vec<Vec<u8>> = (0..n)
-            .map(|i| [1u8, 1, 0, 0, 0].into_iter().chain((i as f64).to_le_bytes()).chain(0f64.to_le_bytes()).collect())
-            .collect();
+        let wkb: Vec<Vec<u8>> = (0..n).map(|i| crate::duck::tests::point_wkb(i as f64, 0.0)).collect();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(LargeStringArray::from_iter_values((0..n).map(|i| ["india", "china"][i % 2]))),
             Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("id-{i}")))),
